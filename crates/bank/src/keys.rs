@@ -1,0 +1,98 @@
+//! The bank's Redis key layout, in one place.
+//!
+//! ```text
+//! {ns}:c:{<app>.<shard>}:<openId>   zset  one user's credentials (member = encoded credential,
+//!                                          score = expiry in Unix seconds; negative once spent)
+//! {ns}:u:{<app>.<shard>}            zset  index shard: users holding a usable credential,
+//!                                          score = expiry of their last usable one
+//! ```
+//!
+//! A user's key and their index shard share the hash tag `{<app>.<shard>}`, so every script
+//! touches one Redis Cluster slot, while the index is spread over [`SHARDS`] keys (and slots).
+//! The openId comes after the tag, so no openId can move a key to another slot. This module
+//! must not talk to Redis.
+
+use wxpush_domain::{AppId, Namespace, OpenId};
+
+/// Number of index shards per app. Fixed: changing it would orphan existing index entries.
+/// 1024 keeps each shard small enough to stay in Redis's compact listpack encoding up to
+/// about 130,000 reachable users per app, and spreads the index over many cluster slots.
+pub const SHARDS: u16 = 1024;
+
+/// Which index shard a user belongs to: FNV-1a of the openId, stable across versions.
+pub fn shard_of(open_id: &OpenId) -> u16 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in open_id.as_str().bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    (h % u32::from(SHARDS)) as u16
+}
+
+/// Builds the keys of one namespace.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    ns: Namespace,
+}
+
+impl Keys {
+    pub fn new(ns: Namespace) -> Self {
+        Self { ns }
+    }
+
+    pub fn namespace(&self) -> &Namespace {
+        &self.ns
+    }
+
+    /// One user's credential zset.
+    pub fn credentials(&self, app: &AppId, open_id: &OpenId) -> String {
+        format!(
+            "{}:c:{{{}.{}}}:{}",
+            self.ns,
+            app,
+            shard_of(open_id),
+            open_id
+        )
+    }
+
+    /// The index shard holding `open_id`.
+    pub fn index_of(&self, app: &AppId, open_id: &OpenId) -> String {
+        self.index_shard(app, shard_of(open_id))
+    }
+
+    /// Index shard number `shard` of `app`.
+    pub fn index_shard(&self, app: &AppId, shard: u16) -> String {
+        format!("{}:u:{{{}.{}}}", self.ns, app, shard)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_key_and_index_share_one_hash_tag() {
+        let keys = Keys::new(Namespace::new("wxpush").unwrap());
+        let app = AppId::new("wx1234567890abcdef").unwrap();
+        let user = OpenId::new("o{evil}:x").unwrap();
+        let c = keys.credentials(&app, &user);
+        let i = keys.index_of(&app, &user);
+        let tag = |k: &str| {
+            let open = k.find('{').unwrap();
+            let close = open + k[open..].find('}').unwrap();
+            k[open..=close].to_owned()
+        };
+        assert_eq!(tag(&c), tag(&i));
+        assert!(c.ends_with(":o{evil}:x"));
+        assert!(shard_of(&user) < SHARDS);
+    }
+
+    #[test]
+    fn shards_spread_users() {
+        let mut seen = std::collections::HashSet::new();
+        for n in 0..5000 {
+            seen.insert(shard_of(&OpenId::new(&format!("oUser{n}")).unwrap()));
+        }
+        assert!(seen.len() > 900, "only {} shards used", seen.len());
+    }
+}

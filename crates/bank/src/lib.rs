@@ -1,0 +1,313 @@
+//! The credential bank: every user's WeChat credentials, kept in Redis.
+//!
+//! The bank owns three operations and the guarantees behind them:
+//! - **store** ([`Bank::store_batch`]): adds credentials, once each (a formId stored or
+//!   already spent is never stored again), keeps at most `user_cap` usable ones per user
+//!   (those expiring last), drops what is already expired, and keeps the reachable-user index
+//!   and every key's expiry current. Many users go to Redis in one pipelined round trip.
+//! - **claim** ([`Bank::claim`]): removes and returns a user's usable credential that expires
+//!   soonest, in one Lua script, so concurrent claimers in any number of processes never get
+//!   the same credential. A credential expiring within `claim_margin_secs` counts as expired.
+//! - **reachable users** ([`Bank::reachable_page`]): streams the users who hold a usable
+//!   credential, shard by shard, a page at a time, without `KEYS` or a keyspace `SCAN`.
+//!
+//! Time is Redis's own (`TIME` inside the scripts), so all processes share one clock.
+//! Key layout: [`keys`]; member encoding: [`member`]. This crate must not know about
+//! RabbitMQ, WeChat or message formats.
+
+pub mod keys;
+pub mod member;
+mod reachable;
+mod scripts;
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Value;
+use wxpush_domain::{AppId, Credential, Namespace, OpenId};
+
+pub use keys::{Keys, SHARDS};
+pub use reachable::{ReachableCursor, ReachablePage};
+
+/// What can go wrong talking to the bank.
+#[derive(Debug, thiserror::Error)]
+pub enum BankError {
+    #[error("cannot reach Redis: {0}")]
+    Connect(#[source] redis::RedisError),
+    #[error("Redis command failed: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("unexpected reply from a bank script: {0}")]
+    Protocol(String),
+}
+
+impl BankError {
+    /// True when retrying later may succeed (Redis down, timed out, loading, failing over).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BankError::Connect(_) => true,
+            BankError::Redis(e) => {
+                e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || matches!(
+                        e.kind(),
+                        redis::ErrorKind::Server(
+                            redis::ServerErrorKind::BusyLoading
+                                | redis::ServerErrorKind::TryAgain
+                                | redis::ServerErrorKind::ClusterDown
+                                | redis::ServerErrorKind::MasterDown
+                        )
+                    )
+            }
+            BankError::Protocol(_) => false,
+        }
+    }
+}
+
+/// Tunables of the bank (from the configuration).
+#[derive(Debug, Clone, Copy)]
+pub struct BankSettings {
+    /// A credential expiring within this many seconds counts as expired.
+    pub claim_margin_secs: u32,
+    /// Most usable credentials kept per user.
+    pub user_cap: u32,
+}
+
+impl Default for BankSettings {
+    fn default() -> Self {
+        Self {
+            claim_margin_secs: 60,
+            user_cap: 100,
+        }
+    }
+}
+
+/// Credentials offered for one user, for [`Bank::store_batch`].
+#[derive(Debug, Clone)]
+pub struct StoreRequest<'a> {
+    pub app: &'a AppId,
+    pub open_id: &'a OpenId,
+    pub credentials: &'a [Credential],
+}
+
+/// What a store did for one user.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreReport {
+    /// Newly stored.
+    pub added: u64,
+    /// Already stored, or already spent: not stored again.
+    pub known: u64,
+    /// Expired (or within the safety margin) on arrival: not stored.
+    pub expired: u64,
+    /// Dropped because the user held more than the cap (the soonest-expiring go).
+    pub capped: u64,
+}
+
+impl std::ops::AddAssign for StoreReport {
+    fn add_assign(&mut self, o: Self) {
+        self.added += o.added;
+        self.known += o.known;
+        self.expired += o.expired;
+        self.capped += o.capped;
+    }
+}
+
+/// A credential taken from the bank, now spent as far as the bank is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    pub credential: Credential,
+    /// Credentials found expired (or inside the margin) and dropped on the way.
+    pub dropped_expired: u64,
+}
+
+/// A handle on the bank. Cheap to clone; clones share one multiplexed connection.
+#[derive(Clone)]
+pub struct Bank {
+    conn: ConnectionManager,
+    keys: Keys,
+    settings: BankSettings,
+    scripts: &'static scripts::Scripts,
+}
+
+impl Bank {
+    /// Connects to Redis (failing fast when it is unreachable) and loads the scripts.
+    pub async fn connect(
+        redis_url: &str,
+        ns: Namespace,
+        settings: BankSettings,
+    ) -> Result<Self, BankError> {
+        let client = redis::Client::open(redis_url).map_err(BankError::Connect)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(3)))
+            .set_response_timeout(Some(Duration::from_secs(10)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        let conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(BankError::Connect)?;
+        let bank = Self {
+            conn,
+            keys: Keys::new(ns),
+            settings,
+            scripts: scripts::get(),
+        };
+        bank.scripts.load_all(&mut bank.conn.clone()).await?;
+        Ok(bank)
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn settings(&self) -> BankSettings {
+        self.settings
+    }
+
+    /// The connection, for callers that need plain commands beside the bank's.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Checks Redis answers (for readiness).
+    pub async fn ping(&self) -> Result<(), BankError> {
+        let _: String = redis::cmd("PING").query_async(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    /// Stores credentials for many users in one pipelined round trip. Idempotent: storing
+    /// the same batch again changes nothing, so a batch may be retried whole.
+    pub async fn store_batch(
+        &self,
+        requests: &[StoreRequest<'_>],
+    ) -> Result<Vec<StoreReport>, BankError> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for r in requests {
+            let mut cmd = self.scripts.store.evalsha();
+            cmd.arg(2)
+                .arg(self.keys.credentials(r.app, r.open_id))
+                .arg(self.keys.index_of(r.app, r.open_id))
+                .arg(self.settings.claim_margin_secs)
+                .arg(self.settings.user_cap)
+                .arg(r.open_id.as_str());
+            for c in r.credentials {
+                cmd.arg(c.expires_at).arg(member::encode(c));
+            }
+            pipe.add_command(cmd);
+        }
+        let replies: Vec<Vec<i64>> = self.scripts.run_pipeline(&mut self.conn.clone(), &pipe).await?;
+        if replies.len() != requests.len() {
+            return Err(BankError::Protocol(format!(
+                "{} replies for {} stores",
+                replies.len(),
+                requests.len()
+            )));
+        }
+        replies
+            .into_iter()
+            .map(|r| match r.as_slice() {
+                [a, k, e, c] => Ok(StoreReport {
+                    added: non_negative(*a),
+                    known: non_negative(*k),
+                    expired: non_negative(*e),
+                    capped: non_negative(*c),
+                }),
+                other => Err(BankError::Protocol(format!("store returned {other:?}"))),
+            })
+            .collect()
+    }
+
+    /// Stores one user's credentials.
+    pub async fn store(
+        &self,
+        app: &AppId,
+        open_id: &OpenId,
+        credentials: &[Credential],
+    ) -> Result<StoreReport, BankError> {
+        let mut reports = self
+            .store_batch(&[StoreRequest {
+                app,
+                open_id,
+                credentials,
+            }])
+            .await?;
+        reports
+            .pop()
+            .ok_or_else(|| BankError::Protocol("no reply to a store".into()))
+    }
+
+    /// Takes the user's usable credential that expires soonest, or `None` when the user has
+    /// none. One atomic script: no two claimers ever receive the same credential.
+    pub async fn claim(
+        &self,
+        app: &AppId,
+        open_id: &OpenId,
+    ) -> Result<Option<Claimed>, BankError> {
+        let mut cmd = self.scripts.claim.evalsha();
+        cmd.arg(2)
+            .arg(self.keys.credentials(app, open_id))
+            .arg(self.keys.index_of(app, open_id))
+            .arg(self.settings.claim_margin_secs)
+            .arg(open_id.as_str());
+        let reply: Vec<Value> = self.scripts.run(&mut self.conn.clone(), &cmd).await?;
+        parse_claim(&reply)
+    }
+
+    /// How many usable credentials the user holds now.
+    pub async fn usable_count(&self, app: &AppId, open_id: &OpenId) -> Result<u64, BankError> {
+        let mut conn = self.conn.clone();
+        let now = redis_time(&mut conn).await?;
+        let limit = now + i64::from(self.settings.claim_margin_secs);
+        let n: u64 = redis::cmd("ZCOUNT")
+            .arg(self.keys.credentials(app, open_id))
+            .arg(format!("({limit}"))
+            .arg("+inf")
+            .query_async(&mut conn)
+            .await?;
+        Ok(n)
+    }
+}
+
+fn non_negative(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+fn parse_claim(reply: &[Value]) -> Result<Option<Claimed>, BankError> {
+    let int = |v: &Value| -> Result<i64, BankError> {
+        match v {
+            Value::Int(n) => Ok(*n),
+            Value::BulkString(b) => std::str::from_utf8(b)
+                .ok()
+                .and_then(|s| s.parse::<f64>().ok())
+                .map(|f| f as i64)
+                .ok_or_else(|| BankError::Protocol("a score that is not a number".into())),
+            other => Err(BankError::Protocol(format!("claim returned {other:?}"))),
+        }
+    };
+    match reply {
+        [dropped] => {
+            int(dropped)?;
+            Ok(None)
+        }
+        [dropped, Value::BulkString(member), score] => {
+            let expires_at = int(score)?;
+            let credential = member::decode(member, expires_at).ok_or_else(|| {
+                BankError::Protocol("a stored credential this version cannot read".into())
+            })?;
+            Ok(Some(Claimed {
+                credential,
+                dropped_expired: non_negative(int(dropped)?),
+            }))
+        }
+        other => Err(BankError::Protocol(format!("claim returned {other:?}"))),
+    }
+}
+
+/// Redis's clock, in Unix seconds.
+pub(crate) async fn redis_time(conn: &mut ConnectionManager) -> Result<i64, BankError> {
+    let (secs, _micros): (i64, i64) = redis::cmd("TIME").query_async(conn).await?;
+    Ok(secs)
+}

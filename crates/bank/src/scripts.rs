@@ -1,0 +1,89 @@
+//! The bank's Lua scripts (`lua/*.lua`) and how they are run.
+//!
+//! Scripts are sent by SHA (`EVALSHA`), also inside pipelines, where redis-rs does not load
+//! them on its own; on `NOSCRIPT` (a restarted or flushed Redis) they are loaded and the
+//! command or pipeline is sent once more, which is safe because every bank script is
+//! idempotent or atomic. This module must not decide what the scripts mean.
+
+use std::sync::OnceLock;
+
+use redis::aio::ConnectionManager;
+use redis::{Cmd, FromRedisValue, Pipeline, RedisError, Script};
+
+use crate::BankError;
+
+pub(crate) struct BankScript {
+    script: Script,
+}
+
+impl BankScript {
+    fn new(source: &str) -> Self {
+        Self {
+            script: Script::new(source),
+        }
+    }
+
+    /// `EVALSHA <sha>`; the caller adds the key count, keys and arguments.
+    pub(crate) fn evalsha(&self) -> Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.script.get_hash());
+        cmd
+    }
+}
+
+pub(crate) struct Scripts {
+    pub(crate) store: BankScript,
+    pub(crate) claim: BankScript,
+}
+
+pub(crate) fn get() -> &'static Scripts {
+    static SCRIPTS: OnceLock<Scripts> = OnceLock::new();
+    SCRIPTS.get_or_init(|| Scripts {
+        store: BankScript::new(include_str!("lua/store.lua")),
+        claim: BankScript::new(include_str!("lua/claim.lua")),
+    })
+}
+
+fn is_noscript(e: &RedisError) -> bool {
+    matches!(
+        e.kind(),
+        redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+    )
+}
+
+impl Scripts {
+    pub(crate) async fn load_all(&self, conn: &mut ConnectionManager) -> Result<(), BankError> {
+        for s in [&self.store, &self.claim] {
+            s.script.prepare_invoke().load_async(conn).await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn run<T: FromRedisValue>(
+        &self,
+        conn: &mut ConnectionManager,
+        cmd: &Cmd,
+    ) -> Result<T, BankError> {
+        match cmd.query_async(conn).await {
+            Err(e) if is_noscript(&e) => {
+                self.load_all(conn).await?;
+                Ok(cmd.query_async(conn).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    pub(crate) async fn run_pipeline<T: FromRedisValue>(
+        &self,
+        conn: &mut ConnectionManager,
+        pipe: &Pipeline,
+    ) -> Result<T, BankError> {
+        match pipe.query_async(conn).await {
+            Err(e) if is_noscript(&e) => {
+                self.load_all(conn).await?;
+                Ok(pipe.query_async(conn).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+}

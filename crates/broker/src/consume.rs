@@ -1,0 +1,128 @@
+//! Consuming in batches with manual acknowledgements.
+//!
+//! [`BatchConsumer::next_batch`] waits for one delivery, then takes whatever else is already
+//! buffered (up to a maximum) without waiting, so batches grow with load and a lone message
+//! is never held back. A [`Batch`] is settled with one `multiple` ack (or nack) on its last
+//! delivery tag. Deliveries are processed in order on one channel, so a multiple ack settles
+//! exactly the batch. This module must not look inside messages.
+
+use futures_util::{FutureExt, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Consumer};
+
+use crate::{Broker, BrokerError};
+
+/// A consumer on one queue, on a channel of its own.
+pub struct BatchConsumer {
+    channel: Channel,
+    consumer: Consumer,
+    queue: String,
+}
+
+/// Deliveries taken together; settle them with [`Batch::ack`] or [`Batch::nack`].
+pub struct Batch {
+    pub deliveries: Vec<Delivery>,
+}
+
+impl BatchConsumer {
+    /// Opens a channel with the given prefetch and starts consuming `queue`.
+    pub async fn start(
+        broker: &Broker,
+        queue: &str,
+        prefetch: u16,
+        tag: &str,
+    ) -> Result<Self, BrokerError> {
+        let channel = broker.channel().await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                queue.into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Self {
+            channel,
+            consumer,
+            queue: queue.to_owned(),
+        })
+    }
+
+    /// The next batch: at least one delivery, at most `max`. `Ok(None)` once the consumer
+    /// has been cancelled (by [`BatchConsumer::cancel`] or by the broker).
+    pub async fn next_batch(&mut self, max: usize) -> Result<Option<Batch>, BrokerError> {
+        let first = match self.consumer.next().await {
+            None => return Ok(None),
+            Some(d) => d?,
+        };
+        let mut deliveries = Vec::with_capacity(max.min(1024));
+        deliveries.push(first);
+        while deliveries.len() < max {
+            match self.consumer.next().now_or_never() {
+                Some(Some(d)) => deliveries.push(d?),
+                Some(None) | None => break,
+            }
+        }
+        Ok(Some(Batch { deliveries }))
+    }
+
+    /// Stops the broker sending more; deliveries not yet settled go back to the queue when
+    /// the channel closes.
+    pub async fn cancel(&self) -> Result<(), BrokerError> {
+        self.channel
+            .basic_cancel(self.consumer.tag(), BasicCancelOptions::default())
+            .await?;
+        Ok(())
+    }
+
+    /// Closes the channel: every unsettled delivery is requeued by the broker.
+    pub async fn close(self) {
+        let _ = self.channel.close(200, "bye".into()).await;
+    }
+
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.deliveries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.deliveries.is_empty()
+    }
+
+    /// Acknowledges every delivery of the batch (and any earlier unsettled one) at once.
+    pub async fn ack(&self) -> Result<(), BrokerError> {
+        if let Some(last) = self.deliveries.last() {
+            last.acker
+                .ack(BasicAckOptions { multiple: true })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Hands the whole batch back to the queue (`requeue`) or drops it.
+    pub async fn nack(&self, requeue: bool) -> Result<(), BrokerError> {
+        if let Some(last) = self.deliveries.last() {
+            last.acker
+                .nack(BasicNackOptions {
+                    multiple: true,
+                    requeue,
+                })
+                .await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,352 @@
+//! Configuration (contract section 2): the raw strings as given, and the validated [`Config`].
+//!
+//! [`RawConfig`] is what the environment (or command-line flags) said; [`RawConfig::validate`]
+//! turns it into a [`Config`] or one readable [`ConfigError`] naming the variable at fault.
+//! Secrets are wrapped in [`Secret`], whose `Debug` and `Display` never show them.
+//! This module must not connect to anything; checking that a URL is reachable is the roles'.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use crate::names::{AppId, Namespace};
+use crate::upload::UploadLimits;
+
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+pub const DEFAULT_NAMESPACE: &str = "wxpush";
+pub const DEFAULT_WECHAT_API_BASE: &str = "https://api.weixin.qq.com";
+pub const DEFAULT_SEND_RATE: u32 = 500;
+pub const DEFAULT_CLAIM_MARGIN_SECS: u32 = 60;
+pub const DEFAULT_USER_CAP: u32 = 100;
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+pub const DEFAULT_INGEST_PREFETCH: u16 = 2000;
+pub const DEFAULT_INGEST_BATCH: usize = 500;
+
+/// A secret string (the app secret). Printing it shows `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    /// The secret itself, for the one place that must send it (the token request).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// A configuration value that cannot be used. The message names the variable, never a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{var} is not set: {hint}")]
+    Missing {
+        var: &'static str,
+        hint: &'static str,
+    },
+    #[error("{var} is invalid: {reason}")]
+    Invalid { var: &'static str, reason: String },
+}
+
+/// Configuration as given, every value an unparsed string (`None` where not set).
+#[derive(Debug, Clone, Default)]
+pub struct RawConfig {
+    pub amqp_url: Option<String>,
+    pub redis_url: Option<String>,
+    pub namespace: Option<String>,
+    pub wechat_api_base: Option<String>,
+    pub app_id: Option<String>,
+    pub app_secret: Option<String>,
+    pub send_rate: Option<String>,
+    pub claim_margin_secs: Option<String>,
+    pub user_cap: Option<String>,
+    pub max_message_bytes: Option<String>,
+    pub ingest_prefetch: Option<String>,
+    pub ingest_batch: Option<String>,
+}
+
+/// Every variable [`RawConfig::from_env`] reads, beside the field it fills.
+pub const ENV_VARS: &[&str] = &[
+    "WXPUSH_AMQP_URL",
+    "WXPUSH_REDIS_URL",
+    "WXPUSH_NAMESPACE",
+    "WXPUSH_WECHAT_API_BASE",
+    "WXPUSH_APP_ID",
+    "WXPUSH_APP_SECRET",
+    "WXPUSH_SEND_RATE",
+    "WXPUSH_CLAIM_MARGIN_SECS",
+    "WXPUSH_USER_CAP",
+    "WXPUSH_MAX_MESSAGE_BYTES",
+    "WXPUSH_INGEST_PREFETCH",
+    "WXPUSH_INGEST_BATCH",
+];
+
+impl RawConfig {
+    /// Reads the `WXPUSH_*` variables of the process environment.
+    pub fn from_env() -> Self {
+        Self::from_map(&std::env::vars().collect())
+    }
+
+    /// Reads the `WXPUSH_*` variables from a map (the environment, or a test's).
+    pub fn from_map(vars: &HashMap<String, String>) -> Self {
+        let get = |k: &str| vars.get(k).filter(|v| !v.is_empty()).cloned();
+        Self {
+            amqp_url: get(ENV_VARS[0]),
+            redis_url: get(ENV_VARS[1]),
+            namespace: get(ENV_VARS[2]),
+            wechat_api_base: get(ENV_VARS[3]),
+            app_id: get(ENV_VARS[4]),
+            app_secret: get(ENV_VARS[5]),
+            send_rate: get(ENV_VARS[6]),
+            claim_margin_secs: get(ENV_VARS[7]),
+            user_cap: get(ENV_VARS[8]),
+            max_message_bytes: get(ENV_VARS[9]),
+            ingest_prefetch: get(ENV_VARS[10]),
+            ingest_batch: get(ENV_VARS[11]),
+        }
+    }
+
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let amqp_url = url(
+            "WXPUSH_AMQP_URL",
+            self.amqp_url,
+            DEFAULT_AMQP_URL,
+            &["amqp"],
+        )?;
+        let redis_url = url(
+            "WXPUSH_REDIS_URL",
+            self.redis_url,
+            DEFAULT_REDIS_URL,
+            &["redis", "redis+unix", "unix"],
+        )?;
+        let wechat_api_base = url(
+            "WXPUSH_WECHAT_API_BASE",
+            self.wechat_api_base,
+            DEFAULT_WECHAT_API_BASE,
+            &["http", "https"],
+        )?;
+        let namespace = Namespace::new(self.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE))
+            .map_err(|e| ConfigError::Invalid {
+                var: "WXPUSH_NAMESPACE",
+                reason: e.to_string(),
+            })?;
+        let app_id = match self.app_id {
+            None => {
+                return Err(ConfigError::Missing {
+                    var: "WXPUSH_APP_ID",
+                    hint: "set it to the mini program's appid; credentials are kept per app",
+                })
+            }
+            Some(s) => AppId::new(&s).map_err(|e| ConfigError::Invalid {
+                var: "WXPUSH_APP_ID",
+                reason: e.to_string(),
+            })?,
+        };
+        Ok(Config {
+            amqp_url,
+            redis_url,
+            namespace,
+            wechat_api_base,
+            app_id,
+            app_secret: self.app_secret.map(Secret),
+            send_rate: number("WXPUSH_SEND_RATE", self.send_rate, DEFAULT_SEND_RATE, 1)?,
+            claim_margin_secs: number(
+                "WXPUSH_CLAIM_MARGIN_SECS",
+                self.claim_margin_secs,
+                DEFAULT_CLAIM_MARGIN_SECS,
+                0,
+            )?,
+            user_cap: number("WXPUSH_USER_CAP", self.user_cap, DEFAULT_USER_CAP, 1)?,
+            upload_limits: UploadLimits {
+                max_bytes: number(
+                    "WXPUSH_MAX_MESSAGE_BYTES",
+                    self.max_message_bytes,
+                    DEFAULT_MAX_MESSAGE_BYTES,
+                    64,
+                )?,
+            },
+            ingest_prefetch: number(
+                "WXPUSH_INGEST_PREFETCH",
+                self.ingest_prefetch,
+                DEFAULT_INGEST_PREFETCH,
+                1,
+            )?,
+            ingest_batch: number(
+                "WXPUSH_INGEST_BATCH",
+                self.ingest_batch,
+                DEFAULT_INGEST_BATCH,
+                1,
+            )?,
+        })
+    }
+}
+
+/// Validated configuration shared by every role.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub amqp_url: String,
+    pub redis_url: String,
+    pub namespace: Namespace,
+    pub wechat_api_base: String,
+    /// The install's (default) mini program.
+    pub app_id: AppId,
+    /// Needed only by roles that call WeChat.
+    pub app_secret: Option<Secret>,
+    /// Fleet-wide WeChat send calls per second.
+    pub send_rate: u32,
+    /// A credential expiring within this many seconds counts as expired.
+    pub claim_margin_secs: u32,
+    /// Most usable credentials kept per user (those expiring last are kept).
+    pub user_cap: u32,
+    pub upload_limits: UploadLimits,
+    /// Unacknowledged uploads one ingest process may hold.
+    pub ingest_prefetch: u16,
+    /// Most uploads written to Redis in one round trip.
+    pub ingest_batch: usize,
+}
+
+/// `url` with any password replaced by `***`, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}{path}")
+            } else {
+                format!("{scheme}://{user}@{host}{path}")
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+fn url(
+    var: &'static str,
+    given: Option<String>,
+    default: &str,
+    schemes: &[&str],
+) -> Result<String, ConfigError> {
+    let value = given.unwrap_or_else(|| default.to_owned());
+    let scheme = value.split_once("://").map(|(s, _)| s);
+    let ok = scheme.is_some_and(|s| schemes.contains(&s));
+    if !ok {
+        return Err(ConfigError::Invalid {
+            var,
+            reason: format!(
+                "'{}' is not a {} URL",
+                redact_url(&value),
+                schemes
+                    .iter()
+                    .map(|s| format!("{s}://"))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            ),
+        });
+    }
+    Ok(value)
+}
+
+fn number<T>(var: &'static str, given: Option<String>, default: T, min: T) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
+{
+    let Some(s) = given else {
+        return Ok(default);
+    };
+    match s.trim().parse::<T>() {
+        Ok(v) if v >= min => Ok(v),
+        Ok(_) => Err(ConfigError::Invalid {
+            var,
+            reason: format!("'{s}' is below the minimum of {min}"),
+        }),
+        Err(_) => Err(ConfigError::Invalid {
+            var,
+            reason: format!("'{s}' is not a whole number"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(pairs: &[(&str, &str)]) -> RawConfig {
+        RawConfig::from_map(
+            &pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = raw(&[("WXPUSH_APP_ID", "wx1234567890abcdef")])
+            .validate()
+            .unwrap();
+        assert_eq!(c.amqp_url, DEFAULT_AMQP_URL);
+        assert_eq!(c.redis_url, DEFAULT_REDIS_URL);
+        assert_eq!(c.namespace.as_str(), "wxpush");
+        assert_eq!(c.wechat_api_base, "https://api.weixin.qq.com");
+        assert_eq!(c.send_rate, 500);
+        assert_eq!(c.claim_margin_secs, 60);
+        assert_eq!(c.user_cap, 100);
+        assert_eq!(c.upload_limits.max_bytes, 65536);
+    }
+
+    #[test]
+    fn errors_name_the_variable_and_never_the_secret() {
+        let e = raw(&[]).validate().unwrap_err();
+        assert!(e.to_string().starts_with("WXPUSH_APP_ID is not set"));
+        let e = raw(&[("WXPUSH_APP_ID", "wx1"), ("WXPUSH_SEND_RATE", "fast")])
+            .validate()
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "WXPUSH_SEND_RATE is invalid: 'fast' is not a whole number"
+        );
+        let e = raw(&[
+            ("WXPUSH_APP_ID", "wx1"),
+            ("WXPUSH_REDIS_URL", "http://u:hunter2@host/"),
+        ])
+        .validate()
+        .unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let c = raw(&[("WXPUSH_APP_ID", "wx1"), ("WXPUSH_APP_SECRET", "s3cr3t")])
+            .validate()
+            .unwrap();
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn redacts_passwords_in_urls() {
+        assert_eq!(
+            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact_url("redis://127.0.0.1/0"), "redis://127.0.0.1/0");
+        assert_eq!(
+            redact_url("redis://:pw@h:6379"),
+            "redis://:***@h:6379"
+        );
+    }
+}

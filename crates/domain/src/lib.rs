@@ -1,0 +1,19 @@
+//! wxpush's domain: the names, credentials and message formats every other crate speaks,
+//! and the validated configuration.
+//!
+//! This crate owns *what things are* and the rules for accepting them from outside
+//! (upload messages, environment variables). It must not do I/O: no Redis, no RabbitMQ,
+//! no HTTP, no reading of the environment except through [`config::RawConfig::from_env`].
+
+pub mod config;
+pub mod credential;
+pub mod names;
+pub mod upload;
+
+pub use config::{Config, ConfigError, RawConfig, Secret};
+pub use credential::{Credential, CredentialKind};
+pub use names::{AppId, NameError, Namespace, OpenId};
+pub use upload::{parse_upload, PoisonReason, RejectedEntry, Upload, UploadLimits};
+
+/// WeChat lets a formId (and a prepay_id) be used within 7 days of the user's action.
+pub const CREDENTIAL_LIFETIME_MS: i64 = 7 * 24 * 60 * 60 * 1000;

@@ -1,0 +1,308 @@
+//! The ingest role: credential uploads from RabbitMQ into the bank.
+//!
+//! Per batch (as many uploads as are ready, up to `batch_max`):
+//! 1. parse and validate every upload ([`wxpush_domain::parse_upload`]);
+//! 2. dead-letter each poison message with its reason (confirmed before going on);
+//! 3. store every good upload's credentials in one pipelined Redis round trip, retrying
+//!    while Redis is unreachable and holding the batch unacknowledged meanwhile;
+//! 4. acknowledge the whole batch with one `multiple` ack.
+//!
+//! A message is acknowledged only after its credentials are in Redis (or it is in the
+//! dead-letter queue), so a crash at any moment loses nothing; the redelivered messages are
+//! stored again, which changes nothing because storing is idempotent. This module must not
+//! know how the bank lays out its keys, nor talk to WeChat.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use backon::BackoffBuilder;
+use wxpush_bank::{Bank, BankError, StoreReport, StoreRequest};
+use wxpush_broker::{Batch, BatchConsumer, Broker, Delivery, Publisher, Topology};
+use wxpush_domain::{parse_upload, AppId, Config, Credential, OpenId, PoisonReason, UploadLimits};
+
+use crate::{Deps, RoleError, Shutdown};
+
+/// The source name of ingest's dead letters (queue `<ns>.dead.ingest`).
+pub const DEAD_LETTER_SOURCE: &str = "ingest";
+
+/// What the ingest role needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    pub app_id: AppId,
+    pub limits: UploadLimits,
+    pub prefetch: u16,
+    pub batch_max: usize,
+}
+
+impl IngestSettings {
+    pub fn from_config(c: &Config) -> Self {
+        Self {
+            app_id: c.app_id.clone(),
+            limits: c.upload_limits,
+            prefetch: c.ingest_prefetch,
+            batch_max: c.ingest_batch,
+        }
+    }
+}
+
+/// Counters of one ingest run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IngestStats {
+    /// Upload messages taken from the queue and settled.
+    pub messages: u64,
+    pub batches: u64,
+    /// What the bank did with the credentials of good uploads.
+    pub store: StoreReport,
+    /// Entries refused inside otherwise good uploads.
+    pub rejected_entries: u64,
+    /// Entries already expired when received (not stored).
+    pub expired_on_arrival: u64,
+    /// Poison messages sent to the dead-letter queue, by reason code.
+    pub dead_lettered: HashMap<&'static str, u64>,
+}
+
+impl IngestStats {
+    pub fn dead_lettered_total(&self) -> u64 {
+        self.dead_lettered.values().sum()
+    }
+}
+
+/// Runs ingest until `shutdown` fires, then settles the batch in hand and returns.
+pub async fn run(
+    deps: &Deps,
+    topology: &Topology,
+    settings: &IngestSettings,
+    mut shutdown: Shutdown,
+) -> Result<IngestStats, RoleError> {
+    let ingest = Ingest::start(deps, topology, settings).await?;
+    let mut stats = IngestStats::default();
+    let mut consumer = ingest.consumer().await?;
+    let mut report = Instant::now();
+    let mut since_report = 0u64;
+    loop {
+        let batch = tokio::select! {
+            _ = shutdown.wait() => break,
+            b = consumer.next_batch(settings.batch_max) => b?,
+        };
+        let Some(batch) = batch else {
+            return Err(wxpush_broker::BrokerError::ConsumerGone {
+                queue: topology.ingest_queue(),
+            }
+            .into());
+        };
+        if ingest.settle(&batch, &mut stats, &mut shutdown).await? {
+            since_report += batch.len() as u64;
+        } else {
+            break; // shutdown while Redis was unreachable: the batch went back to the queue
+        }
+        if report.elapsed() >= Duration::from_secs(10) {
+            tracing::info!(
+                uploads = since_report,
+                stored = stats.store.added,
+                dead_lettered = stats.dead_lettered_total(),
+                "ingest progress"
+            );
+            report = Instant::now();
+            since_report = 0;
+        }
+    }
+    let _ = consumer.cancel().await;
+    consumer.close().await;
+    ingest.publisher.close().await;
+    tracing::info!(
+        messages = stats.messages,
+        stored = stats.store.added,
+        dead_lettered = stats.dead_lettered_total(),
+        "ingest stopped"
+    );
+    Ok(stats)
+}
+
+/// The ingest role's working parts, exposed so tests can drive one step at a time.
+pub struct Ingest {
+    bank: Bank,
+    broker: Broker,
+    publisher: Publisher,
+    topology: Topology,
+    settings: IngestSettings,
+}
+
+/// The parsed part of a batch: good uploads grouped per user, poison messages apart.
+struct Sorted<'a> {
+    users: HashMap<(AppId, OpenId), Vec<Credential>>,
+    poison: Vec<(&'a Delivery, PoisonReason)>,
+    rejected_entries: u64,
+    expired_on_arrival: u64,
+}
+
+impl Ingest {
+    /// Declares ingest's topology and opens its dead-letter publisher.
+    pub async fn start(
+        deps: &Deps,
+        topology: &Topology,
+        settings: &IngestSettings,
+    ) -> Result<Self, RoleError> {
+        let ch = deps.broker.channel().await?;
+        topology.declare_ingest(&ch).await?;
+        let _ = ch.close(200, "declared".into()).await;
+        let publisher = Publisher::open(&deps.broker, topology.clone()).await?;
+        Ok(Self {
+            bank: deps.bank.clone(),
+            broker: deps.broker.clone(),
+            publisher,
+            topology: topology.clone(),
+            settings: settings.clone(),
+        })
+    }
+
+    /// Starts consuming the ingest queue.
+    pub async fn consumer(&self) -> Result<BatchConsumer, RoleError> {
+        Ok(BatchConsumer::start(
+            &self.broker,
+            &self.topology.ingest_queue(),
+            self.settings.prefetch,
+            "wxpush-ingest",
+        )
+        .await?)
+    }
+
+    /// Processes and acknowledges one batch. Returns `false` (the batch handed back to the
+    /// queue) only when shutdown fired while Redis could not be reached.
+    pub async fn settle(
+        &self,
+        batch: &Batch,
+        stats: &mut IngestStats,
+        shutdown: &mut Shutdown,
+    ) -> Result<bool, RoleError> {
+        if !self.process(batch, stats, shutdown).await? {
+            batch.nack(true).await?;
+            return Ok(false);
+        }
+        batch.ack().await?;
+        stats.messages += batch.len() as u64;
+        stats.batches += 1;
+        Ok(true)
+    }
+
+    /// Everything but the acknowledgement: dead-letters poison, stores the rest. Returns
+    /// `false` if shutdown fired before Redis could be reached (nothing acknowledged).
+    pub async fn process(
+        &self,
+        batch: &Batch,
+        stats: &mut IngestStats,
+        shutdown: &mut Shutdown,
+    ) -> Result<bool, RoleError> {
+        let sorted = self.sort(batch);
+        let requests: Vec<StoreRequest<'_>> = sorted
+            .users
+            .iter()
+            .map(|((app, open_id), credentials)| StoreRequest {
+                app,
+                open_id,
+                credentials,
+            })
+            .collect();
+        let Some(reports) = self.store_with_retry(&requests, shutdown).await? else {
+            return Ok(false);
+        };
+        for (delivery, reason) in &sorted.poison {
+            tracing::warn!(code = reason.code(), %reason, "upload dead-lettered");
+            self.publisher
+                .dead_letter(
+                    DEAD_LETTER_SOURCE,
+                    &self.topology.ingest_queue(),
+                    delivery,
+                    reason.code(),
+                    &reason.to_string(),
+                )
+                .await?;
+            *stats.dead_lettered.entry(reason.code()).or_default() += 1;
+        }
+        for r in reports {
+            stats.store += r;
+        }
+        stats.rejected_entries += sorted.rejected_entries;
+        stats.expired_on_arrival += sorted.expired_on_arrival;
+        Ok(true)
+    }
+
+    fn sort<'a>(&self, batch: &'a Batch) -> Sorted<'a> {
+        let received_at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let mut sorted = Sorted {
+            users: HashMap::new(),
+            poison: Vec::new(),
+            rejected_entries: 0,
+            expired_on_arrival: 0,
+        };
+        for d in &batch.deliveries {
+            let parsed = parse_upload(&d.data, received_at_ms, self.settings.limits).and_then(|u| {
+                match &u.app_id {
+                    Some(app) if *app != self.settings.app_id => {
+                        Err(PoisonReason::UnknownApp(app.to_string()))
+                    }
+                    _ => Ok(u),
+                }
+            });
+            match parsed {
+                Ok(u) => {
+                    sorted.rejected_entries += u.rejected.len() as u64;
+                    sorted.expired_on_arrival += u.expired as u64;
+                    let app = u.app_id.unwrap_or_else(|| self.settings.app_id.clone());
+                    sorted
+                        .users
+                        .entry((app, u.open_id))
+                        .or_default()
+                        .extend(u.credentials);
+                }
+                Err(reason) => sorted.poison.push((d, reason)),
+            }
+        }
+        sorted
+    }
+
+    /// Stores, retrying with exponential backoff while Redis is unreachable. `None` if
+    /// shutdown fired first.
+    async fn store_with_retry(
+        &self,
+        requests: &[StoreRequest<'_>],
+        shutdown: &mut Shutdown,
+    ) -> Result<Option<Vec<StoreReport>>, RoleError> {
+        let mut delays = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        let mut last_log: Option<Instant> = None;
+        loop {
+            match self.bank.store_batch(requests).await {
+                Ok(r) => {
+                    if last_log.is_some() {
+                        tracing::info!("Redis is reachable again; ingest resumes");
+                    }
+                    return Ok(Some(r));
+                }
+                Err(e) if e.is_transient() => {
+                    if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                        tracing::warn!(error = %e, "Redis unreachable; holding the batch and retrying");
+                        last_log = Some(Instant::now());
+                    }
+                    let wait = delays.next().unwrap_or(Duration::from_secs(5));
+                    tokio::select! {
+                        _ = shutdown.wait() => return Ok(None),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+                Err(e) => return Err(store_failure(e)),
+            }
+        }
+    }
+}
+
+fn store_failure(e: BankError) -> RoleError {
+    tracing::error!(error = %e, "storing a batch failed");
+    RoleError::Bank(e)
+}
