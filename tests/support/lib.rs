@@ -1,1 +1,328 @@
+//! Test kit for wxpush's end-to-end tests and benchmarks (not part of the product).
+//!
+//! [`TestEnv`] gives each test its own namespace on the machine's real Redis and RabbitMQ
+//! (`WXPUSH_REDIS_URL`, `WXPUSH_AMQP_URL`, or the defaults), so tests run in parallel, and
+//! removes every key, queue and exchange of that namespace when dropped, even after a
+//! failed assertion. It also runs the real `wxpush` binary with that namespace.
 
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use lapin::options::{BasicGetOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use wxpush_broker::publish::{header_text, REASON_CODE_HEADER, REASON_HEADER};
+use wxpush_broker::{Broker, Publisher, Topology};
+use wxpush_domain::{AppId, Config, Namespace, RawConfig};
+use wxpush_roles::Deps;
+
+/// The appid every test install uses.
+pub const TEST_APP: &str = "wxtest0000000001";
+
+pub fn redis_url() -> String {
+    std::env::var("WXPUSH_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("WXPUSH_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Unix time now, in milliseconds (this process's clock).
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A formId shaped like WeChat's: 32 lowercase hex digits, unique per `(seed, n)`.
+pub fn form_id(seed: u64, n: u64) -> String {
+    format!(
+        "{:016x}{:016x}",
+        seed.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        n
+    )
+}
+
+/// The `wxpush` binary cargo built beside the running test or benchmark
+/// (`target/<profile>/wxpush`; `WXPUSH_BIN` overrides).
+pub fn wxpush_bin() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("WXPUSH_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join(format!("wxpush{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// One test's private install: a namespace, its configuration, and clean-up on drop.
+pub struct TestEnv {
+    pub ns: Namespace,
+    pub app: AppId,
+    vars: HashMap<String, String>,
+}
+
+impl TestEnv {
+    /// A new namespace named after the test (`t-<name>-<pid>-<n>`).
+    pub fn new(name: &str) -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let short: String = name
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(24)
+            .collect();
+        let ns = format!("t-{short}-{}-{n}-{nanos:x}", std::process::id());
+        let mut vars = HashMap::new();
+        vars.insert("WXPUSH_NAMESPACE".into(), ns.clone());
+        vars.insert("WXPUSH_REDIS_URL".into(), redis_url());
+        vars.insert("WXPUSH_AMQP_URL".into(), amqp_url());
+        vars.insert("WXPUSH_APP_ID".into(), TEST_APP.into());
+        Self {
+            ns: Namespace::new(&ns).expect("test namespace is valid"),
+            app: AppId::new(TEST_APP).expect("test appid is valid"),
+            vars,
+        }
+    }
+
+    /// Sets a `WXPUSH_*` variable for [`TestEnv::config`] and spawned binaries.
+    pub fn set(&mut self, var: &str, value: &str) -> &mut Self {
+        self.vars.insert(var.into(), value.into());
+        self
+    }
+
+    pub fn vars(&self) -> &HashMap<String, String> {
+        &self.vars
+    }
+
+    pub fn config(&self) -> Config {
+        RawConfig::from_map(&self.vars)
+            .validate()
+            .expect("test configuration is valid")
+    }
+
+    pub fn topology(&self) -> Topology {
+        Topology::new(self.ns.clone())
+    }
+
+    pub async fn deps(&self) -> Deps {
+        Deps::connect(&self.config(), "wxpush-test")
+            .await
+            .expect("Redis and RabbitMQ are reachable (run scripts/services.sh)")
+    }
+
+    /// Publishes upload bodies to `<ns>.formids` with confirms.
+    pub async fn publish_uploads(&self, broker: &Broker, bodies: &[Vec<u8>]) {
+        let publisher = Publisher::open(broker, self.topology())
+            .await
+            .expect("publisher");
+        for chunk in bodies.chunks(500) {
+            publisher
+                .publish_all(
+                    &self.topology().uploads_exchange(),
+                    chunk.iter().map(|b| ("upload", b.as_slice())),
+                )
+                .await
+                .expect("publish uploads");
+        }
+        publisher.close().await;
+    }
+
+    /// Declares the uploads exchange and ingest queue, as `wxpush ingest` does on start, so
+    /// messages published before the role runs are kept.
+    pub async fn declare_ingest(&self, broker: &Broker) {
+        let ch = broker.channel().await.expect("channel");
+        self.topology()
+            .declare_ingest(&ch)
+            .await
+            .expect("declare ingest topology");
+        let _ = ch.close(200, "ok".into()).await;
+    }
+
+    /// Messages ready in a queue (not counting unacknowledged ones).
+    pub async fn queue_ready(&self, broker: &Broker, queue: &str) -> u32 {
+        let ch = broker.channel().await.expect("channel");
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue exists");
+        let _ = ch.close(200, "ok".into()).await;
+        q.message_count()
+    }
+
+    /// Takes every message from a dead-letter queue: (body, reason code, reason).
+    pub async fn drain_dead_letters(
+        &self,
+        broker: &Broker,
+        source: &str,
+    ) -> Vec<(Vec<u8>, String, String)> {
+        let ch = broker.channel().await.expect("channel");
+        let mut out = Vec::new();
+        while let Some(m) = ch
+            .basic_get(
+                self.topology().dead_queue(source).into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .expect("basic.get")
+        {
+            let headers = m.delivery.properties.headers().clone().unwrap_or_default();
+            out.push((
+                m.delivery.data.clone(),
+                header_text(&headers, REASON_CODE_HEADER).unwrap_or_default(),
+                header_text(&headers, REASON_HEADER).unwrap_or_default(),
+            ));
+        }
+        let _ = ch.close(200, "ok".into()).await;
+        out
+    }
+
+    /// A `wxpush` command with this install's environment (and nothing else of WXPUSH_*).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(wxpush_bin());
+        cmd.args(args);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("WXPUSH_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.envs(&self.vars);
+        cmd
+    }
+
+    /// Starts `wxpush <args>` in the background, its output captured.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn wxpush")
+    }
+
+    /// Removes every key, queue and exchange of the namespace.
+    pub fn cleanup(&self) {
+        let pattern = format!("{}:*", self.ns);
+        if let Ok(client) = redis::Client::open(redis_url()) {
+            if let Ok(mut conn) = client.get_connection() {
+                let keys: Vec<String> = redis::cmd("SCAN")
+                    .cursor_arg(0)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(10_000)
+                    .clone()
+                    .iter(&mut conn)
+                    .map(|it| it.filter_map(Result::ok).collect())
+                    .unwrap_or_default();
+                for chunk in keys.chunks(1000) {
+                    let _: Result<i64, _> = redis::cmd("UNLINK").arg(chunk).query(&mut conn);
+                }
+            }
+        }
+        let topology = self.topology();
+        let ns = self.ns.to_string();
+        // Drop may run inside a tokio runtime: do the AMQP part on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let Ok(broker) =
+                    Broker::connect(&amqp_url(), "wxpush-test-cleanup", Duration::from_secs(5))
+                        .await
+                else {
+                    return;
+                };
+                if let Ok(ch) = broker.channel().await {
+                    for q in topology.all_queues() {
+                        let _ = ch.queue_delete(q.into(), Default::default()).await;
+                    }
+                    for e in topology.all_exchanges() {
+                        let _ = ch.exchange_delete(e.into(), Default::default()).await;
+                    }
+                }
+                broker.close().await;
+                let _ = ns;
+            });
+        })
+        .join();
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+/// Polls `check` until it returns true or `limit` passes (a guard against hanging, not a
+/// speed assertion). Returns whether it became true.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every key of the namespace with its TTL in seconds (-1: none).
+pub async fn keys_with_ttl(env: &TestEnv) -> Vec<(String, i64)> {
+    let client = redis::Client::open(redis_url()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let mut out = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{}:*", env.ns))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .expect("scan");
+        for k in keys {
+            let ttl: i64 = redis::cmd("TTL")
+                .arg(&k)
+                .query_async(&mut conn)
+                .await
+                .expect("ttl");
+            out.push((k, ttl));
+        }
+        if next == 0 {
+            return out;
+        }
+        cursor = next;
+    }
+}

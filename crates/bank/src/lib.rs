@@ -171,7 +171,9 @@ impl Bank {
 
     /// Checks Redis answers (for readiness).
     pub async fn ping(&self) -> Result<(), BankError> {
-        let _: String = redis::cmd("PING").query_async(&mut self.conn.clone()).await?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut self.conn.clone())
+            .await?;
         Ok(())
     }
 
@@ -198,7 +200,10 @@ impl Bank {
             }
             pipe.add_command(cmd);
         }
-        let replies: Vec<Vec<i64>> = self.scripts.run_pipeline(&mut self.conn.clone(), &pipe).await?;
+        let replies: Vec<Vec<i64>> = self
+            .scripts
+            .run_pipeline(&mut self.conn.clone(), &pipe)
+            .await?;
         if replies.len() != requests.len() {
             return Err(BankError::Protocol(format!(
                 "{} replies for {} stores",
@@ -241,11 +246,7 @@ impl Bank {
 
     /// Takes the user's usable credential that expires soonest, or `None` when the user has
     /// none. One atomic script: no two claimers ever receive the same credential.
-    pub async fn claim(
-        &self,
-        app: &AppId,
-        open_id: &OpenId,
-    ) -> Result<Option<Claimed>, BankError> {
+    pub async fn claim(&self, app: &AppId, open_id: &OpenId) -> Result<Option<Claimed>, BankError> {
         let mut cmd = self.scripts.claim.evalsha();
         cmd.arg(2)
             .arg(self.keys.credentials(app, open_id))

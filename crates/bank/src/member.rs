@@ -79,7 +79,12 @@ mod tests {
 
     #[test]
     fn other_form_ids_are_kept_as_text() {
-        for v in ["F3C5", "abc", "1535626496786 x", "wx2017033010242291fcfe0db70013231072"] {
+        for v in [
+            "F3C5",
+            "abc",
+            "1535626496786 x",
+            "wx2017033010242291fcfe0db70013231072",
+        ] {
             let c = Credential::form_id(v, 9);
             let m = encode(&c);
             assert_eq!(m[0], b'f', "{v}");

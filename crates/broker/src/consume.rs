@@ -8,7 +8,9 @@
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
 
@@ -106,9 +108,7 @@ impl Batch {
     /// Acknowledges every delivery of the batch (and any earlier unsettled one) at once.
     pub async fn ack(&self) -> Result<(), BrokerError> {
         if let Some(last) = self.deliveries.last() {
-            last.acker
-                .ack(BasicAckOptions { multiple: true })
-                .await?;
+            last.acker.ack(BasicAckOptions { multiple: true }).await?;
         }
         Ok(())
     }

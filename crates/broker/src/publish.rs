@@ -103,11 +103,7 @@ impl Publisher {
         code: &str,
         reason: &str,
     ) -> Result<(), BrokerError> {
-        let mut headers = delivery
-            .properties
-            .headers()
-            .clone()
-            .unwrap_or_default();
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
         let text = |s: &str| AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()));
         headers.insert(ShortString::from(REASON_HEADER), text(reason));
         headers.insert(ShortString::from(REASON_CODE_HEADER), text(code));

@@ -86,7 +86,11 @@ impl Topology {
     }
 
     /// Declares the dead-letter exchange and the dead-letter queue of `source`.
-    pub async fn declare_dead_letters(&self, ch: &Channel, source: &str) -> Result<(), BrokerError> {
+    pub async fn declare_dead_letters(
+        &self,
+        ch: &Channel,
+        source: &str,
+    ) -> Result<(), BrokerError> {
         self.declare_exchange(ch, &self.dead_exchange(), ExchangeKind::Direct)
             .await?;
         let q = self.dead_queue(source);

@@ -344,9 +344,6 @@ mod tests {
             "amqp://guest:***@127.0.0.1:5672/%2f"
         );
         assert_eq!(redact_url("redis://127.0.0.1/0"), "redis://127.0.0.1/0");
-        assert_eq!(
-            redact_url("redis://:pw@h:6379"),
-            "redis://:***@h:6379"
-        );
+        assert_eq!(redact_url("redis://:pw@h:6379"), "redis://:***@h:6379");
     }
 }

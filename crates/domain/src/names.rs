@@ -111,13 +111,9 @@ impl AppId {
 
 impl OpenId {
     pub fn new(s: &str) -> Result<Self, NameError> {
-        check(
-            "openId",
-            s,
-            128,
-            "printable ASCII without spaces",
-            |c| c.is_ascii_graphic(),
-        )?;
+        check("openId", s, 128, "printable ASCII without spaces", |c| {
+            c.is_ascii_graphic()
+        })?;
         Ok(Self(s.to_owned()))
     }
 

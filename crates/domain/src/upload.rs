@@ -77,7 +77,9 @@ pub enum PoisonReason {
     MissingFormIds,
     #[error("formIds is invalid: {0}")]
     InvalidFormIds(String),
-    #[error("no usable credential: {rejected} entries rejected, {expired} already expired{detail}")]
+    #[error(
+        "no usable credential: {rejected} entries rejected, {expired} already expired{detail}"
+    )]
     NoUsableEntry {
         rejected: usize,
         expired: usize,
@@ -179,9 +181,10 @@ pub fn parse_upload(
                 let Some(Value::String(form_id)) = entry.get("formId") else {
                     continue; // parse_entry checked it; kept total for the compiler
                 };
-                upload
-                    .credentials
-                    .push(Credential::form_id(form_id.clone(), expire_ms.div_euclid(1000)));
+                upload.credentials.push(Credential::form_id(
+                    form_id.clone(),
+                    expire_ms.div_euclid(1000),
+                ));
             }
             Err(reason) => upload.rejected.push(RejectedEntry { index, reason }),
         }
@@ -318,7 +321,10 @@ mod tests {
             (br#"{"openId":"","formIds":[]}"#, "invalid_open_id"),
             (br#"{"openId":"a b","formIds":[]}"#, "invalid_open_id"),
             (br#"{"openId":5,"formIds":[]}"#, "invalid_open_id"),
-            (br#"{"openId":"o","appId":"wx:1","formIds":[]}"#, "invalid_app_id"),
+            (
+                br#"{"openId":"o","appId":"wx:1","formIds":[]}"#,
+                "invalid_app_id",
+            ),
             (br#"{"openId":"o"}"#, "missing_form_ids"),
             (br#"{"openId":"o","formIds":3}"#, "invalid_form_ids"),
             (br#"{"openId":"o","formIds":"{}"}"#, "invalid_form_ids"),
@@ -340,7 +346,8 @@ mod tests {
     #[test]
     fn deep_json_is_refused_not_a_crash() {
         let deep = "[".repeat(100_000);
-        let err = parse_upload(deep.as_bytes(), NOW, UploadLimits { max_bytes: 1 << 20 }).unwrap_err();
+        let err =
+            parse_upload(deep.as_bytes(), NOW, UploadLimits { max_bytes: 1 << 20 }).unwrap_err();
         assert_eq!(err.code(), "not_json");
     }
 

@@ -238,14 +238,15 @@ impl Ingest {
             expired_on_arrival: 0,
         };
         for d in &batch.deliveries {
-            let parsed = parse_upload(&d.data, received_at_ms, self.settings.limits).and_then(|u| {
-                match &u.app_id {
+            let parsed =
+                parse_upload(&d.data, received_at_ms, self.settings.limits).and_then(|u| match &u
+                    .app_id
+                {
                     Some(app) if *app != self.settings.app_id => {
                         Err(PoisonReason::UnknownApp(app.to_string()))
                     }
                     _ => Ok(u),
-                }
-            });
+                });
             match parsed {
                 Ok(u) => {
                     sorted.rejected_entries += u.rejected.len() as u64;
