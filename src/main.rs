@@ -117,7 +117,8 @@ fn init_logging() {
 fn config(common: &Common) -> anyhow::Result<Config> {
     let mut raw = RawConfig::from_env();
     let set = |slot: &mut Option<String>, flag: &Option<String>| {
-        if flag.is_some() {
+        // An empty variable counts as unset, as in RawConfig::from_env.
+        if flag.as_deref().is_some_and(|v| !v.is_empty()) {
             slot.clone_from(flag);
         }
     };

@@ -1,0 +1,320 @@
+//! The ingest role end to end: the real `wxpush` binary (or the role in process where a
+//! test must stop it at an exact step), the real RabbitMQ and Redis.
+
+use std::collections::BTreeMap;
+use std::process::Child;
+use std::time::Duration;
+
+use serde_json::json;
+use wxpush_bank::Bank;
+use wxpush_domain::OpenId;
+use wxpush_roles::ingest::{self, Ingest, IngestSettings, IngestStats};
+use wxpush_roles::ShutdownTrigger;
+use wxpush_testkit::{eventually, form_id, keys_with_ttl, now_ms, redis_url, TestEnv, TEST_APP};
+
+const DAY_MS: i64 = 86_400_000;
+
+fn user(n: usize) -> String {
+    format!("oIngest{n:06}xxxxxxxxxxxxxxxx")
+}
+
+/// One upload of `count` formIds for user `n`.
+fn upload(n: usize, count: u64) -> Vec<u8> {
+    let ids: Vec<_> = (0..count)
+        .map(|i| json!({"formId": form_id(n as u64, i), "expire": now_ms() + DAY_MS}))
+        .collect();
+    json!({"openId": user(n), "formIds": ids})
+        .to_string()
+        .into_bytes()
+}
+
+/// Credentials stored for each of `users` (ZCARD of their keys).
+async fn stored_counts(bank: &Bank, env: &TestEnv, users: usize) -> Vec<u64> {
+    let mut pipe = redis::pipe();
+    for n in 0..users {
+        pipe.cmd("ZCARD").arg(
+            bank.keys()
+                .credentials(&env.app, &OpenId::new(&user(n)).unwrap()),
+        );
+    }
+    pipe.query_async(&mut bank.connection()).await.unwrap()
+}
+
+/// Every key of the namespace with its members and scores.
+async fn snapshot(bank: &Bank, env: &TestEnv) -> BTreeMap<String, Vec<(Vec<u8>, f64)>> {
+    let mut out = BTreeMap::new();
+    for (k, _) in keys_with_ttl(env).await {
+        let v: Vec<(Vec<u8>, f64)> = redis::cmd("ZRANGE")
+            .arg(&k)
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(&mut bank.connection())
+            .await
+            .unwrap();
+        out.insert(k, v);
+    }
+    out
+}
+
+fn terminate(child: &Child) {
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+fn stderr_of(child: Child) -> (std::process::ExitStatus, String) {
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_ingests_uploads_and_stops_cleanly_on_sigterm() {
+    let env = TestEnv::new("ingest_bin");
+    let deps = env.deps().await;
+    let child = env.spawn(&["ingest"]);
+    // Every shape the contract allows: array, JSON string, appId, unknown fields.
+    let mut bodies: Vec<Vec<u8>> = (0..150).map(|n| upload(n, 3)).collect();
+    for n in 150..200 {
+        let ids = json!([{"formId": form_id(n as u64, 0)}, {"formId": form_id(n as u64, 1)},
+                         {"formId": form_id(n as u64, 2), "expire": now_ms() + DAY_MS}]);
+        bodies.push(
+            json!({"openId": user(n), "appId": TEST_APP, "formIds": ids.to_string(), "v": 2})
+                .to_string()
+                .into_bytes(),
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            deps.broker.is_connected() && keys_or_queue_ready(&env, &deps).await
+        })
+        .await,
+        "ingest declared its queue"
+    );
+    env.publish_uploads(&deps.broker, &bodies).await;
+    let done = eventually(Duration::from_secs(30), || async {
+        stored_counts(&deps.bank, &env, 200)
+            .await
+            .iter()
+            .all(|&c| c == 3)
+    })
+    .await;
+    assert!(
+        done,
+        "every upload stored: {:?}",
+        stored_counts(&deps.bank, &env, 200).await
+    );
+    terminate(&child);
+    let (status, stderr) = stderr_of(child);
+    assert!(status.success(), "exit {status:?}: {stderr}");
+    assert!(stderr.contains("ingest stopped"), "{stderr}");
+    assert_eq!(
+        env.queue_ready(&deps.broker, &env.topology().ingest_queue())
+            .await,
+        0
+    );
+}
+
+/// True once the ingest queue exists (the role has declared its topology).
+async fn keys_or_queue_ready(env: &TestEnv, deps: &wxpush_roles::Deps) -> bool {
+    let Ok(ch) = deps.broker.channel().await else {
+        return false;
+    };
+    let ok = ch
+        .queue_declare(
+            env.topology().ingest_queue().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .is_ok();
+    let _ = ch.close(200, "ok".into()).await;
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_are_dead_lettered_with_their_reason_and_ingest_goes_on() {
+    let mut env = TestEnv::new("ingest_poison");
+    env.set("WXPUSH_MAX_MESSAGE_BYTES", "2048");
+    let deps = env.deps().await;
+    env.declare_ingest(&deps.broker).await;
+    let mut bodies: Vec<Vec<u8>> = vec![
+        b"\xff\xfe not utf-8".to_vec(),
+        b"{not json".to_vec(),
+        br#"{"formIds":[{"formId":"abc"}]}"#.to_vec(),
+        br#"{"openId":"o1","formIds":[{"formId":"the formId is a mock one"}]}"#.to_vec(),
+        json!({"openId": "o1", "formIds": [{"formId": "x", "expire": now_ms() - 1000}]})
+            .to_string()
+            .into_bytes(),
+        json!({"openId": "o1", "appId": "wxsomeoneelse", "formIds": [{"formId": "abc"}]})
+            .to_string()
+            .into_bytes(),
+        upload(0, 100), // over 2048 bytes
+        format!("{}{}", "[".repeat(5000), "]".repeat(5000)).into_bytes()[..2000].to_vec(),
+    ];
+    // A message with some bad entries keeps the good ones; a good message follows the poison.
+    bodies.push(
+        json!({"openId": user(1), "formIds": [{"formId": ""}, {"formId": form_id(1, 0)}]})
+            .to_string()
+            .into_bytes(),
+    );
+    bodies.push(upload(2, 2));
+    env.publish_uploads(&deps.broker, &bodies).await;
+
+    let (trigger, shutdown) = ShutdownTrigger::new();
+    let settings = IngestSettings::from_config(&env.config());
+    let (d, t) = (deps.clone(), env.topology());
+    let role = tokio::spawn(async move { ingest::run(&d, &t, &settings, shutdown).await });
+    let done = eventually(Duration::from_secs(20), || async {
+        stored_counts(&deps.bank, &env, 3).await == vec![0, 1, 2]
+    })
+    .await;
+    assert!(done, "good uploads stored");
+    let mut dead = Vec::new();
+    for _ in 0..100 {
+        dead.extend(env.drain_dead_letters(&deps.broker, "ingest").await);
+        if dead.len() >= 8 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    trigger.trigger();
+    let stats: IngestStats = role.await.unwrap().unwrap();
+    let mut codes: Vec<&str> = dead.iter().map(|(_, code, _)| code.as_str()).collect();
+    codes.sort_unstable();
+    assert_eq!(
+        codes,
+        vec![
+            "missing_open_id",
+            "no_usable_entry",
+            "no_usable_entry",
+            "not_json",
+            "not_json",
+            "not_utf8",
+            "too_large",
+            "unknown_app",
+        ]
+    );
+    // The reason is readable and the original body is kept.
+    let placeholder = dead
+        .iter()
+        .find(|(b, _, _)| b.starts_with(br#"{"openId":"o1","formIds":[{"formId":"the"#));
+    let (_, _, reason) = placeholder.expect("placeholder message dead-lettered");
+    assert!(reason.contains("devtools placeholder"), "{reason}");
+    assert_eq!(stats.dead_lettered_total(), 8);
+    assert_eq!(stats.rejected_entries, 1);
+    assert_eq!(
+        env.queue_ready(&deps.broker, &env.topology().ingest_queue())
+            .await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_the_redis_write_and_the_ack_changes_nothing() {
+    let env = TestEnv::new("ingest_crash");
+    let deps = env.deps().await;
+    env.declare_ingest(&deps.broker).await;
+    let bodies: Vec<Vec<u8>> = (0..50).map(|n| upload(n, 4)).collect();
+    env.publish_uploads(&deps.broker, &bodies).await;
+
+    // Take the uploads and store them, then "crash": close the channel without acking.
+    let settings = IngestSettings::from_config(&env.config());
+    let first = Ingest::start(&deps, &env.topology(), &settings)
+        .await
+        .unwrap();
+    let mut consumer = first.consumer().await.unwrap();
+    let (_trigger, mut shutdown) = ShutdownTrigger::new();
+    let mut taken = 0;
+    let mut stats = IngestStats::default();
+    while taken < 50 {
+        let batch = consumer.next_batch(500).await.unwrap().unwrap();
+        assert!(first
+            .process(&batch, &mut stats, &mut shutdown)
+            .await
+            .unwrap());
+        taken += batch.len();
+    }
+    assert_eq!(stats.store.added, 200);
+    consumer.close().await;
+    let before = snapshot(&deps.bank, &env).await;
+
+    // The next ingest gets every message again; storing them again changes nothing.
+    let (trigger, shutdown) = ShutdownTrigger::new();
+    let (d, t, s) = (deps.clone(), env.topology(), settings.clone());
+    let role = tokio::spawn(async move { ingest::run(&d, &t, &s, shutdown).await });
+    let drained = eventually(Duration::from_secs(20), || async {
+        env.queue_ready(&deps.broker, &env.topology().ingest_queue())
+            .await
+            == 0
+    })
+    .await;
+    assert!(drained);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    trigger.trigger();
+    let again = role.await.unwrap().unwrap();
+    assert_eq!(
+        again.messages, 50,
+        "every message was redelivered and settled"
+    );
+    assert_eq!((again.store.added, again.store.known), (0, 200));
+    assert_eq!(snapshot(&deps.bank, &env).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_ingest_mid_stream_loses_no_upload() {
+    let env = TestEnv::new("ingest_kill");
+    let deps = env.deps().await;
+    env.declare_ingest(&deps.broker).await;
+    let users = 3000;
+    let bodies: Vec<Vec<u8>> = (0..users).map(|n| upload(n, 2)).collect();
+    env.publish_uploads(&deps.broker, &bodies).await;
+
+    let mut child = env.spawn(&["ingest"]);
+    // Kill it (SIGKILL) as soon as it has stored part of the queue.
+    let started = eventually(Duration::from_secs(20), || async {
+        stored_counts(&deps.bank, &env, users)
+            .await
+            .iter()
+            .any(|&c| c > 0)
+    })
+    .await;
+    assert!(started);
+    child.kill().unwrap();
+    let _ = child.wait();
+    let partial: u64 = stored_counts(&deps.bank, &env, users).await.iter().sum();
+
+    let child = env.spawn(&["ingest"]);
+    let done = eventually(Duration::from_secs(60), || async {
+        stored_counts(&deps.bank, &env, users)
+            .await
+            .iter()
+            .all(|&c| c == 2)
+    })
+    .await;
+    terminate(&child);
+    let (status, stderr) = stderr_of(child);
+    assert!(
+        done,
+        "all uploads stored after the restart (had {partial} before)"
+    );
+    assert!(status.success(), "{stderr}");
+    let bank = Bank::connect(&redis_url(), env.ns.clone(), Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        bank.usable_count(&env.app, &OpenId::new(&user(7)).unwrap())
+            .await
+            .unwrap(),
+        2
+    );
+}
