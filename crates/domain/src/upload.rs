@@ -232,7 +232,7 @@ fn parse_entry(entry: &Value, latest_ms: i64) -> Result<i64, String> {
         Some(Value::Number(n)) => match n.as_i64() {
             Some(ms) => ms,
             None => match n.as_f64() {
-                Some(f) if f.is_finite() && f >= 0.0 && f < 9.0e15 => f as i64,
+                Some(f) if (0.0..9.0e15).contains(&f) => f as i64,
                 _ => return Err("expire is not a time in epoch milliseconds".into()),
             },
         },

@@ -67,48 +67,17 @@ impl IngestStats {
     }
 }
 
-/// Runs ingest until `shutdown` fires, then settles the batch in hand and returns.
+/// Runs ingest until `shutdown` fires, then settles the batches in hand and returns.
 pub async fn run(
     deps: &Deps,
     topology: &Topology,
     settings: &IngestSettings,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
 ) -> Result<IngestStats, RoleError> {
     let ingest = Ingest::start(deps, topology, settings).await?;
-    let mut stats = IngestStats::default();
-    let mut consumer = ingest.consumer().await?;
-    let mut report = Instant::now();
-    let mut since_report = 0u64;
-    loop {
-        let batch = tokio::select! {
-            _ = shutdown.wait() => break,
-            b = consumer.next_batch(settings.batch_max) => b?,
-        };
-        let Some(batch) = batch else {
-            return Err(wxpush_broker::BrokerError::ConsumerGone {
-                queue: topology.ingest_queue(),
-            }
-            .into());
-        };
-        if ingest.settle(&batch, &mut stats, &mut shutdown).await? {
-            since_report += batch.len() as u64;
-        } else {
-            break; // shutdown while Redis was unreachable: the batch went back to the queue
-        }
-        if report.elapsed() >= Duration::from_secs(10) {
-            tracing::info!(
-                uploads = since_report,
-                stored = stats.store.added,
-                dead_lettered = stats.dead_lettered_total(),
-                "ingest progress"
-            );
-            report = Instant::now();
-            since_report = 0;
-        }
-    }
-    let _ = consumer.cancel().await;
-    consumer.close().await;
+    let stats = ingest.consume(shutdown, None).await;
     ingest.publisher.close().await;
+    let stats = stats?;
     tracing::info!(
         messages = stats.messages,
         stored = stats.store.added,
@@ -116,6 +85,14 @@ pub async fn run(
         "ingest stopped"
     );
     Ok(stats)
+}
+
+/// A batch whose credentials are being written to Redis while the next one is read.
+struct InFlight {
+    batch: Batch,
+    write: tokio::task::JoinHandle<Result<Option<Vec<StoreReport>>, BankError>>,
+    rejected_entries: u64,
+    expired_on_arrival: u64,
 }
 
 /// The ingest role's working parts, exposed so tests can drive one step at a time.
@@ -166,20 +143,105 @@ impl Ingest {
         .await?)
     }
 
-    /// Processes and acknowledges one batch. Returns `false` (the batch handed back to the
-    /// queue) only when shutdown fired while Redis could not be reached.
-    pub async fn settle(
+    /// Consumes until `shutdown` fires (or, with `limit`, once that many messages are
+    /// settled). The Redis write of one batch overlaps the reading and parsing of the next;
+    /// batches are acknowledged strictly in order, each only after its write succeeded.
+    pub async fn consume(
         &self,
-        batch: &Batch,
-        stats: &mut IngestStats,
-        shutdown: &mut Shutdown,
-    ) -> Result<bool, RoleError> {
-        if !self.process(batch, stats, shutdown).await? {
-            batch.nack(true).await?;
-            return Ok(false);
+        mut shutdown: Shutdown,
+        limit: Option<u64>,
+    ) -> Result<IngestStats, RoleError> {
+        let mut consumer = self.consumer().await?;
+        let mut stats = IngestStats::default();
+        let mut in_flight: Option<InFlight> = None;
+        let mut report = Instant::now();
+        let mut reported = 0u64;
+        let outcome = loop {
+            let pending = in_flight.as_ref().map_or(0, |f| f.batch.len() as u64);
+            if limit.is_some_and(|l| stats.messages + pending >= l) {
+                break Ok(());
+            }
+            let next = tokio::select! {
+                _ = shutdown.wait() => break Ok(()),
+                b = consumer.next_batch(self.settings.batch_max) => b,
+            };
+            let batch = match next {
+                Ok(Some(b)) => b,
+                Ok(None) => {
+                    break Err(wxpush_broker::BrokerError::ConsumerGone {
+                        queue: self.topology.ingest_queue(),
+                    }
+                    .into())
+                }
+                Err(e) => break Err(e.into()),
+            };
+            let Sorted {
+                users,
+                poison,
+                rejected_entries,
+                expired_on_arrival,
+            } = self.sort(&batch);
+            if let Err(e) = self.dead_letter_poison(&poison, &mut stats).await {
+                break Err(e);
+            }
+            drop(poison);
+            let owned: Vec<_> = users.into_iter().collect();
+            let (bank, stop) = (self.bank.clone(), shutdown.clone());
+            let write = tokio::spawn(async move { store_with_retry(&bank, &owned, stop).await });
+            let next = InFlight {
+                batch,
+                write,
+                rejected_entries,
+                expired_on_arrival,
+            };
+            if let Some(prev) = in_flight.replace(next) {
+                match self.finish(prev, &mut stats).await {
+                    Ok(true) => {}
+                    Ok(false) => break Ok(()),
+                    Err(e) => break Err(e),
+                }
+            }
+            if report.elapsed() >= Duration::from_secs(10) {
+                tracing::info!(
+                    uploads = stats.messages - reported,
+                    stored = stats.store.added,
+                    dead_lettered = stats.dead_lettered_total(),
+                    "ingest progress"
+                );
+                report = Instant::now();
+                reported = stats.messages;
+            }
+        };
+        if let Some(last) = in_flight.take() {
+            // Settle what is in hand; on error it goes back to the queue with the channel.
+            let _ = self.finish(last, &mut stats).await;
         }
-        batch.ack().await?;
-        stats.messages += batch.len() as u64;
+        let _ = consumer.cancel().await;
+        consumer.close().await;
+        outcome.map(|()| stats)
+    }
+
+    /// Waits for a batch's write and acknowledges it; `false` when shutdown came first (the
+    /// batch is handed back to the queue).
+    async fn finish(&self, f: InFlight, stats: &mut IngestStats) -> Result<bool, RoleError> {
+        let written = match f.write.await {
+            Ok(r) => r.map_err(store_failure)?,
+            Err(join) => {
+                tracing::error!(error = %join, "a Redis write task failed");
+                None
+            }
+        };
+        let Some(reports) = written else {
+            f.batch.nack(true).await?;
+            return Ok(false);
+        };
+        f.batch.ack().await?;
+        for r in reports {
+            stats.store += r;
+        }
+        stats.rejected_entries += f.rejected_entries;
+        stats.expired_on_arrival += f.expired_on_arrival;
+        stats.messages += f.batch.len() as u64;
         stats.batches += 1;
         Ok(true)
     }
@@ -193,19 +255,28 @@ impl Ingest {
         shutdown: &mut Shutdown,
     ) -> Result<bool, RoleError> {
         let sorted = self.sort(batch);
-        let requests: Vec<StoreRequest<'_>> = sorted
-            .users
-            .iter()
-            .map(|((app, open_id), credentials)| StoreRequest {
-                app,
-                open_id,
-                credentials,
-            })
-            .collect();
-        let Some(reports) = self.store_with_retry(&requests, shutdown).await? else {
+        self.dead_letter_poison(&sorted.poison, stats).await?;
+        let owned: Vec<_> = sorted.users.into_iter().collect();
+        let Some(reports) = store_with_retry(&self.bank, &owned, shutdown.clone())
+            .await
+            .map_err(store_failure)?
+        else {
             return Ok(false);
         };
-        for (delivery, reason) in &sorted.poison {
+        for r in reports {
+            stats.store += r;
+        }
+        stats.rejected_entries += sorted.rejected_entries;
+        stats.expired_on_arrival += sorted.expired_on_arrival;
+        Ok(true)
+    }
+
+    async fn dead_letter_poison(
+        &self,
+        poison: &[(&Delivery, PoisonReason)],
+        stats: &mut IngestStats,
+    ) -> Result<(), RoleError> {
+        for (delivery, reason) in poison {
             tracing::warn!(code = reason.code(), %reason, "upload dead-lettered");
             self.publisher
                 .dead_letter(
@@ -218,12 +289,7 @@ impl Ingest {
                 .await?;
             *stats.dead_lettered.entry(reason.code()).or_default() += 1;
         }
-        for r in reports {
-            stats.store += r;
-        }
-        stats.rejected_entries += sorted.rejected_entries;
-        stats.expired_on_arrival += sorted.expired_on_arrival;
-        Ok(true)
+        Ok(())
     }
 
     fn sort<'a>(&self, batch: &'a Batch) -> Sorted<'a> {
@@ -263,42 +329,52 @@ impl Ingest {
         }
         sorted
     }
+}
 
-    /// Stores, retrying with exponential backoff while Redis is unreachable. `None` if
-    /// shutdown fired first.
-    async fn store_with_retry(
-        &self,
-        requests: &[StoreRequest<'_>],
-        shutdown: &mut Shutdown,
-    ) -> Result<Option<Vec<StoreReport>>, RoleError> {
-        let mut delays = backon::ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(5))
-            .with_jitter()
-            .without_max_times()
-            .build();
-        let mut last_log: Option<Instant> = None;
-        loop {
-            match self.bank.store_batch(requests).await {
-                Ok(r) => {
-                    if last_log.is_some() {
-                        tracing::info!("Redis is reachable again; ingest resumes");
-                    }
-                    return Ok(Some(r));
+type UserCredentials = ((AppId, OpenId), Vec<Credential>);
+
+/// Stores, retrying with exponential backoff while Redis is unreachable. `Ok(None)` if
+/// shutdown fired first; `Err` for an error retrying cannot fix.
+async fn store_with_retry(
+    bank: &Bank,
+    users: &[UserCredentials],
+    mut shutdown: Shutdown,
+) -> Result<Option<Vec<StoreReport>>, BankError> {
+    let requests: Vec<StoreRequest<'_>> = users
+        .iter()
+        .map(|((app, open_id), credentials)| StoreRequest {
+            app,
+            open_id,
+            credentials,
+        })
+        .collect();
+    let mut delays = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    let mut last_log: Option<Instant> = None;
+    loop {
+        match bank.store_batch(&requests).await {
+            Ok(r) => {
+                if last_log.is_some() {
+                    tracing::info!("Redis is reachable again; ingest resumes");
                 }
-                Err(e) if e.is_transient() => {
-                    if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                        tracing::warn!(error = %e, "Redis unreachable; holding the batch and retrying");
-                        last_log = Some(Instant::now());
-                    }
-                    let wait = delays.next().unwrap_or(Duration::from_secs(5));
-                    tokio::select! {
-                        _ = shutdown.wait() => return Ok(None),
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                }
-                Err(e) => return Err(store_failure(e)),
+                return Ok(Some(r));
             }
+            Err(e) if e.is_transient() => {
+                if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    tracing::warn!(error = %e, "Redis unreachable; holding the batch and retrying");
+                    last_log = Some(Instant::now());
+                }
+                let wait = delays.next().unwrap_or(Duration::from_secs(5));
+                tokio::select! {
+                    _ = shutdown.wait() => return Ok(None),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+            Err(e) => return Err(e),
         }
     }
 }
