@@ -1,0 +1,358 @@
+//! A fake WeChat server API for wxpush's tests and benchmarks, modelling the rules wxpush
+//! depends on (see `/work/shared/WECHAT.md`) so that tests against it prove something.
+//!
+//! This crate owns the fake's server, state and control API. It must not be used by production
+//! code paths, must not reach the network beyond its own listener, and must not log per request
+//! above debug level (it has to keep up with ≥ 10,000 sends/s on 2 cores).
+//!
+//! # Running it
+//!
+//! In-process (tests): [`FakeWeChat::start`] binds `127.0.0.1:0` and returns a [`FakeHandle`]
+//! (`handle.base_url()` is `http://127.0.0.1:PORT`; it derefs to [`FakeWeChat`] for setup and
+//! assertions; dropping it or `handle.shutdown().await` stops the server gracefully).
+//!
+//! As a process (`wxpush mock-wechat --listen 127.0.0.1:PORT`): build the state with
+//! [`FakeWeChat::new`] from a [`FakeConfig`] (which deserialises from camelCase JSON, see
+//! below), bind a `tokio::net::TcpListener`, and run [`serve`] (or [`serve_with_shutdown`]).
+//! [`FakeWeChat::router`] gives the `axum::Router` to embed elsewhere.
+//!
+//! # WeChat rules modelled
+//!
+//! * Apps: appid → secret from [`FakeConfig::apps`] (the first app is the default for control
+//!   calls without `appId`). `/cgi-bin/token` and `/cgi-bin/stable_token` answer `40002` for a
+//!   grant_type other than `client_credential`, `40013` for an unknown appid and `40125` for a
+//!   wrong secret (the code WECHAT.md lists for a bad secret; the client also accepts `40001`).
+//! * Tokens live [`FakeConfig::token_lifetime_ms`] (default 7200 s). A new `/cgi-bin/token`
+//!   token leaves the previous one valid for [`FakeConfig::token_grace_ms`] (default 5 min).
+//!   `stable_token` answers the same token while it has more than
+//!   `min(grace, lifetime / 2)` left; `force_refresh: true` issues a new one at once (WeChat's
+//!   20-a-day limit on it is not modelled). Unknown token → `40001`, expired → `42001`, missing
+//!   → `41001`.
+//! * formIds (1 use) and prepay_ids (3 uses) are issued to one openId of one app with an expiry
+//!   (default 7 days). A template send with a form_id that is unknown, another user's or app's,
+//!   or expired → `41028`; used up → `41029`.
+//! * An openId the fake never issued anything to nor registered (per app) → `40003`. A
+//!   template_id not configured for the app → `40037`. If the app has a page list, a page
+//!   whose path (before `?`) is not on it → `41030`. Unparseable body → `47001`.
+//! * Subscribe: `miniprogram_state` / `lang` outside WeChat's values → `47003`; each data value
+//!   must satisfy its key type's limit (see the table in the `limits` module, e.g. `thing` ≤ 20
+//!   characters, `phrase` ≤ 5 Chinese characters) or → `47003` with errmsg
+//!   `argument invalid! data.phrase3.value invalid`; then one consent for (app, openId,
+//!   template) is spent, none left → `43101`. Success answers `{"errcode":0,"errmsg":"ok",
+//!   "msgid":N}`; a template send answers `{"errcode":0,"errmsg":"ok"}`.
+//! * Check order for a send: injected HTTP 500, injected `-1`, access token, per-second quota
+//!   (`45009`), minute quota (`45011`), body, openId, template, page, then the credential
+//!   (template) or data and consent (subscribe). Nothing is spent unless the answer is `0`.
+//!
+//! # Fault knobs ([`Faults`], at start or at runtime)
+//!
+//! `busyProbability` (errcode `-1`) and `http500Probability` apply to the two send APIs;
+//! `latencyMs` delays every WeChat API answer *after* the request was judged (so a client
+//! timing out leaves the credential spent, as a real timeout may); `sendQuotaPerSec` answers
+//! `45009` beyond that many sends per app per second; `minuteQuota` answers `45011` beyond that
+//! many per app per minute. A token outage (`token_outage`) answers `-1` on both token
+//! endpoints for a while. [`FakeConfig::seed`] makes ids and fault rolls deterministic.
+//!
+//! # Control API (JSON bodies and answers, camelCase; `appId` optional = default app)
+//!
+//! | route | body / query | answer |
+//! |---|---|---|
+//! | `GET /fake/health` | | `{"ok":true}` |
+//! | `POST /fake/formids` | `{"appId"?, "openId", "count"? (1), "ttlSecs"? \| "ttlMs"?}` | `{"formIds":[..], "expiresAt":ms}` |
+//! | `POST /fake/prepayids` | same | `{"prepayIds":[..], "expiresAt":ms}` |
+//! | `GET /fake/formids/{id}` | | `{"uses":n}` (400 if unknown) |
+//! | `POST /fake/users` | `{"appId"?, "openId"}` | `{}` |
+//! | `POST /fake/templates` | `{"appId"?, "templateId"}` | `{}` |
+//! | `POST /fake/consents` | `{"appId"?, "openId", "templateId", "count"}` | `{"left":n}` |
+//! | `GET /fake/consents` | `?appId=&openId=&templateId=` | `{"left":n}` |
+//! | `GET /fake/faults` | | [`Faults`] |
+//! | `PUT /fake/faults` | [`Faults`] (missing fields = off) | the faults set |
+//! | `POST /fake/token-outage` | `{"forMs"}` | `{}` |
+//! | `POST /fake/tokens/expire` | `{"appId"?}` or empty | `{"expired":n}` |
+//! | `GET /fake/requests` | `?since=N` (index of the first record wanted) | `[`[`RequestRecord`]`, ..]` |
+//! | `GET /fake/stats` | | [`Stats`] |
+//! | `POST /fake/reset` | | `{}` (back to the start config) |
+//!
+//! Errors answer 400 (404 for an unknown app) with `{"error": "..."}`.
+//!
+//! A [`FakeConfig`] as JSON: `{"apps": [{"appId": "wx..", "secret": "..", "templates": ["TPL"],
+//! "pages": null}], "tokenLifetimeMs": 7200000, "tokenGraceMs": 300000, "credentialTtlMs":
+//! 604800000, "faults": {..}, "seed": null, "maxRecordedRequests": 200000}` (all optional).
+
+mod config;
+mod control;
+mod http;
+mod ids;
+pub mod limits;
+mod record;
+mod state;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use config::{FakeApp, FakeConfig, Faults, DEFAULT_APP_ID, DEFAULT_SECRET};
+pub use record::{Endpoint, RequestRecord, Stats};
+pub use state::FakeError;
+
+use ids::now_ms;
+use state::State;
+
+/// The fake's shared state. Clones share it; all methods are short and synchronous.
+#[derive(Clone)]
+pub struct FakeWeChat {
+    state: Arc<Mutex<State>>,
+}
+
+impl std::fmt::Debug for FakeWeChat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeWeChat").finish_non_exhaustive()
+    }
+}
+
+impl FakeWeChat {
+    /// The state, not yet serving. Fails when `config` has no app.
+    pub fn new(config: FakeConfig) -> Result<Self, FakeError> {
+        Ok(Self {
+            state: Arc::new(Mutex::new(State::new(config)?)),
+        })
+    }
+
+    /// Starts a fake on a free port of 127.0.0.1 in the current tokio runtime.
+    pub async fn start(config: FakeConfig) -> Result<FakeHandle, FakeError> {
+        let fake = Self::new(config)?;
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| FakeError::Io(e.to_string()))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| FakeError::Io(e.to_string()))?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve_with_shutdown(listener, fake.clone(), async move {
+            let _ = stopped.await;
+        }));
+        Ok(FakeHandle {
+            fake,
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// The WeChat API and control API routes, with this state.
+    pub fn router(&self) -> axum::Router {
+        http::routes()
+            .merge(control::routes())
+            .with_state(self.clone())
+    }
+
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut guard)
+    }
+
+    /// Issues `count` formIds (one use each) to `open_id`, registering the user. `ttl` defaults
+    /// to the configured credential lifetime; `Duration::ZERO` gives already-expired ones.
+    pub fn issue_form_ids(
+        &self,
+        app_id: Option<&str>,
+        open_id: &str,
+        count: usize,
+        ttl: Option<Duration>,
+    ) -> Result<Vec<String>, FakeError> {
+        Ok(self.issue_with_expiry(app_id, open_id, count, ttl, 1)?.0)
+    }
+
+    /// Issues `count` prepay_ids (three uses each) to `open_id`, like [`Self::issue_form_ids`].
+    pub fn issue_prepay_ids(
+        &self,
+        app_id: Option<&str>,
+        open_id: &str,
+        count: usize,
+        ttl: Option<Duration>,
+    ) -> Result<Vec<String>, FakeError> {
+        Ok(self.issue_with_expiry(app_id, open_id, count, ttl, 3)?.0)
+    }
+
+    pub(crate) fn issue_with_expiry(
+        &self,
+        app_id: Option<&str>,
+        open_id: &str,
+        count: usize,
+        ttl: Option<Duration>,
+        max_uses: u32,
+    ) -> Result<(Vec<String>, u64), FakeError> {
+        let ttl_ms = ttl.map(|d| d.as_millis() as u64);
+        self.with(|s| s.issue(app_id, open_id, count, ttl_ms, max_uses, now_ms()))
+    }
+
+    /// Makes `open_id` known to the app (else sends to it answer 40003).
+    pub fn register_user(&self, app_id: Option<&str>, open_id: &str) -> Result<(), FakeError> {
+        self.with(|s| s.register_user(app_id, open_id))
+    }
+
+    /// Adds a template id the app accepts.
+    pub fn add_template(&self, app_id: Option<&str>, template_id: &str) -> Result<(), FakeError> {
+        self.with(|s| s.add_template(app_id, template_id))
+    }
+
+    /// Adds `count` subscribe consents; returns how many are now left.
+    pub fn grant_consents(
+        &self,
+        app_id: Option<&str>,
+        open_id: &str,
+        template_id: &str,
+        count: u32,
+    ) -> Result<u32, FakeError> {
+        self.with(|s| s.grant_consents(app_id, open_id, template_id, count))
+    }
+
+    pub fn consents_left(
+        &self,
+        app_id: Option<&str>,
+        open_id: &str,
+        template_id: &str,
+    ) -> Result<u32, FakeError> {
+        self.with(|s| s.consents_left(app_id, open_id, template_id))
+    }
+
+    /// How many times a formId / prepay_id was accepted (`None` if the fake never issued it).
+    pub fn form_id_uses(&self, form_id: &str) -> Option<u32> {
+        self.with(|s| s.form_id_uses(form_id))
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.with(|s| s.faults())
+    }
+
+    /// Replaces the fault knobs (probabilities must be within 0..=1).
+    pub fn set_faults(&self, faults: Faults) -> Result<(), FakeError> {
+        self.with(|s| s.set_faults(faults))
+    }
+
+    /// Changes some fault knobs.
+    pub fn update_faults(&self, change: impl FnOnce(&mut Faults)) -> Result<(), FakeError> {
+        let mut f = self.faults();
+        change(&mut f);
+        self.set_faults(f)
+    }
+
+    /// Both token endpoints answer -1 for this long from now.
+    pub fn token_outage(&self, duration: Duration) {
+        let ms = duration.as_millis() as u64;
+        self.with(|s| s.token_outage(ms, now_ms()));
+    }
+
+    /// Expires every token of the app now (sends with them then answer 42001).
+    pub fn expire_tokens(&self, app_id: Option<&str>) -> Result<usize, FakeError> {
+        self.with(|s| s.expire_tokens(app_id, now_ms()))
+    }
+
+    /// Every recorded request so far.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.requests_since(0)
+    }
+
+    /// Recorded requests from index `since` on.
+    pub fn requests_since(&self, since: usize) -> Vec<RequestRecord> {
+        self.with(|s| s.requests(since))
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.with(|s| s.stats())
+    }
+
+    /// Accepted sends to `open_id`.
+    pub fn sends_to(&self, open_id: &str) -> u64 {
+        self.stats()
+            .sends_by_open_id
+            .get(open_id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Tokens `/cgi-bin/token` issued for the app.
+    pub fn token_fetches(&self, app_id: &str) -> u64 {
+        self.stats().token_fetches.get(app_id).copied().unwrap_or(0)
+    }
+
+    /// Back to the start configuration (see `POST /fake/reset`).
+    pub fn reset(&self) {
+        self.with(State::reset);
+    }
+}
+
+/// Serves the WeChat API and control API on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, fake: FakeWeChat) -> std::io::Result<()> {
+    axum::serve(listener, fake.router()).await
+}
+
+/// Serves until `shutdown` completes, then stops accepting and finishes open requests.
+pub async fn serve_with_shutdown(
+    listener: TcpListener,
+    fake: FakeWeChat,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, fake.router())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// A running in-process fake. Derefs to [`FakeWeChat`]. Dropping it stops the server.
+pub struct FakeHandle {
+    fake: FakeWeChat,
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl FakeHandle {
+    /// `http://127.0.0.1:PORT`, the base URL for the client.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn fake(&self) -> &FakeWeChat {
+        &self.fake
+    }
+
+    /// Stops accepting, lets open requests finish (at most 5 s), then returns.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(mut task) = self.task.take() {
+            if tokio::time::timeout(Duration::from_secs(5), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+        }
+    }
+}
+
+impl Deref for FakeHandle {
+    type Target = FakeWeChat;
+    fn deref(&self) -> &FakeWeChat {
+        &self.fake
+    }
+}
+
+impl Drop for FakeHandle {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

@@ -1,0 +1,815 @@
+//! The fake's whole state and WeChat's rules applied to it: tokens, formIds and prepay_ids,
+//! consents, templates, quotas, fault rolls, and the request log.
+//!
+//! This module owns every decision the fake makes, as plain synchronous methods called under
+//! one short-held mutex. It must not do I/O or sleep (the HTTP layer applies latency after the
+//! lock is released).
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::config::{FakeApp, FakeConfig, Faults};
+use crate::ids;
+use crate::limits;
+use crate::record::{Endpoint, RequestRecord, Stats};
+
+/// A control operation the fake refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FakeError {
+    #[error("unknown app {0:?}")]
+    UnknownApp(String),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("the fake needs at least one app")]
+    NoApps,
+    #[error("cannot listen: {0}")]
+    Io(String),
+}
+
+/// How the HTTP layer should answer.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub latency_ms: u64,
+}
+
+struct Answer {
+    status: u16,
+    /// `None` for an injected HTTP 500.
+    errcode: Option<i64>,
+    errmsg: Cow<'static, str>,
+    msgid: Option<i64>,
+    /// A token answer `{"access_token", "expires_in"}` (no errcode on the wire).
+    token: Option<Box<(String, u64)>>,
+}
+
+impl Answer {
+    fn err(errcode: i64, errmsg: &'static str) -> Self {
+        Self {
+            status: 200,
+            errcode: Some(errcode),
+            errmsg: Cow::Borrowed(errmsg),
+            msgid: None,
+            token: None,
+        }
+    }
+    fn ok() -> Self {
+        Self::err(0, "ok")
+    }
+    fn http500() -> Self {
+        Self {
+            status: 500,
+            errcode: None,
+            errmsg: Cow::Borrowed(""),
+            msgid: None,
+            token: None,
+        }
+    }
+    fn body(&self) -> Value {
+        if let Some(t) = &self.token {
+            return json!({ "access_token": t.0, "expires_in": t.1 });
+        }
+        match self.errcode {
+            None => Value::String("Internal Server Error".to_owned()),
+            Some(code) => {
+                let mut b = json!({ "errcode": code, "errmsg": self.errmsg });
+                if let Some(id) = self.msgid {
+                    b["msgid"] = json!(id);
+                }
+                b
+            }
+        }
+    }
+}
+
+struct App {
+    secret: String,
+    templates: HashSet<String>,
+    pages: Option<HashSet<String>>,
+    users: HashSet<String>,
+    current_token: Option<String>,
+    stable_token: Option<String>,
+    token_fetches: u64,
+    stable_fetches: u64,
+    second: (u64, u32),
+    minute: (u64, u32),
+}
+
+impl App {
+    fn new(a: &FakeApp) -> Self {
+        Self {
+            secret: a.secret.clone(),
+            templates: a.templates.iter().cloned().collect(),
+            pages: a.pages.as_ref().map(|p| p.iter().cloned().collect()),
+            users: HashSet::new(),
+            current_token: None,
+            stable_token: None,
+            token_fetches: 0,
+            stable_fetches: 0,
+            second: (0, 0),
+            minute: (0, 0),
+        }
+    }
+}
+
+struct TokenEntry {
+    app: String,
+    expires_at_ms: u64,
+}
+
+struct Cred {
+    app: String,
+    open_id: String,
+    expires_at_ms: u64,
+    uses: u32,
+    max_uses: u32,
+}
+
+/// The body of a template send, as far as the fake reads it.
+#[derive(Debug, Deserialize)]
+pub(crate) struct TemplateBody {
+    touser: String,
+    template_id: String,
+    #[serde(default)]
+    page: Option<String>,
+    form_id: String,
+    #[serde(default)]
+    data: Option<Value>,
+}
+
+/// The body of a subscribe send, as far as the fake reads it.
+#[derive(Debug, Deserialize)]
+pub(crate) struct SubscribeBody {
+    touser: String,
+    template_id: String,
+    #[serde(default)]
+    page: Option<String>,
+    #[serde(default)]
+    data: Option<Value>,
+    #[serde(default)]
+    miniprogram_state: Option<String>,
+    #[serde(default)]
+    lang: Option<String>,
+}
+
+/// The body of a stable_token request.
+#[derive(Debug, Deserialize)]
+pub(crate) struct StableTokenBody {
+    #[serde(default)]
+    grant_type: String,
+    #[serde(default)]
+    appid: String,
+    #[serde(default)]
+    secret: String,
+    #[serde(default)]
+    force_refresh: bool,
+}
+
+pub(crate) struct State {
+    initial: FakeConfig,
+    faults: Faults,
+    token_fail_until_ms: u64,
+    rng: fastrand::Rng,
+    apps: HashMap<String, App>,
+    default_app: String,
+    tokens: HashMap<String, TokenEntry>,
+    creds: HashMap<String, Cred>,
+    consents: HashMap<(String, String, String), u32>,
+    records: Vec<RequestRecord>,
+    dropped_records: u64,
+    requests: u64,
+    sends_accepted: u64,
+    sends_by_open_id: HashMap<String, u64>,
+    answers_by_errcode: BTreeMap<i64, u64>,
+    http500s: u64,
+    msgids_issued: u64,
+}
+
+const MSGID_BASE: i64 = 1_988_810_812_324_364_291;
+
+impl State {
+    pub fn new(config: FakeConfig) -> Result<Self, FakeError> {
+        let first = config.apps.first().ok_or(FakeError::NoApps)?;
+        let rng = match config.seed {
+            Some(s) => fastrand::Rng::with_seed(s),
+            None => fastrand::Rng::new(),
+        };
+        Ok(Self {
+            default_app: first.app_id.clone(),
+            apps: config
+                .apps
+                .iter()
+                .map(|a| (a.app_id.clone(), App::new(a)))
+                .collect(),
+            faults: config.faults.clone(),
+            token_fail_until_ms: 0,
+            rng,
+            tokens: HashMap::new(),
+            creds: HashMap::new(),
+            consents: HashMap::new(),
+            records: Vec::new(),
+            dropped_records: 0,
+            requests: 0,
+            sends_accepted: 0,
+            sends_by_open_id: HashMap::new(),
+            answers_by_errcode: BTreeMap::new(),
+            http500s: 0,
+            msgids_issued: 0,
+            initial: config,
+        })
+    }
+
+    // ----- the WeChat API -------------------------------------------------------------------
+
+    /// `GET /cgi-bin/token`.
+    pub fn token(
+        &mut self,
+        grant_type: Option<&str>,
+        appid: Option<&str>,
+        secret: Option<&str>,
+        now: u64,
+    ) -> Reply {
+        let answer = self.check_token_request(grant_type, appid, secret, now);
+        let answer = match answer {
+            Err(a) => a,
+            Ok(app_id) => {
+                let lifetime = self.initial.token_lifetime_ms;
+                let grace = self.initial.token_grace_ms;
+                let token = self.new_token(&app_id, now + lifetime);
+                let app = self.apps.get_mut(&app_id).expect("checked app");
+                if let Some(prev) = app.current_token.replace(token.clone()) {
+                    if let Some(e) = self.tokens.get_mut(&prev) {
+                        e.expires_at_ms = e.expires_at_ms.min(now + grace);
+                    }
+                }
+                app.token_fetches += 1;
+                token_answer(token, lifetime)
+            }
+        };
+        self.finish(Endpoint::Token, appid, None, None, None, answer, now)
+    }
+
+    /// `POST /cgi-bin/stable_token`.
+    pub fn stable_token(&mut self, body: Result<StableTokenBody, String>, now: u64) -> Reply {
+        let body = match body {
+            Ok(b) => b,
+            Err(detail) => {
+                let a = with_detail(Answer::err(47001, "data format error"), detail);
+                return self.finish(Endpoint::StableToken, None, None, None, None, a, now);
+            }
+        };
+        let checked = self.check_token_request(
+            Some(&body.grant_type),
+            Some(&body.appid),
+            Some(&body.secret),
+            now,
+        );
+        let answer = match checked {
+            Err(a) => a,
+            Ok(app_id) => {
+                let lifetime = self.initial.token_lifetime_ms;
+                let grace = self.initial.token_grace_ms;
+                let early = grace.min(lifetime / 2);
+                let current = self.apps[&app_id]
+                    .stable_token
+                    .as_ref()
+                    .and_then(|t| self.tokens.get(t).map(|e| (t.clone(), e.expires_at_ms)));
+                let reuse = match &current {
+                    Some((t, exp)) if !body.force_refresh && *exp > now + early => {
+                        Some((t.clone(), *exp - now))
+                    }
+                    _ => None,
+                };
+                let (token, left) = match reuse {
+                    Some(r) => r,
+                    None => {
+                        if let (true, Some((old, _))) = (body.force_refresh, &current) {
+                            if let Some(e) = self.tokens.get_mut(old) {
+                                e.expires_at_ms = e.expires_at_ms.min(now + grace);
+                            }
+                        }
+                        let t = self.new_token(&app_id, now + lifetime);
+                        self.apps
+                            .get_mut(&app_id)
+                            .expect("checked app")
+                            .stable_token = Some(t.clone());
+                        (t, lifetime)
+                    }
+                };
+                self.apps
+                    .get_mut(&app_id)
+                    .expect("checked app")
+                    .stable_fetches += 1;
+                token_answer(token, left)
+            }
+        };
+        let appid = Some(body.appid.as_str()).filter(|a| !a.is_empty());
+        self.finish(Endpoint::StableToken, appid, None, None, None, answer, now)
+    }
+
+    /// `POST /cgi-bin/message/wxopen/template/send`.
+    pub fn template_send(
+        &mut self,
+        token: Option<&str>,
+        body: Result<TemplateBody, String>,
+        now: u64,
+    ) -> Reply {
+        let (app_id, answer) = match self.send_prelude(token, now) {
+            Err((app, a)) => (app, a),
+            Ok(app_id) => {
+                let a = match &body {
+                    Err(detail) => {
+                        with_detail(Answer::err(47001, "data format error"), detail.clone())
+                    }
+                    Ok(b) => self.template_rules(&app_id, b, now),
+                };
+                (Some(app_id), a)
+            }
+        };
+        let b = body.as_ref().ok();
+        self.finish(
+            Endpoint::TemplateSend,
+            app_id.as_deref(),
+            b.map(|b| b.touser.as_str()),
+            b.map(|b| b.template_id.as_str()),
+            b.map(|b| b.form_id.as_str()),
+            answer,
+            now,
+        )
+    }
+
+    /// `POST /cgi-bin/message/subscribe/send`.
+    pub fn subscribe_send(
+        &mut self,
+        token: Option<&str>,
+        body: Result<SubscribeBody, String>,
+        now: u64,
+    ) -> Reply {
+        let (app_id, answer) = match self.send_prelude(token, now) {
+            Err((app, a)) => (app, a),
+            Ok(app_id) => {
+                let a = match &body {
+                    Err(detail) => {
+                        with_detail(Answer::err(47001, "data format error"), detail.clone())
+                    }
+                    Ok(b) => self.subscribe_rules(&app_id, b),
+                };
+                (Some(app_id), a)
+            }
+        };
+        let b = body.as_ref().ok();
+        self.finish(
+            Endpoint::SubscribeSend,
+            app_id.as_deref(),
+            b.map(|b| b.touser.as_str()),
+            b.map(|b| b.template_id.as_str()),
+            None,
+            answer,
+            now,
+        )
+    }
+
+    fn check_token_request(
+        &mut self,
+        grant_type: Option<&str>,
+        appid: Option<&str>,
+        secret: Option<&str>,
+        now: u64,
+    ) -> Result<String, Answer> {
+        if now < self.token_fail_until_ms {
+            return Err(Answer::err(-1, "system error"));
+        }
+        if grant_type != Some("client_credential") {
+            return Err(Answer::err(40002, "invalid grant_type"));
+        }
+        let appid = appid.unwrap_or_default();
+        let Some(app) = self.apps.get(appid) else {
+            return Err(Answer::err(40013, "invalid appid"));
+        };
+        // 40125 (not 40001): the code WeChat documents for a wrong secret on these endpoints.
+        if secret != Some(app.secret.as_str()) {
+            return Err(Answer::err(40125, "invalid appsecret"));
+        }
+        Ok(appid.to_owned())
+    }
+
+    fn new_token(&mut self, app_id: &str, expires_at_ms: u64) -> String {
+        if self.tokens.len() > 100_000 {
+            let horizon = expires_at_ms.saturating_sub(self.initial.token_lifetime_ms * 2);
+            self.tokens.retain(|_, e| e.expires_at_ms > horizon);
+        }
+        let token = ids::access_token(&mut self.rng);
+        self.tokens.insert(
+            token.clone(),
+            TokenEntry {
+                app: app_id.to_owned(),
+                expires_at_ms,
+            },
+        );
+        token
+    }
+
+    /// Faults, the access token and the quotas; `Ok(app)` when the send may be judged.
+    fn send_prelude(
+        &mut self,
+        token: Option<&str>,
+        now: u64,
+    ) -> Result<String, (Option<String>, Answer)> {
+        if self.faults.http500_probability > 0.0 && self.rng.f64() < self.faults.http500_probability
+        {
+            return Err((None, Answer::http500()));
+        }
+        if self.faults.busy_probability > 0.0 && self.rng.f64() < self.faults.busy_probability {
+            return Err((None, Answer::err(-1, "system error")));
+        }
+        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            return Err((None, Answer::err(41001, "access_token missing")));
+        };
+        let Some(entry) = self.tokens.get(token) else {
+            return Err((
+                None,
+                Answer::err(
+                    40001,
+                    "invalid credential, access_token is invalid or not latest",
+                ),
+            ));
+        };
+        let app_id = entry.app.clone();
+        if now >= entry.expires_at_ms {
+            return Err((Some(app_id), Answer::err(42001, "access_token expired")));
+        }
+        let (sec_quota, min_quota) = (self.faults.send_quota_per_sec, self.faults.minute_quota);
+        let app = self.apps.get_mut(&app_id).expect("tokens belong to apps");
+        if let Some(q) = sec_quota {
+            if !take(&mut app.second, now / 1000, q) {
+                return Err((
+                    Some(app_id),
+                    Answer::err(45009, "reach max api daily quota limit"),
+                ));
+            }
+        }
+        if let Some(q) = min_quota {
+            if !take(&mut app.minute, now / 60_000, q) {
+                return Err((
+                    Some(app_id),
+                    Answer::err(45011, "api minute-quota reach limit"),
+                ));
+            }
+        }
+        Ok(app_id)
+    }
+
+    /// User, template and page checks shared by both send APIs.
+    fn addressee_rules(
+        &self,
+        app_id: &str,
+        touser: &str,
+        template_id: &str,
+        page: Option<&str>,
+    ) -> Option<Answer> {
+        let app = &self.apps[app_id];
+        if !app.users.contains(touser) {
+            return Some(Answer::err(40003, "invalid openid"));
+        }
+        if !app.templates.contains(template_id) {
+            return Some(Answer::err(40037, "invalid template_id"));
+        }
+        if let (Some(pages), Some(page)) = (&app.pages, page) {
+            let path = page.split('?').next().unwrap_or_default();
+            if !page.is_empty() && !pages.contains(path) {
+                return Some(Answer::err(41030, "invalid page"));
+            }
+        }
+        None
+    }
+
+    fn template_rules(&mut self, app_id: &str, b: &TemplateBody, now: u64) -> Answer {
+        if let Some(a) = self.addressee_rules(app_id, &b.touser, &b.template_id, b.page.as_deref())
+        {
+            return a;
+        }
+        if b.data.as_ref().is_some_and(|d| !d.is_object()) {
+            return Answer::err(47001, "data format error");
+        }
+        let Some(cred) = self.creds.get_mut(&b.form_id) else {
+            return Answer::err(41028, "invalid form id");
+        };
+        if cred.app != app_id || cred.open_id != b.touser {
+            return Answer::err(41028, "invalid form id");
+        }
+        if cred.uses >= cred.max_uses {
+            return Answer::err(41029, "form id used count reach limit");
+        }
+        if now >= cred.expires_at_ms {
+            return Answer::err(41028, "invalid form id");
+        }
+        cred.uses += 1;
+        self.accept(&b.touser);
+        Answer::ok()
+    }
+
+    fn subscribe_rules(&mut self, app_id: &str, b: &SubscribeBody) -> Answer {
+        if let Some(a) = self.addressee_rules(app_id, &b.touser, &b.template_id, b.page.as_deref())
+        {
+            return a;
+        }
+        if b.miniprogram_state
+            .as_deref()
+            .is_some_and(|s| !["developer", "trial", "formal"].contains(&s))
+        {
+            return with_detail(
+                Answer::err(47003, "argument invalid!"),
+                "argument invalid! miniprogram_state invalid".into(),
+            );
+        }
+        if b.lang
+            .as_deref()
+            .is_some_and(|l| !["zh_CN", "en_US", "zh_HK", "zh_TW"].contains(&l))
+        {
+            return with_detail(
+                Answer::err(47003, "argument invalid!"),
+                "argument invalid! lang invalid".into(),
+            );
+        }
+        let data = b.data.clone().unwrap_or_else(|| json!({}));
+        if let Err(msg) = limits::validate_data(&data) {
+            return with_detail(Answer::err(47003, "argument invalid!"), msg);
+        }
+        let key = (app_id.to_owned(), b.touser.clone(), b.template_id.clone());
+        match self.consents.get_mut(&key) {
+            Some(n) if *n > 0 => *n -= 1,
+            _ => return Answer::err(43101, "user refuse to accept the msg"),
+        }
+        self.accept(&b.touser);
+        let msgid = MSGID_BASE + self.msgids_issued as i64;
+        self.msgids_issued += 1;
+        Answer {
+            msgid: Some(msgid),
+            ..Answer::ok()
+        }
+    }
+
+    fn accept(&mut self, open_id: &str) {
+        self.sends_accepted += 1;
+        match self.sends_by_open_id.get_mut(open_id) {
+            Some(n) => *n += 1,
+            None => {
+                self.sends_by_open_id.insert(open_id.to_owned(), 1);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &mut self,
+        endpoint: Endpoint,
+        app_id: Option<&str>,
+        touser: Option<&str>,
+        template_id: Option<&str>,
+        form_id: Option<&str>,
+        answer: Answer,
+        now: u64,
+    ) -> Reply {
+        self.requests += 1;
+        match answer.errcode {
+            Some(c) => *self.answers_by_errcode.entry(c).or_insert(0) += 1,
+            None => self.http500s += 1,
+        }
+        if self.records.len() < self.initial.max_recorded_requests {
+            self.records.push(RequestRecord {
+                at_ms: now,
+                endpoint,
+                app_id: app_id.map(str::to_owned),
+                touser: touser.map(str::to_owned),
+                template_id: template_id.map(str::to_owned),
+                form_id: form_id.map(str::to_owned),
+                errcode: answer.errcode,
+                http_status: answer.status,
+            });
+        } else {
+            self.dropped_records += 1;
+        }
+        Reply {
+            status: answer.status,
+            body: answer.body(),
+            latency_ms: self.faults.latency_ms,
+        }
+    }
+
+    // ----- the control API ------------------------------------------------------------------
+
+    fn app_id(&self, app_id: Option<&str>) -> Result<String, FakeError> {
+        let id = app_id.unwrap_or(&self.default_app);
+        if self.apps.contains_key(id) {
+            Ok(id.to_owned())
+        } else {
+            Err(FakeError::UnknownApp(id.to_owned()))
+        }
+    }
+
+    pub fn register_user(&mut self, app_id: Option<&str>, open_id: &str) -> Result<(), FakeError> {
+        if open_id.is_empty() {
+            return Err(FakeError::BadRequest("openId is empty".into()));
+        }
+        let id = self.app_id(app_id)?;
+        let app = self.apps.get_mut(&id).expect("checked app");
+        app.users.insert(open_id.to_owned());
+        Ok(())
+    }
+
+    pub fn add_template(
+        &mut self,
+        app_id: Option<&str>,
+        template_id: &str,
+    ) -> Result<(), FakeError> {
+        if template_id.is_empty() {
+            return Err(FakeError::BadRequest("templateId is empty".into()));
+        }
+        let id = self.app_id(app_id)?;
+        let app = self.apps.get_mut(&id).expect("checked app");
+        app.templates.insert(template_id.to_owned());
+        Ok(())
+    }
+
+    /// Issues `count` credentials of `max_uses` uses each to `open_id`, expiring at `expires_at`.
+    pub fn issue(
+        &mut self,
+        app_id: Option<&str>,
+        open_id: &str,
+        count: usize,
+        ttl_ms: Option<u64>,
+        max_uses: u32,
+        now: u64,
+    ) -> Result<(Vec<String>, u64), FakeError> {
+        if count > 1_000_000 {
+            return Err(FakeError::BadRequest("count over 1000000".into()));
+        }
+        self.register_user(app_id, open_id)?;
+        let app = self.app_id(app_id)?;
+        let expires_at_ms = now + ttl_ms.unwrap_or(self.initial.credential_ttl_ms);
+        let mut out = Vec::with_capacity(count);
+        while out.len() < count {
+            let id = if max_uses == 1 {
+                ids::form_id(&mut self.rng)
+            } else {
+                ids::prepay_id(&mut self.rng, now)
+            };
+            if self.creds.contains_key(&id) {
+                continue;
+            }
+            self.creds.insert(
+                id.clone(),
+                Cred {
+                    app: app.clone(),
+                    open_id: open_id.to_owned(),
+                    expires_at_ms,
+                    uses: 0,
+                    max_uses,
+                },
+            );
+            out.push(id);
+        }
+        Ok((out, expires_at_ms))
+    }
+
+    pub fn grant_consents(
+        &mut self,
+        app_id: Option<&str>,
+        open_id: &str,
+        template_id: &str,
+        count: u32,
+    ) -> Result<u32, FakeError> {
+        self.register_user(app_id, open_id)?;
+        let app = self.app_id(app_id)?;
+        let n = self
+            .consents
+            .entry((app, open_id.to_owned(), template_id.to_owned()))
+            .or_insert(0);
+        *n = n.saturating_add(count);
+        Ok(*n)
+    }
+
+    pub fn consents_left(
+        &self,
+        app_id: Option<&str>,
+        open_id: &str,
+        template_id: &str,
+    ) -> Result<u32, FakeError> {
+        let app = self.app_id(app_id)?;
+        Ok(self
+            .consents
+            .get(&(app, open_id.to_owned(), template_id.to_owned()))
+            .copied()
+            .unwrap_or(0))
+    }
+
+    pub fn form_id_uses(&self, form_id: &str) -> Option<u32> {
+        self.creds.get(form_id).map(|c| c.uses)
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.faults.clone()
+    }
+
+    pub fn set_faults(&mut self, faults: Faults) -> Result<(), FakeError> {
+        for p in [faults.busy_probability, faults.http500_probability] {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(FakeError::BadRequest(format!(
+                    "probability {p} is not within 0..=1"
+                )));
+            }
+        }
+        self.faults = faults;
+        Ok(())
+    }
+
+    pub fn token_outage(&mut self, for_ms: u64, now: u64) {
+        self.token_fail_until_ms = now + for_ms;
+    }
+
+    /// Makes every token of the app (default app when `None`) expired now.
+    pub fn expire_tokens(&mut self, app_id: Option<&str>, now: u64) -> Result<usize, FakeError> {
+        let app = self.app_id(app_id)?;
+        let mut n = 0;
+        for e in self.tokens.values_mut().filter(|e| e.app == app) {
+            if e.expires_at_ms > now {
+                e.expires_at_ms = now;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    pub fn requests(&self, since: usize) -> Vec<RequestRecord> {
+        self.records
+            .get(since..)
+            .map(<[_]>::to_vec)
+            .unwrap_or_default()
+    }
+
+    pub fn stats(&self) -> Stats {
+        let per_app = |f: fn(&App) -> u64| {
+            self.apps
+                .iter()
+                .map(|(k, a)| (k.clone(), f(a)))
+                .collect::<BTreeMap<_, _>>()
+        };
+        Stats {
+            requests: self.requests,
+            recorded: self.records.len(),
+            dropped_records: self.dropped_records,
+            sends_accepted: self.sends_accepted,
+            sends_by_open_id: self
+                .sends_by_open_id
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+            answers_by_errcode: self.answers_by_errcode.clone(),
+            http500s: self.http500s,
+            token_fetches: per_app(|a| a.token_fetches),
+            stable_token_fetches: per_app(|a| a.stable_fetches),
+            form_id_uses: self
+                .creds
+                .iter()
+                .filter(|(_, c)| c.uses > 0)
+                .map(|(k, c)| (k.clone(), c.uses))
+                .collect(),
+            msgids_issued: self.msgids_issued,
+        }
+    }
+
+    /// Back to the starting configuration: no tokens, credentials, users, consents, records or
+    /// counters; templates, pages and faults as configured at start.
+    pub fn reset(&mut self) {
+        let mut fresh = State::new(self.initial.clone()).expect("the initial config was valid");
+        std::mem::swap(&mut fresh.rng, &mut self.rng);
+        *self = fresh;
+    }
+}
+
+fn take(window: &mut (u64, u32), slot: u64, quota: u32) -> bool {
+    if window.0 != slot {
+        *window = (slot, 0);
+    }
+    if window.1 >= quota {
+        return false;
+    }
+    window.1 += 1;
+    true
+}
+
+fn with_detail(mut a: Answer, detail: String) -> Answer {
+    a.errmsg = Cow::Owned(detail);
+    a
+}
+
+fn token_answer(token: String, left_ms: u64) -> Answer {
+    Answer {
+        token: Some(Box::new((token, left_ms.div_ceil(1000)))),
+        ..Answer::ok()
+    }
+}

@@ -1,0 +1,228 @@
+//! The one table that says what a send's result means: every WeChat errcode and every transport
+//! failure maps to exactly one [`Outcome`] class here, and nowhere else.
+//!
+//! This module must not act on an outcome (no retry, no refresh, no credential removal): the
+//! roles do that. It must not hold or print a token or secret.
+
+use std::fmt;
+
+/// What became of one send call, classified for the caller to act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// errcode 0. `msgid` is given by the subscribe API.
+    Sent { msgid: Option<i64> },
+    /// Worth retrying with backoff: errcode -1, HTTP 5xx, a timeout, a connection failure, an
+    /// unreadable answer. `code` is WeChat's errcode when it gave one.
+    ///
+    /// `ambiguous` is `true` when the request may have reached WeChat and been acted on (a
+    /// timeout or a broken connection after the request was written, or an unreadable `200`
+    /// answer): the message may have been delivered. It is `false` when the request never left
+    /// (connection refused, connect timeout) or WeChat answered with a failure (-1, HTTP 5xx).
+    /// A subscribe send must not be resent when `ambiguous`.
+    Transient {
+        code: Option<i64>,
+        reason: String,
+        ambiguous: bool,
+    },
+    /// 45011: the per-minute quota; wait for the next minute.
+    MinuteQuota,
+    /// 40001, 40014, 42001: the access token is invalid, illegal or expired.
+    BadToken { code: i64 },
+    /// 41028 (formId / prepay_id invalid, expired or someone else's), 41029 (already used up).
+    BadCredential { code: i64 },
+    /// 45009: the app's send quota is exhausted; stop until it resets.
+    QuotaExhausted,
+    /// 43101: the user gave no consent for this template, or none is left.
+    NoConsent,
+    /// 40003 (bad openid), 40037 (bad template), 41030 (bad page), 47003 (bad data value), 48001
+    /// (API not authorised) and any errcode this table does not know: record, do not retry.
+    Permanent { code: i64, errmsg: String },
+}
+
+impl Outcome {
+    /// The WeChat errcode behind this outcome, for counting failures by code (`Some(0)` for a
+    /// success, `None` for a transport failure).
+    pub fn errcode(&self) -> Option<i64> {
+        match self {
+            Outcome::Sent { .. } => Some(0),
+            Outcome::Transient { code, .. } => *code,
+            Outcome::MinuteQuota => Some(45011),
+            Outcome::BadToken { code } | Outcome::BadCredential { code } => Some(*code),
+            Outcome::QuotaExhausted => Some(45009),
+            Outcome::NoConsent => Some(43101),
+            Outcome::Permanent { code, .. } => Some(*code),
+        }
+    }
+
+    /// `true` for [`Outcome::Sent`].
+    pub fn is_sent(&self) -> bool {
+        matches!(self, Outcome::Sent { .. })
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Sent { .. } => f.write_str("sent"),
+            Outcome::Transient {
+                code,
+                reason,
+                ambiguous,
+            } => {
+                write!(f, "transient failure")?;
+                if let Some(c) = code {
+                    write!(f, " (errcode {c})")?;
+                }
+                write!(f, ": {reason}")?;
+                if *ambiguous {
+                    f.write_str(" [outcome unknown]")?;
+                }
+                Ok(())
+            }
+            Outcome::MinuteQuota => f.write_str("minute quota reached (45011)"),
+            Outcome::BadToken { code } => write!(f, "access token rejected ({code})"),
+            Outcome::BadCredential { code } => write!(f, "formId/prepay_id rejected ({code})"),
+            Outcome::QuotaExhausted => f.write_str("send quota exhausted (45009)"),
+            Outcome::NoConsent => f.write_str("no subscribe consent left (43101)"),
+            Outcome::Permanent { code, errmsg } => write!(f, "permanent error {code}: {errmsg}"),
+        }
+    }
+}
+
+/// The table: WeChat's answer `{"errcode", "errmsg"[, "msgid"]}` to its class.
+pub fn classify_errcode(errcode: i64, errmsg: &str, msgid: Option<i64>) -> Outcome {
+    match errcode {
+        0 => Outcome::Sent { msgid },
+        -1 => Outcome::Transient {
+            code: Some(-1),
+            reason: format!("WeChat busy: {errmsg}"),
+            ambiguous: false,
+        },
+        45011 => Outcome::MinuteQuota,
+        40001 | 40014 | 42001 => Outcome::BadToken { code: errcode },
+        41028 | 41029 => Outcome::BadCredential { code: errcode },
+        45009 => Outcome::QuotaExhausted,
+        43101 => Outcome::NoConsent,
+        // 40003, 40037, 41030, 47003, 48001 and every code not listed above.
+        _ => Outcome::Permanent {
+            code: errcode,
+            errmsg: errmsg.to_owned(),
+        },
+    }
+}
+
+/// Transport cases of the table: an HTTP status that is not 200.
+pub(crate) fn classify_http_status(status: u16) -> Outcome {
+    if status >= 500 {
+        Outcome::Transient {
+            code: None,
+            reason: format!("HTTP {status}"),
+            ambiguous: false,
+        }
+    } else {
+        // 4xx from WeChat's front end (e.g. 404 for a wrong base URL): retrying cannot help.
+        Outcome::Permanent {
+            code: -(status as i64),
+            errmsg: format!("HTTP {status}"),
+        }
+    }
+}
+
+/// Transport cases of the table: the request failed before it was written (`sent == false`)
+/// or after (`sent == true`, outcome unknown).
+pub(crate) fn classify_transport(reason: String, sent: bool) -> Outcome {
+    Outcome::Transient {
+        code: None,
+        reason,
+        ambiguous: sent,
+    }
+}
+
+/// Transport cases of the table: a 200 answer that is not WeChat's JSON.
+pub(crate) fn classify_unreadable(reason: String) -> Outcome {
+    Outcome::Transient {
+        code: None,
+        reason,
+        ambiguous: true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_classifies_every_documented_code() {
+        assert_eq!(
+            classify_errcode(0, "ok", Some(7)),
+            Outcome::Sent { msgid: Some(7) }
+        );
+        assert!(matches!(
+            classify_errcode(-1, "system error", None),
+            Outcome::Transient {
+                code: Some(-1),
+                ambiguous: false,
+                ..
+            }
+        ));
+        assert_eq!(classify_errcode(45011, "", None), Outcome::MinuteQuota);
+        for c in [40001, 40014, 42001] {
+            assert_eq!(classify_errcode(c, "", None), Outcome::BadToken { code: c });
+        }
+        for c in [41028, 41029] {
+            assert_eq!(
+                classify_errcode(c, "", None),
+                Outcome::BadCredential { code: c }
+            );
+        }
+        assert_eq!(classify_errcode(45009, "", None), Outcome::QuotaExhausted);
+        assert_eq!(classify_errcode(43101, "", None), Outcome::NoConsent);
+        for c in [40003, 40037, 41030, 47003, 48001, 12345, 41001] {
+            assert_eq!(
+                classify_errcode(c, "m", None),
+                Outcome::Permanent {
+                    code: c,
+                    errmsg: "m".into()
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn transport_cases() {
+        assert!(matches!(
+            classify_http_status(502),
+            Outcome::Transient {
+                ambiguous: false,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify_http_status(404),
+            Outcome::Permanent { code: -404, .. }
+        ));
+        assert!(matches!(
+            classify_transport("x".into(), true),
+            Outcome::Transient {
+                ambiguous: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify_unreadable("x".into()),
+            Outcome::Transient {
+                ambiguous: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn errcode_round_trips_through_the_classes() {
+        for c in [
+            0, -1, 45011, 40001, 40014, 42001, 41028, 41029, 45009, 43101, 40003, 99999,
+        ] {
+            assert_eq!(classify_errcode(c, "", None).errcode(), Some(c));
+        }
+    }
+}
