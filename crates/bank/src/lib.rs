@@ -8,6 +8,7 @@
 //! - **claim** ([`Bank::claim`]): removes and returns a user's usable credential that expires
 //!   soonest, in one Lua script, so concurrent claimers in any number of processes never get
 //!   the same credential. A credential expiring within `claim_margin_secs` counts as expired.
+//! - **release** ([`Bank::release`]): gives back a claimed credential WeChat did not use.
 //! - **reachable users** ([`Bank::reachable_page`]): streams the users who hold a usable
 //!   credential, shard by shard, a page at a time, without `KEYS` or a keyspace `SCAN`.
 //!
@@ -255,6 +256,27 @@ impl Bank {
             .arg(open_id.as_str());
         let reply: Vec<Value> = self.scripts.run(&mut self.conn.clone(), &cmd).await?;
         parse_claim(&reply)
+    }
+
+    /// Gives back a credential claimed from this user that WeChat did not use (it refused the
+    /// message for another reason before spending the credential). Returns whether it was
+    /// given back: only a spent credential of this user, still usable, can be.
+    pub async fn release(
+        &self,
+        app: &AppId,
+        open_id: &OpenId,
+        credential: &Credential,
+    ) -> Result<bool, BankError> {
+        let mut cmd = self.scripts.release.evalsha();
+        cmd.arg(2)
+            .arg(self.keys.credentials(app, open_id))
+            .arg(self.keys.index_of(app, open_id))
+            .arg(self.settings.claim_margin_secs)
+            .arg(open_id.as_str())
+            .arg(credential.expires_at)
+            .arg(member::encode(credential));
+        let released: i64 = self.scripts.run(&mut self.conn.clone(), &cmd).await?;
+        Ok(released == 1)
     }
 
     /// How many usable credentials the user holds now.

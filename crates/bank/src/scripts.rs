@@ -34,6 +34,7 @@ impl BankScript {
 pub(crate) struct Scripts {
     pub(crate) store: BankScript,
     pub(crate) claim: BankScript,
+    pub(crate) release: BankScript,
 }
 
 pub(crate) fn get() -> &'static Scripts {
@@ -41,6 +42,7 @@ pub(crate) fn get() -> &'static Scripts {
     SCRIPTS.get_or_init(|| Scripts {
         store: BankScript::new(include_str!("lua/store.lua")),
         claim: BankScript::new(include_str!("lua/claim.lua")),
+        release: BankScript::new(include_str!("lua/release.lua")),
     })
 }
 
@@ -53,7 +55,7 @@ fn is_noscript(e: &RedisError) -> bool {
 
 impl Scripts {
     pub(crate) async fn load_all(&self, conn: &mut ConnectionManager) -> Result<(), BankError> {
-        for s in [&self.store, &self.claim] {
+        for s in [&self.store, &self.claim, &self.release] {
             s.script.prepare_invoke().load_async(conn).await?;
         }
         Ok(())

@@ -4,7 +4,8 @@
 //! buffered (up to a maximum) without waiting, so batches grow with load and a lone message
 //! is never held back. A [`Batch`] is settled with one `multiple` ack (or nack) on its last
 //! delivery tag. Deliveries are processed in order on one channel, so a multiple ack settles
-//! exactly the batch. This module must not look inside messages.
+//! exactly the batch. [`JobConsumer`] is the other shape: deliveries handled concurrently,
+//! each acknowledged on its own. This module must not look inside messages.
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
@@ -124,5 +125,44 @@ impl Batch {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// A consumer whose deliveries are handled concurrently and settled one by one.
+pub struct JobConsumer {
+    pub channel: Channel,
+    pub consumer: Consumer,
+}
+
+impl JobConsumer {
+    /// Opens a channel with the given prefetch and starts consuming `queue`.
+    pub async fn start(
+        broker: &Broker,
+        queue: &str,
+        prefetch: u16,
+        tag: &str,
+    ) -> Result<Self, BrokerError> {
+        let channel = broker.channel().await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                queue.into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Self { channel, consumer })
+    }
+
+    /// Stops deliveries and closes the channel (unsettled deliveries are requeued).
+    pub async fn stop(self) {
+        let _ = self
+            .channel
+            .basic_cancel(self.consumer.tag(), BasicCancelOptions::default())
+            .await;
+        let _ = self.channel.close(200, "bye".into()).await;
     }
 }

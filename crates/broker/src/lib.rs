@@ -19,7 +19,7 @@ use std::time::Duration;
 use lapin::{Connection, ConnectionProperties};
 use wxpush_domain::config::redact_url;
 
-pub use consume::{Batch, BatchConsumer};
+pub use consume::{Batch, BatchConsumer, JobConsumer};
 pub use lapin::message::Delivery;
 pub use publish::Publisher;
 pub use topology::Topology;

@@ -3,15 +3,31 @@
 //! Public (contract section 3): `<ns>.formids` and `<ns>.campaigns`, durable topic exchanges
 //! that upstream systems publish to. Internal: the durable queue each role consumes, and
 //! `<ns>.dead` (a durable direct exchange) with one dead-letter queue per source,
-//! `<ns>.dead.<source>`. Declaring is idempotent; every role declares what it needs on start.
+//! `<ns>.dead.<source>`. Send jobs wait for a retry in `<ns>.send.delay.<N>s` queues, one per
+//! delay tier ([`DELAY_TIERS`]): a queue-wide TTL, then dead-lettered back to `<ns>.send`.
+//! (Per-message TTLs in one queue would expire only at its head, holding short delays behind
+//! long ones; one queue per tier keeps every queue first-in, first-out.) Declaring is idempotent; every role declares what it needs on start.
 //! This module must not consume or publish.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 use wxpush_domain::Namespace;
 
 use crate::BrokerError;
+
+/// Delay tiers for send retries, in seconds; a wanted delay is rounded up to a tier.
+pub const DELAY_TIERS: [u32; 8] = [1, 2, 5, 15, 60, 300, 900, 3600];
+
+/// The tier (seconds) that serves a wanted delay: the smallest tier not shorter than it
+/// (the longest tier for anything longer).
+pub fn delay_tier(wanted: std::time::Duration) -> u32 {
+    DELAY_TIERS
+        .iter()
+        .copied()
+        .find(|t| u64::from(*t) * 1000 >= wanted.as_millis() as u64)
+        .unwrap_or(DELAY_TIERS[DELAY_TIERS.len() - 1])
+}
 
 /// Names of one namespace's exchanges and queues.
 #[derive(Debug, Clone)]
@@ -39,6 +55,16 @@ impl Topology {
         format!("{}.ingest", self.ns)
     }
 
+    /// Queue the send role consumes; the dispatcher publishes jobs to it (default exchange).
+    pub fn send_queue(&self) -> String {
+        format!("{}.send", self.ns)
+    }
+
+    /// Delay queue of one tier (seconds).
+    pub fn delay_queue(&self, tier_secs: u32) -> String {
+        format!("{}.send.delay.{}s", self.ns, tier_secs)
+    }
+
     /// Exchange dead letters are published to, routed by their source.
     pub fn dead_exchange(&self) -> String {
         format!("{}.dead", self.ns)
@@ -60,7 +86,14 @@ impl Topology {
 
     /// Every queue this version declares (for tests and clean-up tools).
     pub fn all_queues(&self) -> Vec<String> {
-        vec![self.ingest_queue(), self.dead_queue("ingest")]
+        let mut q = vec![
+            self.ingest_queue(),
+            self.dead_queue("ingest"),
+            self.send_queue(),
+            self.dead_queue("send"),
+        ];
+        q.extend(DELAY_TIERS.iter().map(|t| self.delay_queue(*t)));
+        q
     }
 
     /// Declares what the ingest role needs: the uploads exchange, its queue, dead letters.
@@ -77,6 +110,36 @@ impl Topology {
         )
         .await?;
         self.declare_dead_letters(ch, "ingest").await
+    }
+
+    /// Declares what the send role needs: the send queue, its delay tiers, dead letters.
+    pub async fn declare_send(&self, ch: &Channel) -> Result<(), BrokerError> {
+        self.declare_queue(ch, &self.send_queue()).await?;
+        for tier in DELAY_TIERS {
+            let mut args = FieldTable::default();
+            args.insert(
+                "x-message-ttl".into(),
+                AMQPValue::LongLongInt(i64::from(tier) * 1000),
+            );
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString("".into()),
+            );
+            args.insert(
+                "x-dead-letter-routing-key".into(),
+                AMQPValue::LongString(self.send_queue().into()),
+            );
+            ch.queue_declare(
+                self.delay_queue(tier).into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                args,
+            )
+            .await?;
+        }
+        self.declare_dead_letters(ch, "send").await
     }
 
     /// Declares the campaigns exchange (the dispatcher's queue comes with that role).
@@ -136,5 +199,19 @@ impl Topology {
         )
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn delays_round_up_to_a_tier() {
+        assert_eq!(delay_tier(Duration::ZERO), 1);
+        assert_eq!(delay_tier(Duration::from_millis(1001)), 2);
+        assert_eq!(delay_tier(Duration::from_secs(60)), 60);
+        assert_eq!(delay_tier(Duration::from_secs(86_400)), 3600);
     }
 }

@@ -21,6 +21,9 @@ pub const DEFAULT_USER_CAP: u32 = 100;
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 pub const DEFAULT_INGEST_PREFETCH: u16 = 2000;
 pub const DEFAULT_INGEST_BATCH: usize = 500;
+pub const DEFAULT_SEND_CONCURRENCY: usize = 64;
+pub const DEFAULT_SEND_MAX_ATTEMPTS: u32 = 8;
+pub const DEFAULT_QUOTA_COOLDOWN_SECS: u64 = 3600;
 
 /// A secret string (the app secret). Printing it shows `***`.
 #[derive(Clone, PartialEq, Eq)]
@@ -75,6 +78,9 @@ pub struct RawConfig {
     pub max_message_bytes: Option<String>,
     pub ingest_prefetch: Option<String>,
     pub ingest_batch: Option<String>,
+    pub send_concurrency: Option<String>,
+    pub send_max_attempts: Option<String>,
+    pub quota_cooldown_secs: Option<String>,
 }
 
 /// Every variable [`RawConfig::from_env`] reads, beside the field it fills.
@@ -91,6 +97,9 @@ pub const ENV_VARS: &[&str] = &[
     "WXPUSH_MAX_MESSAGE_BYTES",
     "WXPUSH_INGEST_PREFETCH",
     "WXPUSH_INGEST_BATCH",
+    "WXPUSH_SEND_CONCURRENCY",
+    "WXPUSH_SEND_MAX_ATTEMPTS",
+    "WXPUSH_QUOTA_COOLDOWN_SECS",
 ];
 
 impl RawConfig {
@@ -115,6 +124,9 @@ impl RawConfig {
             max_message_bytes: get(ENV_VARS[9]),
             ingest_prefetch: get(ENV_VARS[10]),
             ingest_batch: get(ENV_VARS[11]),
+            send_concurrency: get(ENV_VARS[12]),
+            send_max_attempts: get(ENV_VARS[13]),
+            quota_cooldown_secs: get(ENV_VARS[14]),
         }
     }
 
@@ -189,6 +201,24 @@ impl RawConfig {
                 DEFAULT_INGEST_BATCH,
                 1,
             )?,
+            send_concurrency: number(
+                "WXPUSH_SEND_CONCURRENCY",
+                self.send_concurrency,
+                DEFAULT_SEND_CONCURRENCY,
+                1,
+            )?,
+            send_max_attempts: number(
+                "WXPUSH_SEND_MAX_ATTEMPTS",
+                self.send_max_attempts,
+                DEFAULT_SEND_MAX_ATTEMPTS,
+                1,
+            )?,
+            quota_cooldown_secs: number(
+                "WXPUSH_QUOTA_COOLDOWN_SECS",
+                self.quota_cooldown_secs,
+                DEFAULT_QUOTA_COOLDOWN_SECS,
+                1,
+            )?,
         })
     }
 }
@@ -215,6 +245,12 @@ pub struct Config {
     pub ingest_prefetch: u16,
     /// Most uploads written to Redis in one round trip.
     pub ingest_batch: usize,
+    /// Send jobs one sender process handles at once.
+    pub send_concurrency: usize,
+    /// Attempts before a send job is dead-lettered.
+    pub send_max_attempts: u32,
+    /// How long the fleet pauses after WeChat's daily quota answer (45009).
+    pub quota_cooldown_secs: u64,
 }
 
 /// `url` with any password replaced by `***`, for logs and errors.

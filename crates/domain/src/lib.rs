@@ -7,11 +7,13 @@
 
 pub mod config;
 pub mod credential;
+pub mod job;
 pub mod names;
 pub mod upload;
 
 pub use config::{Config, ConfigError, RawConfig, Secret};
 pub use credential::{Credential, CredentialKind};
+pub use job::{parse_job, HeldCredential, JobError, SendJob, ValidJob};
 pub use names::{AppId, NameError, Namespace, OpenId};
 pub use upload::{parse_upload, PoisonReason, RejectedEntry, Upload, UploadLimits};
 
