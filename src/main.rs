@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use wxpush_broker::Topology;
 use wxpush_domain::{Config, RawConfig};
 use wxpush_roles::ingest::{self, IngestSettings};
+use wxpush_roles::send::{self, SendParts, SendSettings, SendStats};
 use wxpush_roles::{Deps, ShutdownTrigger};
 
 /// Reach WeChat mini-program users when it matters: a credential bank, ingest, dispatch and
@@ -61,9 +62,26 @@ enum Command {
         command: CampaignCommand,
     },
     /// The fake WeChat API server, for development and tests
-    MockWechat,
+    MockWechat(MockArgs),
     /// The one-command showcase against the fake WeChat
     Demo,
+}
+
+#[derive(Args)]
+struct MockArgs {
+    /// Address to listen on (port 0 picks a free one; the address is logged)
+    #[arg(long, default_value = "127.0.0.1:8089", env = "WXPUSH_MOCK_LISTEN")]
+    listen: String,
+    /// The fake's configuration as JSON (apps, token lifetime, faults; see the
+    /// wxpush-fake-wechat crate). Without it: one app, WXPUSH_APP_ID with WXPUSH_APP_SECRET.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// A template id the default app knows (repeatable; more via POST /fake/templates)
+    #[arg(long = "template")]
+    templates: Vec<String>,
+    /// Access token lifetime, in seconds
+    #[arg(long)]
+    token_lifetime_secs: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -133,19 +151,17 @@ fn config(common: &Common) -> anyhow::Result<Config> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Ingest | Command::All => {
-            let config = config(&cli.common)?;
-            if matches!(cli.command, Command::All) {
-                tracing::info!("dispatch and send are not yet available: `all` runs ingest only");
-            }
-            run_ingest(&config).await
+        Command::Ingest => run_roles(&config(&cli.common)?, true, false).await,
+        Command::Send => run_roles(&config(&cli.common)?, false, true).await,
+        Command::All => {
+            tracing::info!("dispatch is not yet available: `all` runs ingest and send");
+            run_roles(&config(&cli.common)?, true, true).await
         }
         Command::Dispatch => not_yet("dispatch"),
-        Command::Send => not_yet("send"),
         Command::Campaign {
             command: CampaignCommand::Status { .. },
         } => not_yet("campaign status"),
-        Command::MockWechat => not_yet("mock-wechat"),
+        Command::MockWechat(args) => run_mock(&cli.common, args).await,
         Command::Demo => not_yet("demo"),
     }
 }
@@ -154,23 +170,114 @@ fn not_yet(what: &str) -> anyhow::Result<()> {
     anyhow::bail!("`{what}` is not yet available in this version")
 }
 
-async fn run_ingest(config: &Config) -> anyhow::Result<()> {
-    let deps = Deps::connect(config, "wxpush ingest").await?;
+/// Runs the chosen roles in this process until SIGTERM/SIGINT, then stops them gracefully.
+async fn run_roles(config: &Config, ingest: bool, send: bool) -> anyhow::Result<()> {
+    let name = match (ingest, send) {
+        (true, true) => "wxpush all",
+        (true, false) => "wxpush ingest",
+        _ => "wxpush send",
+    };
+    let deps = Deps::connect(config, name).await?;
+    let parts = if send {
+        Some(SendParts::connect(config, &deps, wxpush_wechat::DEFAULT_REQUEST_TIMEOUT).await?)
+    } else {
+        None
+    };
     let topology = Topology::new(config.namespace.clone());
     let (trigger, shutdown) = ShutdownTrigger::new();
+    let roles_shutdown = trigger.subscribe();
+    let trigger = std::sync::Arc::new(trigger);
+    let on_signal = trigger.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("stop requested: finishing the batch in hand");
-        trigger.trigger();
+        tracing::info!("stop requested: finishing the work in hand");
+        on_signal.trigger();
     });
-    tracing::info!(
-        namespace = %config.namespace,
-        queue = %topology.ingest_queue(),
-        "ingest starting"
-    );
-    let settings = IngestSettings::from_config(config);
-    ingest::run(&deps, &topology, &settings, shutdown).await?;
+    // A role that fails stops the others too, so the process exits with its error.
+    let stop_all = |r: Result<(), wxpush_roles::RoleError>| {
+        if r.is_err() {
+            trigger.trigger();
+        }
+        r
+    };
+    tracing::info!(namespace = %config.namespace, role = name, "starting");
+    let ingest_role = async {
+        if !ingest {
+            return Ok(());
+        }
+        let settings = IngestSettings::from_config(config);
+        ingest::run(&deps, &topology, &settings, shutdown.clone())
+            .await
+            .map(|_| ())
+    };
+    let send_role = async {
+        let Some(parts) = parts else {
+            return Ok(());
+        };
+        let settings = SendSettings::from_config(config);
+        send::run(&deps, parts, &topology, &settings, roles_shutdown)
+            .await
+            .map(|stats| {
+                tracing::info!(
+                    sent = SendStats::get(&stats.sent),
+                    jobs = SendStats::get(&stats.jobs),
+                    "send stopped"
+                );
+            })
+    };
+    let (a, b) = tokio::join!(async { stop_all(ingest_role.await) }, async {
+        stop_all(send_role.await)
+    });
     deps.broker.close().await;
+    a?;
+    b?;
+    Ok(())
+}
+
+async fn run_mock(common: &Common, args: MockArgs) -> anyhow::Result<()> {
+    use wxpush_fake_wechat::{serve_with_shutdown, FakeApp, FakeConfig, FakeWeChat};
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+            serde_json::from_str::<FakeConfig>(&text).map_err(|e| {
+                anyhow::anyhow!("{} is not a fake WeChat configuration: {e}", path.display())
+            })?
+        }
+        None => {
+            let app_id = common
+                .app_id
+                .clone()
+                .filter(|a| !a.is_empty())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "WXPUSH_APP_ID is not set: the fake serves that app (or pass --config)"
+                    )
+                })?;
+            let secret = std::env::var("WXPUSH_APP_SECRET")
+                .ok()
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "WXPUSH_APP_SECRET is not set: the fake checks it (or pass --config)"
+                    )
+                })?;
+            FakeConfig::with_apps(vec![FakeApp::new(app_id, secret)])
+        }
+    };
+    if let Some(app) = config.apps.first_mut() {
+        app.templates.extend(args.templates.iter().cloned());
+    }
+    if let Some(secs) = args.token_lifetime_secs {
+        config.token_lifetime_ms = secs.saturating_mul(1000);
+    }
+    let fake = FakeWeChat::new(config).map_err(|e| anyhow::anyhow!("fake WeChat: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "fake WeChat listening: point WXPUSH_WECHAT_API_BASE at http://{addr}");
+    serve_with_shutdown(listener, fake, wait_for_signal()).await?;
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 //! returns its counters.
 //!
 //! - [`ingest`]: credential uploads → the bank.
+//! - [`send`]: send jobs → WeChat, one credential each; [`outcomes`] records what happened.
 //! - [`deps`]: connecting to Redis and RabbitMQ with one readable error line.
 //! - [`shutdown`]: the stop signal shared by a process's roles.
 //!
@@ -11,6 +12,8 @@
 
 pub mod deps;
 pub mod ingest;
+pub mod outcomes;
+pub mod send;
 pub mod shutdown;
 
 pub use deps::{Deps, DepsError};
@@ -23,4 +26,8 @@ pub enum RoleError {
     Broker(#[from] wxpush_broker::BrokerError),
     #[error(transparent)]
     Bank(#[from] wxpush_bank::BankError),
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Fleet(#[from] wxpush_fleet::FleetError),
 }

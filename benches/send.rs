@@ -1,0 +1,283 @@
+//! One sender process against the bare ceiling of the same work, measured in the same run.
+//!
+//! `cargo bench --bench send` (`-- --jobs N --concurrency C`). The fake WeChat runs in this
+//! process and answers at once; the rate limit is set far above what is reachable. Steps:
+//! 1. N users each get one formId from the fake, stored in the bank; N send jobs are queued.
+//! 2. wxpush: `Sender::consume` drains them (parse, claim, rate permit, shared token, POST,
+//!    outcome recorded, ack), C jobs at a time.
+//! 3. Ceiling: the same number of jobs on a bare queue, the same concurrency and prefetch,
+//!    each doing only consume + one Redis script (ZPOPMIN of a fresh formId) + one HTTP POST
+//!    of the send + ack.
+//!
+//! Printed: sends/s of both and the ratio (target ≥ 5,000/s and ≥ 60%), Redis round trips per
+//! sent message (target ≤ 3; from Redis's own command counts over the run, less the commands
+//! run inside our Lua scripts, the two commands of the outcome pipeline counted as one round
+//! trip), token fetches per 10,000 sends.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use serde_json::json;
+use wxpush_bank::StoreRequest;
+use wxpush_broker::{JobConsumer, Publisher};
+use wxpush_domain::{Credential, OpenId, SendJob};
+use wxpush_fake_wechat::{FakeApp, FakeConfig, FakeWeChat};
+use wxpush_roles::send::{SendParts, SendSettings, SendStats, Sender};
+use wxpush_roles::ShutdownTrigger;
+use wxpush_testkit::{now_ms, TestEnv, TEST_APP};
+
+const SECRET: &str = "bench-secret";
+
+/// Every Lua script the sender path runs, to tell commands run inside scripts from round trips.
+const LUA_SOURCES: &[&str] = &[
+    include_str!("../crates/bank/src/lua/claim.lua"),
+    include_str!("../crates/bank/src/lua/store.lua"),
+    include_str!("../crates/bank/src/lua/release.lua"),
+    include_str!("../crates/fleet/src/lua/pause.lua"),
+    include_str!("../crates/fleet/src/lua/rate.lua"),
+    include_str!("../crates/fleet/src/lua/token_acquire.lua"),
+    include_str!("../crates/fleet/src/lua/token_invalidate.lua"),
+    include_str!("../crates/fleet/src/lua/token_publish.lua"),
+    include_str!("../crates/fleet/src/lua/token_release.lua"),
+];
+const TPL: &str = "TPL_BENCH";
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn commandstats(conn: &mut redis::aio::ConnectionManager) -> BTreeMap<String, u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("INFO");
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
+#[tokio::main]
+async fn main() {
+    let n = arg("--jobs", 20_000);
+    let concurrency = arg("--concurrency", 64);
+    let mut env = TestEnv::new("bench_send");
+    let mut fake_config =
+        FakeConfig::with_apps(vec![FakeApp::new(TEST_APP, SECRET).with_templates([TPL])]);
+    fake_config.max_recorded_requests = 4 * n;
+    let fake = FakeWeChat::start(fake_config).await.expect("fake");
+    env.set("WXPUSH_WECHAT_API_BASE", &fake.base_url());
+    env.set("WXPUSH_APP_SECRET", SECRET);
+    env.set("WXPUSH_SEND_RATE", "1000000");
+    let config = env.config();
+    let deps = env.deps().await;
+    let users: Vec<OpenId> = (0..n)
+        .map(|u| OpenId::new(&format!("oBenchSend{u:018}")).unwrap())
+        .collect();
+
+    // The bank: one fake-issued formId per user.
+    let expires = now_ms() / 1000 + 86_400;
+    let creds: Vec<Vec<Credential>> = users
+        .iter()
+        .map(|u| {
+            let f = fake.issue_form_ids(None, u.as_str(), 1, None).unwrap();
+            vec![Credential::form_id(f[0].clone(), expires)]
+        })
+        .collect();
+    for (us, cs) in users.chunks(500).zip(creds.chunks(500)) {
+        let reqs: Vec<StoreRequest<'_>> = us
+            .iter()
+            .zip(cs)
+            .map(|(o, c)| StoreRequest {
+                app: &env.app,
+                open_id: o,
+                credentials: c,
+            })
+            .collect();
+        deps.bank.store_batch(&reqs).await.unwrap();
+    }
+    let topology = env.topology();
+    let ch = deps.broker.channel().await.unwrap();
+    topology.declare_send(&ch).await.unwrap();
+    let publisher = Publisher::open(&deps.broker, topology.clone())
+        .await
+        .unwrap();
+    let jobs: Vec<Vec<u8>> = users
+        .iter()
+        .map(|u| {
+            let j: SendJob = serde_json::from_value(json!({
+                "campaignId": "bench", "openId": u.as_str(), "templateId": TPL,
+                "data": {"keyword1": "benchmark", "keyword2": "2026-11-28"}}))
+            .unwrap();
+            j.to_json()
+        })
+        .collect();
+    let send_q = topology.send_queue();
+    for chunk in jobs.chunks(2000) {
+        publisher
+            .publish_all("", chunk.iter().map(|b| (send_q.as_str(), b.as_slice())))
+            .await
+            .unwrap();
+    }
+
+    // wxpush's sender.
+    let parts = SendParts::connect(&config, &deps, wxpush_wechat::DEFAULT_REQUEST_TIMEOUT)
+        .await
+        .unwrap();
+    let mut settings = SendSettings::from_config(&config);
+    settings.concurrency = concurrency;
+    let sender = Sender::start(&deps, parts, &topology, &settings)
+        .await
+        .unwrap();
+    let mut conn = deps.bank.connection();
+    let before = commandstats(&mut conn).await;
+    let (_trigger, shutdown) = ShutdownTrigger::new();
+    let start = Instant::now();
+    let stats = sender.consume(shutdown, Some(n as u64)).await.unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    let after = commandstats(&mut conn).await;
+    let sent = SendStats::get(&stats.sent);
+    assert_eq!(sent, n as u64, "every job sent");
+    let delta = |c: &str| after.get(c).copied().unwrap_or(0) - before.get(c).copied().unwrap_or(0);
+    let commands: u64 = after.keys().map(|c| delta(c)).sum();
+    // Redis counts the commands a script runs as well as the EVALSHA that ran it; those are
+    // not round trips. Their names come from the scripts' own sources. PTTL is also sent
+    // directly (the pause check); its script use runs only after a 45009, not seen here.
+    let inner: std::collections::BTreeSet<String> = LUA_SOURCES
+        .iter()
+        .flat_map(|src| src.split("redis.call('").skip(1))
+        .filter_map(|rest| rest.split('\'').next())
+        .map(str::to_lowercase)
+        .filter(|c| c != "pttl")
+        .collect();
+    let inside_scripts: u64 = inner.iter().map(|c| delta(c)).sum();
+    // The outcome pipeline is HINCRBY + EXPIRE in one round trip; INFO is the benchmark's.
+    let round_trips = commands - inside_scripts - delta("expire") - delta("info");
+    let wxpush_rate = n as f64 / secs;
+    let token_fetches = fake.token_fetches(TEST_APP);
+
+    // The bare ceiling: consume + one script + one POST + ack, same concurrency.
+    let bare_q = format!("{}.bench-bare", env.ns);
+    ch.queue_declare(
+        bare_q.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let mut pipe = redis::pipe();
+    let bare_key = |u: &OpenId| format!("{}:bare:{}", env.ns, u);
+    for u in &users {
+        let f = fake.issue_form_ids(None, u.as_str(), 1, None).unwrap();
+        pipe.cmd("ZADD").arg(bare_key(u)).arg(1).arg(&f[0]).ignore();
+    }
+    let _: () = pipe.query_async(&mut conn).await.unwrap();
+    for chunk in jobs.chunks(2000) {
+        publisher
+            .publish_all("", chunk.iter().map(|b| (bare_q.as_str(), b.as_slice())))
+            .await
+            .unwrap();
+    }
+    let client =
+        wxpush_wechat::Client::new(&wxpush_wechat::ClientConfig::with_base_url(fake.base_url()))
+            .unwrap();
+    let token = client
+        .fetch_token(&env.app, &wxpush_domain::Secret::new(SECRET))
+        .await
+        .unwrap()
+        .token;
+    let pop = redis::Script::new("return redis.call('ZPOPMIN', KEYS[1])");
+    let JobConsumer { channel, consumer } =
+        JobConsumer::start(&deps.broker, &bare_q, (concurrency * 2) as u16, "bare")
+            .await
+            .unwrap();
+    let ns = env.ns.to_string();
+    let start = Instant::now();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    consumer
+        .take(n)
+        .for_each_concurrent(concurrency, |d| {
+            let (conn, client, token, pop, done, ns) =
+                (conn.clone(), &client, &token, &pop, &done, &ns);
+            async move {
+                let d = d.unwrap();
+                let job: SendJob = serde_json::from_slice(&d.data).unwrap();
+                let who = OpenId::new(&job.open_id).unwrap();
+                let popped: Vec<String> = pop
+                    .key(format!("{ns}:bare:{who}"))
+                    .invoke_async(&mut conn.clone())
+                    .await
+                    .unwrap();
+                let msg = wxpush_wechat::TemplateMessage {
+                    touser: who,
+                    template_id: job.template_id,
+                    page: None,
+                    form_id: popped[0].clone(),
+                    data: job.data,
+                    emphasis_keyword: None,
+                };
+                assert!(client.send_template(token, &msg).await.is_sent());
+                d.acker.ack(BasicAckOptions::default()).await.unwrap();
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+        .await;
+    let bare_rate = n as f64 / start.elapsed().as_secs_f64();
+    let _ = channel
+        .queue_delete(bare_q.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    let _ = channel.close(200, "ok".into()).await;
+
+    println!("send benchmark: {n} jobs, concurrency {concurrency}, fake WeChat in process answering at once, release build");
+    println!(
+        "{:<44} {:>10}",
+        "wxpush sender (sends/s)",
+        format!("{wxpush_rate:.0}")
+    );
+    println!(
+        "{:<44} {:>10}",
+        "bare ceiling: consume+script+POST+ack (/s)",
+        format!("{bare_rate:.0}")
+    );
+    println!("{:<44} {:>9.0}%", "ratio", 100.0 * wxpush_rate / bare_rate);
+    println!(
+        "{:<44} {:>10.2}",
+        "Redis round trips per sent message",
+        round_trips as f64 / n as f64
+    );
+    println!(
+        "{:<44} {:>10.1}",
+        "token fetches per 10,000 sends",
+        token_fetches as f64 * 10_000.0 / n as f64
+    );
+    println!("targets: ≥ 5,000 sends/s, ≥ 60% of the ceiling, ≤ 3 round trips per message");
+    let mut per_command: Vec<(String, u64)> = after
+        .keys()
+        .map(|c| (c.clone(), delta(c)))
+        .filter(|(_, v)| *v > 0)
+        .collect();
+    per_command.sort();
+    println!("Redis commands during the wxpush run: {per_command:?}");
+    publisher.close().await;
+    deps.broker.close().await;
+}

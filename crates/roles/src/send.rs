@@ -1,0 +1,565 @@
+//! The send role: send jobs from RabbitMQ to WeChat, one credential per message.
+//!
+//! Per job (many at once, each acknowledged on its own):
+//! 1. parse it (a malformed job is dead-lettered with its reason);
+//! 2. if the fleet is paused (WeChat's daily quota, `45009`), park it in a delay queue;
+//! 3. claim the user's soonest-expiring credential (none: record `no_credential`, done);
+//! 4. take a fleet-wide rate permit, get the fleet's shared access token;
+//! 5. call WeChat and act on the classified outcome ([`wxpush_wechat::Outcome`]):
+//!    - sent: record it;
+//!    - bad credential (`41028`, `41029`): drop it, claim the user's next one;
+//!    - bad token (`40001`, `40014`, `42001`): invalidate it (only if still the cached one),
+//!      retry once at once;
+//!    - transient (`-1`, timeouts, 5xx): a short retry in process, then re-publish the job,
+//!      holding its credential, to a delay queue (exponential backoff) so no worker sleeps on a
+//!      prefetch slot; after `max_attempts` the job is dead-lettered;
+//!    - minute quota (`45011`): park the job until the next minute;
+//!    - daily quota (`45009`): pause the whole fleet for the cool-down, park the job;
+//!    - permanent (`40003`, `40037`, `41030`, `47003`, unknown): record the code; the
+//!      credential, which WeChat did not use, goes back to the bank.
+//! 6. record the outcome in the campaign's counters and log one line with the openId masked.
+//!
+//! A job retried after a timeout keeps its formId: if the first attempt was in fact accepted,
+//! WeChat answers `41029` and the job is recorded as `sent_unconfirmed`, not sent again.
+//! This module must not parse uploads or campaigns, nor know how the bank stores credentials.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::BasicProperties;
+use wxpush_bank::Bank;
+use wxpush_broker::topology::delay_tier;
+use wxpush_broker::{JobConsumer, Publisher, Topology};
+use wxpush_domain::{parse_job, AppId, Config, Credential, HeldCredential, SendJob, ValidJob};
+use wxpush_fleet::{
+    FleetPause, PauseSettings, RateLimiter, RateSettings, TokenSettings, TokenStore,
+};
+use wxpush_wechat::{Client, ClientConfig, Outcome, TemplateMessage};
+
+use crate::outcomes::{Outcomes, Recorded};
+use crate::{Deps, RoleError, Shutdown};
+
+/// The source name of the send role's dead letters (queue `<ns>.dead.send`).
+pub const DEAD_LETTER_SOURCE: &str = "send";
+
+/// Tunables of the send role.
+#[derive(Debug, Clone)]
+pub struct SendSettings {
+    pub app_id: AppId,
+    /// Jobs one process handles at once (and twice that many prefetched).
+    pub concurrency: usize,
+    /// Attempts (first try included) before a job is dead-lettered.
+    pub max_attempts: u32,
+    /// Quick retries inside one attempt, for a transient failure.
+    pub quick_retries: u32,
+    /// How long the fleet stops sending after WeChat's daily quota answer (`45009`).
+    pub quota_cooldown: Duration,
+    /// Credentials WeChat may refuse (`41028`/`41029`) for one job before it gives up.
+    pub max_credentials_per_job: u32,
+}
+
+impl SendSettings {
+    pub fn from_config(c: &Config) -> Self {
+        Self {
+            app_id: c.app_id.clone(),
+            concurrency: c.send_concurrency,
+            max_attempts: c.send_max_attempts,
+            quick_retries: 2,
+            quota_cooldown: Duration::from_secs(c.quota_cooldown_secs),
+            max_credentials_per_job: 10,
+        }
+    }
+}
+
+/// Counters of one send run.
+#[derive(Debug, Default)]
+pub struct SendStats {
+    pub jobs: AtomicU64,
+    pub sent: AtomicU64,
+    pub sent_unconfirmed: AtomicU64,
+    pub no_credential: AtomicU64,
+    pub failed: AtomicU64,
+    pub retried: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub credentials_dropped: AtomicU64,
+    pub credentials_released: AtomicU64,
+    pub wechat_calls: AtomicU64,
+    pub failed_by_code: Mutex<HashMap<i64, u64>>,
+}
+
+impl SendStats {
+    fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// What became of one job.
+enum Disposition {
+    /// Finished: record this outcome and acknowledge.
+    Done(Recorded),
+    /// Try again later: re-publish (attempt counted) after about this long.
+    Retry {
+        job: SendJob,
+        after: Duration,
+        reason: String,
+    },
+    /// Park it (no attempt counted): the fleet is paused or the minute quota is spent.
+    Park { job: SendJob, after: Duration },
+}
+
+/// The send role's working parts.
+pub struct Sender {
+    bank: Bank,
+    broker: wxpush_broker::Broker,
+    wechat: Client,
+    tokens: TokenStore,
+    limiter: RateLimiter,
+    pause: FleetPause,
+    publisher: Publisher,
+    topology: Topology,
+    outcomes: Outcomes,
+    settings: SendSettings,
+    pub stats: Arc<SendStats>,
+}
+
+/// What the send role needs beside Redis and RabbitMQ: WeChat and the fleet's shared state.
+pub struct SendParts {
+    pub wechat: Client,
+    pub tokens: TokenStore,
+    pub limiter: RateLimiter,
+    pub pause: FleetPause,
+}
+
+impl SendParts {
+    /// Builds the WeChat client (with `request_timeout`) and the fleet's shared token, rate
+    /// limit and pause for the configured app. Needs `WXPUSH_APP_SECRET`.
+    pub async fn connect(
+        config: &Config,
+        deps: &Deps,
+        request_timeout: Duration,
+    ) -> Result<Self, SendSetupError> {
+        let secret = config
+            .app_secret
+            .clone()
+            .ok_or(SendSetupError::MissingSecret)?;
+        let wechat = Client::new(&ClientConfig {
+            request_timeout,
+            ..ClientConfig::with_base_url(config.wechat_api_base.clone())
+        })
+        .map_err(|e| SendSetupError::WeChat(e.to_string()))?;
+        let conn = deps.bank.connection();
+        let ns = config.namespace.clone();
+        let app = config.app_id.clone();
+        Ok(Self {
+            tokens: TokenStore::new(
+                conn.clone(),
+                ns.clone(),
+                wechat.clone(),
+                app.clone(),
+                secret,
+                TokenSettings::default(),
+            ),
+            limiter: RateLimiter::new(
+                conn.clone(),
+                ns.clone(),
+                app.clone(),
+                config.send_rate,
+                RateSettings::default(),
+            ),
+            pause: FleetPause::new(conn, ns, app, PauseSettings::default()),
+            wechat,
+        })
+    }
+}
+
+/// Why the send role cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum SendSetupError {
+    #[error("WXPUSH_APP_SECRET is not set: the send role needs it to get access tokens")]
+    MissingSecret,
+    #[error("WeChat client: {0}")]
+    WeChat(String),
+}
+
+/// Runs the send role until `shutdown` fires; in-flight jobs finish first.
+pub async fn run(
+    deps: &Deps,
+    parts: SendParts,
+    topology: &Topology,
+    settings: &SendSettings,
+    shutdown: Shutdown,
+) -> Result<Arc<SendStats>, RoleError> {
+    let sender = Sender::start(deps, parts, topology, settings).await?;
+    let stats = sender.consume(shutdown, None).await;
+    sender.publisher.close().await;
+    stats
+}
+
+impl Sender {
+    /// Declares the send topology and opens the publisher for retries and dead letters.
+    pub async fn start(
+        deps: &Deps,
+        parts: SendParts,
+        topology: &Topology,
+        settings: &SendSettings,
+    ) -> Result<Self, RoleError> {
+        let ch = deps.broker.channel().await?;
+        topology.declare_send(&ch).await?;
+        let _ = ch.close(200, "declared".into()).await;
+        let publisher = Publisher::open(&deps.broker, topology.clone()).await?;
+        Ok(Self {
+            bank: deps.bank.clone(),
+            broker: deps.broker.clone(),
+            wechat: parts.wechat,
+            tokens: parts.tokens,
+            limiter: parts.limiter,
+            pause: parts.pause,
+            publisher,
+            topology: topology.clone(),
+            outcomes: Outcomes::new(deps.bank.connection(), deps.bank.keys().namespace().clone()),
+            settings: settings.clone(),
+            stats: Arc::new(SendStats::default()),
+        })
+    }
+
+    /// Consumes send jobs until `shutdown` fires (or, with `limit`, until that many jobs are
+    /// settled), `concurrency` at a time.
+    pub async fn consume(
+        &self,
+        mut shutdown: Shutdown,
+        limit: Option<u64>,
+    ) -> Result<Arc<SendStats>, RoleError> {
+        let prefetch = u16::try_from(self.settings.concurrency * 2).unwrap_or(u16::MAX);
+        let JobConsumer { channel, consumer } = JobConsumer::start(
+            self.publisher_broker(),
+            &self.topology.send_queue(),
+            prefetch,
+            "wxpush-send",
+        )
+        .await?;
+        let tag = consumer.tag();
+        let settled = AtomicU64::new(0);
+        let (done_tx, mut done_rx) = tokio::sync::watch::channel(false);
+        let stop = async {
+            tokio::select! {
+                _ = shutdown.wait() => {}
+                _ = done_rx.wait_for(|d| *d) => {}
+            }
+        };
+        consumer
+            .take_until(stop)
+            .for_each_concurrent(self.settings.concurrency, |d| {
+                let (settled, done_tx) = (&settled, &done_tx);
+                async move {
+                    match d {
+                        Ok(delivery) => self.handle(delivery).await,
+                        Err(e) => tracing::warn!(error = %e, "send consumer error"),
+                    }
+                    let n = settled.fetch_add(1, Ordering::Relaxed) + 1;
+                    if limit.is_some_and(|l| n >= l) {
+                        let _ = done_tx.send(true);
+                    }
+                }
+            })
+            .await;
+        let _ = channel
+            .basic_cancel(tag, lapin::options::BasicCancelOptions::default())
+            .await;
+        let _ = channel.close(200, "bye".into()).await;
+        Ok(self.stats.clone())
+    }
+
+    fn publisher_broker(&self) -> &wxpush_broker::Broker {
+        &self.broker
+    }
+
+    /// Handles one delivery from start to acknowledgement.
+    async fn handle(&self, delivery: Delivery) {
+        SendStats::add(&self.stats.jobs);
+        let valid = match parse_job(&delivery.data) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(code = e.code(), reason = %e, "send job dead-lettered");
+                self.dead_letter(&delivery, e.code(), &e.to_string()).await;
+                return;
+            }
+        };
+        let disposition = match self.process(&valid).await {
+            Ok(d) => d,
+            Err(e) => {
+                // Redis or the broker failed under us: hand the job back and slow down.
+                tracing::warn!(error = %e, "send job handed back");
+                let _ = delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                return;
+            }
+        };
+        let job = &valid.job;
+        let who = valid.open_id.masked();
+        let settled = match disposition {
+            Disposition::Done(outcome) => {
+                tracing::info!(campaign = %job.campaign_id, user = %who, outcome = %outcome, "send outcome");
+                self.count(&outcome);
+                self.outcomes
+                    .record(&job.campaign_id, &outcome)
+                    .await
+                    .map_err(RoleError::from)
+            }
+            Disposition::Park { job, after } => self.republish(&job, after).await,
+            Disposition::Retry {
+                mut job,
+                after,
+                reason,
+            } => {
+                job.attempt += 1;
+                if job.attempt >= self.settings.max_attempts {
+                    let reason = format!("gave up after {} attempts: {reason}", job.attempt);
+                    tracing::warn!(campaign = %job.campaign_id, user = %who, %reason, "send outcome");
+                    if let Some(h) = job.credential.take().filter(|h| !h.ambiguous) {
+                        self.release(&valid, &h).await;
+                    }
+                    let outcome = Recorded::DeadLettered;
+                    self.count(&outcome);
+                    let _ = self.outcomes.record(&job.campaign_id, &outcome).await;
+                    self.dead_letter(&delivery, "gave_up", &reason).await;
+                    return;
+                }
+                tracing::info!(campaign = %job.campaign_id, user = %who, attempt = job.attempt, %reason, "send retry scheduled");
+                SendStats::add(&self.stats.retried);
+                let _ = self
+                    .outcomes
+                    .record(&job.campaign_id, &Recorded::Retried)
+                    .await;
+                self.republish(&job, after).await
+            }
+        };
+        match settled {
+            Ok(()) => {
+                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not settle a send job; handing it back");
+                let _ = delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await;
+            }
+        }
+    }
+
+    /// Claims, sends and classifies until the job is done or must wait.
+    async fn process(&self, valid: &ValidJob) -> Result<Disposition, RoleError> {
+        let app = valid.app_id.as_ref().unwrap_or(&self.settings.app_id);
+        let mut job = valid.job.clone();
+        if let Some(wait) = self.pause.paused_for().await {
+            return Ok(Disposition::Park { job, after: wait });
+        }
+        let mut refused = 0;
+        let mut quick = 0;
+        let mut token_refreshed = false;
+        loop {
+            let held = match job.credential.take() {
+                Some(h) => h,
+                None => match self.bank.claim(app, &valid.open_id).await? {
+                    Some(c) => HeldCredential {
+                        value: c.credential.value,
+                        expires_at: c.credential.expires_at,
+                        ambiguous: false,
+                    },
+                    None => return Ok(Disposition::Done(Recorded::NoCredential)),
+                },
+            };
+            self.limiter.acquire().await?;
+            let token = match self.tokens.get().await {
+                Ok(t) => t,
+                Err(e) => {
+                    job.credential = Some(held);
+                    return Ok(Disposition::Retry {
+                        job,
+                        after: backoff(valid.job.attempt),
+                        reason: format!("no access token: {e}"),
+                    });
+                }
+            };
+            let message = TemplateMessage {
+                touser: valid.open_id.clone(),
+                template_id: job.template_id.clone(),
+                page: job.page.clone(),
+                form_id: held.value.clone(),
+                data: job.data.clone(),
+                emphasis_keyword: job.emphasis_keyword.clone(),
+            };
+            SendStats::add(&self.stats.wechat_calls);
+            let outcome = self.wechat.send_template(token.expose(), &message).await;
+            match outcome {
+                Outcome::Sent { .. } => return Ok(Disposition::Done(Recorded::Sent)),
+                Outcome::BadCredential { code } if code == 41029 && held.ambiguous => {
+                    // The earlier attempt whose outcome was unknown had been accepted.
+                    return Ok(Disposition::Done(Recorded::SentUnconfirmed));
+                }
+                Outcome::BadCredential { code } => {
+                    SendStats::add(&self.stats.credentials_dropped);
+                    refused += 1;
+                    if refused >= self.settings.max_credentials_per_job {
+                        return Ok(Disposition::Done(Recorded::Failed(code)));
+                    }
+                }
+                Outcome::BadToken { .. } if !token_refreshed => {
+                    if let Err(e) = self.tokens.invalidate(&token).await {
+                        tracing::warn!(error = %e, "could not invalidate the access token");
+                    }
+                    token_refreshed = true;
+                    job.credential = Some(held);
+                }
+                Outcome::BadToken { code } => {
+                    job.credential = Some(held);
+                    return Ok(Disposition::Retry {
+                        job,
+                        after: backoff(valid.job.attempt),
+                        reason: format!("access token refused twice ({code})"),
+                    });
+                }
+                Outcome::Transient {
+                    ambiguous, reason, ..
+                } => {
+                    job.credential = Some(HeldCredential {
+                        ambiguous: held.ambiguous || ambiguous,
+                        ..held
+                    });
+                    if quick < self.settings.quick_retries {
+                        quick += 1;
+                        tokio::time::sleep(Duration::from_millis(50 << quick)).await;
+                        continue;
+                    }
+                    return Ok(Disposition::Retry {
+                        job,
+                        after: backoff(valid.job.attempt),
+                        reason,
+                    });
+                }
+                Outcome::MinuteQuota => {
+                    job.credential = Some(held);
+                    return Ok(Disposition::Park {
+                        job,
+                        after: until_next_minute(),
+                    });
+                }
+                Outcome::QuotaExhausted => {
+                    tracing::warn!(cooldown = ?self.settings.quota_cooldown, "WeChat daily quota reached (45009): pausing the fleet");
+                    self.pause.pause_for(self.settings.quota_cooldown).await?;
+                    job.credential = Some(held);
+                    return Ok(Disposition::Park {
+                        job,
+                        after: self.settings.quota_cooldown,
+                    });
+                }
+                Outcome::NoConsent => return Ok(Disposition::Done(Recorded::Failed(43101))),
+                Outcome::Permanent { code, .. } => {
+                    if !held.ambiguous {
+                        self.release(valid, &held).await;
+                    }
+                    return Ok(Disposition::Done(Recorded::Failed(code)));
+                }
+            }
+        }
+    }
+
+    async fn release(&self, valid: &ValidJob, held: &HeldCredential) {
+        let app = valid.app_id.as_ref().unwrap_or(&self.settings.app_id);
+        let credential = Credential::form_id(held.value.clone(), held.expires_at);
+        match self.bank.release(app, &valid.open_id, &credential).await {
+            Ok(true) => SendStats::add(&self.stats.credentials_released),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "could not give a credential back"),
+        }
+    }
+
+    async fn republish(&self, job: &SendJob, after: Duration) -> Result<(), RoleError> {
+        let queue = self.topology.delay_queue(delay_tier(after));
+        self.publisher
+            .publish("", &queue, &job.to_json(), BasicProperties::default())
+            .await?;
+        Ok(())
+    }
+
+    async fn dead_letter(&self, delivery: &Delivery, code: &str, reason: &str) {
+        SendStats::add(&self.stats.dead_lettered);
+        let sent = self
+            .publisher
+            .dead_letter(
+                DEAD_LETTER_SOURCE,
+                &self.topology.send_queue(),
+                delivery,
+                code,
+                reason,
+            )
+            .await;
+        let settle = match sent {
+            Ok(()) => delivery.acker.ack(BasicAckOptions::default()).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not dead-letter a send job; handing it back");
+                delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await
+            }
+        };
+        let _ = settle;
+    }
+
+    fn count(&self, outcome: &Recorded) {
+        let s = &self.stats;
+        match outcome {
+            Recorded::Sent => SendStats::add(&s.sent),
+            Recorded::SentUnconfirmed => SendStats::add(&s.sent_unconfirmed),
+            Recorded::NoCredential => SendStats::add(&s.no_credential),
+            Recorded::Failed(code) => {
+                SendStats::add(&s.failed);
+                if let Ok(mut m) = s.failed_by_code.lock() {
+                    *m.entry(*code).or_default() += 1;
+                }
+            }
+            Recorded::Retried | Recorded::DeadLettered => {}
+        }
+    }
+}
+
+/// Exponential backoff for the next attempt (about 1 s, 2 s, 4 s, ... up to 15 min), less a
+/// random quarter at most so a fleet's retries spread out; the caller rounds it up to a delay
+/// tier.
+fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_secs(1u64 << attempt.min(10)).min(Duration::from_secs(900));
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    base - base.mul_f64(f64::from(nanos % 1000) / 4000.0)
+}
+
+fn until_next_minute() -> Duration {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Duration::from_secs(60 - now.as_secs() % 60)
+}

@@ -1,0 +1,522 @@
+//! The send role end to end: real Redis and RabbitMQ, the fake WeChat (which enforces
+//! WeChat's rules: a formId belongs to one user, works once, expires; tokens expire) for
+//! WeChat. Most tests run the role in process to control faults; the rate-limit test runs
+//! two `wxpush send` processes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use serde_json::json;
+use wxpush_broker::Publisher;
+use wxpush_domain::{Credential, OpenId, SendJob};
+use wxpush_fake_wechat::{FakeApp, FakeConfig, FakeHandle, FakeWeChat, Faults};
+use wxpush_roles::outcomes::Outcomes;
+use wxpush_roles::send::{self, SendParts, SendSettings, SendStats};
+use wxpush_roles::{Deps, ShutdownTrigger};
+use wxpush_testkit::{eventually, now_ms, TestEnv, TEST_APP};
+
+const SECRET: &str = "test-secret-0123456789";
+const TPL: &str = "TPL_SIGNIN";
+
+struct Rig {
+    env: TestEnv,
+    fake: FakeHandle,
+    deps: Deps,
+}
+
+impl Rig {
+    async fn new(name: &str, fake: FakeConfig) -> Self {
+        let mut env = TestEnv::new(name);
+        let fake = FakeWeChat::start(fake).await.expect("fake WeChat");
+        env.set("WXPUSH_WECHAT_API_BASE", &fake.base_url());
+        env.set("WXPUSH_APP_SECRET", SECRET);
+        env.set("WXPUSH_SEND_RATE", "100000");
+        let deps = env.deps().await;
+        Self { env, fake, deps }
+    }
+
+    async fn default(name: &str) -> Self {
+        Self::new(name, fake_config()).await
+    }
+
+    /// Has the fake issue `n` formIds to `who` (expiring after `ttl_secs`, each a second
+    /// later than the one before) and stores them in the bank as an upload would.
+    async fn give(&self, who: &str, n: usize, ttl_secs: u64) -> Vec<String> {
+        let mut ids = Vec::new();
+        for i in 0..n {
+            let ttl = Duration::from_secs(ttl_secs + i as u64);
+            ids.extend(self.fake.issue_form_ids(None, who, 1, Some(ttl)).unwrap());
+        }
+        let now = now_ms() / 1000;
+        let creds: Vec<Credential> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, f)| Credential::form_id(f.clone(), now + (ttl_secs + i as u64) as i64))
+            .collect();
+        self.deps
+            .bank
+            .store(&self.env.app, &OpenId::new(who).unwrap(), &creds)
+            .await
+            .unwrap();
+        ids
+    }
+
+    async fn publish(&self, jobs: &[SendJob]) {
+        let ch = self.deps.broker.channel().await.unwrap();
+        self.env.topology().declare_send(&ch).await.unwrap();
+        let _ = ch.close(200, "ok".into()).await;
+        let p = Publisher::open(&self.deps.broker, self.env.topology())
+            .await
+            .unwrap();
+        let bodies: Vec<Vec<u8>> = jobs.iter().map(SendJob::to_json).collect();
+        let q = self.env.topology().send_queue();
+        p.publish_all("", bodies.iter().map(|b| (q.as_str(), b.as_slice())))
+            .await
+            .unwrap();
+        p.close().await;
+    }
+
+    async fn parts(&self, settings: &mut SendSettings) -> SendParts {
+        let config = self.env.config();
+        settings.app_id = config.app_id.clone();
+        SendParts::connect(&config, &self.deps, Duration::from_millis(400))
+            .await
+            .unwrap()
+    }
+
+    /// Runs the role in process until `settled` jobs reached their final outcome (or the
+    /// guard time passes), then stops it gracefully.
+    async fn run_until(
+        &self,
+        mut settings: SendSettings,
+        campaign: &str,
+        finished: u64,
+        guard: Duration,
+    ) -> (std::sync::Arc<SendStats>, BTreeMap<String, u64>) {
+        let parts = self.parts(&mut settings).await;
+        let (trigger, shutdown) = ShutdownTrigger::new();
+        let (deps, topo) = (self.deps.clone(), self.env.topology());
+        let role =
+            tokio::spawn(async move { send::run(&deps, parts, &topo, &settings, shutdown).await });
+        let outcomes = Outcomes::new(self.deps.bank.connection(), self.env.ns.clone());
+        eventually(guard, || async {
+            let c = outcomes.read(campaign).await.unwrap();
+            final_count(&c) >= finished
+        })
+        .await;
+        trigger.trigger();
+        let stats = role.await.unwrap().unwrap();
+        (stats, outcomes.read(campaign).await.unwrap())
+    }
+}
+
+fn fake_config() -> FakeConfig {
+    let mut c = FakeConfig::with_apps(vec![FakeApp::new(TEST_APP, SECRET).with_templates([TPL])]);
+    c.seed = Some(7);
+    c
+}
+
+fn settings() -> SendSettings {
+    SendSettings {
+        app_id: wxpush_domain::AppId::new(TEST_APP).unwrap(),
+        concurrency: 16,
+        max_attempts: 8,
+        quick_retries: 2,
+        quota_cooldown: Duration::from_secs(2),
+        max_credentials_per_job: 10,
+    }
+}
+
+fn job(campaign: &str, who: &str) -> SendJob {
+    serde_json::from_value(json!({
+        "campaignId": campaign, "openId": who, "templateId": TPL,
+        "page": "pages/signin/index", "data": {"keyword1": "Daily check-in"}
+    }))
+    .unwrap()
+}
+
+fn user(n: usize) -> String {
+    format!("oSend{n:05}xxxxxxxxxxxxxxxxxxx")
+}
+
+/// Jobs that reached a final outcome.
+fn final_count(c: &BTreeMap<String, u64>) -> u64 {
+    c.iter()
+        .filter(|(k, _)| *k != "retried")
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// Accepted sends per user, as the fake saw them.
+fn accepted_per_user(fake: &FakeHandle) -> HashMap<String, u64> {
+    let mut m = HashMap::new();
+    for r in fake.requests() {
+        if r.errcode == Some(0) {
+            if let Some(to) = &r.touser {
+                *m.entry(to.clone()).or_default() += 1;
+            }
+        }
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_job_sends_one_message_with_the_users_soonest_credential() {
+    let rig = Rig::default("send_basic").await;
+    let mut soonest = HashMap::new();
+    for n in 0..30 {
+        let ids = rig.give(&user(n), 3, 3600).await;
+        soonest.insert(user(n), ids[0].clone());
+    }
+    let jobs: Vec<SendJob> = (0..30).map(|n| job("c1", &user(n))).collect();
+    rig.publish(&jobs).await;
+    let (stats, counts) = rig
+        .run_until(settings(), "c1", 30, Duration::from_secs(30))
+        .await;
+    assert_eq!(counts.get("sent"), Some(&30), "{counts:?}");
+    let per_user = accepted_per_user(&rig.fake);
+    assert_eq!(per_user.len(), 30);
+    assert!(per_user.values().all(|&n| n == 1));
+    for r in rig
+        .fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.touser.is_some())
+    {
+        let to = r.touser.clone().unwrap();
+        assert_eq!(
+            r.form_id.as_deref(),
+            Some(soonest[&to].as_str()),
+            "soonest formId first"
+        );
+    }
+    // Each user keeps the two later credentials.
+    for n in 0..30 {
+        let left = rig
+            .deps
+            .bank
+            .usable_count(&rig.env.app, &OpenId::new(&user(n)).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(left, 2);
+    }
+    assert_eq!(SendStats::get(&stats.wechat_calls), 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_without_credentials_gets_nothing_and_it_is_recorded() {
+    let rig = Rig::default("send_nocred").await;
+    rig.give(&user(1), 1, 3600).await;
+    rig.publish(&[job("c2", &user(1)), job("c2", &user(2))])
+        .await;
+    let (_, counts) = rig
+        .run_until(settings(), "c2", 2, Duration::from_secs(20))
+        .await;
+    assert_eq!(counts.get("sent"), Some(&1));
+    assert_eq!(counts.get("no_credential"), Some(&1));
+    assert!(!accepted_per_user(&rig.fake).contains_key(&user(2)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_credentials_are_dropped_and_the_user_still_gets_one_message() {
+    let rig = Rig::default("send_revoked").await;
+    let who = user(3);
+    let now = now_ms() / 1000;
+    // Soonest: a formId WeChat never issued (41028), then another user's (41028), then one
+    // already used (41029), then a good one.
+    let other = rig.fake.issue_form_ids(None, &user(4), 1, None).unwrap();
+    let used = rig.give(&who, 1, 3000).await;
+    rig.give(&who, 1, 3600).await;
+    rig.deps
+        .bank
+        .store(
+            &rig.env.app,
+            &OpenId::new(&who).unwrap(),
+            &[
+                Credential::form_id("ffffffffffffffffffffffffffffffff", now + 1000),
+                Credential::form_id(other[0].clone(), now + 2000),
+            ],
+        )
+        .await
+        .unwrap();
+    // Spend `used` behind the bank's back, as another system might.
+    let client = wxpush_wechat::Client::new(&wxpush_wechat::ClientConfig::with_base_url(
+        rig.fake.base_url(),
+    ))
+    .unwrap();
+    let app = wxpush_domain::AppId::new(TEST_APP).unwrap();
+    let token = client
+        .fetch_token(&app, &wxpush_domain::Secret::new(SECRET))
+        .await
+        .unwrap();
+    let mut m = job("x", &who);
+    m.credential = None;
+    let direct = wxpush_wechat::TemplateMessage {
+        touser: OpenId::new(&who).unwrap(),
+        template_id: TPL.into(),
+        page: None,
+        form_id: used[0].clone(),
+        data: m.data.clone(),
+        emphasis_keyword: None,
+    };
+    assert!(client.send_template(&token.token, &direct).await.is_sent());
+
+    rig.publish(&[job("c3", &who)]).await;
+    let (stats, counts) = rig
+        .run_until(settings(), "c3", 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(counts.get("sent"), Some(&1), "{counts:?}");
+    assert_eq!(SendStats::get(&stats.credentials_dropped), 3);
+    assert_eq!(
+        accepted_per_user(&rig.fake)[&who],
+        2,
+        "the direct send and ours"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_are_retried_until_sent_and_nobody_gets_two() {
+    let mut fake = fake_config();
+    fake.faults = Faults {
+        busy_probability: 0.3,
+        http500_probability: 0.3,
+        ..Faults::default()
+    };
+    let rig = Rig::new("send_transient", fake).await;
+    for n in 0..40 {
+        rig.give(&user(n), 2, 3600).await;
+    }
+    rig.publish(&(0..40).map(|n| job("c4", &user(n))).collect::<Vec<_>>())
+        .await;
+    let (stats, counts) = rig
+        .run_until(settings(), "c4", 40, Duration::from_secs(60))
+        .await;
+    assert_eq!(counts.get("sent"), Some(&40), "{counts:?}");
+    assert!(
+        SendStats::get(&stats.wechat_calls) > 40,
+        "some calls failed and were retried"
+    );
+    let per_user = accepted_per_user(&rig.fake);
+    assert_eq!(per_user.len(), 40);
+    assert!(per_user.values().all(|&n| n == 1), "nobody got two");
+    // No credential was wasted: every user keeps their second formId.
+    for n in 0..40 {
+        let left = rig
+            .deps
+            .bank
+            .usable_count(&rig.env.app, &OpenId::new(&user(n)).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(left, 1, "user {n}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_after_the_request_left_is_resent_with_the_same_form_id_and_not_doubled() {
+    let rig = Rig::default("send_ambiguous").await;
+    for n in 0..5 {
+        rig.give(&user(n), 2, 3600).await;
+    }
+    rig.publish(&(0..5).map(|n| job("c5", &user(n))).collect::<Vec<_>>())
+        .await;
+    let mut s = settings();
+    s.quick_retries = 0;
+    // The fleet's token is fetched while WeChat is fast; then sends answer after 1.5 s, past
+    // the client's 400 ms timeout (the fake judges, spends the formId, then waits), and
+    // WeChat turns fast again for the retries.
+    let parts = rig.parts(&mut s.clone()).await;
+    parts.tokens.get().await.unwrap();
+    rig.fake.update_faults(|f| f.latency_ms = 1500).unwrap();
+    let fake = rig.fake.fake().clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        let _ = fake.update_faults(|f| f.latency_ms = 0);
+    });
+    let (_, counts) = rig.run_until(s, "c5", 5, Duration::from_secs(30)).await;
+    assert_eq!(counts.get("sent_unconfirmed"), Some(&5), "{counts:?}");
+    let per_user = accepted_per_user(&rig.fake);
+    assert!(per_user.values().all(|&n| n == 1), "{per_user:?}");
+    assert_eq!(per_user.len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_access_token_is_refreshed_once_for_the_fleet() {
+    let mut fake = fake_config();
+    fake.token_lifetime_ms = 2000;
+    let rig = Rig::new("send_token", fake).await;
+    for n in 0..150 {
+        rig.give(&user(n), 1, 3600).await;
+    }
+    rig.publish(&(0..150).map(|n| job("c6", &user(n))).collect::<Vec<_>>())
+        .await;
+    let mut s = settings();
+    s.concurrency = 4;
+    // A slow rate makes the run outlive several token lifetimes.
+    let mut rig = rig;
+    rig.env.set("WXPUSH_SEND_RATE", "30");
+    // Invalidate every token once in the middle of the run too.
+    let fake = rig.fake.fake().clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let _ = fake.expire_tokens(None);
+    });
+    let (_, counts) = rig.run_until(s, "c6", 150, Duration::from_secs(40)).await;
+    assert_eq!(counts.get("sent"), Some(&150), "{counts:?}");
+    let fetches = rig.fake.token_fetches(TEST_APP);
+    // ~5 s of sending with 2 s tokens: about one fetch per lifetime, plus the forced one.
+    assert!((2..=6).contains(&fetches), "{fetches} token fetches");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_errors_are_recorded_and_the_credential_goes_back() {
+    let rig = Rig::default("send_permanent").await;
+    rig.give(&user(1), 1, 3600).await;
+    let mut bad = job("c7", &user(1));
+    bad.template_id = "TPL_UNKNOWN".into();
+    rig.publish(&[bad]).await;
+    let (stats, counts) = rig
+        .run_until(settings(), "c7", 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(counts.get("failed:40037"), Some(&1), "{counts:?}");
+    assert_eq!(SendStats::get(&stats.credentials_released), 1);
+    let left = rig
+        .deps
+        .bank
+        .usable_count(&rig.env.app, &OpenId::new(&user(1)).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(left, 1, "WeChat did not use it: it is usable again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daily_quota_pauses_the_fleet_then_every_job_is_sent() {
+    let mut fake = fake_config();
+    fake.faults.send_quota_per_sec = Some(5);
+    let rig = Rig::new("send_quota", fake).await;
+    for n in 0..12 {
+        rig.give(&user(n), 1, 3600).await;
+    }
+    rig.publish(&(0..12).map(|n| job("c8", &user(n))).collect::<Vec<_>>())
+        .await;
+    let (_, counts) = rig
+        .run_until(settings(), "c8", 12, Duration::from_secs(60))
+        .await;
+    assert_eq!(counts.get("sent"), Some(&12), "{counts:?}");
+    let quota_answers = rig
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.errcode == Some(45009))
+        .count();
+    assert!(quota_answers >= 1);
+    assert!(accepted_per_user(&rig.fake).values().all(|&n| n == 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_jobs_and_jobs_that_keep_failing_are_dead_lettered_with_a_reason() {
+    let mut fake = fake_config();
+    fake.faults.busy_probability = 1.0;
+    let rig = Rig::new("send_dead", fake).await;
+    rig.give(&user(1), 1, 3600).await;
+    rig.publish(&[job("c9", &user(1))]).await;
+    // A malformed job, published raw.
+    let p = Publisher::open(&rig.deps.broker, rig.env.topology())
+        .await
+        .unwrap();
+    p.publish(
+        "",
+        &rig.env.topology().send_queue(),
+        b"{\"campaignId\": 5}",
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    p.close().await;
+    let mut s = settings();
+    s.max_attempts = 2;
+    s.quick_retries = 0;
+    let (_, counts) = rig.run_until(s, "c9", 1, Duration::from_secs(30)).await;
+    assert_eq!(counts.get("dead_lettered"), Some(&1), "{counts:?}");
+    let mut dead = Vec::new();
+    for _ in 0..50 {
+        dead.extend(rig.env.drain_dead_letters(&rig.deps.broker, "send").await);
+        if dead.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut codes: Vec<&str> = dead.iter().map(|(_, c, _)| c.as_str()).collect();
+    codes.sort_unstable();
+    assert_eq!(codes, vec!["gave_up", "malformed_job"]);
+    // The busy answers never spent the credential: it is back in the bank.
+    let left = rig
+        .deps
+        .bank
+        .usable_count(&rig.env.app, &OpenId::new(&user(1)).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(left, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sender_processes_share_the_rate_limit_and_never_reuse_a_credential() {
+    let mut rig = Rig::default("send_rate").await;
+    let users = 120;
+    for n in 0..users {
+        rig.give(&user(n), 2, 3600).await;
+    }
+    rig.publish(&(0..users).map(|n| job("c10", &user(n))).collect::<Vec<_>>())
+        .await;
+    let rate = 40u32;
+    rig.env.set("WXPUSH_SEND_RATE", &rate.to_string());
+    let children: Vec<_> = (0..2).map(|_| rig.env.spawn(&["send"])).collect();
+    let outcomes = Outcomes::new(rig.deps.bank.connection(), rig.env.ns.clone());
+    let done = eventually(Duration::from_secs(30), || async {
+        final_count(&outcomes.read("c10").await.unwrap()) >= users as u64
+    })
+    .await;
+    for c in &children {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+    }
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(done, "{:?}", outcomes.read("c10").await.unwrap());
+    let sends: Vec<u64> = rig
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.touser.is_some())
+        .map(|r| r.at_ms)
+        .collect();
+    assert_eq!(sends.len(), users, "one call per job");
+    // Tolerance: a process may hold permits for up to 50 ms, plus the bucket's burst.
+    let bound = (f64::from(rate) * 1.05).ceil() as usize + rate.div_ceil(20).max(1) as usize + 1;
+    for (i, start) in sends.iter().enumerate() {
+        let in_window = sends[i..].iter().take_while(|t| **t < start + 1000).count();
+        assert!(
+            in_window <= bound,
+            "{in_window} sends in one second (bound {bound})"
+        );
+    }
+    let per_user = accepted_per_user(&rig.fake);
+    assert_eq!(per_user.len(), users);
+    assert!(per_user.values().all(|&n| n == 1));
+    let mut uses: HashMap<String, u32> = HashMap::new();
+    for r in rig.fake.requests() {
+        if let Some(f) = r.form_id {
+            *uses.entry(f).or_default() += 1;
+        }
+    }
+    assert!(
+        uses.values().all(|&n| n == 1),
+        "a credential was sent twice"
+    );
+}
