@@ -479,3 +479,55 @@ async fn the_seed_read_then_trim_hands_one_form_id_to_two_workers() {
     let (x, y) = (x.unwrap().unwrap(), y.unwrap().unwrap());
     assert_ne!(x.credential.value, y.credential.value);
 }
+
+#[tokio::test]
+async fn a_released_credential_is_claimable_again_but_only_once() {
+    let env = TestEnv::new("release");
+    let bank = bank(&env, BankSettings::default()).await;
+    let who = user(6);
+    let now = now_s();
+    let a = Credential::form_id(form_id(6, 1), now + 600);
+    let b = Credential::form_id(form_id(6, 2), now + 900);
+    bank.store(&env.app, &who, &[a.clone(), b.clone()])
+        .await
+        .unwrap();
+    let first = bank
+        .claim(&env.app, &who)
+        .await
+        .unwrap()
+        .unwrap()
+        .credential;
+    assert_eq!(first, a);
+    // Never stored, or not claimed: nothing to give back.
+    assert!(!bank
+        .release(&env.app, &who, &Credential::form_id("other", now + 600))
+        .await
+        .unwrap());
+    assert!(!bank.release(&env.app, &who, &b).await.unwrap());
+    assert!(bank.release(&env.app, &who, &a).await.unwrap());
+    assert!(
+        !bank.release(&env.app, &who, &a).await.unwrap(),
+        "given back twice"
+    );
+    assert_eq!(claim_all(&bank, &env, &who).await, vec![a, b]);
+    // The last claim emptied the user; a release puts them back in the index.
+    bank.release(
+        &env.app,
+        &who,
+        &Credential::form_id(form_id(6, 2), now + 900),
+    )
+    .await
+    .unwrap();
+    let page = bank
+        .reachable_page(&env.app, ReachableCursor::default(), 2000)
+        .await
+        .unwrap();
+    let mut users = page.users;
+    let mut next = page.next;
+    while let Some(c) = next {
+        let p = bank.reachable_page(&env.app, c, 2000).await.unwrap();
+        users.extend(p.users);
+        next = p.next;
+    }
+    assert_eq!(users, vec![who]);
+}
