@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use wxpush_bank::{Bank, BankSettings, StoreRequest};
 use wxpush_domain::{AppId, Credential, Namespace, OpenId};
+use wxpush_testkit::bench_arg;
 
 struct PrivateRedis(Option<Child>, String);
 
@@ -72,23 +73,14 @@ async fn used_memory(conn: &mut redis::aio::ConnectionManager) -> i64 {
         .expect("used_memory in INFO")
 }
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn open_id(n: usize) -> String {
     format!("oLvT05{n:022}")
 }
 
 #[tokio::main]
 async fn main() {
-    let users = arg("--users", 100_000);
-    let per_user = arg("--per-user", 10);
+    let users = bench_arg("--users", 100_000);
+    let per_user = bench_arg("--per-user", 10);
     let redis = start_redis();
     let ns = Namespace::new("wxpush").unwrap();
     let app = AppId::new("wx1234567890abcdef").unwrap();

@@ -20,16 +20,7 @@ use wxpush_broker::{BatchConsumer, Publisher};
 use wxpush_domain::{Credential, OpenId};
 use wxpush_roles::ingest::{Ingest, IngestSettings, IngestStats};
 use wxpush_roles::ShutdownTrigger;
-use wxpush_testkit::{form_id, now_ms, TestEnv};
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use wxpush_testkit::{bench_arg, form_id, now_ms, TestEnv};
 
 fn bodies(n: usize, per: u64, seed: u64) -> Vec<Vec<u8>> {
     let expire = now_ms() + 86_400_000;
@@ -62,7 +53,7 @@ struct Scenario {
 
 #[tokio::main]
 async fn main() {
-    let n = arg("--messages", 100_000);
+    let n = bench_arg("--messages", 100_000);
     let scenarios = [
         Scenario {
             name: "1 formId per upload",
@@ -79,8 +70,8 @@ async fn main() {
     let deps = env.deps().await;
     env.declare_ingest(&deps.broker).await;
     let mut settings = IngestSettings::from_config(&env.config());
-    settings.batch_max = arg("--batch", settings.batch_max);
-    settings.prefetch = arg("--prefetch", usize::from(settings.prefetch)).min(65_535) as u16;
+    settings.batch_max = bench_arg("--batch", settings.batch_max);
+    settings.prefetch = bench_arg("--prefetch", usize::from(settings.prefetch)).min(65_535) as u16;
     let topology = env.topology();
     let publisher = Publisher::open(&deps.broker, topology.clone())
         .await

@@ -27,7 +27,7 @@ use wxpush_domain::{Credential, OpenId, SendJob};
 use wxpush_fake_wechat::{FakeApp, FakeConfig, FakeWeChat};
 use wxpush_roles::send::{SendParts, SendSettings, SendStats, Sender};
 use wxpush_roles::ShutdownTrigger;
-use wxpush_testkit::{now_ms, TestEnv, TEST_APP};
+use wxpush_testkit::{bench_arg, now_ms, TestEnv, TEST_APP};
 
 const SECRET: &str = "bench-secret";
 
@@ -44,15 +44,6 @@ const LUA_SOURCES: &[&str] = &[
     include_str!("../crates/fleet/src/lua/token_release.lua"),
 ];
 const TPL: &str = "TPL_BENCH";
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 async fn commandstats(conn: &mut redis::aio::ConnectionManager) -> BTreeMap<String, u64> {
     let info: String = redis::cmd("INFO")
@@ -76,8 +67,8 @@ async fn commandstats(conn: &mut redis::aio::ConnectionManager) -> BTreeMap<Stri
 
 #[tokio::main]
 async fn main() {
-    let n = arg("--jobs", 20_000);
-    let concurrency = arg("--concurrency", 64);
+    let n = bench_arg("--jobs", 20_000);
+    let concurrency = bench_arg("--concurrency", 64);
     let mut env = TestEnv::new("bench_send");
     let mut fake_config =
         FakeConfig::with_apps(vec![FakeApp::new(TEST_APP, SECRET).with_templates([TPL])]);

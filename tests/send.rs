@@ -61,6 +61,15 @@ impl Rig {
         ids
     }
 
+    /// Usable credentials `who` holds now.
+    async fn left(&self, who: &str) -> u64 {
+        self.deps
+            .bank
+            .usable_count(&self.env.app, &OpenId::new(who).unwrap())
+            .await
+            .unwrap()
+    }
+
     async fn publish(&self, jobs: &[SendJob]) {
         let ch = self.deps.broker.channel().await.unwrap();
         self.env.topology().declare_send(&ch).await.unwrap();
@@ -192,12 +201,7 @@ async fn each_job_sends_one_message_with_the_users_soonest_credential() {
     }
     // Each user keeps the two later credentials.
     for n in 0..30 {
-        let left = rig
-            .deps
-            .bank
-            .usable_count(&rig.env.app, &OpenId::new(&user(n)).unwrap())
-            .await
-            .unwrap();
+        let left = rig.left(&user(n)).await;
         assert_eq!(left, 2);
     }
     assert_eq!(SendStats::get(&stats.wechat_calls), 30);
@@ -301,12 +305,7 @@ async fn transient_failures_are_retried_until_sent_and_nobody_gets_two() {
     assert!(per_user.values().all(|&n| n == 1), "nobody got two");
     // No credential was wasted: every user keeps their second formId.
     for n in 0..40 {
-        let left = rig
-            .deps
-            .bank
-            .usable_count(&rig.env.app, &OpenId::new(&user(n)).unwrap())
-            .await
-            .unwrap();
+        let left = rig.left(&user(n)).await;
         assert_eq!(left, 1, "user {n}");
     }
 }
@@ -379,12 +378,7 @@ async fn permanent_errors_are_recorded_and_the_credential_goes_back() {
         .await;
     assert_eq!(counts.get("failed:40037"), Some(&1), "{counts:?}");
     assert_eq!(SendStats::get(&stats.credentials_released), 1);
-    let left = rig
-        .deps
-        .bank
-        .usable_count(&rig.env.app, &OpenId::new(&user(1)).unwrap())
-        .await
-        .unwrap();
+    let left = rig.left(&user(1)).await;
     assert_eq!(left, 1, "WeChat did not use it: it is usable again");
 }
 
@@ -449,12 +443,7 @@ async fn malformed_jobs_and_jobs_that_keep_failing_are_dead_lettered_with_a_reas
     codes.sort_unstable();
     assert_eq!(codes, vec!["gave_up", "malformed_job"]);
     // The busy answers never spent the credential: it is back in the bank.
-    let left = rig
-        .deps
-        .bank
-        .usable_count(&rig.env.app, &OpenId::new(&user(1)).unwrap())
-        .await
-        .unwrap();
+    let left = rig.left(&user(1)).await;
     assert_eq!(left, 1);
 }
 

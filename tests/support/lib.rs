@@ -37,6 +37,16 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// A benchmark's numeric command-line option (`--name N`), or `default`.
+pub fn bench_arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A formId shaped like WeChat's: 32 lowercase hex digits, unique per `(seed, n)`.
 pub fn form_id(seed: u64, n: u64) -> String {
     format!(

@@ -46,24 +46,28 @@ impl BankError {
     pub fn is_transient(&self) -> bool {
         match self {
             BankError::Connect(_) => true,
-            BankError::Redis(e) => {
-                e.is_io_error()
-                    || e.is_timeout()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                    || matches!(
-                        e.kind(),
-                        redis::ErrorKind::Server(
-                            redis::ServerErrorKind::BusyLoading
-                                | redis::ServerErrorKind::TryAgain
-                                | redis::ServerErrorKind::ClusterDown
-                                | redis::ServerErrorKind::MasterDown
-                        )
-                    )
-            }
+            BankError::Redis(e) => redis_is_transient(e),
             BankError::Protocol(_) => false,
         }
     }
+}
+
+/// True when a Redis error may go away by itself (Redis down, timed out, loading, failing
+/// over), so the command is worth retrying later. Shared by every crate that talks to Redis.
+pub fn redis_is_transient(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.kind(),
+            redis::ErrorKind::Server(
+                redis::ServerErrorKind::BusyLoading
+                    | redis::ServerErrorKind::TryAgain
+                    | redis::ServerErrorKind::ClusterDown
+                    | redis::ServerErrorKind::MasterDown
+            )
+        )
 }
 
 /// Tunables of the bank (from the configuration).

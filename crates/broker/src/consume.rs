@@ -37,18 +37,7 @@ impl BatchConsumer {
         prefetch: u16,
         tag: &str,
     ) -> Result<Self, BrokerError> {
-        let channel = broker.channel().await?;
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await?;
-        let consumer = channel
-            .basic_consume(
-                queue.into(),
-                tag.into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let (channel, consumer) = open(broker, queue, prefetch, tag).await?;
         Ok(Self {
             channel,
             consumer,
@@ -142,27 +131,37 @@ impl JobConsumer {
         prefetch: u16,
         tag: &str,
     ) -> Result<Self, BrokerError> {
-        let channel = broker.channel().await?;
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await?;
-        let consumer = channel
-            .basic_consume(
-                queue.into(),
-                tag.into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let (channel, consumer) = open(broker, queue, prefetch, tag).await?;
         Ok(Self { channel, consumer })
     }
+}
 
-    /// Stops deliveries and closes the channel (unsettled deliveries are requeued).
-    pub async fn stop(self) {
-        let _ = self
-            .channel
-            .basic_cancel(self.consumer.tag(), BasicCancelOptions::default())
-            .await;
-        let _ = self.channel.close(200, "bye".into()).await;
-    }
+/// Stops a consumer's deliveries and closes its channel (unsettled deliveries are requeued).
+pub async fn stop_consuming(channel: &Channel, consumer_tag: lapin::types::ShortString) {
+    let _ = channel
+        .basic_cancel(consumer_tag, BasicCancelOptions::default())
+        .await;
+    let _ = channel.close(200, "bye".into()).await;
+}
+
+/// A channel of its own with the given prefetch, consuming `queue` with manual acks.
+async fn open(
+    broker: &Broker,
+    queue: &str,
+    prefetch: u16,
+    tag: &str,
+) -> Result<(Channel, Consumer), BrokerError> {
+    let channel = broker.channel().await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((channel, consumer))
 }

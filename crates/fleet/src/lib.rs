@@ -40,21 +40,7 @@ impl FleetError {
     /// True when retrying later may succeed (Redis down, timed out, loading, failing over).
     pub fn is_transient(&self) -> bool {
         match self {
-            FleetError::Redis(e) => {
-                e.is_io_error()
-                    || e.is_timeout()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                    || matches!(
-                        e.kind(),
-                        redis::ErrorKind::Server(
-                            redis::ServerErrorKind::BusyLoading
-                                | redis::ServerErrorKind::TryAgain
-                                | redis::ServerErrorKind::ClusterDown
-                                | redis::ServerErrorKind::MasterDown
-                        )
-                    )
-            }
+            FleetError::Redis(e) => wxpush_bank::redis_is_transient(e),
             FleetError::Protocol(_) => false,
         }
     }

@@ -271,10 +271,7 @@ impl Sender {
                 }
             })
             .await;
-        let _ = channel
-            .basic_cancel(tag, lapin::options::BasicCancelOptions::default())
-            .await;
-        let _ = channel.close(200, "bye".into()).await;
+        wxpush_broker::consume::stop_consuming(&channel, tag).await;
         Ok(self.stats.clone())
     }
 
@@ -298,13 +295,7 @@ impl Sender {
             Err(e) => {
                 // Redis or the broker failed under us: hand the job back and slow down.
                 tracing::warn!(error = %e, "send job handed back");
-                let _ = delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await;
+                requeue(&delivery).await;
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 return;
             }
@@ -354,13 +345,7 @@ impl Sender {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not settle a send job; handing it back");
-                let _ = delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await;
+                requeue(&delivery).await;
             }
         }
     }
@@ -512,20 +497,15 @@ impl Sender {
                 reason,
             )
             .await;
-        let settle = match sent {
-            Ok(()) => delivery.acker.ack(BasicAckOptions::default()).await,
+        match sent {
+            Ok(()) => {
+                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "could not dead-letter a send job; handing it back");
-                delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await
+                requeue(delivery).await;
             }
-        };
-        let _ = settle;
+        }
     }
 
     fn count(&self, outcome: &Recorded) {
@@ -543,6 +523,17 @@ impl Sender {
             Recorded::Retried | Recorded::DeadLettered => {}
         }
     }
+}
+
+/// Hands a delivery back to the queue.
+async fn requeue(delivery: &Delivery) {
+    let _ = delivery
+        .acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await;
 }
 
 /// Exponential backoff for the next attempt (about 1 s, 2 s, 4 s, ... up to 15 min), less a
