@@ -5,12 +5,17 @@
 //! (upload messages, environment variables). It must not do I/O: no Redis, no RabbitMQ,
 //! no HTTP, no reading of the environment except through [`config::RawConfig::from_env`].
 
+pub mod campaign;
 pub mod config;
 pub mod credential;
 pub mod job;
 pub mod names;
 pub mod upload;
 
+pub use campaign::{
+    parse_campaign, Audience, Campaign, CampaignError, CampaignKind, CampaignLimits,
+    RejectedRecipient,
+};
 pub use config::{Config, ConfigError, RawConfig, Secret};
 pub use credential::{Credential, CredentialKind};
 pub use job::{parse_job, HeldCredential, JobError, SendJob, ValidJob};

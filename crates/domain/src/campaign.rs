@@ -1,0 +1,1090 @@
+//! The campaign message (contract sections 5 and 7): parsing and validation.
+//!
+//! [`parse_campaign`] turns raw broker bytes from the `<ns>.campaigns` exchange into a
+//! [`Campaign`] — who to send to, which template, with what data — or a [`CampaignError`]
+//! whose [`code`](CampaignError::code) the dispatcher puts in the dead-letter header.
+//! Recipients with a malformed openId do not poison the campaign: they are listed in
+//! [`Campaign::rejected_recipients`] so the dispatcher can count them. [`Campaign::job_for`]
+//! builds the send job for one recipient.
+//!
+//! This module owns the format and its validation. It must never panic on any input, and it
+//! does no I/O: whether an `appId` is configured, whether a user holds a credential, and
+//! whether a campaign was already dispatched are decided elsewhere.
+//!
+//! Leniency, chosen once here so every caller agrees:
+//! - a field whose value is JSON `null` counts as absent (top level and inside `audience`);
+//! - unknown extra fields are ignored;
+//! - `miniprogramState` and `lang` are read (and validated) only for `"kind": "subscribe"`;
+//!   a template campaign ignores them.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde_json::{Map, Value};
+
+use crate::job::{check_campaign_id, SendJob};
+use crate::names::{AppId, OpenId};
+
+/// Longest accepted `templateId`.
+pub const MAX_TEMPLATE_ID_BYTES: usize = 128;
+/// Longest accepted `page` (a mini-program path with its query string).
+pub const MAX_PAGE_BYTES: usize = 1024;
+/// Longest accepted `emphasisKeyword` (`keyword1.DATA` in practice).
+pub const MAX_EMPHASIS_KEYWORD_BYTES: usize = 128;
+
+/// The `miniprogramState` values WeChat's subscribe API understands.
+pub const MINIPROGRAM_STATES: [&str; 3] = ["developer", "trial", "formal"];
+/// The `lang` values WeChat's subscribe API understands.
+pub const LANGS: [&str; 4] = ["zh_CN", "en_US", "zh_HK", "zh_TW"];
+
+/// Bounds on one campaign message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CampaignLimits {
+    /// Largest body accepted, in bytes (default 1 MiB: an explicit audience can be long).
+    pub max_bytes: usize,
+    /// Most entries accepted in `audience.openIds`, counted before duplicates and bad
+    /// entries are removed (default 1,000,000).
+    pub max_recipients: usize,
+}
+
+impl Default for CampaignLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 1024 * 1024,
+            max_recipients: 1_000_000,
+        }
+    }
+}
+
+/// A valid campaign.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Campaign {
+    /// The idempotency key of the campaign; checked by [`check_campaign_id`].
+    pub campaign_id: String,
+    /// `None` means the install's default app.
+    pub app_id: Option<AppId>,
+    pub kind: CampaignKind,
+    pub template_id: String,
+    pub page: Option<String>,
+    pub emphasis_keyword: Option<String>,
+    pub audience: Audience,
+    /// `audience.openIds` entries that were refused, and why (never fatal).
+    pub rejected_recipients: Vec<RejectedRecipient>,
+}
+
+/// What kind of WeChat message the campaign sends, with its template data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CampaignKind {
+    /// Spends formIds/prepayIds; `/cgi-bin/message/wxopen/template/send`.
+    /// `data` is field (`keyword1`, ...) → value.
+    Template { data: BTreeMap<String, String> },
+    /// Spends one consent for the template; `/cgi-bin/message/subscribe/send`.
+    /// `data` is field → `{"value": ...}` object, passed to WeChat as it is.
+    Subscribe {
+        data: Map<String, Value>,
+        miniprogram_state: Option<String>,
+        lang: Option<String>,
+    },
+}
+
+impl CampaignKind {
+    /// `"template"` or `"subscribe"`, as in the message.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CampaignKind::Template { .. } => "template",
+            CampaignKind::Subscribe { .. } => "subscribe",
+        }
+    }
+}
+
+/// Who the campaign is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Audience {
+    /// Every user holding a usable credential (for subscribe: a consent for the template).
+    All,
+    /// These users: valid, without duplicates, in first-seen order, never empty.
+    OpenIds(Vec<OpenId>),
+}
+
+/// One `audience.openIds` entry that was refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedRecipient {
+    /// Position in `audience.openIds`.
+    pub index: usize,
+    pub reason: String,
+}
+
+/// Why a whole campaign cannot be used. It goes to the dead-letter queue with this reason.
+///
+/// The messages never echo the offending input, so they are safe and short in a header.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CampaignError {
+    #[error("message is {len} bytes, over the limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("message is not valid UTF-8")]
+    NotUtf8,
+    #[error("message is not JSON: {0}")]
+    NotJson(String),
+    #[error("message is not a JSON object")]
+    NotObject,
+    #[error("campaignId is missing")]
+    MissingCampaignId,
+    #[error("campaignId is invalid: {0}")]
+    InvalidCampaignId(String),
+    #[error("templateId is missing")]
+    MissingTemplateId,
+    #[error("templateId is invalid: {0}")]
+    InvalidTemplateId(String),
+    #[error("page is invalid: {0}")]
+    InvalidPage(String),
+    #[error("emphasisKeyword is invalid: {0}")]
+    InvalidEmphasisKeyword(String),
+    #[error("appId is invalid: {0}")]
+    InvalidAppId(String),
+    #[error("kind is invalid: {0}")]
+    InvalidKind(String),
+    #[error("miniprogramState is invalid: {0}")]
+    InvalidMiniprogramState(String),
+    #[error("lang is invalid: {0}")]
+    InvalidLang(String),
+    #[error("keywords is invalid: {0}")]
+    InvalidKeywords(String),
+    #[error("template data is invalid: {0}")]
+    InvalidData(String),
+    #[error("audience is missing")]
+    MissingAudience,
+    #[error("audience is invalid: {0}")]
+    InvalidAudience(String),
+    #[error("audience lists {len} openIds, over the limit of {max}")]
+    TooManyRecipients { len: usize, max: usize },
+    #[error("audience has no valid openId: {rejected} entries rejected{detail}")]
+    EmptyAudience { rejected: usize, detail: String },
+}
+
+impl CampaignError {
+    /// A short stable code for headers and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CampaignError::TooLarge { .. } => "too_large",
+            CampaignError::NotUtf8 => "not_utf8",
+            CampaignError::NotJson(_) => "not_json",
+            CampaignError::NotObject => "not_object",
+            CampaignError::MissingCampaignId => "missing_campaign_id",
+            CampaignError::InvalidCampaignId(_) => "invalid_campaign_id",
+            CampaignError::MissingTemplateId => "missing_template_id",
+            CampaignError::InvalidTemplateId(_) => "invalid_template_id",
+            CampaignError::InvalidPage(_) => "invalid_page",
+            CampaignError::InvalidEmphasisKeyword(_) => "invalid_emphasis_keyword",
+            CampaignError::InvalidAppId(_) => "invalid_app_id",
+            CampaignError::InvalidKind(_) => "invalid_kind",
+            CampaignError::InvalidMiniprogramState(_) => "invalid_miniprogram_state",
+            CampaignError::InvalidLang(_) => "invalid_lang",
+            CampaignError::InvalidKeywords(_) => "invalid_keywords",
+            CampaignError::InvalidData(_) => "invalid_data",
+            CampaignError::MissingAudience => "missing_audience",
+            CampaignError::InvalidAudience(_) => "invalid_audience",
+            CampaignError::TooManyRecipients { .. } => "too_many_recipients",
+            CampaignError::EmptyAudience { .. } => "empty_audience",
+        }
+    }
+}
+
+impl Campaign {
+    /// The send job for one recipient of a template campaign: attempt 0, no held credential.
+    ///
+    /// It does not check that `open_id` belongs to the audience (for [`Audience::All`] the
+    /// recipients come from the credential bank). Subscribe campaigns return `None` for now:
+    /// their job format (which carries the `{"value": ..}` data, `miniprogramState` and
+    /// `lang`) is still to come.
+    pub fn job_for(&self, open_id: &OpenId) -> Option<SendJob> {
+        let CampaignKind::Template { data } = &self.kind else {
+            return None;
+        };
+        Some(SendJob {
+            campaign_id: self.campaign_id.clone(),
+            app_id: self.app_id.as_ref().map(|a| a.as_str().to_owned()),
+            open_id: open_id.as_str().to_owned(),
+            template_id: self.template_id.clone(),
+            page: self.page.clone(),
+            data: data.clone(),
+            emphasis_keyword: self.emphasis_keyword.clone(),
+            attempt: 0,
+            credential: None,
+        })
+    }
+}
+
+/// Parse and validate one campaign message.
+///
+/// Template data is given in exactly one of two ways (or not at all, for a template
+/// campaign: then its data is empty):
+/// - `keywords`: an array of strings, or one comma-separated string as the seed sends
+///   (`"a,b,c"`), mapped in order to `keyword1..keywordN`. The string is split on every
+///   `,` and nothing is trimmed (`"a, b"` gives `"a"` and `" b"`; `"a,,b"` gives an empty
+///   `keyword2`); the empty string means no keywords. Not allowed for subscribe campaigns.
+/// - `data`: an object. For a template campaign each value is a string or a `{"value":
+///   "..."}` object and the result is field → string. For a subscribe campaign (which
+///   requires `data`, with at least one field) each value is kept as a `{"value": ...}`
+///   object (a plain string `s` becomes `{"value": s}`).
+pub fn parse_campaign(body: &[u8], limits: CampaignLimits) -> Result<Campaign, CampaignError> {
+    if body.len() > limits.max_bytes {
+        return Err(CampaignError::TooLarge {
+            len: body.len(),
+            max: limits.max_bytes,
+        });
+    }
+    let text = std::str::from_utf8(body).map_err(|_| CampaignError::NotUtf8)?;
+    // serde_json stops at 128 levels of nesting with an error, so deep input cannot
+    // overflow the stack.
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| CampaignError::NotJson(e.to_string()))?;
+    let Value::Object(obj) = value else {
+        return Err(CampaignError::NotObject);
+    };
+
+    let campaign_id = match field(&obj, "campaignId") {
+        None => return Err(CampaignError::MissingCampaignId),
+        Some(Value::String(s)) => {
+            check_campaign_id(s).map_err(|e| CampaignError::InvalidCampaignId(e.to_string()))?;
+            s.clone()
+        }
+        Some(_) => return Err(CampaignError::InvalidCampaignId("not a string".into())),
+    };
+    let app_id = match field(&obj, "appId") {
+        None => None,
+        Some(Value::String(s)) => {
+            Some(AppId::new(s).map_err(|e| CampaignError::InvalidAppId(e.to_string()))?)
+        }
+        Some(_) => return Err(CampaignError::InvalidAppId("not a string".into())),
+    };
+    let subscribe = match field(&obj, "kind") {
+        None => false,
+        Some(Value::String(s)) if s == "template" => false,
+        Some(Value::String(s)) if s == "subscribe" => true,
+        Some(_) => {
+            return Err(CampaignError::InvalidKind(
+                "must be \"template\" or \"subscribe\"".into(),
+            ))
+        }
+    };
+    let template_id = match field(&obj, "templateId") {
+        None => return Err(CampaignError::MissingTemplateId),
+        Some(Value::String(s)) => {
+            check_text(s, MAX_TEMPLATE_ID_BYTES, false)
+                .map_err(CampaignError::InvalidTemplateId)?;
+            s.clone()
+        }
+        Some(_) => return Err(CampaignError::InvalidTemplateId("not a string".into())),
+    };
+    let page = optional_text(&obj, "page", MAX_PAGE_BYTES).map_err(CampaignError::InvalidPage)?;
+    let emphasis_keyword = optional_text(&obj, "emphasisKeyword", MAX_EMPHASIS_KEYWORD_BYTES)
+        .map_err(CampaignError::InvalidEmphasisKeyword)?;
+
+    let keywords = field(&obj, "keywords");
+    let data = field(&obj, "data");
+    if keywords.is_some() && data.is_some() {
+        return Err(CampaignError::InvalidData(
+            "give keywords or data, not both".into(),
+        ));
+    }
+    let kind = if subscribe {
+        if keywords.is_some() {
+            return Err(CampaignError::InvalidData(
+                "a subscribe campaign takes data, not keywords".into(),
+            ));
+        }
+        let Some(data) = data else {
+            return Err(CampaignError::InvalidData(
+                "a subscribe campaign needs data".into(),
+            ));
+        };
+        CampaignKind::Subscribe {
+            data: subscribe_data(data)?,
+            miniprogram_state: one_of(&obj, "miniprogramState", &MINIPROGRAM_STATES)
+                .map_err(CampaignError::InvalidMiniprogramState)?,
+            lang: one_of(&obj, "lang", &LANGS).map_err(CampaignError::InvalidLang)?,
+        }
+    } else {
+        let data = match (keywords, data) {
+            (Some(k), _) => keyword_data(k)?,
+            (None, Some(d)) => template_data(d)?,
+            (None, None) => BTreeMap::new(),
+        };
+        CampaignKind::Template { data }
+    };
+
+    let (audience, rejected_recipients) = parse_audience(field(&obj, "audience"), limits)?;
+
+    Ok(Campaign {
+        campaign_id,
+        app_id,
+        kind,
+        template_id,
+        page,
+        emphasis_keyword,
+        audience,
+        rejected_recipients,
+    })
+}
+
+/// The value of `key`, with JSON `null` counted as absent.
+fn field<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    obj.get(key).filter(|v| !v.is_null())
+}
+
+/// A string that goes verbatim into a WeChat request: bounded, no control characters;
+/// unless `may_be_blank`, not empty or only whitespace.
+fn check_text(s: &str, max: usize, may_be_blank: bool) -> Result<(), String> {
+    if !may_be_blank && s.trim().is_empty() {
+        return Err("empty".into());
+    }
+    if s.len() > max {
+        return Err(format!("{} bytes, over the limit of {max}", s.len()));
+    }
+    if s.chars().any(char::is_control) {
+        return Err("contains a control character".into());
+    }
+    Ok(())
+}
+
+/// An optional non-blank string field.
+fn optional_text(
+    obj: &Map<String, Value>,
+    key: &str,
+    max: usize,
+) -> Result<Option<String>, String> {
+    match field(obj, key) {
+        None => Ok(None),
+        Some(Value::String(s)) => check_text(s, max, false).map(|()| Some(s.clone())),
+        Some(_) => Err("not a string".into()),
+    }
+}
+
+/// An optional string field restricted to `allowed`.
+fn one_of(obj: &Map<String, Value>, key: &str, allowed: &[&str]) -> Result<Option<String>, String> {
+    match field(obj, key) {
+        None => Ok(None),
+        Some(Value::String(s)) if allowed.contains(&s.as_str()) => Ok(Some(s.clone())),
+        Some(_) => Err(format!("must be one of {}", allowed.join(", "))),
+    }
+}
+
+/// `keywords` (array of strings, or one comma-separated string) → `keyword1..keywordN`.
+fn keyword_data(keywords: &Value) -> Result<BTreeMap<String, String>, CampaignError> {
+    let values: Vec<&str> = match keywords {
+        Value::String(s) if s.is_empty() => Vec::new(),
+        Value::String(s) => s.split(',').collect(),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                item.as_str().ok_or_else(|| {
+                    CampaignError::InvalidKeywords(format!("entry {i} is not a string"))
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        _ => {
+            return Err(CampaignError::InvalidKeywords(
+                "neither an array of strings nor a comma-separated string".into(),
+            ))
+        }
+    };
+    Ok(values
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| (format!("keyword{}", i + 1), v.to_owned()))
+        .collect())
+}
+
+/// Template-kind `data`: field → string or `{"value": string}`.
+fn template_data(data: &Value) -> Result<BTreeMap<String, String>, CampaignError> {
+    let Value::Object(fields) = data else {
+        return Err(CampaignError::InvalidData("data is not an object".into()));
+    };
+    let mut out = BTreeMap::new();
+    for (name, value) in fields {
+        check_field_name(name)?;
+        let text = match value {
+            Value::String(s) => s,
+            Value::Object(o) => match (o.get("value"), o.len()) {
+                (Some(Value::String(s)), 1) => s,
+                _ => {
+                    return Err(CampaignError::InvalidData(format!(
+                        "field {name:?} is an object that is not {{\"value\": \"...\"}}"
+                    )))
+                }
+            },
+            _ => {
+                return Err(CampaignError::InvalidData(format!(
+                    "field {name:?} is neither a string nor {{\"value\": \"...\"}}"
+                )))
+            }
+        };
+        out.insert(name.clone(), text.clone());
+    }
+    Ok(out)
+}
+
+/// Subscribe-kind `data`: field → `{"value": string or number, ...}`, kept as it is (a
+/// plain string becomes `{"value": s}`); at least one field.
+fn subscribe_data(data: &Value) -> Result<Map<String, Value>, CampaignError> {
+    let Value::Object(fields) = data else {
+        return Err(CampaignError::InvalidData("data is not an object".into()));
+    };
+    if fields.is_empty() {
+        return Err(CampaignError::InvalidData(
+            "a subscribe campaign needs at least one data field".into(),
+        ));
+    }
+    let mut out = Map::new();
+    for (name, value) in fields {
+        check_field_name(name)?;
+        let kept = match value {
+            Value::String(s) => Value::Object(Map::from_iter([(
+                "value".to_owned(),
+                Value::String(s.clone()),
+            )])),
+            Value::Object(o)
+                if matches!(o.get("value"), Some(Value::String(_) | Value::Number(_))) =>
+            {
+                value.clone()
+            }
+            _ => {
+                return Err(CampaignError::InvalidData(format!(
+                    "field {name:?} is not {{\"value\": ...}} with a string or number"
+                )))
+            }
+        };
+        out.insert(name.clone(), kept);
+    }
+    Ok(out)
+}
+
+/// Data field names (`keyword1`, `thing1`, ...) are short identifiers; refusing odd ones
+/// also keeps the error messages that quote them short.
+fn check_field_name(name: &str) -> Result<(), CampaignError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(CampaignError::InvalidData(
+            "a field name is not 1 to 64 letters, digits, _, . or -".into(),
+        ))
+    }
+}
+
+/// `{"all": true}` or `{"openIds": [...]}`.
+fn parse_audience(
+    audience: Option<&Value>,
+    limits: CampaignLimits,
+) -> Result<(Audience, Vec<RejectedRecipient>), CampaignError> {
+    let Some(audience) = audience else {
+        return Err(CampaignError::MissingAudience);
+    };
+    let Value::Object(obj) = audience else {
+        return Err(CampaignError::InvalidAudience("not an object".into()));
+    };
+    let list = match (field(obj, "all"), field(obj, "openIds")) {
+        (Some(_), Some(_)) => {
+            return Err(CampaignError::InvalidAudience(
+                "give all or openIds, not both".into(),
+            ))
+        }
+        (Some(Value::Bool(true)), None) => return Ok((Audience::All, Vec::new())),
+        (Some(_), None) => {
+            return Err(CampaignError::InvalidAudience(
+                "all must be true (list the openIds instead)".into(),
+            ))
+        }
+        (None, None) => {
+            return Err(CampaignError::InvalidAudience(
+                "neither all nor openIds".into(),
+            ))
+        }
+        (None, Some(Value::Array(list))) => list,
+        (None, Some(_)) => {
+            return Err(CampaignError::InvalidAudience(
+                "openIds is not an array".into(),
+            ))
+        }
+    };
+    if list.len() > limits.max_recipients {
+        return Err(CampaignError::TooManyRecipients {
+            len: list.len(),
+            max: limits.max_recipients,
+        });
+    }
+    let mut seen = HashSet::with_capacity(list.len());
+    let mut open_ids = Vec::with_capacity(list.len());
+    let mut rejected = Vec::new();
+    for (index, entry) in list.iter().enumerate() {
+        let Value::String(s) = entry else {
+            rejected.push(RejectedRecipient {
+                index,
+                reason: "not a string".into(),
+            });
+            continue;
+        };
+        match OpenId::new(s) {
+            Ok(id) => {
+                if seen.insert(s.as_str()) {
+                    open_ids.push(id);
+                }
+            }
+            Err(e) => rejected.push(RejectedRecipient {
+                index,
+                reason: e.to_string(),
+            }),
+        }
+    }
+    if open_ids.is_empty() {
+        let detail = rejected
+            .first()
+            .map(|r| format!(" (entry {}: {})", r.index, r.reason))
+            .unwrap_or_default();
+        return Err(CampaignError::EmptyAudience {
+            rejected: rejected.len(),
+            detail,
+        });
+    }
+    Ok((Audience::OpenIds(open_ids), rejected))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(s: &str) -> Result<Campaign, CampaignError> {
+        parse_campaign(s.as_bytes(), CampaignLimits::default())
+    }
+
+    fn template_data_of(c: &Campaign) -> &BTreeMap<String, String> {
+        match &c.kind {
+            CampaignKind::Template { data } => data,
+            other => panic!("not a template campaign: {other:?}"),
+        }
+    }
+
+    fn keywords(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn accepts_the_section_5_example() {
+        let c = parse(
+            r#"{"campaignId": "signin-2026-11-28", "templateId": "TPL_SIGNIN",
+             "page": "pages/signin/index?from=push",
+             "keywords": ["Daily check-in", "Tap to keep your streak"],
+             "emphasisKeyword": "keyword1.DATA",
+             "audience": {"all": true}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.campaign_id, "signin-2026-11-28");
+        assert_eq!(c.app_id, None);
+        assert_eq!(c.template_id, "TPL_SIGNIN");
+        assert_eq!(c.page.as_deref(), Some("pages/signin/index?from=push"));
+        assert_eq!(c.emphasis_keyword.as_deref(), Some("keyword1.DATA"));
+        assert_eq!(c.audience, Audience::All);
+        assert!(c.rejected_recipients.is_empty());
+        assert_eq!(
+            template_data_of(&c),
+            &keywords(&[
+                ("keyword1", "Daily check-in"),
+                ("keyword2", "Tap to keep your streak")
+            ])
+        );
+    }
+
+    #[test]
+    fn accepts_the_section_7_subscribe_example() {
+        let c = parse(
+            r#"{"campaignId": "order-shipped-2026-11-28", "appId": "wx1234567890abcdef", "kind": "subscribe",
+             "templateId": "TPL_ORDER_SHIPPED", "page": "pages/order/detail?id=1",
+             "data": {"thing1": {"value": "Your order has shipped"}, "character_string2": {"value": "SF1234567"}},
+             "miniprogramState": "formal", "lang": "zh_CN", "audience": {"openIds": ["oLvT05Abc"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.app_id.as_ref().unwrap().as_str(), "wx1234567890abcdef");
+        assert_eq!(c.template_id, "TPL_ORDER_SHIPPED");
+        assert_eq!(
+            c.audience,
+            Audience::OpenIds(vec![OpenId::new("oLvT05Abc").unwrap()])
+        );
+        let CampaignKind::Subscribe {
+            data,
+            miniprogram_state,
+            lang,
+        } = &c.kind
+        else {
+            panic!("not subscribe: {:?}", c.kind);
+        };
+        assert_eq!(
+            Value::Object(data.clone()),
+            json!({"thing1": {"value": "Your order has shipped"},
+                   "character_string2": {"value": "SF1234567"}})
+        );
+        assert_eq!(miniprogram_state.as_deref(), Some("formal"));
+        assert_eq!(lang.as_deref(), Some("zh_CN"));
+        assert_eq!(c.kind.name(), "subscribe");
+        // Subscribe jobs are still to come.
+        assert_eq!(c.job_for(&OpenId::new("oLvT05Abc").unwrap()), None);
+    }
+
+    #[test]
+    fn keywords_array_and_comma_string_map_to_keyword1_to_n_in_order() {
+        let base = r#""campaignId":"c","templateId":"T","audience":{"all":true}"#;
+        let expected = keywords(&[("keyword1", "a"), ("keyword2", "b"), ("keyword3", "c")]);
+        let from_array = parse(&format!(r#"{{{base},"keywords":["a","b","c"]}}"#)).unwrap();
+        let from_string = parse(&format!(r#"{{{base},"keywords":"a,b,c"}}"#)).unwrap();
+        assert_eq!(template_data_of(&from_array), &expected);
+        assert_eq!(template_data_of(&from_string), &expected);
+
+        // Ten or more keep their order by number, not by string sorting of the values.
+        let many: Vec<String> = (1..=11).map(|i| format!("v{i}")).collect();
+        let c = parse(&format!(r#"{{{base},"keywords":"{}"}}"#, many.join(","))).unwrap();
+        let data = template_data_of(&c);
+        assert_eq!(data.len(), 11);
+        for i in 1..=11 {
+            assert_eq!(data[&format!("keyword{i}")], format!("v{i}"));
+        }
+
+        // Nothing is trimmed; empty pieces are kept; the empty string is no keywords.
+        let c = parse(&format!(r#"{{{base},"keywords":"a, b,,c "}}"#)).unwrap();
+        assert_eq!(
+            template_data_of(&c),
+            &keywords(&[
+                ("keyword1", "a"),
+                ("keyword2", " b"),
+                ("keyword3", ""),
+                ("keyword4", "c ")
+            ])
+        );
+        let c = parse(&format!(r#"{{{base},"keywords":""}}"#)).unwrap();
+        assert!(template_data_of(&c).is_empty());
+        let c = parse(&format!(r#"{{{base},"keywords":[]}}"#)).unwrap();
+        assert!(template_data_of(&c).is_empty());
+    }
+
+    #[test]
+    fn neither_keywords_nor_data_is_empty_template_data() {
+        let c =
+            parse(r#"{"campaignId":"c","templateId":"T","audience":{"all":true},"keywords":null}"#)
+                .unwrap();
+        assert!(template_data_of(&c).is_empty());
+        assert_eq!(c.kind.name(), "template");
+    }
+
+    #[test]
+    fn template_data_is_passed_through_normalized() {
+        let c = parse(
+            r#"{"campaignId":"c","templateId":"T","kind":"template","audience":{"all":true},
+                "data":{"keyword1":{"value":"Shipped"},"keyword2":"SF1234","amount_3":{"value":""}},
+                "miniprogramState":"ignored for template","lang":7}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            template_data_of(&c),
+            &keywords(&[
+                ("keyword1", "Shipped"),
+                ("keyword2", "SF1234"),
+                ("amount_3", "")
+            ])
+        );
+    }
+
+    #[test]
+    fn subscribe_data_keeps_value_objects_and_wraps_plain_strings() {
+        let c = parse(
+            r#"{"campaignId":"c","templateId":"T","kind":"subscribe","audience":{"all":true},
+                "data":{"thing1":{"value":"hi"},"number2":{"value":3},"thing3":"plain"}}"#,
+        )
+        .unwrap();
+        let CampaignKind::Subscribe {
+            data,
+            miniprogram_state,
+            lang,
+        } = &c.kind
+        else {
+            panic!("not subscribe");
+        };
+        assert_eq!(
+            Value::Object(data.clone()),
+            json!({"thing1":{"value":"hi"},"number2":{"value":3},"thing3":{"value":"plain"}})
+        );
+        assert_eq!((miniprogram_state, lang), (&None, &None));
+    }
+
+    #[test]
+    fn job_for_builds_a_template_send_job() {
+        let c = parse(
+            r#"{"campaignId":"signin-1","appId":"wxabc","templateId":"TPL","page":"p/i",
+                "keywords":"x,y","emphasisKeyword":"keyword1.DATA","audience":{"openIds":["o1"]}}"#,
+        )
+        .unwrap();
+        let user = OpenId::new("oOther").unwrap();
+        let job = c.job_for(&user).unwrap();
+        assert_eq!(
+            job,
+            SendJob {
+                campaign_id: "signin-1".into(),
+                app_id: Some("wxabc".into()),
+                open_id: "oOther".into(),
+                template_id: "TPL".into(),
+                page: Some("p/i".into()),
+                data: keywords(&[("keyword1", "x"), ("keyword2", "y")]),
+                emphasis_keyword: Some("keyword1.DATA".into()),
+                attempt: 0,
+                credential: None,
+            }
+        );
+        // And the sender accepts it.
+        let valid = crate::job::parse_job(&job.to_json()).unwrap();
+        assert_eq!(valid.job, job);
+    }
+
+    #[test]
+    fn bad_recipients_are_counted_not_fatal_and_duplicates_removed() {
+        let c = parse(
+            r#"{"campaignId":"c","templateId":"T","audience":{"openIds":
+                ["o1", "", "o2", "has space", 5, "o1", null, "o3", "o2", "中文"]}}"#,
+        )
+        .unwrap();
+        let ids: Vec<&str> = match &c.audience {
+            Audience::OpenIds(ids) => ids.iter().map(OpenId::as_str).collect(),
+            Audience::All => panic!("not a list"),
+        };
+        assert_eq!(ids, ["o1", "o2", "o3"]);
+        let indexes: Vec<usize> = c.rejected_recipients.iter().map(|r| r.index).collect();
+        assert_eq!(indexes, [1, 3, 4, 6, 9]);
+        assert!(c.rejected_recipients[0].reason.contains("empty"));
+        assert_eq!(c.rejected_recipients[2].reason, "not a string");
+    }
+
+    #[test]
+    fn bad_campaigns_say_why() {
+        let cases: &[(&str, &str)] = &[
+            ("[1,2]", "not_object"),
+            ("\"str\"", "not_object"),
+            ("{not json", "not_json"),
+            ("", "not_json"),
+            (
+                r#"{"templateId":"T","audience":{"all":true}}"#,
+                "missing_campaign_id",
+            ),
+            (
+                r#"{"campaignId":null,"templateId":"T","audience":{"all":true}}"#,
+                "missing_campaign_id",
+            ),
+            (
+                r#"{"campaignId":"a b","templateId":"T","audience":{"all":true}}"#,
+                "invalid_campaign_id",
+            ),
+            (
+                r#"{"campaignId":"","templateId":"T","audience":{"all":true}}"#,
+                "invalid_campaign_id",
+            ),
+            (
+                r#"{"campaignId":7,"templateId":"T","audience":{"all":true}}"#,
+                "invalid_campaign_id",
+            ),
+            (
+                r#"{"campaignId":"c","audience":{"all":true}}"#,
+                "missing_template_id",
+            ),
+            (
+                r#"{"campaignId":"c","templateId":" ","audience":{"all":true}}"#,
+                "invalid_template_id",
+            ),
+            (
+                r#"{"campaignId":"c","templateId":3,"audience":{"all":true}}"#,
+                "invalid_template_id",
+            ),
+            (
+                r#"{"campaignId":"c","templateId":"T\n","audience":{"all":true}}"#,
+                "invalid_template_id",
+            ),
+            (
+                r#"{"campaignId":"c","templateId":"T","page":5,"audience":{"all":true}}"#,
+                "invalid_page",
+            ),
+            (
+                r#"{"campaignId":"c","templateId":"T","page":"","audience":{"all":true}}"#,
+                "invalid_page",
+            ),
+            (
+                r#"{"campaignId":"c","templateId":"T","emphasisKeyword":[],"audience":{"all":true}}"#,
+                "invalid_emphasis_keyword",
+            ),
+            (
+                r#"{"campaignId":"c","appId":"wx:1","templateId":"T","audience":{"all":true}}"#,
+                "invalid_app_id",
+            ),
+            (
+                r#"{"campaignId":"c","appId":1,"templateId":"T","audience":{"all":true}}"#,
+                "invalid_app_id",
+            ),
+            (
+                r#"{"campaignId":"c","kind":"sms","templateId":"T","audience":{"all":true}}"#,
+                "invalid_kind",
+            ),
+            (
+                r#"{"campaignId":"c","kind":true,"templateId":"T","audience":{"all":true}}"#,
+                "invalid_kind",
+            ),
+            (
+                r#"{"campaignId":"c","kind":"subscribe","templateId":"T","data":{"a":"b"},"miniprogramState":"prod","audience":{"all":true}}"#,
+                "invalid_miniprogram_state",
+            ),
+            (
+                r#"{"campaignId":"c","kind":"subscribe","templateId":"T","data":{"a":"b"},"lang":"fr_FR","audience":{"all":true}}"#,
+                "invalid_lang",
+            ),
+            (
+                r#"{"campaignId":"c","templateId":"T","keywords":5,"audience":{"all":true}}"#,
+                "invalid_keywords",
+            ),
+            (
+                r#"{"campaignId":"c","templateId":"T","keywords":["a",1],"audience":{"all":true}}"#,
+                "invalid_keywords",
+            ),
+            (
+                r#"{"campaignId":"c","templateId":"T","keywords":["a"],"data":{},"audience":{"all":true}}"#,
+                "invalid_data",
+            ),
+            (
+                r#"{"campaignId":"c","templateId":"T","data":[],"audience":{"all":true}}"#,
+                "invalid_data",
+            ),
+            (
+                r#"{"campaignId":"c","templateId":"T","data":{"k":1},"audience":{"all":true}}"#,
+                "invalid_data",
+            ),
+            (
+                r#"{"campaignId":"c","templateId":"T","data":{"k":{"value":1}},"audience":{"all":true}}"#,
+                "invalid_data",
+            ),
+            (
+                r#"{"campaignId":"c","templateId":"T","data":{"k":{"value":"v","color":"red"}},"audience":{"all":true}}"#,
+                "invalid_data",
+            ),
+            (
+                r#"{"campaignId":"c","templateId":"T","data":{"":"v"},"audience":{"all":true}}"#,
+                "invalid_data",
+            ),
+            (
+                r#"{"campaignId":"c","kind":"subscribe","templateId":"T","keywords":["a"],"audience":{"all":true}}"#,
+                "invalid_data",
+            ),
+            (
+                r#"{"campaignId":"c","kind":"subscribe","templateId":"T","audience":{"all":true}}"#,
+                "invalid_data",
+            ),
+            (
+                r#"{"campaignId":"c","kind":"subscribe","templateId":"T","data":{},"audience":{"all":true}}"#,
+                "invalid_data",
+            ),
+            (
+                r#"{"campaignId":"c","kind":"subscribe","templateId":"T","data":{"t":{"v":"x"}},"audience":{"all":true}}"#,
+                "invalid_data",
+            ),
+            (r#"{"campaignId":"c","templateId":"T"}"#, "missing_audience"),
+            (
+                r#"{"campaignId":"c","templateId":"T","audience":null}"#,
+                "missing_audience",
+            ),
+            (
+                r#"{"campaignId":"c","templateId":"T","audience":"all"}"#,
+                "invalid_audience",
+            ),
+            (
+                r#"{"campaignId":"c","templateId":"T","audience":{}}"#,
+                "invalid_audience",
+            ),
+            (
+                r#"{"campaignId":"c","templateId":"T","audience":{"all":false}}"#,
+                "invalid_audience",
+            ),
+            (
+                r#"{"campaignId":"c","templateId":"T","audience":{"all":"yes"}}"#,
+                "invalid_audience",
+            ),
+            (
+                r#"{"campaignId":"c","templateId":"T","audience":{"all":true,"openIds":["o"]}}"#,
+                "invalid_audience",
+            ),
+            (
+                r#"{"campaignId":"c","templateId":"T","audience":{"openIds":"o1,o2"}}"#,
+                "invalid_audience",
+            ),
+            (
+                r#"{"campaignId":"c","templateId":"T","audience":{"openIds":[]}}"#,
+                "empty_audience",
+            ),
+            (
+                r#"{"campaignId":"c","templateId":"T","audience":{"openIds":["a b", 3]}}"#,
+                "empty_audience",
+            ),
+        ];
+        for (body, code) in cases {
+            let err = parse(body).unwrap_err();
+            assert_eq!(err.code(), *code, "{body}: {err}");
+        }
+
+        let err = parse_campaign(b"\xff\xfe", CampaignLimits::default()).unwrap_err();
+        assert_eq!(err.code(), "not_utf8");
+
+        let long = |key: &str, len: usize| {
+            json!({"campaignId": "c", "templateId": "T", "audience": {"all": true}, key: "x".repeat(len)})
+                .to_string()
+        };
+        assert!(parse(&long("page", MAX_PAGE_BYTES)).is_ok());
+        assert_eq!(
+            parse(&long("page", MAX_PAGE_BYTES + 1)).unwrap_err().code(),
+            "invalid_page"
+        );
+        assert!(parse(&long("templateId", MAX_TEMPLATE_ID_BYTES)).is_ok());
+        assert_eq!(
+            parse(&long("templateId", MAX_TEMPLATE_ID_BYTES + 1))
+                .unwrap_err()
+                .code(),
+            "invalid_template_id"
+        );
+        assert_eq!(
+            parse(&long("campaignId", 129)).unwrap_err().code(),
+            "invalid_campaign_id"
+        );
+
+        let small = CampaignLimits {
+            max_bytes: 99,
+            max_recipients: 2,
+        };
+        let err = parse_campaign(&[b' '; 100], small).unwrap_err();
+        assert_eq!(err.code(), "too_large");
+        let body = br#"{"campaignId":"c","templateId":"T","audience":{"openIds":["a","b","c"]}}"#;
+        let err = parse_campaign(
+            body,
+            CampaignLimits {
+                max_bytes: 1 << 20,
+                ..small
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), "too_many_recipients");
+        let body = br#"{"campaignId":"c","templateId":"T","audience":{"openIds":["a","b"]}}"#;
+        assert!(parse_campaign(
+            body,
+            CampaignLimits {
+                max_bytes: 1 << 20,
+                ..small
+            }
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn deep_json_is_refused_not_a_crash() {
+        for deep in ["[".repeat(100_000), "{\"a\":".repeat(100_000)] {
+            let err = parse(&deep).unwrap_err();
+            assert_eq!(err.code(), "not_json");
+        }
+        let nested_audience = format!(
+            r#"{{"campaignId":"c","templateId":"T","audience":{}}}"#,
+            "[".repeat(500)
+        );
+        assert_eq!(parse(&nested_audience).unwrap_err().code(), "not_json");
+    }
+
+    #[test]
+    fn error_messages_do_not_echo_long_input() {
+        let junk = "z".repeat(5000);
+        let body = json!({"campaignId": "c", "templateId": "T", "kind": junk,
+                          "audience": {"all": true}})
+        .to_string();
+        assert!(parse(&body).unwrap_err().to_string().len() < 200);
+        let body = json!({"campaignId": "c", "templateId": "T", "data": {junk.clone(): 1},
+                          "audience": {"all": true}})
+        .to_string();
+        assert!(parse(&body).unwrap_err().to_string().len() < 200);
+    }
+
+    /// Fragments of campaign messages, right and wrong, to assemble at random.
+    const FRAGMENTS: &[&str] = &[
+        r#""campaignId":"c1""#,
+        r#""campaignId":"a b""#,
+        r#""campaignId":null"#,
+        r#""templateId":"T""#,
+        r#""templateId":"""#,
+        r#""page":"p""#,
+        r#""page":{}"#,
+        r#""emphasisKeyword":"keyword1.DATA""#,
+        r#""appId":"wx1""#,
+        r#""appId":"wx:1""#,
+        r#""kind":"subscribe""#,
+        r#""kind":"template""#,
+        r#""kind":1"#,
+        r#""miniprogramState":"formal""#,
+        r#""miniprogramState":"x""#,
+        r#""lang":"en_US""#,
+        r#""keywords":"a,b""#,
+        r#""keywords":["a",2]"#,
+        r#""keywords":[]"#,
+        r#""data":{"k":"v"}"#,
+        r#""data":{"k":{"value":"v"}}"#,
+        r#""data":{"k":{"value":[]}}"#,
+        r#""data":"x""#,
+        r#""audience":{"all":true}"#,
+        r#""audience":{"all":false}"#,
+        r#""audience":{"openIds":["o1","o1","",7]}"#,
+        r#""audience":{"openIds":[]}"#,
+        r#""audience":[]"#,
+        r#""extra":{"deep":[[[1]]]}"#,
+    ];
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics_on_any_bytes(body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = parse_campaign(&body, CampaignLimits::default());
+        }
+
+        #[test]
+        fn never_panics_on_json_ish_strings(body in r#"[{}\[\]":,a-zA-Z0-9 .\\-]{0,300}"#) {
+            let _ = parse_campaign(body.as_bytes(), CampaignLimits::default());
+        }
+
+        #[test]
+        fn assembled_messages_parse_or_say_why(
+            picks in proptest::collection::vec(0..FRAGMENTS.len(), 0..12)
+        ) {
+            let body = format!(
+                "{{{}}}",
+                picks.iter().map(|&i| FRAGMENTS[i]).collect::<Vec<_>>().join(",")
+            );
+            match parse_campaign(body.as_bytes(), CampaignLimits::default()) {
+                Ok(c) => {
+                    proptest::prop_assert!(crate::job::check_campaign_id(&c.campaign_id).is_ok());
+                    if let Audience::OpenIds(ids) = &c.audience {
+                        proptest::prop_assert!(!ids.is_empty());
+                        let unique: HashSet<&OpenId> = ids.iter().collect();
+                        proptest::prop_assert_eq!(unique.len(), ids.len());
+                    }
+                    let user = OpenId::new("oUser").unwrap();
+                    match (&c.kind, c.job_for(&user)) {
+                        (CampaignKind::Template { .. }, Some(job)) => {
+                            proptest::prop_assert!(crate::job::parse_job(&job.to_json()).is_ok());
+                        }
+                        (CampaignKind::Subscribe { .. }, None) => {}
+                        (kind, job) => proptest::prop_assert!(false, "{kind:?} gave {job:?}"),
+                    }
+                }
+                Err(e) => proptest::prop_assert!(!e.code().is_empty()),
+            }
+        }
+    }
+}
