@@ -406,6 +406,35 @@ async fn the_daily_quota_pauses_the_fleet_then_every_job_is_sent() {
     assert!(accepted_per_user(&rig.fake).values().all(|&n| n == 1));
 }
 
+/// Takes up to a minute: parked jobs wait for WeChat's next minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_minute_quota_parks_jobs_until_the_next_minute_holding_their_credential() {
+    let mut fake = fake_config();
+    fake.faults.minute_quota = Some(3);
+    let rig = Rig::new("send_minute", fake).await;
+    for n in 0..5 {
+        rig.give(&user(n), 1, 3600).await;
+    }
+    rig.publish(&(0..5).map(|n| job("c11", &user(n))).collect::<Vec<_>>())
+        .await;
+    let (_, counts) = rig
+        .run_until(settings(), "c11", 5, Duration::from_secs(150))
+        .await;
+    assert_eq!(counts.get("sent"), Some(&5), "{counts:?}");
+    let requests = rig.fake.requests();
+    assert!(requests.iter().any(|r| r.errcode == Some(45011)));
+    assert!(accepted_per_user(&rig.fake).values().all(|&n| n == 1));
+    // Each user had one credential: the parked jobs kept theirs.
+    let mut per_user_forms: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+    for r in requests.into_iter().filter(|r| r.touser.is_some()) {
+        per_user_forms
+            .entry(r.touser.unwrap())
+            .or_default()
+            .insert(r.form_id.unwrap_or_default());
+    }
+    assert!(per_user_forms.values().all(|f| f.len() == 1));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_jobs_and_jobs_that_keep_failing_are_dead_lettered_with_a_reason() {
     let mut fake = fake_config();

@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use backon::BackoffBuilder;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
@@ -358,7 +359,13 @@ impl Sender {
             return Ok(Disposition::Park { job, after: wait });
         }
         let mut refused = 0;
-        let mut quick = 0;
+        // Short waits in process for a transient failure, before the delay queues.
+        let mut quick = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(1))
+            .with_jitter()
+            .with_max_times(self.settings.quick_retries as usize)
+            .build();
         let mut token_refreshed = false;
         loop {
             let held = match job.credential.take() {
@@ -429,9 +436,8 @@ impl Sender {
                         ambiguous: held.ambiguous || ambiguous,
                         ..held
                     });
-                    if quick < self.settings.quick_retries {
-                        quick += 1;
-                        tokio::time::sleep(Duration::from_millis(50 << quick)).await;
+                    if let Some(wait) = quick.next() {
+                        tokio::time::sleep(wait).await;
                         continue;
                     }
                     return Ok(Disposition::Retry {
