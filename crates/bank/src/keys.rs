@@ -5,6 +5,8 @@
 //!                                          score = expiry in Unix seconds; negative once spent)
 //! {ns}:u:{<app>.<shard>}            zset  index shard: users holding a usable credential,
 //!                                          score = expiry of their last usable one
+//! {ns}:m:{<app>.<shard>}:<openId>   hash  the user's campaign marks: which campaigns reached
+//!                                          them, and the credential held for one in progress
 //! ```
 //!
 //! A user's key and their index shard share the hash tag `{<app>.<shard>}`, so every script
@@ -48,6 +50,17 @@ impl Keys {
     pub fn credentials(&self, app: &AppId, open_id: &OpenId) -> String {
         format!(
             "{}:c:{{{}.{}}}:{}",
+            self.ns,
+            app,
+            shard_of(open_id),
+            open_id
+        )
+    }
+
+    /// One user's campaign marks (same slot as their credentials).
+    pub fn marks(&self, app: &AppId, open_id: &OpenId) -> String {
+        format!(
+            "{}:m:{{{}.{}}}:{}",
             self.ns,
             app,
             shard_of(open_id),

@@ -9,6 +9,8 @@
 //!   soonest, in one Lua script, so concurrent claimers in any number of processes never get
 //!   the same credential. A credential expiring within `claim_margin_secs` counts as expired.
 //! - **release** ([`Bank::release`]): gives back a claimed credential WeChat did not use.
+//! - **campaign claim** ([`Bank::campaign_claim`], [`Bank::campaign_settle`]): at most one
+//!   message per user per campaign, whatever is redelivered or killed (see `campaign.rs`).
 //! - **reachable users** ([`Bank::reachable_page`]): streams the users who hold a usable
 //!   credential, shard by shard, a page at a time, without `KEYS` or a keyspace `SCAN`.
 //!
@@ -16,6 +18,7 @@
 //! Key layout: [`keys`]; member encoding: [`member`]. This crate must not know about
 //! RabbitMQ, WeChat or message formats.
 
+mod campaign;
 pub mod keys;
 pub mod member;
 mod reachable;
@@ -27,6 +30,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Value;
 use wxpush_domain::{AppId, Credential, Namespace, OpenId};
 
+pub use campaign::{CampaignClaim, Settle};
 pub use keys::{Keys, SHARDS};
 pub use reachable::{ReachableCursor, ReachablePage};
 

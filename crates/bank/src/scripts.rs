@@ -35,6 +35,8 @@ pub(crate) struct Scripts {
     pub(crate) store: BankScript,
     pub(crate) claim: BankScript,
     pub(crate) release: BankScript,
+    pub(crate) campaign_claim: BankScript,
+    pub(crate) campaign_settle: BankScript,
 }
 
 pub(crate) fn get() -> &'static Scripts {
@@ -43,6 +45,8 @@ pub(crate) fn get() -> &'static Scripts {
         store: BankScript::new(include_str!("lua/store.lua")),
         claim: BankScript::new(include_str!("lua/claim.lua")),
         release: BankScript::new(include_str!("lua/release.lua")),
+        campaign_claim: BankScript::new(include_str!("lua/campaign_claim.lua")),
+        campaign_settle: BankScript::new(include_str!("lua/campaign_settle.lua")),
     })
 }
 
@@ -55,7 +59,13 @@ fn is_noscript(e: &RedisError) -> bool {
 
 impl Scripts {
     pub(crate) async fn load_all(&self, conn: &mut ConnectionManager) -> Result<(), BankError> {
-        for s in [&self.store, &self.claim, &self.release] {
+        for s in [
+            &self.store,
+            &self.claim,
+            &self.release,
+            &self.campaign_claim,
+            &self.campaign_settle,
+        ] {
             s.script.prepare_invoke().load_async(conn).await?;
         }
         Ok(())

@@ -55,6 +55,11 @@ impl Topology {
         format!("{}.ingest", self.ns)
     }
 
+    /// Queue the dispatch role consumes (bound to the campaigns exchange with `#`).
+    pub fn dispatch_queue(&self) -> String {
+        format!("{}.dispatch", self.ns)
+    }
+
     /// Queue the send role consumes; the dispatcher publishes jobs to it (default exchange).
     pub fn send_queue(&self) -> String {
         format!("{}.send", self.ns)
@@ -91,6 +96,8 @@ impl Topology {
             self.dead_queue("ingest"),
             self.send_queue(),
             self.dead_queue("send"),
+            self.dispatch_queue(),
+            self.dead_queue("dispatch"),
         ];
         q.extend(DELAY_TIERS.iter().map(|t| self.delay_queue(*t)));
         q
@@ -142,10 +149,27 @@ impl Topology {
         self.declare_dead_letters(ch, "send").await
     }
 
-    /// Declares the campaigns exchange (the dispatcher's queue comes with that role).
+    /// Declares the campaigns exchange (what the marketing system needs).
     pub async fn declare_campaigns(&self, ch: &Channel) -> Result<(), BrokerError> {
         self.declare_exchange(ch, &self.campaigns_exchange(), ExchangeKind::Topic)
             .await
+    }
+
+    /// Declares what the dispatch role needs: the campaigns exchange and its queue, dead
+    /// letters, and the send topology its jobs go to (so none is published to a missing queue).
+    pub async fn declare_dispatch(&self, ch: &Channel) -> Result<(), BrokerError> {
+        self.declare_campaigns(ch).await?;
+        self.declare_queue(ch, &self.dispatch_queue()).await?;
+        ch.queue_bind(
+            self.dispatch_queue().into(),
+            self.campaigns_exchange().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        self.declare_dead_letters(ch, "dispatch").await?;
+        self.declare_send(ch).await
     }
 
     /// Declares the dead-letter exchange and the dead-letter queue of `source`.

@@ -208,7 +208,6 @@ impl Campaign {
             data: data.clone(),
             emphasis_keyword: self.emphasis_keyword.clone(),
             attempt: 0,
-            credential: None,
         })
     }
 }
@@ -741,7 +740,6 @@ mod tests {
                 data: keywords(&[("keyword1", "x"), ("keyword2", "y")]),
                 emphasis_keyword: Some("keyword1.DATA".into()),
                 attempt: 0,
-                credential: None,
             }
         );
         // And the sender accepts it.

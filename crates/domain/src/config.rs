@@ -24,6 +24,7 @@ pub const DEFAULT_INGEST_BATCH: usize = 500;
 pub const DEFAULT_SEND_CONCURRENCY: usize = 64;
 pub const DEFAULT_SEND_MAX_ATTEMPTS: u32 = 8;
 pub const DEFAULT_QUOTA_COOLDOWN_SECS: u64 = 3600;
+pub const DEFAULT_DISPATCH_PAGE_SIZE: usize = 1000;
 
 /// A secret string (the app secret). Printing it shows `***`.
 #[derive(Clone, PartialEq, Eq)]
@@ -81,6 +82,7 @@ pub struct RawConfig {
     pub send_concurrency: Option<String>,
     pub send_max_attempts: Option<String>,
     pub quota_cooldown_secs: Option<String>,
+    pub dispatch_page_size: Option<String>,
 }
 
 /// Every variable [`RawConfig::from_env`] reads, beside the field it fills.
@@ -100,6 +102,7 @@ pub const ENV_VARS: &[&str] = &[
     "WXPUSH_SEND_CONCURRENCY",
     "WXPUSH_SEND_MAX_ATTEMPTS",
     "WXPUSH_QUOTA_COOLDOWN_SECS",
+    "WXPUSH_DISPATCH_PAGE_SIZE",
 ];
 
 impl RawConfig {
@@ -127,6 +130,7 @@ impl RawConfig {
             send_concurrency: get(ENV_VARS[12]),
             send_max_attempts: get(ENV_VARS[13]),
             quota_cooldown_secs: get(ENV_VARS[14]),
+            dispatch_page_size: get(ENV_VARS[15]),
         }
     }
 
@@ -219,6 +223,12 @@ impl RawConfig {
                 DEFAULT_QUOTA_COOLDOWN_SECS,
                 1,
             )?,
+            dispatch_page_size: number(
+                "WXPUSH_DISPATCH_PAGE_SIZE",
+                self.dispatch_page_size,
+                DEFAULT_DISPATCH_PAGE_SIZE,
+                1,
+            )?,
         })
     }
 }
@@ -251,6 +261,8 @@ pub struct Config {
     pub send_max_attempts: u32,
     /// How long the fleet pauses after WeChat's daily quota answer (45009).
     pub quota_cooldown_secs: u64,
+    /// Recipients the dispatcher publishes per page (one checkpoint per page).
+    pub dispatch_page_size: usize,
 }
 
 /// `url` with any password replaced by `***`, for logs and errors.

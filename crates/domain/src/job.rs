@@ -7,10 +7,10 @@
 //!  "emphasisKeyword": "keyword1.DATA", "attempt": 0}
 //! ```
 //!
-//! `appId` (optional, the install's app when absent), `attempt` (retries so far) and
-//! `credential` (a credential an earlier attempt claimed and still holds, with whether that
-//! attempt's outcome was unknown) are set by the senders when they re-publish a job for a
-//! later retry. This module owns the format and its validation; it must do no I/O.
+//! `appId` is optional (the install's app when absent); `attempt` (retries so far) is set by
+//! the senders when they re-publish a job for a later retry. The credential an attempt holds
+//! is kept in the bank's campaign marks, not in the job. This module owns the format and its
+//! validation; it must do no I/O.
 
 use std::collections::BTreeMap;
 
@@ -20,20 +20,6 @@ use crate::names::{AppId, NameError, OpenId};
 
 /// Longest accepted campaign id.
 pub const MAX_CAMPAIGN_ID_BYTES: usize = 128;
-
-/// A credential carried from one attempt to the next.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct HeldCredential {
-    pub value: String,
-    /// Unix seconds.
-    pub expires_at: i64,
-    /// The attempt that used it ended without knowing whether WeChat accepted the message
-    /// (a timeout after the request left). Sending again with the same formId is safe:
-    /// WeChat answers 41029 if the first one was accepted.
-    #[serde(default)]
-    pub ambiguous: bool,
-}
 
 /// A send job as it travels on the broker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,8 +39,6 @@ pub struct SendJob {
     pub emphasis_keyword: Option<String>,
     #[serde(default)]
     pub attempt: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credential: Option<HeldCredential>,
 }
 
 /// A job that passed validation, with its names checked.

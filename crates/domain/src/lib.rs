@@ -18,7 +18,7 @@ pub use campaign::{
 };
 pub use config::{Config, ConfigError, RawConfig, Secret};
 pub use credential::{Credential, CredentialKind};
-pub use job::{parse_job, HeldCredential, JobError, SendJob, ValidJob};
+pub use job::{parse_job, JobError, SendJob, ValidJob};
 pub use names::{AppId, NameError, Namespace, OpenId};
 pub use upload::{parse_upload, PoisonReason, RejectedEntry, Upload, UploadLimits};
 

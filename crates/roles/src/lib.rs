@@ -4,6 +4,7 @@
 //! returns its counters.
 //!
 //! - [`ingest`]: credential uploads → the bank.
+//! - [`dispatch`]: campaigns → one send job per recipient.
 //! - [`send`]: send jobs → WeChat, one credential each; [`outcomes`] records what happened.
 //! - [`deps`]: connecting to Redis and RabbitMQ with one readable error line.
 //! - [`shutdown`]: the stop signal shared by a process's roles.
@@ -11,6 +12,7 @@
 //! This crate must not parse command lines or read the environment (the CLI's job).
 
 pub mod deps;
+pub mod dispatch;
 pub mod ingest;
 pub mod outcomes;
 pub mod send;
@@ -28,6 +30,8 @@ pub enum RoleError {
     Bank(#[from] wxpush_bank::BankError),
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("RabbitMQ: {0}")]
+    Amqp(#[from] lapin::Error),
     #[error(transparent)]
     Fleet(#[from] wxpush_fleet::FleetError),
 }

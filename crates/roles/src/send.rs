@@ -33,10 +33,10 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::BasicProperties;
-use wxpush_bank::Bank;
+use wxpush_bank::{Bank, CampaignClaim, Settle};
 use wxpush_broker::topology::delay_tier;
 use wxpush_broker::{JobConsumer, Publisher, Topology};
-use wxpush_domain::{parse_job, AppId, Config, Credential, HeldCredential, SendJob, ValidJob};
+use wxpush_domain::{parse_job, AppId, Config, Credential, SendJob, ValidJob};
 use wxpush_fleet::{
     FleetPause, PauseSettings, RateLimiter, RateSettings, TokenSettings, TokenStore,
 };
@@ -89,6 +89,8 @@ pub struct SendStats {
     pub dead_lettered: AtomicU64,
     pub credentials_dropped: AtomicU64,
     pub credentials_released: AtomicU64,
+    /// Jobs for a user the campaign had already reached: skipped.
+    pub duplicates: AtomicU64,
     pub wechat_calls: AtomicU64,
     pub failed_by_code: Mutex<HashMap<i64, u64>>,
 }
@@ -113,8 +115,11 @@ enum Disposition {
         after: Duration,
         reason: String,
     },
-    /// Park it (no attempt counted): the fleet is paused or the minute quota is spent.
+    /// Park it (no attempt counted): the fleet is paused, the minute quota is spent, or
+    /// another attempt at the same campaign and user is in flight.
     Park { job: SendJob, after: Duration },
+    /// Attempts exhausted: dead-letter it with this reason.
+    GiveUp { reason: String },
 }
 
 /// The send role's working parts.
@@ -305,12 +310,14 @@ impl Sender {
         let who = valid.open_id.masked();
         let settled = match disposition {
             Disposition::Done(outcome) => {
-                tracing::info!(campaign = %job.campaign_id, user = %who, outcome = %outcome, "send outcome");
-                self.count(&outcome);
-                self.outcomes
-                    .record(&job.campaign_id, &outcome)
-                    .await
-                    .map_err(RoleError::from)
+                match self.outcomes.record(&job.campaign_id, &valid.open_id, &outcome).await {
+                    Ok(counted) => {
+                        tracing::info!(campaign = %job.campaign_id, user = %who, outcome = %counted, "send outcome");
+                        self.count(&counted);
+                        Ok(())
+                    }
+                    Err(e) => Err(RoleError::from(e)),
+                }
             }
             Disposition::Park { job, after } => self.republish(&job, after).await,
             Disposition::Retry {
@@ -319,25 +326,22 @@ impl Sender {
                 reason,
             } => {
                 job.attempt += 1;
-                if job.attempt >= self.settings.max_attempts {
-                    let reason = format!("gave up after {} attempts: {reason}", job.attempt);
-                    tracing::warn!(campaign = %job.campaign_id, user = %who, %reason, "send outcome");
-                    if let Some(h) = job.credential.take().filter(|h| !h.ambiguous) {
-                        self.release(&valid, &h).await;
-                    }
-                    let outcome = Recorded::DeadLettered;
-                    self.count(&outcome);
-                    let _ = self.outcomes.record(&job.campaign_id, &outcome).await;
-                    self.dead_letter(&delivery, "gave_up", &reason).await;
-                    return;
-                }
                 tracing::info!(campaign = %job.campaign_id, user = %who, attempt = job.attempt, %reason, "send retry scheduled");
                 SendStats::add(&self.stats.retried);
-                let _ = self
-                    .outcomes
-                    .record(&job.campaign_id, &Recorded::Retried)
-                    .await;
+                let _ = self.outcomes.count_retry(&job.campaign_id).await;
                 self.republish(&job, after).await
+            }
+            Disposition::GiveUp { reason } => {
+                tracing::warn!(campaign = %job.campaign_id, user = %who, %reason, "send outcome");
+                if let Ok(counted) = self
+                    .outcomes
+                    .record(&job.campaign_id, &valid.open_id, &Recorded::DeadLettered)
+                    .await
+                {
+                    self.count(&counted);
+                }
+                self.dead_letter(&delivery, "gave_up", &reason).await;
+                return;
             }
         };
         match settled {
@@ -351,13 +355,40 @@ impl Sender {
         }
     }
 
-    /// Claims, sends and classifies until the job is done or must wait.
+    /// Claims (or resumes) the campaign's credential for this user, sends, and classifies,
+    /// until the job is done or must wait.
     async fn process(&self, valid: &ValidJob) -> Result<Disposition, RoleError> {
         let app = valid.app_id.as_ref().unwrap_or(&self.settings.app_id);
-        let mut job = valid.job.clone();
+        let job = &valid.job;
+        let campaign = job.campaign_id.as_str();
         if let Some(wait) = self.pause.paused_for().await {
-            return Ok(Disposition::Park { job, after: wait });
+            return Ok(Disposition::Park {
+                job: job.clone(),
+                after: wait,
+            });
         }
+        let owner = attempt_owner();
+        let claim = self
+            .bank
+            .campaign_claim(app, &valid.open_id, campaign, &owner, CAMPAIGN_LEASE, false)
+            .await?;
+        let (mut credential, mut in_doubt) = match claim {
+            CampaignClaim::Done(outcome) => {
+                return Ok(Disposition::Done(Recorded::Settled(outcome)))
+            }
+            CampaignClaim::Busy(left) => {
+                return Ok(Disposition::Park {
+                    job: job.clone(),
+                    after: left.clamp(Duration::from_secs(1), BUSY_RECHECK),
+                })
+            }
+            CampaignClaim::NoCredential => return Ok(Disposition::Done(Recorded::NoCredential)),
+            CampaignClaim::Fresh(c) => (c, false),
+            CampaignClaim::Held {
+                credential,
+                in_doubt,
+            } => (credential, in_doubt),
+        };
         let mut refused = 0;
         // Short waits in process for a transient failure, before the delay queues.
         let mut quick = backon::ExponentialBuilder::default()
@@ -368,50 +399,65 @@ impl Sender {
             .build();
         let mut token_refreshed = false;
         loop {
-            let held = match job.credential.take() {
-                Some(h) => h,
-                None => match self.bank.claim(app, &valid.open_id).await? {
-                    Some(c) => HeldCredential {
-                        value: c.credential.value,
-                        expires_at: c.credential.expires_at,
-                        ambiguous: false,
-                    },
-                    None => return Ok(Disposition::Done(Recorded::NoCredential)),
-                },
-            };
             self.limiter.acquire().await?;
             let token = match self.tokens.get().await {
                 Ok(t) => t,
                 Err(e) => {
-                    job.credential = Some(held);
-                    return Ok(Disposition::Retry {
-                        job,
-                        after: backoff(valid.job.attempt),
-                        reason: format!("no access token: {e}"),
-                    });
+                    self.settle(valid, &owner, Settle::Release { in_doubt }).await?;
+                    let reason = format!("no access token: {e}");
+                    return self.retry(valid, &credential, in_doubt, reason).await;
                 }
             };
             let message = TemplateMessage {
                 touser: valid.open_id.clone(),
                 template_id: job.template_id.clone(),
                 page: job.page.clone(),
-                form_id: held.value.clone(),
+                form_id: credential.value.clone(),
                 data: job.data.clone(),
                 emphasis_keyword: job.emphasis_keyword.clone(),
             };
             SendStats::add(&self.stats.wechat_calls);
             let outcome = self.wechat.send_template(token.expose(), &message).await;
             match outcome {
-                Outcome::Sent { .. } => return Ok(Disposition::Done(Recorded::Sent)),
-                Outcome::BadCredential { code } if code == 41029 && held.ambiguous => {
-                    // The earlier attempt whose outcome was unknown had been accepted.
+                Outcome::Sent { .. } => {
+                    self.settle(valid, &owner, Settle::Final("sent")).await?;
+                    return Ok(Disposition::Done(Recorded::Sent));
+                }
+                Outcome::BadCredential { code } if code == 41029 && in_doubt => {
+                    // An earlier attempt with this formId, whose outcome was unknown, had
+                    // been accepted.
+                    self.settle(valid, &owner, Settle::Final("sent_unconfirmed")).await?;
                     return Ok(Disposition::Done(Recorded::SentUnconfirmed));
                 }
                 Outcome::BadCredential { code } => {
                     SendStats::add(&self.stats.credentials_dropped);
                     refused += 1;
                     if refused >= self.settings.max_credentials_per_job {
-                        return Ok(Disposition::Done(Recorded::Failed(code)));
+                        let outcome = Recorded::Failed(code);
+                        self.settle(valid, &owner, Settle::Final(&outcome.field())).await?;
+                        return Ok(Disposition::Done(outcome));
+                    }
+                    let next = self
+                        .bank
+                        .campaign_claim(app, &valid.open_id, campaign, &owner, CAMPAIGN_LEASE, true)
+                        .await?;
+                    match next {
+                        CampaignClaim::Fresh(c) | CampaignClaim::Held { credential: c, .. } => {
+                            credential = c;
+                            in_doubt = false;
+                        }
+                        CampaignClaim::NoCredential => {
+                            return Ok(Disposition::Done(Recorded::NoCredential))
+                        }
+                        CampaignClaim::Done(outcome) => {
+                            return Ok(Disposition::Done(Recorded::Settled(outcome)))
+                        }
+                        CampaignClaim::Busy(left) => {
+                            return Ok(Disposition::Park {
+                                job: job.clone(),
+                                after: left.clamp(Duration::from_secs(1), BUSY_RECHECK),
+                            })
+                        }
                     }
                 }
                 Outcome::BadToken { .. } if !token_refreshed => {
@@ -419,53 +465,48 @@ impl Sender {
                         tracing::warn!(error = %e, "could not invalidate the access token");
                     }
                     token_refreshed = true;
-                    job.credential = Some(held);
                 }
                 Outcome::BadToken { code } => {
-                    job.credential = Some(held);
-                    return Ok(Disposition::Retry {
-                        job,
-                        after: backoff(valid.job.attempt),
-                        reason: format!("access token refused twice ({code})"),
-                    });
+                    self.settle(valid, &owner, Settle::Release { in_doubt }).await?;
+                    let reason = format!("access token refused twice ({code})");
+                    return self.retry(valid, &credential, in_doubt, reason).await;
                 }
                 Outcome::Transient {
                     ambiguous, reason, ..
                 } => {
-                    job.credential = Some(HeldCredential {
-                        ambiguous: held.ambiguous || ambiguous,
-                        ..held
-                    });
+                    in_doubt = in_doubt || ambiguous;
                     if let Some(wait) = quick.next() {
                         tokio::time::sleep(wait).await;
                         continue;
                     }
-                    return Ok(Disposition::Retry {
-                        job,
-                        after: backoff(valid.job.attempt),
-                        reason,
-                    });
+                    self.settle(valid, &owner, Settle::Release { in_doubt }).await?;
+                    return self.retry(valid, &credential, in_doubt, reason).await;
                 }
                 Outcome::MinuteQuota => {
-                    job.credential = Some(held);
+                    self.settle(valid, &owner, Settle::Release { in_doubt }).await?;
                     return Ok(Disposition::Park {
-                        job,
+                        job: job.clone(),
                         after: until_next_minute(),
                     });
                 }
                 Outcome::QuotaExhausted => {
                     tracing::warn!(cooldown = ?self.settings.quota_cooldown, "WeChat daily quota reached (45009): pausing the fleet");
                     self.pause.pause_for(self.settings.quota_cooldown).await?;
-                    job.credential = Some(held);
+                    self.settle(valid, &owner, Settle::Release { in_doubt }).await?;
                     return Ok(Disposition::Park {
-                        job,
+                        job: job.clone(),
                         after: self.settings.quota_cooldown,
                     });
                 }
-                Outcome::NoConsent => return Ok(Disposition::Done(Recorded::Failed(43101))),
+                Outcome::NoConsent => {
+                    let outcome = Recorded::Failed(43101);
+                    self.settle(valid, &owner, Settle::Final(&outcome.field())).await?;
+                    return Ok(Disposition::Done(outcome));
+                }
                 Outcome::Permanent { code, .. } => {
-                    if !held.ambiguous {
-                        self.release(valid, &held).await;
+                    self.settle(valid, &owner, Settle::Final(&Recorded::Failed(code).field())).await?;
+                    if !in_doubt {
+                        self.release(valid, &credential).await;
                     }
                     return Ok(Disposition::Done(Recorded::Failed(code)));
                 }
@@ -473,10 +514,62 @@ impl Sender {
         }
     }
 
-    async fn release(&self, valid: &ValidJob, held: &HeldCredential) {
+    /// Ends this attempt at the job's campaign and user.
+    async fn settle(
+        &self,
+        valid: &ValidJob,
+        owner: &str,
+        how: Settle<'_>,
+    ) -> Result<bool, wxpush_bank::BankError> {
         let app = valid.app_id.as_ref().unwrap_or(&self.settings.app_id);
-        let credential = Credential::form_id(held.value.clone(), held.expires_at);
-        match self.bank.release(app, &valid.open_id, &credential).await {
+        self.bank
+            .campaign_settle(app, &valid.open_id, &valid.job.campaign_id, owner, how)
+            .await
+    }
+
+    /// The next attempt of a job, or, after `max_attempts`, giving up: the campaign is then
+    /// failed for this user and the credential goes back to the bank unless WeChat may have
+    /// used it.
+    async fn retry(
+        &self,
+        valid: &ValidJob,
+        credential: &Credential,
+        in_doubt: bool,
+        reason: String,
+    ) -> Result<Disposition, RoleError> {
+        let job = &valid.job;
+        if job.attempt + 1 < self.settings.max_attempts {
+            return Ok(Disposition::Retry {
+                job: job.clone(),
+                after: backoff(job.attempt),
+                reason,
+            });
+        }
+        let app = valid.app_id.as_ref().unwrap_or(&self.settings.app_id);
+        let owner = attempt_owner();
+        let campaign = job.campaign_id.as_str();
+        // Take the lease back (it was just released) to settle the campaign as failed.
+        let held = self
+            .bank
+            .campaign_claim(app, &valid.open_id, campaign, &owner, CAMPAIGN_LEASE, false)
+            .await?;
+        if let CampaignClaim::Held { .. } = held {
+            let outcome = Recorded::DeadLettered.field();
+            self.bank
+                .campaign_settle(app, &valid.open_id, campaign, &owner, Settle::Final(&outcome))
+                .await?;
+            if !in_doubt {
+                self.release(valid, credential).await;
+            }
+        }
+        Ok(Disposition::GiveUp {
+            reason: format!("gave up after {} attempts: {reason}", job.attempt + 1),
+        })
+    }
+
+    async fn release(&self, valid: &ValidJob, credential: &Credential) {
+        let app = valid.app_id.as_ref().unwrap_or(&self.settings.app_id);
+        match self.bank.release(app, &valid.open_id, credential).await {
             Ok(true) => SendStats::add(&self.stats.credentials_released),
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "could not give a credential back"),
@@ -514,21 +607,45 @@ impl Sender {
         }
     }
 
-    fn count(&self, outcome: &Recorded) {
+    fn count(&self, field: &str) {
         let s = &self.stats;
-        match outcome {
-            Recorded::Sent => SendStats::add(&s.sent),
-            Recorded::SentUnconfirmed => SendStats::add(&s.sent_unconfirmed),
-            Recorded::NoCredential => SendStats::add(&s.no_credential),
-            Recorded::Failed(code) => {
-                SendStats::add(&s.failed);
-                if let Ok(mut m) = s.failed_by_code.lock() {
-                    *m.entry(*code).or_default() += 1;
+        match field {
+            "sent" => SendStats::add(&s.sent),
+            "sent_unconfirmed" => SendStats::add(&s.sent_unconfirmed),
+            "no_credential" => SendStats::add(&s.no_credential),
+            "duplicate" => SendStats::add(&s.duplicates),
+            "dead_lettered" => SendStats::add(&s.dead_lettered),
+            other => {
+                if let Some(code) = other.strip_prefix("failed:").and_then(|c| c.parse().ok()) {
+                    SendStats::add(&s.failed);
+                    if let Ok(mut m) = s.failed_by_code.lock() {
+                        *m.entry(code).or_default() += 1;
+                    }
                 }
             }
-            Recorded::Retried | Recorded::DeadLettered => {}
         }
     }
+}
+
+/// How long one attempt holds a user's campaign credential before another may take over:
+/// longer than an attempt can take (WeChat's timeout and the quick retries).
+const CAMPAIGN_LEASE: Duration = Duration::from_secs(20);
+
+/// How long a job waits before looking again at a lease another attempt holds.
+const BUSY_RECHECK: Duration = Duration::from_secs(5);
+
+/// A name for one attempt, unique across processes.
+fn attempt_owner() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{}-{}-{nanos}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Hands a delivery back to the queue.

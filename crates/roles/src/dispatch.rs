@@ -1,0 +1,406 @@
+//! The dispatch role: campaigns from RabbitMQ, fanned out into one send job per recipient.
+//!
+//! Per campaign (contract section 5; one at a time per process):
+//! 1. parse and validate it ([`wxpush_domain::parse_campaign`]); a bad one is dead-lettered
+//!    to `<ns>.dead.dispatch` with its reason;
+//! 2. record it once, keyed by `campaignId` (`{ns}:camp:<id>`): a campaign already dispatched is
+//!    a no-op; one being dispatched resumes from its checkpoint;
+//! 3. stream the audience a page at a time (the bank's index of reachable users, or the
+//!    explicit openIds list) and publish one job per user with publisher confirms; after each
+//!    confirmed page, count the jobs (`targeted`) and save the checkpoint in one round trip;
+//! 4. mark it dispatched and acknowledge the campaign message.
+//!
+//! Memory stays one page whatever the audience (an explicit list is as large as its message).
+//! A dispatcher killed at any moment leaves the campaign unacknowledged; the next one resumes
+//! from the checkpoint and may publish the last page again (counted once in `targeted`). Those
+//! jobs are duplicates; the senders' campaign marks turn them into `duplicate` counts, never
+//! second messages.
+//! This module must not claim credentials or call WeChat.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use redis::aio::ConnectionManager;
+use wxpush_bank::{Bank, ReachableCursor};
+use wxpush_broker::{BatchConsumer, Publisher, Topology};
+use wxpush_domain::campaign::{Audience, Campaign, CampaignKind, CampaignLimits};
+use wxpush_domain::{parse_campaign, AppId, Config, OpenId};
+
+use crate::{Deps, RoleError, Shutdown};
+
+/// The source name of the dispatch role's dead letters (queue `<ns>.dead.dispatch`).
+pub const DEAD_LETTER_SOURCE: &str = "dispatch";
+
+/// How long a campaign's record is kept after its last update.
+pub const RECORD_TTL_SECS: i64 = 30 * 24 * 3600;
+
+/// Tunables of the dispatch role.
+#[derive(Debug, Clone)]
+pub struct DispatchSettings {
+    pub app_id: AppId,
+    /// Recipients read and published per page (one checkpoint per page).
+    pub page_size: usize,
+    pub limits: CampaignLimits,
+}
+
+impl DispatchSettings {
+    pub fn from_config(c: &Config) -> Self {
+        Self {
+            app_id: c.app_id.clone(),
+            page_size: c.dispatch_page_size,
+            limits: CampaignLimits::default(),
+        }
+    }
+}
+
+/// Counters of one dispatch run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DispatchStats {
+    /// Campaigns fully dispatched by this process.
+    pub campaigns: u64,
+    /// Campaign messages for campaigns already dispatched (republished or redelivered).
+    pub already_dispatched: u64,
+    pub jobs_published: u64,
+    pub dead_lettered: u64,
+}
+
+/// The dispatch role's working parts.
+pub struct Dispatcher {
+    bank: Bank,
+    broker: wxpush_broker::Broker,
+    publisher: Publisher,
+    topology: Topology,
+    conn: ConnectionManager,
+    settings: DispatchSettings,
+}
+
+/// Runs the dispatch role until `shutdown` fires; a campaign in progress stops after its
+/// current page (checkpointed) and goes back to the queue for the next dispatcher.
+pub async fn run(
+    deps: &Deps,
+    topology: &Topology,
+    settings: &DispatchSettings,
+    shutdown: Shutdown,
+) -> Result<DispatchStats, RoleError> {
+    let d = Dispatcher::start(deps, topology, settings).await?;
+    let stats = d.consume(shutdown).await;
+    d.publisher.close().await;
+    stats
+}
+
+enum Progress {
+    Finished,
+    Interrupted,
+}
+
+impl Dispatcher {
+    pub async fn start(
+        deps: &Deps,
+        topology: &Topology,
+        settings: &DispatchSettings,
+    ) -> Result<Self, RoleError> {
+        let ch = deps.broker.channel().await?;
+        topology.declare_dispatch(&ch).await?;
+        let _ = ch.close(200, "declared".into()).await;
+        let publisher = Publisher::open(&deps.broker, topology.clone()).await?;
+        Ok(Self {
+            bank: deps.bank.clone(),
+            broker: deps.broker.clone(),
+            publisher,
+            topology: topology.clone(),
+            conn: deps.bank.connection(),
+            settings: settings.clone(),
+        })
+    }
+
+    async fn consume(&self, mut shutdown: Shutdown) -> Result<DispatchStats, RoleError> {
+        let mut consumer = BatchConsumer::start(
+            &self.broker,
+            &self.topology.dispatch_queue(),
+            1,
+            "wxpush-dispatch",
+        )
+        .await?;
+        let mut stats = DispatchStats::default();
+        let outcome = loop {
+            let next = tokio::select! {
+                _ = shutdown.wait() => break Ok(()),
+                b = consumer.next_batch(1) => b,
+            };
+            let batch = match next {
+                Ok(Some(b)) => b,
+                Ok(None) => {
+                    break Err(wxpush_broker::BrokerError::ConsumerGone {
+                        queue: self.topology.dispatch_queue(),
+                    }
+                    .into())
+                }
+                Err(e) => break Err(e.into()),
+            };
+            for delivery in &batch.deliveries {
+                if let Err(e) = self.handle(delivery, &mut stats, &shutdown).await {
+                    tracing::warn!(error = %e, "campaign handed back");
+                    let _ = delivery
+                        .acker
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        })
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
+        let _ = consumer.cancel().await;
+        consumer.close().await;
+        outcome.map(|()| stats)
+    }
+
+    async fn handle(
+        &self,
+        delivery: &Delivery,
+        stats: &mut DispatchStats,
+        shutdown: &Shutdown,
+    ) -> Result<(), RoleError> {
+        let campaign = match parse_campaign(&delivery.data, self.settings.limits) {
+            Ok(c) => c,
+            Err(e) => return self.reject(delivery, stats, e.code(), &e.to_string()).await,
+        };
+        if let Some(app) = campaign
+            .app_id
+            .as_ref()
+            .filter(|a| **a != self.settings.app_id)
+        {
+            let reason = format!("appId {app} is not configured in this install");
+            return self.reject(delivery, stats, "unknown_app", &reason).await;
+        }
+        if let CampaignKind::Subscribe { .. } = campaign.kind {
+            let reason = "subscribe campaigns are not supported by this version yet";
+            return self
+                .reject(delivery, stats, "unsupported_kind", reason)
+                .await;
+        }
+        let key = self.record_key(&campaign.campaign_id);
+        let cursor = match self.open_record(&key, &campaign).await? {
+            None => {
+                tracing::info!(campaign = %campaign.campaign_id, "campaign already dispatched: nothing to do");
+                stats.already_dispatched += 1;
+                delivery.acker.ack(BasicAckOptions::default()).await?;
+                return Ok(());
+            }
+            Some(c) => c,
+        };
+        tracing::info!(campaign = %campaign.campaign_id, from = %cursor, "dispatching");
+        match self
+            .fan_out(&campaign, &key, &cursor, stats, shutdown)
+            .await?
+        {
+            Progress::Finished => {
+                let _: () = redis::pipe()
+                    .hset(&key, "state", "dispatched")
+                    .ignore()
+                    .hset(&key, "dispatched_at_ms", now_ms())
+                    .ignore()
+                    .expire(&key, RECORD_TTL_SECS)
+                    .ignore()
+                    .query_async(&mut self.conn.clone())
+                    .await?;
+                stats.campaigns += 1;
+                tracing::info!(campaign = %campaign.campaign_id, "campaign dispatched");
+                delivery.acker.ack(BasicAckOptions::default()).await?;
+            }
+            Progress::Interrupted => {
+                tracing::info!(campaign = %campaign.campaign_id, "stopping mid-campaign: handed back at its checkpoint");
+                delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn record_key(&self, campaign_id: &str) -> String {
+        record_key(self.bank.keys().namespace(), campaign_id)
+    }
+
+    /// Records the campaign if it is new and returns where to start (`None`: already
+    /// dispatched). The record is written once: a republished campaign with other content
+    /// keeps the first one's.
+    async fn open_record(&self, key: &str, c: &Campaign) -> Result<Option<String>, RoleError> {
+        let mut conn = self.conn.clone();
+        let created: bool = redis::cmd("HSETNX")
+            .arg(key)
+            .arg("started_at_ms")
+            .arg(now_ms())
+            .query_async(&mut conn)
+            .await?;
+        if created {
+            let audience = match c.audience {
+                Audience::All => "all",
+                Audience::OpenIds(_) => "list",
+            };
+            let _: () = redis::pipe()
+                .hset_multiple(
+                    key,
+                    &[
+                        (
+                            "app",
+                            c.app_id
+                                .as_ref()
+                                .unwrap_or(&self.settings.app_id)
+                                .to_string(),
+                        ),
+                        ("kind", "template".to_owned()),
+                        ("template_id", c.template_id.clone()),
+                        ("audience", audience.to_owned()),
+                        ("state", "dispatching".to_owned()),
+                        ("targeted", "0".to_owned()),
+                        (
+                            "rejected_recipients",
+                            c.rejected_recipients.len().to_string(),
+                        ),
+                        ("cursor", String::new()),
+                    ],
+                )
+                .ignore()
+                .expire(key, RECORD_TTL_SECS)
+                .ignore()
+                .query_async(&mut conn)
+                .await?;
+            return Ok(Some(String::new()));
+        }
+        let (state, cursor): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(key)
+            .arg("state")
+            .arg("cursor")
+            .query_async(&mut conn)
+            .await?;
+        if state.as_deref() == Some("dispatched") {
+            return Ok(None);
+        }
+        Ok(Some(cursor.unwrap_or_default()))
+    }
+
+    /// Publishes the jobs from `cursor` on, page by page, checkpointing after each page.
+    async fn fan_out(
+        &self,
+        c: &Campaign,
+        key: &str,
+        cursor: &str,
+        stats: &mut DispatchStats,
+        shutdown: &Shutdown,
+    ) -> Result<Progress, RoleError> {
+        let app = c.app_id.as_ref().unwrap_or(&self.settings.app_id);
+        let page = self.settings.page_size;
+        match &c.audience {
+            Audience::OpenIds(list) => {
+                let mut at: usize = cursor.parse().unwrap_or(0);
+                while at < list.len() {
+                    if shutdown.is_triggered() {
+                        return Ok(Progress::Interrupted);
+                    }
+                    let end = (at + page).min(list.len());
+                    self.publish_page(c, &list[at..end]).await?;
+                    self.checkpoint(key, end - at, &end.to_string()).await?;
+                    stats.jobs_published += (end - at) as u64;
+                    at = end;
+                }
+            }
+            Audience::All => {
+                let mut at = parse_index_cursor(cursor);
+                while let Some(pos) = at {
+                    if shutdown.is_triggered() {
+                        return Ok(Progress::Interrupted);
+                    }
+                    let p = self.bank.reachable_page(app, pos, page).await?;
+                    self.publish_page(c, &p.users).await?;
+                    let next = p
+                        .next
+                        .map_or_else(|| "end".to_owned(), |n| format!("{}:{}", n.shard, n.scan));
+                    self.checkpoint(key, p.users.len(), &next).await?;
+                    stats.jobs_published += p.users.len() as u64;
+                    at = p.next;
+                }
+            }
+        }
+        Ok(Progress::Finished)
+    }
+
+    async fn publish_page(&self, c: &Campaign, users: &[OpenId]) -> Result<(), RoleError> {
+        let bodies: Vec<Vec<u8>> = users
+            .iter()
+            .filter_map(|u| c.job_for(u))
+            .map(|j| j.to_json())
+            .collect();
+        let queue = self.topology.send_queue();
+        self.publisher
+            .publish_all("", bodies.iter().map(|b| (queue.as_str(), b.as_slice())))
+            .await?;
+        Ok(())
+    }
+
+    /// Counts a confirmed page and moves the checkpoint past it, atomically (MULTI/EXEC): a
+    /// page is counted once even if a crash makes the next dispatcher publish it again.
+    async fn checkpoint(&self, key: &str, published: usize, cursor: &str) -> Result<(), RoleError> {
+        let _: () = redis::pipe()
+            .atomic()
+            .hincr(key, "targeted", published as u64)
+            .ignore()
+            .hset(key, "cursor", cursor)
+            .ignore()
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    async fn reject(
+        &self,
+        delivery: &Delivery,
+        stats: &mut DispatchStats,
+        code: &str,
+        reason: &str,
+    ) -> Result<(), RoleError> {
+        tracing::warn!(code, reason, "campaign dead-lettered");
+        self.publisher
+            .dead_letter(
+                DEAD_LETTER_SOURCE,
+                &self.topology.dispatch_queue(),
+                delivery,
+                code,
+                reason,
+            )
+            .await?;
+        stats.dead_lettered += 1;
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+        Ok(())
+    }
+}
+
+/// The key of a campaign's record, `{ns}:camp:<campaignId>`.
+pub fn record_key(ns: impl std::fmt::Display, campaign_id: &str) -> String {
+    format!("{ns}:camp:{campaign_id}")
+}
+
+/// `""` (start), `"<shard>:<scan>"`, or `"end"`.
+fn parse_index_cursor(s: &str) -> Option<ReachableCursor> {
+    if s == "end" {
+        return None;
+    }
+    let (shard, scan) = s.split_once(':').unwrap_or(("0", "0"));
+    Some(ReachableCursor {
+        shard: shard.parse().unwrap_or(0),
+        scan: scan.parse().unwrap_or(0),
+    })
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
