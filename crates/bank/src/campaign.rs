@@ -11,6 +11,11 @@
 //!   is safely finished by the next one; `in_doubt` tells it that a `41029` then means "the
 //!   earlier attempt was accepted".
 //!
+//! The campaign's outcome counters live beside the marks too, one hash per shard
+//! (`{ns}:cs:{<app>.<shard>}:<campaign>`): the scripts count an outcome in the same step that
+//! settles it, so each recipient is counted exactly once whatever crashes, and a sent message
+//! costs two scripts (claim, settle). [`Bank::campaign_counters`] sums the shards.
+//!
 //! This module must not call WeChat or decide what its answers mean.
 
 use std::time::Duration;
@@ -46,8 +51,8 @@ pub enum Settle<'a> {
     /// The campaign is done for this user, with this outcome (`sent`, `failed:40037`, ...).
     Final(&'a str),
     /// No outcome yet: keep the credential for the next attempt; `in_doubt` if WeChat may
-    /// have accepted this one.
-    Release { in_doubt: bool },
+    /// have accepted this one; `retry` to count it as a failed attempt scheduled again.
+    Release { in_doubt: bool, retry: bool },
 }
 
 impl Bank {
@@ -64,10 +69,11 @@ impl Bank {
         next: bool,
     ) -> Result<CampaignClaim, BankError> {
         let mut cmd = self.scripts.campaign_claim.evalsha();
-        cmd.arg(3)
+        cmd.arg(4)
             .arg(self.keys.credentials(app, open_id))
             .arg(self.keys.index_of(app, open_id))
             .arg(self.keys.marks(app, open_id))
+            .arg(self.counters_of(app, open_id, campaign))
             .arg(self.settings.claim_margin_secs)
             .arg(open_id.as_str())
             .arg(campaign)
@@ -87,19 +93,57 @@ impl Bank {
         owner: &str,
         settle: Settle<'_>,
     ) -> Result<bool, BankError> {
-        let (action, doubt) = match settle {
-            Settle::Final(outcome) => (format!("={outcome}"), "0"),
-            Settle::Release { in_doubt } => ("R".to_owned(), if in_doubt { "1" } else { "0" }),
+        let flag = |b: bool| if b { "1" } else { "0" };
+        let (action, doubt, retried) = match settle {
+            Settle::Final(outcome) => (format!("={outcome}"), "0", "0"),
+            Settle::Release { in_doubt, retry } => ("R".to_owned(), flag(in_doubt), flag(retry)),
         };
         let mut cmd = self.scripts.campaign_settle.evalsha();
-        cmd.arg(1)
+        cmd.arg(2)
             .arg(self.keys.marks(app, open_id))
+            .arg(self.counters_of(app, open_id, campaign))
             .arg(campaign)
             .arg(owner)
             .arg(action)
-            .arg(doubt);
+            .arg(doubt)
+            .arg(retried);
         let applied: i64 = self.scripts.run(&mut self.conn.clone(), &cmd).await?;
         Ok(applied == 1)
+    }
+}
+
+impl Bank {
+    fn counters_of(&self, app: &AppId, open_id: &OpenId, campaign: &str) -> String {
+        self.keys
+            .campaign_counters(app, crate::keys::shard_of(open_id), campaign)
+    }
+
+    /// A campaign's outcome counters, summed over the shards (`last_at_ms`: the latest), in
+    /// one pipelined round trip. Empty if nothing was recorded.
+    pub async fn campaign_counters(
+        &self,
+        app: &AppId,
+        campaign: &str,
+    ) -> Result<std::collections::BTreeMap<String, i64>, BankError> {
+        let mut pipe = redis::pipe();
+        for shard in 0..crate::SHARDS {
+            pipe.cmd("HGETALL")
+                .arg(self.keys.campaign_counters(app, shard, campaign));
+        }
+        let shards: Vec<std::collections::HashMap<String, i64>> =
+            pipe.query_async(&mut self.conn.clone()).await?;
+        let mut total = std::collections::BTreeMap::new();
+        for shard in shards {
+            for (field, n) in shard {
+                let slot = total.entry(field.clone()).or_insert(0i64);
+                if field == "last_at_ms" {
+                    *slot = (*slot).max(n);
+                } else {
+                    *slot += n;
+                }
+            }
+        }
+        Ok(total)
     }
 }
 

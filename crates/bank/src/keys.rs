@@ -7,6 +7,7 @@
 //!                                          score = expiry of their last usable one
 //! {ns}:m:{<app>.<shard>}:<openId>   hash  the user's campaign marks: which campaigns reached
 //!                                          them, and the credential held for one in progress
+//! {ns}:cs:{<app>.<shard>}:<campaign> hash  a campaign's outcome counters for this shard's users
 //! ```
 //!
 //! A user's key and their index shard share the hash tag `{<app>.<shard>}`, so every script
@@ -66,6 +67,11 @@ impl Keys {
             shard_of(open_id),
             open_id
         )
+    }
+
+    /// A campaign's outcome counters for the users of one shard (same slot as their marks).
+    pub fn campaign_counters(&self, app: &AppId, shard: u16, campaign: &str) -> String {
+        format!("{}:cs:{{{}.{}}}:{}", self.ns, app, shard, campaign)
     }
 
     /// The index shard holding `open_id`.

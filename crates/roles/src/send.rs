@@ -42,7 +42,7 @@ use wxpush_fleet::{
 };
 use wxpush_wechat::{Client, ClientConfig, Outcome, TemplateMessage};
 
-use crate::outcomes::{Outcomes, Recorded};
+use crate::outcomes::Recorded;
 use crate::{Deps, RoleError, Shutdown};
 
 /// The source name of the send role's dead letters (queue `<ns>.dead.send`).
@@ -132,7 +132,6 @@ pub struct Sender {
     pause: FleetPause,
     publisher: Publisher,
     topology: Topology,
-    outcomes: Outcomes,
     settings: SendSettings,
     pub stats: Arc<SendStats>,
 }
@@ -231,7 +230,6 @@ impl Sender {
             pause: parts.pause,
             publisher,
             topology: topology.clone(),
-            outcomes: Outcomes::new(deps.bank.connection(), deps.bank.keys().namespace().clone()),
             settings: settings.clone(),
             stats: Arc::new(SendStats::default()),
         })
@@ -310,14 +308,10 @@ impl Sender {
         let who = valid.open_id.masked();
         let settled = match disposition {
             Disposition::Done(outcome) => {
-                match self.outcomes.record(&job.campaign_id, &valid.open_id, &outcome).await {
-                    Ok(counted) => {
-                        tracing::info!(campaign = %job.campaign_id, user = %who, outcome = %counted, "send outcome");
-                        self.count(&counted);
-                        Ok(())
-                    }
-                    Err(e) => Err(RoleError::from(e)),
-                }
+                // Already counted by the bank's script that settled it.
+                tracing::info!(campaign = %job.campaign_id, user = %who, %outcome, "send outcome");
+                self.count(&outcome.field());
+                Ok(())
             }
             Disposition::Park { job, after } => self.republish(&job, after).await,
             Disposition::Retry {
@@ -328,18 +322,10 @@ impl Sender {
                 job.attempt += 1;
                 tracing::info!(campaign = %job.campaign_id, user = %who, attempt = job.attempt, %reason, "send retry scheduled");
                 SendStats::add(&self.stats.retried);
-                let _ = self.outcomes.count_retry(&job.campaign_id).await;
                 self.republish(&job, after).await
             }
             Disposition::GiveUp { reason } => {
                 tracing::warn!(campaign = %job.campaign_id, user = %who, %reason, "send outcome");
-                if let Ok(counted) = self
-                    .outcomes
-                    .record(&job.campaign_id, &valid.open_id, &Recorded::DeadLettered)
-                    .await
-                {
-                    self.count(&counted);
-                }
                 self.dead_letter(&delivery, "gave_up", &reason).await;
                 return;
             }
@@ -374,7 +360,7 @@ impl Sender {
             .await?;
         let (mut credential, mut in_doubt) = match claim {
             CampaignClaim::Done(outcome) => {
-                return Ok(Disposition::Done(Recorded::Settled(outcome)))
+                return Ok(Disposition::Done(Recorded::Duplicate(outcome)))
             }
             CampaignClaim::Busy(left) => {
                 return Ok(Disposition::Park {
@@ -403,7 +389,11 @@ impl Sender {
             let token = match self.tokens.get().await {
                 Ok(t) => t,
                 Err(e) => {
-                    self.settle(valid, &owner, Settle::Release { in_doubt }).await?;
+                    let release = Settle::Release {
+                        in_doubt,
+                        retry: true,
+                    };
+                    self.settle(valid, &owner, release).await?;
                     let reason = format!("no access token: {e}");
                     return self.retry(valid, &credential, in_doubt, reason).await;
                 }
@@ -426,7 +416,8 @@ impl Sender {
                 Outcome::BadCredential { code } if code == 41029 && in_doubt => {
                     // An earlier attempt with this formId, whose outcome was unknown, had
                     // been accepted.
-                    self.settle(valid, &owner, Settle::Final("sent_unconfirmed")).await?;
+                    self.settle(valid, &owner, Settle::Final("sent_unconfirmed"))
+                        .await?;
                     return Ok(Disposition::Done(Recorded::SentUnconfirmed));
                 }
                 Outcome::BadCredential { code } => {
@@ -434,7 +425,8 @@ impl Sender {
                     refused += 1;
                     if refused >= self.settings.max_credentials_per_job {
                         let outcome = Recorded::Failed(code);
-                        self.settle(valid, &owner, Settle::Final(&outcome.field())).await?;
+                        self.settle(valid, &owner, Settle::Final(&outcome.field()))
+                            .await?;
                         return Ok(Disposition::Done(outcome));
                     }
                     let next = self
@@ -450,7 +442,7 @@ impl Sender {
                             return Ok(Disposition::Done(Recorded::NoCredential))
                         }
                         CampaignClaim::Done(outcome) => {
-                            return Ok(Disposition::Done(Recorded::Settled(outcome)))
+                            return Ok(Disposition::Done(Recorded::Duplicate(outcome)))
                         }
                         CampaignClaim::Busy(left) => {
                             return Ok(Disposition::Park {
@@ -467,7 +459,11 @@ impl Sender {
                     token_refreshed = true;
                 }
                 Outcome::BadToken { code } => {
-                    self.settle(valid, &owner, Settle::Release { in_doubt }).await?;
+                    let release = Settle::Release {
+                        in_doubt,
+                        retry: true,
+                    };
+                    self.settle(valid, &owner, release).await?;
                     let reason = format!("access token refused twice ({code})");
                     return self.retry(valid, &credential, in_doubt, reason).await;
                 }
@@ -479,11 +475,23 @@ impl Sender {
                         tokio::time::sleep(wait).await;
                         continue;
                     }
-                    self.settle(valid, &owner, Settle::Release { in_doubt }).await?;
+                    let release = Settle::Release {
+                        in_doubt,
+                        retry: true,
+                    };
+                    self.settle(valid, &owner, release).await?;
                     return self.retry(valid, &credential, in_doubt, reason).await;
                 }
                 Outcome::MinuteQuota => {
-                    self.settle(valid, &owner, Settle::Release { in_doubt }).await?;
+                    self.settle(
+                        valid,
+                        &owner,
+                        Settle::Release {
+                            in_doubt,
+                            retry: false,
+                        },
+                    )
+                    .await?;
                     return Ok(Disposition::Park {
                         job: job.clone(),
                         after: until_next_minute(),
@@ -492,7 +500,15 @@ impl Sender {
                 Outcome::QuotaExhausted => {
                     tracing::warn!(cooldown = ?self.settings.quota_cooldown, "WeChat daily quota reached (45009): pausing the fleet");
                     self.pause.pause_for(self.settings.quota_cooldown).await?;
-                    self.settle(valid, &owner, Settle::Release { in_doubt }).await?;
+                    self.settle(
+                        valid,
+                        &owner,
+                        Settle::Release {
+                            in_doubt,
+                            retry: false,
+                        },
+                    )
+                    .await?;
                     return Ok(Disposition::Park {
                         job: job.clone(),
                         after: self.settings.quota_cooldown,
@@ -500,11 +516,17 @@ impl Sender {
                 }
                 Outcome::NoConsent => {
                     let outcome = Recorded::Failed(43101);
-                    self.settle(valid, &owner, Settle::Final(&outcome.field())).await?;
+                    self.settle(valid, &owner, Settle::Final(&outcome.field()))
+                        .await?;
                     return Ok(Disposition::Done(outcome));
                 }
                 Outcome::Permanent { code, .. } => {
-                    self.settle(valid, &owner, Settle::Final(&Recorded::Failed(code).field())).await?;
+                    self.settle(
+                        valid,
+                        &owner,
+                        Settle::Final(&Recorded::Failed(code).field()),
+                    )
+                    .await?;
                     if !in_doubt {
                         self.release(valid, &credential).await;
                     }
@@ -556,7 +578,13 @@ impl Sender {
         if let CampaignClaim::Held { .. } = held {
             let outcome = Recorded::DeadLettered.field();
             self.bank
-                .campaign_settle(app, &valid.open_id, campaign, &owner, Settle::Final(&outcome))
+                .campaign_settle(
+                    app,
+                    &valid.open_id,
+                    campaign,
+                    &owner,
+                    Settle::Final(&outcome),
+                )
                 .await?;
             if !in_doubt {
                 self.release(valid, credential).await;
