@@ -6,9 +6,13 @@
 
 use std::process::ExitCode;
 
+mod demo;
+mod status;
+
 use clap::{Args, Parser, Subcommand};
 use wxpush_broker::Topology;
 use wxpush_domain::{Config, RawConfig};
+use wxpush_roles::dispatch::{self, DispatchSettings};
 use wxpush_roles::ingest::{self, IngestSettings};
 use wxpush_roles::send::{self, SendParts, SendSettings, SendStats};
 use wxpush_roles::{Deps, ShutdownTrigger};
@@ -64,7 +68,7 @@ enum Command {
     /// The fake WeChat API server, for development and tests
     MockWechat(MockArgs),
     /// The one-command showcase against the fake WeChat
-    Demo,
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Args)]
@@ -93,6 +97,9 @@ enum CampaignCommand {
         /// Machine-readable output
         #[arg(long)]
         json: bool,
+        /// Show a live progress bar with rate and ETA until the campaign ends
+        #[arg(long)]
+        watch: bool,
     },
 }
 
@@ -151,41 +158,67 @@ fn config(common: &Common) -> anyhow::Result<Config> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Ingest => run_roles(&config(&cli.common)?, true, false).await,
-        Command::Send => run_roles(&config(&cli.common)?, false, true).await,
-        Command::All => {
-            tracing::info!("dispatch is not yet available: `all` runs ingest and send");
-            run_roles(&config(&cli.common)?, true, true).await
-        }
-        Command::Dispatch => not_yet("dispatch"),
+        Command::Ingest => run_roles(&config(&cli.common)?, Roles::INGEST).await,
+        Command::Dispatch => run_roles(&config(&cli.common)?, Roles::DISPATCH).await,
+        Command::Send => run_roles(&config(&cli.common)?, Roles::SEND).await,
+        Command::All => run_roles(&config(&cli.common)?, Roles::ALL).await,
         Command::Campaign {
-            command: CampaignCommand::Status { .. },
-        } => not_yet("campaign status"),
+            command: CampaignCommand::Status { id, json, watch },
+        } => {
+            let config = config(&cli.common)?;
+            status::run(&config, &id, json, watch).await
+        }
         Command::MockWechat(args) => run_mock(&cli.common, args).await,
-        Command::Demo => not_yet("demo"),
+        Command::Demo(args) => demo::run(&cli.common, args).await,
     }
 }
 
-fn not_yet(what: &str) -> anyhow::Result<()> {
-    anyhow::bail!("`{what}` is not yet available in this version")
+/// Which roles a process runs.
+#[derive(Clone, Copy)]
+struct Roles {
+    ingest: bool,
+    dispatch: bool,
+    send: bool,
+    name: &'static str,
+}
+
+impl Roles {
+    const INGEST: Roles = Roles {
+        ingest: true,
+        dispatch: false,
+        send: false,
+        name: "wxpush ingest",
+    };
+    const DISPATCH: Roles = Roles {
+        ingest: false,
+        dispatch: true,
+        send: false,
+        name: "wxpush dispatch",
+    };
+    const SEND: Roles = Roles {
+        ingest: false,
+        dispatch: false,
+        send: true,
+        name: "wxpush send",
+    };
+    const ALL: Roles = Roles {
+        ingest: true,
+        dispatch: true,
+        send: true,
+        name: "wxpush all",
+    };
 }
 
 /// Runs the chosen roles in this process until SIGTERM/SIGINT, then stops them gracefully.
-async fn run_roles(config: &Config, ingest: bool, send: bool) -> anyhow::Result<()> {
-    let name = match (ingest, send) {
-        (true, true) => "wxpush all",
-        (true, false) => "wxpush ingest",
-        _ => "wxpush send",
-    };
-    let deps = Deps::connect(config, name).await?;
-    let parts = if send {
+async fn run_roles(config: &Config, roles: Roles) -> anyhow::Result<()> {
+    let deps = Deps::connect(config, roles.name).await?;
+    let parts = if roles.send {
         Some(SendParts::connect(config, &deps, wxpush_wechat::DEFAULT_REQUEST_TIMEOUT).await?)
     } else {
         None
     };
     let topology = Topology::new(config.namespace.clone());
     let (trigger, shutdown) = ShutdownTrigger::new();
-    let roles_shutdown = trigger.subscribe();
     let trigger = std::sync::Arc::new(trigger);
     let on_signal = trigger.clone();
     tokio::spawn(async move {
@@ -200,9 +233,9 @@ async fn run_roles(config: &Config, ingest: bool, send: bool) -> anyhow::Result<
         }
         r
     };
-    tracing::info!(namespace = %config.namespace, role = name, "starting");
+    tracing::info!(namespace = %config.namespace, role = roles.name, "starting");
     let ingest_role = async {
-        if !ingest {
+        if !roles.ingest {
             return Ok(());
         }
         let settings = IngestSettings::from_config(config);
@@ -210,12 +243,27 @@ async fn run_roles(config: &Config, ingest: bool, send: bool) -> anyhow::Result<
             .await
             .map(|_| ())
     };
+    let dispatch_role = async {
+        if !roles.dispatch {
+            return Ok(());
+        }
+        let settings = DispatchSettings::from_config(config);
+        dispatch::run(&deps, &topology, &settings, shutdown.clone())
+            .await
+            .map(|stats| {
+                tracing::info!(
+                    campaigns = stats.campaigns,
+                    jobs = stats.jobs_published,
+                    "dispatch stopped"
+                );
+            })
+    };
     let send_role = async {
         let Some(parts) = parts else {
             return Ok(());
         };
         let settings = SendSettings::from_config(config);
-        send::run(&deps, parts, &topology, &settings, roles_shutdown)
+        send::run(&deps, parts, &topology, &settings, shutdown.clone())
             .await
             .map(|stats| {
                 tracing::info!(
@@ -225,12 +273,15 @@ async fn run_roles(config: &Config, ingest: bool, send: bool) -> anyhow::Result<
                 );
             })
     };
-    let (a, b) = tokio::join!(async { stop_all(ingest_role.await) }, async {
-        stop_all(send_role.await)
-    });
+    let (a, b, c) = tokio::join!(
+        async { stop_all(ingest_role.await) },
+        async { stop_all(dispatch_role.await) },
+        async { stop_all(send_role.await) }
+    );
     deps.broker.close().await;
     a?;
     b?;
+    c?;
     Ok(())
 }
 

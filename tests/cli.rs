@@ -82,10 +82,3 @@ fn unreachable_dependencies_are_named_without_their_passwords() {
     );
     assert!(!err.contains("hunter2"));
 }
-
-#[test]
-fn roles_of_later_versions_say_so() {
-    let env = TestEnv::new("cli_later");
-    let (code, err) = run(&env, &["demo"]);
-    assert_one_line_failure(code, &err, "not yet available");
-}

@@ -10,7 +10,6 @@ use serde_json::json;
 use wxpush_broker::Publisher;
 use wxpush_domain::{Credential, OpenId, SendJob};
 use wxpush_fake_wechat::{FakeApp, FakeConfig, FakeHandle, FakeWeChat, Faults};
-use wxpush_roles::outcomes::Outcomes;
 use wxpush_roles::send::{self, SendParts, SendSettings, SendStats};
 use wxpush_roles::{Deps, ShutdownTrigger};
 use wxpush_testkit::{eventually, now_ms, TestEnv, TEST_APP};
@@ -107,15 +106,24 @@ impl Rig {
         let (deps, topo) = (self.deps.clone(), self.env.topology());
         let role =
             tokio::spawn(async move { send::run(&deps, parts, &topo, &settings, shutdown).await });
-        let outcomes = Outcomes::new(self.deps.bank.connection(), self.env.ns.clone());
         eventually(guard, || async {
-            let c = outcomes.read(campaign).await.unwrap();
-            final_count(&c) >= finished
+            final_count(&self.counts(campaign).await) >= finished
         })
         .await;
         trigger.trigger();
         let stats = role.await.unwrap().unwrap();
-        (stats, outcomes.read(campaign).await.unwrap())
+        (stats, self.counts(campaign).await)
+    }
+
+    /// The campaign's outcome counters (without `last_at_ms`).
+    async fn counts(&self, campaign: &str) -> BTreeMap<String, u64> {
+        wxpush_roles::outcomes::read(&self.deps.bank, &self.env.app, campaign)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| k != "last_at_ms")
+            .map(|(k, v)| (k, v as u64))
+            .collect()
     }
 }
 
@@ -148,10 +156,10 @@ fn user(n: usize) -> String {
     format!("oSend{n:05}xxxxxxxxxxxxxxxxxxx")
 }
 
-/// Jobs that reached a final outcome (`retried` is not one; `last_at_ms` is a time).
+/// Jobs that reached a final outcome (`retried` is not one).
 fn final_count(c: &BTreeMap<String, u64>) -> u64 {
     c.iter()
-        .filter(|(k, _)| *k != "retried" && *k != "last_at_ms")
+        .filter(|(k, _)| *k != "retried")
         .map(|(_, v)| v)
         .sum()
 }
@@ -487,9 +495,8 @@ async fn two_sender_processes_share_the_rate_limit_and_never_reuse_a_credential(
     let rate = 40u32;
     rig.env.set("WXPUSH_SEND_RATE", &rate.to_string());
     let children: Vec<_> = (0..2).map(|_| rig.env.spawn(&["send"])).collect();
-    let outcomes = Outcomes::new(rig.deps.bank.connection(), rig.env.ns.clone());
     let done = eventually(Duration::from_secs(30), || async {
-        final_count(&outcomes.read("c10").await.unwrap()) >= users as u64
+        final_count(&rig.counts("c10").await) >= users as u64
     })
     .await;
     for c in &children {
@@ -505,7 +512,7 @@ async fn two_sender_processes_share_the_rate_limit_and_never_reuse_a_credential(
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    assert!(done, "{:?}", outcomes.read("c10").await.unwrap());
+    assert!(done, "{:?}", rig.counts("c10").await);
     let sends: Vec<u64> = rig
         .fake
         .requests()
