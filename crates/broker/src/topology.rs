@@ -29,6 +29,14 @@ pub fn delay_tier(wanted: std::time::Duration) -> u32 {
         .unwrap_or(DELAY_TIERS[DELAY_TIERS.len() - 1])
 }
 
+/// What a role needs declared before it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    Ingest,
+    Dispatch,
+    Send,
+}
+
 /// Names of one namespace's exchanges and queues.
 #[derive(Debug, Clone)]
 pub struct Topology {
@@ -101,6 +109,18 @@ impl Topology {
         ];
         q.extend(DELAY_TIERS.iter().map(|t| self.delay_queue(*t)));
         q
+    }
+
+    /// Declares what a role needs, on a channel of its own.
+    pub async fn declare(&self, broker: &crate::Broker, needs: Needs) -> Result<(), BrokerError> {
+        let ch = broker.channel().await?;
+        let declared = match needs {
+            Needs::Ingest => self.declare_ingest(&ch).await,
+            Needs::Dispatch => self.declare_dispatch(&ch).await,
+            Needs::Send => self.declare_send(&ch).await,
+        };
+        let _ = ch.close(200, "declared".into()).await;
+        declared
     }
 
     /// Declares what the ingest role needs: the uploads exchange, its queue, dead letters.

@@ -23,6 +23,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use redis::aio::ConnectionManager;
 use wxpush_bank::{Bank, ReachableCursor};
+use wxpush_broker::topology::Needs;
 use wxpush_broker::{BatchConsumer, Publisher, Topology};
 use wxpush_domain::campaign::{Audience, Campaign, CampaignKind, CampaignLimits};
 use wxpush_domain::{parse_campaign, AppId, Config, OpenId};
@@ -100,9 +101,7 @@ impl Dispatcher {
         topology: &Topology,
         settings: &DispatchSettings,
     ) -> Result<Self, RoleError> {
-        let ch = deps.broker.channel().await?;
-        topology.declare_dispatch(&ch).await?;
-        let _ = ch.close(200, "declared".into()).await;
+        topology.declare(&deps.broker, Needs::Dispatch).await?;
         let publisher = Publisher::open(&deps.broker, topology.clone()).await?;
         Ok(Self {
             bank: deps.bank.clone(),

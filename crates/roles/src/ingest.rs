@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use backon::BackoffBuilder;
 use wxpush_bank::{Bank, BankError, StoreReport, StoreRequest};
+use wxpush_broker::topology::Needs;
 use wxpush_broker::{Batch, BatchConsumer, Broker, Delivery, Publisher, Topology};
 use wxpush_domain::{parse_upload, AppId, Config, Credential, OpenId, PoisonReason, UploadLimits};
 
@@ -119,9 +120,7 @@ impl Ingest {
         topology: &Topology,
         settings: &IngestSettings,
     ) -> Result<Self, RoleError> {
-        let ch = deps.broker.channel().await?;
-        topology.declare_ingest(&ch).await?;
-        let _ = ch.close(200, "declared".into()).await;
+        topology.declare(&deps.broker, Needs::Ingest).await?;
         let publisher = Publisher::open(&deps.broker, topology.clone()).await?;
         Ok(Self {
             bank: deps.bank.clone(),

@@ -35,6 +35,7 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::BasicProperties;
 use wxpush_bank::{Bank, CampaignClaim, Settle};
 use wxpush_broker::topology::delay_tier;
+use wxpush_broker::topology::Needs;
 use wxpush_broker::{JobConsumer, Publisher, Topology};
 use wxpush_domain::{parse_job, AppId, Config, Credential, SendJob, ValidJob};
 use wxpush_fleet::{
@@ -217,9 +218,7 @@ impl Sender {
         topology: &Topology,
         settings: &SendSettings,
     ) -> Result<Self, RoleError> {
-        let ch = deps.broker.channel().await?;
-        topology.declare_send(&ch).await?;
-        let _ = ch.close(200, "declared".into()).await;
+        topology.declare(&deps.broker, Needs::Send).await?;
         let publisher = Publisher::open(&deps.broker, topology.clone()).await?;
         Ok(Self {
             bank: deps.bank.clone(),
