@@ -29,13 +29,12 @@ use std::collections::BTreeMap;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions};
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions};
 use lapin::types::FieldTable;
 use redis::aio::ConnectionManager;
 use serde_json::json;
 use wxpush_bank::StoreRequest;
-use wxpush_broker::{JobConsumer, Publisher};
+use wxpush_broker::Publisher;
 use wxpush_domain::{Credential, OpenId, SendJob};
 use wxpush_fake_wechat::{FakeApp, FakeConfig, FakeHandle, FakeWeChat};
 use wxpush_roles::Deps;
@@ -361,86 +360,6 @@ async fn broker_ceiling(env: &TestEnv, deps: &Deps, bodies: &[Vec<u8>], chunk: u
     rate
 }
 
-/// The send benchmark's bare ceiling: consume + one Redis script (ZPOPMIN of a fresh formId)
-/// + one HTTP POST + ack, `concurrency` at a time, one consumer. Returns sends/s.
-async fn sender_ceiling(
-    env: &TestEnv,
-    deps: &Deps,
-    fake: &FakeHandle,
-    users: &[OpenId],
-    concurrency: usize,
-) -> f64 {
-    let n = users.len();
-    let (ch, q) = bare_queue(env, deps, "bench-bare-send").await;
-    let mut conn = deps.bank.connection();
-    let ns = env.ns.to_string();
-    let mut pipe = redis::pipe();
-    for u in users {
-        let f = fake.issue_form_ids(None, u.as_str(), 1, None).unwrap();
-        pipe.cmd("ZADD")
-            .arg(format!("{ns}:bare:{u}"))
-            .arg(1)
-            .arg(&f[0])
-            .ignore();
-    }
-    let _: () = pipe.query_async(&mut conn).await.expect("ZADD");
-    let publisher = Publisher::open(&deps.broker, env.topology())
-        .await
-        .expect("publisher");
-    let bodies: Vec<Vec<u8>> = users.iter().map(|u| job_body("bare", u)).collect();
-    for c in bodies.chunks(2000) {
-        publisher
-            .publish_all("", c.iter().map(|b| (q.as_str(), b.as_slice())))
-            .await
-            .expect("publish");
-    }
-    publisher.close().await;
-    let client =
-        wxpush_wechat::Client::new(&wxpush_wechat::ClientConfig::with_base_url(fake.base_url()))
-            .unwrap();
-    let token = client
-        .fetch_token(&env.app, &wxpush_domain::Secret::new(SECRET))
-        .await
-        .unwrap()
-        .token;
-    let pop = redis::Script::new("return redis.call('ZPOPMIN', KEYS[1])");
-    let JobConsumer { channel, consumer } =
-        JobConsumer::start(&deps.broker, &q, (concurrency * 2) as u16, "bare")
-            .await
-            .expect("consumer");
-    let start = Instant::now();
-    consumer
-        .take(n)
-        .for_each_concurrent(concurrency, |d| {
-            let (mut conn, client, token, pop, ns) = (conn.clone(), &client, &token, &pop, &ns);
-            async move {
-                let d = d.unwrap();
-                let job: SendJob = serde_json::from_slice(&d.data).unwrap();
-                let who = OpenId::new(&job.open_id).unwrap();
-                let popped: Vec<String> = pop
-                    .key(format!("{ns}:bare:{who}"))
-                    .invoke_async(&mut conn)
-                    .await
-                    .unwrap();
-                let msg = wxpush_wechat::TemplateMessage {
-                    touser: who,
-                    template_id: job.template_id,
-                    page: None,
-                    form_id: popped[0].clone(),
-                    data: job.data,
-                    emphasis_keyword: None,
-                };
-                assert!(client.send_template(token, &msg).await.is_sent());
-                d.acker.ack(BasicAckOptions::default()).await.unwrap();
-            }
-        })
-        .await;
-    let rate = n as f64 / start.elapsed().as_secs_f64();
-    let _ = channel.close(200, "ok".into()).await;
-    delete_queue(ch, &q).await;
-    rate
-}
-
 // ---------------------------------------------------------------------------------------
 // The campaigns
 
@@ -482,8 +401,16 @@ async fn campaign_figures(n: usize, ceiling_jobs: usize, concurrency: usize) -> 
     let bodies: Vec<Vec<u8>> = users.iter().map(|u| job_body("bench-a", u)).collect();
     let broker_ceiling = broker_ceiling(&env, &deps, &bodies, page).await;
     drop(bodies);
-    let sender_ceiling =
-        sender_ceiling(&env, &deps, &fake, &users[..ceiling_jobs], concurrency).await;
+    let sender_ceiling = wxpush_testkit::ceiling::bare_sender(
+        &env,
+        &deps,
+        &fake,
+        SECRET,
+        TPL,
+        &users[..ceiling_jobs],
+        concurrency,
+    )
+    .await;
 
     let mut children = Children::default();
     // Sequential: the dispatcher alone, then the senders on a full queue.

@@ -16,12 +16,9 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
 use serde_json::json;
 use wxpush_bank::StoreRequest;
-use wxpush_broker::{JobConsumer, Publisher};
+use wxpush_broker::Publisher;
 use wxpush_domain::{Credential, OpenId, SendJob};
 use wxpush_fake_wechat::{FakeApp, FakeConfig, FakeWeChat};
 use wxpush_roles::send::{SendParts, SendSettings, SendStats, Sender};
@@ -166,79 +163,19 @@ async fn main() {
     let token_fetches = fake.token_fetches(TEST_APP);
 
     // The bare ceiling: consume + one script + one POST + ack, same concurrency.
-    let bare_q = format!("{}.bench-bare", env.ns);
-    ch.queue_declare(
-        bare_q.as_str().into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
+    let bare_users: Vec<OpenId> = (0..n)
+        .map(|u| OpenId::new(&format!("oBenchBare{u:018}")).unwrap())
+        .collect();
+    let bare_rate = wxpush_testkit::ceiling::bare_sender(
+        &env,
+        &deps,
+        &fake,
+        SECRET,
+        TPL,
+        &bare_users,
+        concurrency,
     )
-    .await
-    .unwrap();
-    let mut pipe = redis::pipe();
-    let bare_key = |u: &OpenId| format!("{}:bare:{}", env.ns, u);
-    for u in &users {
-        let f = fake.issue_form_ids(None, u.as_str(), 1, None).unwrap();
-        pipe.cmd("ZADD").arg(bare_key(u)).arg(1).arg(&f[0]).ignore();
-    }
-    let _: () = pipe.query_async(&mut conn).await.unwrap();
-    for chunk in jobs.chunks(2000) {
-        publisher
-            .publish_all("", chunk.iter().map(|b| (bare_q.as_str(), b.as_slice())))
-            .await
-            .unwrap();
-    }
-    let client =
-        wxpush_wechat::Client::new(&wxpush_wechat::ClientConfig::with_base_url(fake.base_url()))
-            .unwrap();
-    let token = client
-        .fetch_token(&env.app, &wxpush_domain::Secret::new(SECRET))
-        .await
-        .unwrap()
-        .token;
-    let pop = redis::Script::new("return redis.call('ZPOPMIN', KEYS[1])");
-    let JobConsumer { channel, consumer } =
-        JobConsumer::start(&deps.broker, &bare_q, (concurrency * 2) as u16, "bare")
-            .await
-            .unwrap();
-    let ns = env.ns.to_string();
-    let start = Instant::now();
-    let done = std::sync::atomic::AtomicUsize::new(0);
-    consumer
-        .take(n)
-        .for_each_concurrent(concurrency, |d| {
-            let (conn, client, token, pop, done, ns) =
-                (conn.clone(), &client, &token, &pop, &done, &ns);
-            async move {
-                let d = d.unwrap();
-                let job: SendJob = serde_json::from_slice(&d.data).unwrap();
-                let who = OpenId::new(&job.open_id).unwrap();
-                let popped: Vec<String> = pop
-                    .key(format!("{ns}:bare:{who}"))
-                    .invoke_async(&mut conn.clone())
-                    .await
-                    .unwrap();
-                let msg = wxpush_wechat::TemplateMessage {
-                    touser: who,
-                    template_id: job.template_id,
-                    page: None,
-                    form_id: popped[0].clone(),
-                    data: job.data,
-                    emphasis_keyword: None,
-                };
-                assert!(client.send_template(token, &msg).await.is_sent());
-                d.acker.ack(BasicAckOptions::default()).await.unwrap();
-                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        })
-        .await;
-    let bare_rate = n as f64 / start.elapsed().as_secs_f64();
-    let _ = channel
-        .queue_delete(bare_q.as_str().into(), QueueDeleteOptions::default())
-        .await;
-    let _ = channel.close(200, "ok".into()).await;
+    .await;
 
     println!("send benchmark: {n} jobs, concurrency {concurrency}, fake WeChat in process answering at once, release build");
     println!(

@@ -5,6 +5,8 @@
 //! removes every key, queue and exchange of that namespace when dropped, even after a
 //! failed assertion. It also runs the real `wxpush` binary with that namespace.
 
+pub mod ceiling;
+
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};

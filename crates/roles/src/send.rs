@@ -482,36 +482,16 @@ impl Sender {
                     return self.retry(valid, &credential, in_doubt, reason).await;
                 }
                 Outcome::MinuteQuota => {
-                    self.settle(
-                        valid,
-                        &owner,
-                        Settle::Release {
-                            in_doubt,
-                            retry: false,
-                        },
-                    )
-                    .await?;
-                    return Ok(Disposition::Park {
-                        job: job.clone(),
-                        after: until_next_minute(),
-                    });
+                    return self
+                        .park(valid, &owner, in_doubt, until_next_minute())
+                        .await;
                 }
                 Outcome::QuotaExhausted => {
                     tracing::warn!(cooldown = ?self.settings.quota_cooldown, "WeChat daily quota reached (45009): pausing the fleet");
                     self.pause.pause_for(self.settings.quota_cooldown).await?;
-                    self.settle(
-                        valid,
-                        &owner,
-                        Settle::Release {
-                            in_doubt,
-                            retry: false,
-                        },
-                    )
-                    .await?;
-                    return Ok(Disposition::Park {
-                        job: job.clone(),
-                        after: self.settings.quota_cooldown,
-                    });
+                    return self
+                        .park(valid, &owner, in_doubt, self.settings.quota_cooldown)
+                        .await;
                 }
                 Outcome::NoConsent => {
                     let outcome = Recorded::Failed(43101);
@@ -533,6 +513,25 @@ impl Sender {
                 }
             }
         }
+    }
+
+    /// Ends this attempt without an outcome, keeping the credential, and parks the job.
+    async fn park(
+        &self,
+        valid: &ValidJob,
+        owner: &str,
+        in_doubt: bool,
+        after: Duration,
+    ) -> Result<Disposition, RoleError> {
+        let release = Settle::Release {
+            in_doubt,
+            retry: false,
+        };
+        self.settle(valid, owner, release).await?;
+        Ok(Disposition::Park {
+            job: valid.job.clone(),
+            after,
+        })
     }
 
     /// Ends this attempt at the job's campaign and user.
