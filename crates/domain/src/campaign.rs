@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde_json::{Map, Value};
 
+use crate::body::{json_object, BodyError};
 use crate::job::{check_campaign_id, SendJob};
 use crate::names::{AppId, OpenId};
 
@@ -160,6 +161,17 @@ pub enum CampaignError {
     EmptyAudience { rejected: usize, detail: String },
 }
 
+impl From<BodyError> for CampaignError {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::TooLarge { len, max } => CampaignError::TooLarge { len, max },
+            BodyError::NotUtf8 => CampaignError::NotUtf8,
+            BodyError::NotJson(e) => CampaignError::NotJson(e),
+            BodyError::NotObject => CampaignError::NotObject,
+        }
+    }
+}
+
 impl CampaignError {
     /// A short stable code for headers and metrics.
     pub fn code(&self) -> &'static str {
@@ -225,20 +237,7 @@ impl Campaign {
 ///   requires `data`, with at least one field) each value is kept as a `{"value": ...}`
 ///   object (a plain string `s` becomes `{"value": s}`).
 pub fn parse_campaign(body: &[u8], limits: CampaignLimits) -> Result<Campaign, CampaignError> {
-    if body.len() > limits.max_bytes {
-        return Err(CampaignError::TooLarge {
-            len: body.len(),
-            max: limits.max_bytes,
-        });
-    }
-    let text = std::str::from_utf8(body).map_err(|_| CampaignError::NotUtf8)?;
-    // serde_json stops at 128 levels of nesting with an error, so deep input cannot
-    // overflow the stack.
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| CampaignError::NotJson(e.to_string()))?;
-    let Value::Object(obj) = value else {
-        return Err(CampaignError::NotObject);
-    };
+    let obj = json_object(body, limits.max_bytes)?;
 
     let campaign_id = match field(&obj, "campaignId") {
         None => return Err(CampaignError::MissingCampaignId),

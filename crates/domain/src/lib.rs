@@ -5,6 +5,7 @@
 //! (upload messages, environment variables). It must not do I/O: no Redis, no RabbitMQ,
 //! no HTTP, no reading of the environment except through [`config::RawConfig::from_env`].
 
+mod body;
 pub mod campaign;
 pub mod config;
 pub mod credential;

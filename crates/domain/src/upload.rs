@@ -8,6 +8,7 @@
 
 use serde_json::Value;
 
+use crate::body::{json_object, BodyError};
 use crate::credential::Credential;
 use crate::names::{AppId, OpenId};
 use crate::CREDENTIAL_LIFETIME_MS;
@@ -87,6 +88,17 @@ pub enum PoisonReason {
     },
 }
 
+impl From<BodyError> for PoisonReason {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::TooLarge { len, max } => PoisonReason::TooLarge { len, max },
+            BodyError::NotUtf8 => PoisonReason::NotUtf8,
+            BodyError::NotJson(e) => PoisonReason::NotJson(e),
+            BodyError::NotObject => PoisonReason::NotObject,
+        }
+    }
+}
+
 impl PoisonReason {
     /// A short stable code for headers and metrics.
     pub fn code(&self) -> &'static str {
@@ -112,18 +124,7 @@ pub fn parse_upload(
     received_at_ms: i64,
     limits: UploadLimits,
 ) -> Result<Upload, PoisonReason> {
-    if body.len() > limits.max_bytes {
-        return Err(PoisonReason::TooLarge {
-            len: body.len(),
-            max: limits.max_bytes,
-        });
-    }
-    let text = std::str::from_utf8(body).map_err(|_| PoisonReason::NotUtf8)?;
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| PoisonReason::NotJson(e.to_string()))?;
-    let Value::Object(obj) = value else {
-        return Err(PoisonReason::NotObject);
-    };
+    let obj = json_object(body, limits.max_bytes)?;
 
     let open_id = match obj.get("openId") {
         None | Some(Value::Null) => return Err(PoisonReason::MissingOpenId),
