@@ -1203,30 +1203,7 @@ async fn scan_keys(
 
 /// Messages ready in a queue the demo declared (0 when it does not exist).
 async fn queue_depth(deps: &Deps, queue: &str) -> anyhow::Result<u64> {
-    Ok(passive_declare(deps, queue).await?.map_or(0, u64::from))
-}
-
-/// The queue's ready message count, or `None` when it does not exist.
-async fn passive_declare(deps: &Deps, queue: &str) -> anyhow::Result<Option<u32>> {
-    let ch = deps.broker.channel().await?;
-    let r = ch
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await;
-    // A failed passive declare closes the channel by itself.
-    match r {
-        Ok(q) => {
-            let _ = ch.close(200, "ok".into()).await;
-            Ok(Some(q.message_count()))
-        }
-        Err(_) => Ok(None),
-    }
+    Ok(deps.broker.queue_ready(queue).await?.map_or(0, u64::from))
 }
 
 // ---------------------------------------------------------------------------------------

@@ -109,13 +109,7 @@ impl Fleet {
     }
 
     async fn counts(&self, id: &str) -> BTreeMap<String, u64> {
-        wxpush_roles::outcomes::read(&self.deps.bank, &self.env.app, id)
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|(k, _)| k != "last_at_ms")
-            .map(|(k, v)| (k, v as u64))
-            .collect()
+        wxpush_testkit::campaign_counts(&self.deps.bank, &self.env.app, id).await
     }
 
     /// Recipients with an outcome (retries and duplicate jobs are not outcomes).

@@ -123,22 +123,12 @@ async fn the_binary_ingests_uploads_and_stops_cleanly_on_sigterm() {
 
 /// True once the ingest queue exists (the role has declared its topology).
 async fn keys_or_queue_ready(env: &TestEnv, deps: &wxpush_roles::Deps) -> bool {
-    let Ok(ch) = deps.broker.channel().await else {
-        return false;
-    };
-    let ok = ch
-        .queue_declare(
-            env.topology().ingest_queue().into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await
-        .is_ok();
-    let _ = ch.close(200, "ok".into()).await;
-    ok
+    matches!(
+        deps.broker
+            .queue_ready(&env.topology().ingest_queue())
+            .await,
+        Ok(Some(_))
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -117,13 +117,7 @@ impl Rig {
 
     /// The campaign's outcome counters (without `last_at_ms`).
     async fn counts(&self, campaign: &str) -> BTreeMap<String, u64> {
-        wxpush_roles::outcomes::read(&self.deps.bank, &self.env.app, campaign)
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|(k, _)| k != "last_at_ms")
-            .map(|(k, v)| (k, v as u64))
-            .collect()
+        wxpush_testkit::campaign_counts(&self.deps.bank, &self.env.app, campaign).await
     }
 }
 

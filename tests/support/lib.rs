@@ -12,8 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use lapin::options::{BasicGetOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicGetOptions;
 use wxpush_broker::publish::{header_text, REASON_CODE_HEADER, REASON_HEADER};
 use wxpush_broker::{Broker, Publisher, Topology};
 use wxpush_domain::{AppId, Config, Namespace, RawConfig};
@@ -162,20 +161,11 @@ impl TestEnv {
 
     /// Messages ready in a queue (not counting unacknowledged ones).
     pub async fn queue_ready(&self, broker: &Broker, queue: &str) -> u32 {
-        let ch = broker.channel().await.expect("channel");
-        let q = ch
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        broker
+            .queue_ready(queue)
             .await
-            .expect("queue exists");
-        let _ = ch.close(200, "ok".into()).await;
-        q.message_count()
+            .expect("RabbitMQ answers")
+            .expect("queue exists")
     }
 
     /// Takes every message from a dead-letter queue: (body, reason code, reason).
@@ -284,6 +274,21 @@ impl Drop for TestEnv {
     fn drop(&mut self) {
         self.cleanup();
     }
+}
+
+/// A campaign's outcome counters summed over the shards, without `last_at_ms` (a time).
+pub async fn campaign_counts(
+    bank: &wxpush_bank::Bank,
+    app: &AppId,
+    campaign: &str,
+) -> std::collections::BTreeMap<String, u64> {
+    wxpush_roles::outcomes::read(bank, app, campaign)
+        .await
+        .expect("read the campaign's counters")
+        .into_iter()
+        .filter(|(k, _)| k != "last_at_ms")
+        .map(|(k, v)| (k, u64::try_from(v).unwrap_or(0)))
+        .collect()
 }
 
 /// Polls `check` until it returns true or `limit` passes (a guard against hanging, not a

@@ -65,6 +65,29 @@ impl Broker {
         Ok(self.conn.create_channel().await?)
     }
 
+    /// Messages ready in `queue` (not counting unacknowledged ones), or `None` when the queue
+    /// does not exist. A passive declare on a channel of its own (a missing queue closes it).
+    pub async fn queue_ready(&self, queue: &str) -> Result<Option<u32>, BrokerError> {
+        let ch = self.channel().await?;
+        let declared = ch
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await;
+        match declared {
+            Ok(q) => {
+                let _ = ch.close(200, "ok".into()).await;
+                Ok(Some(q.message_count()))
+            }
+            Err(_) => Ok(None),
+        }
+    }
+
     /// True while the connection is usable.
     pub fn is_connected(&self) -> bool {
         self.conn.status().connected()
