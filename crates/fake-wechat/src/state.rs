@@ -611,13 +611,17 @@ impl State {
         }
     }
 
+    /// The app named (or the default one), for changing it.
+    fn app_mut(&mut self, app_id: Option<&str>) -> Result<&mut App, FakeError> {
+        let id = app_id.unwrap_or(&self.default_app).to_owned();
+        self.apps.get_mut(&id).ok_or(FakeError::UnknownApp(id))
+    }
+
     pub fn register_user(&mut self, app_id: Option<&str>, open_id: &str) -> Result<(), FakeError> {
         if open_id.is_empty() {
             return Err(FakeError::BadRequest("openId is empty".into()));
         }
-        let id = self.app_id(app_id)?;
-        let app = self.apps.get_mut(&id).expect("checked app");
-        app.users.insert(open_id.to_owned());
+        self.app_mut(app_id)?.users.insert(open_id.to_owned());
         Ok(())
     }
 
@@ -629,9 +633,9 @@ impl State {
         if template_id.is_empty() {
             return Err(FakeError::BadRequest("templateId is empty".into()));
         }
-        let id = self.app_id(app_id)?;
-        let app = self.apps.get_mut(&id).expect("checked app");
-        app.templates.insert(template_id.to_owned());
+        self.app_mut(app_id)?
+            .templates
+            .insert(template_id.to_owned());
         Ok(())
     }
 
