@@ -330,6 +330,7 @@ fn role_env(setup: &Setup, api_base: &str) -> Vec<(&'static str, String)> {
         ("WXPUSH_SEND_RATE", setup.rate.to_string()),
         ("WXPUSH_LOG", "warn".into()),
         ("WXPUSH_LOG_FORMAT", String::new()),
+        ("WXPUSH_HTTP_ADDR", "127.0.0.1:0".into()),
     ]
 }
 

@@ -98,6 +98,8 @@ impl TestEnv {
         vars.insert("WXPUSH_REDIS_URL".into(), redis_url());
         vars.insert("WXPUSH_AMQP_URL".into(), amqp_url());
         vars.insert("WXPUSH_APP_ID".into(), TEST_APP.into());
+        // Many roles run at once on one machine: each serves its endpoints on a free port.
+        vars.insert("WXPUSH_HTTP_ADDR".into(), "127.0.0.1:0".into());
         Self {
             ns: Namespace::new(&ns).expect("test namespace is valid"),
             app: AppId::new(TEST_APP).expect("test appid is valid"),

@@ -25,6 +25,9 @@ pub const DEFAULT_SEND_CONCURRENCY: usize = 64;
 pub const DEFAULT_SEND_MAX_ATTEMPTS: u32 = 8;
 pub const DEFAULT_QUOTA_COOLDOWN_SECS: u64 = 3600;
 pub const DEFAULT_DISPATCH_PAGE_SIZE: usize = 1000;
+/// Where `/healthz`, `/readyz` and `/metrics` are served (port 9464, Prometheus exporters').
+pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:9464";
+pub const DEFAULT_SHUTDOWN_SECS: u64 = 10;
 
 /// A secret string (the app secret). Printing it shows `***`.
 #[derive(Clone, PartialEq, Eq)]
@@ -83,6 +86,9 @@ pub struct RawConfig {
     pub send_max_attempts: Option<String>,
     pub quota_cooldown_secs: Option<String>,
     pub dispatch_page_size: Option<String>,
+    pub http_addr: Option<String>,
+    pub shutdown_secs: Option<String>,
+    pub tls_ca_file: Option<String>,
 }
 
 /// Every variable [`RawConfig::from_env`] reads, beside the field it fills.
@@ -103,6 +109,9 @@ pub const ENV_VARS: &[&str] = &[
     "WXPUSH_SEND_MAX_ATTEMPTS",
     "WXPUSH_QUOTA_COOLDOWN_SECS",
     "WXPUSH_DISPATCH_PAGE_SIZE",
+    "WXPUSH_HTTP_ADDR",
+    "WXPUSH_SHUTDOWN_SECS",
+    "WXPUSH_TLS_CA_FILE",
 ];
 
 impl RawConfig {
@@ -131,6 +140,9 @@ impl RawConfig {
             send_max_attempts: get(ENV_VARS[13]),
             quota_cooldown_secs: get(ENV_VARS[14]),
             dispatch_page_size: get(ENV_VARS[15]),
+            http_addr: get(ENV_VARS[16]),
+            shutdown_secs: get(ENV_VARS[17]),
+            tls_ca_file: get(ENV_VARS[18]),
         }
     }
 
@@ -170,7 +182,17 @@ impl RawConfig {
                 reason: e.to_string(),
             })?,
         };
+        let http_addr = http_addr(self.http_addr)?;
+        let tls_ca_file = self.tls_ca_file.map(std::path::PathBuf::from);
         Ok(Config {
+            http_addr,
+            tls_ca_file,
+            shutdown_grace: std::time::Duration::from_secs(number(
+                "WXPUSH_SHUTDOWN_SECS",
+                self.shutdown_secs,
+                DEFAULT_SHUTDOWN_SECS,
+                1,
+            )?),
             amqp_url,
             redis_url,
             namespace,
@@ -263,6 +285,13 @@ pub struct Config {
     pub quota_cooldown_secs: u64,
     /// Recipients the dispatcher publishes per page (one checkpoint per page).
     pub dispatch_page_size: usize,
+    /// Where the health and metrics endpoints listen (`None`: `WXPUSH_HTTP_ADDR=off`; port 0
+    /// picks a free port).
+    pub http_addr: Option<std::net::SocketAddr>,
+    /// How long a stopping role may take to finish or hand back its work before it exits.
+    pub shutdown_grace: std::time::Duration,
+    /// Extra CA certificates (PEM) trusted for `amqps://` and `rediss://`, beside the system's.
+    pub tls_ca_file: Option<std::path::PathBuf>,
 }
 
 /// `url` with any password replaced by `***`, for logs and errors.
@@ -313,6 +342,21 @@ fn url(
     Ok(value)
 }
 
+fn http_addr(given: Option<String>) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    let value = given.unwrap_or_else(|| DEFAULT_HTTP_ADDR.to_owned());
+    if value.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    value
+        .trim()
+        .parse()
+        .map(Some)
+        .map_err(|_| ConfigError::Invalid {
+            var: "WXPUSH_HTTP_ADDR",
+            reason: format!("'{value}' is not an address like 0.0.0.0:9464 (or 'off')"),
+        })
+}
+
 fn number<T>(var: &'static str, given: Option<String>, default: T, min: T) -> Result<T, ConfigError>
 where
     T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
@@ -359,6 +403,25 @@ mod tests {
         assert_eq!(c.claim_margin_secs, 60);
         assert_eq!(c.user_cap, 100);
         assert_eq!(c.upload_limits.max_bytes, 65536);
+        assert_eq!(c.http_addr, Some("0.0.0.0:9464".parse().unwrap()));
+        assert_eq!(c.shutdown_grace, std::time::Duration::from_secs(10));
+        assert_eq!(c.tls_ca_file, None);
+    }
+
+    #[test]
+    fn the_http_address_can_be_off_or_any_port() {
+        let c = raw(&[("WXPUSH_APP_ID", "wx1"), ("WXPUSH_HTTP_ADDR", "off")])
+            .validate()
+            .unwrap();
+        assert_eq!(c.http_addr, None);
+        let c = raw(&[("WXPUSH_APP_ID", "wx1"), ("WXPUSH_HTTP_ADDR", "127.0.0.1:0")])
+            .validate()
+            .unwrap();
+        assert_eq!(c.http_addr, Some("127.0.0.1:0".parse().unwrap()));
+        let e = raw(&[("WXPUSH_APP_ID", "wx1"), ("WXPUSH_HTTP_ADDR", "localhost")])
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().starts_with("WXPUSH_HTTP_ADDR is invalid"), "{e}");
     }
 
     #[test]
