@@ -11,6 +11,13 @@
 //! does no I/O: whether an `appId` is configured, whether a user holds a credential, and
 //! whether a campaign was already dispatched are decided elsewhere.
 //!
+//! Hostile input: the body is bounded (`max_bytes`) before it is parsed and the explicit
+//! audience (`max_recipients`) before its entries are read. Template data is bounded too
+//! ([`MAX_DATA_FIELDS`], [`MAX_DATA_BYTES`]), because the dispatcher copies it into every
+//! recipient's send job: without a bound, one 1 MiB campaign of `"keywords": ",,,,…"` would
+//! make each job tens of megabytes and a page of jobs tens of gigabytes. The campaign id and
+//! openIds become parts of Redis keys and follow the name rules ([`crate::names`]).
+//!
 //! Leniency, chosen once here so every caller agrees:
 //! - a field whose value is JSON `null` counts as absent (top level and inside `audience`);
 //! - unknown extra fields are ignored;
@@ -31,6 +38,14 @@ pub const MAX_TEMPLATE_ID_BYTES: usize = 128;
 pub const MAX_PAGE_BYTES: usize = 1024;
 /// Longest accepted `emphasisKeyword` (`keyword1.DATA` in practice).
 pub const MAX_EMPHASIS_KEYWORD_BYTES: usize = 128;
+
+/// Most template data fields (`keywords` entries, or `data` fields) a campaign may carry;
+/// more is `invalid_keywords` or `invalid_data`.
+pub const MAX_DATA_FIELDS: usize = 64;
+/// Most bytes of template data (field names and values together, as sent) a campaign may
+/// carry; more is `invalid_keywords` or `invalid_data`. The data is copied into every
+/// recipient's send job, so this bounds each job, and a dispatcher page of jobs.
+pub const MAX_DATA_BYTES: usize = 32 * 1024;
 
 /// The `miniprogramState` values WeChat's subscribe API understands.
 pub const MINIPROGRAM_STATES: [&str; 3] = ["developer", "trial", "formal"];
@@ -368,6 +383,17 @@ fn one_of(obj: &Map<String, Value>, key: &str, allowed: &[&str]) -> Result<Optio
 
 /// `keywords` (array of strings, or one comma-separated string) → `keyword1..keywordN`.
 fn keyword_data(keywords: &Value) -> Result<BTreeMap<String, String>, CampaignError> {
+    let count = match keywords {
+        Value::String(s) if s.is_empty() => 0,
+        Value::String(s) => s.bytes().filter(|&b| b == b',').count() + 1,
+        Value::Array(items) => items.len(),
+        _ => 0,
+    };
+    if count > MAX_DATA_FIELDS {
+        return Err(CampaignError::InvalidKeywords(format!(
+            "{count} keywords, over the limit of {MAX_DATA_FIELDS}"
+        )));
+    }
     let values: Vec<&str> = match keywords {
         Value::String(s) if s.is_empty() => Vec::new(),
         Value::String(s) => s.split(',').collect(),
@@ -386,11 +412,40 @@ fn keyword_data(keywords: &Value) -> Result<BTreeMap<String, String>, CampaignEr
             ))
         }
     };
-    Ok(values
+    let data: BTreeMap<String, String> = values
         .into_iter()
         .enumerate()
         .map(|(i, v)| (format!("keyword{}", i + 1), v.to_owned()))
-        .collect())
+        .collect();
+    let bytes = data_bytes(&data);
+    if bytes > MAX_DATA_BYTES {
+        return Err(CampaignError::InvalidKeywords(format!(
+            "{bytes} bytes of keywords, over the limit of {MAX_DATA_BYTES}"
+        )));
+    }
+    Ok(data)
+}
+
+/// The size of template data as the job carries it: field names and values.
+fn data_bytes(data: &BTreeMap<String, String>) -> usize {
+    data.iter().map(|(k, v)| k.len() + v.len()).sum()
+}
+
+/// Refuses a `data` object with more than [`MAX_DATA_FIELDS`] fields.
+fn check_field_count(fields: &Map<String, Value>) -> Result<(), CampaignError> {
+    if fields.len() > MAX_DATA_FIELDS {
+        return Err(CampaignError::InvalidData(format!(
+            "{} fields, over the limit of {MAX_DATA_FIELDS}",
+            fields.len()
+        )));
+    }
+    Ok(())
+}
+
+fn too_many_data_bytes(bytes: usize) -> CampaignError {
+    CampaignError::InvalidData(format!(
+        "{bytes} bytes of data, over the limit of {MAX_DATA_BYTES}"
+    ))
 }
 
 /// Template-kind `data`: field → string or `{"value": string}`.
@@ -398,6 +453,7 @@ fn template_data(data: &Value) -> Result<BTreeMap<String, String>, CampaignError
     let Value::Object(fields) = data else {
         return Err(CampaignError::InvalidData("data is not an object".into()));
     };
+    check_field_count(fields)?;
     let mut out = BTreeMap::new();
     for (name, value) in fields {
         check_field_name(name)?;
@@ -419,6 +475,10 @@ fn template_data(data: &Value) -> Result<BTreeMap<String, String>, CampaignError
         };
         out.insert(name.clone(), text.clone());
     }
+    let bytes = data_bytes(&out);
+    if bytes > MAX_DATA_BYTES {
+        return Err(too_many_data_bytes(bytes));
+    }
     Ok(out)
 }
 
@@ -433,6 +493,7 @@ fn subscribe_data(data: &Value) -> Result<Map<String, Value>, CampaignError> {
             "a subscribe campaign needs at least one data field".into(),
         ));
     }
+    check_field_count(fields)?;
     let mut out = Map::new();
     for (name, value) in fields {
         check_field_name(name)?;
@@ -453,6 +514,11 @@ fn subscribe_data(data: &Value) -> Result<Map<String, Value>, CampaignError> {
             }
         };
         out.insert(name.clone(), kept);
+    }
+    // Kept as given (objects may carry more than "value"): measured as it will be sent.
+    let bytes = serde_json::to_vec(&out).map_or(usize::MAX, |v| v.len());
+    if bytes > MAX_DATA_BYTES {
+        return Err(too_many_data_bytes(bytes));
     }
     Ok(out)
 }
@@ -1011,6 +1077,128 @@ mod tests {
         assert!(parse(&body).unwrap_err().to_string().len() < 200);
     }
 
+    #[test]
+    fn template_data_is_bounded_because_every_job_carries_it() {
+        let with = |extra: Value| {
+            let mut c = json!({"campaignId": "c", "templateId": "T", "audience": {"all": true}});
+            if let (Value::Object(c), Value::Object(extra)) = (&mut c, extra) {
+                c.extend(extra);
+            }
+            parse(&c.to_string())
+        };
+        let code = |extra: Value| with(extra).map(|_| ()).map_err(|e| e.code());
+        let n = MAX_DATA_FIELDS;
+        // Fields: at the limit, and one more, in each of the three ways to give them.
+        assert!(code(json!({"keywords": ",".repeat(n - 1)})).is_ok());
+        assert_eq!(
+            code(json!({"keywords": ",".repeat(n)})),
+            Err("invalid_keywords")
+        );
+        assert!(code(json!({"keywords": vec!["k"; n]})).is_ok());
+        assert_eq!(
+            code(json!({"keywords": vec!["k"; n + 1]})),
+            Err("invalid_keywords")
+        );
+        let fields = |count: usize| -> Map<String, Value> {
+            (0..count)
+                .map(|i| (format!("keyword{i}"), json!("v")))
+                .collect()
+        };
+        assert!(code(json!({"data": fields(n)})).is_ok());
+        assert_eq!(code(json!({"data": fields(n + 1)})), Err("invalid_data"));
+        assert_eq!(
+            code(json!({"kind": "subscribe", "data": fields(n + 1)})),
+            Err("invalid_data")
+        );
+        // Bytes: names and values together.
+        let room = MAX_DATA_BYTES - "keyword1".len();
+        assert!(code(json!({"keywords": ["x".repeat(room)]})).is_ok());
+        assert_eq!(
+            code(json!({"keywords": ["x".repeat(room + 1)]})),
+            Err("invalid_keywords")
+        );
+        assert_eq!(
+            code(json!({"keywords": "x".repeat(room + 1)})),
+            Err("invalid_keywords")
+        );
+        assert!(code(json!({"data": {"keyword1": "x".repeat(room)}})).is_ok());
+        assert_eq!(
+            code(json!({"data": {"keyword1": {"value": "x".repeat(room + 1)}}})),
+            Err("invalid_data")
+        );
+        // A subscribe field may carry more than "value": all of it is measured.
+        let padded = json!({"thing1": {"value": "v", "pad": "x".repeat(MAX_DATA_BYTES)}});
+        assert_eq!(
+            code(json!({"kind": "subscribe", "data": padded})),
+            Err("invalid_data")
+        );
+        // The attack this stops: 1 MiB of commas was a million keywords in every job.
+        let body = json!({"campaignId": "c", "templateId": "T", "audience": {"all": true},
+                          "keywords": ",".repeat(1024 * 1024 - 100)})
+        .to_string();
+        let err = parse(&body).unwrap_err();
+        assert_eq!(err.code(), "invalid_keywords");
+        assert!(err.to_string().len() < 100, "{err}");
+        // Whatever passes, one job stays small.
+        let c = with(json!({"keywords": vec!["x".repeat(room / n - 9); n]})).unwrap();
+        let job = c.job_for(&OpenId::new("oUser").unwrap()).unwrap().to_json();
+        assert!(job.len() < MAX_DATA_BYTES + 4096, "{}", job.len());
+    }
+
+    #[test]
+    fn every_hostile_campaign_id_and_recipient_gets_its_code() {
+        use crate::names::hostile::{self, Verdict};
+        for (id, verdict) in hostile::ids() {
+            let body = json!({"campaignId": id, "templateId": "T", "audience": {"all": true}});
+            match (verdict, parse(&body.to_string())) {
+                (Verdict::Accepted, Ok(c)) => assert_eq!(c.campaign_id, id),
+                (Verdict::Accepted, Err(e)) => panic!("{id:?} refused: {e}"),
+                (_, got) => assert_eq!(
+                    got.map(|_| ()).unwrap_err().code(),
+                    "invalid_campaign_id",
+                    "{id:?}"
+                ),
+            }
+            // As a recipient: refused ones are counted, never fatal beside a good one.
+            let body = json!({"campaignId": "c", "templateId": "T",
+                              "audience": {"openIds": [id, "oGood"]}});
+            let c = parse(&body.to_string()).unwrap();
+            let Audience::OpenIds(ids) = &c.audience else {
+                panic!("an explicit audience")
+            };
+            let listed = ids.iter().any(|o| o.as_str() == id);
+            assert_eq!(listed, verdict == Verdict::Accepted, "{id:?}");
+            assert_eq!(c.rejected_recipients.len(), usize::from(!listed), "{id:?}");
+            // Alone, a refused recipient leaves the audience empty.
+            let body = json!({"campaignId": "c", "templateId": "T",
+                              "audience": {"openIds": [id]}});
+            let got = parse(&body.to_string()).map(|_| ()).map_err(|e| e.code());
+            let want = if listed {
+                Ok(())
+            } else {
+                Err("empty_audience")
+            };
+            assert_eq!(got, want, "{id:?}");
+        }
+    }
+
+    /// What every accepted campaign guarantees, whatever the input.
+    fn check_accepted(c: &Campaign) -> Result<(), proptest::test_runner::TestCaseError> {
+        proptest::prop_assert!(check_campaign_id(&c.campaign_id).is_ok());
+        proptest::prop_assert!(check_text(&c.template_id, MAX_TEMPLATE_ID_BYTES, false).is_ok());
+        if let Audience::OpenIds(ids) = &c.audience {
+            proptest::prop_assert!(!ids.is_empty());
+        }
+        if let CampaignKind::Template { data } = &c.kind {
+            proptest::prop_assert!(data.len() <= MAX_DATA_FIELDS);
+            proptest::prop_assert!(data_bytes(data) <= MAX_DATA_BYTES);
+            let job = c.job_for(&OpenId::new("oUser").unwrap());
+            let job = job.map(|j| crate::job::parse_job(&j.to_json()));
+            proptest::prop_assert!(matches!(job, Some(Ok(_))), "{:?}", job);
+        }
+        Ok(())
+    }
+
     /// Fragments of campaign messages, right and wrong, to assemble at random.
     const FRAGMENTS: &[&str] = &[
         r#""campaignId":"c1""#,
@@ -1048,6 +1236,83 @@ mod tests {
         #[test]
         fn never_panics_on_any_bytes(body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
             let _ = parse_campaign(&body, CampaignLimits::default());
+        }
+
+        #[test]
+        fn never_panics_on_any_string(body in proptest::prelude::any::<String>()) {
+            if let Ok(c) = parse(&body) {
+                check_accepted(&c)?;
+            }
+        }
+
+        #[test]
+        fn any_strings_in_every_field_parse_or_say_why(
+            campaign_id in proptest::prelude::any::<String>(),
+            template_id in proptest::prelude::any::<String>(),
+            keyword in proptest::prelude::any::<String>(),
+            recipient in proptest::prelude::any::<String>(),
+            page in proptest::option::of(proptest::prelude::any::<String>()),
+        ) {
+            let mut body = json!({"campaignId": campaign_id, "templateId": template_id,
+                                  "keywords": keyword, "audience": {"openIds": [recipient]}});
+            if let Some(page) = page {
+                body["page"] = Value::String(page);
+            }
+            match parse(&body.to_string()) {
+                Ok(c) => {
+                    check_accepted(&c)?;
+                    proptest::prop_assert_eq!(&c.campaign_id, &campaign_id);
+                }
+                Err(e) => {
+                    if check_campaign_id(&campaign_id).is_err() {
+                        proptest::prop_assert_eq!(e.code(), "invalid_campaign_id");
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn generated_json_parses_or_says_why(
+            value in crate::upload::tests::json_value(),
+            place in 0usize..6,
+        ) {
+            let mut body = json!({"campaignId": "c", "templateId": "T",
+                                  "audience": {"all": true}});
+            match place {
+                0 => body = value,
+                1 => body["audience"] = value,
+                2 => body["audience"] = json!({"openIds": value}),
+                3 => body["keywords"] = value,
+                4 => body["data"] = value,
+                _ => {
+                    body["kind"] = json!("subscribe");
+                    body["data"] = value;
+                }
+            }
+            match parse(&body.to_string()) {
+                Ok(c) => check_accepted(&c)?,
+                Err(e) => proptest::prop_assert!(!e.code().is_empty()),
+            }
+        }
+
+        #[test]
+        fn nesting_of_any_depth_is_refused_or_parsed_never_a_crash(
+            depth in 0usize..400,
+            object in proptest::prelude::any::<bool>(),
+            place in 0usize..3,
+        ) {
+            let deep = crate::upload::tests::nested(depth, object, "1");
+            let (body, levels) = match place {
+                0 => (deep, depth),
+                1 => (format!(r#"{{"campaignId":"c","templateId":"T","audience":{deep}}}"#), depth + 1),
+                _ => (format!(r#"{{"campaignId":"c","templateId":"T","audience":{{"all":true}},"data":{deep}}}"#), depth + 1),
+            };
+            let got = parse(&body);
+            if levels >= 130 {
+                proptest::prop_assert_eq!(got.unwrap_err().code(), "not_json");
+            } else if levels <= 120 {
+                proptest::prop_assert!(got.err().is_none_or(|e| e.code() != "not_json"));
+            }
         }
 
         #[test]

@@ -151,13 +151,13 @@ impl RawConfig {
             "WXPUSH_AMQP_URL",
             self.amqp_url,
             DEFAULT_AMQP_URL,
-            &["amqp"],
+            &["amqp", "amqps"],
         )?;
         let redis_url = url(
             "WXPUSH_REDIS_URL",
             self.redis_url,
             DEFAULT_REDIS_URL,
-            &["redis", "redis+unix", "unix"],
+            &["redis", "rediss", "redis+unix", "unix"],
         )?;
         let wechat_api_base = url(
             "WXPUSH_WECHAT_API_BASE",
@@ -214,6 +214,7 @@ impl RawConfig {
                     DEFAULT_MAX_MESSAGE_BYTES,
                     64,
                 )?,
+                ..UploadLimits::default()
             },
             ingest_prefetch: number(
                 "WXPUSH_INGEST_PREFETCH",
@@ -290,7 +291,8 @@ pub struct Config {
     pub http_addr: Option<std::net::SocketAddr>,
     /// How long a stopping role may take to finish or hand back its work before it exits.
     pub shutdown_grace: std::time::Duration,
-    /// Extra CA certificates (PEM) trusted for `amqps://` and `rediss://`, beside the system's.
+    /// CA certificates (PEM) to trust for `amqps://` (beside the system's store) and
+    /// `rediss://` (instead of it: the redis crate replaces its roots), see docs/tls.md.
     pub tls_ca_file: Option<std::path::PathBuf>,
 }
 
@@ -414,14 +416,20 @@ mod tests {
             .validate()
             .unwrap();
         assert_eq!(c.http_addr, None);
-        let c = raw(&[("WXPUSH_APP_ID", "wx1"), ("WXPUSH_HTTP_ADDR", "127.0.0.1:0")])
-            .validate()
-            .unwrap();
+        let c = raw(&[
+            ("WXPUSH_APP_ID", "wx1"),
+            ("WXPUSH_HTTP_ADDR", "127.0.0.1:0"),
+        ])
+        .validate()
+        .unwrap();
         assert_eq!(c.http_addr, Some("127.0.0.1:0".parse().unwrap()));
         let e = raw(&[("WXPUSH_APP_ID", "wx1"), ("WXPUSH_HTTP_ADDR", "localhost")])
             .validate()
             .unwrap_err();
-        assert!(e.to_string().starts_with("WXPUSH_HTTP_ADDR is invalid"), "{e}");
+        assert!(
+            e.to_string().starts_with("WXPUSH_HTTP_ADDR is invalid"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -456,5 +464,70 @@ mod tests {
         );
         assert_eq!(redact_url("redis://127.0.0.1/0"), "redis://127.0.0.1/0");
         assert_eq!(redact_url("redis://:pw@h:6379"), "redis://:***@h:6379");
+        assert_eq!(
+            redact_url("amqps://guest:guest@mq.example:5671/%2f"),
+            "amqps://guest:***@mq.example:5671/%2f"
+        );
+        assert_eq!(
+            redact_url("rediss://:hunter2@cache.example:6380/0"),
+            "rediss://:***@cache.example:6380/0"
+        );
+    }
+
+    #[test]
+    fn tls_schemes_are_accepted_with_a_ca_file() {
+        let c = raw(&[
+            ("WXPUSH_APP_ID", "wx1"),
+            ("WXPUSH_AMQP_URL", "amqps://guest:guest@mq.example:5671/%2f"),
+            ("WXPUSH_REDIS_URL", "rediss://:pw@cache.example:6380/0"),
+            ("WXPUSH_TLS_CA_FILE", "/etc/wxpush/ca.pem"),
+        ])
+        .validate()
+        .unwrap();
+        assert_eq!(c.amqp_url, "amqps://guest:guest@mq.example:5671/%2f");
+        assert_eq!(c.redis_url, "rediss://:pw@cache.example:6380/0");
+        assert_eq!(
+            c.tls_ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/wxpush/ca.pem"))
+        );
+    }
+
+    #[test]
+    fn each_url_keeps_to_its_own_schemes() {
+        // A Redis URL is not an AMQP one, TLS or not, and the error lists every scheme.
+        let e = raw(&[
+            ("WXPUSH_APP_ID", "wx1"),
+            ("WXPUSH_AMQP_URL", "rediss://:hunter2@cache.example/0"),
+        ])
+        .validate()
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "WXPUSH_AMQP_URL is invalid: 'rediss://:***@cache.example/0' is not a amqp:// or \
+             amqps:// URL"
+        );
+        let e = raw(&[
+            ("WXPUSH_APP_ID", "wx1"),
+            ("WXPUSH_REDIS_URL", "amqps://guest:guest@mq.example/%2f"),
+        ])
+        .validate()
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with("WXPUSH_REDIS_URL is invalid"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("rediss://"), "{e}");
+        assert!(!e.to_string().contains("guest:guest"), "{e}");
+        // Only the schemes the clients speak: other TLS spellings are refused.
+        let e = raw(&[
+            ("WXPUSH_APP_ID", "wx1"),
+            ("WXPUSH_REDIS_URL", "redis+tls://cache.example/0"),
+        ])
+        .validate()
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with("WXPUSH_REDIS_URL is invalid"),
+            "{e}"
+        );
     }
 }

@@ -10,7 +10,12 @@
 //! `appId` is optional (the install's app when absent); `attempt` (retries so far) is set by
 //! the senders when they re-publish a job for a later retry. The credential an attempt holds
 //! is kept in the bank's campaign marks, not in the job. This module owns the format and its
-//! validation; it must do no I/O.
+//! validation; it must do no I/O, and [`parse_job`] must never panic on any input.
+//!
+//! The queue is fed by the dispatcher and the senders, but anything can be published to it, so
+//! a job is validated like outside input: the campaign id and openId (parts of Redis keys) by
+//! the name rules ([`crate::names`], [`check_campaign_id`]), and `attempt` is bounded by
+//! [`MAX_JOB_ATTEMPT`] so that counting one more attempt can never overflow.
 
 use std::collections::BTreeMap;
 
@@ -20,6 +25,11 @@ use crate::names::{AppId, NameError, OpenId};
 
 /// Longest accepted campaign id.
 pub const MAX_CAMPAIGN_ID_BYTES: usize = 128;
+
+/// Largest `attempt` a job may carry. Senders give up after `WXPUSH_SEND_MAX_ATTEMPTS` (8 by
+/// default, each retry waiting up to 15 minutes), so a job claiming more was not written by
+/// one; refusing it keeps `attempt + 1` from overflowing.
+pub const MAX_JOB_ATTEMPT: u32 = 1_000_000;
 
 /// A send job as it travels on the broker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +72,8 @@ pub enum JobError {
     AppId(NameError),
     #[error("templateId is empty")]
     EmptyTemplate,
+    #[error("attempt {0} is over the limit of {MAX_JOB_ATTEMPT}")]
+    Attempt(u32),
 }
 
 impl JobError {
@@ -72,12 +84,18 @@ impl JobError {
             JobError::OpenId(_) => "invalid_open_id",
             JobError::AppId(_) => "invalid_app_id",
             JobError::EmptyTemplate => "empty_template_id",
+            JobError::Attempt(_) => "invalid_attempt",
         }
     }
 }
 
-/// A campaign id is used in Redis key names: printable ASCII without spaces, at most 128
-/// bytes, and it always ends the key, so it cannot collide with another key.
+/// A campaign id is used in Redis key names and as a campaign-mark field: printable ASCII
+/// without spaces, at most 128 bytes. It always ends its key (`{ns}:camp:<id>`, and after the
+/// hash tag in `{ns}:cs:{<app>.<shard>}:<id>`), so two ids never give the same key; and as
+/// it holds no space, the mark fields `"<id>"` and `"<id> o"` of two ids never meet. In
+/// `{ns}:camp:<id>`, a `{…}` in the id picks that key's cluster slot, which is harmless: the
+/// dispatcher writes the record alone (single-key commands, a MULTI on that key alone), and
+/// `campaign status` reads it beside the 1024 counter shards, which span many slots anyway.
 pub fn check_campaign_id(id: &str) -> Result<(), NameError> {
     // The openId rule is the same one; reuse its checks and messages.
     OpenId::new(id).map(|_| ()).map_err(|e| match e {
@@ -108,6 +126,9 @@ pub fn parse_job(body: &[u8]) -> Result<ValidJob, JobError> {
         .map_err(JobError::AppId)?;
     if job.template_id.trim().is_empty() {
         return Err(JobError::EmptyTemplate);
+    }
+    if job.attempt > MAX_JOB_ATTEMPT {
+        return Err(JobError::Attempt(job.attempt));
     }
     Ok(ValidJob {
         job,
@@ -162,6 +183,218 @@ mod tests {
         ];
         for (body, code) in cases {
             assert_eq!(parse_job(body).unwrap_err().code(), *code);
+        }
+    }
+
+    #[test]
+    fn the_attempt_is_bounded_so_counting_one_more_cannot_overflow() {
+        let job = |attempt: u64| {
+            format!(r#"{{"campaignId":"c","openId":"o","templateId":"T","attempt":{attempt}}}"#)
+        };
+        let max = u64::from(MAX_JOB_ATTEMPT);
+        assert_eq!(
+            parse_job(job(max).as_bytes()).unwrap().job.attempt,
+            MAX_JOB_ATTEMPT
+        );
+        for attempt in [max + 1, u64::from(u32::MAX)] {
+            let err = parse_job(job(attempt).as_bytes()).unwrap_err();
+            assert_eq!(err.code(), "invalid_attempt", "{attempt}");
+        }
+        // Beyond u32, or negative: not a job at all.
+        for attempt in ["4294967296", "-1", "1.5", "\"1\""] {
+            let body = format!(
+                r#"{{"campaignId":"c","openId":"o","templateId":"T","attempt":{attempt}}}"#
+            );
+            assert_eq!(
+                parse_job(body.as_bytes()).unwrap_err().code(),
+                "malformed_job"
+            );
+        }
+    }
+
+    #[test]
+    fn every_hostile_campaign_id_and_open_id_gets_its_code() {
+        use crate::names::hostile::{self, Verdict};
+        for (id, verdict) in hostile::ids() {
+            let as_campaign =
+                serde_json::json!({"campaignId": id, "openId": "o", "templateId": "T"});
+            let as_user = serde_json::json!({"campaignId": "c", "openId": id, "templateId": "T"});
+            for (body, code) in [
+                (as_campaign, "invalid_campaign_id"),
+                (as_user, "invalid_open_id"),
+            ] {
+                let got = parse_job(body.to_string().as_bytes());
+                match verdict {
+                    Verdict::Accepted => assert!(got.is_ok(), "{id:?}: {got:?}"),
+                    _ => assert_eq!(got.unwrap_err().code(), code, "{id:?}"),
+                }
+            }
+            // The campaign id's own messages name it, and never echo the value.
+            match (verdict, check_campaign_id(&id)) {
+                (Verdict::Accepted, r) => assert!(r.is_ok(), "{id:?}"),
+                (Verdict::Empty, Err(NameError::Empty { what })) => assert_eq!(what, "campaignId"),
+                (Verdict::TooLong, Err(NameError::TooLong { what, len, max })) => {
+                    assert_eq!(
+                        (what, len, max),
+                        ("campaignId", id.len(), MAX_CAMPAIGN_ID_BYTES)
+                    );
+                }
+                (Verdict::BadChar, Err(NameError::BadChar { what, .. })) => {
+                    assert_eq!(what, "campaignId");
+                }
+                (v, r) => panic!("{id:?}: {v:?} but {r:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn very_deep_json_is_refused_or_skipped_not_a_crash() {
+        for open in ["[", r#"{"a":"#] {
+            let deep = open.repeat(100_000);
+            assert_eq!(
+                parse_job(deep.as_bytes()).unwrap_err().code(),
+                "malformed_job"
+            );
+            let body = format!(r#"{{"campaignId":"c","openId":"o","templateId":"T","data":{deep}"#);
+            assert_eq!(
+                parse_job(body.as_bytes()).unwrap_err().code(),
+                "malformed_job"
+            );
+            // In an unknown field: skipped without recursion; unterminated, found truncated.
+            let closed = crate::upload::tests::nested(100_000, open != "[", "1");
+            let body =
+                format!(r#"{{"campaignId":"c","openId":"o","templateId":"T","x":{closed}}}"#);
+            assert!(parse_job(body.as_bytes()).is_ok());
+            let body = format!(r#"{{"campaignId":"c","openId":"o","templateId":"T","x":{deep}"#);
+            assert_eq!(
+                parse_job(body.as_bytes()).unwrap_err().code(),
+                "malformed_job"
+            );
+        }
+    }
+
+    /// Fragments of send jobs, right and wrong, to assemble at random.
+    const FRAGMENTS: &[&str] = &[
+        r#""campaignId":"c1""#,
+        r#""campaignId":"a b""#,
+        r#""campaignId":"c{1}:*""#,
+        r#""campaignId":7"#,
+        r#""openId":"oUser""#,
+        r#""openId":"o\n""#,
+        r#""openId":"""#,
+        r#""openId":null"#,
+        r#""templateId":"T""#,
+        r#""templateId":" ""#,
+        r#""appId":"wx1""#,
+        r#""appId":"wx:1""#,
+        r#""appId":null"#,
+        r#""page":"p""#,
+        r#""page":1"#,
+        r#""data":{"keyword1":"v"}"#,
+        r#""data":{"keyword1":{"value":"v"}}"#,
+        r#""data":[]"#,
+        r#""emphasisKeyword":"keyword1.DATA""#,
+        r#""attempt":0"#,
+        r#""attempt":4294967295"#,
+        r#""attempt":-1"#,
+        r#""extra":[[{"deep":1}]]"#,
+    ];
+
+    /// What every accepted job guarantees, whatever the input.
+    fn check_accepted(v: &ValidJob) -> Result<(), proptest::test_runner::TestCaseError> {
+        proptest::prop_assert!(check_campaign_id(&v.job.campaign_id).is_ok());
+        proptest::prop_assert_eq!(v.open_id.as_str(), v.job.open_id.as_str());
+        proptest::prop_assert!(!v.job.template_id.trim().is_empty());
+        proptest::prop_assert!(v.job.attempt <= MAX_JOB_ATTEMPT);
+        // What a sender re-publishes parses back to the same job.
+        let again = parse_job(&v.job.to_json());
+        proptest::prop_assert_eq!(again.as_ref(), Ok(v));
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics_on_any_bytes(body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            if let Ok(v) = parse_job(&body) {
+                check_accepted(&v)?;
+            }
+        }
+
+        #[test]
+        fn never_panics_on_json_ish_strings(body in r#"[{}\[\]":,a-zA-Z0-9 .\\-]{0,300}"#) {
+            if let Ok(v) = parse_job(body.as_bytes()) {
+                check_accepted(&v)?;
+            }
+        }
+
+        #[test]
+        fn never_panics_on_any_string(body in proptest::prelude::any::<String>()) {
+            if let Ok(v) = parse_job(body.as_bytes()) {
+                check_accepted(&v)?;
+            }
+        }
+
+        #[test]
+        fn any_strings_in_every_field_parse_or_say_why(
+            campaign_id in proptest::prelude::any::<String>(),
+            open_id in proptest::prelude::any::<String>(),
+            template_id in proptest::prelude::any::<String>(),
+            value in proptest::prelude::any::<String>(),
+            attempt in proptest::prelude::any::<u32>(),
+        ) {
+            let body = serde_json::json!({"campaignId": campaign_id, "openId": open_id,
+                "templateId": template_id, "data": {"keyword1": value}, "attempt": attempt});
+            match parse_job(body.to_string().as_bytes()) {
+                Ok(v) => check_accepted(&v)?,
+                Err(e) => {
+                    let want = if check_campaign_id(&campaign_id).is_err() {
+                        "invalid_campaign_id"
+                    } else if OpenId::new(&open_id).is_err() {
+                        "invalid_open_id"
+                    } else if template_id.trim().is_empty() {
+                        "empty_template_id"
+                    } else {
+                        "invalid_attempt"
+                    };
+                    proptest::prop_assert_eq!(e.code(), want);
+                }
+            }
+        }
+
+        #[test]
+        fn generated_json_parses_or_says_why(value in crate::upload::tests::json_value()) {
+            match parse_job(value.to_string().as_bytes()) {
+                Ok(v) => check_accepted(&v)?,
+                Err(e) => proptest::prop_assert!(!e.code().is_empty()),
+            }
+        }
+
+        #[test]
+        fn nesting_of_any_depth_is_refused_or_skipped_never_a_crash(
+            depth in 0usize..400,
+            object in proptest::prelude::any::<bool>(),
+        ) {
+            let deep = crate::upload::tests::nested(depth, object, "1");
+            // In a known field it is the wrong type, or too deep: malformed either way.
+            let body = format!(r#"{{"campaignId":"c","openId":"o","templateId":"T","data":{deep}}}"#);
+            proptest::prop_assert_eq!(parse_job(body.as_bytes()).unwrap_err().code(), "malformed_job");
+            // An unknown field is skipped without recursion, whatever its depth.
+            let body = format!(r#"{{"campaignId":"c","openId":"o","templateId":"T","x":{deep}}}"#);
+            proptest::prop_assert!(parse_job(body.as_bytes()).is_ok());
+        }
+
+        #[test]
+        fn assembled_jobs_parse_or_say_why(
+            picks in proptest::collection::vec(0..FRAGMENTS.len(), 0..10)
+        ) {
+            let body = format!(
+                "{{{}}}",
+                picks.iter().map(|&i| FRAGMENTS[i]).collect::<Vec<_>>().join(",")
+            );
+            match parse_job(body.as_bytes()) {
+                Ok(v) => check_accepted(&v)?,
+                Err(e) => proptest::prop_assert!(!e.code().is_empty()),
+            }
         }
     }
 }
