@@ -6,6 +6,9 @@
 //! failed assertion. It also runs the real `wxpush` binary with that namespace.
 
 pub mod ceiling;
+pub mod fleet;
+pub mod proxy;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
@@ -219,6 +222,16 @@ impl TestEnv {
             .expect("spawn wxpush")
     }
 
+    /// Starts `wxpush <args>` in the background with some variables changed.
+    pub fn spawn_with(&self, args: &[&str], vars: &[(&str, &str)]) -> Child {
+        self.command(args)
+            .envs(vars.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn wxpush")
+    }
+
     /// Removes every key, queue and exchange of the namespace.
     pub fn cleanup(&self) {
         let pattern = format!("{}:*", self.ns);
@@ -343,5 +356,61 @@ pub async fn keys_with_ttl(env: &TestEnv) -> Vec<(String, i64)> {
             return out;
         }
         cursor = next;
+    }
+}
+
+/// A loopback address with a port free right now (for `WXPUSH_HTTP_ADDR` in tests that must
+/// know it in advance).
+pub fn free_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local address")
+}
+
+/// `GET path` over plain HTTP/1.1: the status and the body, or `None` when nothing answers.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.ok()?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let status = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+        Some((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(5), io)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// A child's stderr, collected by a thread as it is written (so a long-running child never
+/// blocks on a full pipe, and a test can read it while the child runs).
+#[derive(Clone, Default)]
+pub struct CapturedStderr(std::sync::Arc<std::sync::Mutex<String>>);
+
+impl CapturedStderr {
+    /// Takes the child's stderr pipe (spawned with `Stdio::piped()`).
+    pub fn take(child: &mut Child) -> Self {
+        use std::io::BufRead;
+        let out = Self::default();
+        if let Some(pipe) = child.stderr.take() {
+            let sink = out.0.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if let Ok(mut s) = sink.lock() {
+                        s.push_str(&line);
+                        s.push('\n');
+                    }
+                }
+            });
+        }
+        out
+    }
+
+    pub fn text(&self) -> String {
+        self.0.lock().map(|s| s.clone()).unwrap_or_default()
     }
 }

@@ -141,12 +141,36 @@ pub struct Bank {
 
 impl Bank {
     /// Connects to Redis (failing fast when it is unreachable) and loads the scripts.
+    /// A `rediss://` URL trusts the system's certificate store; see [`Bank::connect_tls`].
     pub async fn connect(
         redis_url: &str,
         ns: Namespace,
         settings: BankSettings,
     ) -> Result<Self, BankError> {
-        let client = redis::Client::open(redis_url).map_err(BankError::Connect)?;
+        Self::connect_tls(redis_url, ns, settings, None).await
+    }
+
+    /// Like [`Bank::connect`], and a `rediss://` URL trusts the CA certificates in `ca_pem`
+    /// (PEM) **instead of** the system's store: the redis crate replaces its roots with the
+    /// ones given. `ca_pem` is unused for other schemes.
+    pub async fn connect_tls(
+        redis_url: &str,
+        ns: Namespace,
+        settings: BankSettings,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self, BankError> {
+        let mut client = redis::Client::open(redis_url).map_err(BankError::Connect)?;
+        if let Some(pem) = ca_pem {
+            let info = client.get_connection_info();
+            if matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.to_vec()),
+                };
+                client = redis::Client::build_with_tls(info.clone(), certs)
+                    .map_err(BankError::Connect)?;
+            }
+        }
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(3)))
             .set_response_timeout(Some(Duration::from_secs(10)))
@@ -341,4 +365,22 @@ fn parse_claim(reply: &[Value]) -> Result<Option<Claimed>, BankError> {
 pub(crate) async fn redis_time(conn: &mut ConnectionManager) -> Result<i64, BankError> {
     let (secs, _micros): (i64, i64) = redis::cmd("TIME").query_async(conn).await?;
     Ok(secs)
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_broken_ca_certificate_is_refused_before_connecting() {
+        let pem = b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n";
+        let ns = Namespace::new("t-tls-unit").expect("namespace");
+        // Port 1: nothing listens there, so only the certificate check can fail first.
+        let e = Bank::connect_tls("rediss://localhost:1/0", ns, Default::default(), Some(pem))
+            .await
+            .err()
+            .expect("refused");
+        assert!(matches!(e, BankError::Connect(_)), "{e}");
+        assert!(e.to_string().contains("root certificate PEM"), "{e}");
+    }
 }

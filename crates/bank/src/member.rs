@@ -22,7 +22,7 @@ pub fn encode(c: &Credential) -> Vec<u8> {
 fn encode_form_id(v: &str) -> Vec<u8> {
     let b = v.as_bytes();
     let packable = !b.is_empty()
-        && b.len() % 2 == 0
+        && b.len().is_multiple_of(2)
         && b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
     if packable {
         let mut out = Vec::with_capacity(1 + b.len() / 2);

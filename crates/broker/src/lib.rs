@@ -16,7 +16,8 @@ pub mod topology;
 
 use std::time::Duration;
 
-use lapin::{Connection, ConnectionProperties};
+use lapin::tcp::OwnedTLSConfig;
+use lapin::{Connection, ConnectionProperties, DefaultConnectionBuilder};
 use wxpush_domain::config::redact_url;
 
 pub use consume::{Batch, BatchConsumer, JobConsumer};
@@ -45,13 +46,48 @@ pub struct Broker {
 
 impl Broker {
     /// Connects, failing within `timeout` with a readable reason (the password redacted).
+    /// An `amqps://` URL trusts the system's certificate store only; see [`Broker::connect_tls`].
     pub async fn connect(url: &str, name: &str, timeout: Duration) -> Result<Self, BrokerError> {
-        let props = ConnectionProperties::default().with_connection_name(name.into());
-        let fail = |reason: String| BrokerError::Connect {
-            url: redact_url(url),
-            reason,
+        Self::connect_tls(url, name, timeout, None).await
+    }
+
+    /// Like [`Broker::connect`], and an `amqps://` URL also trusts the CA certificates in
+    /// `ca_pem` (PEM text), beside the system's native certificate store. `ca_pem` is unused for
+    /// `amqp://`. The error is one line: the URL (password redacted) and the cause.
+    pub async fn connect_tls(
+        url: &str,
+        name: &str,
+        timeout: Duration,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self, BrokerError> {
+        let redacted = redact_url(url);
+        let fail = |reason: String| {
+            // Some parse errors quote the URL as given: never let its password through.
+            let reason = if url.is_empty() {
+                reason
+            } else {
+                reason.replace(url, &redacted)
+            };
+            BrokerError::Connect {
+                url: redacted.clone(),
+                reason: reason.replace('\n', " "),
+            }
         };
-        let conn = match tokio::time::timeout(timeout, Connection::connect(url, props)).await {
+        let cert_chain = match ca_pem.map(std::str::from_utf8).transpose() {
+            Ok(pem) => pem.map(str::to_owned),
+            Err(_) => return Err(fail("the extra CA certificates are not PEM text".into())),
+        };
+        let tls = OwnedTLSConfig {
+            identity: None,
+            cert_chain,
+        };
+        let props = ConnectionProperties::default().with_connection_name(name.into());
+        let builder = DefaultConnectionBuilder::new()
+            .map_err(|e| fail(e.to_string()))?
+            .with_uri_str(url.to_owned())
+            .with_properties(props)
+            .with_tls_config(tls);
+        let conn = match tokio::time::timeout(timeout, builder.connect()).await {
             Err(_) => return Err(fail(format!("no answer within {timeout:?}"))),
             Ok(Err(e)) => return Err(fail(e.to_string())),
             Ok(Ok(c)) => c,
@@ -96,5 +132,24 @@ impl Broker {
     /// Closes the connection politely (after consumers and publishers are done).
     pub async fn close(&self) {
         let _ = self.conn.close(200, "bye".into()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn ca_certificates_that_are_not_text_are_refused_before_connecting() {
+        let url = "amqps://guest:s3cret@localhost:1/%2f";
+        let e = Broker::connect_tls(url, "t", Duration::from_secs(1), Some(b"\xff\xfe"))
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(
+            e.to_string(),
+            "cannot reach RabbitMQ at amqps://guest:***@localhost:1/%2f: \
+             the extra CA certificates are not PEM text"
+        );
     }
 }

@@ -17,6 +17,10 @@ pub enum DepsError {
     Redis { url: String, reason: String },
     #[error(transparent)]
     RabbitMq(#[from] wxpush_broker::BrokerError),
+    #[error("cannot use WXPUSH_TLS_CA_FILE {path}: {reason}")]
+    TlsCaFile { path: String, reason: String },
+    #[error("this RabbitMQ connection was made elsewhere and cannot be reopened")]
+    NotReopenable,
 }
 
 /// The connections a role works with.
@@ -24,6 +28,15 @@ pub enum DepsError {
 pub struct Deps {
     pub bank: Bank,
     pub broker: Broker,
+    /// Where the broker connection came from, to open it again after an outage (`None` for
+    /// connections made elsewhere, which are not reopened).
+    amqp: Option<std::sync::Arc<AmqpTarget>>,
+}
+
+struct AmqpTarget {
+    url: String,
+    name: String,
+    ca_pem: Option<Vec<u8>>,
 }
 
 impl Deps {
@@ -33,9 +46,15 @@ impl Deps {
             claim_margin_secs: config.claim_margin_secs,
             user_cap: config.user_cap,
         };
+        let ca = read_ca_file(config.tls_ca_file.as_deref())?;
         let bank = tokio::time::timeout(
             Duration::from_secs(10),
-            Bank::connect(&config.redis_url, config.namespace.clone(), settings),
+            Bank::connect_tls(
+                &config.redis_url,
+                config.namespace.clone(),
+                settings,
+                ca.as_deref(),
+            ),
         )
         .await
         .map_err(|_| "no answer within 10s".to_owned())
@@ -44,9 +63,56 @@ impl Deps {
             url: redact_url(&config.redis_url),
             reason,
         })?;
-        let broker = Broker::connect(&config.amqp_url, name, Duration::from_secs(10)).await?;
-        Ok(Self { bank, broker })
+        let broker = Broker::connect_tls(
+            &config.amqp_url,
+            name,
+            Duration::from_secs(10),
+            ca.as_deref(),
+        )
+        .await?;
+        let amqp = Some(std::sync::Arc::new(AmqpTarget {
+            url: config.amqp_url.clone(),
+            name: name.to_owned(),
+            ca_pem: ca,
+        }));
+        Ok(Self { bank, broker, amqp })
     }
+
+    /// Connections made elsewhere (tests and benchmarks run one session, unsupervised);
+    /// [`Deps::reconnect_broker`] cannot reopen them.
+    pub fn from_parts(bank: Bank, broker: Broker) -> Self {
+        Self {
+            bank,
+            broker,
+            amqp: None,
+        }
+    }
+
+    /// Opens a new RabbitMQ connection like the first one (after the first was lost), with
+    /// the same URL, name and extra CA certificates.
+    pub async fn reconnect_broker(&self) -> Result<Broker, DepsError> {
+        let Some(t) = &self.amqp else {
+            return Err(DepsError::NotReopenable);
+        };
+        let ca = t.ca_pem.as_deref();
+        Ok(Broker::connect_tls(&t.url, &t.name, Duration::from_secs(10), ca).await?)
+    }
+}
+
+/// The PEM of `WXPUSH_TLS_CA_FILE`, read once for both connections (`None` when not set).
+fn read_ca_file(path: Option<&std::path::Path>) -> Result<Option<Vec<u8>>, DepsError> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let fail = |reason: String| DepsError::TlsCaFile {
+        path: path.display().to_string(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(fail("it holds no PEM certificate".into()));
+    }
+    Ok(Some(pem))
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {

@@ -1,0 +1,247 @@
+//! A campaign fleet for end-to-end tests: the real `wxpush` role binaries, the real Redis and
+//! RabbitMQ, the fake WeChat in the test's process, and the checks every campaign test ends
+//! with (nobody got two messages, every reachable user got one, the counts add up). Shared by
+//! the campaign and fault tests; not part of the product.
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::Child;
+use std::time::Duration;
+
+use serde_json::json;
+use wxpush_broker::Publisher;
+use wxpush_domain::{Credential, OpenId};
+use wxpush_fake_wechat::{FakeApp, FakeConfig, FakeHandle, FakeWeChat};
+use wxpush_roles::Deps;
+
+use crate::{eventually, now_ms, TestEnv, TEST_APP};
+
+pub const SECRET: &str = "campaign-test-secret";
+pub const TPL: &str = "TPL_SIGNIN";
+
+pub struct Fleet {
+    pub env: TestEnv,
+    pub fake: FakeHandle,
+    pub deps: Deps,
+    pub children: Vec<Child>,
+}
+
+impl Fleet {
+    pub async fn new(name: &str, rate: u32, page: usize) -> Self {
+        let mut env = TestEnv::new(name);
+        let fake = FakeWeChat::start(FakeConfig::with_apps(vec![
+            FakeApp::new(TEST_APP, SECRET).with_templates([TPL])
+        ]))
+        .await
+        .unwrap();
+        env.set("WXPUSH_WECHAT_API_BASE", &fake.base_url());
+        env.set("WXPUSH_APP_SECRET", SECRET);
+        env.set("WXPUSH_SEND_RATE", &rate.to_string());
+        env.set("WXPUSH_DISPATCH_PAGE_SIZE", &page.to_string());
+        env.set("WXPUSH_LOG", "warn");
+        let deps = env.deps().await;
+        Self {
+            env,
+            fake,
+            deps,
+            children: Vec::new(),
+        }
+    }
+
+    pub fn start(&mut self, role: &str) -> usize {
+        self.children.push(self.env.spawn(&[role]));
+        self.children.len() - 1
+    }
+
+    /// Starts a role with some variables changed (a proxy's URL, a log level).
+    pub fn start_with(&mut self, role: &str, vars: &[(&str, &str)]) -> usize {
+        self.children.push(self.env.spawn_with(&[role], vars));
+        self.children.len() - 1
+    }
+
+    /// SIGTERMs child `i` and waits for it: its exit code and how long it took.
+    pub fn terminate(&mut self, i: usize) -> (Option<i32>, Duration) {
+        let started = std::time::Instant::now();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.children[i].id().to_string()])
+            .status();
+        let status = self.children[i].wait().ok().and_then(|s| s.code());
+        (status, started.elapsed())
+    }
+
+    /// Child `i` has not exited.
+    pub fn running(&mut self, i: usize) -> bool {
+        matches!(self.children[i].try_wait(), Ok(None))
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        let _ = self.children[i].kill();
+        let _ = self.children[i].wait();
+    }
+
+    /// `n` users, each with `per` formIds issued by the fake and stored in the bank.
+    pub async fn users(&self, from: usize, n: usize, per: usize) -> Vec<String> {
+        let now = now_ms() / 1000;
+        let mut out = Vec::new();
+        for u in from..from + n {
+            let who = format!("oCamp{u:06}xxxxxxxxxxxxxxxxx");
+            let ids = self.fake.issue_form_ids(None, &who, per, None).unwrap();
+            let creds: Vec<Credential> = ids
+                .into_iter()
+                .enumerate()
+                .map(|(i, f)| Credential::form_id(f, now + 3600 + i as i64))
+                .collect();
+            self.deps
+                .bank
+                .store(&self.env.app, &OpenId::new(&who).unwrap(), &creds)
+                .await
+                .unwrap();
+            out.push(who);
+        }
+        out
+    }
+
+    pub async fn publish_campaign(&self, campaign: serde_json::Value) {
+        let ch = self.deps.broker.channel().await.unwrap();
+        self.env.topology().declare_dispatch(&ch).await.unwrap();
+        let _ = ch.close(200, "ok".into()).await;
+        let p = Publisher::open(&self.deps.broker, self.env.topology())
+            .await
+            .unwrap();
+        p.publish(
+            &self.env.topology().campaigns_exchange(),
+            "campaign",
+            campaign.to_string().as_bytes(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        p.close().await;
+    }
+
+    pub async fn hash(&self, key: String) -> BTreeMap<String, String> {
+        redis::cmd("HGETALL")
+            .arg(key)
+            .query_async(&mut self.deps.bank.connection())
+            .await
+            .unwrap()
+    }
+
+    pub async fn record(&self, id: &str) -> BTreeMap<String, String> {
+        self.hash(format!("{}:camp:{id}", self.env.ns)).await
+    }
+
+    pub async fn counts(&self, id: &str) -> BTreeMap<String, u64> {
+        crate::campaign_counts(&self.deps.bank, &self.env.app, id).await
+    }
+
+    /// Recipients with an outcome (retries and duplicate jobs are not outcomes).
+    pub async fn finished(&self, id: &str) -> u64 {
+        self.counts(id)
+            .await
+            .iter()
+            .filter(|(k, _)| *k != "retried" && *k != "duplicate")
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    pub async fn complete(&self, id: &str) -> bool {
+        let r = self.record(id).await;
+        let targeted: u64 = r.get("targeted").and_then(|t| t.parse().ok()).unwrap_or(0);
+        r.get("state").map(String::as_str) == Some("dispatched")
+            && self.finished(id).await >= targeted
+    }
+
+    pub async fn wait_complete(&self, id: &str, guard: Duration) {
+        let done = eventually(guard, || self.complete(id)).await;
+        assert!(
+            done,
+            "campaign {id} did not complete: {:?} {:?}",
+            self.record(id).await,
+            self.counts(id).await
+        );
+    }
+
+    pub fn accepted_per_user(&self) -> HashMap<String, u64> {
+        let mut m = HashMap::new();
+        for r in self.fake.requests() {
+            if r.errcode == Some(0) {
+                *m.entry(r.touser.unwrap_or_default()).or_default() += 1;
+            }
+        }
+        m
+    }
+
+    /// The end-of-test checks. `page_slack`: how far `targeted` may fall short of the audience
+    /// (a dispatcher restarted after a crash re-walks one page of the index, from which users
+    /// already sent to have meanwhile left; see docs/campaigns.md).
+    pub async fn check(&self, id: &str, reachable: &[String], audience: usize, page_slack: usize) {
+        let per_user = self.accepted_per_user();
+        assert!(
+            per_user.values().all(|&n| n == 1),
+            "a user got two messages: {:?}",
+            per_user.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>()
+        );
+        for who in reachable {
+            assert_eq!(per_user.get(who), Some(&1), "{who} got no message");
+        }
+        let c = self.counts(id).await;
+        let r = self.record(id).await;
+        let targeted: u64 = r["targeted"].parse().unwrap();
+        let get = |k: &str| c.get(k).copied().unwrap_or(0);
+        let failed: u64 = c
+            .iter()
+            .filter(|(k, _)| k.starts_with("failed:"))
+            .map(|(_, v)| v)
+            .sum();
+        let per_recipient = get("sent")
+            + get("sent_unconfirmed")
+            + get("no_credential")
+            + failed
+            + get("dead_lettered");
+        assert_eq!(
+            per_recipient, audience as u64,
+            "outcomes add up to the audience: {c:?}"
+        );
+        assert!(
+            targeted <= audience as u64 && targeted + page_slack as u64 >= audience as u64,
+            "targeted counts each recipient once (less at most {page_slack}): {r:?} {c:?}"
+        );
+        assert_eq!(
+            get("sent") + get("sent_unconfirmed"),
+            reachable.len() as u64
+        );
+    }
+
+    pub fn stop_all(&mut self) {
+        for c in &self.children {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+        }
+        for c in self.children.drain(..) {
+            let out = c.wait_with_output().unwrap();
+            let code = out.status.code();
+            // Killed ones were already reaped; the rest stop cleanly.
+            assert!(
+                code == Some(0) || code.is_none(),
+                "exit {code:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn campaign(id: &str, audience: serde_json::Value) -> serde_json::Value {
+    json!({"campaignId": id, "templateId": TPL, "page": "pages/signin/index?from=push",
+           "keywords": "Daily check-in,Tap to keep your streak",
+           "emphasisKeyword": "keyword1.DATA", "audience": audience})
+}
