@@ -7,6 +7,7 @@
 use std::process::ExitCode;
 
 mod demo;
+mod ops;
 mod status;
 
 use clap::{Args, Parser, Subcommand};
@@ -15,7 +16,7 @@ use wxpush_domain::{Config, RawConfig};
 use wxpush_roles::dispatch::{self, DispatchSettings};
 use wxpush_roles::ingest::{self, IngestSettings};
 use wxpush_roles::send::{self, SendParts, SendSettings, SendStats};
-use wxpush_roles::{Deps, ShutdownTrigger};
+use wxpush_roles::{Deps, Health, ShutdownTrigger};
 
 /// Reach WeChat mini-program users when it matters: a credential bank, ingest, dispatch and
 /// send roles. Every option can also be set by the environment variable shown.
@@ -105,7 +106,9 @@ enum CampaignCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    if let Err(e) = init_logging() {
+        return fail(&e);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -126,17 +129,29 @@ fn fail(e: &anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn init_logging() {
+/// Logs to stderr, secrets scrubbed: human-readable by default, one JSON object per line with
+/// `WXPUSH_LOG_FORMAT=json`; the level and targets from `WXPUSH_LOG` (default `info`).
+fn init_logging() -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("WXPUSH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match std::env::var("WXPUSH_LOG_FORMAT")
+        .unwrap_or_default()
+        .as_str()
+    {
+        "" | "human" | "text" => false,
+        "json" => true,
+        other => anyhow::bail!("WXPUSH_LOG_FORMAT is invalid: '{other}' is not human or json"),
+    };
+    let writer = ops::ScrubbedStderr::new(std::env::var("WXPUSH_APP_SECRET").ok());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var("WXPUSH_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        .with_writer(writer);
+    if json {
         builder.json().init();
     } else {
         builder.init();
     }
+    Ok(())
 }
 
 fn config(common: &Common) -> anyhow::Result<Config> {
@@ -209,8 +224,12 @@ impl Roles {
     };
 }
 
-/// Runs the chosen roles in this process until SIGTERM/SIGINT, then stops them gracefully.
+/// Runs the chosen roles in this process until SIGTERM/SIGINT, then stops them gracefully:
+/// they stop consuming and finish or hand back what they hold; whatever is still unfinished
+/// after `WXPUSH_SHUTDOWN_SECS` goes back to the queue when the connection closes, and the
+/// process exits 0 all the same.
 async fn run_roles(config: &Config, roles: Roles) -> anyhow::Result<()> {
+    let metrics = ops::install_metrics()?;
     let deps = Deps::connect(config, roles.name).await?;
     let parts = if roles.send {
         Some(SendParts::connect(config, &deps, wxpush_wechat::DEFAULT_REQUEST_TIMEOUT).await?)
@@ -226,9 +245,16 @@ async fn run_roles(config: &Config, roles: Roles) -> anyhow::Result<()> {
         tracing::info!("stop requested: finishing the work in hand");
         on_signal.trigger();
     });
+    let health = Health::new();
+    if let Some(addr) = config.http_addr {
+        ops::serve(addr, health.clone(), metrics, shutdown.clone()).await?;
+    }
+    ops::spawn_redis_probe(deps.bank.clone(), health.clone(), shutdown.clone());
     // A role that fails stops the others too, so the process exits with its error.
+    let failed = std::sync::atomic::AtomicBool::new(false);
     let stop_all = |r: Result<(), wxpush_roles::RoleError>| {
         if r.is_err() {
+            failed.store(true, std::sync::atomic::Ordering::Relaxed);
             trigger.trigger();
         }
         r
@@ -239,7 +265,7 @@ async fn run_roles(config: &Config, roles: Roles) -> anyhow::Result<()> {
             return Ok(());
         }
         let settings = IngestSettings::from_config(config);
-        ingest::run(&deps, &topology, &settings, shutdown.clone())
+        ingest::run(&deps, &topology, &settings, &health, shutdown.clone())
             .await
             .map(|_| ())
     };
@@ -248,7 +274,7 @@ async fn run_roles(config: &Config, roles: Roles) -> anyhow::Result<()> {
             return Ok(());
         }
         let settings = DispatchSettings::from_config(config);
-        dispatch::run(&deps, &topology, &settings, shutdown.clone())
+        dispatch::run(&deps, &topology, &settings, &health, shutdown.clone())
             .await
             .map(|stats| {
                 tracing::info!(
@@ -263,21 +289,49 @@ async fn run_roles(config: &Config, roles: Roles) -> anyhow::Result<()> {
             return Ok(());
         };
         let settings = SendSettings::from_config(config);
-        send::run(&deps, parts, &topology, &settings, shutdown.clone())
-            .await
-            .map(|stats| {
-                tracing::info!(
-                    sent = SendStats::get(&stats.sent),
-                    jobs = SendStats::get(&stats.jobs),
-                    "send stopped"
-                );
-            })
+        send::run(
+            &deps,
+            parts,
+            &topology,
+            &settings,
+            &health,
+            shutdown.clone(),
+        )
+        .await
+        .map(|stats| {
+            tracing::info!(
+                sent = SendStats::get(&stats.sent),
+                jobs = SendStats::get(&stats.jobs),
+                "send stopped"
+            );
+        })
     };
-    let (a, b, c) = tokio::join!(
-        async { stop_all(ingest_role.await) },
-        async { stop_all(dispatch_role.await) },
-        async { stop_all(send_role.await) }
-    );
+    let all = async {
+        tokio::join!(
+            async { stop_all(ingest_role.await) },
+            async { stop_all(dispatch_role.await) },
+            async { stop_all(send_role.await) }
+        )
+    };
+    let mut stopping = shutdown.clone();
+    let grace = config.shutdown_grace;
+    let deadline = async move {
+        stopping.wait().await;
+        tokio::time::sleep(grace).await;
+    };
+    let (a, b, c) = tokio::select! {
+        r = all => r,
+        () = deadline => {
+            if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                anyhow::bail!("a role failed and the others did not stop within WXPUSH_SHUTDOWN_SECS");
+            }
+            tracing::warn!(
+                grace_s = grace.as_secs(),
+                "WXPUSH_SHUTDOWN_SECS passed: exiting; unfinished work goes back to the queue"
+            );
+            return Ok(());
+        }
+    };
     deps.broker.close().await;
     a?;
     b?;

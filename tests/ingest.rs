@@ -163,7 +163,9 @@ async fn poison_messages_are_dead_lettered_with_their_reason_and_ingest_goes_on(
     let (trigger, shutdown) = ShutdownTrigger::new();
     let settings = IngestSettings::from_config(&env.config());
     let (d, t) = (deps.clone(), env.topology());
-    let role = tokio::spawn(async move { ingest::run(&d, &t, &settings, shutdown).await });
+    let role = tokio::spawn(async move {
+        ingest::run(&d, &t, &settings, &wxpush_roles::Health::new(), shutdown).await
+    });
     let done = eventually(Duration::from_secs(20), || async {
         stored_counts(&deps.bank, &env, 3).await == vec![0, 1, 2]
     })
@@ -241,7 +243,9 @@ async fn a_crash_between_the_redis_write_and_the_ack_changes_nothing() {
     // The next ingest gets every message again; storing them again changes nothing.
     let (trigger, shutdown) = ShutdownTrigger::new();
     let (d, t, s) = (deps.clone(), env.topology(), settings.clone());
-    let role = tokio::spawn(async move { ingest::run(&d, &t, &s, shutdown).await });
+    let role = tokio::spawn(async move {
+        ingest::run(&d, &t, &s, &wxpush_roles::Health::new(), shutdown).await
+    });
     let drained = eventually(Duration::from_secs(20), || async {
         env.queue_ready(&deps.broker, &env.topology().ingest_queue())
             .await

@@ -104,8 +104,17 @@ impl Rig {
         let parts = self.parts(&mut settings).await;
         let (trigger, shutdown) = ShutdownTrigger::new();
         let (deps, topo) = (self.deps.clone(), self.env.topology());
-        let role =
-            tokio::spawn(async move { send::run(&deps, parts, &topo, &settings, shutdown).await });
+        let role = tokio::spawn(async move {
+            send::run(
+                &deps,
+                parts,
+                &topo,
+                &settings,
+                &wxpush_roles::Health::new(),
+                shutdown,
+            )
+            .await
+        });
         eventually(guard, || async {
             final_count(&self.counts(campaign).await) >= finished
         })

@@ -48,9 +48,14 @@ impl BatchConsumer {
     /// The next batch: at least one delivery, at most `max`. `Ok(None)` once the consumer
     /// has been cancelled (by [`BatchConsumer::cancel`] or by the broker).
     pub async fn next_batch(&mut self, max: usize) -> Result<Option<Batch>, BrokerError> {
-        let first = match self.consumer.next().await {
-            None => return Ok(None),
-            Some(d) => d?,
+        let first = tokio::select! {
+            d = self.consumer.next() => match d {
+                None => return Ok(None),
+                Some(d) => d?,
+            },
+            () = channel_lost(&self.channel) => {
+                return Err(BrokerError::ConsumerGone { queue: self.queue.clone() })
+            }
         };
         let mut deliveries = Vec::with_capacity(max.min(1024));
         deliveries.push(first);
@@ -133,6 +138,15 @@ impl JobConsumer {
     ) -> Result<Self, BrokerError> {
         let (channel, consumer) = open(broker, queue, prefetch, tag).await?;
         Ok(Self { channel, consumer })
+    }
+}
+
+/// Resolves once `channel` is no longer open (its connection lost or the channel closed).
+/// An idle consumer is not always told when its connection dies; a role waiting for messages
+/// selects on this too, so it notices within a second and reconnects.
+pub async fn channel_lost(channel: &Channel) {
+    while channel.status().connected() {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
 

@@ -249,6 +249,11 @@ impl FakeWeChat {
         self.with(|s| s.token_outage(ms, now_ms()));
     }
 
+    /// Every access token issued so far (tests check none of them reached a log).
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.with(|s| s.issued_tokens())
+    }
+
     /// Expires every token of the app now (sends with them then answer 42001).
     pub fn expire_tokens(&self, app_id: Option<&str>) -> Result<usize, FakeError> {
         self.with(|s| s.expire_tokens(app_id, now_ms()))

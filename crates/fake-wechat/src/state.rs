@@ -397,6 +397,11 @@ impl State {
         Ok(appid.to_owned())
     }
 
+    /// Every access token issued and still remembered (for tests that look for leaks).
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.tokens.keys().cloned().collect()
+    }
+
     fn new_token(&mut self, app_id: &str, expires_at_ms: u64) -> String {
         if self.tokens.len() > 100_000 {
             let horizon = expires_at_ms.saturating_sub(self.initial.token_lifetime_ms * 2);

@@ -17,6 +17,7 @@
 //! token reach an error message, a `Debug` print or a log line.
 
 pub mod keys;
+pub mod metrics;
 mod pause;
 mod rate;
 mod scripts;

@@ -182,7 +182,12 @@ impl RateLimiter {
         }
         loop {
             let next_ask = self.lock_local().next_ask;
-            if next_ask > Instant::now() {
+            let now = Instant::now();
+            if next_ask > now {
+                let wait = next_ask - now;
+                metrics::counter!(crate::metrics::RATE_LIMIT_WAITS).increment(1);
+                metrics::counter!(crate::metrics::RATE_LIMIT_WAIT_MS)
+                    .increment(wait.as_micros() as u64 / 1000);
                 tokio::time::sleep_until(next_ask.into()).await;
             }
             let rate = self.rate();

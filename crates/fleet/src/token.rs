@@ -622,6 +622,7 @@ impl TokenStore {
         match published {
             Ok((now, fetched, due, expires, stored)) => {
                 let token = self.token_at(sent, now, value, fetched, expires);
+                metrics::counter!(crate::metrics::TOKEN_REFRESHES).increment(1);
                 if stored == 1 {
                     self.remember(&token, at(sent, now, due));
                     tracing::info!(app = %inner.app, lifetime = ?lifetime, "access token refreshed");

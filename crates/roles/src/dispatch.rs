@@ -28,7 +28,8 @@ use wxpush_broker::{BatchConsumer, Publisher, Topology};
 use wxpush_domain::campaign::{Audience, Campaign, CampaignKind, CampaignLimits};
 use wxpush_domain::{parse_campaign, AppId, Config, OpenId};
 
-use crate::{Deps, RoleError, Shutdown};
+use crate::metrics as m;
+use crate::{supervise, Deps, Health, RoleError, Session, Shutdown};
 
 /// The source name of the dispatch role's dead letters (queue `<ns>.dead.dispatch`).
 pub const DEAD_LETTER_SOURCE: &str = "dispatch";
@@ -77,17 +78,35 @@ pub struct Dispatcher {
 }
 
 /// Runs the dispatch role until `shutdown` fires; a campaign in progress stops after its
-/// current page (checkpointed) and goes back to the queue for the next dispatcher.
+/// current page (checkpointed) and goes back to the queue for the next dispatcher. An outage
+/// of RabbitMQ or Redis hands the campaign back the same way and pauses the role until they
+/// answer ([`crate::supervise`]).
 pub async fn run(
     deps: &Deps,
     topology: &Topology,
     settings: &DispatchSettings,
+    health: &Health,
     shutdown: Shutdown,
 ) -> Result<DispatchStats, RoleError> {
-    let d = Dispatcher::start(deps, topology, settings).await?;
-    let stats = d.consume(shutdown).await;
-    d.publisher.close().await;
-    stats
+    let total = std::sync::Mutex::new(DispatchStats::default());
+    supervise("dispatch", deps, health, shutdown, |session| {
+        let total = &total;
+        async move {
+            let d = Dispatcher::start(&session.deps, topology, settings).await?;
+            let mut stats = DispatchStats::default();
+            let r = d.consume(&session, &mut stats).await;
+            d.publisher.close().await;
+            if let Ok(mut t) = total.lock() {
+                t.campaigns += stats.campaigns;
+                t.already_dispatched += stats.already_dispatched;
+                t.jobs_published += stats.jobs_published;
+                t.dead_lettered += stats.dead_lettered;
+            }
+            r
+        }
+    })
+    .await?;
+    Ok(total.into_inner().unwrap_or_default())
 }
 
 enum Progress {
@@ -113,7 +132,8 @@ impl Dispatcher {
         })
     }
 
-    async fn consume(&self, mut shutdown: Shutdown) -> Result<DispatchStats, RoleError> {
+    async fn consume(&self, session: &Session, stats: &mut DispatchStats) -> Result<(), RoleError> {
+        let mut shutdown = session.shutdown.clone();
         let mut consumer = BatchConsumer::start(
             &self.broker,
             &self.topology.dispatch_queue(),
@@ -121,7 +141,7 @@ impl Dispatcher {
             "wxpush-dispatch",
         )
         .await?;
-        let mut stats = DispatchStats::default();
+        session.consuming();
         let outcome = loop {
             let next = tokio::select! {
                 _ = shutdown.wait() => break Ok(()),
@@ -137,9 +157,10 @@ impl Dispatcher {
                 }
                 Err(e) => break Err(e.into()),
             };
+            metrics::counter!(m::CONSUMED, "queue" => "dispatch").increment(batch.len() as u64);
+            let mut failed = None;
             for delivery in &batch.deliveries {
-                if let Err(e) = self.handle(delivery, &mut stats, &shutdown).await {
-                    tracing::warn!(error = %e, "campaign handed back");
+                if let Err(e) = self.handle(delivery, stats, &shutdown).await {
                     let _ = delivery
                         .acker
                         .nack(BasicNackOptions {
@@ -147,13 +168,22 @@ impl Dispatcher {
                             ..Default::default()
                         })
                         .await;
+                    if e.is_recoverable() {
+                        // RabbitMQ or Redis is gone: the supervisor waits for them.
+                        failed = Some(e);
+                        break;
+                    }
+                    tracing::warn!(error = %e, "campaign handed back");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
+            }
+            if let Some(e) = failed {
+                break Err(e);
             }
         };
         let _ = consumer.cancel().await;
         consumer.close().await;
-        outcome.map(|()| stats)
+        outcome
     }
 
     async fn handle(
@@ -206,6 +236,7 @@ impl Dispatcher {
                     .query_async(&mut self.conn.clone())
                     .await?;
                 stats.campaigns += 1;
+                metrics::counter!(m::CAMPAIGNS_DISPATCHED).increment(1);
                 tracing::info!(campaign = %campaign.campaign_id, "campaign dispatched");
                 delivery.acker.ack(BasicAckOptions::default()).await?;
             }
@@ -307,6 +338,7 @@ impl Dispatcher {
                     self.publish_page(c, &list[at..end]).await?;
                     self.checkpoint(key, end - at, &end.to_string()).await?;
                     stats.jobs_published += (end - at) as u64;
+                    metrics::counter!(m::JOBS_PUBLISHED).increment((end - at) as u64);
                     at = end;
                 }
             }
@@ -323,6 +355,7 @@ impl Dispatcher {
                         .map_or_else(|| "end".to_owned(), |n| format!("{}:{}", n.shard, n.scan));
                     self.checkpoint(key, p.users.len(), &next).await?;
                     stats.jobs_published += p.users.len() as u64;
+                    metrics::counter!(m::JOBS_PUBLISHED).increment(p.users.len() as u64);
                     at = p.next;
                 }
             }
@@ -375,6 +408,8 @@ impl Dispatcher {
             )
             .await?;
         stats.dead_lettered += 1;
+        metrics::counter!(m::DEAD_LETTERED, "source" => DEAD_LETTER_SOURCE, "reason" => code.to_owned())
+            .increment(1);
         delivery.acker.ack(BasicAckOptions::default()).await?;
         Ok(())
     }

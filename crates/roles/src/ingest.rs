@@ -4,7 +4,9 @@
 //! 1. parse and validate every upload ([`wxpush_domain::parse_upload`]);
 //! 2. dead-letter each poison message with its reason (confirmed before going on);
 //! 3. store every good upload's credentials in one pipelined Redis round trip, retrying
-//!    while Redis is unreachable and holding the batch unacknowledged meanwhile;
+//!    for a few seconds while Redis is unreachable and holding the batch meanwhile; a longer
+//!    outage ends the session (the batch goes back to the queue) and the supervisor waits
+//!    for Redis ([`crate::supervise`]);
 //! 4. acknowledge the whole batch with one `multiple` ack.
 //!
 //! A message is acknowledged only after its credentials are in Redis (or it is in the
@@ -21,7 +23,8 @@ use wxpush_broker::topology::Needs;
 use wxpush_broker::{Batch, BatchConsumer, Broker, Delivery, Publisher, Topology};
 use wxpush_domain::{parse_upload, AppId, Config, Credential, OpenId, PoisonReason, UploadLimits};
 
-use crate::{Deps, RoleError, Shutdown};
+use crate::metrics as m;
+use crate::{supervise, Deps, Health, RoleError, Shutdown};
 
 /// The source name of ingest's dead letters (queue `<ns>.dead.ingest`).
 pub const DEAD_LETTER_SOURCE: &str = "ingest";
@@ -66,19 +69,52 @@ impl IngestStats {
     pub fn dead_lettered_total(&self) -> u64 {
         self.dead_lettered.values().sum()
     }
+
+    /// Adds another session's counters to these.
+    pub fn merge(&mut self, o: IngestStats) {
+        self.messages += o.messages;
+        self.batches += o.batches;
+        self.store += o.store;
+        self.rejected_entries += o.rejected_entries;
+        self.expired_on_arrival += o.expired_on_arrival;
+        for (code, n) in o.dead_lettered {
+            *self.dead_lettered.entry(code).or_default() += n;
+        }
+    }
 }
 
-/// Runs ingest until `shutdown` fires, then settles the batches in hand and returns.
+/// How long a batch is held while Redis does not answer before it goes back to the queue
+/// and the role stops consuming until Redis is back.
+const REDIS_HOLD: Duration = Duration::from_secs(5);
+
+/// Runs ingest until `shutdown` fires, then settles the batches in hand and returns. An
+/// outage of RabbitMQ or Redis pauses it ([`crate::supervise`]); the counters cover every
+/// session.
 pub async fn run(
     deps: &Deps,
     topology: &Topology,
     settings: &IngestSettings,
+    health: &Health,
     shutdown: Shutdown,
 ) -> Result<IngestStats, RoleError> {
-    let ingest = Ingest::start(deps, topology, settings).await?;
-    let stats = ingest.consume(shutdown, None).await;
-    ingest.publisher.close().await;
-    let stats = stats?;
+    let total = std::sync::Mutex::new(IngestStats::default());
+    supervise("ingest", deps, health, shutdown, |session| {
+        let total = &total;
+        async move {
+            let ingest = Ingest::start(&session.deps, topology, settings).await?;
+            let mut stats = IngestStats::default();
+            let r = ingest
+                .consume_into(&session.shutdown, None, &mut stats, &|| session.consuming())
+                .await;
+            ingest.publisher.close().await;
+            if let Ok(mut t) = total.lock() {
+                t.merge(stats);
+            }
+            r
+        }
+    })
+    .await?;
+    let stats = total.into_inner().unwrap_or_default();
     tracing::info!(
         messages = stats.messages,
         stored = stats.store.added,
@@ -147,11 +183,27 @@ impl Ingest {
     /// batches are acknowledged strictly in order, each only after its write succeeded.
     pub async fn consume(
         &self,
-        mut shutdown: Shutdown,
+        shutdown: Shutdown,
         limit: Option<u64>,
     ) -> Result<IngestStats, RoleError> {
-        let mut consumer = self.consumer().await?;
         let mut stats = IngestStats::default();
+        self.consume_into(&shutdown, limit, &mut stats, &|| ())
+            .await
+            .map(|()| stats)
+    }
+
+    /// [`Ingest::consume`], counting into `stats` (kept on error too) and calling `consuming`
+    /// once the consumer is started.
+    async fn consume_into(
+        &self,
+        shutdown: &Shutdown,
+        limit: Option<u64>,
+        stats: &mut IngestStats,
+        consuming: &(dyn Fn() + Sync),
+    ) -> Result<(), RoleError> {
+        let mut shutdown = shutdown.clone();
+        let mut consumer = self.consumer().await?;
+        consuming();
         let mut in_flight: Option<InFlight> = None;
         let mut report = Instant::now();
         let mut reported = 0u64;
@@ -180,7 +232,8 @@ impl Ingest {
                 rejected_entries,
                 expired_on_arrival,
             } = self.sort(&batch);
-            if let Err(e) = self.dead_letter_poison(&poison, &mut stats).await {
+            metrics::counter!(m::CONSUMED, "queue" => "ingest").increment(batch.len() as u64);
+            if let Err(e) = self.dead_letter_poison(&poison, stats).await {
                 break Err(e);
             }
             drop(poison);
@@ -194,7 +247,7 @@ impl Ingest {
                 expired_on_arrival,
             };
             if let Some(prev) = in_flight.replace(next) {
-                match self.finish(prev, &mut stats).await {
+                match self.finish(prev, stats).await {
                     Ok(true) => {}
                     Ok(false) => break Ok(()),
                     Err(e) => break Err(e),
@@ -212,12 +265,19 @@ impl Ingest {
             }
         };
         if let Some(last) = in_flight.take() {
-            // Settle what is in hand; on error it goes back to the queue with the channel.
-            let _ = self.finish(last, &mut stats).await;
+            if outcome.is_ok() {
+                // Settle what is in hand; on error it goes back to the queue with the channel.
+                let _ = self.finish(last, stats).await;
+            } else {
+                // An earlier batch was not stored: acknowledging this one (a `multiple` ack)
+                // would acknowledge that one too. Both go back to the queue with the channel;
+                // storing again is idempotent.
+                let _ = last.write.await;
+            }
         }
         let _ = consumer.cancel().await;
         consumer.close().await;
-        outcome.map(|()| stats)
+        outcome
     }
 
     /// Waits for a batch's write and acknowledges it; `false` when shutdown came first (the
@@ -226,8 +286,11 @@ impl Ingest {
         let written = match f.write.await {
             Ok(r) => r.map_err(store_failure)?,
             Err(join) => {
+                // Not shutdown: the batch goes back to the queue with the channel.
                 tracing::error!(error = %join, "a Redis write task failed");
-                None
+                return Err(RoleError::Bank(BankError::Protocol(format!(
+                    "a Redis write task failed: {join}"
+                ))));
             }
         };
         let Some(reports) = written else {
@@ -235,7 +298,10 @@ impl Ingest {
             return Ok(false);
         };
         f.batch.ack().await?;
+        metrics::counter!(m::UPLOADS_STORED).increment(f.batch.len() as u64);
+        metrics::counter!(m::REJECTED, "reason" => "bad_entry").increment(f.rejected_entries);
         for r in reports {
+            count_stored(&r);
             stats.store += r;
         }
         stats.rejected_entries += f.rejected_entries;
@@ -287,6 +353,8 @@ impl Ingest {
                 )
                 .await?;
             *stats.dead_lettered.entry(reason.code()).or_default() += 1;
+            metrics::counter!(m::DEAD_LETTERED, "source" => DEAD_LETTER_SOURCE, "reason" => reason.code())
+                .increment(1);
         }
         Ok(())
     }
@@ -332,8 +400,9 @@ impl Ingest {
 
 type UserCredentials = ((AppId, OpenId), Vec<Credential>);
 
-/// Stores, retrying with exponential backoff while Redis is unreachable. `Ok(None)` if
-/// shutdown fired first; `Err` for an error retrying cannot fix.
+/// Stores, retrying with exponential backoff while Redis is unreachable, for up to
+/// [`REDIS_HOLD`]. `Ok(None)` if shutdown fired first; `Err` for an error retrying cannot fix
+/// or an outage longer than the hold.
 async fn store_with_retry(
     bank: &Bank,
     users: &[UserCredentials],
@@ -353,20 +422,12 @@ async fn store_with_retry(
         .with_jitter()
         .without_max_times()
         .build();
-    let mut last_log: Option<Instant> = None;
+    let started = Instant::now();
     loop {
         match bank.store_batch(&requests).await {
-            Ok(r) => {
-                if last_log.is_some() {
-                    tracing::info!("Redis is reachable again; ingest resumes");
-                }
-                return Ok(Some(r));
-            }
-            Err(e) if e.is_transient() => {
-                if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                    tracing::warn!(error = %e, "Redis unreachable; holding the batch and retrying");
-                    last_log = Some(Instant::now());
-                }
+            Ok(r) => return Ok(Some(r)),
+            Err(e) if e.is_transient() && started.elapsed() < REDIS_HOLD => {
+                tracing::debug!(error = %e, "Redis unreachable; holding the batch and retrying");
                 let wait = delays.next().unwrap_or(Duration::from_secs(5));
                 tokio::select! {
                     _ = shutdown.wait() => return Ok(None),
@@ -379,6 +440,19 @@ async fn store_with_retry(
 }
 
 fn store_failure(e: BankError) -> RoleError {
-    tracing::error!(error = %e, "storing a batch failed");
+    if !e.is_transient() {
+        tracing::error!(error = %e, "storing a batch failed");
+    }
     RoleError::Bank(e)
+}
+
+fn count_stored(r: &StoreReport) {
+    for (result, n) in [
+        ("added", r.added),
+        ("known", r.known),
+        ("expired", r.expired),
+        ("capped", r.capped),
+    ] {
+        metrics::counter!(m::CREDENTIALS_STORED, "result" => result).increment(n);
+    }
 }

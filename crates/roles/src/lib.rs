@@ -8,18 +8,25 @@
 //! - [`send`]: send jobs → WeChat, one credential each; [`outcomes`] records what happened.
 //! - [`deps`]: connecting to Redis and RabbitMQ with one readable error line.
 //! - [`shutdown`]: the stop signal shared by a process's roles.
+//! - [`supervise`]: sessions restarted after a RabbitMQ or Redis outage; [`health`] is what
+//!   `/readyz` reports; [`metrics`] names what `/metrics` shows.
 //!
 //! This crate must not parse command lines or read the environment (the CLI's job).
 
 pub mod deps;
 pub mod dispatch;
+pub mod health;
 pub mod ingest;
+pub mod metrics;
 pub mod outcomes;
 pub mod send;
 pub mod shutdown;
+pub mod supervise;
 
 pub use deps::{Deps, DepsError};
+pub use health::{Health, Readiness};
 pub use shutdown::{Shutdown, ShutdownTrigger};
+pub use supervise::{supervise, Session};
 
 /// Why a role stopped other than by a requested shutdown.
 #[derive(Debug, thiserror::Error)]
@@ -34,4 +41,18 @@ pub enum RoleError {
     Amqp(#[from] lapin::Error),
     #[error(transparent)]
     Fleet(#[from] wxpush_fleet::FleetError),
+}
+
+impl RoleError {
+    /// True when a new session may succeed once the dependencies answer again: any RabbitMQ
+    /// failure (connection or channel lost, consumer cancelled, publish not confirmed), and
+    /// Redis being unreachable. A Redis or script error that would recur is not.
+    pub fn is_recoverable(&self) -> bool {
+        match self {
+            RoleError::Broker(_) | RoleError::Amqp(_) => true,
+            RoleError::Bank(e) => e.is_transient(),
+            RoleError::Redis(e) => wxpush_bank::redis_is_transient(e),
+            RoleError::Fleet(e) => e.is_transient(),
+        }
+    }
 }

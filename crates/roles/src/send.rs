@@ -43,8 +43,11 @@ use wxpush_fleet::{
 };
 use wxpush_wechat::{Client, ClientConfig, Outcome, TemplateMessage};
 
+use tracing::Instrument;
+
+use crate::metrics as m;
 use crate::outcomes::Recorded;
-use crate::{Deps, RoleError, Shutdown};
+use crate::{supervise, Deps, Health, RoleError, Session, Shutdown};
 
 /// The source name of the send role's dead letters (queue `<ns>.dead.send`).
 pub const DEAD_LETTER_SOURCE: &str = "send";
@@ -138,6 +141,7 @@ pub struct Sender {
 }
 
 /// What the send role needs beside Redis and RabbitMQ: WeChat and the fleet's shared state.
+#[derive(Clone)]
 pub struct SendParts {
     pub wechat: Client,
     pub tokens: TokenStore,
@@ -196,18 +200,30 @@ pub enum SendSetupError {
     WeChat(String),
 }
 
-/// Runs the send role until `shutdown` fires; in-flight jobs finish first.
+/// Runs the send role until `shutdown` fires; in-flight jobs finish first. An outage of
+/// RabbitMQ or Redis hands the jobs in hand back and pauses the role until they answer
+/// ([`crate::supervise`]); the counters cover every session.
 pub async fn run(
     deps: &Deps,
     parts: SendParts,
     topology: &Topology,
     settings: &SendSettings,
+    health: &Health,
     shutdown: Shutdown,
 ) -> Result<Arc<SendStats>, RoleError> {
-    let sender = Sender::start(deps, parts, topology, settings).await?;
-    let stats = sender.consume(shutdown, None).await;
-    sender.publisher.close().await;
-    stats
+    let stats = Arc::new(SendStats::default());
+    supervise("send", deps, health, shutdown, |session| {
+        let (parts, stats) = (parts.clone(), stats.clone());
+        async move {
+            let mut sender = Sender::start(&session.deps, parts, topology, settings).await?;
+            sender.stats = stats;
+            let r = sender.consume_session(&session, None).await;
+            sender.publisher.close().await;
+            r.map(|_| ())
+        }
+    })
+    .await?;
+    Ok(stats)
 }
 
 impl Sender {
@@ -238,9 +254,22 @@ impl Sender {
     /// settled), `concurrency` at a time.
     pub async fn consume(
         &self,
-        mut shutdown: Shutdown,
+        shutdown: Shutdown,
         limit: Option<u64>,
     ) -> Result<Arc<SendStats>, RoleError> {
+        let deps = Deps::from_parts(self.bank.clone(), self.broker.clone());
+        self.consume_session(&Session::standalone(&deps, shutdown), limit)
+            .await
+    }
+
+    /// [`Sender::consume`] as one session: ends early, with the error, when RabbitMQ or
+    /// Redis fails under it (the jobs in hand go back to the queue).
+    async fn consume_session(
+        &self,
+        session: &Session,
+        limit: Option<u64>,
+    ) -> Result<Arc<SendStats>, RoleError> {
+        let mut shutdown = session.shutdown.clone();
         let prefetch = u16::try_from(self.settings.concurrency * 2).unwrap_or(u16::MAX);
         let JobConsumer { channel, consumer } = JobConsumer::start(
             self.publisher_broker(),
@@ -250,22 +279,40 @@ impl Sender {
         )
         .await?;
         let tag = consumer.tag();
+        session.consuming();
         let settled = AtomicU64::new(0);
+        let failure: Mutex<Option<RoleError>> = Mutex::new(None);
         let (done_tx, mut done_rx) = tokio::sync::watch::channel(false);
+        let lost = &channel;
         let stop = async {
             tokio::select! {
                 _ = shutdown.wait() => {}
                 _ = done_rx.wait_for(|d| *d) => {}
+                () = wxpush_broker::consume::channel_lost(lost) => {
+                    if let Ok(mut f) = failure.lock() {
+                        f.get_or_insert(RoleError::Broker(wxpush_broker::BrokerError::ConsumerGone {
+                            queue: self.topology.send_queue(),
+                        }));
+                    }
+                }
             }
         };
         consumer
             .take_until(stop)
             .for_each_concurrent(self.settings.concurrency, |d| {
-                let (settled, done_tx) = (&settled, &done_tx);
+                let (settled, done_tx, failure) = (&settled, &done_tx, &failure);
                 async move {
-                    match d {
-                        Ok(delivery) => self.handle(delivery).await,
-                        Err(e) => tracing::warn!(error = %e, "send consumer error"),
+                    let failed = match d {
+                        Ok(delivery) => self.handle(delivery).await.err(),
+                        Err(e) => Some(RoleError::Amqp(e)),
+                    };
+                    if let Some(e) = failed {
+                        // Stop taking jobs: the supervisor waits for RabbitMQ or Redis.
+                        if let Ok(mut f) = failure.lock() {
+                            f.get_or_insert(e);
+                        }
+                        let _ = done_tx.send(true);
+                        return;
                     }
                     let n = settled.fetch_add(1, Ordering::Relaxed) + 1;
                     if limit.is_some_and(|l| n >= l) {
@@ -275,67 +322,91 @@ impl Sender {
             })
             .await;
         wxpush_broker::consume::stop_consuming(&channel, tag).await;
-        Ok(self.stats.clone())
+        match failure.into_inner().ok().flatten() {
+            Some(e) => Err(e),
+            None => Ok(self.stats.clone()),
+        }
     }
 
     fn publisher_broker(&self) -> &wxpush_broker::Broker {
         &self.broker
     }
 
-    /// Handles one delivery from start to acknowledgement.
-    async fn handle(&self, delivery: Delivery) {
+    /// Handles one delivery from start to acknowledgement. `Err` (the job handed back) when
+    /// RabbitMQ or Redis failed under it in a way a later session may get past.
+    async fn handle(&self, delivery: Delivery) -> Result<(), RoleError> {
         SendStats::add(&self.stats.jobs);
+        metrics::counter!(m::CONSUMED, "queue" => "send").increment(1);
         let valid = match parse_job(&delivery.data) {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(code = e.code(), reason = %e, "send job dead-lettered");
                 self.dead_letter(&delivery, e.code(), &e.to_string()).await;
-                return;
+                return Ok(());
             }
         };
-        let disposition = match self.process(&valid).await {
+        let span = tracing::info_span!(
+            "job",
+            campaign = %valid.job.campaign_id,
+            user = %valid.open_id.masked(),
+            attempt = valid.job.attempt
+        );
+        self.handle_valid(&delivery, &valid).instrument(span).await
+    }
+
+    async fn handle_valid(&self, delivery: &Delivery, valid: &ValidJob) -> Result<(), RoleError> {
+        let disposition = match self.process(valid).await {
             Ok(d) => d,
+            Err(e) if e.is_recoverable() => {
+                tracing::debug!(error = %e, "send job handed back");
+                requeue(delivery).await;
+                return Err(e);
+            }
             Err(e) => {
-                // Redis or the broker failed under us: hand the job back and slow down.
+                // An error that would recur (a script error, say): hand back and slow down.
                 tracing::warn!(error = %e, "send job handed back");
-                requeue(&delivery).await;
+                requeue(delivery).await;
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                return;
+                return Ok(());
             }
         };
-        let job = &valid.job;
-        let who = valid.open_id.masked();
         let settled = match disposition {
             Disposition::Done(outcome) => {
                 // Already counted by the bank's script that settled it.
-                tracing::info!(campaign = %job.campaign_id, user = %who, %outcome, "send outcome");
+                tracing::info!(%outcome, "send outcome");
                 self.count(&outcome.field());
                 Ok(())
             }
-            Disposition::Park { job, after } => self.republish(&job, after).await,
+            Disposition::Park { job, after } => {
+                metrics::counter!(m::JOBS_PARKED).increment(1);
+                self.republish(&job, after).await
+            }
             Disposition::Retry {
                 mut job,
                 after,
                 reason,
             } => {
-                job.attempt += 1;
-                tracing::info!(campaign = %job.campaign_id, user = %who, attempt = job.attempt, %reason, "send retry scheduled");
+                job.attempt = job.attempt.saturating_add(1);
+                tracing::info!(next_attempt = job.attempt, %reason, "send retry scheduled");
                 SendStats::add(&self.stats.retried);
+                metrics::counter!(m::JOBS_RETRIED).increment(1);
                 self.republish(&job, after).await
             }
             Disposition::GiveUp { reason } => {
-                tracing::warn!(campaign = %job.campaign_id, user = %who, %reason, "send outcome");
-                self.dead_letter(&delivery, "gave_up", &reason).await;
-                return;
+                tracing::warn!(%reason, "send outcome");
+                self.dead_letter(delivery, "gave_up", &reason).await;
+                return Ok(());
             }
         };
         match settled {
             Ok(()) => {
                 let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                Ok(())
             }
             Err(e) => {
-                tracing::warn!(error = %e, "could not settle a send job; handing it back");
-                requeue(&delivery).await;
+                tracing::debug!(error = %e, "could not settle a send job; handing it back");
+                requeue(delivery).await;
+                Err(e)
             }
         }
     }
@@ -357,6 +428,7 @@ impl Sender {
             .bank
             .campaign_claim(app, &valid.open_id, campaign, &owner, CAMPAIGN_LEASE, false)
             .await?;
+        metrics::counter!(m::CLAIMS, "result" => claim_result(&claim)).increment(1);
         let (mut credential, mut in_doubt) = match claim {
             CampaignClaim::Done(outcome) => {
                 return Ok(Disposition::Done(Recorded::Duplicate(outcome)))
@@ -406,7 +478,9 @@ impl Sender {
                 emphasis_keyword: job.emphasis_keyword.clone(),
             };
             SendStats::add(&self.stats.wechat_calls);
+            let called = std::time::Instant::now();
             let outcome = self.wechat.send_template(token.expose(), &message).await;
+            count_call("template", &outcome, called.elapsed());
             match outcome {
                 Outcome::Sent { .. } => {
                     self.settle(valid, &owner, Settle::Final("sent")).await?;
@@ -612,6 +686,8 @@ impl Sender {
 
     async fn dead_letter(&self, delivery: &Delivery, code: &str, reason: &str) {
         SendStats::add(&self.stats.dead_lettered);
+        metrics::counter!(m::DEAD_LETTERED, "source" => DEAD_LETTER_SOURCE, "reason" => code.to_owned())
+            .increment(1);
         let sent = self
             .publisher
             .dead_letter(
@@ -634,6 +710,8 @@ impl Sender {
     }
 
     fn count(&self, field: &str) {
+        let outcome = field.split(':').next().unwrap_or(field).to_owned();
+        metrics::counter!(m::SEND_OUTCOMES, "outcome" => outcome).increment(1);
         let s = &self.stats;
         match field {
             "sent" => SendStats::add(&s.sent),
@@ -672,6 +750,26 @@ fn attempt_owner() -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// The label of a claim's result, for [`m::CLAIMS`].
+fn claim_result(c: &CampaignClaim) -> &'static str {
+    match c {
+        CampaignClaim::Fresh(_) => "fresh",
+        CampaignClaim::Held { .. } => "held",
+        CampaignClaim::Busy(_) => "busy",
+        CampaignClaim::NoCredential => "no_credential",
+        CampaignClaim::Done(_) => "done",
+    }
+}
+
+/// Counts one WeChat call by its errcode (`transport` when WeChat gave none) and latency.
+fn count_call(api: &'static str, outcome: &Outcome, took: Duration) {
+    let code = outcome
+        .errcode()
+        .map_or_else(|| "transport".to_owned(), |c| c.to_string());
+    metrics::counter!(m::WECHAT_CALLS, "api" => api, "code" => code).increment(1);
+    metrics::histogram!(m::WECHAT_SECONDS, "api" => api).record(took.as_secs_f64());
 }
 
 /// Hands a delivery back to the queue.

@@ -1,0 +1,92 @@
+//! The names of the metrics the roles record, in one place, and their descriptions.
+//!
+//! Roles record through the `metrics` facade; the CLI installs the Prometheus recorder and
+//! serves `/metrics`. Labels are bounded sets (queues, reasons, outcome names, WeChat error
+//! codes), never openIds or campaign ids. This module must not install a recorder.
+
+pub const CONSUMED: &str = "wxpush_messages_consumed_total";
+pub const UPLOADS_STORED: &str = "wxpush_uploads_stored_total";
+pub const CREDENTIALS_STORED: &str = "wxpush_credentials_stored_total";
+pub const REJECTED: &str = "wxpush_rejected_total";
+pub const DEAD_LETTERED: &str = "wxpush_dead_lettered_total";
+pub const CLAIMS: &str = "wxpush_claims_total";
+pub const WECHAT_CALLS: &str = "wxpush_wechat_calls_total";
+pub const WECHAT_SECONDS: &str = "wxpush_wechat_call_duration_seconds";
+pub use wxpush_fleet::metrics::{RATE_LIMIT_WAITS, RATE_LIMIT_WAIT_MS, TOKEN_REFRESHES};
+pub const JOBS_RETRIED: &str = "wxpush_jobs_retried_total";
+pub const JOBS_PARKED: &str = "wxpush_jobs_parked_total";
+pub const SEND_OUTCOMES: &str = "wxpush_send_outcomes_total";
+pub const JOBS_PUBLISHED: &str = "wxpush_campaign_jobs_published_total";
+pub const CAMPAIGNS_DISPATCHED: &str = "wxpush_campaigns_dispatched_total";
+pub const CONSUMING: &str = "wxpush_consuming";
+pub const DEPENDENCY_UP: &str = "wxpush_dependency_up";
+pub const SESSIONS_RESTARTED: &str = "wxpush_sessions_restarted_total";
+pub const RECONNECTS: &str = "wxpush_reconnects_total";
+
+/// Registers the description of every metric (shown as `# HELP` lines).
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(CONSUMED, "Messages taken from a queue, by queue");
+    describe_counter!(
+        UPLOADS_STORED,
+        "Upload messages whose credentials are in the bank"
+    );
+    describe_counter!(
+        CREDENTIALS_STORED,
+        "Credentials of good uploads, by what the bank did (added, duplicate, spent, capped)"
+    );
+    describe_counter!(
+        REJECTED,
+        "Entries refused inside otherwise good uploads, by reason"
+    );
+    describe_counter!(
+        DEAD_LETTERED,
+        "Messages sent to a dead-letter queue, by source and reason"
+    );
+    describe_counter!(CLAIMS, "Campaign credential claims, by result");
+    describe_counter!(
+        WECHAT_CALLS,
+        "Calls to WeChat, by API and error code (0: success)"
+    );
+    describe_histogram!(WECHAT_SECONDS, Unit::Seconds, "Latency of calls to WeChat");
+    describe_counter!(
+        RATE_LIMIT_WAITS,
+        "Send permits that had to wait for the fleet rate"
+    );
+    describe_counter!(
+        RATE_LIMIT_WAIT_MS,
+        Unit::Milliseconds,
+        "Time spent waiting for send permits, in milliseconds"
+    );
+    describe_counter!(
+        TOKEN_REFRESHES,
+        "Access tokens fetched from WeChat by this process"
+    );
+    describe_counter!(
+        JOBS_RETRIED,
+        "Send jobs re-published to a delay queue for another attempt"
+    );
+    describe_counter!(
+        JOBS_PARKED,
+        "Send jobs parked without an attempt (pause, minute quota, lease)"
+    );
+    describe_counter!(SEND_OUTCOMES, "Final outcomes of send jobs, by outcome");
+    describe_counter!(JOBS_PUBLISHED, "Send jobs published by the dispatcher");
+    describe_counter!(
+        CAMPAIGNS_DISPATCHED,
+        "Campaigns fully fanned out by this process"
+    );
+    describe_gauge!(CONSUMING, "1 while the role's consumer runs, by role");
+    describe_gauge!(
+        DEPENDENCY_UP,
+        "1 while the dependency answers, by dependency"
+    );
+    describe_counter!(
+        SESSIONS_RESTARTED,
+        "Role sessions restarted after an outage, by role"
+    );
+    describe_counter!(
+        RECONNECTS,
+        "Connections re-opened after an outage, by dependency"
+    );
+}

@@ -1,0 +1,564 @@
+//! The fault-injection suite: the real role binaries, the real Redis and RabbitMQ, faults
+//! injected between them (a TCP proxy the test controls), into them (SIGKILL, SIGTERM) and
+//! into WeChat (the fake's faults). Every test ends with the campaign checks: no user got two
+//! messages, every reachable user got one, the counts add up, no upload was lost. Each prints
+//! what it measured (`cargo test --test faults -- --nocapture` shows it).
+//!
+//! The machine's shared RabbitMQ and Redis are never stopped: outages are the proxy's.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use wxpush_domain::OpenId;
+use wxpush_testkit::fleet::{campaign, Fleet};
+use wxpush_testkit::proxy::{target_of, FaultProxy};
+use wxpush_testkit::{
+    amqp_url, eventually, form_id, free_addr, http_get, now_ms, redis_url, CapturedStderr,
+};
+
+/// `n` uploads of `per` formIds each, for users `oUp<from..>`.
+fn uploads(from: usize, n: usize, per: usize) -> Vec<Vec<u8>> {
+    (from..from + n)
+        .map(|u| {
+            let ids: Vec<_> = (0..per)
+                .map(|i| json!({"formId": form_id(u as u64, i as u64), "expire": now_ms() + 86_400_000}))
+                .collect();
+            json!({"openId": format!("oUp{u:06}xxxxxxxxxxxxxxxxxxxx"), "formIds": ids})
+                .to_string()
+                .into_bytes()
+        })
+        .collect()
+}
+
+/// Every upload's formIds are in the bank.
+async fn all_stored(f: &Fleet, from: usize, n: usize, per: u64) -> bool {
+    for u in from..from + n {
+        let who = OpenId::new(&format!("oUp{u:06}xxxxxxxxxxxxxxxxxxxx")).unwrap();
+        if f.deps
+            .bank
+            .usable_count(&f.env.app, &who)
+            .await
+            .unwrap_or(0)
+            < per
+        {
+            return false;
+        }
+    }
+    true
+}
+
+async fn sent(f: &Fleet, id: &str) -> u64 {
+    f.counts(id).await.get("sent").copied().unwrap_or(0)
+}
+
+/// No formId was accepted twice by the fake WeChat.
+fn no_form_id_twice(f: &Fleet) {
+    let mut seen = HashSet::new();
+    for r in f.fake.requests() {
+        if r.errcode == Some(0) {
+            let id = r.form_id.unwrap_or_default();
+            assert!(seen.insert(id.clone()), "formId {id} accepted twice");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_broker_connections_are_resumed_and_nothing_is_lost_or_doubled() {
+    let mut f = Fleet::new("fault_amqp", 150, 100).await;
+    let reachable = f.users(0, 600, 2).await;
+    let proxy = FaultProxy::start(target_of(&amqp_url())).await;
+    let via = proxy.url(&amqp_url());
+    let vars = [("WXPUSH_AMQP_URL", via.as_str())];
+    let roles = [
+        f.start_with("ingest", &vars),
+        f.start_with("dispatch", &vars),
+        f.start_with("send", &vars),
+        f.start_with("send", &vars),
+    ];
+    let logs: Vec<_> = roles
+        .iter()
+        .map(|&i| CapturedStderr::take(&mut f.children[i]))
+        .collect();
+    let all_logs = || logs.iter().map(|l| l.text()).collect::<Vec<_>>().join("\n");
+    f.env.declare_ingest(&f.deps.broker).await;
+    // An explicit audience: the users uploaded meanwhile are not the fake WeChat's.
+    f.publish_campaign(campaign("amqp-cut", json!({"openIds": reachable})))
+        .await;
+    f.env
+        .publish_uploads(&f.deps.broker, &uploads(0, 300, 2))
+        .await;
+
+    let mut recoveries = Vec::new();
+    for at in [100, 300] {
+        assert!(
+            eventually(Duration::from_secs(60), || async {
+                sent(&f, "amqp-cut").await >= at
+            })
+            .await
+        );
+        let before = proxy.accepted();
+        let cut_at = Instant::now();
+        proxy.cut();
+        // Every process opens its connection again; work flows again.
+        let back = eventually(Duration::from_secs(30), || async {
+            proxy.accepted() >= before + roles.len() as u64
+        })
+        .await;
+        assert!(
+            back,
+            "every role reconnected ({} of {}); their logs:\n{}",
+            proxy.accepted() - before,
+            roles.len(),
+            all_logs()
+        );
+        let reconnected = cut_at.elapsed();
+        let progress = sent(&f, "amqp-cut").await;
+        assert!(
+            eventually(Duration::from_secs(30), || async {
+                sent(&f, "amqp-cut").await > progress
+            })
+            .await
+                || f.complete("amqp-cut").await,
+            "sending resumed after the cut"
+        );
+        recoveries.push((reconnected, cut_at.elapsed()));
+    }
+    f.wait_complete("amqp-cut", Duration::from_secs(120)).await;
+    f.check("amqp-cut", &reachable, 600, 0).await;
+    no_form_id_twice(&f);
+    assert!(
+        eventually(Duration::from_secs(30), || all_stored(&f, 0, 300, 2)).await,
+        "every upload stored"
+    );
+    for &i in &roles {
+        assert!(f.running(i), "role {i} kept running through the cuts");
+    }
+    if std::env::var("WXPUSH_TEST_SHOW_LOG").is_ok() {
+        println!("{}", all_logs());
+    }
+    for (n, (reconnected, flowing)) in recoveries.iter().enumerate() {
+        println!(
+            "RabbitMQ cut {}: all 4 roles reconnected in {} ms, sending again within {} ms",
+            n + 1,
+            reconnected.as_millis(),
+            flowing.as_millis()
+        );
+    }
+    f.stop_all();
+}
+
+/// Jobs a campaign's senders hold unacknowledged: published - finished - ready in the queue.
+async fn held(f: &Fleet, id: &str, published: u32) -> u32 {
+    let ready = f
+        .env
+        .queue_ready(&f.deps.broker, &f.env.topology().send_queue())
+        .await;
+    let done = f.finished(id).await as u32;
+    published.saturating_sub(done).saturating_sub(ready)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prefetch_is_back_after_a_reconnect() {
+    let mut f = Fleet::new("fault_prefetch", 100_000, 1000).await;
+    let reachable = f.users(0, 200, 1).await;
+    // Slow WeChat: jobs pile up in the queue, each sender holding exactly its prefetch.
+    f.fake.update_faults(|x| x.latency_ms = 400).unwrap();
+    let proxy = FaultProxy::start(target_of(&amqp_url())).await;
+    let via = proxy.url(&amqp_url());
+    f.start("dispatch");
+    f.start_with(
+        "send",
+        &[
+            ("WXPUSH_AMQP_URL", via.as_str()),
+            ("WXPUSH_SEND_CONCURRENCY", "4"),
+        ],
+    );
+    f.publish_campaign(campaign("prefetch", json!({"all": true})))
+        .await;
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            sent(&f, "prefetch").await >= 10
+        })
+        .await
+    );
+    let before = held(&f, "prefetch", 200).await;
+    proxy.cut();
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            sent(&f, "prefetch").await >= 40
+        })
+        .await
+    );
+    let after = held(&f, "prefetch", 200).await;
+    println!("jobs held by the sender: {before} before the cut, {after} after it (prefetch 8)");
+    assert!(
+        (7..=9).contains(&before) && (7..=9).contains(&after),
+        "the sender holds its prefetch (8), before ({before}) and after ({after}) a reconnect"
+    );
+    f.fake.update_faults(|x| x.latency_ms = 0).unwrap();
+    f.wait_complete("prefetch", Duration::from_secs(60)).await;
+    f.check("prefetch", &reachable, 200, 0).await;
+    f.stop_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_pauses_every_role_which_then_resumes_on_its_own() {
+    let mut f = Fleet::new("fault_redis", 150, 100).await;
+    let reachable = f.users(0, 500, 2).await;
+    let proxy = FaultProxy::start(target_of(&redis_url())).await;
+    let via = proxy.url(&redis_url());
+    let http = [free_addr(), free_addr(), free_addr()];
+    let mut logs = Vec::new();
+    for (role, addr) in ["ingest", "dispatch", "send"].iter().zip(&http) {
+        let a = addr.to_string();
+        let i = f.start_with(
+            role,
+            &[("WXPUSH_REDIS_URL", via.as_str()), ("WXPUSH_HTTP_ADDR", &a)],
+        );
+        logs.push(CapturedStderr::take(&mut f.children[i]));
+    }
+    f.env.declare_ingest(&f.deps.broker).await;
+    for addr in http {
+        assert!(
+            eventually(Duration::from_secs(20), || async {
+                http_get(addr, "/readyz")
+                    .await
+                    .is_some_and(|(s, _)| s == 200)
+            })
+            .await,
+            "ready before the outage"
+        );
+    }
+    // An explicit audience: the users uploaded meanwhile are not the fake WeChat's.
+    f.publish_campaign(campaign("redis-out", json!({"openIds": reachable})))
+        .await;
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            sent(&f, "redis-out").await >= 100
+        })
+        .await
+    );
+    proxy.down();
+    let down_at = Instant::now();
+    f.env
+        .publish_uploads(&f.deps.broker, &uploads(0, 200, 1))
+        .await;
+    // Every role reports itself not ready while Redis is unreachable.
+    for addr in http {
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                http_get(addr, "/readyz")
+                    .await
+                    .is_some_and(|(s, body)| s == 503 && body.contains("\"redis\":false"))
+            })
+            .await,
+            "{addr} not ready during the outage"
+        );
+    }
+    let during = sent(&f, "redis-out").await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        sent(&f, "redis-out").await,
+        during,
+        "nothing is sent while the senders cannot reach Redis"
+    );
+    proxy.up();
+    let up_at = Instant::now();
+    for addr in http {
+        assert!(
+            eventually(Duration::from_secs(30), || async {
+                http_get(addr, "/readyz")
+                    .await
+                    .is_some_and(|(s, _)| s == 200)
+            })
+            .await,
+            "{addr} ready again"
+        );
+    }
+    let ready_again = up_at.elapsed();
+    f.wait_complete("redis-out", Duration::from_secs(120)).await;
+    f.check("redis-out", &reachable, 500, 0).await;
+    no_form_id_twice(&f);
+    assert!(
+        eventually(Duration::from_secs(30), || all_stored(&f, 0, 200, 1)).await,
+        "every upload sent during the outage stored"
+    );
+    f.stop_all();
+    for (role, log) in ["ingest", "dispatch", "send"].iter().zip(&logs) {
+        let text = log.text();
+        let warned = text.matches("not consuming").count();
+        // One line when the outage starts, then one per 30 s: never one per message. (An idle
+        // dispatcher meets no error: it waits for its next campaign, not ready meanwhile.)
+        let least = usize::from(*role != "dispatch");
+        assert!(
+            (least..=3).contains(&warned),
+            "{role} logged the outage {warned} times:\n{text}"
+        );
+    }
+    println!(
+        "Redis down {} s: all 3 roles ready again {} ms after it came back",
+        (up_at - down_at).as_secs(),
+        ready_again.as_millis()
+    );
+}
+
+/// Kills a random role process every 0.3-1.5 s during one campaign (and an upload stream),
+/// restarting it at once, for `secs` seconds or until the campaign completes.
+async fn chaos(name: &str, secs: u64, users: usize, upload_users: usize) {
+    let mut f = Fleet::new(name, 400, 50).await;
+    let reachable = f.users(0, users, 2).await;
+    let mut live = [
+        ("dispatch", f.start("dispatch")),
+        ("send", f.start("send")),
+        ("send", f.start("send")),
+        ("ingest", f.start("ingest")),
+    ];
+    f.env.declare_ingest(&f.deps.broker).await;
+    let audience: Vec<_> = reachable.clone();
+    f.publish_campaign(campaign("chaos", json!({ "openIds": audience })))
+        .await;
+    let bodies = uploads(0, upload_users, 2);
+    let started = Instant::now();
+    let mut kills = 0;
+    let mut published = 0;
+    while started.elapsed() < Duration::from_secs(secs) {
+        if published < bodies.len() {
+            let end = (published + 200).min(bodies.len());
+            f.env
+                .publish_uploads(&f.deps.broker, &bodies[published..end])
+                .await;
+            published = end;
+        }
+        let pause = 300 + fastrand::u64(0..1200);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        let victim = fastrand::usize(0..live.len());
+        let (role, i) = live[victim];
+        f.kill(i);
+        kills += 1;
+        live[victim] = (role, f.start(role));
+        if kills >= 10 && f.complete("chaos").await && published == bodies.len() {
+            break;
+        }
+    }
+    if published < bodies.len() {
+        f.env
+            .publish_uploads(&f.deps.broker, &bodies[published..])
+            .await;
+    }
+    f.wait_complete("chaos", Duration::from_secs(180)).await;
+    f.check("chaos", &reachable, users, 0).await;
+    no_form_id_twice(&f);
+    assert!(
+        eventually(Duration::from_secs(60), || all_stored(
+            &f,
+            0,
+            upload_users,
+            2
+        ))
+        .await,
+        "every upload stored"
+    );
+    let c = f.counts("chaos").await;
+    println!(
+        "{kills} SIGKILLs in {} s: {} users sent once each, 0 twice, 0 formIds reused, \
+         {upload_users} uploads all stored; outcome counts {c:?}",
+        started.elapsed().as_secs(),
+        reachable.len()
+    );
+    f.stop_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_killed_at_random_many_times_lose_and_double_nothing() {
+    chaos("fault_chaos", 25, 1500, 1000).await;
+}
+
+/// The long run of the same: `WXPUSH_SOAK_SECS` (default 600) of kills (`scripts/soak.sh`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a soak run: scripts/soak.sh"]
+async fn soak_roles_killed_at_random() {
+    let secs = std::env::var("WXPUSH_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(600);
+    chaos("fault_soak", secs, 50_000, 20_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_campaign_exits_zero_within_the_deadline_and_loses_nothing() {
+    let mut f = Fleet::new("fault_sigterm", 120, 50).await;
+    let reachable = f.users(0, 600, 2).await;
+    let vars = [("WXPUSH_SHUTDOWN_SECS", "5")];
+    let d = f.start_with("dispatch", &vars);
+    let s1 = f.start_with("send", &vars);
+    let s2 = f.start_with("send", &vars);
+    f.publish_campaign(campaign("term", json!({"all": true})))
+        .await;
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            sent(&f, "term").await >= 100
+        })
+        .await
+    );
+    // Slow answers: jobs are in flight at WeChat when the signal comes.
+    f.fake.update_faults(|x| x.latency_ms = 1500).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut took = Vec::new();
+    for i in [d, s1, s2] {
+        let (code, t) = f.terminate(i);
+        assert_eq!(code, Some(0), "a stopped role exits 0");
+        assert!(
+            t < Duration::from_secs(7),
+            "stopped within the 5 s deadline: {t:?}"
+        );
+        took.push(t.as_millis());
+    }
+    f.fake.update_faults(|x| x.latency_ms = 0).unwrap();
+    f.start("dispatch");
+    f.start("send");
+    f.wait_complete("term", Duration::from_secs(120)).await;
+    f.check("term", &reachable, 600, 50).await;
+    no_form_id_twice(&f);
+    println!("SIGTERM mid-campaign: dispatcher and 2 senders exited 0 in {took:?} ms");
+    f.stop_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wechat_misbehaving_delays_the_campaign_but_loses_and_doubles_nothing() {
+    let mut f = Fleet::new("fault_wechat", 300, 1000).await;
+    let reachable = f.users(0, 300, 3).await;
+    // The token endpoint fails for 4 s at the start, then a third of sends answer -1 and
+    // some answer HTTP 500, and some answers come after the sender's timeout.
+    f.fake.token_outage(Duration::from_secs(4));
+    f.fake
+        .update_faults(|x| {
+            x.busy_probability = 0.3;
+            x.http500_probability = 0.05;
+        })
+        .unwrap();
+    f.start("dispatch");
+    f.start("send");
+    f.start("send");
+    let started = Instant::now();
+    f.publish_campaign(campaign("wechat", json!({"all": true})))
+        .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    f.fake
+        .update_faults(|x| {
+            x.busy_probability = 0.0;
+            x.http500_probability = 0.0;
+        })
+        .unwrap();
+    f.wait_complete("wechat", Duration::from_secs(120)).await;
+    f.check("wechat", &reachable, 300, 0).await;
+    no_form_id_twice(&f);
+    let errors = f
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.errcode != Some(0))
+        .count();
+    println!(
+        "WeChat misbehaving: {errors} failed answers, campaign complete in {} ms, nobody twice",
+        started.elapsed().as_millis()
+    );
+    f.stop_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_serves_health_readiness_and_metrics() {
+    let mut f = Fleet::new("ops_endpoints", 100_000, 1000).await;
+    let reachable = f.users(0, 50, 1).await;
+    let addr = free_addr();
+    let a = addr.to_string();
+    f.start_with("all", &[("WXPUSH_HTTP_ADDR", &a)]);
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            http_get(addr, "/readyz")
+                .await
+                .is_some_and(|(s, _)| s == 200)
+        })
+        .await
+    );
+    let (status, body) = http_get(addr, "/healthz").await.unwrap();
+    assert_eq!((status, body.trim()), (200, "ok"));
+    let (_, ready) = http_get(addr, "/readyz").await.unwrap();
+    let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!(
+        ready,
+        json!({"ready": true, "redis": true,
+               "consuming": {"dispatch": true, "ingest": true, "send": true}})
+    );
+    f.publish_campaign(campaign("ops", json!({"all": true})))
+        .await;
+    f.wait_complete("ops", Duration::from_secs(60)).await;
+    f.check("ops", &reachable, 50, 0).await;
+    let (status, metrics) = http_get(addr, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    for line in [
+        "wxpush_messages_consumed_total{queue=\"send\"} 50",
+        "wxpush_messages_consumed_total{queue=\"dispatch\"} 1",
+        "wxpush_send_outcomes_total{outcome=\"sent\"} 50",
+        "wxpush_claims_total{result=\"fresh\"} 50",
+        "wxpush_wechat_calls_total{api=\"template\",code=\"0\"} 50",
+        "wxpush_campaign_jobs_published_total 50",
+        "wxpush_campaigns_dispatched_total 1",
+        "wxpush_token_refreshes_total 1",
+        "wxpush_consuming{role=\"send\"} 1",
+        "wxpush_dependency_up{dependency=\"redis\"} 1",
+    ] {
+        assert!(metrics.contains(line), "/metrics lacks {line}:\n{metrics}");
+    }
+    assert!(
+        metrics.contains("wxpush_wechat_call_duration_seconds_bucket{api=\"template\",le=\"0.1\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("# HELP wxpush_claims_total"), "{metrics}");
+    f.stop_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_logs_carry_job_spans_and_never_a_secret_or_token() {
+    let mut f = Fleet::new("ops_secrets", 100_000, 1000).await;
+    let reachable = f.users(0, 20, 1).await;
+    let i = f.start_with(
+        "all",
+        &[("WXPUSH_LOG", "trace"), ("WXPUSH_LOG_FORMAT", "json")],
+    );
+    let log = CapturedStderr::take(&mut f.children[i]);
+    f.publish_campaign(campaign("secrets", json!({"all": true})))
+        .await;
+    f.wait_complete("secrets", Duration::from_secs(60)).await;
+    f.check("secrets", &reachable, 20, 0).await;
+    f.stop_all();
+    let text = log.text();
+    let tokens = f.fake.issued_tokens();
+    assert!(!tokens.is_empty(), "a token was issued");
+    assert!(text.lines().count() > 100, "trace output was captured");
+    assert!(
+        !text.contains(wxpush_testkit::fleet::SECRET),
+        "the app secret reached the log"
+    );
+    for t in &tokens {
+        assert!(
+            !text.contains(t.as_str()),
+            "an access token reached the log"
+        );
+    }
+    // JSON lines, and each outcome line carries its job's span: campaign and masked openId.
+    let outcomes: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "send outcome")
+        .collect();
+    assert_eq!(outcomes.len(), 20, "one outcome line per job");
+    for o in &outcomes {
+        let span = &o["span"];
+        assert_eq!(span["name"], "job", "{o}");
+        assert_eq!(span["campaign"], "secrets", "{o}");
+        let user = span["user"].as_str().unwrap_or_default();
+        assert!(user.contains('…'), "masked: {o}");
+        assert!(!reachable.iter().any(|r| r == user), "masked: {o}");
+    }
+}
