@@ -1,11 +1,16 @@
-//! Redis memory per stored formId: the bank's layout against the seed's (a Redis list per
-//! user of JSON `{"formId","expire"}` objects), both measured in the same run.
+//! Redis memory per stored credential: formIds in the bank's layout against the seed's (a
+//! Redis list per user of JSON `{"formId","expire"}` objects), prepayId uses, and subscribe
+//! consents, all measured in the same run.
 //!
-//! `cargo bench --bench bank_memory` (`-- --users N --per-user K` to change the load). It
-//! starts a private `redis-server` on a free port so no other client disturbs `INFO memory`
-//! (falling back to `WXPUSH_REDIS_URL` with a warning when `redis-server` is not installed),
-//! loads 100,000 users × 10 formIds of 32 hex digits (like WeChat's) with 28-character
-//! openIds, and prints `used_memory` growth per formId. Target: ≤ 64 bytes.
+//! `cargo bench --bench bank_memory` (`-- --users N --per-user K --prepay-per-user P
+//! --templates T` to change the load). It starts a private `redis-server` on a free port so no
+//! other client disturbs `INFO memory` (falling back to `WXPUSH_REDIS_URL` with a warning when
+//! `redis-server` is not installed), and prints `used_memory` growth per entry for:
+//! - 100,000 users × 10 formIds of 32 hex digits (like WeChat's), 28-character openIds.
+//!   Target: ≤ 64 bytes per hex formId;
+//! - the same users × 3 prepayIds of 36 characters (like WeChat's), 3 uses each;
+//! - the same users × 3 templates (43-character ids, like WeChat's) with one consent each:
+//!   the user's consent hash, the per-template index and the per-shard totals together.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -81,6 +86,8 @@ fn open_id(n: usize) -> String {
 async fn main() {
     let users = bench_arg("--users", 100_000);
     let per_user = bench_arg("--per-user", 10);
+    let prepay_per_user = bench_arg("--prepay-per-user", 3);
+    let templates = bench_arg("--templates", 3);
     let redis = start_redis();
     let ns = Namespace::new("wxpush").unwrap();
     let app = AppId::new("wx1234567890abcdef").unwrap();
@@ -185,5 +192,115 @@ async fn main() {
         if ours <= 64.0 { "met" } else { "NOT met" },
         results[2].1 / ours
     );
+
+    // The other kinds, each on an empty Redis.
+    let prepay = load(&bank, &app, users, |u| {
+        (0..prepay_per_user)
+            .flat_map(|i| {
+                let id = format!("wx{:020}{:014}", u, i);
+                let expiry = now + 86_400 + (i as i64) * 3600 + (u as i64 % 600);
+                Credential::prepay_uses(&id, expiry).collect::<Vec<_>>()
+            })
+            .collect()
+    })
+    .await;
+    let template_ids: Vec<String> = (0..templates)
+        .map(|t| format!("6fX8lGQe1kP9sWm1vW0tq8s2L3m4N5o6P7q8R9s0T{t:02}"))
+        .collect();
+    let consents = load(&bank, &app, users, |_| {
+        template_ids.iter().map(Credential::consent).collect()
+    })
+    .await;
+    let uses = (users * prepay_per_user * 3) as f64;
+    let held = (users * templates) as f64;
+    println!();
+    println!(
+        "{:<50} {:>14} {:>16}",
+        "other kinds", "bytes/entry", "load entries/s"
+    );
+    println!(
+        "{:<50} {:>14.1} {:>16.0}",
+        format!("prepayId uses ({users} users × {prepay_per_user} prepayIds × 3)"),
+        prepay.0 as f64 / uses,
+        uses / prepay.1
+    );
+    println!(
+        "{:<50} {:>14.1} {:>16.0}",
+        format!("consents ({users} users × {templates} templates × 1)"),
+        consents.0 as f64 / held,
+        held / consents.1
+    );
+    println!(
+        "  of which the users' consent hashes {:.1}, the template indexes {:.1}, the shard totals {:.1}",
+        consents.2[0] as f64 / held,
+        consents.2[1] as f64 / held,
+        consents.2[2] as f64 / held
+    );
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
     drop(redis);
+}
+
+/// Loads `users` users with the credentials `make` gives each (500 users a round trip) on an
+/// empty Redis. Returns the `used_memory` growth, the seconds it took, and the memory of the
+/// three consent key families (user hashes, template indexes, shard totals; `MEMORY USAGE`,
+/// summed over every key) for the consent figure's breakdown.
+async fn load(
+    bank: &Bank,
+    app: &AppId,
+    users: usize,
+    make: impl Fn(usize) -> Vec<Credential>,
+) -> (i64, f64, [i64; 3]) {
+    let mut conn = bank.connection();
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+    let before = used_memory(&mut conn).await;
+    let start = Instant::now();
+    for chunk in (0..users).collect::<Vec<_>>().chunks(500) {
+        let ids: Vec<OpenId> = chunk
+            .iter()
+            .map(|&u| OpenId::new(&open_id(u)).unwrap())
+            .collect();
+        let creds: Vec<Vec<Credential>> = chunk.iter().map(|&u| make(u)).collect();
+        let reqs: Vec<StoreRequest<'_>> = ids
+            .iter()
+            .zip(&creds)
+            .map(|(o, c)| StoreRequest {
+                app,
+                open_id: o,
+                credentials: c,
+            })
+            .collect();
+        bank.store_batch(&reqs).await.expect("store");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let after = used_memory(&mut conn).await;
+    // Key families by their prefix: `wxpush:s:`, `wxpush:t:`, `wxpush:tc:`.
+    let mut families = [0i64; 3];
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut conn)
+            .await
+            .expect("SCAN");
+        let mut pipe = redis::pipe();
+        for k in &keys {
+            pipe.cmd("MEMORY").arg("USAGE").arg(k).arg("SAMPLES").arg(0);
+        }
+        let sizes: Vec<Option<i64>> = pipe.query_async(&mut conn).await.expect("MEMORY USAGE");
+        for (k, size) in keys.iter().zip(sizes) {
+            let family = ["wxpush:s:", "wxpush:t:", "wxpush:tc:"]
+                .iter()
+                .position(|p| k.starts_with(p));
+            if let Some(f) = family {
+                families[f] += size.unwrap_or(0);
+            }
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    (after - before, secs, families)
 }

@@ -220,6 +220,8 @@ struct Snapshot {
     app: Option<String>,
     template_id: Option<String>,
     audience: Option<String>,
+    /// `template` or `subscribe`, as the dispatcher recorded it.
+    kind: Option<String>,
     /// The record's `state` as written ("dispatching", "dispatched").
     record_state: Option<String>,
     /// Jobs published; unknown without a record (or when unreadable).
@@ -234,6 +236,11 @@ struct Snapshot {
     /// `failed:<errcode>` → count, by code as written.
     failed: BTreeMap<String, u64>,
     dead_lettered: u64,
+    /// Subscribe sends whose outcome WeChat left unknown (not resent).
+    unknown: u64,
+    /// Why the campaign was stopped (its data refused by WeChat, `47003`), if it was: the
+    /// jobs still queued then are not sent.
+    stopped_reason: Option<String>,
     duplicate: u64,
     retried: u64,
     last_at_ms: Option<i64>,
@@ -257,8 +264,12 @@ impl Snapshot {
         let text = |k: &str| camp.get(k).filter(|v| !v.is_empty()).cloned();
         s.app = text("app");
         s.template_id = text("template_id");
+        s.kind = text("kind");
         s.audience = text("audience");
         s.record_state = text("state");
+        if camp.contains_key("stopped_at_ms") {
+            s.stopped_reason = Some(text("stopped_reason").unwrap_or_else(|| "stopped".into()));
+        }
         if s.has_record {
             // Absent until the dispatcher's first confirmed batch: nothing published yet.
             s.targeted = match camp.get("targeted") {
@@ -285,6 +296,7 @@ impl Snapshot {
                 "sent_unconfirmed" => &mut s.sent_unconfirmed,
                 "no_credential" => &mut s.no_credential,
                 "dead_lettered" => &mut s.dead_lettered,
+                "unknown" => &mut s.unknown,
                 "duplicate" => &mut s.duplicate,
                 "retried" => &mut s.retried,
                 "last_at_ms" => {
@@ -330,6 +342,7 @@ impl Snapshot {
             self.no_credential,
             self.failed_total(),
             self.dead_lettered,
+            self.unknown,
         ]
         .iter()
         .fold(0u64, |a, n| a.saturating_add(*n))
@@ -345,16 +358,21 @@ impl Snapshot {
         self.targeted
     }
 
+    /// Every recipient has an outcome, or the campaign was stopped (its remaining jobs are
+    /// not sent).
     fn complete(&self) -> bool {
         self.has_record
-            && self.record_state.as_deref() == Some("dispatched")
-            && self.pending() == Some(0)
+            && (self.stopped_reason.is_some()
+                || (self.record_state.as_deref() == Some("dispatched")
+                    && self.pending() == Some(0)))
     }
 
     /// "dispatching", "dispatched", "complete", or what the record says; "unknown" without it.
     fn state(&self) -> &str {
         if !self.has_record {
             "unknown"
+        } else if self.stopped_reason.is_some() {
+            "stopped"
         } else if self.complete() {
             "complete"
         } else {
@@ -408,6 +426,7 @@ impl Snapshot {
             "campaign_id": self.campaign_id,
             "app": self.app,
             "template_id": self.template_id,
+            "kind": self.kind,
             "audience": self.audience,
             "state": self.state(),
             "has_dispatch_record": self.has_record,
@@ -419,6 +438,8 @@ impl Snapshot {
             "no_credential": self.no_credential,
             "failed": { "total": self.failed_total(), "by_code": by_code },
             "dead_lettered": self.dead_lettered,
+            "unknown": self.unknown,
+            "stopped_reason": self.stopped_reason,
             "duplicate": self.duplicate,
             "retried": self.retried,
             "pending": self.pending(),
@@ -444,6 +465,9 @@ impl Snapshot {
         row("campaign", self.campaign_id.clone());
         row("app", or_dash(&self.app));
         row("template", or_dash(&self.template_id));
+        if let Some(k) = &self.kind {
+            row("kind", k.clone());
+        }
         if let Some(a) = &self.audience {
             row("audience", a.clone());
         }
@@ -472,6 +496,12 @@ impl Snapshot {
             row(&label, n.to_string());
         }
         row("dead-lettered", self.dead_lettered.to_string());
+        if self.unknown > 0 {
+            row("unknown (subscribe, not resent)", self.unknown.to_string());
+        }
+        if let Some(reason) = &self.stopped_reason {
+            row("stopped", reason.clone());
+        }
         row("duplicates skipped", self.duplicate.to_string());
         row("retried", self.retried.to_string());
         row("pending", or_unknown(self.pending()));
@@ -799,7 +829,7 @@ fn end_bar(bar_len: usize) {
 // Formatting
 
 /// Unix ms as `2026-11-28 09:14:03 UTC` (no date crate: the civil calendar by hand).
-fn format_utc(ms: i64) -> String {
+pub(crate) fn format_utc(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);

@@ -870,6 +870,9 @@ async fn hostile_send_jobs_are_dead_lettered_with_their_code_and_send_goes_on() 
         data: [("keyword1".to_owned(), "hi".to_owned())].into(),
         emphasis_keyword: None,
         attempt: 0,
+        kind: wxpush_domain::job::JobKind::Template,
+        miniprogram_state: None,
+        lang: None,
     };
     let plain_id = format!("{m}-send");
     let odd_id = format!("{m}:{{x}}*?[a]\\");

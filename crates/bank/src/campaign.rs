@@ -11,6 +11,12 @@
 //!   is safely finished by the next one; `in_doubt` tells it that a `41029` then means "the
 //!   earlier attempt was accepted".
 //!
+//! A subscribe campaign claims a consent instead ([`Bank::campaign_claim_consent`],
+//! `lua/campaign_claim_consent.lua`) under the same marks, leases and answers; the marks then
+//! hold the member `s` + template id. Settling is the same call for both: a release without
+//! doubt gives a held consent back to the user at once (a consent has no identity WeChat
+//! could check on a resend), where a formId stays held for the next attempt.
+//!
 //! The campaign's outcome counters live beside the marks too, one hash per shard
 //! (`{ns}:cs:{<app>.<shard>}:<campaign>`): the scripts count an outcome in the same step that
 //! settles it, so each recipient is counted exactly once whatever crashes, and a sent message
@@ -84,7 +90,12 @@ impl Bank {
         parse_campaign_claim(&reply)
     }
 
-    /// Ends an attempt at `campaign`'s message to `open_id`.
+    /// Ends an attempt at `campaign`'s message to `open_id` (claimed by either
+    /// [`Bank::campaign_claim`] or [`Bank::campaign_claim_consent`]). Returns whether it was
+    /// applied (not when another attempt took the lease over, or the campaign is settled).
+    ///
+    /// One script call; two when a consent goes back to the user (a release without doubt):
+    /// the first call learns the held consent's template, whose index key the second passes.
     pub async fn campaign_settle(
         &self,
         app: &AppId,
@@ -98,17 +109,40 @@ impl Bank {
             Settle::Final(outcome) => (format!("={outcome}"), "0", "0"),
             Settle::Release { in_doubt, retry } => ("R".to_owned(), flag(in_doubt), flag(retry)),
         };
-        let mut cmd = self.scripts.campaign_settle.evalsha();
-        cmd.arg(2)
-            .arg(self.keys.marks(app, open_id))
-            .arg(self.counters_of(app, open_id, campaign))
-            .arg(campaign)
-            .arg(owner)
-            .arg(action)
-            .arg(doubt)
-            .arg(retried);
-        let applied: i64 = self.scripts.run(&mut self.conn.clone(), &cmd).await?;
-        Ok(applied == 1)
+        let shard = crate::keys::shard_of(open_id);
+        let mut template: Option<String> = None;
+        // The template can only change if the marks change under us: a few tries at most.
+        for _ in 0..3 {
+            let mut cmd = self.scripts.campaign_settle.evalsha();
+            cmd.arg(if template.is_some() { 5 } else { 4 })
+                .arg(self.keys.marks(app, open_id))
+                .arg(self.counters_of(app, open_id, campaign))
+                .arg(self.keys.consents(app, open_id))
+                .arg(self.keys.consent_totals(app, shard));
+            if let Some(t) = &template {
+                cmd.arg(self.keys.consent_index(app, shard, t));
+            }
+            cmd.arg(campaign)
+                .arg(owner)
+                .arg(&action)
+                .arg(doubt)
+                .arg(retried)
+                .arg(open_id.as_str())
+                .arg(template.as_deref().unwrap_or(""))
+                .arg(crate::CONSENT_TTL_SECS);
+            let reply: Value = self.scripts.run(&mut self.conn.clone(), &cmd).await?;
+            match reply {
+                Value::Int(applied) => return Ok(applied == 1),
+                Value::Array(items) => match items.as_slice() {
+                    [tag, t] if text(tag).as_deref() == Some("index") => template = text(t),
+                    _ => break,
+                },
+                _ => break,
+            }
+        }
+        Err(BankError::Protocol(
+            "campaign settle did not apply with the held consent's template".into(),
+        ))
     }
 }
 
@@ -170,7 +204,7 @@ fn credential(member: &Value, expiry: &Value) -> Result<Credential, BankError> {
         .ok_or_else(|| BankError::Protocol("a held credential this version cannot read".into()))
 }
 
-fn parse_campaign_claim(reply: &[Value]) -> Result<CampaignClaim, BankError> {
+pub(crate) fn parse_campaign_claim(reply: &[Value]) -> Result<CampaignClaim, BankError> {
     let tag = reply.first().and_then(text).unwrap_or_default();
     match (tag.as_str(), reply) {
         ("done", [_, outcome]) => text(outcome)

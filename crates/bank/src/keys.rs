@@ -8,12 +8,20 @@
 //! {ns}:m:{<app>.<shard>}:<openId>   hash  the user's campaign marks: which campaigns reached
 //!                                          them, and the credential held for one in progress
 //! {ns}:cs:{<app>.<shard>}:<campaign> hash  a campaign's outcome counters for this shard's users
+//! {ns}:s:{<app>.<shard>}:<openId>   hash  the user's subscribe consents: templateId → consents
+//!                                          left (≥ 1; a field reaching 0 is deleted)
+//! {ns}:t:{<app>.<shard>}:<templateId> set  consent index shard: the shard's users holding ≥ 1
+//!                                          consent for that template
+//! {ns}:tc:{<app>.<shard>}           hash  consent totals: templateId → consents held by the
+//!                                          shard's users
 //! ```
 //!
-//! A user's key and their index shard share the hash tag `{<app>.<shard>}`, so every script
-//! touches one Redis Cluster slot, while the index is spread over [`SHARDS`] keys (and slots).
-//! The openId comes after the tag, so no openId can move a key to another slot. This module
-//! must not talk to Redis.
+//! A user's keys and their index shards share the hash tag `{<app>.<shard>}`, so every script
+//! touches one Redis Cluster slot, while the indexes are spread over [`SHARDS`] keys (and
+//! slots) per app (and per template). The openId, campaign id or template id comes after the
+//! tag, as the key's last part, so none can move a key to another slot. The consent layout is
+//! read as it is by `wxpush reach`: change it only together. This module must not talk to
+//! Redis.
 
 use wxpush_domain::{AppId, Namespace, OpenId};
 
@@ -83,6 +91,33 @@ impl Keys {
     pub fn index_shard(&self, app: &AppId, shard: u16) -> String {
         format!("{}:u:{{{}.{}}}", self.ns, app, shard)
     }
+
+    /// One user's subscribe consents (same slot as their credentials).
+    pub fn consents(&self, app: &AppId, open_id: &OpenId) -> String {
+        format!(
+            "{}:s:{{{}.{}}}:{}",
+            self.ns,
+            app,
+            shard_of(open_id),
+            open_id
+        )
+    }
+
+    /// The consent index shard of `template` holding `open_id`.
+    pub fn consent_index_of(&self, app: &AppId, open_id: &OpenId, template: &str) -> String {
+        self.consent_index(app, shard_of(open_id), template)
+    }
+
+    /// Consent index shard number `shard` of `template`: the shard's users holding a consent
+    /// for it.
+    pub fn consent_index(&self, app: &AppId, shard: u16, template: &str) -> String {
+        format!("{}:t:{{{}.{}}}:{}", self.ns, app, shard, template)
+    }
+
+    /// The consent totals of shard `shard`: template → consents its users hold.
+    pub fn consent_totals(&self, app: &AppId, shard: u16) -> String {
+        format!("{}:tc:{{{}.{}}}", self.ns, app, shard)
+    }
 }
 
 #[cfg(test)]
@@ -104,6 +139,29 @@ mod tests {
         assert_eq!(tag(&c), tag(&i));
         assert!(c.ends_with(":o{evil}:x"));
         assert!(shard_of(&user) < SHARDS);
+    }
+
+    #[test]
+    fn consent_keys_share_the_users_hash_tag() {
+        let keys = Keys::new(Namespace::new("wxpush").unwrap());
+        let app = AppId::new("wx1234567890abcdef").unwrap();
+        let user = OpenId::new("oLvT05Abc").unwrap();
+        let shard = shard_of(&user);
+        let tag = format!("{{wx1234567890abcdef.{shard}}}");
+        assert_eq!(
+            keys.consents(&app, &user),
+            format!("wxpush:s:{tag}:oLvT05Abc")
+        );
+        assert_eq!(
+            keys.consent_index_of(&app, &user, "TPL:{x}"),
+            format!("wxpush:t:{tag}:TPL:{{x}}")
+        );
+        assert_eq!(keys.consent_totals(&app, shard), format!("wxpush:tc:{tag}"));
+        assert_eq!(
+            keys.consent_totals(&app, 7),
+            "wxpush:tc:{wx1234567890abcdef.7}"
+        );
+        assert!(keys.credentials(&app, &user).contains(&tag));
     }
 
     #[test]

@@ -1,16 +1,26 @@
 //! The credential bank: every user's WeChat credentials, kept in Redis.
 //!
-//! The bank owns three operations and the guarantees behind them:
-//! - **store** ([`Bank::store_batch`]): adds credentials, once each (a formId stored or
-//!   already spent is never stored again), keeps at most `user_cap` usable ones per user
-//!   (those expiring last), drops what is already expired, and keeps the reachable-user index
-//!   and every key's expiry current. Many users go to Redis in one pipelined round trip.
+//! Three kinds of credential live in it (see `docs/bank.md`):
+//! - **formIds** and **prepayId uses** (three per prepayId, sharing its expiry) in one zset per
+//!   user, scored by expiry, spent soonest-to-expire first as one pool by template messages;
+//! - **subscribe consents**, counted per user and template in a hash, with a per-template
+//!   index of the users holding one and per-shard totals (`consent.rs`).
+//!
+//! The bank owns these operations and the guarantees behind them:
+//! - **store** ([`Bank::store_batch`]): adds credentials, once each (a formId or prepayId use
+//!   stored or already spent is never stored again), keeps at most `user_cap` usable ones per
+//!   user (those expiring last), drops what is already expired, and keeps the reachable-user
+//!   index and every key's expiry current; adds consents (they accumulate). Many users go to
+//!   Redis in one pipelined round trip.
 //! - **claim** ([`Bank::claim`]): removes and returns a user's usable credential that expires
 //!   soonest, in one Lua script, so concurrent claimers in any number of processes never get
 //!   the same credential. A credential expiring within `claim_margin_secs` counts as expired.
 //! - **release** ([`Bank::release`]): gives back a claimed credential WeChat did not use.
-//! - **campaign claim** ([`Bank::campaign_claim`], [`Bank::campaign_settle`]): at most one
-//!   message per user per campaign, whatever is redelivered or killed (see `campaign.rs`).
+//! - **campaign claim** ([`Bank::campaign_claim`], [`Bank::campaign_claim_consent`],
+//!   [`Bank::campaign_settle`]): at most one message per user per campaign, whatever is
+//!   redelivered or killed (see `campaign.rs`), spending a formId/prepayId use or a consent.
+//! - **consents** ([`Bank::consents_left`], [`Bank::clear_consents`],
+//!   [`Bank::release_consent`], [`Bank::consent_page`]).
 //! - **reachable users** ([`Bank::reachable_page`]): streams the users who hold a usable
 //!   credential, shard by shard, a page at a time, without `KEYS` or a keyspace `SCAN`.
 //!
@@ -19,6 +29,7 @@
 //! RabbitMQ, WeChat or message formats.
 
 mod campaign;
+mod consent;
 pub mod keys;
 pub mod member;
 mod reachable;
@@ -26,11 +37,14 @@ mod scripts;
 
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::Value;
-use wxpush_domain::{AppId, Credential, Namespace, OpenId};
+use redis::{FromRedisValue, Value};
+use wxpush_domain::{check_template_id, AppId, Credential, CredentialKind, Namespace, OpenId};
 
 pub use campaign::{CampaignClaim, Settle};
+pub use consent::CONSENT_TTL_SECS;
 pub use keys::{Keys, SHARDS};
 pub use reachable::{ReachableCursor, ReachablePage};
 
@@ -43,6 +57,10 @@ pub enum BankError {
     Redis(#[from] redis::RedisError),
     #[error("unexpected reply from a bank script: {0}")]
     Protocol(String),
+    /// A credential the bank cannot store (a prepayId use number outside 1..=3, a consent
+    /// for an invalid template id): a caller's mistake, refused before anything is sent.
+    #[error("cannot store this credential: {0}")]
+    InvalidCredential(String),
 }
 
 impl BankError {
@@ -51,7 +69,7 @@ impl BankError {
         match self {
             BankError::Connect(_) => true,
             BankError::Redis(e) => redis_is_transient(e),
-            BankError::Protocol(_) => false,
+            BankError::Protocol(_) | BankError::InvalidCredential(_) => false,
         }
     }
 }
@@ -97,6 +115,9 @@ impl Default for BankSettings {
 pub struct StoreRequest<'a> {
     pub app: &'a AppId,
     pub open_id: &'a OpenId,
+    /// FormIds and prepayId uses go to the user's credential zset; each credential of kind
+    /// `Consent` adds one consent for its template (value) to the user's consent hash
+    /// (`wxpush_domain::Consent::credentials` and `Upload::into_credentials` give them).
     pub credentials: &'a [Credential],
 }
 
@@ -111,6 +132,8 @@ pub struct StoreReport {
     pub expired: u64,
     /// Dropped because the user held more than the cap (the soonest-expiring go).
     pub capped: u64,
+    /// Subscribe consents added (they accumulate: every one offered is added).
+    pub consents: u64,
 }
 
 impl std::ops::AddAssign for StoreReport {
@@ -119,6 +142,7 @@ impl std::ops::AddAssign for StoreReport {
         self.known += o.known;
         self.expired += o.expired;
         self.capped += o.capped;
+        self.consents += o.consents;
     }
 }
 
@@ -210,17 +234,26 @@ impl Bank {
         Ok(())
     }
 
-    /// Stores credentials for many users in one pipelined round trip. Idempotent: storing
-    /// the same batch again changes nothing, so a batch may be retried whole.
+    /// Stores credentials for many users in one pipelined round trip: per user, one script
+    /// for the formIds and prepayId uses (`store.lua`) and one for the consents
+    /// (`store_consents.lua`), each only when there is something for it.
+    ///
+    /// Storing formIds and prepayId uses is idempotent: storing the same batch again changes
+    /// nothing, so a batch may be retried whole. Consents accumulate, so a batch stored twice
+    /// (retried after a timeout, redelivered after a crash) adds its consents twice: the
+    /// extra consent is one send WeChat refuses with 43101, which clears the user's count for
+    /// that template (see `docs/bank.md`).
     pub async fn store_batch(
         &self,
         requests: &[StoreRequest<'_>],
     ) -> Result<Vec<StoreReport>, BankError> {
-        if requests.is_empty() {
-            return Ok(Vec::new());
-        }
         let mut pipe = redis::pipe();
+        let mut commands = 0usize;
+        // For each request: whether its zset store and its consent store are in the pipeline.
+        let mut plan = Vec::with_capacity(requests.len());
         for r in requests {
+            let mut in_zset = false;
+            let mut consents: BTreeMap<&str, u64> = BTreeMap::new();
             let mut cmd = self.scripts.store.evalsha();
             cmd.arg(2)
                 .arg(self.keys.credentials(r.app, r.open_id))
@@ -229,33 +262,76 @@ impl Bank {
                 .arg(self.settings.user_cap)
                 .arg(r.open_id.as_str());
             for c in r.credentials {
-                cmd.arg(c.expires_at).arg(member::encode(c));
+                match c.kind {
+                    CredentialKind::Consent => {
+                        check_template_id(&c.value).map_err(|e| {
+                            BankError::InvalidCredential(format!("a consent's {e}"))
+                        })?;
+                        *consents.entry(c.value.as_str()).or_default() += 1;
+                    }
+                    CredentialKind::PrepayId { use_no } if !member::valid_use(use_no) => {
+                        return Err(BankError::InvalidCredential(format!(
+                            "prepayId use {use_no} (uses are 1 to {})",
+                            wxpush_domain::PREPAY_USES
+                        )));
+                    }
+                    CredentialKind::FormId | CredentialKind::PrepayId { .. } => {
+                        cmd.arg(c.expires_at).arg(member::encode(c));
+                        in_zset = true;
+                    }
+                }
             }
-            pipe.add_command(cmd);
+            if in_zset {
+                pipe.add_command(cmd);
+                commands += 1;
+            }
+            if !consents.is_empty() {
+                pipe.add_command(self.store_consents_cmd(r.app, r.open_id, &consents));
+                commands += 1;
+            }
+            plan.push((in_zset, !consents.is_empty()));
         }
-        let replies: Vec<Vec<i64>> = self
+        if commands == 0 {
+            return Ok(vec![StoreReport::default(); requests.len()]);
+        }
+        let replies: Vec<Value> = self
             .scripts
             .run_pipeline(&mut self.conn.clone(), &pipe)
             .await?;
-        if replies.len() != requests.len() {
+        if replies.len() != commands {
             return Err(BankError::Protocol(format!(
-                "{} replies for {} stores",
+                "{} replies for {commands} store scripts",
                 replies.len(),
-                requests.len()
             )));
         }
-        replies
-            .into_iter()
-            .map(|r| match r.as_slice() {
-                [a, k, e, c] => Ok(StoreReport {
-                    added: non_negative(*a),
-                    known: non_negative(*k),
-                    expired: non_negative(*e),
-                    capped: non_negative(*c),
-                }),
-                other => Err(BankError::Protocol(format!("store returned {other:?}"))),
-            })
-            .collect()
+        let mut replies = replies.into_iter();
+        let mut next = || {
+            replies
+                .next()
+                .ok_or_else(|| BankError::Protocol("a store reply is missing".into()))
+        };
+        let mut reports = Vec::with_capacity(requests.len());
+        for (in_zset, with_consents) in plan {
+            let mut report = StoreReport::default();
+            if in_zset {
+                match Vec::<i64>::from_redis_value(next()?).as_deref() {
+                    Ok([a, k, e, c]) => {
+                        report.added = non_negative(*a);
+                        report.known = non_negative(*k);
+                        report.expired = non_negative(*e);
+                        report.capped = non_negative(*c);
+                    }
+                    other => return Err(BankError::Protocol(format!("store returned {other:?}"))),
+                }
+            }
+            if with_consents {
+                let added = i64::from_redis_value(next()?)
+                    .map_err(|e| BankError::Protocol(format!("store_consents returned {e}")))?;
+                report.consents = non_negative(added);
+            }
+            reports.push(report);
+        }
+        Ok(reports)
     }
 
     /// Stores one user's credentials.
@@ -292,13 +368,18 @@ impl Bank {
 
     /// Gives back a credential claimed from this user that WeChat did not use (it refused the
     /// message for another reason before spending the credential). Returns whether it was
-    /// given back: only a spent credential of this user, still usable, can be.
+    /// given back: only a spent credential of this user, still usable, can be. A consent is
+    /// never given back here (`false`): it has no tombstone to guard a second give-back; see
+    /// [`Bank::release_consent`] and [`Settle::Release`].
     pub async fn release(
         &self,
         app: &AppId,
         open_id: &OpenId,
         credential: &Credential,
     ) -> Result<bool, BankError> {
+        if credential.is_consent() {
+            return Ok(false);
+        }
         let mut cmd = self.scripts.release.evalsha();
         cmd.arg(2)
             .arg(self.keys.credentials(app, open_id))
@@ -311,7 +392,8 @@ impl Bank {
         Ok(released == 1)
     }
 
-    /// How many usable credentials the user holds now.
+    /// How many usable credentials (formIds and prepayId uses; consents are counted by
+    /// [`Bank::consents_left`]) the user holds now.
     pub async fn usable_count(&self, app: &AppId, open_id: &OpenId) -> Result<u64, BankError> {
         let mut conn = self.conn.clone();
         let now = redis_time(&mut conn).await?;

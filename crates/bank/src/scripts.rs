@@ -37,6 +37,9 @@ pub(crate) struct Scripts {
     pub(crate) release: BankScript,
     pub(crate) campaign_claim: BankScript,
     pub(crate) campaign_settle: BankScript,
+    pub(crate) store_consents: BankScript,
+    pub(crate) clear_consents: BankScript,
+    pub(crate) campaign_claim_consent: BankScript,
 }
 
 pub(crate) fn get() -> &'static Scripts {
@@ -47,6 +50,9 @@ pub(crate) fn get() -> &'static Scripts {
         release: BankScript::new(include_str!("lua/release.lua")),
         campaign_claim: BankScript::new(include_str!("lua/campaign_claim.lua")),
         campaign_settle: BankScript::new(include_str!("lua/campaign_settle.lua")),
+        store_consents: BankScript::new(include_str!("lua/store_consents.lua")),
+        clear_consents: BankScript::new(include_str!("lua/clear_consents.lua")),
+        campaign_claim_consent: BankScript::new(include_str!("lua/campaign_claim_consent.lua")),
     })
 }
 
@@ -65,6 +71,9 @@ impl Scripts {
             &self.release,
             &self.campaign_claim,
             &self.campaign_settle,
+            &self.store_consents,
+            &self.clear_consents,
+            &self.campaign_claim_consent,
         ] {
             s.script.prepare_invoke().load_async(conn).await?;
         }

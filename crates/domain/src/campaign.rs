@@ -18,6 +18,10 @@
 //! make each job tens of megabytes and a page of jobs tens of gigabytes. The campaign id and
 //! openIds become parts of Redis keys and follow the name rules ([`crate::names`]).
 //!
+//! A subscribe campaign's `data` is also checked against WeChat's per-type value limits
+//! ([`crate::subscribe_data`], the one table of them), so a campaign WeChat would refuse with
+//! `47003` for every recipient is refused here once, as `invalid_data`.
+//!
 //! Leniency, chosen once here so every caller agrees:
 //! - a field whose value is JSON `null` counts as absent (top level and inside `audience`);
 //! - unknown extra fields are ignored;
@@ -29,8 +33,9 @@ use std::collections::{BTreeMap, HashSet};
 use serde_json::{Map, Value};
 
 use crate::body::{json_object, BodyError};
-use crate::job::{check_campaign_id, SendJob};
+use crate::job::{check_campaign_id, JobKind, SendJob};
 use crate::names::{AppId, OpenId};
+use crate::subscribe_data::validate_subscribe_data;
 
 /// Longest accepted `templateId`.
 pub const MAX_TEMPLATE_ID_BYTES: usize = 128;
@@ -216,15 +221,26 @@ impl CampaignError {
 }
 
 impl Campaign {
-    /// The send job for one recipient of a template campaign: attempt 0, no held credential.
+    /// The send job for one recipient: attempt 0, no held credential. A subscribe campaign's
+    /// job carries `kind: subscribe`, its data as field → value, `miniprogramState` and
+    /// `lang`. Always `Some` (the `Option` is kept for callers written when subscribe jobs
+    /// did not exist yet).
     ///
     /// It does not check that `open_id` belongs to the audience (for [`Audience::All`] the
-    /// recipients come from the credential bank). Subscribe campaigns return `None` for now:
-    /// their job format (which carries the `{"value": ..}` data, `miniprogramState` and
-    /// `lang`) is still to come.
+    /// recipients come from the credential bank).
     pub fn job_for(&self, open_id: &OpenId) -> Option<SendJob> {
-        let CampaignKind::Template { data } = &self.kind else {
-            return None;
+        let (kind, data, miniprogram_state, lang) = match &self.kind {
+            CampaignKind::Template { data } => (JobKind::Template, data.clone(), None, None),
+            CampaignKind::Subscribe {
+                data,
+                miniprogram_state,
+                lang,
+            } => (
+                JobKind::Subscribe,
+                subscribe_values(data),
+                miniprogram_state.clone(),
+                lang.clone(),
+            ),
         };
         Some(SendJob {
             campaign_id: self.campaign_id.clone(),
@@ -232,11 +248,29 @@ impl Campaign {
             open_id: open_id.as_str().to_owned(),
             template_id: self.template_id.clone(),
             page: self.page.clone(),
-            data: data.clone(),
+            data,
             emphasis_keyword: self.emphasis_keyword.clone(),
             attempt: 0,
+            kind,
+            miniprogram_state,
+            lang,
         })
     }
+}
+
+/// A subscribe campaign's `{"field": {"value": v}}` as the job's field → value (a string
+/// value as it is, any other JSON value as its JSON text).
+fn subscribe_values(data: &Map<String, Value>) -> BTreeMap<String, String> {
+    data.iter()
+        .map(|(k, v)| {
+            let inner = v.get("value").unwrap_or(v);
+            let text = match inner {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.clone(), text)
+        })
+        .collect()
 }
 
 /// Parse and validate one campaign message.
@@ -250,7 +284,9 @@ impl Campaign {
 /// - `data`: an object. For a template campaign each value is a string or a `{"value":
 ///   "..."}` object and the result is field → string. For a subscribe campaign (which
 ///   requires `data`, with at least one field) each value is kept as a `{"value": ...}`
-///   object (a plain string `s` becomes `{"value": s}`).
+///   object (a plain string `s` becomes `{"value": s}`), and each field must keep WeChat's
+///   limit for its type ([`validate_subscribe_data`]): `thing1` at most 20 characters, and
+///   so on; a violation is `invalid_data` naming the field, its type and the limit.
 pub fn parse_campaign(body: &[u8], limits: CampaignLimits) -> Result<Campaign, CampaignError> {
     let obj = json_object(body, limits.max_bytes)?;
 
@@ -300,6 +336,10 @@ pub fn parse_campaign(body: &[u8], limits: CampaignLimits) -> Result<Campaign, C
         ));
     }
     let kind = if subscribe {
+        // Consents are stored under template ids checked this way; any other id would find
+        // no consent for anyone.
+        crate::credential::check_template_id(&template_id)
+            .map_err(|e| CampaignError::InvalidTemplateId(e.to_string()))?;
         if keywords.is_some() {
             return Err(CampaignError::InvalidData(
                 "a subscribe campaign takes data, not keywords".into(),
@@ -520,6 +560,8 @@ fn subscribe_data(data: &Value) -> Result<Map<String, Value>, CampaignError> {
     if bytes > MAX_DATA_BYTES {
         return Err(too_many_data_bytes(bytes));
     }
+    // Bounded first, so the per-type checks below only ever see 32 KiB.
+    validate_subscribe_data(&out).map_err(|e| CampaignError::InvalidData(e.to_string()))?;
     Ok(out)
 }
 
@@ -668,10 +710,12 @@ mod tests {
 
     #[test]
     fn accepts_the_section_7_subscribe_example() {
+        // With thing1 cut to 18 characters: the contract's "Your order has shipped" is 22,
+        // over WeChat's 20 (see section_7_example_as_written_is_refused_for_its_thing1).
         let c = parse(
             r#"{"campaignId": "order-shipped-2026-11-28", "appId": "wx1234567890abcdef", "kind": "subscribe",
              "templateId": "TPL_ORDER_SHIPPED", "page": "pages/order/detail?id=1",
-             "data": {"thing1": {"value": "Your order has shipped"}, "character_string2": {"value": "SF1234567"}},
+             "data": {"thing1": {"value": "Your order shipped"}, "character_string2": {"value": "SF1234567"}},
              "miniprogramState": "formal", "lang": "zh_CN", "audience": {"openIds": ["oLvT05Abc"]}}"#,
         )
         .unwrap();
@@ -691,14 +735,131 @@ mod tests {
         };
         assert_eq!(
             Value::Object(data.clone()),
-            json!({"thing1": {"value": "Your order has shipped"},
+            json!({"thing1": {"value": "Your order shipped"},
                    "character_string2": {"value": "SF1234567"}})
         );
         assert_eq!(miniprogram_state.as_deref(), Some("formal"));
         assert_eq!(lang.as_deref(), Some("zh_CN"));
         assert_eq!(c.kind.name(), "subscribe");
-        // Subscribe jobs are still to come.
-        assert_eq!(c.job_for(&OpenId::new("oLvT05Abc").unwrap()), None);
+        // The job carries the kind, the values and the subscribe options, and round-trips.
+        let job = c.job_for(&OpenId::new("oLvT05Abc").unwrap()).unwrap();
+        assert_eq!(job.kind, JobKind::Subscribe);
+        assert_eq!(job.data["character_string2"], "SF1234567");
+        assert_eq!(job.miniprogram_state.as_deref(), Some("formal"));
+        assert_eq!(job.lang.as_deref(), Some("zh_CN"));
+        assert_eq!(crate::job::parse_job(&job.to_json()).unwrap().job, job);
+    }
+
+    #[test]
+    fn section_7_example_as_written_is_refused_for_its_thing1() {
+        let err = parse(
+            r#"{"campaignId": "order-shipped-2026-11-28", "appId": "wx1234567890abcdef", "kind": "subscribe",
+             "templateId": "TPL_ORDER_SHIPPED", "page": "pages/order/detail?id=1",
+             "data": {"thing1": {"value": "Your order has shipped"}, "character_string2": {"value": "SF1234567"}},
+             "miniprogramState": "formal", "lang": "zh_CN", "audience": {"openIds": ["oLvT05Abc"]}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), "invalid_data");
+        assert_eq!(
+            err.to_string(),
+            "template data is invalid: thing1 is 22 characters, over the limit of 20 for thing"
+        );
+    }
+
+    /// A subscribe campaign to everyone with this `data`.
+    fn subscribe_with(data: Value) -> Result<Campaign, CampaignError> {
+        let body = json!({"campaignId": "c", "templateId": "T", "kind": "subscribe",
+                          "audience": {"all": true}, "data": data});
+        parse(&body.to_string())
+    }
+
+    /// `Ok` or the code and reason of a subscribe campaign with one field `key` = `value`.
+    fn one_field(key: &str, value: &str) -> Result<(), (&'static str, String)> {
+        subscribe_with(json!({key: {"value": value}}))
+            .map(|_| ())
+            .map_err(|e| (e.code(), e.to_string()))
+    }
+
+    #[test]
+    fn subscribe_data_keeps_wechats_limit_for_each_type() {
+        let n = |c: &str, k: usize| c.repeat(k);
+        // (key, at the limit, one over, a wrong character or form)
+        let cases: [(&str, String, String, &str); 12] = [
+            ("thing1", n("a", 20), n("a", 21), ""),
+            ("number2", n("1", 32), n("1", 33), "12a"),
+            ("letter3", n("x", 32), n("x", 33), "abc1"),
+            ("symbol4", n("%", 5), n("%", 6), "%a"),
+            ("character_string5", n("Z", 32), n("Z", 33), "SF中"),
+            ("phrase6", n("配", 5), n("配", 6), "ok"),
+            ("name7", n("张", 10), n("张", 11), "R2D2"),
+            ("name8", n("a", 20), n("a", 21), "张3"),
+            ("phone_number9", n("1", 17), n("1", 18), "call"),
+            (
+                "car_number10",
+                "粤A8Z888挂".into(),
+                "粤A8Z8888挂".into(),
+                "A1中2",
+            ),
+            (
+                "amount11",
+                format!("¥{}", n("9", 10)),
+                format!("¥{}", n("9", 11)),
+                "¥¥1",
+            ),
+            (
+                "time12",
+                "2019年10月1日 15:01".into(),
+                "24:00".into(),
+                "noon",
+            ),
+        ];
+        for (key, at_limit, over, wrong) in &cases {
+            assert_eq!(one_field(key, at_limit), Ok(()), "{key} at the limit");
+            for bad in [over.as_str(), wrong, ""] {
+                let (code, reason) = one_field(key, bad).unwrap_err();
+                assert_eq!(code, "invalid_data", "{key} = {bad:?}");
+                assert!(reason.contains(key), "{key}: {reason}");
+            }
+        }
+        // Chinese characters count one each, not three bytes.
+        assert_eq!(one_field("thing1", &n("配", 20)), Ok(()));
+        let (_, reason) = one_field("thing1", &n("配", 21)).unwrap_err();
+        assert!(
+            reason.ends_with("thing1 is 21 characters, over the limit of 20 for thing"),
+            "{reason}"
+        );
+        // Dates, enums; a number given as a JSON number.
+        assert_eq!(one_field("date1", "2019年10月1日"), Ok(()));
+        assert!(one_field("date1", "15:01").is_err());
+        assert_eq!(one_field("enum1", "A"), Ok(()));
+        assert!(subscribe_with(json!({"number1": {"value": 42}})).is_ok());
+        // An untyped key (a template keyword, a ".DATA" left in) is refused.
+        let (code, reason) = one_field("keyword1", "x").unwrap_err();
+        assert_eq!(code, "invalid_data");
+        assert!(
+            reason.contains("keyword1") && reason.contains("47003"),
+            "{reason}"
+        );
+        assert!(one_field("thing1.DATA", "x").is_err());
+        // The first bad field (in key order) is the one named.
+        let err = subscribe_with(json!({"thing2": "ok", "phrase3": "not chinese", "thing9": "ok"}))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("phrase3 has 'n' at character 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn template_campaigns_are_not_held_to_subscribe_limits() {
+        let long = "x".repeat(200);
+        let body = json!({"campaignId": "c", "templateId": "T", "audience": {"all": true},
+                          "data": {"thing1": long, "keyword2": "", "phrase3": "not chinese"}});
+        let c = parse(&body.to_string()).unwrap();
+        assert_eq!(template_data_of(&c)["thing1"], long);
+        let body = json!({"campaignId": "c", "templateId": "T", "audience": {"all": true},
+                          "keywords": [long]});
+        assert!(parse(&body.to_string()).is_ok());
     }
 
     #[test]
@@ -805,6 +966,9 @@ mod tests {
                 data: keywords(&[("keyword1", "x"), ("keyword2", "y")]),
                 emphasis_keyword: Some("keyword1.DATA".into()),
                 attempt: 0,
+                kind: crate::job::JobKind::Template,
+                miniprogram_state: None,
+                lang: None,
             }
         );
         // And the sender accepts it.
@@ -902,11 +1066,11 @@ mod tests {
                 "invalid_kind",
             ),
             (
-                r#"{"campaignId":"c","kind":"subscribe","templateId":"T","data":{"a":"b"},"miniprogramState":"prod","audience":{"all":true}}"#,
+                r#"{"campaignId":"c","kind":"subscribe","templateId":"T","data":{"thing1":"b"},"miniprogramState":"prod","audience":{"all":true}}"#,
                 "invalid_miniprogram_state",
             ),
             (
-                r#"{"campaignId":"c","kind":"subscribe","templateId":"T","data":{"a":"b"},"lang":"fr_FR","audience":{"all":true}}"#,
+                r#"{"campaignId":"c","kind":"subscribe","templateId":"T","data":{"thing1":"b"},"lang":"fr_FR","audience":{"all":true}}"#,
                 "invalid_lang",
             ),
             (
@@ -1189,6 +1353,9 @@ mod tests {
         if let Audience::OpenIds(ids) = &c.audience {
             proptest::prop_assert!(!ids.is_empty());
         }
+        if let CampaignKind::Subscribe { data, .. } = &c.kind {
+            proptest::prop_assert!(validate_subscribe_data(data).is_ok());
+        }
         if let CampaignKind::Template { data } = &c.kind {
             proptest::prop_assert!(data.len() <= MAX_DATA_FIELDS);
             proptest::prop_assert!(data_bytes(data) <= MAX_DATA_BYTES);
@@ -1312,6 +1479,24 @@ mod tests {
                 proptest::prop_assert_eq!(got.unwrap_err().code(), "not_json");
             } else if levels <= 120 {
                 proptest::prop_assert!(got.err().is_none_or(|e| e.code() != "not_json"));
+            }
+        }
+
+        #[test]
+        fn subscribe_data_of_any_strings_parses_or_is_invalid_data(
+            kind in proptest::sample::select(
+                crate::subscribe_data::VALUE_TYPES.iter().map(|t| t.name).chain(["keyword"]).collect::<Vec<_>>()
+            ),
+            number in 0u32..30,
+            value in proptest::prelude::any::<String>(),
+        ) {
+            let key = format!("{kind}{number}");
+            match subscribe_with(json!({key.clone(): {"value": value}})) {
+                Ok(c) => check_accepted(&c)?,
+                Err(e) => {
+                    proptest::prop_assert_eq!(e.code(), "invalid_data");
+                    proptest::prop_assert!(e.to_string().contains(&key), "{}", e);
+                }
             }
         }
 

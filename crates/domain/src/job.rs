@@ -7,6 +7,11 @@
 //!  "emphasisKeyword": "keyword1.DATA", "attempt": 0}
 //! ```
 //!
+//! A subscribe-message job adds `"kind": "subscribe"` and may carry `miniprogramState` and
+//! `lang`; its `data` is field → value like a template job's (the sender wraps each value as
+//! `{"value": ...}` for WeChat). `kind` absent means `template`, so jobs published before
+//! subscribe messages existed still parse.
+//!
 //! `appId` is optional (the install's app when absent); `attempt` (retries so far) is set by
 //! the senders when they re-publish a job for a later retry. The credential an attempt holds
 //! is kept in the bank's campaign marks, not in the job. This module owns the format and its
@@ -49,6 +54,32 @@ pub struct SendJob {
     pub emphasis_keyword: Option<String>,
     #[serde(default)]
     pub attempt: u32,
+    /// What the job spends and which API it calls.
+    #[serde(default, skip_serializing_if = "JobKind::is_template")]
+    pub kind: JobKind,
+    /// Subscribe jobs: `developer`, `trial` or `formal` (WeChat's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub miniprogram_state: Option<String>,
+    /// Subscribe jobs: `zh_CN` (WeChat's default), `en_US`, `zh_HK`, `zh_TW`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lang: Option<String>,
+}
+
+/// What a send job spends and which WeChat API it calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    /// A formId or a prepayId use; `/cgi-bin/message/wxopen/template/send`.
+    #[default]
+    Template,
+    /// One consent for the job's template; `/cgi-bin/message/subscribe/send`.
+    Subscribe,
+}
+
+impl JobKind {
+    pub fn is_template(&self) -> bool {
+        *self == JobKind::Template
+    }
 }
 
 /// A job that passed validation, with its names checked.

@@ -11,6 +11,7 @@ pub mod config;
 pub mod credential;
 pub mod job;
 pub mod names;
+pub mod subscribe_data;
 pub mod upload;
 
 pub use campaign::{
@@ -18,9 +19,12 @@ pub use campaign::{
     RejectedRecipient,
 };
 pub use config::{Config, ConfigError, RawConfig, Secret};
-pub use credential::{Credential, CredentialKind};
-pub use job::{parse_job, JobError, SendJob, ValidJob};
+pub use credential::{
+    check_template_id, Consent, Credential, CredentialKind, NEVER_EXPIRES, PREPAY_USES,
+};
+pub use job::{parse_job, JobError, JobKind, SendJob, ValidJob};
 pub use names::{AppId, NameError, Namespace, OpenId};
+pub use subscribe_data::{validate_subscribe_data, DataError};
 pub use upload::{parse_upload, PoisonReason, RejectedEntry, Upload, UploadLimits};
 
 /// WeChat lets a formId (and a prepay_id) be used within 7 days of the user's action.

@@ -1,20 +1,34 @@
-//! The credential upload message (contract section 4): parsing and validation.
+//! The credential upload message (contract sections 4 and 7): parsing and validation.
 //!
-//! [`parse_upload`] turns raw broker bytes into an [`Upload`] holding the usable credentials,
-//! or a [`PoisonReason`] saying why the whole message cannot be used. It decides expiry
-//! (clamped to 7 days after receipt, never trusting the client further) and rejects bad
-//! entries one by one, so a message with some bad entries still yields the good ones.
+//! [`parse_upload`] turns raw broker bytes into an [`Upload`] holding the usable credentials
+//! (formIds, and each prepayId as its three uses) and the subscribe consents it grants, or a
+//! [`PoisonReason`] saying why the whole message cannot be used. It decides expiry (clamped
+//! to 7 days after receipt, never trusting the client further) and rejects bad entries one by
+//! one, so a message with some bad entries still yields the good ones.
+//!
+//! An upload carries any combination of `formIds`, `prepayIds` and `subscriptions` (at least
+//! one of the three, else `missing_form_ids`, the code kept from when `formIds` was the only
+//! field), and at least one usable entry among them all (else `no_usable_entry`).
+//! - `formIds` and `prepayIds`: an array of `{"formId"|"prepayId": .., "expire": ms}`, or a
+//!   JSON string holding that array (the seed's client sends `JSON.stringify(formIds)`).
+//! - `subscriptions`: the object `wx.requestSubscribeMessage` returns (or a JSON string of
+//!   it). Each template id whose value is `"accept"` grants one consent; `"reject"`, `"ban"`
+//!   and `"filter"` grant nothing; `errMsg` is ignored; any other value, or a key that is not
+//!   a valid template id ([`check_template_id`]), is a bad entry.
 //!
 //! Hostile input costs at most what its size allows: the body is bounded by
-//! [`UploadLimits::max_bytes`] before it is parsed, and the number of `formIds` entries by
-//! [`UploadLimits::max_entries`] before any entry is looked at (`too_many_entries`). The
-//! openId and appId are validated names ([`crate::names`]); bad ones poison the message.
-//! It must never panic on any input, and does no I/O.
+//! [`UploadLimits::max_bytes`] before it is parsed, and the number of entries of the three
+//! fields together by [`UploadLimits::max_entries`] before any entry is looked at
+//! (`too_many_entries`). The openId and appId are validated names ([`crate::names`]); bad
+//! ones poison the message. Rejection reasons never quote the client's text (they can end up
+//! in a dead letter's header). It must never panic on any input, and does no I/O.
 
-use serde_json::Value;
+use std::borrow::Cow;
+
+use serde_json::{Map, Value};
 
 use crate::body::{json_object, BodyError};
-use crate::credential::Credential;
+use crate::credential::{check_template_id, Consent, Credential};
 use crate::names::{AppId, OpenId};
 use crate::CREDENTIAL_LIFETIME_MS;
 
@@ -24,18 +38,30 @@ pub const DEVTOOLS_PLACEHOLDER: &str = "the formId is a mock one";
 /// Longest formId accepted (real ones are 32 characters).
 pub const MAX_FORM_ID_BYTES: usize = 128;
 
+/// Longest prepayId accepted (real ones are 36 characters: `wx` and 34 digits and letters).
+pub const MAX_PREPAY_ID_BYTES: usize = 128;
+
 /// Default of [`UploadLimits::max_entries`]: far more than a client collects in 7 days, and
 /// ten times the default per-user cap (`WXPUSH_USER_CAP`).
 pub const DEFAULT_MAX_UPLOAD_ENTRIES: usize = 1000;
+
+/// The upload's fields that carry entries, as named in [`RejectedEntry::field`].
+pub const FORM_IDS: &str = "formIds";
+pub const PREPAY_IDS: &str = "prepayIds";
+pub const SUBSCRIPTIONS: &str = "subscriptions";
+
+/// The key of `wx.requestSubscribeMessage`'s result that is not a template id.
+const ERR_MSG: &str = "errMsg";
 
 /// Bounds on one upload message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UploadLimits {
     /// Largest body accepted, in bytes (`WXPUSH_MAX_MESSAGE_BYTES`, default 64 KiB).
     pub max_bytes: usize,
-    /// Most entries accepted in `formIds`, counted before any entry is parsed (so bad and
-    /// duplicate entries count too); more poisons the message as `too_many_entries`
-    /// (default [`DEFAULT_MAX_UPLOAD_ENTRIES`]).
+    /// Most entries accepted in `formIds`, `prepayIds` and `subscriptions` together (an
+    /// array element, or a key of `subscriptions` other than `errMsg`), counted before any
+    /// entry is parsed (so bad and duplicate entries count too); more poisons the message as
+    /// `too_many_entries` (default [`DEFAULT_MAX_UPLOAD_ENTRIES`]).
     pub max_entries: usize,
 }
 
@@ -54,17 +80,38 @@ pub struct Upload {
     pub open_id: OpenId,
     /// `None` means the install's default app.
     pub app_id: Option<AppId>,
-    /// Credentials still usable at receipt, expiry already clamped.
+    /// Credentials still usable at receipt, expiry already clamped: the formIds, then each
+    /// prepayId as its three uses (kind `PrepayId { use_no: 1..=3 }`, one expiry).
     pub credentials: Vec<Credential>,
+    /// Subscribe consents granted, one per accepted template (`count` 1).
+    pub consents: Vec<Consent>,
     /// Entries that were malformed, with the reason.
     pub rejected: Vec<RejectedEntry>,
-    /// Entries that were well formed but had already expired when received.
+    /// Entries (formIds, prepayIds) that were well formed but had already expired when
+    /// received.
     pub expired: usize,
 }
 
-/// One entry of `formIds` that was refused, and why.
+impl Upload {
+    /// Every credential of the upload for the bank: [`Upload::credentials`], then each
+    /// consent as a credential of kind `Consent`.
+    pub fn into_credentials(self) -> impl Iterator<Item = Credential> {
+        let consents = self.consents;
+        self.credentials
+            .into_iter()
+            .chain(consents.into_iter().flat_map(|c| {
+                let n = c.count;
+                (0..n).map(move |_| Credential::consent(c.template_id.clone()))
+            }))
+    }
+}
+
+/// One entry of `formIds`, `prepayIds` or `subscriptions` that was refused, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RejectedEntry {
+    /// [`FORM_IDS`], [`PREPAY_IDS`] or [`SUBSCRIPTIONS`].
+    pub field: &'static str,
+    /// Position in the array, or among the keys of `subscriptions` (`errMsg` left out).
     pub index: usize,
     pub reason: String,
 }
@@ -88,11 +135,17 @@ pub enum PoisonReason {
     InvalidAppId(String),
     #[error("appId {0} is not configured in this install")]
     UnknownApp(String),
-    #[error("formIds is missing")]
+    /// None of `formIds`, `prepayIds`, `subscriptions` (code `missing_form_ids`, kept from
+    /// when `formIds` was required).
+    #[error("formIds is missing (and there are no prepayIds or subscriptions)")]
     MissingFormIds,
     #[error("formIds is invalid: {0}")]
     InvalidFormIds(String),
-    #[error("formIds has {len} entries, over the limit of {max}")]
+    #[error("prepayIds is invalid: {0}")]
+    InvalidPrepayIds(String),
+    #[error("subscriptions is invalid: {0}")]
+    InvalidSubscriptions(String),
+    #[error("the upload has {len} entries, over the limit of {max}")]
     TooManyEntries { len: usize, max: usize },
     #[error(
         "no usable credential: {rejected} entries rejected, {expired} already expired{detail}"
@@ -129,6 +182,8 @@ impl PoisonReason {
             PoisonReason::UnknownApp(_) => "unknown_app",
             PoisonReason::MissingFormIds => "missing_form_ids",
             PoisonReason::InvalidFormIds(_) => "invalid_form_ids",
+            PoisonReason::InvalidPrepayIds(_) => "invalid_prepay_ids",
+            PoisonReason::InvalidSubscriptions(_) => "invalid_subscriptions",
             PoisonReason::TooManyEntries { .. } => "too_many_entries",
             PoisonReason::NoUsableEntry { .. } => "no_usable_entry",
         }
@@ -160,38 +215,22 @@ pub fn parse_upload(
         Some(_) => return Err(PoisonReason::InvalidAppId("not a string".into())),
     };
 
-    // The seed's client sends `JSON.stringify(formIds)`: that array is parsed here (its cost
-    // is bounded by the body's size, like the body's own parse) and borrowed below.
-    let from_string: Vec<Value>;
-    let entries: &[Value] = match obj.get("formIds") {
-        None | Some(Value::Null) => return Err(PoisonReason::MissingFormIds),
-        Some(Value::Array(a)) => a,
-        Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
-            Ok(Value::Array(a)) => {
-                from_string = a;
-                &from_string
-            }
-            Ok(_) => {
-                return Err(PoisonReason::InvalidFormIds(
-                    "a string that does not hold a JSON array".into(),
-                ))
-            }
-            Err(e) => {
-                return Err(PoisonReason::InvalidFormIds(format!(
-                    "a string that is not JSON: {e}"
-                )))
-            }
-        },
-        Some(_) => {
-            return Err(PoisonReason::InvalidFormIds(
-                "neither an array nor a JSON string of one".into(),
-            ))
-        }
-    };
+    let form_ids = array_field(&obj, FORM_IDS).map_err(PoisonReason::InvalidFormIds)?;
+    let prepay_ids = array_field(&obj, PREPAY_IDS).map_err(PoisonReason::InvalidPrepayIds)?;
+    let subscriptions =
+        object_field(&obj, SUBSCRIPTIONS).map_err(PoisonReason::InvalidSubscriptions)?;
+    if form_ids.is_none() && prepay_ids.is_none() && subscriptions.is_none() {
+        return Err(PoisonReason::MissingFormIds);
+    }
+    let form_ids = form_ids.unwrap_or_default();
+    let prepay_ids = prepay_ids.unwrap_or_default();
+    let subscriptions = subscriptions.unwrap_or_default();
 
-    if entries.len() > limits.max_entries {
+    let len = form_ids.len() + prepay_ids.len() + subscriptions.len()
+        - usize::from(subscriptions.contains_key(ERR_MSG));
+    if len > limits.max_entries {
         return Err(PoisonReason::TooManyEntries {
-            len: entries.len(),
+            len,
             max: limits.max_entries,
         });
     }
@@ -200,30 +239,59 @@ pub fn parse_upload(
     let mut upload = Upload {
         open_id,
         app_id,
-        credentials: Vec::with_capacity(entries.len()),
+        credentials: Vec::with_capacity(form_ids.len() + 3 * prepay_ids.len()),
+        consents: Vec::new(),
         rejected: Vec::new(),
         expired: 0,
     };
-    for (index, entry) in entries.iter().enumerate() {
-        match parse_entry(entry, latest) {
-            Ok(expire_ms) if expire_ms <= received_at_ms => upload.expired += 1,
-            Ok(expire_ms) => {
-                let Some(Value::String(form_id)) = entry.get("formId") else {
-                    continue; // parse_entry checked it; kept total for the compiler
-                };
-                upload.credentials.push(Credential::form_id(
-                    form_id.clone(),
-                    expire_ms.div_euclid(1000),
-                ));
+    for (field, entries) in [(FORM_IDS, &form_ids), (PREPAY_IDS, &prepay_ids)] {
+        for (index, entry) in entries.iter().enumerate() {
+            match parse_entry(entry, field, latest) {
+                Ok((_, expire_ms)) if expire_ms <= received_at_ms => upload.expired += 1,
+                Ok((value, expire_ms)) => {
+                    let expires_at = expire_ms.div_euclid(1000);
+                    if field == FORM_IDS {
+                        upload
+                            .credentials
+                            .push(Credential::form_id(value, expires_at));
+                    } else {
+                        upload
+                            .credentials
+                            .extend(Credential::prepay_uses(value, expires_at));
+                    }
+                }
+                Err(reason) => upload.rejected.push(RejectedEntry {
+                    field,
+                    index,
+                    reason,
+                }),
             }
-            Err(reason) => upload.rejected.push(RejectedEntry { index, reason }),
         }
     }
-    if upload.credentials.is_empty() {
+    let templates = subscriptions.iter().filter(|(k, _)| k.as_str() != ERR_MSG);
+    let mut declined = 0usize;
+    for (index, (template_id, answer)) in templates.enumerate() {
+        match parse_subscription(template_id, answer) {
+            Ok(true) => upload.consents.push(Consent {
+                template_id: template_id.clone(),
+                count: 1,
+            }),
+            Ok(false) => declined += 1,
+            Err(reason) => upload.rejected.push(RejectedEntry {
+                field: SUBSCRIPTIONS,
+                index,
+                reason,
+            }),
+        }
+    }
+    // A user who declined every template sent a well-formed answer with nothing to keep: not
+    // poison (every "reject all" tap would fill the dead-letter queue otherwise).
+    let only_declined = declined > 0 && upload.rejected.is_empty() && upload.expired == 0;
+    if upload.credentials.is_empty() && upload.consents.is_empty() && !only_declined {
         let detail = upload
             .rejected
             .first()
-            .map(|r| format!(" (entry {}: {})", r.index, r.reason))
+            .map(|r| format!(" ({} entry {}: {})", r.field, r.index, r.reason))
             .unwrap_or_default();
         return Err(PoisonReason::NoUsableEntry {
             rejected: upload.rejected.len(),
@@ -234,29 +302,75 @@ pub fn parse_upload(
     Ok(upload)
 }
 
-/// Checks one `{"formId", "expire"}` entry; returns its clamped expiry in milliseconds.
-fn parse_entry(entry: &Value, latest_ms: i64) -> Result<i64, String> {
+/// A field holding an array, or a JSON string of one (as the seed's client sends
+/// `JSON.stringify(formIds)`); `None` when absent or `null`. A string is parsed here (its
+/// cost bounded by the body's size, like the body's own parse); an array is borrowed.
+fn array_field<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+) -> Result<Option<Cow<'a, [Value]>>, String> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(a)) => Ok(Some(Cow::Borrowed(a.as_slice()))),
+        Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
+            Ok(Value::Array(a)) => Ok(Some(Cow::Owned(a))),
+            Ok(_) => Err("a string that does not hold a JSON array".into()),
+            Err(e) => Err(format!("a string that is not JSON: {e}")),
+        },
+        Some(_) => Err("neither an array nor a JSON string of one".into()),
+    }
+}
+
+/// A field holding an object, or a JSON string of one; `None` when absent or `null`.
+fn object_field<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+) -> Result<Option<Cow<'a, Map<String, Value>>>, String> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m)) => Ok(Some(Cow::Borrowed(m))),
+        Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
+            Ok(Value::Object(m)) => Ok(Some(Cow::Owned(m))),
+            Ok(_) => Err("a string that does not hold a JSON object".into()),
+            Err(e) => Err(format!("a string that is not JSON: {e}")),
+        },
+        Some(_) => Err("neither an object nor a JSON string of one".into()),
+    }
+}
+
+/// Checks one `{"formId"|"prepayId", "expire"}` entry of `field`; returns the id and its
+/// clamped expiry in milliseconds.
+fn parse_entry<'a>(
+    entry: &'a Value,
+    field: &str,
+    latest_ms: i64,
+) -> Result<(&'a str, i64), String> {
     let Value::Object(obj) = entry else {
         return Err("not an object".into());
     };
-    match obj.get("formId") {
-        Some(Value::String(s)) if s.trim().is_empty() => return Err("formId is empty".into()),
-        Some(Value::String(s)) if s == DEVTOOLS_PLACEHOLDER => {
+    let (key, max) = if field == FORM_IDS {
+        ("formId", MAX_FORM_ID_BYTES)
+    } else {
+        ("prepayId", MAX_PREPAY_ID_BYTES)
+    };
+    let value = match obj.get(key) {
+        Some(Value::String(s)) if s.trim().is_empty() => return Err(format!("{key} is empty")),
+        Some(Value::String(s)) if field == FORM_IDS && s == DEVTOOLS_PLACEHOLDER => {
             return Err("formId is the devtools placeholder, not a credential".into())
         }
-        Some(Value::String(s)) if s.len() > MAX_FORM_ID_BYTES => {
+        Some(Value::String(s)) if s.len() > max => {
             return Err(format!(
-                "formId is {} bytes, over the limit of {MAX_FORM_ID_BYTES}",
+                "{key} is {} bytes, over the limit of {max}",
                 s.len()
             ))
         }
         Some(Value::String(s)) if s.chars().any(char::is_control) => {
-            return Err("formId contains a control character".into())
+            return Err(format!("{key} contains a control character"))
         }
-        Some(Value::String(_)) => {}
-        Some(_) => return Err("formId is not a string".into()),
-        None => return Err("formId is missing".into()),
-    }
+        Some(Value::String(s)) => s.as_str(),
+        Some(_) => return Err(format!("{key} is not a string")),
+        None => return Err(format!("{key} is missing")),
+    };
     let expire = match obj.get("expire") {
         None | Some(Value::Null) => latest_ms,
         Some(Value::Number(n)) => match n.as_i64() {
@@ -271,12 +385,25 @@ fn parse_entry(entry: &Value, latest_ms: i64) -> Result<i64, String> {
     if expire < 0 {
         return Err("expire is negative".into());
     }
-    Ok(expire.min(latest_ms))
+    Ok((value, expire.min(latest_ms)))
+}
+
+/// Checks one `"<templateId>": "<answer>"` of `subscriptions`: `true` when it grants a
+/// consent (`accept`), `false` when it grants none (`reject`, `ban`, `filter`).
+fn parse_subscription(template_id: &str, answer: &Value) -> Result<bool, String> {
+    check_template_id(template_id).map_err(|e| format!("not a template id: {e}"))?;
+    match answer {
+        Value::String(s) if s == "accept" => Ok(true),
+        Value::String(s) if matches!(s.as_str(), "reject" | "ban" | "filter") => Ok(false),
+        Value::String(_) => Err("the answer is not accept, reject, ban or filter".into()),
+        _ => Err("the answer is not a string".into()),
+    }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::credential::CredentialKind;
     use crate::names::hostile::{self, Verdict};
     use proptest::prelude::*;
 
@@ -361,6 +488,22 @@ pub(crate) mod tests {
             (br#"{"openId":"o","formIds":3}"#, "invalid_form_ids"),
             (br#"{"openId":"o","formIds":"{}"}"#, "invalid_form_ids"),
             (br#"{"openId":"o","formIds":[]}"#, "no_usable_entry"),
+            (br#"{"openId":"o","formIds":null,"prepayIds":null}"#, "missing_form_ids"),
+            (br#"{"openId":"o","prepayIds":{}}"#, "invalid_prepay_ids"),
+            (br#"{"openId":"o","prepayIds":"[1"}"#, "invalid_prepay_ids"),
+            (br#"{"openId":"o","subscriptions":[]}"#, "invalid_subscriptions"),
+            (br#"{"openId":"o","subscriptions":"[]"}"#, "invalid_subscriptions"),
+            (br#"{"openId":"o","subscriptions":7}"#, "invalid_subscriptions"),
+            (
+                br#"{"openId":"o","formIds":[{"formId":"f"}],"prepayIds":5}"#,
+                "invalid_prepay_ids",
+            ),
+            (br#"{"openId":"o","prepayIds":[]}"#, "no_usable_entry"),
+            (br#"{"openId":"o","subscriptions":{}}"#, "no_usable_entry"),
+            (
+                br#"{"openId":"o","subscriptions":{"errMsg":"requestSubscribeMessage:ok","T":"x"}}"#,
+                "no_usable_entry",
+            ),
             (
                 br#"{"openId":"o","formIds":[{"formId":"the formId is a mock one"}]}"#,
                 "no_usable_entry",
@@ -370,6 +513,10 @@ pub(crate) mod tests {
             let err = parse_upload(body, NOW, UploadLimits::default()).unwrap_err();
             assert_eq!(err.code(), *code, "{}", String::from_utf8_lossy(body));
         }
+        // A user who declined every template: nothing to keep, but not poison.
+        let declined = br#"{"openId":"o","subscriptions":{"errMsg":"requestSubscribeMessage:ok","T":"reject","U":"ban"}}"#;
+        let u = parse_upload(declined, NOW, UploadLimits::default()).unwrap();
+        assert!(u.credentials.is_empty() && u.consents.is_empty() && u.rejected.is_empty());
         let big = vec![b' '; 100];
         let err = parse_upload(
             &big,
@@ -442,7 +589,7 @@ pub(crate) mod tests {
             );
             assert_eq!(
                 err.to_string(),
-                "formIds has 1001 entries, over the limit of 1000"
+                "the upload has 1001 entries, over the limit of 1000"
             );
         }
     }
@@ -515,6 +662,10 @@ pub(crate) mod tests {
         "appId",
         "formIds",
         "formId",
+        "prepayIds",
+        "prepayId",
+        "subscriptions",
+        "errMsg",
         "expire",
         "campaignId",
         "templateId",
@@ -543,6 +694,8 @@ pub(crate) mod tests {
             }),
             any::<String>().prop_map(Value::String),
             "[a-z0-9:{}*?\\[ ]{0,12}".prop_map(Value::String),
+            proptest::sample::select(&["accept", "reject", "ban", "filter"][..])
+                .prop_map(|s| Value::String(s.to_owned())),
         ];
         leaf.prop_recursive(6, 64, 8, |inner| {
             let key = prop_oneof![
@@ -566,17 +719,204 @@ pub(crate) mod tests {
         }
     }
 
+    /// A `wx.requestSubscribeMessage` answer: the four WeChat gives, or anything.
+    fn answer() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => proptest::sample::select(&["accept", "reject", "ban", "filter"][..]).prop_map(str::to_owned),
+            1 => any::<String>(),
+        ]
+    }
+
+    fn e_detail(e: &PoisonReason) -> String {
+        match e {
+            PoisonReason::NoUsableEntry { detail, .. } => detail.clone(),
+            _ => String::new(),
+        }
+    }
+
+    /// An upload for `o1` with `forms` formIds, `prepays` prepayIds and `subs` accepted
+    /// templates (with an `errMsg`, which is not an entry).
+    fn mixed(forms: usize, prepays: usize, subs: usize) -> Vec<u8> {
+        let f: Vec<Value> = (0..forms)
+            .map(|i| serde_json::json!({"formId": format!("f{i}"), "expire": NOW + DAY}))
+            .collect();
+        let p: Vec<Value> = (0..prepays)
+            .map(|i| serde_json::json!({"prepayId": format!("wx{i}"), "expire": NOW + DAY}))
+            .collect();
+        let mut s = serde_json::json!({"errMsg": "requestSubscribeMessage:ok"});
+        for i in 0..subs {
+            s[format!("TPL_{i}")] = Value::from("accept");
+        }
+        serde_json::json!({"openId": "o1", "formIds": f, "prepayIds": p, "subscriptions": s})
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn accepts_every_kind_in_one_upload() {
+        let subs = serde_json::json!({"errMsg": "requestSubscribeMessage:ok",
+            "TPL_ORDER_SHIPPED": "accept", "TPL_SIGNIN": "reject", "TPL_B": "ban",
+            "TPL_F": "filter", "TPL_X": "accept"});
+        let body = serde_json::json!({
+            "openId": "oLvT05Abc", "appId": "wx1234567890abcdef",
+            "formIds": [{"formId": "f3c5e0a6b1", "expire": NOW + DAY}],
+            "prepayIds": [{"prepayId": "wx2017033010242291fcfe0db70013231072", "expire": NOW + 2 * DAY}],
+            "subscriptions": subs,
+        });
+        let u = parse(&body.to_string()).unwrap();
+        let p = (NOW + 2 * DAY) / 1000;
+        let mut expect = vec![Credential::form_id("f3c5e0a6b1", (NOW + DAY) / 1000)];
+        expect.extend(Credential::prepay_uses(
+            "wx2017033010242291fcfe0db70013231072",
+            p,
+        ));
+        assert_eq!(u.credentials, expect);
+        let consent = |t: &str| Consent {
+            template_id: t.into(),
+            count: 1,
+        };
+        let mut got = u.consents.clone();
+        got.sort_by(|a, b| a.template_id.cmp(&b.template_id));
+        assert_eq!(got, vec![consent("TPL_ORDER_SHIPPED"), consent("TPL_X")]);
+        assert!(u.rejected.is_empty(), "{:?}", u.rejected);
+        assert_eq!(u.clone().into_credentials().count(), 6);
+    }
+
+    #[test]
+    fn form_ids_are_not_needed_beside_another_kind() {
+        let only_prepay = r#"{"openId":"o","prepayIds":[{"prepayId":"wx1"}]}"#;
+        let u = parse(only_prepay).unwrap();
+        let seven = (NOW + 7 * DAY) / 1000;
+        assert_eq!(
+            u.credentials,
+            Credential::prepay_uses("wx1", seven).collect::<Vec<_>>()
+        );
+        let only_subs = r#"{"openId":"o","formIds":null,"subscriptions":{"T":"accept"}}"#;
+        assert_eq!(parse(only_subs).unwrap().consents.len(), 1);
+        // As JSON strings, like the seed's formIds.
+        let strings = serde_json::json!({"openId": "o",
+            "prepayIds": r#"[{"prepayId":"wx2"}]"#, "subscriptions": r#"{"T":"accept"}"#});
+        let u = parse(&strings.to_string()).unwrap();
+        assert_eq!((u.credentials.len(), u.consents.len()), (3, 1));
+        // None of the three: the code formIds-only uploads always had.
+        assert_eq!(
+            parse(r#"{"openId":"o","x":1}"#).unwrap_err(),
+            PoisonReason::MissingFormIds
+        );
+    }
+
+    #[test]
+    fn prepay_ids_are_clamped_like_form_ids_and_checked_the_same_way() {
+        let body = serde_json::json!({"openId": "o", "prepayIds": [
+            {"prepayId": "late", "expire": NOW + 30 * DAY},
+            {"prepayId": "old", "expire": NOW - 1},
+            {"prepayId": ""},
+            {"prepayId": "x".repeat(MAX_PREPAY_ID_BYTES + 1)},
+            {"prepayId": "a\u{1}b"},
+            {"formId": "wrong key"},
+            {"prepayId": "the formId is a mock one"},
+        ]});
+        let u = parse(&body.to_string()).unwrap();
+        let seven = (NOW + 7 * DAY) / 1000;
+        assert_eq!(u.expired, 1);
+        assert_eq!(u.rejected.len(), 4, "{:?}", u.rejected);
+        assert!(u.rejected.iter().all(|r| r.field == PREPAY_IDS));
+        assert_eq!(u.rejected[3].reason, "prepayId is missing");
+        // The devtools placeholder is a formId thing: as a prepayId it is only text.
+        let mut expect: Vec<Credential> = Credential::prepay_uses("late", seven).collect();
+        expect.extend(Credential::prepay_uses(DEVTOOLS_PLACEHOLDER, seven));
+        assert_eq!(u.credentials, expect);
+    }
+
+    #[test]
+    fn bad_subscriptions_are_rejected_one_by_one_the_rest_kept() {
+        let body = serde_json::json!({"openId": "o", "subscriptions": {
+            "errMsg": 42,
+            "TPL A": "accept",
+            "TPL_\u{e9}": "accept",
+            "": "accept",
+            "TPL_MAYBE": "maybe",
+            "TPL_NUM": 1,
+            "TPL_OK": "accept",
+            "TPL_NO": "reject",
+        }});
+        let u = parse(&body.to_string()).unwrap();
+        assert_eq!(
+            u.consents,
+            vec![Consent {
+                template_id: "TPL_OK".into(),
+                count: 1
+            }]
+        );
+        assert_eq!(u.rejected.len(), 5, "{:?}", u.rejected);
+        // Reasons never quote the client's text.
+        for r in &u.rejected {
+            assert!(
+                !r.reason.contains("TPL") && !r.reason.contains("maybe"),
+                "{r:?}"
+            );
+        }
+        // Nothing usable: the first rejection names its field.
+        let none = r#"{"openId":"o","subscriptions":{"T":"maybe"}}"#;
+        let e = parse(none).unwrap_err();
+        assert_eq!(e.code(), "no_usable_entry");
+        assert!(e.to_string().contains("(subscriptions entry 0: "), "{e}");
+    }
+
+    #[test]
+    fn the_entry_cap_counts_every_kind_together() {
+        let l = limits(1 << 20, 3);
+        assert!(
+            parse_upload(&mixed(1, 1, 1), NOW, l).is_ok(),
+            "errMsg is not an entry"
+        );
+        for body in [
+            mixed(2, 1, 1),
+            mixed(1, 2, 1),
+            mixed(1, 1, 2),
+            mixed(0, 0, 4),
+        ] {
+            assert_eq!(
+                parse_upload(&body, NOW, l).unwrap_err(),
+                PoisonReason::TooManyEntries { len: 4, max: 3 }
+            );
+        }
+    }
+
     /// What every accepted upload guarantees, whatever the input.
     fn check_accepted(u: &Upload) -> Result<(), TestCaseError> {
         prop_assert!(OpenId::new(u.open_id.as_str()).is_ok());
-        prop_assert!(!u.credentials.is_empty());
+        // Something to keep, or a clean answer declining every template.
+        prop_assert!(!u.credentials.is_empty() || !u.consents.is_empty() || u.rejected.is_empty());
+        let mut uses: std::collections::HashMap<(&str, i64), Vec<u8>> = Default::default();
         for c in &u.credentials {
             prop_assert!(!c.value.trim().is_empty());
-            prop_assert!(c.value.len() <= MAX_FORM_ID_BYTES);
+            prop_assert!(c.value.len() <= MAX_FORM_ID_BYTES.max(MAX_PREPAY_ID_BYTES));
             prop_assert!(!c.value.chars().any(char::is_control));
-            prop_assert!(c.value != DEVTOOLS_PLACEHOLDER);
             prop_assert!(c.expires_at * 1000 <= NOW + 7 * DAY);
+            prop_assert!(c.expires_at * 1000 > NOW - 1000);
+            match c.kind {
+                CredentialKind::FormId => prop_assert!(c.value != DEVTOOLS_PLACEHOLDER),
+                CredentialKind::PrepayId { use_no } => uses
+                    .entry((c.value.as_str(), c.expires_at))
+                    .or_default()
+                    .push(use_no),
+                CredentialKind::Consent => prop_assert!(false, "a consent among credentials"),
+            }
         }
+        // Every prepayId comes as its three uses, sharing one expiry.
+        for (_, n) in uses {
+            let count = |k: u8| n.iter().filter(|&&x| x == k).count();
+            prop_assert_eq!(count(1) * 3, n.len(), "uses {:?}", n);
+            prop_assert!(count(2) == count(1) && count(3) == count(1), "uses {:?}", n);
+        }
+        for c in &u.consents {
+            prop_assert!(check_template_id(&c.template_id).is_ok());
+            prop_assert!(c.template_id != ERR_MSG);
+            prop_assert_eq!(c.count, 1);
+        }
+        let all = u.clone().into_credentials().count();
+        prop_assert_eq!(all, u.credentials.len() + u.consents.len());
         Ok(())
     }
 
@@ -591,14 +931,26 @@ pub(crate) mod tests {
         #[test]
         fn any_strings_in_every_field_parse_or_say_why(
             open_id in any::<String>(),
-            form_id in any::<String>(),
+            form_id in proptest::option::of(any::<String>()),
+            prepay_id in proptest::option::of(any::<String>()),
+            subscription in proptest::option::of((any::<String>(), answer())),
             app_id in proptest::option::of(any::<String>()),
             expire in any::<i64>(),
             as_string in any::<bool>(),
         ) {
-            let entries = serde_json::json!([{"formId": form_id, "expire": expire}]);
-            let form_ids = if as_string { Value::String(entries.to_string()) } else { entries };
-            let mut body = serde_json::json!({"openId": open_id, "formIds": form_ids});
+            let stringify = |v: Value| if as_string { Value::String(v.to_string()) } else { v };
+            let mut body = serde_json::json!({"openId": open_id});
+            if let Some(f) = &form_id {
+                body["formIds"] = stringify(serde_json::json!([{"formId": f, "expire": expire}]));
+            }
+            if let Some(p) = &prepay_id {
+                body["prepayIds"] = stringify(serde_json::json!([{"prepayId": p, "expire": expire}]));
+            }
+            if let Some((template, answer)) = &subscription {
+                let mut subs = serde_json::json!({"errMsg": "requestSubscribeMessage:ok"});
+                subs[template.as_str()] = Value::String(answer.clone());
+                body["subscriptions"] = stringify(subs);
+            }
             if let Some(app) = &app_id {
                 body["appId"] = Value::String(app.clone());
             }
@@ -606,22 +958,108 @@ pub(crate) mod tests {
                 Ok(u) => {
                     check_accepted(&u)?;
                     prop_assert_eq!(u.open_id.as_str(), open_id.as_str());
+                    let prepay_uses = u.credentials.iter().filter(|c| c.kind != CredentialKind::FormId).count();
+                    prop_assert!(prepay_uses == 0 || (prepay_uses == 3 && prepay_id.is_some()));
+                    if let Some(c) = u.consents.first() {
+                        let (template, answer) = subscription.as_ref().expect("a consent from a subscription");
+                        prop_assert_eq!(&c.template_id, template);
+                        prop_assert_eq!(answer.as_str(), "accept");
+                    }
                 }
                 Err(e) => {
                     if OpenId::new(&open_id).is_err() {
                         prop_assert_eq!(e.code(), "invalid_open_id");
+                    } else if form_id.is_none() && prepay_id.is_none() && subscription.is_none()
+                        && app_id.as_deref().is_none_or(|a| AppId::new(a).is_ok())
+                    {
+                        prop_assert_eq!(e.code(), "missing_form_ids");
                     }
                 }
             }
         }
 
+        /// Each valid template accepted is one consent; reject, ban and filter add nothing;
+        /// anything else is a rejected entry, and the other entries are kept.
         #[test]
-        fn generated_json_parses_or_says_why(value in json_value(), place in 0usize..4) {
+        fn subscriptions_grant_one_consent_per_accept(
+            answers in proptest::collection::btree_map("[ -~]{0,6}|TPL_[A-Z]{1,3}", answer(), 0..12),
+            err_msg in proptest::option::of(any::<String>()),
+        ) {
+            let mut subs: Map<String, Value> = answers
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect();
+            if let Some(m) = &err_msg {
+                subs.insert(ERR_MSG.into(), Value::String(m.clone()));
+            }
+            let body = serde_json::json!({"openId": "o", "subscriptions": subs}).to_string();
+            let answers: Vec<_> = answers.iter().filter(|(k, _)| k.as_str() != ERR_MSG).collect();
+            let valid = |k: &str| check_template_id(k).is_ok();
+            let accepted: Vec<&String> = answers
+                .iter()
+                .filter(|(k, v)| valid(k) && v.as_str() == "accept")
+                .map(|(k, _)| *k)
+                .collect();
+            let bad = answers
+                .iter()
+                .filter(|(k, v)| !valid(k) || !matches!(v.as_str(), "accept" | "reject" | "ban" | "filter"))
+                .count();
+            match parse(&body) {
+                Ok(u) => {
+                    check_accepted(&u)?;
+                    let got: Vec<&String> = u.consents.iter().map(|c| &c.template_id).collect();
+                    prop_assert_eq!(got, accepted);
+                    prop_assert_eq!(u.rejected.len(), bad);
+                    prop_assert!(u.rejected.iter().all(|r| r.field == SUBSCRIPTIONS));
+                }
+                Err(e) => {
+                    prop_assert!(accepted.is_empty());
+                    // Declining every template is a good answer, not poison.
+                    prop_assert!(bad > 0 || answers.is_empty(), "declined all: {:?}", e);
+                    let detail = e_detail(&e);
+                    prop_assert_eq!(e, PoisonReason::NoUsableEntry { rejected: bad, expired: 0, detail });
+                }
+            }
+        }
+
+        /// The cap counts the entries of the three fields together (not `errMsg`).
+        #[test]
+        fn the_cap_counts_all_kinds_together(
+            forms in 0usize..4,
+            prepays in 0usize..4,
+            subs in 0usize..4,
+            cap in 0usize..10,
+        ) {
+            let body = mixed(forms, prepays, subs);
+            let total = forms + prepays + subs;
+            match parse_upload(&body, NOW, limits(1 << 20, cap)) {
+                Ok(u) => {
+                    prop_assert!(total <= cap);
+                    prop_assert_eq!(u.credentials.len(), forms + 3 * prepays);
+                    prop_assert_eq!(u.consents.len(), subs);
+                }
+                Err(e) if total > cap => {
+                    prop_assert_eq!(e, PoisonReason::TooManyEntries { len: total, max: cap });
+                }
+                Err(e) => {
+                    prop_assert_eq!(total, 0);
+                    prop_assert_eq!(e.code(), "no_usable_entry");
+                }
+            }
+        }
+
+        #[test]
+        fn generated_json_parses_or_says_why(value in json_value(), place in 0usize..9) {
             let body = match place {
                 0 => value,
                 1 => serde_json::json!({"openId": "o", "formIds": value}),
                 2 => serde_json::json!({"openId": value, "formIds": [{"formId": "f"}]}),
-                _ => serde_json::json!({"openId": "o", "formIds": [value, {"formId": "f"}]}),
+                3 => serde_json::json!({"openId": "o", "formIds": [value, {"formId": "f"}]}),
+                4 => serde_json::json!({"openId": "o", "prepayIds": value}),
+                5 => serde_json::json!({"openId": "o", "prepayIds": [value, {"prepayId": "p"}]}),
+                6 => serde_json::json!({"openId": "o", "subscriptions": value}),
+                7 => serde_json::json!({"openId": "o", "subscriptions": {"T": value, "U": "accept"}}),
+                _ => serde_json::json!({"openId": "o", "formIds": value, "prepayIds": value, "subscriptions": value}),
             };
             match parse(&body.to_string()) {
                 Ok(u) => check_accepted(&u)?,

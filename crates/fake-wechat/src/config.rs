@@ -64,6 +64,9 @@ pub struct Faults {
     pub send_quota_per_sec: Option<u32>,
     /// Sends per minute and app accepted before answering 45011.
     pub minute_quota: Option<u32>,
+    /// Subscribe sends answer `47003` whatever their data, as WeChat does for content it
+    /// refuses beyond the documented limits (its content checks).
+    pub refuse_subscribe_data: bool,
 }
 
 impl Default for Faults {
@@ -74,6 +77,7 @@ impl Default for Faults {
             latency_ms: 0,
             send_quota_per_sec: None,
             minute_quota: None,
+            refuse_subscribe_data: false,
         }
     }
 }

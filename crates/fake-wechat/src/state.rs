@@ -544,6 +544,12 @@ impl State {
         if let Err(msg) = limits::validate_data(&data) {
             return with_detail(Answer::err(47003, "argument invalid!"), msg);
         }
+        if self.faults.refuse_subscribe_data {
+            return with_detail(
+                Answer::err(47003, "argument invalid!"),
+                "argument invalid! data.thing1.value refused".into(),
+            );
+        }
         let key = (app_id.to_owned(), b.touser.clone(), b.template_id.clone());
         match self.consents.get_mut(&key) {
             Some(n) if *n > 0 => *n -= 1,

@@ -5,8 +5,9 @@
 //!    to `<ns>.dead.dispatch` with its reason;
 //! 2. record it once, keyed by `campaignId` (`{ns}:camp:<id>`): a campaign already dispatched is
 //!    a no-op; one being dispatched resumes from its checkpoint;
-//! 3. stream the audience a page at a time (the bank's index of reachable users, or the
-//!    explicit openIds list) and publish one job per user with publisher confirms; after each
+//! 3. stream the audience a page at a time (the bank's index of reachable users — for a
+//!    subscribe campaign, of users holding a consent for its template — or the explicit
+//!    openIds list) and publish one job per user with publisher confirms; after each
 //!    confirmed page, count the jobs (`targeted`) and save the checkpoint in one round trip;
 //! 4. mark it dispatched and acknowledge the campaign message.
 //!
@@ -204,12 +205,6 @@ impl Dispatcher {
             let reason = format!("appId {app} is not configured in this install");
             return self.reject(delivery, stats, "unknown_app", &reason).await;
         }
-        if let CampaignKind::Subscribe { .. } = campaign.kind {
-            let reason = "subscribe campaigns are not supported by this version yet";
-            return self
-                .reject(delivery, stats, "unsupported_kind", reason)
-                .await;
-        }
         let key = self.record_key(&campaign.campaign_id);
         let cursor = match self.open_record(&key, &campaign).await? {
             None => {
@@ -285,7 +280,7 @@ impl Dispatcher {
                                 .unwrap_or(&self.settings.app_id)
                                 .to_string(),
                         ),
-                        ("kind", "template".to_owned()),
+                        ("kind", c.kind.name().to_owned()),
                         ("template_id", c.template_id.clone()),
                         ("audience", audience.to_owned()),
                         ("state", "dispatching".to_owned()),
@@ -348,7 +343,17 @@ impl Dispatcher {
                     if shutdown.is_triggered() {
                         return Ok(Progress::Interrupted);
                     }
-                    let p = self.bank.reachable_page(app, pos, page).await?;
+                    let p = match &c.kind {
+                        CampaignKind::Template { .. } => {
+                            self.bank.reachable_page(app, pos, page).await?
+                        }
+                        // Every user holding a consent for the template (its own index).
+                        CampaignKind::Subscribe { .. } => {
+                            self.bank
+                                .consent_page(app, &c.template_id, pos, page)
+                                .await?
+                        }
+                    };
                     self.publish_page(c, &p.users).await?;
                     let next = p
                         .next

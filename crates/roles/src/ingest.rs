@@ -11,8 +11,10 @@
 //!
 //! A message is acknowledged only after its credentials are in Redis (or it is in the
 //! dead-letter queue), so a crash at any moment loses nothing; the redelivered messages are
-//! stored again, which changes nothing because storing is idempotent. This module must not
-//! know how the bank lays out its keys, nor talk to WeChat.
+//! stored again, which changes nothing because storing formIds and prepayIds is idempotent
+//! (subscribe consents accumulate, so a redelivered upload's consents count twice; the bank's
+//! docs say why that is the safe side). This module must not know how the bank lays out its
+//! keys, nor talk to WeChat.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -384,12 +386,14 @@ impl Ingest {
                 Ok(u) => {
                     sorted.rejected_entries += u.rejected.len() as u64;
                     sorted.expired_on_arrival += u.expired as u64;
-                    let app = u.app_id.unwrap_or_else(|| self.settings.app_id.clone());
+                    let app = (u.app_id.clone()).unwrap_or_else(|| self.settings.app_id.clone());
+                    let open_id = u.open_id.clone();
+                    // FormIds, prepayId uses and consents: the bank sorts them out.
                     sorted
                         .users
-                        .entry((app, u.open_id))
+                        .entry((app, open_id))
                         .or_default()
-                        .extend(u.credentials);
+                        .extend(u.into_credentials());
                 }
                 Err(reason) => sorted.poison.push((d, reason)),
             }
@@ -452,6 +456,7 @@ fn count_stored(r: &StoreReport) {
         ("known", r.known),
         ("expired", r.expired),
         ("capped", r.capped),
+        ("consent", r.consents),
     ] {
         metrics::counter!(m::CREDENTIALS_STORED, "result" => result).increment(n);
     }

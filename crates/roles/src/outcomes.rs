@@ -3,7 +3,9 @@
 //! The counters are kept by the bank's campaign scripts, beside each shard's users
 //! (`{ns}:cs:{<app>.<shard>}:<campaignId>`), counted in the same step that settles a
 //! recipient, so each recipient is counted once whatever crashes: `sent`, `sent_unconfirmed`,
-//! `no_credential`, `failed:<errcode>`, `dead_lettered` (recipient outcomes), `duplicate` (a
+//! `no_credential`, `failed:<errcode>`, `dead_lettered`, `unknown` (a subscribe send WeChat
+//! may or may not have delivered, never resent), `stopped` (not tried: the campaign's data was
+//! refused, `47003`) (recipient outcomes), `duplicate` (a
 //! job for a recipient already settled), `retried` (a failed attempt scheduled again), and
 //! `last_at_ms` (when the last outcome was counted). Kept 30 days after their last update.
 //! This module must not decide outcomes.
@@ -28,6 +30,12 @@ pub enum Recorded {
     Failed(i64),
     /// Attempts exhausted; the job went to the dead-letter queue.
     DeadLettered,
+    /// A subscribe send timed out after the request left: WeChat may have delivered it, and
+    /// offers no way to tell (no formId to be refused a second time), so it is not resent.
+    Unknown,
+    /// Not tried: WeChat refused the campaign's data (`47003`) for another recipient, so the
+    /// campaign was stopped rather than failing every user the same way.
+    Stopped,
     /// The job found the campaign already settled for this recipient, with this outcome.
     Duplicate(String),
 }
@@ -41,6 +49,8 @@ impl Recorded {
             Recorded::NoCredential => "no_credential".into(),
             Recorded::Failed(code) => format!("failed:{code}"),
             Recorded::DeadLettered => "dead_lettered".into(),
+            Recorded::Unknown => "unknown".into(),
+            Recorded::Stopped => "stopped".into(),
             Recorded::Duplicate(_) => "duplicate".into(),
         }
     }

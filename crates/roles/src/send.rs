@@ -21,6 +21,8 @@
 //!
 //! A job retried after a timeout keeps its formId: if the first attempt was in fact accepted,
 //! WeChat answers `41029` and the job is recorded as `sent_unconfirmed`, not sent again.
+//! Subscribe-message jobs (`"kind": "subscribe"`) spend a consent instead and differ where it
+//! matters: [`subscribe`].
 //! This module must not parse uploads or campaigns, nor know how the bank stores credentials.
 
 use std::collections::HashMap;
@@ -37,7 +39,7 @@ use wxpush_bank::{Bank, CampaignClaim, Settle};
 use wxpush_broker::topology::delay_tier;
 use wxpush_broker::topology::Needs;
 use wxpush_broker::{JobConsumer, Publisher, Topology};
-use wxpush_domain::{parse_job, AppId, Config, Credential, SendJob, ValidJob};
+use wxpush_domain::{parse_job, AppId, Config, Credential, JobKind, SendJob, ValidJob};
 use wxpush_fleet::{
     FleetPause, PauseSettings, RateLimiter, RateSettings, TokenSettings, TokenStore,
 };
@@ -48,6 +50,8 @@ use tracing::Instrument;
 use crate::metrics as m;
 use crate::outcomes::Recorded;
 use crate::{supervise, Deps, Health, RoleError, Session, Shutdown};
+
+mod subscribe;
 
 /// The source name of the send role's dead letters (queue `<ns>.dead.send`).
 pub const DEAD_LETTER_SOURCE: &str = "send";
@@ -138,6 +142,8 @@ pub struct Sender {
     topology: Topology,
     settings: SendSettings,
     pub stats: Arc<SendStats>,
+    /// Campaigns looked up for a stop (47003), and when: `(checked_at, stopped)`.
+    stopped: Mutex<HashMap<String, (std::time::Instant, bool)>>,
 }
 
 /// What the send role needs beside Redis and RabbitMQ: WeChat and the fleet's shared state.
@@ -247,6 +253,7 @@ impl Sender {
             topology: topology.clone(),
             settings: settings.clone(),
             stats: Arc::new(SendStats::default()),
+            stopped: Mutex::new(HashMap::new()),
         })
     }
 
@@ -424,6 +431,9 @@ impl Sender {
             });
         }
         let owner = attempt_owner();
+        if job.kind == JobKind::Subscribe {
+            return self.process_subscribe(valid, &owner).await;
+        }
         let claim = self
             .bank
             .campaign_claim(app, &valid.open_id, campaign, &owner, CAMPAIGN_LEASE, false)
