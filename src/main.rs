@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 mod demo;
 mod ops;
+mod reach;
 mod status;
 
 use clap::{Args, Parser, Subcommand};
@@ -66,6 +67,8 @@ enum Command {
         #[command(subcommand)]
         command: CampaignCommand,
     },
+    /// Reach forecast: users reachable now and on each of the next 7 days, consents per template
+    Reach(reach::ReachArgs),
     /// The fake WeChat API server, for development and tests
     MockWechat(MockArgs),
     /// The one-command showcase against the fake WeChat
@@ -183,6 +186,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = config(&cli.common)?;
             status::run(&config, &id, json, watch).await
         }
+        Command::Reach(args) => reach::run(&cli.common, args).await,
         Command::MockWechat(args) => run_mock(&cli.common, args).await,
         Command::Demo(args) => demo::run(&cli.common, args).await,
     }

@@ -1,0 +1,692 @@
+//! `wxpush reach [--app ID] [--template ID] [--json]`: the reach forecast, from the bank's own
+//! data.
+//!
+//! It owns the forecast: how many users hold a usable credential now (formIds, and prepayId
+//! uses once they exist: whatever lives in a user's credential zset with a positive score
+//! after `now + WXPUSH_CLAIM_MARGIN_SECS`) and at the start of each of the next 7 days, how
+//! many messages those credentials allow now, and how many subscribe consents are held per
+//! template and by how many users. Formats: a small table, or one JSON object (`--json`,
+//! keys in docs/reach.md).
+//!
+//! How: the counting happens inside Redis, one read-only Lua script ([`SCRIPT`], flagged
+//! `no-writes`, so Redis itself refuses any write) per index shard `{ns}:u:{<app>.<shard>}`.
+//! The index scores each user with the expiry of their last usable credential, so the users
+//! reachable now and on day d are `ZCOUNT`s of the index; the script then walks the shard's
+//! entries scored after the margin and `ZCOUNT`s each user's zset: the usable credentials
+//! (messages now), and entries whose zset holds none (stale, not yet cleaned up by the bank)
+//! are taken off. It returns 18 numbers, plus the shard's consent totals
+//! (`{ns}:tc:{<app>.<shard>}`) and consent holders (`SCARD {ns}:t:{<app>.<shard>}:<template>`).
+//! Every key a script touches shares the shard's hash tag, so each runs in one cluster slot.
+//! A shard of more than [`PAGE`] entries is walked in several calls. [`IN_FLIGHT`] scripts are
+//! pipelined on the bank's multiplexed connection; the client keeps running totals only.
+//! Every shard is counted at the same instant (Redis's `TIME`, read once), so the day
+//! boundaries are the same everywhere.
+//!
+//! This module must not write to Redis (no repair, no expiry, no lazy clean-up: a forecast
+//! changes nothing), must not decide who is messaged, and must not change the bank's layout;
+//! the key names it builds mirror `wxpush_bank::keys` (a unit test holds them to it).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use clap::Args;
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use redis::Script;
+use serde_json::{json, Value};
+use wxpush_bank::{Bank, BankSettings, SHARDS};
+use wxpush_domain::campaign::MAX_TEMPLATE_ID_BYTES;
+use wxpush_domain::config::redact_url;
+use wxpush_domain::{AppId, Config, Namespace, RawConfig};
+
+/// Days ahead the forecast covers.
+pub const DAYS: usize = 7;
+/// Index entries one script call walks at most; a bigger shard takes several calls.
+/// A few milliseconds of Redis time: Redis serves other clients between two calls.
+pub const PAGE: usize = 2000;
+/// Shard scripts in flight at once on the one connection (pipelined).
+pub const IN_FLIGHT: usize = 2;
+/// Connecting, and the whole forecast, give up after these.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const READ_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The per-shard forecast script. KEYS[1] the index shard `{ns}:u:{app.shard}`, KEYS[2] the
+/// shard's consent totals `{ns}:tc:{app.shard}` (a hash: template → consents held).
+/// ARGV[1] the shard's credential key prefix `{ns}:c:{app.shard}:`, ARGV[2] its consent set
+/// prefix `{ns}:t:{app.shard}:`, ARGV[3] limit = now + margin (Unix s), ARGV[4] offset and
+/// ARGV[5] count of the page of index entries (those scored after the limit), ARGV[6] which
+/// consents to read: '' none (a later page), '*' every template, 't' followed by a template
+/// id for that one only.
+///
+/// Returns {{i0, .. i7, s0, .. s7, messages, entries walked}, {template, consents, holders,
+/// ..}}. On the first page (offset 0), i_d counts the index entries whose score (the expiry of
+/// the user's last usable credential) is after limit + d days, by `ZCOUNT` (O(log n), no walk);
+/// later pages return 0s there. Then each entry of the page is checked in the user's own zset:
+/// `ZCOUNT` of the credentials scored after the limit (tombstones are negative, so never) adds
+/// to messages; an entry whose zset holds none is stale (the bank removes such entries
+/// lazily), and s_d counts the stale ones whose score is after limit + d days, to be taken off
+/// i_d. Consent values are returned as stored (the client parses them).
+pub const SCRIPT: &str = r"#!lua flags=no-writes
+local limit = tonumber(ARGV[3])
+local lo = '(' .. ARGV[3]
+local idx, prefix = KEYS[1], ARGV[1]
+local out = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+if ARGV[4] == '0' then
+  for d = 0, 7 do
+    out[d + 1] = redis.call('ZCOUNT', idx, '(' .. (limit + d * 86400), '+inf')
+  end
+end
+local users = redis.call('ZRANGE', idx, lo, '+inf', 'BYSCORE', 'LIMIT', ARGV[4], ARGV[5])
+local messages = 0
+for i = 1, #users do
+  local n = redis.call('ZCOUNT', prefix .. users[i], lo, '+inf')
+  if n > 0 then
+    messages = messages + n
+  else
+    local top = tonumber(redis.call('ZSCORE', idx, users[i]))
+    if top and top > limit then
+      for d = 0, 7 do
+        if top > limit + d * 86400 then out[9 + d] = out[9 + d] + 1 end
+      end
+    end
+  end
+end
+out[17] = messages
+out[18] = #users
+local consents = {}
+local mode = ARGV[6]
+if mode == '*' then
+  local tc = redis.call('HGETALL', KEYS[2])
+  for i = 1, #tc, 2 do
+    consents[#consents + 1] = tc[i]
+    consents[#consents + 1] = tc[i + 1]
+    consents[#consents + 1] = tostring(redis.call('SCARD', ARGV[2] .. tc[i]))
+  end
+elseif mode ~= '' then
+  local t = string.sub(mode, 2)
+  local total = redis.call('HGET', KEYS[2], t)
+  local holders = redis.call('SCARD', ARGV[2] .. t)
+  if total or holders > 0 then
+    consents = {t, total or '0', tostring(holders)}
+  end
+end
+return {out, consents}
+";
+
+/// `wxpush reach`'s options.
+#[derive(Args, Debug)]
+pub struct ReachArgs {
+    /// The app to forecast (default: the configured WXPUSH_APP_ID, which is then not needed)
+    #[arg(long, value_name = "ID")]
+    app: Option<String>,
+    /// Count the subscribe consents of this template only
+    #[arg(long, value_name = "ID")]
+    template: Option<String>,
+    /// Machine-readable output: one JSON object
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(common: &crate::Common, args: ReachArgs) -> anyhow::Result<()> {
+    let app = match args.app.as_deref().filter(|a| !a.is_empty()) {
+        Some(a) => Some(AppId::new(a).map_err(|e| anyhow!("--app is invalid: {e}"))?),
+        None => None,
+    };
+    let template = match args.template.as_deref() {
+        Some(t) => Some(check_template(t)?),
+        None => None,
+    };
+    let config = config(common, app.as_ref())?;
+    let app = app.unwrap_or_else(|| config.app_id.clone());
+    let started = Instant::now();
+    let bank = connect(&config).await?;
+    let keys = ShardKeys::new(config.namespace.clone(), app.clone());
+    let url = redact_url(&config.redis_url);
+    let forecast = tokio::time::timeout(
+        READ_TIMEOUT,
+        forecast(
+            bank.connection(),
+            &keys,
+            config.claim_margin_secs,
+            template.as_deref(),
+        ),
+    )
+    .await
+    .map_err(|_| anyhow!("no forecast from Redis at {url} within {READ_TIMEOUT:?}"))?
+    .with_context(|| format!("cannot read the bank of app {app} from Redis at {url}"))?;
+    let report = Report {
+        app: app.to_string(),
+        namespace: config.namespace.to_string(),
+        margin_secs: config.claim_margin_secs,
+        template,
+        forecast,
+        elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", report.to_json())?;
+    } else {
+        write!(out, "{}", report.table())?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// The configuration as every command reads it (flags over environment), except that
+/// `--app`, when given, stands in for WXPUSH_APP_ID.
+fn config(common: &crate::Common, app: Option<&AppId>) -> anyhow::Result<Config> {
+    let Some(app) = app else {
+        return crate::config(common);
+    };
+    let mut raw = RawConfig::from_env();
+    let set = |slot: &mut Option<String>, flag: &Option<String>| {
+        if flag.as_deref().is_some_and(|v| !v.is_empty()) {
+            slot.clone_from(flag);
+        }
+    };
+    set(&mut raw.amqp_url, &common.amqp_url);
+    set(&mut raw.redis_url, &common.redis_url);
+    set(&mut raw.namespace, &common.namespace);
+    set(&mut raw.wechat_api_base, &common.wechat_api_base);
+    set(&mut raw.send_rate, &common.send_rate);
+    raw.app_id = Some(app.to_string());
+    Ok(raw.validate()?)
+}
+
+/// A template id from the command line: printable ASCII without spaces, at most 128 bytes
+/// (the campaign format's limit).
+fn check_template(t: &str) -> anyhow::Result<String> {
+    if t.is_empty() {
+        anyhow::bail!("--template is empty");
+    }
+    if t.len() > MAX_TEMPLATE_ID_BYTES {
+        anyhow::bail!(
+            "--template is {} bytes long, over the limit of {MAX_TEMPLATE_ID_BYTES}",
+            t.len()
+        );
+    }
+    if !t.bytes().all(|b| b.is_ascii_graphic()) {
+        anyhow::bail!(
+            "--template contains a character that is not allowed (printable ASCII without spaces)"
+        );
+    }
+    Ok(t.to_owned())
+}
+
+async fn connect(config: &Config) -> anyhow::Result<Bank> {
+    let url = redact_url(&config.redis_url);
+    let ca = match &config.tls_ca_file {
+        Some(path) => Some(std::fs::read(path).map_err(|e| {
+            anyhow!(
+                "WXPUSH_TLS_CA_FILE is invalid: cannot read {}: {e}",
+                path.display()
+            )
+        })?),
+        None => None,
+    };
+    let settings = BankSettings {
+        claim_margin_secs: config.claim_margin_secs,
+        user_cap: config.user_cap,
+    };
+    let connecting = Bank::connect_tls(
+        &config.redis_url,
+        config.namespace.clone(),
+        settings,
+        ca.as_deref(),
+    );
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Err(_) => Err(anyhow!(
+            "cannot connect to Redis at {url}: no answer within {CONNECT_TIMEOUT:?}"
+        )),
+        Ok(Err(wxpush_bank::BankError::Connect(e))) => {
+            Err(anyhow!("cannot connect to Redis at {url}: {e}"))
+        }
+        Ok(Err(e)) => Err(anyhow!("cannot connect to Redis at {url}: {e}")),
+        Ok(Ok(bank)) => Ok(bank),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys
+
+/// The keys of one shard of one app that the forecast reads. They mirror `wxpush_bank::keys`
+/// (the index and credential keys) and the consent layout (`t`, `tc`) of docs/reach.md.
+#[derive(Debug, Clone)]
+struct ShardKeys {
+    ns: Namespace,
+    app: AppId,
+}
+
+impl ShardKeys {
+    fn new(ns: Namespace, app: AppId) -> Self {
+        Self { ns, app }
+    }
+
+    fn tag(&self, shard: u16) -> String {
+        format!("{{{}.{}}}", self.app, shard)
+    }
+
+    /// `{ns}:u:{app.shard}`: the shard's index of users holding a usable credential.
+    fn index(&self, shard: u16) -> String {
+        format!("{}:u:{}", self.ns, self.tag(shard))
+    }
+
+    /// `{ns}:c:{app.shard}:`: a user's credential zset is this followed by the openId.
+    fn credential_prefix(&self, shard: u16) -> String {
+        format!("{}:c:{}:", self.ns, self.tag(shard))
+    }
+
+    /// `{ns}:tc:{app.shard}`: template → consents held by the shard's users.
+    fn consent_totals(&self, shard: u16) -> String {
+        format!("{}:tc:{}", self.ns, self.tag(shard))
+    }
+
+    /// `{ns}:t:{app.shard}:`: a template's set of consent holders is this followed by its id.
+    fn consent_prefix(&self, shard: u16) -> String {
+        format!("{}:t:{}:", self.ns, self.tag(shard))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Counting
+
+/// What the forecast found, summed over the shards.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Forecast {
+    /// Redis's clock when the forecast began (Unix s); every shard is counted against it.
+    at: i64,
+    /// `index[d]`: index entries scored after now + d days + margin (d = 0 is now).
+    index: [u64; DAYS + 1],
+    /// `stale[d]`: those of `index[d]` whose zset holds no usable credential any more.
+    stale: [u64; DAYS + 1],
+    /// Usable credentials now (messages that can be sent now).
+    messages: u64,
+    /// Index entries walked (reachable users, and stale entries not yet cleaned up).
+    index_entries: u64,
+    /// Template → (consents held, users holding at least one).
+    consents: BTreeMap<String, (u64, u64)>,
+    warnings: Vec<String>,
+}
+
+impl Forecast {
+    fn reachable_now(&self) -> u64 {
+        self.reachable_on_day(0)
+    }
+
+    /// Users still reachable at the start of day `d` (0 = now, up to 7).
+    fn reachable_on_day(&self, d: usize) -> u64 {
+        let d = d.min(DAYS);
+        self.index[d].saturating_sub(self.stale[d])
+    }
+
+    fn consents_total(&self) -> u64 {
+        self.consents
+            .values()
+            .fold(0u64, |a, (n, _)| a.saturating_add(*n))
+    }
+}
+
+/// One script reply: 18 numbers, then (template, consents, holders) triples, flat.
+type ShardReply = (Vec<i64>, Vec<Vec<u8>>);
+
+/// One shard's share of the forecast (the fields as in [`Forecast`]).
+#[derive(Debug, Default)]
+struct ShardTally {
+    index: [u64; DAYS + 1],
+    stale: [u64; DAYS + 1],
+    messages: u64,
+    index_entries: u64,
+    /// (template, consents as stored, holders)
+    consents: Vec<(String, String, u64)>,
+}
+
+async fn forecast(
+    mut conn: ConnectionManager,
+    keys: &ShardKeys,
+    margin_secs: u32,
+    template: Option<&str>,
+) -> anyhow::Result<Forecast> {
+    let (at, _micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await?;
+    let limit = at.saturating_add(i64::from(margin_secs));
+    let script = Script::new(SCRIPT);
+    script.load_async(&mut conn).await?;
+    let consent_mode = match template {
+        Some(t) => format!("t{t}"),
+        None => "*".to_owned(),
+    };
+    let mut shards = futures_util::stream::iter(0..SHARDS)
+        .map(|shard| {
+            let conn = conn.clone();
+            let script = &script;
+            let consent_mode = consent_mode.as_str();
+            async move { count_shard(conn, script, keys, shard, limit, consent_mode).await }
+        })
+        .buffer_unordered(IN_FLIGHT);
+    let mut total = Forecast {
+        at,
+        ..Default::default()
+    };
+    let mut junk: BTreeMap<String, u64> = BTreeMap::new();
+    while let Some(tally) = shards.next().await {
+        let tally = tally?;
+        add(&mut total.index, &tally.index);
+        add(&mut total.stale, &tally.stale);
+        total.messages = total.messages.saturating_add(tally.messages);
+        total.index_entries = total.index_entries.saturating_add(tally.index_entries);
+        for (name, consents, holders) in tally.consents {
+            let consents = match consents.trim().parse::<u64>() {
+                Ok(n) => n,
+                Err(_) => {
+                    *junk.entry(name.clone()).or_insert(0) += 1;
+                    0
+                }
+            };
+            let slot = total.consents.entry(name).or_insert((0, 0));
+            slot.0 = slot.0.saturating_add(consents);
+            slot.1 = slot.1.saturating_add(holders);
+        }
+    }
+    if let Some(t) = template {
+        total.consents.entry(t.to_owned()).or_insert((0, 0));
+    }
+    for (name, shards) in junk {
+        total.warnings.push(format!(
+            "the consent total of template {} is not a count in {shards} shard(s) (counted as 0)",
+            printable(&name)
+        ));
+    }
+    Ok(total)
+}
+
+/// Runs the script over one shard, a page at a time.
+async fn count_shard(
+    mut conn: ConnectionManager,
+    script: &Script,
+    keys: &ShardKeys,
+    shard: u16,
+    limit: i64,
+    consent_mode: &str,
+) -> anyhow::Result<ShardTally> {
+    let (index, totals) = (keys.index(shard), keys.consent_totals(shard));
+    let (credentials, consents) = (keys.credential_prefix(shard), keys.consent_prefix(shard));
+    let mut tally = ShardTally::default();
+    let mut offset = 0usize;
+    loop {
+        let mode = if offset == 0 { consent_mode } else { "" };
+        let (hist, flat): ShardReply = script
+            .key(&index)
+            .key(&totals)
+            .arg(&credentials)
+            .arg(&consents)
+            .arg(limit)
+            .arg(offset)
+            .arg(PAGE)
+            .arg(mode)
+            .invoke_async(&mut conn)
+            .await?;
+        if hist.len() != 2 * (DAYS + 1) + 2 {
+            anyhow::bail!(
+                "the forecast script returned {} numbers, not 18",
+                hist.len()
+            );
+        }
+        let count = |n: &i64| u64::try_from(*n).unwrap_or(0);
+        let (index_counts, rest) = hist.split_at(DAYS + 1);
+        let (stale_counts, rest) = rest.split_at(DAYS + 1);
+        let [messages, walked] = rest else {
+            anyhow::bail!("the forecast script returned a broken histogram");
+        };
+        add(
+            &mut tally.index,
+            &index_counts.iter().map(count).collect::<Vec<_>>(),
+        );
+        add(
+            &mut tally.stale,
+            &stale_counts.iter().map(count).collect::<Vec<_>>(),
+        );
+        tally.messages = tally.messages.saturating_add(count(messages));
+        let walked = count(walked);
+        tally.index_entries = tally.index_entries.saturating_add(walked);
+        if flat.len() % 3 != 0 {
+            anyhow::bail!("the forecast script returned a broken consent list");
+        }
+        for triple in flat.chunks_exact(3) {
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            let holders = text(&triple[2]).parse::<u64>().unwrap_or(0);
+            tally
+                .consents
+                .push((text(&triple[0]), text(&triple[1]), holders));
+        }
+        if walked < PAGE as u64 {
+            return Ok(tally);
+        }
+        offset += PAGE;
+    }
+}
+
+/// `sum[d] += n[d]`, saturating.
+fn add(sum: &mut [u64; DAYS + 1], n: &[u64]) {
+    for (s, n) in sum.iter_mut().zip(n) {
+        *s = s.saturating_add(*n);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output
+
+struct Report {
+    app: String,
+    namespace: String,
+    margin_secs: u32,
+    template: Option<String>,
+    forecast: Forecast,
+    elapsed_ms: u64,
+}
+
+impl Report {
+    /// Start of day `d` (Unix s).
+    fn day_start(&self, d: usize) -> i64 {
+        self.forecast.at.saturating_add(d as i64 * 86_400)
+    }
+
+    fn to_json(&self) -> Value {
+        let f = &self.forecast;
+        let days: Vec<Value> = (1..=DAYS)
+            .map(|d| json!({"day": d, "at": self.day_start(d), "users": f.reachable_on_day(d)}))
+            .collect();
+        let templates: Vec<Value> = f
+            .consents
+            .iter()
+            .map(|(t, (n, users))| json!({"template_id": t, "consents": n, "users": users}))
+            .collect();
+        json!({
+            "app": self.app,
+            "namespace": self.namespace,
+            "at": f.at,
+            "claim_margin_secs": self.margin_secs,
+            "reachable_now": f.reachable_now(),
+            "messages_now": f.messages,
+            "reachable_by_day": days,
+            "consents": {
+                "template_filter": self.template,
+                "templates": templates,
+                "total": f.consents_total(),
+            },
+            "index_entries": f.index_entries,
+            "stale_index_entries": f.stale[0],
+            "shards": SHARDS,
+            "elapsed_ms": self.elapsed_ms,
+            "warnings": f.warnings,
+        })
+    }
+
+    fn table(&self) -> String {
+        let f = &self.forecast;
+        let mut out = String::new();
+        let rows = |out: &mut String, rows: &[[String; 3]]| {
+            let w0 = rows.iter().map(|r| r[0].chars().count()).max().unwrap_or(0);
+            let w1 = rows.iter().map(|r| r[1].chars().count()).max().unwrap_or(0);
+            for [a, b, c] in rows {
+                let line = format!("{a:<w0$}  {b:>w1$}  {c}");
+                out.push_str(line.trim_end());
+                out.push('\n');
+            }
+        };
+        out.push_str(&format!("app        {}\n", self.app));
+        out.push_str(&format!("namespace  {}\n", self.namespace));
+        out.push_str(&format!(
+            "at         {} (Redis's clock), claim margin {}s\n\n",
+            format_utc(f.at),
+            self.margin_secs
+        ));
+        let mut reach = vec![
+            [
+                "reachable".to_owned(),
+                "users".to_owned(),
+                "from".to_owned(),
+            ],
+            [
+                "now".to_owned(),
+                f.reachable_now().to_string(),
+                format_utc(f.at),
+            ],
+        ];
+        for d in 1..=DAYS {
+            reach.push([
+                format!("day {d}"),
+                f.reachable_on_day(d).to_string(),
+                format_utc(self.day_start(d)),
+            ]);
+        }
+        reach.push([
+            "messages now".to_owned(),
+            f.messages.to_string(),
+            "usable credentials".to_owned(),
+        ]);
+        rows(&mut out, &reach);
+        out.push('\n');
+        if f.consents.is_empty() {
+            out.push_str("consents  none\n");
+        } else {
+            let mut table = vec![[
+                "template".to_owned(),
+                "consents".to_owned(),
+                "users".to_owned(),
+            ]];
+            for (t, (n, users)) in &f.consents {
+                table.push([printable(t), n.to_string(), users.to_string()]);
+            }
+            if f.consents.len() > 1 {
+                table.push([
+                    "total".to_owned(),
+                    f.consents_total().to_string(),
+                    "-".to_owned(),
+                ]);
+            }
+            // Right-align the users column too: it is the last one.
+            let w2 = table
+                .iter()
+                .map(|r| r[2].chars().count())
+                .max()
+                .unwrap_or(0);
+            for r in &mut table {
+                r[2] = format!("{:>w2$}", r[2]);
+            }
+            rows(&mut out, &table);
+        }
+        for w in &f.warnings {
+            out.push_str(&format!("warning: {w}\n"));
+        }
+        out
+    }
+}
+
+/// A name read from Redis, safe to print on one line: control characters escaped.
+fn printable(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+/// Unix s as `2026-11-28 09:14:03 UTC` (status.rs's formatting, which takes ms).
+fn format_utc(secs: i64) -> String {
+    crate::status::format_utc(secs.saturating_mul(1000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wxpush_domain::OpenId;
+
+    fn keys() -> (ShardKeys, wxpush_bank::Keys, AppId) {
+        let ns = Namespace::new("wxpush").expect("namespace");
+        let app = AppId::new("wx1234567890abcdef").expect("app");
+        (
+            ShardKeys::new(ns.clone(), app.clone()),
+            wxpush_bank::Keys::new(ns),
+            app,
+        )
+    }
+
+    #[test]
+    fn keys_mirror_the_bank_layout() {
+        let (mine, bank, app) = keys();
+        for name in ["oUser1", "o{evil}:x", "oAbCdEfGhIjKlMnOpQrStUvWxYz0"] {
+            let user = OpenId::new(name).expect("openId");
+            let shard = wxpush_bank::keys::shard_of(&user);
+            assert_eq!(
+                format!("{}{}", mine.credential_prefix(shard), user),
+                bank.credentials(&app, &user)
+            );
+            assert_eq!(mine.index(shard), bank.index_of(&app, &user));
+        }
+        assert_eq!(mine.consent_totals(7), "wxpush:tc:{wx1234567890abcdef.7}");
+        assert_eq!(mine.consent_prefix(7), "wxpush:t:{wx1234567890abcdef.7}:");
+    }
+
+    #[test]
+    fn stale_entries_are_taken_off_the_index_counts() {
+        let f = Forecast {
+            index: [25, 20, 17, 14, 12, 11, 11, 10],
+            stale: [3, 3, 1, 1, 0, 0, 0, 0],
+            ..Default::default()
+        };
+        assert_eq!(f.reachable_now(), 22);
+        assert_eq!(f.reachable_on_day(1), 17);
+        assert_eq!(f.reachable_on_day(4), 12);
+        assert_eq!(f.reachable_on_day(7), 10);
+        assert_eq!(f.reachable_on_day(9), 10);
+        let odd = Forecast {
+            stale: [1; DAYS + 1],
+            ..Default::default()
+        };
+        assert_eq!(odd.reachable_now(), 0);
+    }
+
+    #[test]
+    fn templates_are_checked() {
+        assert!(check_template("TPL_1-a").is_ok());
+        assert!(check_template("").is_err());
+        assert!(check_template("a b").is_err());
+        assert!(check_template("é").is_err());
+        assert!(check_template(&"x".repeat(129)).is_err());
+        assert_eq!(printable("a\nb"), "a\\nb");
+    }
+
+    #[test]
+    fn dates_are_civil_utc() {
+        assert_eq!(format_utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_utc(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(format_utc(1_795_861_443), "2026-11-28 10:24:03 UTC");
+        let _ = format_utc(i64::MAX);
+        let _ = format_utc(i64::MIN);
+    }
+}
