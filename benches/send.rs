@@ -1,6 +1,10 @@
 //! One sender process against the bare ceiling of the same work, measured in the same run.
 //!
-//! `cargo bench --bench send` (`-- --jobs N --concurrency C`). The fake WeChat runs in this
+//! `cargo bench --bench send` (`-- --jobs N --concurrency C [--subscribe 1]`). With
+//! `--subscribe 1` every user holds one subscribe consent instead of a formId and the jobs are
+//! subscribe jobs (`/cgi-bin/message/subscribe/send`); the ceiling is the same bare sender
+//! (one script, one POST of a template send: the fake answers both APIs at the same cost).
+//! The fake WeChat runs in this
 //! process and answers at once; the rate limit is set far above what is reachable. Steps:
 //! 1. N users each get one formId from the fake, stored in the bank; N send jobs are queued.
 //! 2. wxpush: `Sender::consume` drains them (parse, claim, rate permit, shared token, POST,
@@ -34,6 +38,9 @@ const LUA_SOURCES: &[&str] = &[
     include_str!("../crates/bank/src/lua/release.lua"),
     include_str!("../crates/bank/src/lua/campaign_claim.lua"),
     include_str!("../crates/bank/src/lua/campaign_settle.lua"),
+    include_str!("../crates/bank/src/lua/campaign_claim_consent.lua"),
+    include_str!("../crates/bank/src/lua/store_consents.lua"),
+    include_str!("../crates/bank/src/lua/clear_consents.lua"),
     include_str!("../crates/fleet/src/lua/pause.lua"),
     include_str!("../crates/fleet/src/lua/rate.lua"),
     include_str!("../crates/fleet/src/lua/token_acquire.lua"),
@@ -67,6 +74,7 @@ async fn commandstats(conn: &mut redis::aio::ConnectionManager) -> BTreeMap<Stri
 async fn main() {
     let n = bench_arg("--jobs", 20_000);
     let concurrency = bench_arg("--concurrency", 64);
+    let subscribe = bench_arg("--subscribe", 0) == 1;
     let mut env = TestEnv::new("bench_send");
     let mut fake_config =
         FakeConfig::with_apps(vec![FakeApp::new(TEST_APP, SECRET).with_templates([TPL])]);
@@ -81,11 +89,16 @@ async fn main() {
         .map(|u| OpenId::new(&format!("oBenchSend{u:018}")).unwrap())
         .collect();
 
-    // The bank: one fake-issued formId per user.
+    // The bank: one fake-issued formId per user, or one consent the fake also granted.
     let expires = now_ms() / 1000 + 86_400;
     let creds: Vec<Vec<Credential>> = users
         .iter()
         .map(|u| {
+            if subscribe {
+                fake.register_user(None, u.as_str()).unwrap();
+                fake.grant_consents(None, u.as_str(), TPL, 1).unwrap();
+                return vec![Credential::consent(TPL)];
+            }
             let f = fake.issue_form_ids(None, u.as_str(), 1, None).unwrap();
             vec![Credential::form_id(f[0].clone(), expires)]
         })
@@ -111,10 +124,15 @@ async fn main() {
     let jobs: Vec<Vec<u8>> = users
         .iter()
         .map(|u| {
-            let j: SendJob = serde_json::from_value(json!({
-                "campaignId": "bench", "openId": u.as_str(), "templateId": TPL,
-                "data": {"keyword1": "benchmark", "keyword2": "2026-11-28"}}))
-            .unwrap();
+            let body = if subscribe {
+                json!({"campaignId": "bench", "openId": u.as_str(), "templateId": TPL,
+                       "kind": "subscribe",
+                       "data": {"thing1": "benchmark", "character_string2": "SF1234567"}})
+            } else {
+                json!({"campaignId": "bench", "openId": u.as_str(), "templateId": TPL,
+                       "data": {"keyword1": "benchmark", "keyword2": "2026-11-28"}})
+            };
+            let j: SendJob = serde_json::from_value(body).unwrap();
             j.to_json()
         })
         .collect();
@@ -177,7 +195,12 @@ async fn main() {
     )
     .await;
 
-    println!("send benchmark: {n} jobs, concurrency {concurrency}, fake WeChat in process answering at once, release build");
+    let kind = if subscribe {
+        "subscribe (one consent each)"
+    } else {
+        "template (one formId each)"
+    };
+    println!("send benchmark: {n} {kind} jobs, concurrency {concurrency}, fake WeChat in process answering at once, release build");
     println!(
         "{:<44} {:>10}",
         "wxpush sender (sends/s)",
