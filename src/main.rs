@@ -158,6 +158,11 @@ fn init_logging() -> anyhow::Result<()> {
 }
 
 fn config(common: &Common) -> anyhow::Result<Config> {
+    Ok(raw_config(common).validate()?)
+}
+
+/// The environment's configuration with the command-line flags over it, not yet validated.
+fn raw_config(common: &Common) -> RawConfig {
     let mut raw = RawConfig::from_env();
     let set = |slot: &mut Option<String>, flag: &Option<String>| {
         // An empty variable counts as unset, as in RawConfig::from_env.
@@ -171,7 +176,7 @@ fn config(common: &Common) -> anyhow::Result<Config> {
     set(&mut raw.app_id, &common.app_id);
     set(&mut raw.wechat_api_base, &common.wechat_api_base);
     set(&mut raw.send_rate, &common.send_rate);
-    Ok(raw.validate()?)
+    raw
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

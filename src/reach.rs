@@ -39,7 +39,7 @@ use serde_json::{json, Value};
 use wxpush_bank::{Bank, BankSettings, SHARDS};
 use wxpush_domain::campaign::MAX_TEMPLATE_ID_BYTES;
 use wxpush_domain::config::redact_url;
-use wxpush_domain::{AppId, Config, Namespace, RawConfig};
+use wxpush_domain::{AppId, Config, Namespace};
 
 /// Days ahead the forecast covers.
 pub const DAYS: usize = 7;
@@ -177,21 +177,10 @@ pub async fn run(common: &crate::Common, args: ReachArgs) -> anyhow::Result<()> 
 /// The configuration as every command reads it (flags over environment), except that
 /// `--app`, when given, stands in for WXPUSH_APP_ID.
 fn config(common: &crate::Common, app: Option<&AppId>) -> anyhow::Result<Config> {
-    let Some(app) = app else {
-        return crate::config(common);
-    };
-    let mut raw = RawConfig::from_env();
-    let set = |slot: &mut Option<String>, flag: &Option<String>| {
-        if flag.as_deref().is_some_and(|v| !v.is_empty()) {
-            slot.clone_from(flag);
-        }
-    };
-    set(&mut raw.amqp_url, &common.amqp_url);
-    set(&mut raw.redis_url, &common.redis_url);
-    set(&mut raw.namespace, &common.namespace);
-    set(&mut raw.wechat_api_base, &common.wechat_api_base);
-    set(&mut raw.send_rate, &common.send_rate);
-    raw.app_id = Some(app.to_string());
+    let mut raw = crate::raw_config(common);
+    if let Some(app) = app {
+        raw.app_id = Some(app.to_string());
+    }
     Ok(raw.validate()?)
 }
 

@@ -457,13 +457,7 @@ impl Sender {
             } => (credential, in_doubt),
         };
         let mut refused = 0;
-        // Short waits in process for a transient failure, before the delay queues.
-        let mut quick = backon::ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(1))
-            .with_jitter()
-            .with_max_times(self.settings.quick_retries as usize)
-            .build();
+        let mut quick = self.quick_retries();
         let mut token_refreshed = false;
         loop {
             self.limiter.acquire().await?;
@@ -597,6 +591,16 @@ impl Sender {
                 }
             }
         }
+    }
+
+    /// Short waits in process for a transient failure, before the delay queues.
+    fn quick_retries(&self) -> impl Iterator<Item = Duration> {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(1))
+            .with_jitter()
+            .with_max_times(self.settings.quick_retries as usize)
+            .build()
     }
 
     /// Ends this attempt without an outcome, keeping the credential, and parks the job.

@@ -15,7 +15,6 @@
 
 use std::time::{Duration, Instant};
 
-use backon::BackoffBuilder;
 use serde_json::{json, Map, Value};
 use wxpush_bank::{CampaignClaim, Settle};
 use wxpush_domain::ValidJob;
@@ -84,12 +83,7 @@ impl Sender {
                 .and_then(|s| s.parse().ok()),
             lang: job.lang.as_deref().and_then(|s| s.parse().ok()),
         };
-        let mut quick = backon::ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(1))
-            .with_jitter()
-            .with_max_times(self.settings.quick_retries as usize)
-            .build();
+        let mut quick = self.quick_retries();
         let mut token_refreshed = false;
         let release = |retry| Settle::Release {
             in_doubt: false,
