@@ -1,6 +1,7 @@
 //! `wxpush demo` end to end: the real binary runs ingest, dispatch and two senders as child
-//! processes against a fake WeChat, sends one campaign to 300 generated users, and must pass
-//! every one of its checks and leave its namespace empty.
+//! processes against a fake WeChat, sends a formId campaign and a subscribe campaign to 300
+//! generated users, reports both, and must pass every one of its checks and leave its
+//! namespace empty.
 
 use std::io::Read;
 use std::process::Stdio;
@@ -52,17 +53,36 @@ async fn the_demo_passes_its_checks_and_cleans_up() {
         status.success(),
         "exit {status:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
+    // Both campaigns, side by side.
+    for shown in [
+        "formId     demo-",
+        "template TPL_DEMO",
+        "subscribe  demo-sub-",
+        "template TPL_ORDER_SHIPPED (\"kind\": \"subscribe\"",
+        "audience 300 openIds",
+        "audience all users holding a consent, {\"all\": true}",
+        "formId   subscribe",
+        "messages/s",
+    ] {
+        assert!(stdout.contains(shown), "{shown:?} missing:\n{stdout}");
+    }
     for check in [
         "✓ no user got two messages",
         "✓ no formId was accepted twice",
         "✓ every user with a usable formId got exactly one message",
-        "✓ outcomes add up",
+        "✓ no user got two subscribe messages",
+        "✓ every user holding a consent got exactly one subscribe message",
+        "✓ no consent was spent beyond one per user, and the bank and WeChat agree",
         "roles stopped cleanly",
     ] {
         assert!(stdout.contains(check), "{check:?} missing:\n{stdout}");
     }
+    assert_eq!(
+        stdout.matches("✓ outcomes add up").count(),
+        2,
+        "both campaigns' outcomes add up:\n{stdout}"
+    );
     assert!(!stdout.contains('✗'), "{stdout}");
-    assert!(stdout.contains("300 openIds"), "{stdout}");
     // Without --keep the demo deletes its namespace.
     let left = keys_with_ttl(&env).await;
     assert!(left.is_empty(), "keys left behind: {left:?}");

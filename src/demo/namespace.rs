@@ -1,0 +1,169 @@
+//! The demo's namespace: claiming it (refusing one that holds data the demo did not create,
+//! such as a production install's) and deleting its keys, queues and exchanges.
+//!
+//! This module owns the marker key (`<ns>:demo`) and the clean-up. It must not touch anything
+//! outside the demo's namespace.
+
+use anyhow::{anyhow, bail, Context as _};
+use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use redis::aio::ConnectionManager;
+use wxpush_broker::Topology;
+use wxpush_roles::Deps;
+
+use super::DEFAULT_NAMESPACE;
+
+/// The key that marks a namespace as the demo's own.
+pub(super) fn marker_key(ns: &str) -> String {
+    format!("{ns}:demo")
+}
+
+/// Refuses a namespace that holds keys or queued work the demo did not create (say, a
+/// production install's), so the clean-up never deletes anything but the demo's own data.
+pub(super) async fn claim_namespace(
+    deps: &Deps,
+    topology: &Topology,
+    redis: &mut ConnectionManager,
+    ns: &str,
+) -> anyhow::Result<()> {
+    let marked: bool = redis::cmd("EXISTS")
+        .arg(marker_key(ns))
+        .query_async(redis)
+        .await
+        .context("Redis")?;
+    if marked {
+        return Ok(());
+    }
+    let refuse = |what: String| {
+        anyhow!(
+            "namespace {ns} holds {what} that the demo did not create; the demo deletes its \
+             namespace, so it runs only in a new one or its own (the default is \
+             {DEFAULT_NAMESPACE}; choose another with --namespace)"
+        )
+    };
+    if ns == wxpush_domain::config::DEFAULT_NAMESPACE {
+        bail!(
+            "the demo deletes its namespace, so it does not run in {ns}, the default install's; \
+             unset WXPUSH_NAMESPACE (the demo's default is {DEFAULT_NAMESPACE}) or choose \
+             another with --namespace"
+        );
+    }
+    if let Some(key) = scan_keys(redis, ns, 1).await?.first() {
+        return Err(refuse(format!("keys ({key})")));
+    }
+    let delay: Vec<String> = wxpush_broker::topology::DELAY_TIERS
+        .iter()
+        .map(|t| topology.delay_queue(*t))
+        .collect();
+    for q in topology.all_queues().iter().filter(|q| !delay.contains(q)) {
+        if let Some(what) = queue_in_use(deps, q).await? {
+            return Err(refuse(format!("the queue {q} ({what})")));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a queue holds messages or has consumers. A durable queue without arguments is
+/// declared as the roles declare it (a passive declare of a missing queue would close the
+/// channel with an error); one declared here is deleted by the clean-up that follows.
+async fn queue_in_use(deps: &Deps, queue: &str) -> anyhow::Result<Option<String>> {
+    let ch = deps.broker.channel().await?;
+    let declared = ch
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    let _ = ch.close(200, "ok".into()).await;
+    Ok(match declared {
+        Ok(q) if q.message_count() > 0 => Some(format!("{} messages", q.message_count())),
+        Ok(q) if q.consumer_count() > 0 => Some(format!("{} consumers", q.consumer_count())),
+        Ok(_) => None,
+        Err(_) => Some("declared with other arguments".into()),
+    })
+}
+
+/// Deletes the namespace's queues, exchanges and keys (the marker last).
+pub(super) async fn wipe_namespace(
+    deps: &Deps,
+    topology: &Topology,
+    redis: &mut ConnectionManager,
+    ns: &str,
+) -> anyhow::Result<()> {
+    let mut ch = deps.broker.channel().await?;
+    for q in topology.all_queues() {
+        if ch
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .is_err()
+        {
+            ch = deps.broker.channel().await?;
+        }
+    }
+    for e in topology.all_exchanges() {
+        if ch
+            .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+            .await
+            .is_err()
+        {
+            ch = deps.broker.channel().await?;
+        }
+    }
+    let _ = ch.close(200, "ok".into()).await;
+    let marker = marker_key(ns);
+    let keys: Vec<String> = scan_keys(redis, ns, usize::MAX)
+        .await?
+        .into_iter()
+        .filter(|k| *k != marker)
+        .collect();
+    for chunk in keys.chunks(1000) {
+        redis::cmd("UNLINK")
+            .arg(chunk)
+            .query_async::<()>(redis)
+            .await
+            .context("Redis")?;
+    }
+    redis::cmd("UNLINK")
+        .arg(&marker)
+        .query_async::<()>(redis)
+        .await
+        .context("Redis")?;
+    Ok(())
+}
+
+/// Keys of the namespace, up to `limit`. Product code otherwise never SCANs (it is O(all
+/// keys)); here it walks only the demo's own namespace, once at the start and once at the end.
+async fn scan_keys(
+    redis: &mut ConnectionManager,
+    ns: &str,
+    limit: usize,
+) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{ns}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(redis)
+            .await
+            .context("Redis")?;
+        out.extend(keys);
+        if next == 0 || out.len() >= limit {
+            out.truncate(limit);
+            return Ok(out);
+        }
+        cursor = next;
+    }
+}
+
+/// Messages ready in a queue the demo declared (0 when it does not exist).
+pub(super) async fn queue_depth(deps: &Deps, queue: &str) -> anyhow::Result<u64> {
+    Ok(deps.broker.queue_ready(queue).await?.map_or(0, u64::from))
+}
