@@ -79,6 +79,9 @@ pub struct TestEnv {
     pub ns: Namespace,
     pub app: AppId,
     vars: HashMap<String, String>,
+    /// Processes started by [`TestEnv::spawn`] and [`TestEnv::spawn_with`], killed on drop
+    /// if still running (a test that fails mid-way leaves no role behind).
+    spawned: std::sync::Mutex<Vec<u32>>,
 }
 
 impl TestEnv {
@@ -107,6 +110,7 @@ impl TestEnv {
             ns: Namespace::new(&ns).expect("test namespace is valid"),
             app: AppId::new(TEST_APP).expect("test appid is valid"),
             vars,
+            spawned: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -215,21 +219,38 @@ impl TestEnv {
 
     /// Starts `wxpush <args>` in the background, its output captured.
     pub fn spawn(&self, args: &[&str]) -> Child {
-        self.command(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn wxpush")
+        self.spawn_with(args, &[])
     }
 
     /// Starts `wxpush <args>` in the background with some variables changed.
     pub fn spawn_with(&self, args: &[&str], vars: &[(&str, &str)]) -> Child {
-        self.command(args)
+        let child = self
+            .command(args)
             .envs(vars.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn wxpush")
+            .expect("spawn wxpush");
+        if let Ok(mut pids) = self.spawned.lock() {
+            pids.push(child.id());
+        }
+        child
+    }
+
+    /// SIGKILLs every process this install spawned that still runs with its namespace (the
+    /// check on the environment keeps a reused pid from being killed).
+    fn kill_spawned(&self) {
+        let pids = self.spawned.lock().map(|p| p.clone()).unwrap_or_default();
+        let marker = format!("WXPUSH_NAMESPACE={}", self.ns);
+        for pid in pids {
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let ours = env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes());
+            if ours {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
     }
 
     /// Removes every key, queue and exchange of the namespace.
@@ -287,6 +308,7 @@ impl TestEnv {
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
+        self.kill_spawned();
         self.cleanup();
     }
 }
