@@ -90,6 +90,15 @@ fn delivered(f: &Fleet) -> HashMap<String, u64> {
     m
 }
 
+/// Calls to the subscribe API, whatever WeChat answered.
+fn subscribe_calls(f: &Fleet) -> usize {
+    f.fake
+        .requests()
+        .iter()
+        .filter(|r| r.endpoint == Endpoint::SubscribeSend)
+        .count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consents_accumulate_and_are_spent_one_per_message_and_per_template() {
     let mut f = Fleet::new("sub_spend", 100_000, 100).await;
@@ -203,12 +212,7 @@ async fn refused_data_stops_the_campaign_instead_of_failing_every_user() {
     .await;
     assert!(drained);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let calls = f
-        .fake
-        .requests()
-        .iter()
-        .filter(|r| r.endpoint == Endpoint::SubscribeSend)
-        .count();
+    let calls = subscribe_calls(&f);
     assert!(
         calls < 60,
         "{calls} calls to WeChat for 300 users: not stopped early"
@@ -269,12 +273,7 @@ async fn an_ambiguous_subscribe_send_is_recorded_unknown_and_never_resent() {
     let c = f.counts("ambiguous").await;
     assert_eq!(c.get("unknown"), Some(&10), "{c:?}");
     assert_eq!(c.get("retried"), None, "never retried: {c:?}");
-    let calls = f
-        .fake
-        .requests()
-        .iter()
-        .filter(|r| r.endpoint == Endpoint::SubscribeSend)
-        .count();
+    let calls = subscribe_calls(&f);
     assert_eq!(calls, 10, "one call per user, never a second");
     for who in &users {
         assert_eq!(

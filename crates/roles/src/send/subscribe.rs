@@ -107,6 +107,14 @@ impl Sender {
             let called = Instant::now();
             let outcome = self.wechat.send_subscribe(token.expose(), &message).await;
             count_call("subscribe", &outcome, called.elapsed());
+            // 47003 stops the whole campaign (below), with WeChat's words as the reason.
+            let data_refused = match &outcome {
+                Outcome::Permanent {
+                    code: 47003,
+                    errmsg,
+                } => Some(format!("47003: {errmsg}")),
+                _ => None,
+            };
             match outcome {
                 Outcome::Sent { .. } => {
                     self.settle(valid, owner, Settle::Final("sent")).await?;
@@ -163,7 +171,8 @@ impl Sender {
                         .await?;
                     return Ok(Disposition::Done(outcome));
                 }
-                Outcome::Permanent { code, errmsg } => {
+                // BadCredential is not an answer a subscribe send gets; treated as permanent.
+                Outcome::Permanent { code, .. } | Outcome::BadCredential { code } => {
                     let outcome = Recorded::Failed(code);
                     self.settle(valid, owner, Settle::Final(&outcome.field()))
                         .await?;
@@ -171,20 +180,9 @@ impl Sender {
                     self.bank
                         .release_consent(app, &valid.open_id, template)
                         .await?;
-                    if code == 47003 {
-                        self.stop_campaign(campaign, &format!("47003: {errmsg}"))
-                            .await?;
+                    if let Some(reason) = &data_refused {
+                        self.stop_campaign(campaign, reason).await?;
                     }
-                    return Ok(Disposition::Done(outcome));
-                }
-                Outcome::BadCredential { code } => {
-                    // Not an answer a subscribe send gets; recorded, consent given back.
-                    let outcome = Recorded::Failed(code);
-                    self.settle(valid, owner, Settle::Final(&outcome.field()))
-                        .await?;
-                    self.bank
-                        .release_consent(app, &valid.open_id, template)
-                        .await?;
                     return Ok(Disposition::Done(outcome));
                 }
             }
