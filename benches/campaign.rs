@@ -243,7 +243,7 @@ async fn wait_dispatched(
     id: &str,
     mut each_poll: impl FnMut(),
 ) -> Record {
-    let key = wxpush_roles::dispatch::record_key(&env.ns, id);
+    let key = wxpush_roles::dispatch::record_key(&env.ns, &env.app, id);
     let start = Instant::now();
     loop {
         each_poll();

@@ -137,6 +137,8 @@ impl Setup {
         raw.redis_url = given(&common.redis_url).or(raw.redis_url);
         raw.namespace = Some(given(&common.namespace).unwrap_or_else(|| DEFAULT_NAMESPACE.into()));
         raw.app_id = Some(given(&common.app_id).unwrap_or_else(|| DEFAULT_APP_ID.into()));
+        // The demo runs one app of its own: an install's WXPUSH_CONFIG is not its business.
+        raw.config_file = None;
         // Senders call the in-process fake; whatever WeChat is configured is not used.
         raw.wechat_api_base = None;
         let rate = match args.rate {
@@ -161,7 +163,7 @@ async fn demo(
     topology: &Topology,
 ) -> anyhow::Result<()> {
     let ns = setup.config.namespace.to_string();
-    let app = setup.config.app_id.clone();
+    let app = setup.config.apps.default_id().clone();
     let users = args.users as usize;
     let mut fake_config =
         FakeConfig::with_apps(vec![FakeApp::new(app.as_str(), setup.secret.clone())
@@ -372,7 +374,9 @@ fn role_env(setup: &Setup, api_base: &str) -> Vec<(&'static str, String)> {
     let c = &setup.config;
     vec![
         ("WXPUSH_NAMESPACE", c.namespace.to_string()),
-        ("WXPUSH_APP_ID", c.app_id.to_string()),
+        ("WXPUSH_APP_ID", c.apps.default_id().to_string()),
+        // Empty counts as unset: the roles serve the demo's app only.
+        ("WXPUSH_CONFIG", String::new()),
         ("WXPUSH_APP_SECRET", setup.secret.clone()),
         ("WXPUSH_WECHAT_API_BASE", api_base.to_owned()),
         ("WXPUSH_REDIS_URL", c.redis_url.clone()),

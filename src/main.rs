@@ -98,6 +98,9 @@ enum CampaignCommand {
     Status {
         /// The campaign's id
         id: String,
+        /// The campaign's app (default: whichever configured app has a campaign of that id)
+        #[arg(long = "app")]
+        app: Option<String>,
         /// Machine-readable output
         #[arg(long)]
         json: bool,
@@ -186,10 +189,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Send => run_roles(&config(&cli.common)?, Roles::SEND).await,
         Command::All => run_roles(&config(&cli.common)?, Roles::ALL).await,
         Command::Campaign {
-            command: CampaignCommand::Status { id, json, watch },
+            command:
+                CampaignCommand::Status {
+                    id,
+                    app,
+                    json,
+                    watch,
+                },
         } => {
             let config = config(&cli.common)?;
-            status::run(&config, &id, json, watch).await
+            status::run(&config, &id, app.as_deref(), json, watch).await
         }
         Command::Reach(args) => reach::run(&cli.common, args).await,
         Command::MockWechat(args) => run_mock(&cli.common, args).await,
@@ -359,24 +368,24 @@ async fn run_mock(common: &Common, args: MockArgs) -> anyhow::Result<()> {
             })?
         }
         None => {
-            let app_id = common
-                .app_id
-                .clone()
-                .filter(|a| !a.is_empty())
-                .ok_or_else(|| {
+            // The install's apps (WXPUSH_APP_ID and WXPUSH_APP_SECRET, or WXPUSH_CONFIG),
+            // each with its secret; the default app first.
+            let apps = raw_config(common)
+                .validate()
+                .map_err(|e| anyhow::anyhow!("{e} (or pass --config)"))?
+                .apps;
+            let mut fake_apps = Vec::with_capacity(apps.len());
+            for app in apps.iter() {
+                let secret = app.secret.as_ref().ok_or_else(|| {
                     anyhow::anyhow!(
-                        "WXPUSH_APP_ID is not set: the fake serves that app (or pass --config)"
+                        "no secret for app {}: the fake checks it (WXPUSH_APP_SECRET, `secret` \
+                         in WXPUSH_CONFIG, or pass --config)",
+                        app.id
                     )
                 })?;
-            let secret = std::env::var("WXPUSH_APP_SECRET")
-                .ok()
-                .filter(|s| !s.is_empty())
-                .ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "WXPUSH_APP_SECRET is not set: the fake checks it (or pass --config)"
-                    )
-                })?;
-            FakeConfig::with_apps(vec![FakeApp::new(app_id, secret)])
+                fake_apps.push(FakeApp::new(app.id.as_str(), secret.expose()));
+            }
+            FakeConfig::with_apps(fake_apps)
         }
     };
     if let Some(app) = config.apps.first_mut() {

@@ -139,7 +139,7 @@ pub async fn run(common: &crate::Common, args: ReachArgs) -> anyhow::Result<()> 
         None => None,
     };
     let config = config(common, app.as_ref())?;
-    let app = app.unwrap_or_else(|| config.app_id.clone());
+    let app = app.unwrap_or_else(|| config.apps.default_id().clone());
     let started = Instant::now();
     let bank = connect(&config).await?;
     let keys = ShardKeys::new(config.namespace.clone(), app.clone());
@@ -175,10 +175,11 @@ pub async fn run(common: &crate::Common, args: ReachArgs) -> anyhow::Result<()> 
 }
 
 /// The configuration as every command reads it (flags over environment), except that
-/// `--app`, when given, stands in for WXPUSH_APP_ID.
+/// `--app`, when given to an install configured with no app at all, stands in for
+/// WXPUSH_APP_ID (the forecast reads any app's bank).
 fn config(common: &crate::Common, app: Option<&AppId>) -> anyhow::Result<Config> {
     let mut raw = crate::raw_config(common);
-    if let Some(app) = app {
+    if let Some(app) = app.filter(|_| raw.app_id.is_none() && raw.config_file.is_none()) {
         raw.app_id = Some(app.to_string());
     }
     Ok(raw.validate()?)

@@ -1,7 +1,12 @@
-//! `wxpush campaign status ID [--json] [--watch]`: a campaign's progress and outcome counts.
+//! `wxpush campaign status ID [--app APPID] [--json] [--watch]`: a campaign's progress and
+//! outcome counts.
 //!
-//! Reads the two hashes of a campaign (the record format is `campaign_format.md`):
-//! `<ns>:camp:<id>`, written by the dispatcher (app, template, state, targeted, times), and
+//! A campaign is known by its app and id (two apps may each run a campaign `ID`). Without
+//! `--app`, every app of the install is looked at: the one holding `ID` is shown, and if
+//! several do, the command asks for `--app` rather than pick one.
+//!
+//! Reads the two hashes of a campaign (their fields: docs/campaigns.md):
+//! `<ns>:camp:<app>:<id>`, written by the dispatcher (app, template, state, targeted, times), and
 //! `<ns>:cs:{<app>.<shard>}:<id>`, the outcome counters the senders' scripts keep beside each
 //! shard's users (summed here; see `wxpush_bank` campaign.rs). Both are read in one atomic round
 //! trip (MULTI/EXEC), so every figure shown belongs to the same moment. From them it derives
@@ -43,9 +48,21 @@ const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Width of the `--watch` progress bar, in characters.
 const BAR_WIDTH: u64 = 20;
 
-pub async fn run(config: &Config, id: &str, json: bool, watch: bool) -> anyhow::Result<()> {
+pub async fn run(
+    config: &Config,
+    id: &str,
+    app: Option<&str>,
+    json: bool,
+    watch: bool,
+) -> anyhow::Result<()> {
     let mut reader = Reader::new(config)?;
-    let first = reader.read_required(id).await?;
+    let first = match app.filter(|a| !a.is_empty()) {
+        Some(app) => {
+            reader.app = wxpush_domain::AppId::new(app).map_err(|e| anyhow!("--app: {e}"))?;
+            reader.read_required(id).await?
+        }
+        None => reader.find(config, id).await?,
+    };
     if watch {
         return watch_loop(&mut reader, id, json, first).await;
     }
@@ -86,7 +103,7 @@ impl Reader {
             url,
             ns: config.namespace.to_string(),
             keys: wxpush_bank::Keys::new(config.namespace.clone()),
-            app: config.app_id.clone(),
+            app: config.apps.default_id().clone(),
             conn: None,
         })
     }
@@ -113,7 +130,7 @@ impl Reader {
     /// The campaign as it is now; `None` when neither hash exists.
     async fn read(&mut self, id: &str) -> anyhow::Result<Option<Snapshot>> {
         let mut conn = self.connection().await?;
-        let camp_key = wxpush_roles::dispatch::record_key(&self.ns, id);
+        let camp_key = wxpush_roles::dispatch::record_key(&self.ns, &self.app, id);
         let mut pipe = redis::pipe();
         pipe.atomic().cmd("HGETALL").arg(&camp_key);
         for shard in 0..wxpush_bank::SHARDS {
@@ -160,6 +177,42 @@ impl Reader {
         self.read(id)
             .await?
             .with_context(|| format!("no campaign {id} in namespace {}", self.ns))
+    }
+
+    /// The campaign `id` of whichever configured app holds it (the reader then follows that
+    /// app); an error when none does, or when several do (`--app` then says which).
+    async fn find(&mut self, config: &Config, id: &str) -> anyhow::Result<Snapshot> {
+        let mut found = Vec::new();
+        for app in config.apps.iter() {
+            self.app = app.id.clone();
+            if let Some(s) = self.read(id).await? {
+                found.push((app.id.clone(), s));
+            }
+        }
+        match found.len() {
+            0 if config.apps.len() == 1 => {
+                self.app = config.apps.default_id().clone();
+                self.read_required(id).await
+            }
+            0 => Err(anyhow!(
+                "no campaign {id} in namespace {} for any of the {} apps configured",
+                self.ns,
+                config.apps.len()
+            )),
+            1 => {
+                let (app, snapshot) = found.remove(0);
+                self.app = app;
+                Ok(snapshot)
+            }
+            _ => Err(anyhow!(
+                "campaign {id} exists for several apps ({}): pass --app",
+                found
+                    .iter()
+                    .map(|(a, _)| a.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
     }
 }
 

@@ -1,5 +1,5 @@
 //! `wxpush campaign status` against the real Redis: the test writes a campaign's two hashes as
-//! the dispatcher and the senders would (`<ns>:camp:<id>`, `<ns>:cs:{<app>.<shard>}:<id>`), runs the binary,
+//! the dispatcher and the senders would (`<ns>:camp:<app>:<id>`, `<ns>:cs:{<app>.<shard>}:<id>`), runs the binary,
 //! and checks the table, the JSON, `--watch` until completion or Ctrl-C, counters without a
 //! dispatch record, unknown campaigns and junk values.
 
@@ -24,11 +24,11 @@ fn key(env: &TestEnv, hash: &str, id: &str) -> String {
     match hash {
         // The counters live in one hash per shard; the status sums them, so shard 0 will do.
         "cs" => wxpush_bank::Keys::new(env.ns.clone()).campaign_counters(&env.app, 0, id),
-        _ => format!("{}:{hash}:{id}", env.ns),
+        _ => wxpush_roles::dispatch::record_key(&env.ns, &env.app, id),
     }
 }
 
-/// HSET of the given fields into `<ns>:<hash>:<id>`.
+/// HSET of the given fields into the record (`camp`) or the counters (`cs`) of campaign `id`.
 fn hset(env: &TestEnv, hash: &str, id: &str, fields: &[(&str, String)]) {
     let mut cmd = redis::cmd("HSET");
     cmd.arg(key(env, hash, id));
@@ -429,4 +429,70 @@ fn an_unreachable_redis_is_one_line_without_the_password() {
         "{err}"
     );
     assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[test]
+fn a_campaign_is_found_in_whichever_app_holds_it_and_two_apps_need_app() {
+    const B: &str = "wxfedcba0987654321";
+    let mut env = TestEnv::new("status_apps");
+    let file = std::env::temp_dir().join(format!("{}.toml", env.ns));
+    std::fs::write(
+        &file,
+        format!(
+            "[[apps]]\nappid = \"{}\"\n[[apps]]\nappid = \"{B}\"\n",
+            env.app
+        ),
+    )
+    .unwrap();
+    env.set("WXPUSH_CONFIG", &file.to_string_lossy());
+    let b = wxpush_domain::AppId::new(B).unwrap();
+    // B's records, written as the dispatcher and senders of app B would.
+    let in_b = |id: &str, targeted: &str| {
+        let record = wxpush_roles::dispatch::record_key(&env.ns, &b, id);
+        let counters = wxpush_bank::Keys::new(env.ns.clone()).campaign_counters(&b, 0, id);
+        let _: () = redis::pipe()
+            .hset_multiple(
+                &record,
+                &[
+                    ("app", B),
+                    ("state", "dispatched"),
+                    ("targeted", targeted),
+                    ("kind", "subscribe"),
+                ],
+            )
+            .hset(&counters, "sent", targeted)
+            .query(&mut conn())
+            .unwrap();
+    };
+    in_b("only-b", "3");
+    in_b("shared-1", "5");
+    record(&env, "shared-1", "dispatched", 10);
+    counters_nine_of_ten(&env, "shared-1");
+
+    let j = status_json(&env, "only-b");
+    assert_eq!(
+        (j["app"].as_str(), j["sent"].as_u64()),
+        (Some(B), Some(3)),
+        "{j}"
+    );
+    let out = run(&env, &["campaign", "status", "shared-1"]);
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr(&out).trim_end(),
+        format!(
+            "wxpush: campaign shared-1 exists for several apps ({}, {B}): pass --app",
+            env.app
+        )
+    );
+    for (app, targeted) in [(B, 5), (env.app.as_str(), 10)] {
+        let out = run(
+            &env,
+            &["campaign", "status", "shared-1", "--app", app, "--json"],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        let j: Value = serde_json::from_str(&stdout(&out)).unwrap();
+        assert_eq!(j["app"].as_str(), Some(app), "{j}");
+        assert_eq!(j["targeted"].as_u64(), Some(targeted), "{j}");
+    }
+    let _ = std::fs::remove_file(&file);
 }

@@ -14,7 +14,7 @@ use wxpush_domain::OpenId;
 use wxpush_testkit::fleet::{campaign, Fleet};
 use wxpush_testkit::proxy::{target_of, FaultProxy};
 use wxpush_testkit::{
-    amqp_url, eventually, form_id, free_addr, http_get, now_ms, redis_url, CapturedStderr,
+    amqp_url, eventually, form_id, free_addr, http_get, now_ms, redis_url, CapturedStderr, TEST_APP,
 };
 
 /// `n` uploads of `per` formIds each, for users `oUp<from..>`.
@@ -497,11 +497,11 @@ async fn a_role_serves_health_readiness_and_metrics() {
     let (status, metrics) = http_get(addr, "/metrics").await.unwrap();
     assert_eq!(status, 200);
     for line in [
-        "wxpush_messages_consumed_total{queue=\"send\"} 50",
+        "wxpush_messages_consumed_total{queue=\"send\"} 50" as &str,
         "wxpush_messages_consumed_total{queue=\"dispatch\"} 1",
         "wxpush_send_outcomes_total{outcome=\"sent\"} 50",
         "wxpush_claims_total{result=\"fresh\"} 50",
-        "wxpush_wechat_calls_total{api=\"template\",code=\"0\"} 50",
+        &format!("wxpush_wechat_calls_total{{api=\"template\",app=\"{TEST_APP}\",code=\"0\"}} 50"),
         "wxpush_campaign_jobs_published_total 50",
         "wxpush_campaigns_dispatched_total 1",
         "wxpush_token_refreshes_total 1",

@@ -277,7 +277,7 @@ enum DocKey {
     Marks(String),
     /// `{ns}:cs:{<app>.<shard>}:<campaignId>` (and `cu`, documented)
     Counters(String),
-    /// `{ns}:camp:<campaignId>`
+    /// `{ns}:camp:<app>:<campaignId>`
     Record(String),
     /// `{ns}:token|token-lock|token-err|rate|pause:{<app>}`
     Fleet(String),
@@ -335,8 +335,9 @@ fn classify(ns: &Namespace, app: &AppId, key: &[u8]) -> Option<DocKey> {
             Some(DocKey::Counters(id))
         }
         "camp" => {
-            check_campaign_id(rest).ok()?;
-            Some(DocKey::Record(rest.to_owned()))
+            let id = rest.strip_prefix(app.as_str())?.strip_prefix(':')?;
+            check_campaign_id(id).ok()?;
+            Some(DocKey::Record(id.to_owned()))
         }
         "token" | "token-lock" | "token-err" | "rate" | "pause" => {
             (rest == format!("{{{app}}}")).then(|| DocKey::Fleet(kind.to_owned()))
@@ -755,16 +756,16 @@ async fn hostile_campaigns_are_dead_lettered_with_their_code_and_dispatch_goes_o
         }
     };
     let done = eventually(Duration::from_secs(20), || async {
-        let a = record(record_key(&env.ns, &all_id)).await;
-        let b = record(record_key(&env.ns, &odd_id)).await;
+        let a = record(record_key(&env.ns, &env.app, &all_id)).await;
+        let b = record(record_key(&env.ns, &env.app, &odd_id)).await;
         a.get("state").map(String::as_str) == Some("dispatched")
             && b.get("state").map(String::as_str) == Some("dispatched")
     })
     .await;
     assert!(done, "both good campaigns dispatched");
-    let a = record(record_key(&env.ns, &all_id)).await;
+    let a = record(record_key(&env.ns, &env.app, &all_id)).await;
     assert_eq!(a["targeted"], everyone.len().to_string(), "{a:?}");
-    let b = record(record_key(&env.ns, &odd_id)).await;
+    let b = record(record_key(&env.ns, &env.app, &odd_id)).await;
     assert_eq!(b["targeted"], odd.len().to_string(), "{b:?}");
     assert_eq!(b["rejected_recipients"], "1", "{b:?}");
 
@@ -812,8 +813,8 @@ async fn hostile_campaigns_are_dead_lettered_with_their_code_and_dispatch_goes_o
         .iter()
         .map(|u| bank_keys.credentials(&env.app, &OpenId::new(u).unwrap()))
         .collect();
-    holding.insert(record_key(&env.ns, &all_id));
-    holding.insert(record_key(&env.ns, &odd_id));
+    holding.insert(record_key(&env.ns, &env.app, &all_id));
+    holding.insert(record_key(&env.ns, &env.app, &odd_id));
     assert_marker_keys(&m, &holding).await;
 
     dispatch.stop();
@@ -1115,7 +1116,7 @@ fn accepted_names_can_neither_collide_nor_move_a_key_to_another_slot() {
             assert!(k.ends_with(&format!(":{id}")), "{k}");
         }
         assert_eq!(hash_tag(&keys.index_of(&app, &open_id)), tag);
-        for k in user_keys.into_iter().chain([record_key(&ns, id)]) {
+        for k in user_keys.into_iter().chain([record_key(&ns, &app, id)]) {
             assert!(all_keys.insert(k.clone()), "two names give the key {k}");
         }
         // Campaign-mark fields ("<id>", "<id> o", ...) of two campaigns never meet.

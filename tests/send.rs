@@ -84,9 +84,8 @@ impl Rig {
         p.close().await;
     }
 
-    async fn parts(&self, settings: &mut SendSettings) -> SendParts {
+    async fn parts(&self) -> SendParts {
         let config = self.env.config();
-        settings.app_id = config.app_id.clone();
         SendParts::connect(&config, &self.deps, Duration::from_millis(400))
             .await
             .unwrap()
@@ -96,12 +95,12 @@ impl Rig {
     /// guard time passes), then stops it gracefully.
     async fn run_until(
         &self,
-        mut settings: SendSettings,
+        settings: SendSettings,
         campaign: &str,
         finished: u64,
         guard: Duration,
     ) -> (std::sync::Arc<SendStats>, BTreeMap<String, u64>) {
-        let parts = self.parts(&mut settings).await;
+        let parts = self.parts().await;
         let (trigger, shutdown) = ShutdownTrigger::new();
         let (deps, topo) = (self.deps.clone(), self.env.topology());
         let role = tokio::spawn(async move {
@@ -138,7 +137,6 @@ fn fake_config() -> FakeConfig {
 
 fn settings() -> SendSettings {
     SendSettings {
-        app_id: wxpush_domain::AppId::new(TEST_APP).unwrap(),
         concurrency: 16,
         max_attempts: 8,
         quick_retries: 2,
@@ -333,8 +331,8 @@ async fn a_timeout_after_the_request_left_is_resent_with_the_same_form_id_and_no
     // The fleet's token is fetched while WeChat is fast; then sends answer after 1.5 s, past
     // the client's 400 ms timeout (the fake judges, spends the formId, then waits), and
     // WeChat turns fast again for the retries.
-    let parts = rig.parts(&mut s.clone()).await;
-    parts.tokens.get().await.unwrap();
+    let parts = rig.parts().await;
+    parts.default_app().tokens.get().await.unwrap();
     rig.fake.update_faults(|f| f.latency_ms = 1500).unwrap();
     let fake = rig.fake.fake().clone();
     tokio::spawn(async move {

@@ -256,7 +256,7 @@ async fn an_ambiguous_subscribe_send_is_recorded_unknown_and_never_resent() {
     let parts = SendParts::connect(&config, &f.deps, Duration::from_millis(400))
         .await
         .unwrap();
-    parts.tokens.get().await.unwrap();
+    parts.default_app().tokens.get().await.unwrap();
     f.fake.update_faults(|x| x.latency_ms = 1500).unwrap();
     let (trigger, shutdown) = wxpush_roles::ShutdownTrigger::new();
     let (deps, topo) = (f.deps.clone(), f.env.topology());

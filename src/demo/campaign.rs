@@ -314,8 +314,8 @@ async fn read(
     plan: &Plan,
     published_at: Instant,
 ) -> anyhow::Result<Seen> {
-    let (app, ns) = (&setup.config.app_id, &setup.config.namespace);
-    let camp_key = wxpush_roles::dispatch::record_key(ns, &plan.id);
+    let (app, ns) = (setup.config.apps.default_id(), &setup.config.namespace);
+    let camp_key = wxpush_roles::dispatch::record_key(ns, app, &plan.id);
     let mut redis = deps.bank.connection();
     let camp: HashMap<String, String> = redis::cmd("HGETALL")
         .arg(&camp_key)

@@ -127,7 +127,12 @@ impl Fleet {
     }
 
     pub async fn record(&self, id: &str) -> BTreeMap<String, String> {
-        self.hash(format!("{}:camp:{id}", self.env.ns)).await
+        self.hash(wxpush_roles::dispatch::record_key(
+            &self.env.ns,
+            &self.env.app,
+            id,
+        ))
+        .await
     }
 
     pub async fn counts(&self, id: &str) -> BTreeMap<String, u64> {

@@ -3,12 +3,15 @@
 //! [`RawConfig`] is what the environment (or command-line flags) said; [`RawConfig::validate`]
 //! turns it into a [`Config`] or one readable [`ConfigError`] naming the variable at fault.
 //! Secrets are wrapped in [`Secret`], whose `Debug` and `Display` never show them.
+//! The apps an install serves come from the single-app variables and the `WXPUSH_CONFIG` file,
+//! which [`RawConfig::validate`] reads ([`crate::apps`] says how the two meet).
 //! This module must not connect to anything; checking that a URL is reachable is the roles'.
 
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::names::{AppId, Namespace};
+use crate::apps::{Apps, VarApp, CONFIG_FILE_VAR};
+use crate::names::Namespace;
 use crate::upload::UploadLimits;
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -89,6 +92,8 @@ pub struct RawConfig {
     pub http_addr: Option<String>,
     pub shutdown_secs: Option<String>,
     pub tls_ca_file: Option<String>,
+    /// Path of the several-apps TOML file.
+    pub config_file: Option<String>,
 }
 
 /// Every variable [`RawConfig::from_env`] reads, beside the field it fills.
@@ -112,6 +117,7 @@ pub const ENV_VARS: &[&str] = &[
     "WXPUSH_HTTP_ADDR",
     "WXPUSH_SHUTDOWN_SECS",
     "WXPUSH_TLS_CA_FILE",
+    CONFIG_FILE_VAR,
 ];
 
 impl RawConfig {
@@ -143,6 +149,7 @@ impl RawConfig {
             http_addr: get(ENV_VARS[16]),
             shutdown_secs: get(ENV_VARS[17]),
             tls_ca_file: get(ENV_VARS[18]),
+            config_file: get(ENV_VARS[19]),
         }
     }
 
@@ -170,18 +177,25 @@ impl RawConfig {
                 var: "WXPUSH_NAMESPACE",
                 reason: e.to_string(),
             })?;
-        let app_id = match self.app_id {
-            None => {
-                return Err(ConfigError::Missing {
-                    var: "WXPUSH_APP_ID",
-                    hint: "set it to the mini program's appid; credentials are kept per app",
-                })
-            }
-            Some(s) => AppId::new(&s).map_err(|e| ConfigError::Invalid {
-                var: "WXPUSH_APP_ID",
-                reason: e.to_string(),
-            })?,
+        let send_rate = number("WXPUSH_SEND_RATE", self.send_rate, DEFAULT_SEND_RATE, 1)?;
+        let file = match &self.config_file {
+            None => None,
+            Some(path) => Some((
+                path.as_str(),
+                std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
+                    var: CONFIG_FILE_VAR,
+                    reason: format!("cannot read {path}: {e}"),
+                })?,
+            )),
         };
+        let apps = Apps::build(
+            VarApp {
+                id: self.app_id,
+                secret: self.app_secret,
+            },
+            file.as_ref().map(|(p, t)| (*p, t.as_str())),
+            send_rate,
+        )?;
         let http_addr = http_addr(self.http_addr)?;
         let tls_ca_file = self.tls_ca_file.map(std::path::PathBuf::from);
         Ok(Config {
@@ -197,9 +211,8 @@ impl RawConfig {
             redis_url,
             namespace,
             wechat_api_base,
-            app_id,
-            app_secret: self.app_secret.map(Secret),
-            send_rate: number("WXPUSH_SEND_RATE", self.send_rate, DEFAULT_SEND_RATE, 1)?,
+            apps,
+            send_rate,
             claim_margin_secs: number(
                 "WXPUSH_CLAIM_MARGIN_SECS",
                 self.claim_margin_secs,
@@ -263,11 +276,10 @@ pub struct Config {
     pub redis_url: String,
     pub namespace: Namespace,
     pub wechat_api_base: String,
-    /// The install's (default) mini program.
-    pub app_id: AppId,
-    /// Needed only by roles that call WeChat.
-    pub app_secret: Option<Secret>,
-    /// Fleet-wide WeChat send calls per second.
+    /// The mini programs served, the default first, each with its secret and send rate.
+    pub apps: Apps,
+    /// `WXPUSH_SEND_RATE`: fleet-wide WeChat send calls per second of every app that states
+    /// no rate of its own.
     pub send_rate: u32,
     /// A credential expiring within this many seconds counts as expired.
     pub claim_margin_secs: u32,
@@ -454,6 +466,36 @@ mod tests {
             .validate()
             .unwrap();
         assert!(!format!("{c:?}").contains("s3cr3t"));
+        assert_eq!(c.apps.default_id().as_str(), "wx1");
+    }
+
+    #[test]
+    fn several_apps_come_from_the_file_wxpush_config_names() {
+        let path = std::env::temp_dir().join(format!("wxpush-config-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "[[apps]]\nappid = \"wxa\"\nsecret = \"sa\"\ndefault = true\n\
+             [[apps]]\nappid = \"wxb\"\nsecret = \"sb\"\nsend_rate = 9\n",
+        )
+        .unwrap();
+        let file = path.to_string_lossy().into_owned();
+        let c = raw(&[("WXPUSH_CONFIG", &file), ("WXPUSH_SEND_RATE", "40")])
+            .validate()
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let rates: Vec<_> = c
+            .apps
+            .iter()
+            .map(|a| (a.id.as_str(), a.send_rate))
+            .collect();
+        assert_eq!(rates, [("wxa", 40), ("wxb", 9)]);
+        assert!(!format!("{c:?}").contains("sb"), "{c:?}");
+        let e = raw(&[("WXPUSH_CONFIG", &file)]).validate().unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with(&format!("WXPUSH_CONFIG is invalid: cannot read {file}: ")),
+            "{e}"
+        );
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //!
 //! This crate owns *what things are* and the rules for accepting them from outside
 //! (upload messages, environment variables). It must not do I/O: no Redis, no RabbitMQ,
-//! no HTTP, no reading of the environment except through [`config::RawConfig::from_env`].
+//! no HTTP, no reading of the environment except through [`config::RawConfig::from_env`], and
+//! of files except the `WXPUSH_CONFIG` file [`config::RawConfig::validate`] reads.
 
+pub mod apps;
 mod body;
 pub mod campaign;
 pub mod config;
@@ -14,6 +16,7 @@ pub mod names;
 pub mod subscribe_data;
 pub mod upload;
 
+pub use apps::{AppConfig, Apps};
 pub use campaign::{
     parse_campaign, Audience, Campaign, CampaignError, CampaignKind, CampaignLimits,
     RejectedRecipient,

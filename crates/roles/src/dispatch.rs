@@ -3,8 +3,9 @@
 //! Per campaign (contract section 5; one at a time per process):
 //! 1. parse and validate it ([`wxpush_domain::parse_campaign`]); a bad one is dead-lettered
 //!    to `<ns>.dead.dispatch` with its reason;
-//! 2. record it once, keyed by `campaignId` (`{ns}:camp:<id>`): a campaign already dispatched is
-//!    a no-op; one being dispatched resumes from its checkpoint;
+//! 2. record it once, keyed by its app and `campaignId` (`{ns}:camp:<app>:<id>`): a campaign
+//!    already dispatched is a no-op; one being dispatched resumes from its checkpoint. A
+//!    campaign naming an app the install does not serve is dead-lettered (`unknown_app`);
 //! 3. stream the audience a page at a time (the bank's index of reachable users — for a
 //!    subscribe campaign, of users holding a consent for its template — or the explicit
 //!    openIds list) and publish one job per user with publisher confirms; after each
@@ -27,7 +28,7 @@ use wxpush_bank::{Bank, ReachableCursor};
 use wxpush_broker::topology::Needs;
 use wxpush_broker::{BatchConsumer, Publisher, Topology};
 use wxpush_domain::campaign::{Audience, Campaign, CampaignKind, CampaignLimits};
-use wxpush_domain::{parse_campaign, AppId, Config, OpenId};
+use wxpush_domain::{parse_campaign, AppId, Apps, Config, OpenId};
 
 use crate::metrics as m;
 use crate::{supervise, Deps, Health, RoleError, Session, Shutdown};
@@ -41,7 +42,8 @@ pub const RECORD_TTL_SECS: i64 = 30 * 24 * 3600;
 /// Tunables of the dispatch role.
 #[derive(Debug, Clone)]
 pub struct DispatchSettings {
-    pub app_id: AppId,
+    /// The apps served: a campaign naming another is refused.
+    pub apps: Apps,
     /// Recipients read and published per page (one checkpoint per page).
     pub page_size: usize,
     pub limits: CampaignLimits,
@@ -50,7 +52,7 @@ pub struct DispatchSettings {
 impl DispatchSettings {
     pub fn from_config(c: &Config) -> Self {
         Self {
-            app_id: c.app_id.clone(),
+            apps: c.apps.clone(),
             page_size: c.dispatch_page_size,
             limits: CampaignLimits::default(),
         }
@@ -197,16 +199,14 @@ impl Dispatcher {
             Ok(c) => c,
             Err(e) => return self.reject(delivery, stats, e.code(), &e.to_string()).await,
         };
-        if let Some(app) = campaign
-            .app_id
-            .as_ref()
-            .filter(|a| **a != self.settings.app_id)
-        {
+        let Some(app) = self.settings.apps.resolve(campaign.app_id.as_ref()) else {
+            let app = campaign.app_id.as_ref().map_or("", AppId::as_str);
             let reason = format!("appId {app} is not configured in this install");
             return self.reject(delivery, stats, "unknown_app", &reason).await;
-        }
-        let key = self.record_key(&campaign.campaign_id);
-        let cursor = match self.open_record(&key, &campaign).await? {
+        };
+        let app = app.id.clone();
+        let key = record_key(self.bank.keys().namespace(), &app, &campaign.campaign_id);
+        let cursor = match self.open_record(&key, &app, &campaign).await? {
             None => {
                 tracing::info!(campaign = %campaign.campaign_id, "campaign already dispatched: nothing to do");
                 stats.already_dispatched += 1;
@@ -217,7 +217,7 @@ impl Dispatcher {
         };
         tracing::info!(campaign = %campaign.campaign_id, from = %cursor, "dispatching");
         match self
-            .fan_out(&campaign, &key, &cursor, stats, shutdown)
+            .fan_out(&campaign, &app, &key, &cursor, stats, shutdown)
             .await?
         {
             Progress::Finished => {
@@ -249,14 +249,15 @@ impl Dispatcher {
         Ok(())
     }
 
-    fn record_key(&self, campaign_id: &str) -> String {
-        record_key(self.bank.keys().namespace(), campaign_id)
-    }
-
     /// Records the campaign if it is new and returns where to start (`None`: already
     /// dispatched). The record is written once: a republished campaign with other content
     /// keeps the first one's.
-    async fn open_record(&self, key: &str, c: &Campaign) -> Result<Option<String>, RoleError> {
+    async fn open_record(
+        &self,
+        key: &str,
+        app: &AppId,
+        c: &Campaign,
+    ) -> Result<Option<String>, RoleError> {
         let mut conn = self.conn.clone();
         let created: bool = redis::cmd("HSETNX")
             .arg(key)
@@ -273,13 +274,7 @@ impl Dispatcher {
                 .hset_multiple(
                     key,
                     &[
-                        (
-                            "app",
-                            c.app_id
-                                .as_ref()
-                                .unwrap_or(&self.settings.app_id)
-                                .to_string(),
-                        ),
+                        ("app", app.to_string()),
                         ("kind", c.kind.name().to_owned()),
                         ("template_id", c.template_id.clone()),
                         ("audience", audience.to_owned()),
@@ -315,12 +310,12 @@ impl Dispatcher {
     async fn fan_out(
         &self,
         c: &Campaign,
+        app: &AppId,
         key: &str,
         cursor: &str,
         stats: &mut DispatchStats,
         shutdown: &Shutdown,
     ) -> Result<Progress, RoleError> {
-        let app = c.app_id.as_ref().unwrap_or(&self.settings.app_id);
         let page = self.settings.page_size;
         match &c.audience {
             Audience::OpenIds(list) => {
@@ -420,9 +415,10 @@ impl Dispatcher {
     }
 }
 
-/// The key of a campaign's record, `{ns}:camp:<campaignId>`.
-pub fn record_key(ns: impl std::fmt::Display, campaign_id: &str) -> String {
-    format!("{ns}:camp:{campaign_id}")
+/// The key of a campaign's record, `{ns}:camp:<app>:<campaignId>`: two apps may each run a
+/// campaign of the same id. (An appId has no `:`, so no id of one app reaches another's key.)
+pub fn record_key(ns: impl std::fmt::Display, app: &AppId, campaign_id: &str) -> String {
+    format!("{ns}:camp:{app}:{campaign_id}")
 }
 
 /// `""` (start), `"<shard>:<scan>"`, or `"end"`.

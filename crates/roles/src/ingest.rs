@@ -23,7 +23,9 @@ use backon::BackoffBuilder;
 use wxpush_bank::{Bank, BankError, StoreReport, StoreRequest};
 use wxpush_broker::topology::Needs;
 use wxpush_broker::{Batch, BatchConsumer, Broker, Delivery, Publisher, Topology};
-use wxpush_domain::{parse_upload, AppId, Config, Credential, OpenId, PoisonReason, UploadLimits};
+use wxpush_domain::{
+    parse_upload, AppId, Apps, Config, Credential, OpenId, PoisonReason, UploadLimits,
+};
 
 use crate::metrics as m;
 use crate::{supervise, Deps, Health, RoleError, Shutdown};
@@ -34,7 +36,8 @@ pub const DEAD_LETTER_SOURCE: &str = "ingest";
 /// What the ingest role needs from the configuration.
 #[derive(Debug, Clone)]
 pub struct IngestSettings {
-    pub app_id: AppId,
+    /// The apps served: an upload naming another is dead-lettered (`unknown_app`).
+    pub apps: Apps,
     pub limits: UploadLimits,
     pub prefetch: u16,
     pub batch_max: usize,
@@ -43,7 +46,7 @@ pub struct IngestSettings {
 impl IngestSettings {
     pub fn from_config(c: &Config) -> Self {
         Self {
-            app_id: c.app_id.clone(),
+            apps: c.apps.clone(),
             limits: c.upload_limits,
             prefetch: c.ingest_prefetch,
             batch_max: c.ingest_batch,
@@ -373,20 +376,18 @@ impl Ingest {
             expired_on_arrival: 0,
         };
         for d in &batch.deliveries {
-            let parsed =
-                parse_upload(&d.data, received_at_ms, self.settings.limits).and_then(|u| match &u
-                    .app_id
-                {
-                    Some(app) if *app != self.settings.app_id => {
-                        Err(PoisonReason::UnknownApp(app.to_string()))
-                    }
-                    _ => Ok(u),
-                });
+            let parsed = parse_upload(&d.data, received_at_ms, self.settings.limits).and_then(
+                |u| match self.settings.apps.resolve(u.app_id.as_ref()) {
+                    Some(app) => Ok((app.id.clone(), u)),
+                    None => Err(PoisonReason::UnknownApp(
+                        u.app_id.as_ref().map_or("", AppId::as_str).to_owned(),
+                    )),
+                },
+            );
             match parsed {
-                Ok(u) => {
+                Ok((app, u)) => {
                     sorted.rejected_entries += u.rejected.len() as u64;
                     sorted.expired_on_arrival += u.expired as u64;
-                    let app = (u.app_id.clone()).unwrap_or_else(|| self.settings.app_id.clone());
                     let open_id = u.open_id.clone();
                     // FormIds, prepayId uses and consents: the bank sorts them out.
                     sorted

@@ -2,9 +2,10 @@
 //!
 //! Per job (many at once, each acknowledged on its own):
 //! 1. parse it (a malformed job is dead-lettered with its reason);
-//! 2. if the fleet is paused (WeChat's daily quota, `45009`), park it in a delay queue;
+//! 2. if the fleet is paused for the job's app (WeChat's daily quota, `45009`), park it in a
+//!    delay queue (a job for an app this install does not serve is dead-lettered);
 //! 3. claim the user's soonest-expiring credential (none: record `no_credential`, done);
-//! 4. take a fleet-wide rate permit, get the fleet's shared access token;
+//! 4. take a rate permit from the app's fleet-wide limit, get the app's shared access token;
 //! 5. call WeChat and act on the classified outcome ([`wxpush_wechat::Outcome`]):
 //!    - sent: record it;
 //!    - bad credential (`41028`, `41029`): drop it, claim the user's next one;
@@ -22,7 +23,8 @@
 //! A job retried after a timeout keeps its formId: if the first attempt was in fact accepted,
 //! WeChat answers `41029` and the job is recorded as `sent_unconfirmed`, not sent again.
 //! Subscribe-message jobs (`"kind": "subscribe"`) spend a consent instead and differ where it
-//! matters: [`subscribe`].
+//! matters: [`subscribe`]. Each app of the install has its own token, rate limit and pause
+//! ([`AppFleet`]); nothing of one app is ever used for another's job.
 //! This module must not parse uploads or campaigns, nor know how the bank stores credentials.
 
 use std::collections::HashMap;
@@ -59,7 +61,6 @@ pub const DEAD_LETTER_SOURCE: &str = "send";
 /// Tunables of the send role.
 #[derive(Debug, Clone)]
 pub struct SendSettings {
-    pub app_id: AppId,
     /// Jobs one process handles at once (and twice that many prefetched).
     pub concurrency: usize,
     /// Attempts (first try included) before a job is dead-lettered.
@@ -75,7 +76,6 @@ pub struct SendSettings {
 impl SendSettings {
     pub fn from_config(c: &Config) -> Self {
         Self {
-            app_id: c.app_id.clone(),
             concurrency: c.send_concurrency,
             max_attempts: c.send_max_attempts,
             quick_retries: 2,
@@ -128,6 +128,8 @@ enum Disposition {
     Park { job: SendJob, after: Duration },
     /// Attempts exhausted: dead-letter it with this reason.
     GiveUp { reason: String },
+    /// Not a job this process can send (its app is not served): dead-letter it.
+    Refuse { code: &'static str, reason: String },
 }
 
 /// The send role's working parts.
@@ -135,73 +137,112 @@ pub struct Sender {
     bank: Bank,
     broker: wxpush_broker::Broker,
     wechat: Client,
-    tokens: TokenStore,
-    limiter: RateLimiter,
-    pause: FleetPause,
+    apps: SendParts,
     publisher: Publisher,
     topology: Topology,
     settings: SendSettings,
     pub stats: Arc<SendStats>,
-    /// Campaigns looked up for a stop (47003), and when: `(checked_at, stopped)`.
+    /// Campaign records looked up for a stop (47003), and when: `(checked_at, stopped)`.
     stopped: Mutex<HashMap<String, (std::time::Instant, bool)>>,
 }
 
-/// What the send role needs beside Redis and RabbitMQ: WeChat and the fleet's shared state.
+/// One app's share of the fleet's state, all of it kept in Redis under the app's own keys:
+/// its access token, its send ceiling and its daily-quota pause.
 #[derive(Clone)]
-pub struct SendParts {
-    pub wechat: Client,
+pub struct AppFleet {
     pub tokens: TokenStore,
     pub limiter: RateLimiter,
     pub pause: FleetPause,
 }
 
+/// What the send role needs beside Redis and RabbitMQ: WeChat, and each app's [`AppFleet`].
+#[derive(Clone)]
+pub struct SendParts {
+    pub wechat: Client,
+    /// Every app served, the default first.
+    apps: Arc<Vec<(AppId, AppFleet)>>,
+}
+
 impl SendParts {
-    /// Builds the WeChat client (with `request_timeout`) and the fleet's shared token, rate
-    /// limit and pause for the configured app. Needs `WXPUSH_APP_SECRET`.
+    /// Builds the WeChat client (with `request_timeout`) and, for every configured app, its
+    /// shared token, rate limit (the app's own `send_rate`) and pause. Every app needs its
+    /// secret.
     pub async fn connect(
         config: &Config,
         deps: &Deps,
         request_timeout: Duration,
     ) -> Result<Self, SendSetupError> {
-        let secret = config
-            .app_secret
-            .clone()
-            .ok_or(SendSetupError::MissingSecret)?;
         let wechat = Client::new(&ClientConfig {
             request_timeout,
             ..ClientConfig::with_base_url(config.wechat_api_base.clone())
         })
         .map_err(|e| SendSetupError::WeChat(e.to_string()))?;
         let conn = deps.bank.connection();
-        let ns = config.namespace.clone();
-        let app = config.app_id.clone();
+        let ns = &config.namespace;
+        let mut apps = Vec::with_capacity(config.apps.len());
+        for app in config.apps.iter() {
+            let secret = app
+                .secret
+                .clone()
+                .ok_or_else(|| SendSetupError::MissingSecret(app.id.clone()))?;
+            let fleet = AppFleet {
+                tokens: TokenStore::new(
+                    conn.clone(),
+                    ns.clone(),
+                    wechat.clone(),
+                    app.id.clone(),
+                    secret,
+                    TokenSettings::default(),
+                ),
+                limiter: RateLimiter::new(
+                    conn.clone(),
+                    ns.clone(),
+                    app.id.clone(),
+                    app.send_rate,
+                    RateSettings::default(),
+                ),
+                pause: FleetPause::new(
+                    conn.clone(),
+                    ns.clone(),
+                    app.id.clone(),
+                    PauseSettings::default(),
+                ),
+            };
+            apps.push((app.id.clone(), fleet));
+        }
         Ok(Self {
-            tokens: TokenStore::new(
-                conn.clone(),
-                ns.clone(),
-                wechat.clone(),
-                app.clone(),
-                secret,
-                TokenSettings::default(),
-            ),
-            limiter: RateLimiter::new(
-                conn.clone(),
-                ns.clone(),
-                app.clone(),
-                config.send_rate,
-                RateSettings::default(),
-            ),
-            pause: FleetPause::new(conn, ns, app, PauseSettings::default()),
             wechat,
+            apps: Arc::new(apps),
         })
+    }
+
+    /// The default app's state.
+    pub fn default_app(&self) -> &AppFleet {
+        &self.apps[0].1
+    }
+
+    /// The app a job means (the one it names, or the default) and its state; `None` when it
+    /// names an app this install does not serve.
+    pub fn resolve(&self, named: Option<&AppId>) -> Option<(&AppId, &AppFleet)> {
+        match named {
+            None => self.apps.first().map(|(id, f)| (id, f)),
+            Some(n) => self
+                .apps
+                .iter()
+                .find(|(id, _)| id == n)
+                .map(|(id, f)| (id, f)),
+        }
     }
 }
 
 /// Why the send role cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum SendSetupError {
-    #[error("WXPUSH_APP_SECRET is not set: the send role needs it to get access tokens")]
-    MissingSecret,
+    #[error(
+        "no secret for app {0}: the send role needs one per app to get access tokens \
+         (WXPUSH_APP_SECRET, or `secret` in the WXPUSH_CONFIG file)"
+    )]
+    MissingSecret(AppId),
     #[error("WeChat client: {0}")]
     WeChat(String),
 }
@@ -245,10 +286,8 @@ impl Sender {
         Ok(Self {
             bank: deps.bank.clone(),
             broker: deps.broker.clone(),
-            wechat: parts.wechat,
-            tokens: parts.tokens,
-            limiter: parts.limiter,
-            pause: parts.pause,
+            wechat: parts.wechat.clone(),
+            apps: parts,
             publisher,
             topology: topology.clone(),
             settings: settings.clone(),
@@ -404,6 +443,11 @@ impl Sender {
                 self.dead_letter(delivery, "gave_up", &reason).await;
                 return Ok(());
             }
+            Disposition::Refuse { code, reason } => {
+                tracing::warn!(code, %reason, "send job dead-lettered");
+                self.dead_letter(delivery, code, &reason).await;
+                return Ok(());
+            }
         };
         match settled {
             Ok(()) => {
@@ -421,10 +465,18 @@ impl Sender {
     /// Claims (or resumes) the campaign's credential for this user, sends, and classifies,
     /// until the job is done or must wait.
     async fn process(&self, valid: &ValidJob) -> Result<Disposition, RoleError> {
-        let app = valid.app_id.as_ref().unwrap_or(&self.settings.app_id);
+        let Some((app, fleet)) = self.apps.resolve(valid.app_id.as_ref()) else {
+            return Ok(Disposition::Refuse {
+                code: "unknown_app",
+                reason: format!(
+                    "appId {} is not configured in this sender",
+                    valid.app_id.as_ref().map_or("", AppId::as_str)
+                ),
+            });
+        };
         let job = &valid.job;
         let campaign = job.campaign_id.as_str();
-        if let Some(wait) = self.pause.paused_for().await {
+        if let Some(wait) = fleet.pause.paused_for().await {
             return Ok(Disposition::Park {
                 job: job.clone(),
                 after: wait,
@@ -432,7 +484,7 @@ impl Sender {
         }
         let owner = attempt_owner();
         if job.kind == JobKind::Subscribe {
-            return self.process_subscribe(valid, &owner).await;
+            return self.process_subscribe(valid, app, fleet, &owner).await;
         }
         let claim = self
             .bank
@@ -460,8 +512,8 @@ impl Sender {
         let mut quick = self.quick_retries();
         let mut token_refreshed = false;
         loop {
-            self.limiter.acquire().await?;
-            let token = match self.tokens.get().await {
+            fleet.limiter.acquire().await?;
+            let token = match fleet.tokens.get().await {
                 Ok(t) => t,
                 Err(e) => {
                     let release = Settle::Release {
@@ -484,7 +536,7 @@ impl Sender {
             SendStats::add(&self.stats.wechat_calls);
             let called = std::time::Instant::now();
             let outcome = self.wechat.send_template(token.expose(), &message).await;
-            count_call("template", &outcome, called.elapsed());
+            count_call("template", app, &outcome, called.elapsed());
             match outcome {
                 Outcome::Sent { .. } => {
                     self.settle(valid, &owner, Settle::Final("sent")).await?;
@@ -530,7 +582,7 @@ impl Sender {
                     }
                 }
                 Outcome::BadToken { .. } if !token_refreshed => {
-                    if let Err(e) = self.tokens.invalidate(&token).await {
+                    if let Err(e) = fleet.tokens.invalidate(&token).await {
                         tracing::warn!(error = %e, "could not invalidate the access token");
                     }
                     token_refreshed = true;
@@ -566,7 +618,7 @@ impl Sender {
                 }
                 Outcome::QuotaExhausted => {
                     tracing::warn!(cooldown = ?self.settings.quota_cooldown, "WeChat daily quota reached (45009): pausing the fleet");
-                    self.pause.pause_for(self.settings.quota_cooldown).await?;
+                    fleet.pause.pause_for(self.settings.quota_cooldown).await?;
                     return self
                         .park(valid, &owner, in_doubt, self.settings.quota_cooldown)
                         .await;
@@ -629,7 +681,7 @@ impl Sender {
         owner: &str,
         how: Settle<'_>,
     ) -> Result<bool, wxpush_bank::BankError> {
-        let app = valid.app_id.as_ref().unwrap_or(&self.settings.app_id);
+        let app = self.app_of(valid);
         self.bank
             .campaign_settle(app, &valid.open_id, &valid.job.campaign_id, owner, how)
             .await
@@ -653,7 +705,7 @@ impl Sender {
                 reason,
             });
         }
-        let app = valid.app_id.as_ref().unwrap_or(&self.settings.app_id);
+        let app = self.app_of(valid);
         let owner = attempt_owner();
         let campaign = job.campaign_id.as_str();
         // Take the lease back (it was just released) to settle the campaign as failed.
@@ -681,8 +733,13 @@ impl Sender {
         })
     }
 
+    /// The app of a job already checked to be served: the one it names, or the default.
+    fn app_of<'a>(&'a self, valid: &'a ValidJob) -> &'a AppId {
+        valid.app_id.as_ref().unwrap_or(&self.apps.apps[0].0)
+    }
+
     async fn release(&self, valid: &ValidJob, credential: &Credential) {
-        let app = valid.app_id.as_ref().unwrap_or(&self.settings.app_id);
+        let app = self.app_of(valid);
         match self.bank.release(app, &valid.open_id, credential).await {
             Ok(true) => SendStats::add(&self.stats.credentials_released),
             Ok(false) => {}
@@ -778,11 +835,12 @@ fn claim_result(c: &CampaignClaim) -> &'static str {
 }
 
 /// Counts one WeChat call by its errcode (`transport` when WeChat gave none) and latency.
-fn count_call(api: &'static str, outcome: &Outcome, took: Duration) {
+fn count_call(api: &'static str, app: &AppId, outcome: &Outcome, took: Duration) {
     let code = outcome
         .errcode()
         .map_or_else(|| "transport".to_owned(), |c| c.to_string());
-    metrics::counter!(m::WECHAT_CALLS, "api" => api, "code" => code).increment(1);
+    metrics::counter!(m::WECHAT_CALLS, "api" => api, "app" => app.to_string(), "code" => code)
+        .increment(1);
     metrics::histogram!(m::WECHAT_SECONDS, "api" => api).record(took.as_secs_f64());
 }
 

@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 use wxpush_bank::{CampaignClaim, Settle};
-use wxpush_domain::ValidJob;
+use wxpush_domain::{AppId, ValidJob};
 use wxpush_wechat::{Outcome, SubscribeMessage};
 
-use super::{count_call, Disposition, Sender, BUSY_RECHECK, CAMPAIGN_LEASE};
+use super::{count_call, AppFleet, Disposition, Sender, BUSY_RECHECK, CAMPAIGN_LEASE};
 use crate::outcomes::Recorded;
 use crate::RoleError;
 
@@ -32,13 +32,14 @@ impl Sender {
     pub(super) async fn process_subscribe(
         &self,
         valid: &ValidJob,
+        app: &AppId,
+        fleet: &AppFleet,
         owner: &str,
     ) -> Result<Disposition, RoleError> {
-        let app = valid.app_id.as_ref().unwrap_or(&self.settings.app_id);
         let job = &valid.job;
         let campaign = job.campaign_id.as_str();
         let template = job.template_id.as_str();
-        if self.campaign_stopped(campaign).await? {
+        if self.campaign_stopped(app, campaign).await? {
             return Ok(Disposition::Done(Recorded::Stopped));
         }
         let claim = self
@@ -90,13 +91,13 @@ impl Sender {
             retry,
         };
         loop {
-            self.limiter.acquire().await?;
-            if self.campaign_stopped(campaign).await? {
+            fleet.limiter.acquire().await?;
+            if self.campaign_stopped(app, campaign).await? {
                 // Stopped while this job waited for its permit: the consent goes back.
                 self.settle(valid, owner, release(false)).await?;
                 return Ok(Disposition::Done(Recorded::Stopped));
             }
-            let token = match self.tokens.get().await {
+            let token = match fleet.tokens.get().await {
                 Ok(t) => t,
                 Err(e) => {
                     self.settle(valid, owner, release(true)).await?;
@@ -106,7 +107,7 @@ impl Sender {
             super::SendStats::add(&self.stats.wechat_calls);
             let called = Instant::now();
             let outcome = self.wechat.send_subscribe(token.expose(), &message).await;
-            count_call("subscribe", &outcome, called.elapsed());
+            count_call("subscribe", app, &outcome, called.elapsed());
             // 47003 stops the whole campaign (below), with WeChat's words as the reason.
             let data_refused = match &outcome {
                 Outcome::Permanent {
@@ -135,7 +136,7 @@ impl Sender {
                     return Ok(self.retry_later(valid, reason));
                 }
                 Outcome::BadToken { .. } if !token_refreshed => {
-                    if let Err(e) = self.tokens.invalidate(&token).await {
+                    if let Err(e) = fleet.tokens.invalidate(&token).await {
                         tracing::warn!(error = %e, "could not invalidate the access token");
                     }
                     token_refreshed = true;
@@ -154,7 +155,7 @@ impl Sender {
                 }
                 Outcome::QuotaExhausted => {
                     tracing::warn!(cooldown = ?self.settings.quota_cooldown, "WeChat daily quota reached (45009): pausing the fleet");
-                    self.pause.pause_for(self.settings.quota_cooldown).await?;
+                    fleet.pause.pause_for(self.settings.quota_cooldown).await?;
                     self.settle(valid, owner, release(false)).await?;
                     return Ok(Disposition::Park {
                         job: job.clone(),
@@ -181,7 +182,7 @@ impl Sender {
                         .release_consent(app, &valid.open_id, template)
                         .await?;
                     if let Some(reason) = &data_refused {
-                        self.stop_campaign(campaign, reason).await?;
+                        self.stop_campaign(app, campaign, reason).await?;
                     }
                     return Ok(Disposition::Done(outcome));
                 }
@@ -207,29 +208,34 @@ impl Sender {
 
     /// True when the campaign was stopped (by any sender), looked up at most once a second
     /// per campaign.
-    async fn campaign_stopped(&self, campaign: &str) -> Result<bool, RoleError> {
+    async fn campaign_stopped(&self, app: &AppId, campaign: &str) -> Result<bool, RoleError> {
+        let key = crate::dispatch::record_key(self.bank.keys().namespace(), app, campaign);
         if let Ok(cache) = self.stopped.lock() {
-            if let Some((at, stopped)) = cache.get(campaign) {
+            if let Some((at, stopped)) = cache.get(&key) {
                 if *stopped || at.elapsed() < STOP_CHECK_EVERY {
                     return Ok(*stopped);
                 }
             }
         }
-        let key = crate::dispatch::record_key(self.bank.keys().namespace(), campaign);
         let stopped: bool = redis::cmd("HEXISTS")
             .arg(&key)
             .arg("stopped_at_ms")
             .query_async(&mut self.bank.connection())
             .await?;
         if let Ok(mut cache) = self.stopped.lock() {
-            cache.insert(campaign.to_owned(), (Instant::now(), stopped));
+            cache.insert(key, (Instant::now(), stopped));
         }
         Ok(stopped)
     }
 
     /// Marks the campaign stopped (once) with the reason, for every sender and the status.
-    async fn stop_campaign(&self, campaign: &str, reason: &str) -> Result<(), RoleError> {
-        let key = crate::dispatch::record_key(self.bank.keys().namespace(), campaign);
+    async fn stop_campaign(
+        &self,
+        app: &AppId,
+        campaign: &str,
+        reason: &str,
+    ) -> Result<(), RoleError> {
+        let key = crate::dispatch::record_key(self.bank.keys().namespace(), app, campaign);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
