@@ -96,7 +96,7 @@ pub async fn run(common: &crate::Common, args: DemoArgs) -> anyhow::Result<()> {
                  scripts/services.sh"
             )
         })?;
-    let topology = Topology::new(setup.config.namespace.clone());
+    let topology = Topology::with_apps(setup.config.namespace.clone(), &setup.config.apps);
     let ns = setup.config.namespace.to_string();
     let mut redis = deps.bank.connection();
     claim_namespace(&deps, &topology, &mut redis, &ns).await?;

@@ -254,7 +254,7 @@ async fn run_roles(config: &Config, roles: Roles) -> anyhow::Result<()> {
     } else {
         None
     };
-    let topology = Topology::new(config.namespace.clone());
+    let topology = Topology::with_apps(config.namespace.clone(), &config.apps);
     let (trigger, shutdown) = ShutdownTrigger::new();
     let trigger = std::sync::Arc::new(trigger);
     let on_signal = trigger.clone();

@@ -6,7 +6,9 @@
 //! The same openIds exist in both apps (they are different users there) and both apps run a
 //! campaign of the same id, so anything one app took from the other would show: the fake
 //! refuses a formId or consent spent with the other app's token, and each app's rate limit is
-//! checked on the fake's own clock.
+//! checked on the fake's own clock. The senders have few slots (`WXPUSH_SEND_CONCURRENCY=4`)
+//! and A's campaign is queued first: B's campaigns finish while A's jobs still wait for A's
+//! permits, because each app has a send queue of its own.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -44,6 +46,16 @@ fn write_config(env: &TestEnv) -> std::path::PathBuf {
     path
 }
 
+/// Removes the apps file when dropped: declared before the fleet, it outlives the fleet's
+/// clean-up, which reads it to find every app's queues.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Largest number of records within any `window_ms`.
 fn busiest(records: &[&RequestRecord], window_ms: u64) -> usize {
     let times: Vec<u64> = records.iter().map(|r| r.at_ms).collect();
@@ -67,8 +79,9 @@ async fn two_apps_never_share_tokens_credentials_or_rate_limits() {
     ]))
     .await
     .unwrap();
-    let file = write_config(&env);
-    env.set("WXPUSH_CONFIG", &file.to_string_lossy());
+    let file = RemoveOnDrop(write_config(&env));
+    env.set("WXPUSH_CONFIG", &file.0.to_string_lossy());
+    env.set("WXPUSH_SEND_CONCURRENCY", "4");
     env.set("WXPUSH_WECHAT_API_BASE", &fake.base_url());
     env.set("WXPUSH_SEND_RATE", "1000");
     env.set("WXPUSH_LOG", "warn");
@@ -271,10 +284,22 @@ async fn two_apps_never_share_tokens_credentials_or_rate_limits() {
         peak_b > 3 * RATE_A as usize,
         "B sent at most {peak_b} in a second: it is held to A's limit"
     );
+    // No head-of-line blocking: B's jobs, queued after all of A's, were all sent before A's
+    // tenth (A's jobs fill every slot of the senders' default queue while they wait).
+    let b_done = sends_b[sends_b.len() - 1].at_ms;
+    assert!(
+        b_done < sends_a[9].at_ms,
+        "B finished {} ms after A's first send, A's tenth went at {} ms",
+        b_done - sends_a[0].at_ms,
+        sends_a[9].at_ms - sends_a[0].at_ms
+    );
     eprintln!(
-        "A: {} sends in {span_a} ms (limit {RATE_A}/s); B: {} sends, up to {peak_b} in one second",
+        "A: {} sends in {span_a} ms (limit {RATE_A}/s); B: {} sends, up to {peak_b} in one \
+         second, all done {} ms after A's first send (A's tenth: {} ms)",
         sends_a.len(),
-        sends_b.len()
+        sends_b.len(),
+        b_done.saturating_sub(sends_a[0].at_ms),
+        sends_a[9].at_ms - sends_a[0].at_ms
     );
 
     // What named an app not served is dead-lettered with that reason, by ingest and dispatch.
@@ -283,5 +308,4 @@ async fn two_apps_never_share_tokens_credentials_or_rate_limits() {
         let codes: Vec<&str> = dead.iter().map(|(_, code, _)| code.as_str()).collect();
         assert_eq!(codes, ["unknown_app"], "{source}: {dead:?}");
     }
-    let _ = std::fs::remove_file(&file);
 }

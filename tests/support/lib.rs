@@ -130,8 +130,13 @@ impl TestEnv {
             .expect("test configuration is valid")
     }
 
+    /// The install's exchanges and queues: with several apps configured (`WXPUSH_CONFIG`),
+    /// each app's send lane too.
     pub fn topology(&self) -> Topology {
-        Topology::new(self.ns.clone())
+        match RawConfig::from_map(&self.vars).validate() {
+            Ok(c) => Topology::with_apps(self.ns.clone(), &c.apps),
+            Err(_) => Topology::new(self.ns.clone()),
+        }
     }
 
     pub async fn deps(&self) -> Deps {

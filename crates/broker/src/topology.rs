@@ -6,13 +6,20 @@
 //! `<ns>.dead.<source>`. Send jobs wait for a retry in `<ns>.send.delay.<N>s` queues, one per
 //! delay tier ([`DELAY_TIERS`]): a queue-wide TTL, then dead-lettered back to `<ns>.send`.
 //! (Per-message TTLs in one queue would expire only at its head, holding short delays behind
-//! long ones; one queue per tier keeps every queue first-in, first-out.) Declaring is idempotent; every role declares what it needs on start.
+//! long ones; one queue per tier keeps every queue first-in, first-out.)
+//!
+//! An install serving several apps ([`Topology::with_apps`]) gives every app a send lane of its
+//! own, `<ns>.send.app.<appId>` with its own `<ns>.send.app.<appId>.delay.<N>s` tiers, so one
+//! app's backlog, waiting for that app's rate permits, never queues another app's jobs behind
+//! it. The default app's jobs keep `<ns>.send`, so a single-app install (and the default app of
+//! any install) has exactly the topology above. Senders consume `<ns>.send` and every lane.
+//! Declaring is idempotent; every role declares what it needs on start.
 //! This module must not consume or publish.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
-use wxpush_domain::Namespace;
+use wxpush_domain::{AppId, Apps, Namespace};
 
 use crate::BrokerError;
 
@@ -41,11 +48,61 @@ pub enum Needs {
 #[derive(Debug, Clone)]
 pub struct Topology {
     ns: Namespace,
+    /// The default app, then every app with a send lane of its own (empty: one app).
+    lanes: Vec<AppId>,
 }
 
 impl Topology {
+    /// The topology of a single-app install: one send queue.
     pub fn new(ns: Namespace) -> Self {
-        Self { ns }
+        Self {
+            ns,
+            lanes: Vec::new(),
+        }
+    }
+
+    /// The topology of an install serving `apps`: with two or more, each app has a send lane.
+    pub fn with_apps(ns: Namespace, apps: &Apps) -> Self {
+        let lanes = if apps.len() > 1 {
+            apps.iter().map(|a| a.id.clone()).collect()
+        } else {
+            Vec::new()
+        };
+        Self { ns, lanes }
+    }
+
+    /// The send queue of `app`'s jobs: its lane, or `<ns>.send` for the default app (and in a
+    /// single-app install).
+    pub fn send_queue_for(&self, app: &AppId) -> String {
+        match self.lane_of(app) {
+            Some(app) => format!("{}.send.app.{app}", self.ns),
+            None => self.send_queue(),
+        }
+    }
+
+    /// The delay queue of one tier for `app`'s jobs (dead-lettered back to its send queue).
+    pub fn delay_queue_for(&self, app: &AppId, tier_secs: u32) -> String {
+        match self.lane_of(app) {
+            Some(_) => format!("{}.delay.{tier_secs}s", self.send_queue_for(app)),
+            None => self.delay_queue(tier_secs),
+        }
+    }
+
+    /// Every queue senders consume: `<ns>.send`, then each app's lane. The default app's lane
+    /// is consumed too, for jobs queued there while another app was the default.
+    pub fn send_queues(&self) -> Vec<String> {
+        let mut out = vec![self.send_queue()];
+        out.extend(
+            self.lanes
+                .iter()
+                .map(|a| format!("{}.send.app.{a}", self.ns)),
+        );
+        out
+    }
+
+    /// `app` when it has a lane for its jobs (not the default app, not a single-app install).
+    fn lane_of<'a>(&self, app: &'a AppId) -> Option<&'a AppId> {
+        (self.lanes.len() > 1 && *app != self.lanes[0] && self.lanes.contains(app)).then_some(app)
     }
 
     /// Exchange upstream services publish credential uploads to.
@@ -108,6 +165,10 @@ impl Topology {
             self.dead_queue("dispatch"),
         ];
         q.extend(DELAY_TIERS.iter().map(|t| self.delay_queue(*t)));
+        for lane in self.send_queues().into_iter().skip(1) {
+            q.extend(DELAY_TIERS.iter().map(|t| format!("{lane}.delay.{t}s")));
+            q.push(lane);
+        }
         q
     }
 
@@ -139,9 +200,17 @@ impl Topology {
         self.declare_dead_letters(ch, "ingest").await
     }
 
-    /// Declares what the send role needs: the send queue, its delay tiers, dead letters.
+    /// Declares what the send role needs: every send queue with its delay tiers, dead letters.
     pub async fn declare_send(&self, ch: &Channel) -> Result<(), BrokerError> {
-        self.declare_queue(ch, &self.send_queue()).await?;
+        for lane in self.send_queues() {
+            self.declare_send_lane(ch, &lane).await?;
+        }
+        self.declare_dead_letters(ch, "send").await
+    }
+
+    /// One send queue (`<ns>.send` or a lane) and its delay tiers, `<queue>.delay.<N>s`.
+    async fn declare_send_lane(&self, ch: &Channel, queue: &str) -> Result<(), BrokerError> {
+        self.declare_queue(ch, queue).await?;
         for tier in DELAY_TIERS {
             let mut args = FieldTable::default();
             args.insert(
@@ -154,10 +223,10 @@ impl Topology {
             );
             args.insert(
                 "x-dead-letter-routing-key".into(),
-                AMQPValue::LongString(self.send_queue().into()),
+                AMQPValue::LongString(queue.into()),
             );
             ch.queue_declare(
-                self.delay_queue(tier).into(),
+                format!("{queue}.delay.{tier}s").into(),
                 QueueDeclareOptions {
                     durable: true,
                     ..Default::default()
@@ -166,7 +235,7 @@ impl Topology {
             )
             .await?;
         }
-        self.declare_dead_letters(ch, "send").await
+        Ok(())
     }
 
     /// Declares the campaigns exchange (what the marketing system needs).
@@ -250,6 +319,39 @@ impl Topology {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn several_apps_have_a_lane_each_and_the_default_keeps_the_send_queue() {
+        let ns = Namespace::new("n").unwrap();
+        let (a, b) = (AppId::new("wxa").unwrap(), AppId::new("wxb").unwrap());
+        let one = Topology::with_apps(ns.clone(), &Apps::single(a.clone(), None, 5));
+        assert_eq!(one.send_queues(), ["n.send"]);
+        assert_eq!(one.send_queue_for(&a), "n.send");
+        assert_eq!(one.delay_queue_for(&a, 5), "n.send.delay.5s");
+        assert_eq!(one.all_queues(), Topology::new(ns.clone()).all_queues());
+
+        let text = "[[apps]]\nappid = \"wxa\"\ndefault = true\n[[apps]]\nappid = \"wxb\"\n";
+        let apps = Apps::build(Default::default(), Some(("f", text)), 5).unwrap();
+        let two = Topology::with_apps(ns, &apps);
+        assert_eq!(
+            two.send_queues(),
+            ["n.send", "n.send.app.wxa", "n.send.app.wxb"]
+        );
+        assert_eq!(two.send_queue_for(&a), "n.send");
+        assert_eq!(two.send_queue_for(&b), "n.send.app.wxb");
+        assert_eq!(two.delay_queue_for(&a, 60), "n.send.delay.60s");
+        assert_eq!(two.delay_queue_for(&b, 60), "n.send.app.wxb.delay.60s");
+        let all = two.all_queues();
+        for q in two.send_queues() {
+            assert!(all.contains(&q), "{q}");
+            for t in DELAY_TIERS {
+                assert!(all.contains(&format!("{q}.delay.{t}s")), "{q} {t}");
+            }
+        }
+        // An app the install does not serve has no lane of its own.
+        let c = AppId::new("wxc").unwrap();
+        assert_eq!(two.send_queue_for(&c), "n.send");
+    }
 
     #[test]
     fn delays_round_up_to_a_tier() {

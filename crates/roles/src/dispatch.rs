@@ -195,7 +195,7 @@ impl Dispatcher {
         stats: &mut DispatchStats,
         shutdown: &Shutdown,
     ) -> Result<(), RoleError> {
-        let campaign = match parse_campaign(&delivery.data, self.settings.limits) {
+        let mut campaign = match parse_campaign(&delivery.data, self.settings.limits) {
             Ok(c) => c,
             Err(e) => return self.reject(delivery, stats, e.code(), &e.to_string()).await,
         };
@@ -205,6 +205,8 @@ impl Dispatcher {
             return self.reject(delivery, stats, "unknown_app", &reason).await;
         };
         let app = app.id.clone();
+        // Every job names its app, so it is sent for that app even if the default changes.
+        campaign.app_id = Some(app.clone());
         let key = record_key(self.bank.keys().namespace(), &app, &campaign.campaign_id);
         let cursor = match self.open_record(&key, &app, &campaign).await? {
             None => {
@@ -325,7 +327,7 @@ impl Dispatcher {
                         return Ok(Progress::Interrupted);
                     }
                     let end = (at + page).min(list.len());
-                    self.publish_page(c, &list[at..end]).await?;
+                    self.publish_page(c, app, &list[at..end]).await?;
                     self.checkpoint(key, end - at, &end.to_string()).await?;
                     stats.jobs_published += (end - at) as u64;
                     metrics::counter!(m::JOBS_PUBLISHED).increment((end - at) as u64);
@@ -349,7 +351,7 @@ impl Dispatcher {
                                 .await?
                         }
                     };
-                    self.publish_page(c, &p.users).await?;
+                    self.publish_page(c, app, &p.users).await?;
                     let next = p
                         .next
                         .map_or_else(|| "end".to_owned(), |n| format!("{}:{}", n.shard, n.scan));
@@ -363,13 +365,20 @@ impl Dispatcher {
         Ok(Progress::Finished)
     }
 
-    async fn publish_page(&self, c: &Campaign, users: &[OpenId]) -> Result<(), RoleError> {
+    /// Publishes one job per user to the app's send queue ([`Topology::send_queue_for`]),
+    /// confirmed by the broker.
+    async fn publish_page(
+        &self,
+        c: &Campaign,
+        app: &AppId,
+        users: &[OpenId],
+    ) -> Result<(), RoleError> {
         let bodies: Vec<Vec<u8>> = users
             .iter()
             .filter_map(|u| c.job_for(u))
             .map(|j| j.to_json())
             .collect();
-        let queue = self.topology.send_queue();
+        let queue = self.topology.send_queue_for(app);
         self.publisher
             .publish_all("", bodies.iter().map(|b| (queue.as_str(), b.as_slice())))
             .await?;

@@ -309,73 +309,74 @@ impl Sender {
     }
 
     /// [`Sender::consume`] as one session: ends early, with the error, when RabbitMQ or
-    /// Redis fails under it (the jobs in hand go back to the queue).
+    /// Redis fails under it (the jobs in hand go back to the queue). Every send queue (one per
+    /// app of a several-app install, [`Topology::send_queues`]) has its own consumer, prefetch
+    /// and `concurrency`, so jobs of one app waiting for its rate permits never hold up another's.
     async fn consume_session(
         &self,
         session: &Session,
         limit: Option<u64>,
     ) -> Result<Arc<SendStats>, RoleError> {
-        let mut shutdown = session.shutdown.clone();
         let prefetch = u16::try_from(self.settings.concurrency * 2).unwrap_or(u16::MAX);
-        let JobConsumer { channel, consumer } = JobConsumer::start(
-            self.publisher_broker(),
-            &self.topology.send_queue(),
-            prefetch,
-            "wxpush-send",
-        )
-        .await?;
-        let tag = consumer.tag();
+        let mut consumers = Vec::new();
+        for queue in self.topology.send_queues() {
+            let c = JobConsumer::start(&self.broker, &queue, prefetch, "wxpush-send").await?;
+            consumers.push((queue, c));
+        }
         session.consuming();
         let settled = AtomicU64::new(0);
         let failure: Mutex<Option<RoleError>> = Mutex::new(None);
-        let (done_tx, mut done_rx) = tokio::sync::watch::channel(false);
-        let lost = &channel;
-        let stop = async {
-            tokio::select! {
-                _ = shutdown.wait() => {}
-                _ = done_rx.wait_for(|d| *d) => {}
-                () = wxpush_broker::consume::channel_lost(lost) => {
-                    if let Ok(mut f) = failure.lock() {
-                        f.get_or_insert(RoleError::Broker(wxpush_broker::BrokerError::ConsumerGone {
-                            queue: self.topology.send_queue(),
-                        }));
-                    }
-                }
+        let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+        let fail = |e: RoleError| {
+            if let Ok(mut f) = failure.lock() {
+                f.get_or_insert(e);
             }
+            let _ = done_tx.send(true);
         };
-        consumer
-            .take_until(stop)
-            .for_each_concurrent(self.settings.concurrency, |d| {
-                let (settled, done_tx, failure) = (&settled, &done_tx, &failure);
-                async move {
-                    let failed = match d {
-                        Ok(delivery) => self.handle(delivery).await.err(),
-                        Err(e) => Some(RoleError::Amqp(e)),
-                    };
-                    if let Some(e) = failed {
-                        // Stop taking jobs: the supervisor waits for RabbitMQ or Redis.
-                        if let Ok(mut f) = failure.lock() {
-                            f.get_or_insert(e);
+        let runs = consumers.into_iter().map(|(queue, c)| {
+            let JobConsumer { channel, consumer } = c;
+            let (mut shutdown, mut done_rx) = (session.shutdown.clone(), done_rx.clone());
+            let (settled, done_tx, fail) = (&settled, &done_tx, &fail);
+            async move {
+                let tag = consumer.tag();
+                let lost = &channel;
+                let stop = async {
+                    tokio::select! {
+                        _ = shutdown.wait() => {}
+                        _ = done_rx.wait_for(|d| *d) => {}
+                        () = wxpush_broker::consume::channel_lost(lost) => {
+                            fail(RoleError::Broker(
+                                wxpush_broker::BrokerError::ConsumerGone { queue },
+                            ));
                         }
-                        let _ = done_tx.send(true);
-                        return;
                     }
-                    let n = settled.fetch_add(1, Ordering::Relaxed) + 1;
-                    if limit.is_some_and(|l| n >= l) {
-                        let _ = done_tx.send(true);
-                    }
-                }
-            })
-            .await;
-        wxpush_broker::consume::stop_consuming(&channel, tag).await;
+                };
+                consumer
+                    .take_until(stop)
+                    .for_each_concurrent(self.settings.concurrency, |d| async move {
+                        let failed = match d {
+                            Ok(delivery) => self.handle(delivery).await.err(),
+                            Err(e) => Some(RoleError::Amqp(e)),
+                        };
+                        if let Some(e) = failed {
+                            // Stop taking jobs: the supervisor waits for RabbitMQ or Redis.
+                            fail(e);
+                            return;
+                        }
+                        let n = settled.fetch_add(1, Ordering::Relaxed) + 1;
+                        if limit.is_some_and(|l| n >= l) {
+                            let _ = done_tx.send(true);
+                        }
+                    })
+                    .await;
+                wxpush_broker::consume::stop_consuming(&channel, tag).await;
+            }
+        });
+        futures_util::future::join_all(runs).await;
         match failure.into_inner().ok().flatten() {
             Some(e) => Err(e),
             None => Ok(self.stats.clone()),
         }
-    }
-
-    fn publisher_broker(&self) -> &wxpush_broker::Broker {
-        &self.broker
     }
 
     /// Handles one delivery from start to acknowledgement. `Err` (the job handed back) when
@@ -425,7 +426,7 @@ impl Sender {
             }
             Disposition::Park { job, after } => {
                 metrics::counter!(m::JOBS_PARKED).increment(1);
-                self.republish(&job, after).await
+                self.republish(self.app_of(valid), &job, after).await
             }
             Disposition::Retry {
                 mut job,
@@ -436,7 +437,7 @@ impl Sender {
                 tracing::info!(next_attempt = job.attempt, %reason, "send retry scheduled");
                 SendStats::add(&self.stats.retried);
                 metrics::counter!(m::JOBS_RETRIED).increment(1);
-                self.republish(&job, after).await
+                self.republish(self.app_of(valid), &job, after).await
             }
             Disposition::GiveUp { reason } => {
                 tracing::warn!(%reason, "send outcome");
@@ -747,8 +748,15 @@ impl Sender {
         }
     }
 
-    async fn republish(&self, job: &SendJob, after: Duration) -> Result<(), RoleError> {
-        let queue = self.topology.delay_queue(delay_tier(after));
+    /// Re-publishes `job` of `app` to the delay tier serving `after`, which hands it back to
+    /// that app's send queue.
+    async fn republish(
+        &self,
+        app: &AppId,
+        job: &SendJob,
+        after: Duration,
+    ) -> Result<(), RoleError> {
+        let queue = self.topology.delay_queue_for(app, delay_tier(after));
         self.publisher
             .publish("", &queue, &job.to_json(), BasicProperties::default())
             .await?;
