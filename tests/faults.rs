@@ -69,7 +69,11 @@ async fn cut_broker_connections_are_resumed_and_nothing_is_lost_or_doubled() {
     let reachable = f.users(0, 600, 2).await;
     let proxy = FaultProxy::start(target_of(&amqp_url())).await;
     let via = proxy.url(&amqp_url());
-    let vars = [("WXPUSH_AMQP_URL", via.as_str())];
+    // The supervisor at info: a failure below shows when each role reconnected.
+    let vars = [
+        ("WXPUSH_AMQP_URL", via.as_str()),
+        ("WXPUSH_LOG", "warn,wxpush_roles::supervise=info"),
+    ];
     let roles = [
         f.start_with("ingest", &vars),
         f.start_with("dispatch", &vars),
@@ -561,4 +565,52 @@ async fn trace_logs_carry_job_spans_and_never_a_secret_or_token() {
         assert!(user.contains('…'), "masked: {o}");
         assert!(!reachable.iter().any(|r| r == user), "masked: {o}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_whose_consumer_is_cancelled_consumes_again() {
+    // Deleting the send queue makes RabbitMQ cancel the consumer: its deliveries end without
+    // an error. The sender must take that as an outage (not as a clean stop, after which it
+    // exited 0) and consume again, declaring the queue anew.
+    let mut f = Fleet::new("consumer_cancel", 1000, 100).await;
+    let addr = free_addr();
+    let a = addr.to_string();
+    let sender = f.start_with("send", &[("WXPUSH_HTTP_ADDR", &a)]);
+    let ready = || async {
+        http_get(addr, "/readyz")
+            .await
+            .is_some_and(|(s, _)| s == 200)
+    };
+    assert!(eventually(Duration::from_secs(20), ready).await);
+    let queue = f.env.topology().send_queue();
+    let ch = f.deps.broker.channel().await.unwrap();
+    ch.queue_delete(queue.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    let _ = ch.close(200, "ok".into()).await;
+    let back = eventually(Duration::from_secs(20), || async {
+        f.deps
+            .broker
+            .queue_ready(&queue)
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+            && ready().await
+    })
+    .await;
+    assert!(
+        f.running(sender),
+        "the sender exited when its consumer was cancelled"
+    );
+    assert!(back, "the sender declared its queue and consumes again");
+    // And it sends: a campaign dispatched now reaches WeChat.
+    let users = f.users(0, 3, 1).await;
+    f.start("dispatch");
+    f.publish_campaign(campaign("after-cancel", json!({"openIds": users})))
+        .await;
+    f.wait_complete("after-cancel", Duration::from_secs(30))
+        .await;
+    f.check("after-cancel", &users, 3, 0).await;
+    f.stop_all();
 }

@@ -8,6 +8,10 @@
 //! - [`Publisher`] publishes with publisher confirms; [`Publisher::dead_letter`] sends a
 //!   message that cannot be processed to the namespace's dead-letter queue with its reason.
 //!
+//! Every request a role makes while it sets up (a channel, the topology, a consumer, a
+//! confirm-mode publisher) answers within [`SETUP_TIMEOUT`] or fails: a connection that dies
+//! at the wrong moment must not leave a role waiting for ever instead of reconnecting.
+//!
 //! This crate must not know what messages mean: parsing and storing are the roles'.
 
 pub mod consume;
@@ -36,6 +40,23 @@ pub enum BrokerError {
     Nacked { exchange: String },
     #[error("consumer on {queue} was cancelled or its channel closed")]
     ConsumerGone { queue: String },
+    #[error("the connection to RabbitMQ was lost")]
+    ConnectionLost,
+    #[error("RabbitMQ did not answer within {}s: {what}", SETUP_TIMEOUT.as_secs())]
+    TimedOut { what: &'static str },
+}
+
+/// The longest a set-up request (channel, declarations, consumer, publisher) may take.
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `fut`, or [`BrokerError::TimedOut`] after [`SETUP_TIMEOUT`].
+pub(crate) async fn within<T>(
+    what: &'static str,
+    fut: impl std::future::Future<Output = Result<T, BrokerError>>,
+) -> Result<T, BrokerError> {
+    tokio::time::timeout(SETUP_TIMEOUT, fut)
+        .await
+        .map_err(|_| BrokerError::TimedOut { what })?
 }
 
 /// One connection to RabbitMQ.
@@ -98,7 +119,10 @@ impl Broker {
     }
 
     pub async fn channel(&self) -> Result<lapin::Channel, BrokerError> {
-        Ok(self.conn.create_channel().await?)
+        within("opening a channel", async {
+            Ok(self.conn.create_channel().await?)
+        })
+        .await
     }
 
     /// Messages ready in `queue` (not counting unacknowledged ones), or `None` when the queue

@@ -29,9 +29,12 @@ pub struct Publisher {
 impl Publisher {
     pub async fn open(broker: &Broker, topology: Topology) -> Result<Self, BrokerError> {
         let channel = broker.channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        crate::within("turning publisher confirms on", async {
+            Ok(channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?)
+        })
+        .await?;
         Ok(Self { channel, topology })
     }
 

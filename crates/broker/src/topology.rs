@@ -175,11 +175,14 @@ impl Topology {
     /// Declares what a role needs, on a channel of its own.
     pub async fn declare(&self, broker: &crate::Broker, needs: Needs) -> Result<(), BrokerError> {
         let ch = broker.channel().await?;
-        let declared = match needs {
-            Needs::Ingest => self.declare_ingest(&ch).await,
-            Needs::Dispatch => self.declare_dispatch(&ch).await,
-            Needs::Send => self.declare_send(&ch).await,
-        };
+        let declared = crate::within("declaring the topology", async {
+            match needs {
+                Needs::Ingest => self.declare_ingest(&ch).await,
+                Needs::Dispatch => self.declare_dispatch(&ch).await,
+                Needs::Send => self.declare_send(&ch).await,
+            }
+        })
+        .await;
         let _ = ch.close(200, "declared".into()).await;
         declared
     }

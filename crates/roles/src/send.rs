@@ -340,16 +340,19 @@ impl Sender {
             async move {
                 let tag = consumer.tag();
                 let lost = &channel;
+                let gone = || {
+                    RoleError::Broker(wxpush_broker::BrokerError::ConsumerGone {
+                        queue: queue.clone(),
+                    })
+                };
+                let ended = std::sync::atomic::AtomicBool::new(false);
                 let stop = async {
                     tokio::select! {
                         _ = shutdown.wait() => {}
                         _ = done_rx.wait_for(|d| *d) => {}
-                        () = wxpush_broker::consume::channel_lost(lost) => {
-                            fail(RoleError::Broker(
-                                wxpush_broker::BrokerError::ConsumerGone { queue },
-                            ));
-                        }
+                        () = wxpush_broker::consume::channel_lost(lost) => fail(gone()),
                     }
+                    ended.store(true, Ordering::Relaxed);
                 };
                 consumer
                     .take_until(stop)
@@ -369,6 +372,12 @@ impl Sender {
                         }
                     })
                     .await;
+                if !ended.load(Ordering::Relaxed) {
+                    // The deliveries ended by themselves: the broker cancelled the consumer or
+                    // its connection died (lapin may end the stream before the channel's state
+                    // says so). Not a clean stop: the supervisor reconnects.
+                    fail(gone());
+                }
                 wxpush_broker::consume::stop_consuming(&channel, tag).await;
             }
         });

@@ -7,7 +7,14 @@
 //! (with backoff, logging once per interval rather than per message) until Redis answers
 //! and the RabbitMQ connection is back (reconnecting it), then starts a new session. An error
 //! before the first session ever consumed (a wrong topology, say) is returned: the process
-//! exits with it. This module must not know what a role does with its messages.
+//! exits with it.
+//!
+//! A session normally notices a lost connection within a second and ends with the error. As a
+//! safety net, one still running [`ABANDON_AFTER`] after its RabbitMQ connection died (stuck on
+//! a request the dead connection will never answer) is dropped, as if its process had been
+//! killed: what it held goes back to the queue with the connection, which the roles' guarantees
+//! already allow for (the fault suite kills roles at random).
+//! This module must not know what a role does with its messages.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +27,9 @@ use crate::{Deps, Health, RoleError, Shutdown};
 
 /// How often an outage that goes on is logged again.
 const OUTAGE_LOG_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long a session may keep running after its RabbitMQ connection died.
+pub const ABANDON_AFTER: Duration = Duration::from_secs(5);
 
 /// What one session of a role gets: the connections, the stop signal, and the way to say it
 /// is consuming.
@@ -68,14 +78,20 @@ where
     let mut ever_consumed = false;
     loop {
         let started = Arc::new(AtomicBool::new(false));
-        let result = session(Session {
+        let running = session(Session {
             deps: deps.clone(),
             shutdown: shutdown.clone(),
             role,
             health: health.clone(),
             started: started.clone(),
-        })
-        .await;
+        });
+        let result = tokio::select! {
+            r = running => r,
+            () = connection_dead_for(&deps.broker, ABANDON_AFTER) => {
+                tracing::warn!(role, after = ?ABANDON_AFTER, "session still running on a lost RabbitMQ connection: abandoned");
+                Err(RoleError::Broker(wxpush_broker::BrokerError::ConnectionLost))
+            }
+        };
         health.set_consuming(role, false);
         ever_consumed |= started.load(Ordering::Relaxed);
         let error = match result {
@@ -98,6 +114,19 @@ where
             after_ms = outage.since.elapsed().as_millis() as u64,
             "dependencies are back: consuming again"
         );
+    }
+}
+
+/// Resolves once `broker`'s connection has been down for `limit` without a break.
+async fn connection_dead_for(broker: &wxpush_broker::Broker, limit: Duration) {
+    let mut dead_since: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if broker.is_connected() {
+            dead_since = None;
+        } else if dead_since.get_or_insert_with(Instant::now).elapsed() >= limit {
+            return;
+        }
     }
 }
 
