@@ -247,6 +247,9 @@ impl Roles {
 /// after `WXPUSH_SHUTDOWN_SECS` goes back to the queue when the connection closes, and the
 /// process exits 0 all the same.
 async fn run_roles(config: &Config, roles: Roles) -> anyhow::Result<()> {
+    if roles.send {
+        SendParts::check(config)?;
+    }
     let metrics = ops::install_metrics()?;
     let deps = Deps::connect(config, roles.name).await?;
     let parts = if roles.send {

@@ -82,3 +82,38 @@ fn unreachable_dependencies_are_named_without_their_passwords() {
     );
     assert!(!err.contains("hunter2"));
 }
+
+#[test]
+fn a_bad_apps_file_or_a_missing_secret_is_one_readable_line() {
+    let mut env = TestEnv::new("cli_apps");
+    let file = std::env::temp_dir().join(format!("{}.toml", env.ns));
+    let path = file.to_string_lossy().into_owned();
+    env.set("WXPUSH_CONFIG", &path);
+    // Nothing is reachable: the configuration is what must be reported.
+    env.set("WXPUSH_REDIS_URL", "redis://127.0.0.1:1/0");
+    env.set("WXPUSH_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f");
+
+    let (code, err) = run(&env, &["ingest"]);
+    assert_one_line_failure(
+        code,
+        &err,
+        &format!("WXPUSH_CONFIG is invalid: cannot read {path}"),
+    );
+
+    std::fs::write(
+        &file,
+        "[[apps]]\nappid = \"wxa\"\nsecret = \"s3cr3t-a\"\nsned_rate = 5\n",
+    )
+    .unwrap();
+    let (code, err) = run(&env, &["dispatch"]);
+    assert_one_line_failure(code, &err, "line 4: unknown field `sned_rate`");
+    assert!(!err.contains("s3cr3t"), "{err}");
+
+    // The variables' app (the default) has its secret; the file's second app has none.
+    env.set("WXPUSH_APP_SECRET", "s3cr3t-default");
+    std::fs::write(&file, "[[apps]]\nappid = \"wxfedcba0987654321\"\n").unwrap();
+    let (code, err) = run(&env, &["send"]);
+    assert_one_line_failure(code, &err, "no secret for app wxfedcba0987654321");
+    assert!(!err.contains("s3cr3t"), "{err}");
+    let _ = std::fs::remove_file(&file);
+}

@@ -164,6 +164,15 @@ pub struct SendParts {
 }
 
 impl SendParts {
+    /// Whether every configured app has its secret, which the send role needs: checked
+    /// before connecting to anything, so a missing secret is the error an operator sees first.
+    pub fn check(config: &Config) -> Result<(), SendSetupError> {
+        match config.apps.iter().find(|a| a.secret.is_none()) {
+            Some(app) => Err(SendSetupError::MissingSecret(app.id.clone())),
+            None => Ok(()),
+        }
+    }
+
     /// Builds the WeChat client (with `request_timeout`) and, for every configured app, its
     /// shared token, rate limit (the app's own `send_rate`) and pause. Every app needs its
     /// secret.
