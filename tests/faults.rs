@@ -6,7 +6,7 @@
 //!
 //! The machine's shared RabbitMQ and Redis are never stopped: outages are the proxy's.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -309,6 +309,9 @@ async fn a_redis_outage_pauses_every_role_which_then_resumes_on_its_own() {
 
 /// Kills a random role process every 0.3-1.5 s during one campaign (and an upload stream),
 /// restarting it at once, for `secs` seconds or until the campaign completes.
+/// Most openIds in one chaos campaign.
+const CHAOS_LIST_MAX: usize = 20_000;
+
 async fn chaos(name: &str, secs: u64, users: usize, upload_users: usize) {
     let mut f = Fleet::new(name, 400, 50).await;
     let reachable = f.users(0, users, 2).await;
@@ -319,9 +322,21 @@ async fn chaos(name: &str, secs: u64, users: usize, upload_users: usize) {
         ("ingest", f.start("ingest")),
     ];
     f.env.declare_ingest(&f.deps.broker).await;
-    let audience: Vec<_> = reachable.clone();
-    f.publish_campaign(campaign("chaos", json!({ "openIds": audience })))
-        .await;
+    // Explicit lists (the users uploaded meanwhile are not the fake WeChat's), at most
+    // 20,000 openIds a campaign so each stays under the 1 MiB campaign limit.
+    let campaigns: Vec<(String, &[String])> = if reachable.len() <= CHAOS_LIST_MAX {
+        vec![("chaos".to_owned(), &reachable[..])]
+    } else {
+        reachable
+            .chunks(CHAOS_LIST_MAX)
+            .enumerate()
+            .map(|(i, c)| (format!("chaos-{i}"), c))
+            .collect()
+    };
+    for (id, audience) in &campaigns {
+        f.publish_campaign(campaign(id, json!({ "openIds": audience })))
+            .await;
+    }
     let bodies = uploads(0, upload_users, 2);
     let started = Instant::now();
     let mut kills = 0;
@@ -341,8 +356,14 @@ async fn chaos(name: &str, secs: u64, users: usize, upload_users: usize) {
         f.kill(i);
         kills += 1;
         live[victim] = (role, f.start(role));
-        if kills >= 10 && f.complete("chaos").await && published == bodies.len() {
-            break;
+        if kills >= 10 && published == bodies.len() {
+            let mut all = true;
+            for (id, _) in &campaigns {
+                all &= f.complete(id).await;
+            }
+            if all {
+                break;
+            }
         }
     }
     if published < bodies.len() {
@@ -350,8 +371,10 @@ async fn chaos(name: &str, secs: u64, users: usize, upload_users: usize) {
             .publish_uploads(&f.deps.broker, &bodies[published..])
             .await;
     }
-    f.wait_complete("chaos", Duration::from_secs(180)).await;
-    f.check("chaos", &reachable, users, 0).await;
+    for (id, audience) in &campaigns {
+        f.wait_complete(id, Duration::from_secs(180)).await;
+        f.check(id, audience, audience.len(), 0).await;
+    }
     no_form_id_twice(&f);
     assert!(
         eventually(Duration::from_secs(60), || all_stored(
@@ -363,7 +386,12 @@ async fn chaos(name: &str, secs: u64, users: usize, upload_users: usize) {
         .await,
         "every upload stored"
     );
-    let c = f.counts("chaos").await;
+    let mut c = BTreeMap::new();
+    for (id, _) in &campaigns {
+        for (k, v) in f.counts(id).await {
+            *c.entry(k).or_insert(0) += v;
+        }
+    }
     println!(
         "{kills} SIGKILLs in {} s: {} users sent once each, 0 twice, 0 formIds reused, \
          {upload_users} uploads all stored; outcome counts {c:?}",
