@@ -36,6 +36,11 @@ pub fn delay_tier(wanted: std::time::Duration) -> u32 {
         .unwrap_or(DELAY_TIERS[DELAY_TIERS.len() - 1])
 }
 
+/// The delay queue of one tier for a send queue: `<queue>.delay.<N>s`.
+fn delay_of(send_queue: &str, tier_secs: u32) -> String {
+    format!("{send_queue}.delay.{tier_secs}s")
+}
+
 /// What a role needs declared before it starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Needs {
@@ -75,29 +80,27 @@ impl Topology {
     /// single-app install).
     pub fn send_queue_for(&self, app: &AppId) -> String {
         match self.lane_of(app) {
-            Some(app) => format!("{}.send.app.{app}", self.ns),
+            Some(app) => self.lane(app),
             None => self.send_queue(),
         }
     }
 
     /// The delay queue of one tier for `app`'s jobs (dead-lettered back to its send queue).
     pub fn delay_queue_for(&self, app: &AppId, tier_secs: u32) -> String {
-        match self.lane_of(app) {
-            Some(_) => format!("{}.delay.{tier_secs}s", self.send_queue_for(app)),
-            None => self.delay_queue(tier_secs),
-        }
+        delay_of(&self.send_queue_for(app), tier_secs)
     }
 
     /// Every queue senders consume: `<ns>.send`, then each app's lane. The default app's lane
     /// is consumed too, for jobs queued there while another app was the default.
     pub fn send_queues(&self) -> Vec<String> {
         let mut out = vec![self.send_queue()];
-        out.extend(
-            self.lanes
-                .iter()
-                .map(|a| format!("{}.send.app.{a}", self.ns)),
-        );
+        out.extend(self.lanes.iter().map(|a| self.lane(a)));
         out
+    }
+
+    /// The name of `app`'s lane.
+    fn lane(&self, app: &AppId) -> String {
+        format!("{}.send.app.{app}", self.ns)
     }
 
     /// `app` when it has a lane for its jobs (not the default app, not a single-app install).
@@ -132,7 +135,7 @@ impl Topology {
 
     /// Delay queue of one tier (seconds).
     pub fn delay_queue(&self, tier_secs: u32) -> String {
-        format!("{}.send.delay.{}s", self.ns, tier_secs)
+        delay_of(&self.send_queue(), tier_secs)
     }
 
     /// Exchange dead letters are published to, routed by their source.
@@ -166,7 +169,7 @@ impl Topology {
         ];
         q.extend(DELAY_TIERS.iter().map(|t| self.delay_queue(*t)));
         for lane in self.send_queues().into_iter().skip(1) {
-            q.extend(DELAY_TIERS.iter().map(|t| format!("{lane}.delay.{t}s")));
+            q.extend(DELAY_TIERS.iter().map(|t| delay_of(&lane, *t)));
             q.push(lane);
         }
         q
@@ -229,7 +232,7 @@ impl Topology {
                 AMQPValue::LongString(queue.into()),
             );
             ch.queue_declare(
-                format!("{queue}.delay.{tier}s").into(),
+                delay_of(queue, tier).into(),
                 QueueDeclareOptions {
                     durable: true,
                     ..Default::default()

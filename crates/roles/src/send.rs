@@ -136,8 +136,8 @@ enum Disposition {
 pub struct Sender {
     bank: Bank,
     broker: wxpush_broker::Broker,
-    wechat: Client,
-    apps: SendParts,
+    /// WeChat, and each app's token, rate limit and pause.
+    parts: SendParts,
     publisher: Publisher,
     topology: Topology,
     settings: SendSettings,
@@ -230,11 +230,16 @@ impl SendParts {
         &self.apps[0].1
     }
 
+    /// The default app's id.
+    fn default_id(&self) -> &AppId {
+        &self.apps[0].0
+    }
+
     /// The app a job means (the one it names, or the default) and its state; `None` when it
     /// names an app this install does not serve.
     pub fn resolve(&self, named: Option<&AppId>) -> Option<(&AppId, &AppFleet)> {
         match named {
-            None => self.apps.first().map(|(id, f)| (id, f)),
+            None => Some((self.default_id(), self.default_app())),
             Some(n) => self
                 .apps
                 .iter()
@@ -295,8 +300,7 @@ impl Sender {
         Ok(Self {
             bank: deps.bank.clone(),
             broker: deps.broker.clone(),
-            wechat: parts.wechat.clone(),
-            apps: parts,
+            parts,
             publisher,
             topology: topology.clone(),
             settings: settings.clone(),
@@ -484,7 +488,7 @@ impl Sender {
     /// Claims (or resumes) the campaign's credential for this user, sends, and classifies,
     /// until the job is done or must wait.
     async fn process(&self, valid: &ValidJob) -> Result<Disposition, RoleError> {
-        let Some((app, fleet)) = self.apps.resolve(valid.app_id.as_ref()) else {
+        let Some((app, fleet)) = self.parts.resolve(valid.app_id.as_ref()) else {
             return Ok(Disposition::Refuse {
                 code: "unknown_app",
                 reason: format!(
@@ -554,7 +558,11 @@ impl Sender {
             };
             SendStats::add(&self.stats.wechat_calls);
             let called = std::time::Instant::now();
-            let outcome = self.wechat.send_template(token.expose(), &message).await;
+            let outcome = self
+                .parts
+                .wechat
+                .send_template(token.expose(), &message)
+                .await;
             count_call("template", app, &outcome, called.elapsed());
             match outcome {
                 Outcome::Sent { .. } => {
@@ -754,7 +762,7 @@ impl Sender {
 
     /// The app of a job already checked to be served: the one it names, or the default.
     fn app_of<'a>(&'a self, valid: &'a ValidJob) -> &'a AppId {
-        valid.app_id.as_ref().unwrap_or(&self.apps.apps[0].0)
+        valid.app_id.as_ref().unwrap_or(self.parts.default_id())
     }
 
     async fn release(&self, valid: &ValidJob, credential: &Credential) {

@@ -106,7 +106,11 @@ impl Sender {
             };
             super::SendStats::add(&self.stats.wechat_calls);
             let called = Instant::now();
-            let outcome = self.wechat.send_subscribe(token.expose(), &message).await;
+            let outcome = self
+                .parts
+                .wechat
+                .send_subscribe(token.expose(), &message)
+                .await;
             count_call("subscribe", app, &outcome, called.elapsed());
             // 47003 stops the whole campaign (below), with WeChat's words as the reason.
             let data_refused = match &outcome {
