@@ -513,23 +513,9 @@ impl Sender {
             .bank
             .campaign_claim(app, &valid.open_id, campaign, &owner, CAMPAIGN_LEASE, false)
             .await?;
-        metrics::counter!(m::CLAIMS, "result" => claim_result(&claim)).increment(1);
-        let (mut credential, mut in_doubt) = match claim {
-            CampaignClaim::Done(outcome) => {
-                return Ok(Disposition::Done(Recorded::Duplicate(outcome)))
-            }
-            CampaignClaim::Busy(left) => {
-                return Ok(Disposition::Park {
-                    job: job.clone(),
-                    after: left.clamp(Duration::from_secs(1), BUSY_RECHECK),
-                })
-            }
-            CampaignClaim::NoCredential => return Ok(Disposition::Done(Recorded::NoCredential)),
-            CampaignClaim::Fresh(c) => (c, false),
-            CampaignClaim::Held {
-                credential,
-                in_doubt,
-            } => (credential, in_doubt),
+        let (mut credential, mut in_doubt) = match claimed(claim, job) {
+            Claimed::Holds(credential, in_doubt) => (credential, in_doubt),
+            Claimed::Ends(done) => return Ok(*done),
         };
         let mut refused = 0;
         let mut quick = self.quick_retries();
@@ -858,6 +844,36 @@ fn attempt_owner() -> String {
 }
 
 /// The label of a claim's result, for [`m::CLAIMS`].
+/// What a campaign claim (of either kind) gives a job.
+enum Claimed {
+    /// A credential to send with, and whether an earlier attempt may already have used it.
+    Holds(Credential, bool),
+    /// No credential: the job ends (a duplicate, nobody to reach) or waits (a busy user).
+    Ends(Box<Disposition>),
+}
+
+/// Counts a campaign claim and says what it gives the job.
+fn claimed(claim: CampaignClaim, job: &SendJob) -> Claimed {
+    metrics::counter!(m::CLAIMS, "result" => claim_result(&claim)).increment(1);
+    match claim {
+        CampaignClaim::Done(outcome) => {
+            Claimed::Ends(Box::new(Disposition::Done(Recorded::Duplicate(outcome))))
+        }
+        CampaignClaim::Busy(left) => Claimed::Ends(Box::new(Disposition::Park {
+            job: job.clone(),
+            after: left.clamp(Duration::from_secs(1), BUSY_RECHECK),
+        })),
+        CampaignClaim::NoCredential => {
+            Claimed::Ends(Box::new(Disposition::Done(Recorded::NoCredential)))
+        }
+        CampaignClaim::Fresh(c) => Claimed::Holds(c, false),
+        CampaignClaim::Held {
+            credential,
+            in_doubt,
+        } => Claimed::Holds(credential, in_doubt),
+    }
+}
+
 fn claim_result(c: &CampaignClaim) -> &'static str {
     match c {
         CampaignClaim::Fresh(_) => "fresh",

@@ -16,11 +16,11 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
-use wxpush_bank::{CampaignClaim, Settle};
+use wxpush_bank::Settle;
 use wxpush_domain::{AppId, ValidJob};
 use wxpush_wechat::{Outcome, SubscribeMessage};
 
-use super::{count_call, AppFleet, Disposition, Sender, BUSY_RECHECK, CAMPAIGN_LEASE};
+use super::{count_call, AppFleet, Claimed, Disposition, Sender, CAMPAIGN_LEASE};
 use crate::outcomes::Recorded;
 use crate::RoleError;
 
@@ -53,25 +53,14 @@ impl Sender {
                 CAMPAIGN_LEASE,
             )
             .await?;
-        metrics::counter!(crate::metrics::CLAIMS, "result" => super::claim_result(&claim))
-            .increment(1);
-        match claim {
-            CampaignClaim::Done(outcome) => {
-                return Ok(Disposition::Done(Recorded::Duplicate(outcome)))
-            }
-            CampaignClaim::Busy(left) => {
-                return Ok(Disposition::Park {
-                    job: job.clone(),
-                    after: left.clamp(Duration::from_secs(1), BUSY_RECHECK),
-                })
-            }
-            CampaignClaim::NoCredential => return Ok(Disposition::Done(Recorded::NoCredential)),
-            CampaignClaim::Held { in_doubt: true, .. } => {
+        match super::claimed(claim, job) {
+            Claimed::Ends(done) => return Ok(*done),
+            Claimed::Holds(_, true) => {
                 // An earlier attempt may have delivered it: never send a second time.
                 self.settle(valid, owner, Settle::Final("unknown")).await?;
                 return Ok(Disposition::Done(Recorded::Unknown));
             }
-            CampaignClaim::Fresh(_) | CampaignClaim::Held { .. } => {}
+            Claimed::Holds(_, false) => {}
         }
         let message = SubscribeMessage {
             touser: valid.open_id.clone(),
