@@ -129,7 +129,7 @@ async fn cut_broker_connections_are_resumed_and_nothing_is_lost_or_doubled() {
         recoveries.push((reconnected, cut_at.elapsed()));
     }
     f.wait_complete("amqp-cut", Duration::from_secs(120)).await;
-    f.check("amqp-cut", &reachable, 600, 0).await;
+    f.check("amqp-cut", &reachable, 600).await;
     no_form_id_twice(&f);
     assert!(
         eventually(Duration::from_secs(30), || all_stored(&f, 0, 300, 2)).await,
@@ -202,7 +202,7 @@ async fn the_prefetch_is_back_after_a_reconnect() {
     );
     f.fake.update_faults(|x| x.latency_ms = 0).unwrap();
     f.wait_complete("prefetch", Duration::from_secs(60)).await;
-    f.check("prefetch", &reachable, 200, 0).await;
+    f.check("prefetch", &reachable, 200).await;
     f.stop_all();
 }
 
@@ -282,7 +282,7 @@ async fn a_redis_outage_pauses_every_role_which_then_resumes_on_its_own() {
     }
     let ready_again = up_at.elapsed();
     f.wait_complete("redis-out", Duration::from_secs(120)).await;
-    f.check("redis-out", &reachable, 500, 0).await;
+    f.check("redis-out", &reachable, 500).await;
     no_form_id_twice(&f);
     assert!(
         eventually(Duration::from_secs(30), || all_stored(&f, 0, 200, 1)).await,
@@ -373,7 +373,7 @@ async fn chaos(name: &str, secs: u64, users: usize, upload_users: usize) {
     }
     for (id, audience) in &campaigns {
         f.wait_complete(id, Duration::from_secs(180)).await;
-        f.check(id, audience, audience.len(), 0).await;
+        f.check(id, audience, audience.len()).await;
     }
     no_form_id_twice(&f);
     assert!(
@@ -450,7 +450,7 @@ async fn sigterm_mid_campaign_exits_zero_within_the_deadline_and_loses_nothing()
     f.start("dispatch");
     f.start("send");
     f.wait_complete("term", Duration::from_secs(120)).await;
-    f.check("term", &reachable, 600, 50).await;
+    f.check("term", &reachable, 600).await;
     no_form_id_twice(&f);
     println!("SIGTERM mid-campaign: dispatcher and 2 senders exited 0 in {took:?} ms");
     f.stop_all();
@@ -483,7 +483,7 @@ async fn wechat_misbehaving_delays_the_campaign_but_loses_and_doubles_nothing() 
         })
         .unwrap();
     f.wait_complete("wechat", Duration::from_secs(120)).await;
-    f.check("wechat", &reachable, 300, 0).await;
+    f.check("wechat", &reachable, 300).await;
     no_form_id_twice(&f);
     let errors = f
         .fake
@@ -525,7 +525,7 @@ async fn a_role_serves_health_readiness_and_metrics() {
     f.publish_campaign(campaign("ops", json!({"all": true})))
         .await;
     f.wait_complete("ops", Duration::from_secs(60)).await;
-    f.check("ops", &reachable, 50, 0).await;
+    f.check("ops", &reachable, 50).await;
     let (status, metrics) = http_get(addr, "/metrics").await.unwrap();
     assert_eq!(status, 200);
     for line in [
@@ -562,7 +562,7 @@ async fn trace_logs_carry_job_spans_and_never_a_secret_or_token() {
     f.publish_campaign(campaign("secrets", json!({"all": true})))
         .await;
     f.wait_complete("secrets", Duration::from_secs(60)).await;
-    f.check("secrets", &reachable, 20, 0).await;
+    f.check("secrets", &reachable, 20).await;
     f.stop_all();
     let text = log.text();
     let tokens = f.fake.issued_tokens();
@@ -639,6 +639,6 @@ async fn a_sender_whose_consumer_is_cancelled_consumes_again() {
         .await;
     f.wait_complete("after-cancel", Duration::from_secs(30))
         .await;
-    f.check("after-cancel", &users, 3, 0).await;
+    f.check("after-cancel", &users, 3).await;
     f.stop_all();
 }

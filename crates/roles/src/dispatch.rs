@@ -17,6 +17,13 @@
 //! from the checkpoint and may publish the last page again (counted once in `targeted`). Those
 //! jobs are duplicates; the senders' campaign marks turn them into `duplicate` counts, never
 //! second messages.
+//!
+//! The page published again is exactly the first copy: a page of the index is written ahead
+//! into the record ([`PageInFlight`]) before its jobs go out, and a resuming dispatcher
+//! publishes that saved page, not a fresh walk of the index, from which users sent to from the
+//! first copy have meanwhile left. So `targeted` is exact after a crash, and a campaign is
+//! never shown complete while some of its jobs are still queued. (An explicit list needs no
+//! such record: its pages are slices of the message, the same every time.)
 //! This module must not claim credentials or call WeChat.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -117,6 +124,60 @@ enum Progress {
     Interrupted,
 }
 
+/// Where a campaign's dispatch resumes: its checkpoint, and the page of the index that was
+/// being published when the last dispatcher stopped, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    /// The checkpoint: an index into the explicit list, or an index cursor (`""` at the start).
+    pub cursor: String,
+    pub in_flight: Option<PageInFlight>,
+}
+
+/// A page of an index walk written ahead into the campaign's record (fields `page`, the
+/// openIds joined by newlines, and `page_next`, the cursor after it) before its jobs are
+/// published; the page's checkpoint removes it. While it is there, the page may have been
+/// published in part or in full, so a resuming dispatcher publishes it again as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageInFlight {
+    pub users: Vec<OpenId>,
+    /// The checkpoint after the page (`"<shard>:<scan>"` or `"end"`).
+    pub next: String,
+}
+
+impl PageInFlight {
+    /// A page read from the index, with the cursor the walk continues from.
+    pub fn new(users: Vec<OpenId>, next: Option<ReachableCursor>) -> Self {
+        Self {
+            users,
+            next: next.map_or_else(|| "end".to_owned(), |n| format!("{}:{}", n.shard, n.scan)),
+        }
+    }
+
+    /// Writes the page into the record at `key` (one round trip).
+    pub async fn save(&self, conn: &mut ConnectionManager, key: &str) -> redis::RedisResult<()> {
+        let users: Vec<&str> = self.users.iter().map(OpenId::as_str).collect();
+        redis::pipe()
+            .hset(key, "page", users.join("\n"))
+            .ignore()
+            .hset(key, "page_next", &self.next)
+            .ignore()
+            .query_async(conn)
+            .await
+    }
+
+    /// The page in the record's fields, if one is there. (The record is written only by
+    /// dispatchers; an entry that is not an openId is dropped rather than published.)
+    fn from_fields(page: Option<String>, next: Option<String>) -> Option<Self> {
+        let (page, next) = (page?, next?);
+        let users = page
+            .split('\n')
+            .filter(|u| !u.is_empty())
+            .filter_map(|u| OpenId::new(u).ok())
+            .collect();
+        Some(Self { users, next })
+    }
+}
+
 impl Dispatcher {
     pub async fn start(
         deps: &Deps,
@@ -208,18 +269,18 @@ impl Dispatcher {
         // Every job names its app, so it is sent for that app even if the default changes.
         campaign.app_id = Some(app.clone());
         let key = record_key(self.bank.keys().namespace(), &app, &campaign.campaign_id);
-        let cursor = match self.open_record(&key, &app, &campaign).await? {
+        let resume = match self.open_record(&key, &app, &campaign).await? {
             None => {
                 tracing::info!(campaign = %campaign.campaign_id, "campaign already dispatched: nothing to do");
                 stats.already_dispatched += 1;
                 delivery.acker.ack(BasicAckOptions::default()).await?;
                 return Ok(());
             }
-            Some(c) => c,
+            Some(r) => r,
         };
-        tracing::info!(campaign = %campaign.campaign_id, from = %cursor, "dispatching");
+        tracing::info!(campaign = %campaign.campaign_id, from = %resume.cursor, "dispatching");
         match self
-            .fan_out(&campaign, &app, &key, &cursor, stats, shutdown)
+            .fan_out(&campaign, &app, &key, resume, stats, shutdown)
             .await?
         {
             Progress::Finished => {
@@ -259,53 +320,8 @@ impl Dispatcher {
         key: &str,
         app: &AppId,
         c: &Campaign,
-    ) -> Result<Option<String>, RoleError> {
-        let mut conn = self.conn.clone();
-        let created: bool = redis::cmd("HSETNX")
-            .arg(key)
-            .arg("started_at_ms")
-            .arg(now_ms())
-            .query_async(&mut conn)
-            .await?;
-        if created {
-            let audience = match c.audience {
-                Audience::All => "all",
-                Audience::OpenIds(_) => "list",
-            };
-            let _: () = redis::pipe()
-                .hset_multiple(
-                    key,
-                    &[
-                        ("app", app.to_string()),
-                        ("kind", c.kind.name().to_owned()),
-                        ("template_id", c.template_id.clone()),
-                        ("audience", audience.to_owned()),
-                        ("state", "dispatching".to_owned()),
-                        ("targeted", "0".to_owned()),
-                        (
-                            "rejected_recipients",
-                            c.rejected_recipients.len().to_string(),
-                        ),
-                        ("cursor", String::new()),
-                    ],
-                )
-                .ignore()
-                .expire(key, RECORD_TTL_SECS)
-                .ignore()
-                .query_async(&mut conn)
-                .await?;
-            return Ok(Some(String::new()));
-        }
-        let (state, cursor): (Option<String>, Option<String>) = redis::cmd("HMGET")
-            .arg(key)
-            .arg("state")
-            .arg("cursor")
-            .query_async(&mut conn)
-            .await?;
-        if state.as_deref() == Some("dispatched") {
-            return Ok(None);
-        }
-        Ok(Some(cursor.unwrap_or_default()))
+    ) -> Result<Option<Resume>, RoleError> {
+        open_record(&mut self.conn.clone(), key, app, c).await
     }
 
     /// Publishes the jobs from `cursor` on, page by page, checkpointing after each page.
@@ -314,14 +330,14 @@ impl Dispatcher {
         c: &Campaign,
         app: &AppId,
         key: &str,
-        cursor: &str,
+        resume: Resume,
         stats: &mut DispatchStats,
         shutdown: &Shutdown,
     ) -> Result<Progress, RoleError> {
         let page = self.settings.page_size;
         match &c.audience {
             Audience::OpenIds(list) => {
-                let mut at: usize = cursor.parse().unwrap_or(0);
+                let mut at: usize = resume.cursor.parse().unwrap_or(0);
                 while at < list.len() {
                     if shutdown.is_triggered() {
                         return Ok(Progress::Interrupted);
@@ -335,7 +351,16 @@ impl Dispatcher {
                 }
             }
             Audience::All => {
-                let mut at = parse_index_cursor(cursor);
+                let mut at = parse_index_cursor(&resume.cursor);
+                if let Some(p) = resume.in_flight {
+                    // The page the last dispatcher was publishing: the same users again.
+                    tracing::info!(campaign = %c.campaign_id, users = p.users.len(), "publishing again the page a stopped dispatcher was publishing");
+                    self.publish_page(c, app, &p.users).await?;
+                    self.checkpoint(key, p.users.len(), &p.next).await?;
+                    stats.jobs_published += p.users.len() as u64;
+                    metrics::counter!(m::JOBS_PUBLISHED).increment(p.users.len() as u64);
+                    at = parse_index_cursor(&p.next);
+                }
                 while let Some(pos) = at {
                     if shutdown.is_triggered() {
                         return Ok(Progress::Interrupted);
@@ -351,13 +376,14 @@ impl Dispatcher {
                                 .await?
                         }
                     };
-                    self.publish_page(c, app, &p.users).await?;
-                    let next = p
-                        .next
-                        .map_or_else(|| "end".to_owned(), |n| format!("{}:{}", n.shard, n.scan));
-                    self.checkpoint(key, p.users.len(), &next).await?;
-                    stats.jobs_published += p.users.len() as u64;
-                    metrics::counter!(m::JOBS_PUBLISHED).increment(p.users.len() as u64);
+                    let page = PageInFlight::new(p.users, p.next);
+                    if !page.users.is_empty() {
+                        page.save(&mut self.conn.clone(), key).await?;
+                        self.publish_page(c, app, &page.users).await?;
+                    }
+                    self.checkpoint(key, page.users.len(), &page.next).await?;
+                    stats.jobs_published += page.users.len() as u64;
+                    metrics::counter!(m::JOBS_PUBLISHED).increment(page.users.len() as u64);
                     at = p.next;
                 }
             }
@@ -385,14 +411,17 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Counts a confirmed page and moves the checkpoint past it, atomically (MULTI/EXEC): a
-    /// page is counted once even if a crash makes the next dispatcher publish it again.
+    /// Counts a confirmed page and moves the checkpoint past it, atomically (MULTI/EXEC),
+    /// forgetting the page written ahead: a page is counted once even if a crash makes the
+    /// next dispatcher publish it again.
     async fn checkpoint(&self, key: &str, published: usize, cursor: &str) -> Result<(), RoleError> {
         let _: () = redis::pipe()
             .atomic()
             .hincr(key, "targeted", published as u64)
             .ignore()
             .hset(key, "cursor", cursor)
+            .ignore()
+            .hdel(key, &["page", "page_next"])
             .ignore()
             .query_async(&mut self.conn.clone())
             .await?;
@@ -428,6 +457,77 @@ impl Dispatcher {
 /// campaign of the same id. (An appId has no `:`, so no id of one app reaches another's key.)
 pub fn record_key(ns: impl std::fmt::Display, app: &AppId, campaign_id: &str) -> String {
     format!("{ns}:camp:{app}:{campaign_id}")
+}
+
+/// Records campaign `c` of `app` at `key` if it is new and returns where its dispatch starts
+/// (`None`: already dispatched). The record is written once: a republished campaign with
+/// other content keeps the first one's. Public so tests can leave a campaign as a killed
+/// dispatcher leaves it.
+pub async fn open_record(
+    conn: &mut ConnectionManager,
+    key: &str,
+    app: &AppId,
+    c: &Campaign,
+) -> Result<Option<Resume>, RoleError> {
+    let created: bool = redis::cmd("HSETNX")
+        .arg(key)
+        .arg("started_at_ms")
+        .arg(now_ms())
+        .query_async(&mut *conn)
+        .await?;
+    if created {
+        let audience = match c.audience {
+            Audience::All => "all",
+            Audience::OpenIds(_) => "list",
+        };
+        let _: () = redis::pipe()
+            .hset_multiple(
+                key,
+                &[
+                    ("app", app.to_string()),
+                    ("kind", c.kind.name().to_owned()),
+                    ("template_id", c.template_id.clone()),
+                    ("audience", audience.to_owned()),
+                    ("state", "dispatching".to_owned()),
+                    ("targeted", "0".to_owned()),
+                    (
+                        "rejected_recipients",
+                        c.rejected_recipients.len().to_string(),
+                    ),
+                    ("cursor", String::new()),
+                ],
+            )
+            .ignore()
+            .expire(key, RECORD_TTL_SECS)
+            .ignore()
+            .query_async(&mut *conn)
+            .await?;
+        return Ok(Some(Resume {
+            cursor: String::new(),
+            in_flight: None,
+        }));
+    }
+    type Fields = (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    );
+    let (state, cursor, page, page_next): Fields = redis::cmd("HMGET")
+        .arg(key)
+        .arg("state")
+        .arg("cursor")
+        .arg("page")
+        .arg("page_next")
+        .query_async(&mut *conn)
+        .await?;
+    if state.as_deref() == Some("dispatched") {
+        return Ok(None);
+    }
+    Ok(Some(Resume {
+        cursor: cursor.unwrap_or_default(),
+        in_flight: PageInFlight::from_fields(page, page_next),
+    }))
 }
 
 /// `""` (start), `"<shard>:<scan>"`, or `"end"`.
