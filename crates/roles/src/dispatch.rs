@@ -343,10 +343,8 @@ impl Dispatcher {
                         return Ok(Progress::Interrupted);
                     }
                     let end = (at + page).min(list.len());
-                    self.publish_page(c, app, &list[at..end]).await?;
-                    self.checkpoint(key, end - at, &end.to_string()).await?;
-                    stats.jobs_published += (end - at) as u64;
-                    metrics::counter!(m::JOBS_PUBLISHED).increment((end - at) as u64);
+                    self.publish_page(c, app, key, &list[at..end], &end.to_string(), stats)
+                        .await?;
                     at = end;
                 }
             }
@@ -355,10 +353,8 @@ impl Dispatcher {
                 if let Some(p) = resume.in_flight {
                     // The page the last dispatcher was publishing: the same users again.
                     tracing::info!(campaign = %c.campaign_id, users = p.users.len(), "publishing again the page a stopped dispatcher was publishing");
-                    self.publish_page(c, app, &p.users).await?;
-                    self.checkpoint(key, p.users.len(), &p.next).await?;
-                    stats.jobs_published += p.users.len() as u64;
-                    metrics::counter!(m::JOBS_PUBLISHED).increment(p.users.len() as u64);
+                    self.publish_page(c, app, key, &p.users, &p.next, stats)
+                        .await?;
                     at = parse_index_cursor(&p.next);
                 }
                 while let Some(pos) = at {
@@ -376,14 +372,12 @@ impl Dispatcher {
                                 .await?
                         }
                     };
-                    let page = PageInFlight::new(p.users, p.next);
-                    if !page.users.is_empty() {
-                        page.save(&mut self.conn.clone(), key).await?;
-                        self.publish_page(c, app, &page.users).await?;
+                    let ahead = PageInFlight::new(p.users, p.next);
+                    if !ahead.users.is_empty() {
+                        ahead.save(&mut self.conn.clone(), key).await?;
                     }
-                    self.checkpoint(key, page.users.len(), &page.next).await?;
-                    stats.jobs_published += page.users.len() as u64;
-                    metrics::counter!(m::JOBS_PUBLISHED).increment(page.users.len() as u64);
+                    self.publish_page(c, app, key, &ahead.users, &ahead.next, stats)
+                        .await?;
                     at = p.next;
                 }
             }
@@ -392,12 +386,15 @@ impl Dispatcher {
     }
 
     /// Publishes one job per user to the app's send queue ([`Topology::send_queue_for`]),
-    /// confirmed by the broker.
+    /// confirmed by the broker, then checkpoints the page: `next` is where the walk goes on.
     async fn publish_page(
         &self,
         c: &Campaign,
         app: &AppId,
+        key: &str,
         users: &[OpenId],
+        next: &str,
+        stats: &mut DispatchStats,
     ) -> Result<(), RoleError> {
         let bodies: Vec<Vec<u8>> = users
             .iter()
@@ -408,6 +405,9 @@ impl Dispatcher {
         self.publisher
             .publish_all("", bodies.iter().map(|b| (queue.as_str(), b.as_slice())))
             .await?;
+        self.checkpoint(key, users.len(), next).await?;
+        stats.jobs_published += users.len() as u64;
+        metrics::counter!(m::JOBS_PUBLISHED).increment(users.len() as u64);
         Ok(())
     }
 
