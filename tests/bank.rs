@@ -9,7 +9,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use wxpush_bank::{Bank, BankSettings, ReachableCursor};
 use wxpush_domain::{Credential, OpenId};
-use wxpush_testkit::{form_id, keys_with_ttl, now_ms, redis_url, TestEnv};
+use wxpush_testkit::{form_id, keys_with_ttl, now_ms, reachable_users, redis_url, TestEnv};
 
 async fn bank(env: &TestEnv, settings: BankSettings) -> Bank {
     Bank::connect(&redis_url(), env.ns.clone(), settings)
@@ -334,17 +334,7 @@ async fn a_credential_expiring_while_stored_is_dropped_on_claim() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(2100)).await;
     // The index forgets the expired user, the bank returns nothing for them.
-    let page = bank
-        .reachable_page(&env.app, ReachableCursor::default(), 100)
-        .await
-        .unwrap();
-    let mut users = page.users;
-    let mut next = page.next;
-    while let Some(c) = next {
-        let p = bank.reachable_page(&env.app, c, 100).await.unwrap();
-        users.extend(p.users);
-        next = p.next;
-    }
+    let users = reachable_users(&bank, &env.app, 100).await;
     assert_eq!(users, vec![b.clone()]);
     assert!(bank.claim(&env.app, &a).await.unwrap().is_none());
 }
@@ -518,16 +508,6 @@ async fn a_released_credential_is_claimable_again_but_only_once() {
     )
     .await
     .unwrap();
-    let page = bank
-        .reachable_page(&env.app, ReachableCursor::default(), 2000)
-        .await
-        .unwrap();
-    let mut users = page.users;
-    let mut next = page.next;
-    while let Some(c) = next {
-        let p = bank.reachable_page(&env.app, c, 2000).await.unwrap();
-        users.extend(p.users);
-        next = p.next;
-    }
+    let users = reachable_users(&bank, &env.app, 2000).await;
     assert_eq!(users, vec![who]);
 }

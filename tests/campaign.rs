@@ -12,8 +12,8 @@ use wxpush_broker::Publisher;
 use wxpush_domain::campaign::CampaignLimits;
 use wxpush_domain::{parse_campaign, OpenId};
 use wxpush_roles::dispatch::{open_record, record_key, PageInFlight};
-use wxpush_testkit::eventually;
 use wxpush_testkit::fleet::{campaign, Fleet};
+use wxpush_testkit::{eventually, reachable_users};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audience_all_and_explicit_lists_reach_each_user_once() {
@@ -153,19 +153,12 @@ async fn a_page_a_killed_dispatcher_had_half_published_is_counted_once() {
     })
     .await;
     assert!(delivered, "{:?}", f.counts("in-flight").await);
-    let mut left = 0;
-    let mut at = Some(ReachableCursor::default());
-    while let Some(pos) = at {
-        let p = f
-            .deps
-            .bank
-            .reachable_page(&f.env.app, pos, 50)
-            .await
-            .unwrap();
-        left += p.users.len();
-        at = p.next;
-    }
-    assert_eq!(left, 90, "the 30 users sent to are no longer in the index");
+    let left = reachable_users(&f.deps.bank, &f.env.app, 50).await;
+    assert_eq!(
+        left.len(),
+        90,
+        "the 30 users sent to are no longer in the index"
+    );
 
     // The next dispatcher finishes the campaign.
     f.start("dispatch");

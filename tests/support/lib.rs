@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use lapin::options::BasicGetOptions;
 use wxpush_broker::publish::{header_text, REASON_CODE_HEADER, REASON_HEADER};
 use wxpush_broker::{Broker, Publisher, Topology};
-use wxpush_domain::{AppId, Config, Namespace, RawConfig};
+use wxpush_domain::{AppId, Config, Namespace, OpenId, RawConfig};
 use wxpush_roles::Deps;
 
 /// The appid every test install uses.
@@ -331,6 +331,21 @@ pub async fn campaign_counts(
         .filter(|(k, _)| k != "last_at_ms")
         .map(|(k, v)| (k, u64::try_from(v).unwrap_or(0)))
         .collect()
+}
+
+/// Every user of `app` in the bank's reachable-user index, walked `page` at a time to the end.
+pub async fn reachable_users(bank: &wxpush_bank::Bank, app: &AppId, page: usize) -> Vec<OpenId> {
+    let mut users = Vec::new();
+    let mut at = Some(wxpush_bank::ReachableCursor::default());
+    while let Some(pos) = at {
+        let p = bank
+            .reachable_page(app, pos, page)
+            .await
+            .expect("walk the reachable-user index");
+        users.extend(p.users);
+        at = p.next;
+    }
+    users
 }
 
 /// Polls `check` until it returns true or `limit` passes (a guard against hanging, not a

@@ -269,7 +269,7 @@ impl Dispatcher {
         // Every job names its app, so it is sent for that app even if the default changes.
         campaign.app_id = Some(app.clone());
         let key = record_key(self.bank.keys().namespace(), &app, &campaign.campaign_id);
-        let resume = match self.open_record(&key, &app, &campaign).await? {
+        let resume = match open_record(&mut self.conn.clone(), &key, &app, &campaign).await? {
             None => {
                 tracing::info!(campaign = %campaign.campaign_id, "campaign already dispatched: nothing to do");
                 stats.already_dispatched += 1;
@@ -310,18 +310,6 @@ impl Dispatcher {
             }
         }
         Ok(())
-    }
-
-    /// Records the campaign if it is new and returns where to start (`None`: already
-    /// dispatched). The record is written once: a republished campaign with other content
-    /// keeps the first one's.
-    async fn open_record(
-        &self,
-        key: &str,
-        app: &AppId,
-        c: &Campaign,
-    ) -> Result<Option<Resume>, RoleError> {
-        open_record(&mut self.conn.clone(), key, app, c).await
     }
 
     /// Publishes the jobs from `cursor` on, page by page, checkpointing after each page.
