@@ -8,7 +8,7 @@ use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use wxpush_testkit::{now_ms, redis_url, TestEnv};
+use wxpush_testkit::{now_ms, redis_url, run, stderr, stdout, TestEnv};
 
 /// How long a `--watch` run may take before the test calls it hung.
 const GUARD: Duration = Duration::from_secs(8);
@@ -74,18 +74,6 @@ fn counters_nine_of_ten(env: &TestEnv, id: &str) {
             ("last_at_ms", (now_ms() - 1000).to_string()),
         ],
     );
-}
-
-fn run(env: &TestEnv, args: &[&str]) -> Output {
-    env.command(args).output().expect("run wxpush")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn status_json(env: &TestEnv, id: &str) -> Value {

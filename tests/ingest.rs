@@ -10,7 +10,9 @@ use wxpush_bank::Bank;
 use wxpush_domain::OpenId;
 use wxpush_roles::ingest::{self, Ingest, IngestSettings, IngestStats};
 use wxpush_roles::ShutdownTrigger;
-use wxpush_testkit::{eventually, form_id, keys_with_ttl, now_ms, redis_url, TestEnv, TEST_APP};
+use wxpush_testkit::{
+    eventually, form_id, keys_with_ttl, now_ms, redis_url, terminate, TestEnv, TEST_APP,
+};
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -55,15 +57,6 @@ async fn snapshot(bank: &Bank, env: &TestEnv) -> BTreeMap<String, Vec<(Vec<u8>, 
         out.insert(k, v);
     }
     out
-}
-
-fn terminate(child: &Child) {
-    let ok = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
 }
 
 fn stderr_of(child: Child) -> (std::process::ExitStatus, String) {

@@ -4,14 +4,13 @@
 //! concurrent claimers, key TTLs, and the real `wxpush ingest` storing an upload of all three.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::process::Child;
 use std::time::Duration;
 
 use serde_json::json;
 use wxpush_bank::keys::{shard_of, SHARDS};
 use wxpush_bank::{Bank, BankSettings, CampaignClaim, ReachableCursor, Settle, CONSENT_TTL_SECS};
 use wxpush_domain::{Credential, CredentialKind, OpenId};
-use wxpush_testkit::{eventually, form_id, keys_with_ttl, now_ms, redis_url, TestEnv};
+use wxpush_testkit::{eventually, form_id, keys_with_ttl, now_ms, redis_url, terminate, TestEnv};
 
 const LEASE: Duration = Duration::from_secs(30);
 const A: &str = "TPL_ORDER_SHIPPED";
@@ -608,15 +607,6 @@ async fn every_key_has_a_ttl() {
         7,
         "every kind of key was seen: {kinds:?} in {keys:?}"
     );
-}
-
-fn terminate(child: &Child) {
-    let ok = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,13 +6,12 @@
 //! one script page, and an unreachable Redis.
 
 use std::collections::HashMap;
-use std::process::Output;
 
 use serde_json::Value;
 use wxpush_bank::keys::shard_of;
 use wxpush_bank::{Bank, BankSettings, Keys};
 use wxpush_domain::{AppId, Credential, OpenId};
-use wxpush_testkit::{form_id, now_ms, redis_url, TestEnv};
+use wxpush_testkit::{form_id, now_ms, redis_url, run, stderr, stdout, TestEnv};
 
 const DAY: i64 = 86_400;
 
@@ -35,18 +34,6 @@ fn conn() -> redis::Connection {
         .expect("redis url")
         .get_connection()
         .expect("Redis is reachable (run scripts/services.sh)")
-}
-
-fn run(env: &TestEnv, args: &[&str]) -> Output {
-    env.command(args).output().expect("run wxpush")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn reach_json(env: &TestEnv, extra: &[&str]) -> Value {

@@ -11,7 +11,7 @@ pub mod proxy;
 pub mod tls;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -331,6 +331,31 @@ pub async fn campaign_counts(
         .filter(|(k, _)| k != "last_at_ms")
         .map(|(k, v)| (k, u64::try_from(v).unwrap_or(0)))
         .collect()
+}
+
+/// Runs `wxpush <args>` with `env`'s environment to the end.
+pub fn run(env: &TestEnv, args: &[&str]) -> Output {
+    env.command(args).output().expect("run wxpush")
+}
+
+/// A finished command's standard output, as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A finished command's standard error, as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Sends SIGTERM to `child` (and checks the signal went out); the caller waits for it.
+pub fn terminate(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok);
 }
 
 /// Every user of `app` in the bank's reachable-user index, walked `page` at a time to the end.
