@@ -38,7 +38,7 @@ use wxpush_broker::Publisher;
 use wxpush_domain::{Credential, OpenId, SendJob};
 use wxpush_fake_wechat::{FakeApp, FakeConfig, FakeHandle, FakeWeChat};
 use wxpush_roles::Deps;
-use wxpush_testkit::{bench_arg, form_id, now_ms, TestEnv, TEST_APP};
+use wxpush_testkit::{bench_arg, form_id, now_ms, peak_rss_kib, TestEnv, TEST_APP};
 
 const SECRET: &str = "bench-secret";
 const TPL: &str = "TPL_BENCH";
@@ -176,19 +176,6 @@ impl Drop for Children {
             let _ = c.wait();
         }
     }
-}
-
-/// Peak resident memory of a process so far (`VmHWM`), in KiB.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
 }
 
 // ---------------------------------------------------------------------------------------

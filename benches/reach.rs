@@ -30,7 +30,7 @@ use serde_json::Value;
 use wxpush_bank::keys::shard_of;
 use wxpush_bank::{Bank, BankSettings, Keys, StoreRequest, SHARDS};
 use wxpush_domain::{Credential, OpenId};
-use wxpush_testkit::{bench_arg, form_id, now_ms, redis_url, TestEnv};
+use wxpush_testkit::{bench_arg, form_id, now_ms, peak_rss_kib, redis_url, TestEnv};
 
 const DAY: i64 = 86_400;
 const TEMPLATES: [&str; 3] = ["TPL_ORDER", "TPL_SIGNIN", "TPL_PROMO"];
@@ -347,18 +347,6 @@ fn check(j: &Value, e: &Expected) {
         assert_eq!(found["consents"], consents, "{j}");
         assert_eq!(found["users"], users, "{j}");
     }
-}
-
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
 }
 
 async fn used_memory(conn: &mut ConnectionManager) -> i64 {

@@ -41,6 +41,19 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Peak resident memory of a process so far (`VmHWM` of `/proc/<pid>/status`), in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// A benchmark's numeric command-line option (`--name N`), or `default`.
 pub fn bench_arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
