@@ -213,8 +213,11 @@ async fn refused_data_stops_the_campaign_instead_of_failing_every_user() {
     assert!(drained);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let calls = subscribe_calls(&f);
+    // The sender that hears 47003 stops at once: only sends already on their way to WeChat
+    // go out (2 or 3 here at 50/s); one that only learnt of the stop from Redis, a second
+    // later, made about 50.
     assert!(
-        calls < 60,
+        calls < 20,
         "{calls} calls to WeChat for 300 users: not stopped early"
     );
     let record = f.record("refused").await;

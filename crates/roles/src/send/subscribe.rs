@@ -253,7 +253,7 @@ impl Sender {
             );
         }
         if let Ok(mut cache) = self.stopped.lock() {
-            cache.insert(campaign.to_owned(), (Instant::now(), true));
+            cache.insert(key, (Instant::now(), true));
         }
         Ok(())
     }
