@@ -307,6 +307,60 @@ async fn a_redis_outage_pauses_every_role_which_then_resumes_on_its_own() {
     );
 }
 
+/// The last upload before a quiet spell arrives while Redis is down. Its write gives up after
+/// ingest's 5 s hold, and no other upload comes to make ingest look at it: ingest must notice
+/// the failure then, say so, hand the upload back and store it once Redis is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_held_through_a_redis_outage_is_stored_without_another_upload() {
+    let mut f = Fleet::new("fault_hold", 150, 100).await;
+    let proxy = FaultProxy::start(target_of(&redis_url())).await;
+    let via = proxy.url(&redis_url());
+    let addr = free_addr();
+    let a = addr.to_string();
+    let i = f.start_with(
+        "ingest",
+        &[("WXPUSH_REDIS_URL", via.as_str()), ("WXPUSH_HTTP_ADDR", &a)],
+    );
+    let log = CapturedStderr::take(&mut f.children[i]);
+    f.env.declare_ingest(&f.deps.broker).await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            http_get(addr, "/readyz")
+                .await
+                .is_some_and(|(s, _)| s == 200)
+        })
+        .await,
+        "ready before the outage"
+    );
+    proxy.down();
+    f.env
+        .publish_uploads(&f.deps.broker, &uploads(0, 1, 2))
+        .await;
+    // Longer than the hold, so the write gives up while Redis is still down.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(!all_stored(&f, 0, 1, 2).await, "stored during the outage");
+    proxy.up();
+    let up_at = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(30), || all_stored(&f, 0, 1, 2)).await,
+        "the upload held through the outage was never stored:\n{}",
+        log.text()
+    );
+    let stored_after = up_at.elapsed();
+    f.stop_all();
+    let warned = log.text().matches("not consuming").count();
+    assert_eq!(
+        warned,
+        1,
+        "ingest logged the outage {warned} times:\n{}",
+        log.text()
+    );
+    println!(
+        "an upload held through an 8 s Redis outage: stored {} ms after Redis came back",
+        stored_after.as_millis()
+    );
+}
+
 /// Kills a random role process every 0.3-1.5 s during one campaign (and an upload stream),
 /// restarting it at once, for `secs` seconds or until the campaign completes.
 /// Most openIds in one chaos campaign.

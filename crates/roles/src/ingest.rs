@@ -4,10 +4,11 @@
 //! 1. parse and validate every upload ([`wxpush_domain::parse_upload`]);
 //! 2. dead-letter each poison message with its reason (confirmed before going on);
 //! 3. store every good upload's credentials in one pipelined Redis round trip, retrying
-//!    for a few seconds while Redis is unreachable and holding the batch meanwhile; a longer
-//!    outage ends the session (the batch goes back to the queue) and the supervisor waits
-//!    for Redis ([`crate::supervise`]);
-//! 4. acknowledge the whole batch with one `multiple` ack.
+//!    for up to 5 s (`REDIS_HOLD`) while Redis is unreachable and holding the batch
+//!    meanwhile; a longer outage ends the session (the batch goes back to the queue) and the
+//!    supervisor waits for Redis ([`crate::supervise`]);
+//! 4. acknowledge the whole batch with one `multiple` ack as soon as its write ends, whether
+//!    or not another batch has come meanwhile (a failed write ends the session at once).
 //!
 //! A message is acknowledged only after its credentials are in Redis (or it is in the
 //! dead-letter queue), so a crash at any moment loses nothing; the redelivered messages are
@@ -129,10 +130,13 @@ pub async fn run(
     Ok(stats)
 }
 
+/// What a batch's write ends with: the reports, `None` if shutdown came first, or the error.
+type WriteResult = Result<Option<Vec<StoreReport>>, BankError>;
+
 /// A batch whose credentials are being written to Redis while the next one is read.
 struct InFlight {
     batch: Batch,
-    write: tokio::task::JoinHandle<Result<Option<Vec<StoreReport>>, BankError>>,
+    write: tokio::task::JoinHandle<WriteResult>,
     rejected_entries: u64,
     expired_on_arrival: u64,
 }
@@ -219,6 +223,16 @@ impl Ingest {
             }
             let next = tokio::select! {
                 _ = shutdown.wait() => break Ok(()),
+                // A batch whose write ends while no other batch comes is settled at once: a
+                // failed write must end the session now, not when the next upload arrives.
+                written = written(&mut in_flight), if in_flight.is_some() => {
+                    let Some(f) = in_flight.take() else { continue };
+                    match self.settle(f, written, stats).await {
+                        Ok(true) => continue,
+                        Ok(false) => break Ok(()),
+                        Err(e) => break Err(e),
+                    }
+                }
                 b = consumer.next_batch(self.settings.batch_max) => b,
             };
             let batch = match next {
@@ -287,8 +301,19 @@ impl Ingest {
 
     /// Waits for a batch's write and acknowledges it; `false` when shutdown came first (the
     /// batch is handed back to the queue).
-    async fn finish(&self, f: InFlight, stats: &mut IngestStats) -> Result<bool, RoleError> {
-        let written = match f.write.await {
+    async fn finish(&self, mut f: InFlight, stats: &mut IngestStats) -> Result<bool, RoleError> {
+        let written = (&mut f.write).await;
+        self.settle(f, written, stats).await
+    }
+
+    /// Acknowledges a batch whose write ended with `written`, or hands it back.
+    async fn settle(
+        &self,
+        f: InFlight,
+        written: Result<WriteResult, tokio::task::JoinError>,
+        stats: &mut IngestStats,
+    ) -> Result<bool, RoleError> {
+        let written = match written {
             Ok(r) => r.map_err(store_failure)?,
             Err(join) => {
                 // Not shutdown: the batch goes back to the queue with the channel.
@@ -405,9 +430,18 @@ impl Ingest {
 
 type UserCredentials = ((AppId, OpenId), Vec<Credential>);
 
+/// Waits for the write of the batch in flight (never resolves when there is none).
+async fn written(in_flight: &mut Option<InFlight>) -> Result<WriteResult, tokio::task::JoinError> {
+    match in_flight {
+        Some(f) => (&mut f.write).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Stores, retrying with exponential backoff while Redis is unreachable, for up to
-/// [`REDIS_HOLD`]. `Ok(None)` if shutdown fired first; `Err` for an error retrying cannot fix
-/// or an outage longer than the hold.
+/// [`REDIS_HOLD`] (the last wait is cut short so the last try falls at the hold, never after
+/// it). `Ok(None)` if shutdown fired first; `Err` for an error retrying cannot fix or an
+/// outage longer than the hold.
 async fn store_with_retry(
     bank: &Bank,
     users: &[UserCredentials],
@@ -421,19 +455,16 @@ async fn store_with_retry(
             credentials,
         })
         .collect();
-    let mut delays = backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
-        .with_jitter()
-        .without_max_times()
-        .build();
+    let mut delays = hold_delays();
     let started = Instant::now();
     loop {
         match bank.store_batch(&requests).await {
             Ok(r) => return Ok(Some(r)),
-            Err(e) if e.is_transient() && started.elapsed() < REDIS_HOLD => {
+            Err(e) if e.is_transient() => {
+                let Some(wait) = wait_before_retry(&mut delays, started.elapsed()) else {
+                    return Err(e);
+                };
                 tracing::debug!(error = %e, "Redis unreachable; holding the batch and retrying");
-                let wait = delays.next().unwrap_or(Duration::from_secs(5));
                 tokio::select! {
                     _ = shutdown.wait() => return Ok(None),
                     _ = tokio::time::sleep(wait) => {}
@@ -442,6 +473,27 @@ async fn store_with_retry(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// The backoff between tries of a held write: from 100 ms, doubling, with jitter.
+fn hold_delays() -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// How long to wait before the next try, `held` into the hold; `None` once the hold is over.
+/// The last wait is cut short so the last try falls at the hold: a backoff step may not carry
+/// the batch past it (the role would then hold uploads through an outage without saying so).
+fn wait_before_retry(
+    delays: &mut impl Iterator<Item = Duration>,
+    held: Duration,
+) -> Option<Duration> {
+    let left = REDIS_HOLD.checked_sub(held).filter(|d| !d.is_zero())?;
+    Some(delays.next().unwrap_or(left).min(left))
 }
 
 fn store_failure(e: BankError) -> RoleError {
@@ -460,5 +512,36 @@ fn count_stored(r: &StoreReport) {
         ("consent", r.consents),
     ] {
         metrics::counter!(m::CREDENTIALS_STORED, "result" => result).increment(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Walks the retry waits as if every try failed at once: the tries stop at the hold
+    /// exactly, however the jitter falls.
+    #[test]
+    fn a_held_write_is_tried_for_the_hold_and_never_after_it() {
+        for _ in 0..200 {
+            let mut delays = hold_delays();
+            let (mut held, mut tries) = (Duration::ZERO, 1);
+            while let Some(wait) = wait_before_retry(&mut delays, held) {
+                assert!(!wait.is_zero(), "a zero wait after {tries} tries");
+                held += wait;
+                tries += 1;
+            }
+            assert_eq!(held, REDIS_HOLD, "the last try, after {tries}");
+            assert!(
+                tries >= 5,
+                "{tries} tries in the hold: a blip costs nothing"
+            );
+        }
+        let mut delays = hold_delays();
+        assert_eq!(wait_before_retry(&mut delays, REDIS_HOLD), None);
+        assert_eq!(
+            wait_before_retry(&mut delays, REDIS_HOLD - Duration::from_millis(30)),
+            Some(Duration::from_millis(30))
+        );
     }
 }
