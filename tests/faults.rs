@@ -52,6 +52,22 @@ async fn sent(f: &Fleet, id: &str) -> u64 {
     f.counts(id).await.get("sent").copied().unwrap_or(0)
 }
 
+/// Starts `role` reaching Redis through `via` (a fault proxy) and serving HTTP on a free
+/// port: that port and the role's stderr.
+fn start_via_redis(f: &mut Fleet, role: &str, via: &str) -> (std::net::SocketAddr, CapturedStderr) {
+    let addr = free_addr();
+    let a = addr.to_string();
+    let i = f.start_with(role, &[("WXPUSH_REDIS_URL", via), ("WXPUSH_HTTP_ADDR", &a)]);
+    (addr, CapturedStderr::take(&mut f.children[i]))
+}
+
+/// The role serving HTTP on `addr` says it is ready.
+async fn is_ready(addr: std::net::SocketAddr) -> bool {
+    http_get(addr, "/readyz")
+        .await
+        .is_some_and(|(s, _)| s == 200)
+}
+
 /// No formId was accepted twice by the fake WeChat.
 fn no_form_id_twice(f: &Fleet) {
     let mut seen = HashSet::new();
@@ -212,25 +228,16 @@ async fn a_redis_outage_pauses_every_role_which_then_resumes_on_its_own() {
     let reachable = f.users(0, 500, 2).await;
     let proxy = FaultProxy::start(target_of(&redis_url())).await;
     let via = proxy.url(&redis_url());
-    let http = [free_addr(), free_addr(), free_addr()];
-    let mut logs = Vec::new();
-    for (role, addr) in ["ingest", "dispatch", "send"].iter().zip(&http) {
-        let a = addr.to_string();
-        let i = f.start_with(
-            role,
-            &[("WXPUSH_REDIS_URL", via.as_str()), ("WXPUSH_HTTP_ADDR", &a)],
-        );
-        logs.push(CapturedStderr::take(&mut f.children[i]));
+    let (mut http, mut logs) = (Vec::new(), Vec::new());
+    for role in ["ingest", "dispatch", "send"] {
+        let (addr, log) = start_via_redis(&mut f, role, &via);
+        http.push(addr);
+        logs.push(log);
     }
     f.env.declare_ingest(&f.deps.broker).await;
-    for addr in http {
+    for &addr in &http {
         assert!(
-            eventually(Duration::from_secs(20), || async {
-                http_get(addr, "/readyz")
-                    .await
-                    .is_some_and(|(s, _)| s == 200)
-            })
-            .await,
+            eventually(Duration::from_secs(20), || is_ready(addr)).await,
             "ready before the outage"
         );
     }
@@ -249,7 +256,7 @@ async fn a_redis_outage_pauses_every_role_which_then_resumes_on_its_own() {
         .publish_uploads(&f.deps.broker, &uploads(0, 200, 1))
         .await;
     // Every role reports itself not ready while Redis is unreachable.
-    for addr in http {
+    for &addr in &http {
         assert!(
             eventually(Duration::from_secs(10), || async {
                 http_get(addr, "/readyz")
@@ -269,14 +276,9 @@ async fn a_redis_outage_pauses_every_role_which_then_resumes_on_its_own() {
     );
     proxy.up();
     let up_at = Instant::now();
-    for addr in http {
+    for &addr in &http {
         assert!(
-            eventually(Duration::from_secs(30), || async {
-                http_get(addr, "/readyz")
-                    .await
-                    .is_some_and(|(s, _)| s == 200)
-            })
-            .await,
+            eventually(Duration::from_secs(30), || is_ready(addr)).await,
             "{addr} ready again"
         );
     }
@@ -315,21 +317,10 @@ async fn an_upload_held_through_a_redis_outage_is_stored_without_another_upload(
     let mut f = Fleet::new("fault_hold", 150, 100).await;
     let proxy = FaultProxy::start(target_of(&redis_url())).await;
     let via = proxy.url(&redis_url());
-    let addr = free_addr();
-    let a = addr.to_string();
-    let i = f.start_with(
-        "ingest",
-        &[("WXPUSH_REDIS_URL", via.as_str()), ("WXPUSH_HTTP_ADDR", &a)],
-    );
-    let log = CapturedStderr::take(&mut f.children[i]);
+    let (addr, log) = start_via_redis(&mut f, "ingest", &via);
     f.env.declare_ingest(&f.deps.broker).await;
     assert!(
-        eventually(Duration::from_secs(20), || async {
-            http_get(addr, "/readyz")
-                .await
-                .is_some_and(|(s, _)| s == 200)
-        })
-        .await,
+        eventually(Duration::from_secs(20), || is_ready(addr)).await,
         "ready before the outage"
     );
     proxy.down();
@@ -559,14 +550,7 @@ async fn a_role_serves_health_readiness_and_metrics() {
     let addr = free_addr();
     let a = addr.to_string();
     f.start_with("all", &[("WXPUSH_HTTP_ADDR", &a)]);
-    assert!(
-        eventually(Duration::from_secs(20), || async {
-            http_get(addr, "/readyz")
-                .await
-                .is_some_and(|(s, _)| s == 200)
-        })
-        .await
-    );
+    assert!(eventually(Duration::from_secs(20), || is_ready(addr)).await);
     let (status, body) = http_get(addr, "/healthz").await.unwrap();
     assert_eq!((status, body.trim()), (200, "ok"));
     let (_, ready) = http_get(addr, "/readyz").await.unwrap();
@@ -658,11 +642,7 @@ async fn a_sender_whose_consumer_is_cancelled_consumes_again() {
     let addr = free_addr();
     let a = addr.to_string();
     let sender = f.start_with("send", &[("WXPUSH_HTTP_ADDR", &a)]);
-    let ready = || async {
-        http_get(addr, "/readyz")
-            .await
-            .is_some_and(|(s, _)| s == 200)
-    };
+    let ready = || is_ready(addr);
     assert!(eventually(Duration::from_secs(20), ready).await);
     let queue = f.env.topology().send_queue();
     let ch = f.deps.broker.channel().await.unwrap();
