@@ -542,14 +542,8 @@ impl Sender {
                 data: job.data.clone(),
                 emphasis_keyword: job.emphasis_keyword.clone(),
             };
-            SendStats::add(&self.stats.wechat_calls);
-            let called = std::time::Instant::now();
-            let outcome = self
-                .parts
-                .wechat
-                .send_template(token.expose(), &message)
-                .await;
-            count_call("template", app, &outcome, called.elapsed());
+            let send = self.parts.wechat.send_template(token.expose(), &message);
+            let outcome = self.call_wechat("template", app, send).await;
             match outcome {
                 Outcome::Sent { .. } => {
                     self.settle(valid, &owner, Settle::Final("sent")).await?;
@@ -666,6 +660,26 @@ impl Sender {
             .with_jitter()
             .with_max_times(self.settings.quick_retries as usize)
             .build()
+    }
+
+    /// Makes one send call to WeChat, counting it in the stats and by its errcode
+    /// (`transport` when WeChat gave none) and latency in the metrics.
+    async fn call_wechat(
+        &self,
+        api: &'static str,
+        app: &AppId,
+        call: impl std::future::Future<Output = Outcome>,
+    ) -> Outcome {
+        SendStats::add(&self.stats.wechat_calls);
+        let called = std::time::Instant::now();
+        let outcome = call.await;
+        let code = outcome
+            .errcode()
+            .map_or_else(|| "transport".to_owned(), |c| c.to_string());
+        metrics::counter!(m::WECHAT_CALLS, "api" => api, "app" => app.to_string(), "code" => code)
+            .increment(1);
+        metrics::histogram!(m::WECHAT_SECONDS, "api" => api).record(called.elapsed().as_secs_f64());
+        outcome
     }
 
     /// Ends this attempt without an outcome, keeping the credential, and parks the job.
@@ -882,16 +896,6 @@ fn claim_result(c: &CampaignClaim) -> &'static str {
         CampaignClaim::NoCredential => "no_credential",
         CampaignClaim::Done(_) => "done",
     }
-}
-
-/// Counts one WeChat call by its errcode (`transport` when WeChat gave none) and latency.
-fn count_call(api: &'static str, app: &AppId, outcome: &Outcome, took: Duration) {
-    let code = outcome
-        .errcode()
-        .map_or_else(|| "transport".to_owned(), |c| c.to_string());
-    metrics::counter!(m::WECHAT_CALLS, "api" => api, "app" => app.to_string(), "code" => code)
-        .increment(1);
-    metrics::histogram!(m::WECHAT_SECONDS, "api" => api).record(took.as_secs_f64());
 }
 
 /// Hands a delivery back to the queue.

@@ -20,7 +20,7 @@ use wxpush_bank::Settle;
 use wxpush_domain::{AppId, ValidJob};
 use wxpush_wechat::{Outcome, SubscribeMessage};
 
-use super::{count_call, AppFleet, Claimed, Disposition, Sender, CAMPAIGN_LEASE};
+use super::{AppFleet, Claimed, Disposition, Sender, CAMPAIGN_LEASE};
 use crate::outcomes::Recorded;
 use crate::RoleError;
 
@@ -93,14 +93,8 @@ impl Sender {
                     return Ok(self.retry_later(valid, format!("no access token: {e}")));
                 }
             };
-            super::SendStats::add(&self.stats.wechat_calls);
-            let called = Instant::now();
-            let outcome = self
-                .parts
-                .wechat
-                .send_subscribe(token.expose(), &message)
-                .await;
-            count_call("subscribe", app, &outcome, called.elapsed());
+            let send = self.parts.wechat.send_subscribe(token.expose(), &message);
+            let outcome = self.call_wechat("subscribe", app, send).await;
             // 47003 stops the whole campaign (below), with WeChat's words as the reason.
             let data_refused = match &outcome {
                 Outcome::Permanent {
