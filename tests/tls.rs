@@ -119,8 +119,14 @@ async fn failing_ingest(env: &TestEnv) -> String {
     lines[0].to_owned()
 }
 
-/// The server certificate was refused by the client: a handshake began, none completed.
-fn assert_refused(proxy: &TlsProxy, line: &str) {
+/// The server certificate was refused by the client: a handshake began, none completed. The
+/// client may report the refusal before the proxy has read its alert, so the proxy's count
+/// is awaited for a moment.
+async fn assert_refused(proxy: &TlsProxy, line: &str) {
+    let counted = tokio::time::Instant::now() + Duration::from_secs(5);
+    while proxy.failed_handshakes() == 0 && tokio::time::Instant::now() < counted {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(proxy.failed_handshakes() >= 1, "no TLS attempt: {line}");
     assert_eq!(proxy.handshakes(), 0, "a handshake succeeded: {line}");
     assert!(
@@ -201,7 +207,7 @@ async fn amqps_without_the_ca_file_fails_in_one_line_naming_the_url() {
     );
     assert!(line.starts_with(&expected), "{line}");
     assert!(!line.contains("s3cret-pw"), "{line}");
-    assert_refused(&mq, &line);
+    assert_refused(&mq, &line).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,7 +224,7 @@ async fn rediss_without_the_ca_file_fails_in_one_line_naming_the_url() {
     );
     assert!(line.starts_with(&expected), "{line}");
     assert!(!line.contains("s3cret-pw"), "{line}");
-    assert_refused(&cache, &line);
+    assert_refused(&cache, &line).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,7 +250,7 @@ async fn a_ca_file_of_another_ca_is_not_trusted_for_amqps_or_rediss() {
         line.starts_with("wxpush: cannot reach Redis at rediss://"),
         "{line}"
     );
-    assert_refused(&cache, &line);
+    assert_refused(&cache, &line).await;
     assert_eq!(mq.failed_handshakes() + mq.handshakes(), 0, "{line}");
 
     // With Redis plain, RabbitMQ refuses the certificate too.
@@ -259,7 +265,7 @@ async fn a_ca_file_of_another_ca_is_not_trusted_for_amqps_or_rediss() {
         line.starts_with("wxpush: cannot reach RabbitMQ at amqps://"),
         "{line}"
     );
-    assert_refused(&mq, &line);
+    assert_refused(&mq, &line).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
