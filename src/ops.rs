@@ -15,6 +15,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use wxpush_bank::Bank;
+use wxpush_domain::config::{HttpAddr, DEFAULT_HTTP_PORTS};
 use wxpush_roles::{Health, Shutdown};
 
 /// Installs the process-wide Prometheus recorder and describes every metric.
@@ -46,14 +47,12 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
 /// Serves the endpoints on `addr` until `shutdown` fires; returns the address bound (port 0
 /// picks a free one), which is also logged.
 pub async fn serve(
-    addr: SocketAddr,
+    addr: HttpAddr,
     health: Health,
     metrics: PrometheusHandle,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (WXPUSH_HTTP_ADDR): {e}"))?;
+    let listener = bind(addr).await?;
     let bound = listener.local_addr()?;
     let ready = health.clone();
     let app = axum::Router::new()
@@ -66,7 +65,16 @@ pub async fn serve(
                 async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body) }
             }),
         );
-    tracing::info!(addr = %bound, "serving /healthz, /readyz and /metrics on http://{bound}");
+    if addr.is_default && bound != addr.addr {
+        tracing::info!(
+            addr = %bound,
+            "serving /healthz, /readyz and /metrics on http://{bound} (the default port {} is \
+             taken, by another role on this host most likely; set WXPUSH_HTTP_ADDR to choose)",
+            addr.addr.port()
+        );
+    } else {
+        tracing::info!(addr = %bound, "serving /healthz, /readyz and /metrics on http://{bound}");
+    }
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.wait().await })
@@ -76,6 +84,35 @@ pub async fn serve(
         }
     });
     Ok(bound)
+}
+
+/// Binds the endpoints' address. An address the operator gave is used as it is (taken: the
+/// role does not start). The default one, when taken, gives way to the next of
+/// [`DEFAULT_HTTP_PORTS`] ports (9464 to 9479: one scrape target list covers every role on a
+/// host), then to any free port, so several roles run on one host with no variable set.
+async fn bind(addr: HttpAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    let given = |e: std::io::Error| {
+        anyhow::anyhow!("cannot listen on {} (WXPUSH_HTTP_ADDR): {e}", addr.addr)
+    };
+    let first = tokio::net::TcpListener::bind(addr.addr).await;
+    if !addr.is_default {
+        return first.map_err(given);
+    }
+    let mut last = match first {
+        Ok(l) => return Ok(l),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => e,
+        Err(e) => return Err(given(e)),
+    };
+    let base = addr.addr.port();
+    let next = (1..DEFAULT_HTTP_PORTS).filter_map(|i| base.checked_add(i));
+    for port in next.chain([0]) {
+        match tokio::net::TcpListener::bind(SocketAddr::new(addr.addr.ip(), port)).await {
+            Ok(l) => return Ok(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last = e,
+            Err(e) => return Err(given(e)),
+        }
+    }
+    Err(given(last))
 }
 
 async fn readyz(health: Health) -> impl IntoResponse {

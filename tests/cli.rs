@@ -117,3 +117,23 @@ fn a_bad_apps_file_or_a_missing_secret_is_one_readable_line() {
     assert!(!err.contains("s3cr3t"), "{err}");
     let _ = std::fs::remove_file(&file);
 }
+
+#[test]
+fn an_endpoint_address_given_and_taken_is_an_error_not_a_fallback() {
+    // Only the default address gives way to a free port (several roles on one host); an
+    // address the operator chose is theirs, and a clash is theirs to resolve.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let mut env = TestEnv::new("cli_http_taken");
+    env.set("WXPUSH_HTTP_ADDR", &addr);
+    let (code, err) = run(&env, &["ingest"]);
+    assert_eq!(code, 1, "{err}");
+    let last = err.trim_end().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!(
+            "wxpush: cannot listen on {addr} (WXPUSH_HTTP_ADDR): "
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -4,16 +4,23 @@
 //! namespace empty.
 
 use std::io::Read;
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use wxpush_testkit::{keys_with_ttl, TestEnv};
+use serde_json::json;
+use std::os::unix::process::CommandExt;
+use wxpush_broker::Publisher;
+use wxpush_domain::{AppId, OpenId};
+use wxpush_testkit::{eventually, http_get, http_post_json, keys_with_ttl, TestEnv};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demo_passes_its_checks_and_cleans_up() {
-    let env = TestEnv::new("demo");
+/// The appid the demo's closing commands set.
+const TRY_APP: &str = "wxdemo0000000000";
+
+/// Runs `wxpush demo <args>` in `env` to its end (SIGTERM after `guard`): its exit status,
+/// stdout and stderr.
+async fn run_demo(env: &TestEnv, args: &[&str], guard: Duration) -> (ExitStatus, String, String) {
     let mut child = env
-        .command(&["demo", "--users", "300", "--senders", "2"])
+        .command(&[&["demo"], args].concat())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -31,7 +38,6 @@ async fn the_demo_passes_its_checks_and_cleans_up() {
         let _ = err.read_to_string(&mut s);
         s
     });
-    let guard = Duration::from_secs(120);
     let started = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().expect("wait") {
@@ -49,6 +55,18 @@ async fn the_demo_passes_its_checks_and_cleans_up() {
     };
     let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
     let status = status.unwrap_or_else(|| panic!("demo not done in {guard:?}: {stderr}"));
+    (status, stdout, stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_passes_its_checks_and_cleans_up() {
+    let env = TestEnv::new("demo");
+    let (status, stdout, stderr) = run_demo(
+        &env,
+        &["--users", "300", "--senders", "2"],
+        Duration::from_secs(120),
+    )
+    .await;
     assert!(
         status.success(),
         "exit {status:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
@@ -86,4 +104,191 @@ async fn the_demo_passes_its_checks_and_cleans_up() {
     // Without --keep the demo deletes its namespace.
     let left = keys_with_ttl(&env).await;
     assert!(left.is_empty(), "keys left behind: {left:?}");
+}
+
+/// The commands the demo ends with, pasted into a shell as a new user would: the fake WeChat
+/// and four roles (`ingest`, `dispatch`, two `send`) as separate processes on this host, with
+/// no optional variable set (`WXPUSH_HTTP_ADDR` included: each role finds its own port), then
+/// a campaign through them. Two things differ from a user's shell, both because tests run in
+/// parallel: the namespace (the test's own, in the environment) and the fake's port (a free
+/// one instead of 8089, replaced in the pasted text).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_closing_advice_runs_a_fleet_on_one_host_with_the_defaults() {
+    let env = TestEnv::new("demo_advice");
+    let (status, stdout, stderr) = run_demo(
+        &env,
+        &["--users", "20", "--senders", "1"],
+        Duration::from_secs(120),
+    )
+    .await;
+    assert!(status.success(), "demo: {status:?}\n{stdout}\n{stderr}");
+    let advice: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.contains("Pasted into a shell"))
+        .skip(1)
+        .skip_while(|l| l.trim().is_empty())
+        .take_while(|l| !l.trim().is_empty())
+        .collect();
+    assert!(
+        advice
+            .iter()
+            .any(|l| l.contains("wxpush send &  wxpush send &")),
+        "no commands after the demo:\n{stdout}"
+    );
+    assert!(
+        advice
+            .iter()
+            .any(|l| l.contains(&format!("WXPUSH_APP_ID={TRY_APP} "))),
+        "{advice:?}"
+    );
+    let fake = wxpush_testkit::free_addr();
+    let script =
+        format!("{}\nwait\n", advice.join("\n")).replace("127.0.0.1:8089", &fake.to_string());
+
+    let log = std::env::temp_dir().join(format!("{}.log", env.ns));
+    let mut shell = std::process::Command::new("bash");
+    shell.arg("-c").arg(&script).env_clear();
+    for keep in ["PATH", "HOME", "LANG"] {
+        if let Ok(v) = std::env::var(keep) {
+            shell.env(keep, v);
+        }
+    }
+    // The test's namespace; Redis and RabbitMQ only where the suite was pointed elsewhere.
+    shell.env("WXPUSH_NAMESPACE", env.ns.as_str());
+    for var in ["WXPUSH_REDIS_URL", "WXPUSH_AMQP_URL"] {
+        if let Ok(v) = std::env::var(var) {
+            shell.env(var, v);
+        }
+    }
+    let mut shell = shell
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("bash");
+    let group = shell.id();
+    let stop = move || {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", "--", &format!("-{group}")])
+            .status();
+    };
+    struct Stop<F: Fn()>(F);
+    impl<F: Fn()> Drop for Stop<F> {
+        fn drop(&mut self) {
+            (self.0)()
+        }
+    }
+    let _stop = Stop(stop);
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    // Four roles, each serving its endpoints on a port of its own, every one of them ready.
+    let ports = |text: &str| -> Vec<u16> {
+        text.lines()
+            .filter(|l| l.contains("serving /healthz, /readyz and /metrics on http://"))
+            .filter_map(|l| {
+                l.split("on http://")
+                    .nth(1)?
+                    .split([' ', ')'])
+                    .next()?
+                    .rsplit(':')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    };
+    let up = eventually(Duration::from_secs(60), || async {
+        let p = ports(&read_log());
+        if p.len() < 4 {
+            return false;
+        }
+        for port in p {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            if !matches!(http_get(addr, "/readyz").await, Some((200, _))) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let text = read_log();
+    assert!(up, "four ready roles on their own ports:\n{text}");
+    let mut found = ports(&text);
+    found.sort_unstable();
+    found.dedup();
+    assert_eq!(found.len(), 4, "{found:?}\n{text}");
+    assert!(!text.contains("cannot listen"), "{text}");
+    assert!(
+        text.contains("the default port 9464 is taken"),
+        "at least three roles fell back from 9464:\n{text}"
+    );
+
+    // Users with formIds issued by the pasted fake, uploaded through ingest; a campaign.
+    let users: Vec<String> = (0..30)
+        .map(|i| format!("oAdvice{i:04}xxxxxxxxxxxxxxxxx"))
+        .collect();
+    let mut uploads = Vec::new();
+    for u in &users {
+        let (code, body) = http_post_json(fake, "/fake/formids", &json!({"openId": u, "count": 2}))
+            .await
+            .expect("the pasted fake answers");
+        assert_eq!(code, 200, "{body}");
+        let issued: serde_json::Value = serde_json::from_str(&body).expect("json");
+        let ids: Vec<_> = issued["formIds"]
+            .as_array()
+            .expect("formIds")
+            .iter()
+            .map(|f| json!({"formId": f}))
+            .collect();
+        uploads.push(
+            json!({"openId": u, "formIds": ids})
+                .to_string()
+                .into_bytes(),
+        );
+    }
+    let deps = env.deps().await;
+    env.publish_uploads(&deps.broker, &uploads).await;
+    let me = OpenId::new(&users[users.len() - 1]).expect("openId");
+    let app = AppId::new(TRY_APP).expect("appid");
+    let stored = eventually(Duration::from_secs(30), || async {
+        deps.bank.usable_count(&app, &me).await.unwrap_or(0) == 2
+    })
+    .await;
+    assert!(
+        stored,
+        "uploads stored by the pasted ingest:\n{}",
+        read_log()
+    );
+    let campaign = json!({"campaignId": "advice-1", "templateId": "TPL_DEMO",
+                          "keywords": ["a", "b"], "audience": {"all": true}});
+    let publisher = Publisher::open(&deps.broker, env.topology())
+        .await
+        .expect("publisher");
+    publisher
+        .publish(
+            &env.topology().campaigns_exchange(),
+            "c",
+            campaign.to_string().as_bytes(),
+            Default::default(),
+        )
+        .await
+        .expect("publish the campaign");
+    publisher.close().await;
+    let all_once = eventually(Duration::from_secs(60), || async {
+        let Some((200, body)) = http_get(fake, "/fake/stats").await else {
+            return false;
+        };
+        let stats: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        stats["sendsAccepted"] == users.len()
+    })
+    .await;
+    let (_, body) = http_get(fake, "/fake/stats").await.expect("stats");
+    let stats: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert!(all_once, "every user sent to:\n{stats}\n{}", read_log());
+    for u in &users {
+        assert_eq!(stats["sendsByOpenId"][u], 1, "{u}: {stats}");
+    }
+    drop(_stop);
+    let _ = shell.wait();
+    let _ = std::fs::remove_file(&log);
 }

@@ -207,20 +207,33 @@ impl Report<'_> {
     }
 }
 
-/// How to run the same roles for real.
+/// How to run the same roles for real: commands that work when pasted into a shell after
+/// `scripts/demo.sh` (the binary's own directory on `PATH`, an appid and secret the fake
+/// accepts, no other variable needed: several roles on one host share the defaults).
 fn closing(w: &mut String) {
+    let bin_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.display().to_string()))
+        .unwrap_or_else(|| "target/release".to_owned());
     let _ = write!(
         w,
         "\nThe same roles run as separate processes, as many of each as you like, against any \
-         Redis and RabbitMQ (WXPUSH_REDIS_URL, WXPUSH_AMQP_URL):\n\
-         \n  export WXPUSH_NAMESPACE=wxpush WXPUSH_APP_ID=wx... WXPUSH_APP_SECRET=...\
-         \n  wxpush mock-wechat --listen 127.0.0.1:8089 --template {TEMPLATE} --template \
-         {SUB_TEMPLATE} &   # a fake WeChat; leave it out for the real one\
-         \n  export WXPUSH_WECHAT_API_BASE=http://127.0.0.1:8089\
+         Redis and RabbitMQ (WXPUSH_REDIS_URL, WXPUSH_AMQP_URL). Pasted into a shell, this \
+         runs them against a fake WeChat (leave out its two lines to send for real, with your \
+         mini program's appid and secret):\n\
+         \n  export PATH=\"{bin_dir}:$PATH\" WXPUSH_APP_ID={TRY_APP_ID} WXPUSH_APP_SECRET={TRY_SECRET}\
+         \n  wxpush mock-wechat --listen {TRY_FAKE} --template {TEMPLATE} --template {SUB_TEMPLATE} &\
+         \n  export WXPUSH_WECHAT_API_BASE=http://{TRY_FAKE}\
          \n  wxpush ingest &  wxpush dispatch &  wxpush send &  wxpush send &\
          \n\nthen publish uploads (formIds, subscriptions) to the exchange wxpush.formids and \
          campaigns to wxpush.campaigns, and follow each with `wxpush campaign status \
          <campaignId> --watch` (the fake accepts the formIds and consents it issued: POST \
-         /fake/formids, /fake/consents). SIGTERM stops a role gracefully. See the README.\n"
+         /fake/formids, /fake/consents). Each role serves /metrics on the first free port from \
+         9464 (its log says which). SIGTERM stops a role gracefully. See the README.\n"
     );
 }
+
+/// The appid, secret and fake WeChat address of the closing commands.
+pub const TRY_APP_ID: &str = "wxdemo0000000000";
+pub const TRY_SECRET: &str = "try-it-secret";
+pub const TRY_FAKE: &str = "127.0.0.1:8089";

@@ -448,10 +448,37 @@ pub fn free_addr() -> std::net::SocketAddr {
 
 /// `GET path` over plain HTTP/1.1: the status and the body, or `None` when nothing answers.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    http_request(addr, "GET", path, None).await
+}
+
+/// `POST path` with a JSON body over plain HTTP/1.1: the status and the body, or `None` when
+/// nothing answers.
+pub async fn http_post_json(
+    addr: std::net::SocketAddr,
+    path: &str,
+    body: &serde_json::Value,
+) -> Option<(u16, String)> {
+    http_request(addr, "POST", path, Some(body.to_string())).await
+}
+
+async fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<String>,
+) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let io = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        if let Some(b) = &body {
+            req.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+                b.len()
+            ));
+        } else {
+            req.push_str("\r\n");
+        }
         s.write_all(req.as_bytes()).await.ok()?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).await.ok()?;

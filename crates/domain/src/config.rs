@@ -30,6 +30,9 @@ pub const DEFAULT_QUOTA_COOLDOWN_SECS: u64 = 3600;
 pub const DEFAULT_DISPATCH_PAGE_SIZE: usize = 1000;
 /// Where `/healthz`, `/readyz` and `/metrics` are served (port 9464, Prometheus exporters').
 pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:9464";
+/// Ports tried in order when the default address is taken (several roles on one host):
+/// 9464 to 9479, then one the system picks.
+pub const DEFAULT_HTTP_PORTS: u16 = 16;
 pub const DEFAULT_SHUTDOWN_SECS: u64 = 10;
 
 /// A secret string (the app secret). Printing it shows `***`.
@@ -300,12 +303,23 @@ pub struct Config {
     pub dispatch_page_size: usize,
     /// Where the health and metrics endpoints listen (`None`: `WXPUSH_HTTP_ADDR=off`; port 0
     /// picks a free port).
-    pub http_addr: Option<std::net::SocketAddr>,
+    pub http_addr: Option<HttpAddr>,
     /// How long a stopping role may take to finish or hand back its work before it exits.
     pub shutdown_grace: std::time::Duration,
     /// CA certificates (PEM) to trust for `amqps://` (beside the system's store) and
     /// `rediss://` (instead of it: the redis crate replaces its roots), see docs/tls.md.
     pub tls_ca_file: Option<std::path::PathBuf>,
+}
+
+/// Where a role serves its health and metrics endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpAddr {
+    pub addr: std::net::SocketAddr,
+    /// True when `WXPUSH_HTTP_ADDR` was not set: several roles of one install may run on one
+    /// host with every optional variable unset, so a taken default port is not an error (the
+    /// role tries the next of [`DEFAULT_HTTP_PORTS`] ports, then any free one). An address the
+    /// operator gave is used as it is, or the role does not start.
+    pub is_default: bool,
 }
 
 /// `url` with any password replaced by `***`, for logs and errors.
@@ -356,7 +370,8 @@ fn url(
     Ok(value)
 }
 
-fn http_addr(given: Option<String>) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+fn http_addr(given: Option<String>) -> Result<Option<HttpAddr>, ConfigError> {
+    let is_default = given.is_none();
     let value = given.unwrap_or_else(|| DEFAULT_HTTP_ADDR.to_owned());
     if value.eq_ignore_ascii_case("off") {
         return Ok(None);
@@ -364,7 +379,7 @@ fn http_addr(given: Option<String>) -> Result<Option<std::net::SocketAddr>, Conf
     value
         .trim()
         .parse()
-        .map(Some)
+        .map(|addr| Some(HttpAddr { addr, is_default }))
         .map_err(|_| ConfigError::Invalid {
             var: "WXPUSH_HTTP_ADDR",
             reason: format!("'{value}' is not an address like 0.0.0.0:9464 (or 'off')"),
@@ -417,7 +432,13 @@ mod tests {
         assert_eq!(c.claim_margin_secs, 60);
         assert_eq!(c.user_cap, 100);
         assert_eq!(c.upload_limits.max_bytes, 65536);
-        assert_eq!(c.http_addr, Some("0.0.0.0:9464".parse().unwrap()));
+        assert_eq!(
+            c.http_addr,
+            Some(HttpAddr {
+                addr: "0.0.0.0:9464".parse().unwrap(),
+                is_default: true
+            })
+        );
         assert_eq!(c.shutdown_grace, std::time::Duration::from_secs(10));
         assert_eq!(c.tls_ca_file, None);
     }
@@ -434,7 +455,21 @@ mod tests {
         ])
         .validate()
         .unwrap();
-        assert_eq!(c.http_addr, Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(
+            c.http_addr,
+            Some(HttpAddr {
+                addr: "127.0.0.1:0".parse().unwrap(),
+                is_default: false
+            })
+        );
+        // The default address given explicitly is the operator's choice: no fallback.
+        let c = raw(&[
+            ("WXPUSH_APP_ID", "wx1"),
+            ("WXPUSH_HTTP_ADDR", DEFAULT_HTTP_ADDR),
+        ])
+        .validate()
+        .unwrap();
+        assert!(!c.http_addr.unwrap().is_default);
         let e = raw(&[("WXPUSH_APP_ID", "wx1"), ("WXPUSH_HTTP_ADDR", "localhost")])
             .validate()
             .unwrap_err();
