@@ -11,6 +11,7 @@ use wxpush_broker::topology::Needs;
 use wxpush_broker::Publisher;
 use wxpush_domain::campaign::CampaignLimits;
 use wxpush_domain::{parse_campaign, OpenId};
+use wxpush_fake_wechat::Endpoint;
 use wxpush_roles::dispatch::{open_record, record_key, PageInFlight};
 use wxpush_testkit::fleet::{campaign, Fleet};
 use wxpush_testkit::{eventually, reachable_users};
@@ -198,5 +199,38 @@ async fn a_sender_killed_mid_campaign_loses_and_doubles_nothing() {
     f.start("send");
     f.wait_complete("kill-s", Duration::from_secs(120)).await;
     f.check("kill-s", &reachable, 600).await;
+    f.stop_all();
+}
+
+/// Contract section 5: template `data` is passed through to WeChat as it is. A field's
+/// `color` (a documented field of WeChat's template data once) and a field nobody knows yet
+/// reach WeChat untouched, beside each value; the campaign is not dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_data_reaches_wechat_as_the_campaign_gave_it() {
+    let mut f = Fleet::new("camp_data_through", 100_000, 1000).await;
+    let reachable = f.users(0, 20, 1).await;
+    f.start("dispatch");
+    f.start("send");
+    let data = json!({"keyword1": {"value": "Weekly report", "color": "#173177"},
+                      "keyword2": {"value": "3 new badges"},
+                      "keyword3": {"value": "x", "futureField": {"nested": [1, 2]}}});
+    let mut c = campaign("data-through", json!({"all": true}));
+    c.as_object_mut().unwrap().remove("keywords");
+    c["data"] = data.clone();
+    f.publish_campaign(c).await;
+    f.wait_complete("data-through", Duration::from_secs(60))
+        .await;
+    f.check("data-through", &reachable, 20).await;
+    let sent: Vec<_> = f
+        .fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.endpoint == Endpoint::TemplateSend && r.errcode == Some(0))
+        .collect();
+    assert_eq!(sent.len(), 20);
+    for r in sent {
+        assert_eq!(r.data.as_ref(), Some(&data), "as WeChat received it");
+    }
+    assert_eq!(f.record("data-through").await.get("stopped_reason"), None);
     f.stop_all();
 }

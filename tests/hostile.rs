@@ -868,7 +868,7 @@ async fn hostile_send_jobs_are_dead_lettered_with_their_code_and_send_goes_on() 
         open_id: who.into(),
         template_id: TPL.into(),
         page: None,
-        data: [("keyword1".to_owned(), "hi".to_owned())].into(),
+        data: [("keyword1".to_owned(), wxpush_domain::DataItem::text("hi"))].into(),
         emphasis_keyword: None,
         attempt: 0,
         kind: wxpush_domain::job::JobKind::Template,

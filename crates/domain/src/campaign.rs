@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, HashSet};
 use serde_json::{Map, Value};
 
 use crate::body::{json_object, BodyError};
-use crate::job::{check_campaign_id, JobKind, SendJob};
+use crate::job::{check_campaign_id, DataItem, JobKind, SendJob};
 use crate::names::{AppId, OpenId};
 use crate::subscribe_data::validate_subscribe_data;
 
@@ -96,8 +96,9 @@ pub struct Campaign {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CampaignKind {
     /// Spends formIds/prepayIds; `/cgi-bin/message/wxopen/template/send`.
-    /// `data` is field (`keyword1`, ...) → value.
-    Template { data: BTreeMap<String, String> },
+    /// `data` is field (`keyword1`, ...) → value, with whatever else the campaign gave beside
+    /// it (`color`, ...) passed through.
+    Template { data: BTreeMap<String, DataItem> },
     /// Spends one consent for the template; `/cgi-bin/message/subscribe/send`.
     /// `data` is field → `{"value": ...}` object, passed to WeChat as it is.
     Subscribe {
@@ -260,7 +261,7 @@ impl Campaign {
 
 /// A subscribe campaign's `{"field": {"value": v}}` as the job's field → value (a string
 /// value as it is, any other JSON value as its JSON text).
-fn subscribe_values(data: &Map<String, Value>) -> BTreeMap<String, String> {
+fn subscribe_values(data: &Map<String, Value>) -> BTreeMap<String, DataItem> {
     data.iter()
         .map(|(k, v)| {
             let inner = v.get("value").unwrap_or(v);
@@ -268,7 +269,7 @@ fn subscribe_values(data: &Map<String, Value>) -> BTreeMap<String, String> {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
-            (k.clone(), text)
+            (k.clone(), DataItem::text(text))
         })
         .collect()
 }
@@ -281,8 +282,9 @@ fn subscribe_values(data: &Map<String, Value>) -> BTreeMap<String, String> {
 ///   (`"a,b,c"`), mapped in order to `keyword1..keywordN`. The string is split on every
 ///   `,` and nothing is trimmed (`"a, b"` gives `"a"` and `" b"`; `"a,,b"` gives an empty
 ///   `keyword2`); the empty string means no keywords. Not allowed for subscribe campaigns.
-/// - `data`: an object. For a template campaign each value is a string or a `{"value":
-///   "..."}` object and the result is field → string. For a subscribe campaign (which
+/// - `data`: an object. For a template campaign each value is a string or an object with a
+///   string `value`; its other fields (`color`, or any WeChat may read) are passed through as
+///   they are (contract section 5), within the same size bound. For a subscribe campaign (which
 ///   requires `data`, with at least one field) each value is kept as a `{"value": ...}`
 ///   object (a plain string `s` becomes `{"value": s}`), and each field must keep WeChat's
 ///   limit for its type ([`validate_subscribe_data`]): `thing1` at most 20 characters, and
@@ -422,7 +424,7 @@ fn one_of(obj: &Map<String, Value>, key: &str, allowed: &[&str]) -> Result<Optio
 }
 
 /// `keywords` (array of strings, or one comma-separated string) → `keyword1..keywordN`.
-fn keyword_data(keywords: &Value) -> Result<BTreeMap<String, String>, CampaignError> {
+fn keyword_data(keywords: &Value) -> Result<BTreeMap<String, DataItem>, CampaignError> {
     let count = match keywords {
         Value::String(s) if s.is_empty() => 0,
         Value::String(s) => s.bytes().filter(|&b| b == b',').count() + 1,
@@ -452,10 +454,10 @@ fn keyword_data(keywords: &Value) -> Result<BTreeMap<String, String>, CampaignEr
             ))
         }
     };
-    let data: BTreeMap<String, String> = values
+    let data: BTreeMap<String, DataItem> = values
         .into_iter()
         .enumerate()
-        .map(|(i, v)| (format!("keyword{}", i + 1), v.to_owned()))
+        .map(|(i, v)| (format!("keyword{}", i + 1), DataItem::text(v)))
         .collect();
     let bytes = data_bytes(&data);
     if bytes > MAX_DATA_BYTES {
@@ -466,9 +468,12 @@ fn keyword_data(keywords: &Value) -> Result<BTreeMap<String, String>, CampaignEr
     Ok(data)
 }
 
-/// The size of template data as the job carries it: field names and values.
-fn data_bytes(data: &BTreeMap<String, String>) -> usize {
-    data.iter().map(|(k, v)| k.len() + v.len()).sum()
+/// The size of template data as the job carries it: field names, values and what else each
+/// field carries.
+fn data_bytes(data: &BTreeMap<String, DataItem>) -> usize {
+    data.iter()
+        .map(|(k, v)| k.len().saturating_add(v.bytes()))
+        .fold(0, usize::saturating_add)
 }
 
 /// Refuses a `data` object with more than [`MAX_DATA_FIELDS`] fields.
@@ -488,8 +493,10 @@ fn too_many_data_bytes(bytes: usize) -> CampaignError {
     ))
 }
 
-/// Template-kind `data`: field → string or `{"value": string}`.
-fn template_data(data: &Value) -> Result<BTreeMap<String, String>, CampaignError> {
+/// Template-kind `data`: field → string, or an object with a string `value` whose other
+/// fields are kept as they are. What protects the fleet is checked (an object of such fields,
+/// their number and total size, their names); the rest is WeChat's to judge.
+fn template_data(data: &Value) -> Result<BTreeMap<String, DataItem>, CampaignError> {
     let Value::Object(fields) = data else {
         return Err(CampaignError::InvalidData("data is not an object".into()));
     };
@@ -497,23 +504,12 @@ fn template_data(data: &Value) -> Result<BTreeMap<String, String>, CampaignError
     let mut out = BTreeMap::new();
     for (name, value) in fields {
         check_field_name(name)?;
-        let text = match value {
-            Value::String(s) => s,
-            Value::Object(o) => match (o.get("value"), o.len()) {
-                (Some(Value::String(s)), 1) => s,
-                _ => {
-                    return Err(CampaignError::InvalidData(format!(
-                        "field {name:?} is an object that is not {{\"value\": \"...\"}}"
-                    )))
-                }
-            },
-            _ => {
-                return Err(CampaignError::InvalidData(format!(
-                    "field {name:?} is neither a string nor {{\"value\": \"...\"}}"
-                )))
-            }
-        };
-        out.insert(name.clone(), text.clone());
+        let item = DataItem::from_json(value).ok_or_else(|| {
+            CampaignError::InvalidData(format!(
+                "field {name:?} is neither a string nor an object with a string \"value\""
+            ))
+        })?;
+        out.insert(name.clone(), item);
     }
     let bytes = data_bytes(&out);
     if bytes > MAX_DATA_BYTES {
@@ -668,17 +664,17 @@ mod tests {
         parse_campaign(s.as_bytes(), CampaignLimits::default())
     }
 
-    fn template_data_of(c: &Campaign) -> &BTreeMap<String, String> {
+    fn template_data_of(c: &Campaign) -> &BTreeMap<String, DataItem> {
         match &c.kind {
             CampaignKind::Template { data } => data,
             other => panic!("not a template campaign: {other:?}"),
         }
     }
 
-    fn keywords(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    fn keywords(pairs: &[(&str, &str)]) -> BTreeMap<String, DataItem> {
         pairs
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| (k.to_string(), DataItem::text(*v)))
             .collect()
     }
 
@@ -744,7 +740,7 @@ mod tests {
         // The job carries the kind, the values and the subscribe options, and round-trips.
         let job = c.job_for(&OpenId::new("oLvT05Abc").unwrap()).unwrap();
         assert_eq!(job.kind, JobKind::Subscribe);
-        assert_eq!(job.data["character_string2"], "SF1234567");
+        assert_eq!(job.data["character_string2"].value, "SF1234567");
         assert_eq!(job.miniprogram_state.as_deref(), Some("formal"));
         assert_eq!(job.lang.as_deref(), Some("zh_CN"));
         assert_eq!(crate::job::parse_job(&job.to_json()).unwrap().job, job);
@@ -856,7 +852,7 @@ mod tests {
         let body = json!({"campaignId": "c", "templateId": "T", "audience": {"all": true},
                           "data": {"thing1": long, "keyword2": "", "phrase3": "not chinese"}});
         let c = parse(&body.to_string()).unwrap();
-        assert_eq!(template_data_of(&c)["thing1"], long);
+        assert_eq!(template_data_of(&c)["thing1"].value, long);
         let body = json!({"campaignId": "c", "templateId": "T", "audience": {"all": true},
                           "keywords": [long]});
         assert!(parse(&body.to_string()).is_ok());
@@ -877,7 +873,7 @@ mod tests {
         let data = template_data_of(&c);
         assert_eq!(data.len(), 11);
         for i in 1..=11 {
-            assert_eq!(data[&format!("keyword{i}")], format!("v{i}"));
+            assert_eq!(data[&format!("keyword{i}")].value, format!("v{i}"));
         }
 
         // Nothing is trimmed; empty pieces are kept; the empty string is no keywords.
@@ -922,6 +918,49 @@ mod tests {
                 ("amount_3", "")
             ])
         );
+    }
+
+    #[test]
+    fn template_data_passes_color_and_unknown_fields_through_untouched() {
+        // The issue's campaign, dead-lettered as invalid_data before: color was a documented
+        // field of WeChat's template data, and contract section 5 passes data through.
+        let c = parse(
+            r##"{"campaignId":"c","templateId":"T","audience":{"all":true},
+                "data":{"keyword1":{"value":"Weekly report","color":"#173177"},
+                        "keyword2":{"value":"3 new badges"},
+                        "keyword3":{"value":"x","futureField":{"nested":[1,2]},"bold":true}}}"##,
+        )
+        .unwrap();
+        let data = template_data_of(&c);
+        assert_eq!(
+            data["keyword1"].to_wechat(),
+            json!({"value": "Weekly report", "color": "#173177"})
+        );
+        assert_eq!(data["keyword2"], DataItem::text("3 new badges"));
+        assert_eq!(
+            data["keyword3"].to_wechat(),
+            json!({"value": "x", "futureField": {"nested": [1, 2]}, "bold": true})
+        );
+        // Into every recipient's job as given, and back out of it.
+        let job = c.job_for(&OpenId::new("oUser").unwrap()).unwrap();
+        let again = crate::job::parse_job(&job.to_json()).unwrap();
+        assert_eq!(&again.job.data, data);
+        // What protects the fleet still holds: a string value in an object, and the bound,
+        // which the other fields count towards.
+        for bad in [
+            json!({"keyword1": {"color": "#173177"}}),
+            json!({"keyword1": {"value": 7, "color": "#173177"}}),
+            json!({"keyword1": ["v"]}),
+        ] {
+            let body = json!({"campaignId": "c", "templateId": "T", "audience": {"all": true},
+                              "data": bad});
+            assert_eq!(parse(&body.to_string()).unwrap_err().code(), "invalid_data");
+        }
+        let padded = json!({"campaignId": "c", "templateId": "T", "audience": {"all": true},
+                            "data": {"keyword1": {"value": "v", "pad": "p".repeat(MAX_DATA_BYTES)}}});
+        let e = parse(&padded.to_string()).unwrap_err();
+        assert_eq!(e.code(), "invalid_data", "{e}");
+        assert!(e.to_string().contains("over the limit"), "{e}");
     }
 
     #[test]
@@ -1098,7 +1137,7 @@ mod tests {
                 "invalid_data",
             ),
             (
-                r#"{"campaignId":"c","templateId":"T","data":{"k":{"value":"v","color":"red"}},"audience":{"all":true}}"#,
+                r#"{"campaignId":"c","templateId":"T","data":{"k":{"color":"red"}},"audience":{"all":true}}"#,
                 "invalid_data",
             ),
             (

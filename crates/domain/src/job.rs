@@ -7,6 +7,10 @@
 //!  "emphasisKeyword": "keyword1.DATA", "attempt": 0}
 //! ```
 //!
+//! A `data` field is a string (the value) or, when the campaign gave more than a value for it
+//! (`color`, or any other field WeChat may read), the object as the campaign gave it, with its
+//! string `value` ([`DataItem`]); the sender sends each as `{"value": ..., ...}`.
+//!
 //! A subscribe-message job adds `"kind": "subscribe"` and may carry `miniprogramState` and
 //! `lang`; its `data` is field → value like a template job's (the sender wraps each value as
 //! `{"value": ...}` for WeChat). `kind` absent means `template`, so jobs published before
@@ -24,7 +28,8 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
 
 use crate::names::{AppId, NameError, OpenId};
 
@@ -47,9 +52,9 @@ pub struct SendJob {
     pub template_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub page: Option<String>,
-    /// `keyword1..N` (or any template field) → value.
+    /// `keyword1..N` (or any template field) → its value and whatever else the campaign gave.
     #[serde(default)]
-    pub data: BTreeMap<String, String>,
+    pub data: BTreeMap<String, DataItem>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub emphasis_keyword: Option<String>,
     #[serde(default)]
@@ -63,6 +68,88 @@ pub struct SendJob {
     /// Subscribe jobs: `zh_CN` (WeChat's default), `en_US`, `zh_HK`, `zh_TW`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lang: Option<String>,
+}
+
+/// One data field of a message: its `value`, and the other fields the campaign gave beside it
+/// (`color`, or any other), passed to WeChat as they came.
+///
+/// On the wire a bare value is a string (`"Daily check-in"`), anything more the object
+/// (`{"value": "Weekly report", "color": "#173177"}`), so a job is as small as its data allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataItem {
+    pub value: String,
+    /// Fields other than `value`, as given (never a `value` key).
+    pub extra: Map<String, Value>,
+}
+
+impl DataItem {
+    /// A field with a value and nothing else.
+    pub fn text(value: impl Into<String>) -> Self {
+        Self {
+            value: value.into(),
+            extra: Map::new(),
+        }
+    }
+
+    /// `{"value": ..., <extra>...}`, as WeChat takes it.
+    pub fn to_wechat(&self) -> Value {
+        let mut obj = Map::with_capacity(self.extra.len() + 1);
+        obj.insert("value".to_owned(), Value::String(self.value.clone()));
+        obj.extend(self.extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Value::Object(obj)
+    }
+
+    /// The item from a campaign's or a job's JSON: a string, or an object whose `value` is a
+    /// string (its other fields kept). `None` for anything else.
+    pub fn from_json(v: &Value) -> Option<Self> {
+        match v {
+            Value::String(s) => Some(Self::text(s.clone())),
+            Value::Object(o) => {
+                let Some(Value::String(value)) = o.get("value") else {
+                    return None;
+                };
+                let extra = o
+                    .iter()
+                    .filter(|(k, _)| *k != "value")
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                Some(Self {
+                    value: value.clone(),
+                    extra,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Bytes the item adds to a job: its value, and its other fields as JSON text.
+    pub fn bytes(&self) -> usize {
+        let extra = if self.extra.is_empty() {
+            0
+        } else {
+            serde_json::to_string(&self.extra).map_or(usize::MAX / 2, |s| s.len())
+        };
+        self.value.len() + extra
+    }
+}
+
+impl Serialize for DataItem {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.extra.is_empty() {
+            s.serialize_str(&self.value)
+        } else {
+            self.to_wechat().serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DataItem {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        Self::from_json(&v).ok_or_else(|| {
+            serde::de::Error::custom("a data field is neither a string nor {\"value\": \"...\"}")
+        })
+    }
 }
 
 /// What a send job spends and which WeChat API it calls.
@@ -186,8 +273,41 @@ mod tests {
             "emphasisKeyword": "keyword1.DATA", "attempt": 0}"#;
         let v = parse_job(body).unwrap();
         assert_eq!(v.open_id.as_str(), "oLvT05Abc");
-        assert_eq!(v.job.data["keyword1"], "Daily check-in");
+        assert_eq!(v.job.data["keyword1"], DataItem::text("Daily check-in"));
         assert_eq!(parse_job(&v.job.to_json()).unwrap(), v);
+    }
+
+    #[test]
+    fn a_data_field_keeps_what_the_campaign_gave_beside_its_value() {
+        let body = br##"{"campaignId": "c", "openId": "o", "templateId": "T",
+            "data": {"keyword1": {"value": "Weekly report", "color": "#173177", "x-new": [1]},
+                     "keyword2": "3 new badges", "keyword3": {"value": "plain"}}}"##;
+        let v = parse_job(body).unwrap();
+        let k1 = &v.job.data["keyword1"];
+        assert_eq!(k1.value, "Weekly report");
+        assert_eq!(
+            k1.to_wechat(),
+            serde_json::json!({"value": "Weekly report", "color": "#173177", "x-new": [1]})
+        );
+        assert_eq!(v.job.data["keyword3"], DataItem::text("plain"));
+        // Round trip; a bare value travels as a string.
+        let again = v.job.to_json();
+        assert_eq!(parse_job(&again).unwrap(), v);
+        let text = String::from_utf8(again).unwrap();
+        assert!(text.contains(r#""keyword3":"plain""#), "{text}");
+        for bad in [
+            r##"{"keyword1": {"color": "#fff"}}"##,
+            r#"{"keyword1": {"value": 3}}"#,
+            r#"{"keyword1": 3}"#,
+        ] {
+            let body =
+                format!(r#"{{"campaignId":"c","openId":"o","templateId":"T","data":{bad}}}"#);
+            assert_eq!(
+                parse_job(body.as_bytes()).unwrap_err().code(),
+                "malformed_job",
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub use config::{Config, ConfigError, RawConfig, Secret};
 pub use credential::{
     check_template_id, Consent, Credential, CredentialKind, NEVER_EXPIRES, PREPAY_USES,
 };
-pub use job::{parse_job, JobError, JobKind, SendJob, ValidJob};
+pub use job::{parse_job, DataItem, JobError, JobKind, SendJob, ValidJob};
 pub use names::{AppId, NameError, Namespace, OpenId};
 pub use subscribe_data::{validate_subscribe_data, DataError};
 pub use upload::{parse_upload, PoisonReason, RejectedEntry, Upload, UploadLimits};

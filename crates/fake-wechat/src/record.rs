@@ -35,6 +35,9 @@ pub struct RequestRecord {
     pub touser: Option<String>,
     pub template_id: Option<String>,
     pub form_id: Option<String>,
+    /// The `data` of a send, exactly as it arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
     /// The errcode answered; `None` for an injected HTTP 500.
     pub errcode: Option<i64>,
     pub http_status: u16,

@@ -141,6 +141,15 @@ pub(crate) struct TemplateBody {
     data: Option<Value>,
 }
 
+/// What a request named, for its record.
+#[derive(Default, Clone, Copy)]
+struct Named<'a> {
+    touser: Option<&'a str>,
+    template_id: Option<&'a str>,
+    form_id: Option<&'a str>,
+    data: Option<&'a Value>,
+}
+
 /// The body of a subscribe send, as far as the fake reads it.
 #[derive(Debug, Deserialize)]
 pub(crate) struct SubscribeBody {
@@ -250,7 +259,7 @@ impl State {
                 token_answer(token, lifetime)
             }
         };
-        self.finish(Endpoint::Token, appid, None, None, None, answer, now)
+        self.finish(Endpoint::Token, appid, Named::default(), answer, now)
     }
 
     /// `POST /cgi-bin/stable_token`.
@@ -259,7 +268,7 @@ impl State {
             Ok(b) => b,
             Err(detail) => {
                 let a = with_detail(Answer::err(47001, "data format error"), detail);
-                return self.finish(Endpoint::StableToken, None, None, None, None, a, now);
+                return self.finish(Endpoint::StableToken, None, Named::default(), a, now);
             }
         };
         let checked = self.check_token_request(
@@ -308,7 +317,7 @@ impl State {
             }
         };
         let appid = Some(body.appid.as_str()).filter(|a| !a.is_empty());
-        self.finish(Endpoint::StableToken, appid, None, None, None, answer, now)
+        self.finish(Endpoint::StableToken, appid, Named::default(), answer, now)
     }
 
     /// `POST /cgi-bin/message/wxopen/template/send`.
@@ -331,12 +340,16 @@ impl State {
             }
         };
         let b = body.as_ref().ok();
+        let named = Named {
+            touser: b.map(|b| b.touser.as_str()),
+            template_id: b.map(|b| b.template_id.as_str()),
+            form_id: b.map(|b| b.form_id.as_str()),
+            data: b.and_then(|b| b.data.as_ref()),
+        };
         self.finish(
             Endpoint::TemplateSend,
             app_id.as_deref(),
-            b.map(|b| b.touser.as_str()),
-            b.map(|b| b.template_id.as_str()),
-            b.map(|b| b.form_id.as_str()),
+            named,
             answer,
             now,
         )
@@ -362,12 +375,16 @@ impl State {
             }
         };
         let b = body.as_ref().ok();
+        let named = Named {
+            touser: b.map(|b| b.touser.as_str()),
+            template_id: b.map(|b| b.template_id.as_str()),
+            form_id: None,
+            data: b.and_then(|b| b.data.as_ref()),
+        };
         self.finish(
             Endpoint::SubscribeSend,
             app_id.as_deref(),
-            b.map(|b| b.touser.as_str()),
-            b.map(|b| b.template_id.as_str()),
-            None,
+            named,
             answer,
             now,
         )
@@ -579,9 +596,7 @@ impl State {
         &mut self,
         endpoint: Endpoint,
         app_id: Option<&str>,
-        touser: Option<&str>,
-        template_id: Option<&str>,
-        form_id: Option<&str>,
+        named: Named<'_>,
         answer: Answer,
         now: u64,
     ) -> Reply {
@@ -595,9 +610,10 @@ impl State {
                 at_ms: now,
                 endpoint,
                 app_id: app_id.map(str::to_owned),
-                touser: touser.map(str::to_owned),
-                template_id: template_id.map(str::to_owned),
-                form_id: form_id.map(str::to_owned),
+                touser: named.touser.map(str::to_owned),
+                template_id: named.template_id.map(str::to_owned),
+                form_id: named.form_id.map(str::to_owned),
+                data: named.data.cloned(),
                 errcode: answer.errcode,
                 http_status: answer.status,
             });

@@ -1,8 +1,10 @@
 //! The messages wxpush sends and their exact JSON bodies on the wire.
 //!
 //! This module owns the request bodies of the template and subscribe send APIs. It must not
-//! validate data values against WeChat's per-type limits (a validator elsewhere does that) and
-//! must never emit `color` (WeChat ignores it).
+//! validate data values against WeChat's per-type limits (a validator elsewhere does that).
+//! Template data goes out as the campaign gave it (contract section 5): each field's `value`
+//! and whatever else it carried (`color`, which WeChat now ignores, included); nothing is
+//! added.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -10,7 +12,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use wxpush_domain::OpenId;
+use wxpush_domain::{DataItem, OpenId};
 
 /// A formId / prepay_id template message (`/cgi-bin/message/wxopen/template/send`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,8 +23,9 @@ pub struct TemplateMessage {
     pub page: Option<String>,
     /// The formId or prepay_id spent on this message.
     pub form_id: String,
-    /// Keyword name (`keyword1`, ...) to its value; sent as `{"keyword1": {"value": ..}}`.
-    pub data: BTreeMap<String, String>,
+    /// Keyword name (`keyword1`, ...) to its value and what else the campaign gave; sent as
+    /// `{"keyword1": {"value": .., ...}}`.
+    pub data: BTreeMap<String, DataItem>,
     /// E.g. `keyword1.DATA`. Omitted when `None`.
     pub emphasis_keyword: Option<String>,
 }
@@ -32,7 +35,7 @@ impl TemplateMessage {
         let data: Map<String, Value> = self
             .data
             .iter()
-            .map(|(k, v)| (k.clone(), json!({ "value": v })))
+            .map(|(k, v)| (k.clone(), v.to_wechat()))
             .collect();
         let mut body = json!({
             "touser": self.touser.as_str(),
@@ -185,8 +188,8 @@ mod tests {
     #[test]
     fn template_body_is_wechats_shape() {
         let mut data = BTreeMap::new();
-        data.insert("keyword1".to_owned(), "339208499".to_owned());
-        data.insert("keyword2".to_owned(), "2015-01-05 12:30".to_owned());
+        data.insert("keyword1".to_owned(), DataItem::text("339208499"));
+        data.insert("keyword2".to_owned(), DataItem::text("2015-01-05 12:30"));
         let m = TemplateMessage {
             touser: open_id(),
             template_id: "TPL".into(),
@@ -211,7 +214,34 @@ mod tests {
         let b = bare.body();
         assert!(b.get("page").is_none());
         assert!(b.get("emphasis_keyword").is_none());
-        assert!(!b.to_string().contains("color"));
+        assert!(!b.to_string().contains("color"), "nothing is added");
+    }
+
+    #[test]
+    fn template_data_goes_out_as_the_campaign_gave_it() {
+        let item = |v: Value| DataItem::from_json(&v).expect("a data item");
+        let m = TemplateMessage {
+            touser: open_id(),
+            template_id: "TPL".into(),
+            page: None,
+            form_id: "F".into(),
+            data: BTreeMap::from([
+                (
+                    "keyword1".to_owned(),
+                    item(json!({"value": "Weekly report", "color": "#173177"})),
+                ),
+                (
+                    "keyword2".to_owned(),
+                    item(json!({"value": "3", "unknownField": {"a": [1]}})),
+                ),
+            ]),
+            emphasis_keyword: None,
+        };
+        assert_eq!(
+            m.body()["data"],
+            json!({"keyword1": {"value": "Weekly report", "color": "#173177"},
+                   "keyword2": {"value": "3", "unknownField": {"a": [1]}}})
+        );
     }
 
     #[test]

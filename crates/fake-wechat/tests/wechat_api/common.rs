@@ -67,7 +67,10 @@ pub async fn ready() -> (FakeHandle, Client, AccessToken) {
 
 pub fn template(to: &str, form_id: &str) -> TemplateMessage {
     let mut data = BTreeMap::new();
-    data.insert("keyword1".to_owned(), "339208499".to_owned());
+    data.insert(
+        "keyword1".to_owned(),
+        wxpush_domain::DataItem::text("339208499"),
+    );
     TemplateMessage {
         touser: open_id(to),
         template_id: TPL.to_owned(),

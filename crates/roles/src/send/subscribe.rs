@@ -254,8 +254,10 @@ impl Sender {
 }
 
 /// The job's field → value as WeChat's `{"field": {"value": v}}`.
-fn wrap_values(data: &std::collections::BTreeMap<String, String>) -> Map<String, Value> {
+fn wrap_values(
+    data: &std::collections::BTreeMap<String, wxpush_domain::DataItem>,
+) -> Map<String, Value> {
     data.iter()
-        .map(|(k, v)| (k.clone(), json!({ "value": v })))
+        .map(|(k, v)| (k.clone(), json!({ "value": v.value })))
         .collect()
 }
