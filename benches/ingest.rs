@@ -113,7 +113,11 @@ async fn main() {
         let start = Instant::now();
         let mut got = 0;
         while got < s.messages {
-            let b = bare.next_batch(settings.batch_max).await.unwrap().unwrap();
+            let b = bare
+                .next_batch(settings.batch_max, settings.batch_bytes)
+                .await
+                .unwrap()
+                .unwrap();
             got += b.len();
             b.ack().await.unwrap();
         }

@@ -222,7 +222,7 @@ async fn a_crash_between_the_redis_write_and_the_ack_changes_nothing() {
     let mut taken = 0;
     let mut stats = IngestStats::default();
     while taken < 50 {
-        let batch = consumer.next_batch(500).await.unwrap().unwrap();
+        let batch = consumer.next_batch(500, usize::MAX).await.unwrap().unwrap();
         assert!(first
             .process(&batch, &mut stats, &mut shutdown)
             .await

@@ -1,8 +1,8 @@
 //! Consuming in batches with manual acknowledgements.
 //!
 //! [`BatchConsumer::next_batch`] waits for one delivery, then takes whatever else is already
-//! buffered (up to a maximum) without waiting, so batches grow with load and a lone message
-//! is never held back. A [`Batch`] is settled with one `multiple` ack (or nack) on its last
+//! buffered (up to a maximum count and a maximum of body bytes) without waiting, so batches
+//! grow with load and a lone message is never held back. A [`Batch`] is settled with one `multiple` ack (or nack) on its last
 //! delivery tag. Deliveries are processed in order on one channel, so a multiple ack settles
 //! exactly the batch. [`JobConsumer`] is the other shape: deliveries handled concurrently,
 //! each acknowledged on its own. This module must not look inside messages.
@@ -45,9 +45,14 @@ impl BatchConsumer {
         })
     }
 
-    /// The next batch: at least one delivery, at most `max`. `Ok(None)` once the consumer
-    /// has been cancelled (by [`BatchConsumer::cancel`] or by the broker).
-    pub async fn next_batch(&mut self, max: usize) -> Result<Option<Batch>, BrokerError> {
+    /// The next batch: at least one delivery, at most `max`, and no more once its bodies add
+    /// up to `max_bytes`. `Ok(None)` once the consumer has been cancelled (by
+    /// [`BatchConsumer::cancel`] or by the broker).
+    pub async fn next_batch(
+        &mut self,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Option<Batch>, BrokerError> {
         let first = tokio::select! {
             d = self.consumer.next() => match d {
                 None => return Ok(None),
@@ -57,11 +62,16 @@ impl BatchConsumer {
                 return Err(BrokerError::ConsumerGone { queue: self.queue.clone() })
             }
         };
+        let mut bytes = first.data.len();
         let mut deliveries = Vec::with_capacity(max.min(1024));
         deliveries.push(first);
-        while deliveries.len() < max {
+        while deliveries.len() < max && bytes < max_bytes {
             match self.consumer.next().now_or_never() {
-                Some(Some(d)) => deliveries.push(d?),
+                Some(Some(d)) => {
+                    let d = d?;
+                    bytes += d.data.len();
+                    deliveries.push(d);
+                }
                 Some(None) | None => break,
             }
         }

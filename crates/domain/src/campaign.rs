@@ -30,9 +30,10 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::body::{json_object, BodyError};
+use crate::body::{raw_object, BodyError};
 use crate::job::{check_campaign_id, DataItem, JobKind, SendJob};
 use crate::names::{AppId, OpenId};
 use crate::subscribe_data::validate_subscribe_data;
@@ -89,7 +90,7 @@ pub struct Campaign {
     pub emphasis_keyword: Option<String>,
     pub audience: Audience,
     /// `audience.openIds` entries that were refused, and why (never fatal).
-    pub rejected_recipients: Vec<RejectedRecipient>,
+    pub rejected_recipients: RejectedRecipients,
 }
 
 /// What kind of WeChat message the campaign sends, with its template data.
@@ -125,6 +126,38 @@ pub enum Audience {
     All,
     /// These users: valid, without duplicates, in first-seen order, never empty.
     OpenIds(Vec<OpenId>),
+}
+
+/// The `audience.openIds` entries that were refused: how many, and the first
+/// [`RejectedRecipients::KEPT`] of them with why (a list of a million bad entries costs what
+/// ten do).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RejectedRecipients {
+    pub count: usize,
+    pub first: Vec<RejectedRecipient>,
+}
+
+impl RejectedRecipients {
+    /// How many refused entries are kept with their reason.
+    pub const KEPT: usize = 10;
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    fn push(&mut self, index: usize, reason: impl FnOnce() -> String) {
+        self.count += 1;
+        if self.first.len() < Self::KEPT {
+            self.first.push(RejectedRecipient {
+                index,
+                reason: reason(),
+            });
+        }
+    }
 }
 
 /// One `audience.openIds` entry that was refused, and why.
@@ -290,7 +323,8 @@ fn subscribe_values(data: &Map<String, Value>) -> BTreeMap<String, DataItem> {
 ///   limit for its type ([`validate_subscribe_data`]): `thing1` at most 20 characters, and
 ///   so on; a violation is `invalid_data` naming the field, its type and the limit.
 pub fn parse_campaign(body: &[u8], limits: CampaignLimits) -> Result<Campaign, CampaignError> {
-    let obj = json_object(body, limits.max_bytes)?;
+    let raw = raw_object(body, limits.max_bytes)?;
+    let obj = known_fields(&raw)?;
 
     let campaign_id = match field(&obj, "campaignId") {
         None => return Err(CampaignError::MissingCampaignId),
@@ -367,7 +401,7 @@ pub fn parse_campaign(body: &[u8], limits: CampaignLimits) -> Result<Campaign, C
         CampaignKind::Template { data }
     };
 
-    let (audience, rejected_recipients) = parse_audience(field(&obj, "audience"), limits)?;
+    let (audience, rejected_recipients) = parse_audience(raw.get("audience").copied(), limits)?;
 
     Ok(Campaign {
         campaign_id,
@@ -380,6 +414,51 @@ pub fn parse_campaign(body: &[u8], limits: CampaignLimits) -> Result<Campaign, C
         rejected_recipients,
     })
 }
+
+/// The fields a campaign is read from, but `audience` (read as it streams, [`parse_audience`]),
+/// each parsed from its JSON text; unknown fields are never parsed (they cost nothing). The
+/// template data, the one field of unbounded shape that every job copies, is measured before
+/// it is parsed: far over [`MAX_DATA_BYTES`] as JSON text, it is refused unread.
+fn known_fields(raw: &BTreeMap<String, &RawValue>) -> Result<Map<String, Value>, CampaignError> {
+    const KNOWN: [&str; 10] = [
+        "campaignId",
+        "appId",
+        "kind",
+        "templateId",
+        "page",
+        "emphasisKeyword",
+        "keywords",
+        "data",
+        "miniprogramState",
+        "lang",
+    ];
+    let mut obj = Map::new();
+    for key in KNOWN {
+        let Some(text) = raw.get(key).map(|r| r.get()) else {
+            continue;
+        };
+        if text.len() > MAX_DATA_TEXT_BYTES {
+            let bytes = text.len();
+            return Err(match key {
+                "keywords" => CampaignError::InvalidKeywords(format!(
+                    "{bytes} bytes of JSON, over the limit of {MAX_DATA_BYTES} bytes of keywords"
+                )),
+                "data" => too_many_data_bytes(bytes),
+                // Names and ids: their own bounds (a few hundred bytes) refuse them below.
+                _ => CampaignError::NotJson(format!("{key} is {bytes} bytes of JSON")),
+            });
+        }
+        let value =
+            serde_json::from_str(text).map_err(|e| CampaignError::NotJson(e.to_string()))?;
+        obj.insert(key.to_owned(), value);
+    }
+    Ok(obj)
+}
+
+/// Longest JSON text of a field read as a tree: template data and keywords may be 32 KiB
+/// ([`MAX_DATA_BYTES`]) as sent, more as JSON text (escapes, white space); eight times that
+/// leaves room for any honest spelling and bounds the tree built from it.
+const MAX_DATA_TEXT_BYTES: usize = 8 * MAX_DATA_BYTES;
 
 /// The value of `key`, with JSON `null` counted as absent.
 fn field<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
@@ -578,24 +657,35 @@ fn check_field_name(name: &str) -> Result<(), CampaignError> {
     }
 }
 
-/// `{"all": true}` or `{"openIds": [...]}`.
+/// `{"all": true}` or `{"openIds": [...]}`, read as it streams from its JSON text: each openId
+/// is checked as it is read and only valid ones are kept, so a 1 MiB list costs what its valid
+/// openIds take, whatever else it holds. Other fields of `audience` are skipped unread.
 fn parse_audience(
-    audience: Option<&Value>,
+    audience: Option<&RawValue>,
     limits: CampaignLimits,
-) -> Result<(Audience, Vec<RejectedRecipient>), CampaignError> {
-    let Some(audience) = audience else {
+) -> Result<(Audience, RejectedRecipients), CampaignError> {
+    let Some(audience) = audience.filter(|a| a.get() != "null") else {
         return Err(CampaignError::MissingAudience);
     };
-    let Value::Object(obj) = audience else {
+    let read: ReadAudience = serde::de::DeserializeSeed::deserialize(
+        AudienceSeed(limits.max_recipients),
+        &mut serde_json::Deserializer::from_str(audience.get()),
+    )
+    // The body was read as JSON already: what fails here is nesting past serde_json's limit.
+    .map_err(|e| CampaignError::NotJson(e.to_string()))?;
+    let ReadAudience::Object { all, open_ids } = read else {
         return Err(CampaignError::InvalidAudience("not an object".into()));
     };
-    let list = match (field(obj, "all"), field(obj, "openIds")) {
+    let all = all.filter(|v| !v.is_null());
+    let list = match (all, open_ids) {
         (Some(_), Some(_)) => {
             return Err(CampaignError::InvalidAudience(
                 "give all or openIds, not both".into(),
             ))
         }
-        (Some(Value::Bool(true)), None) => return Ok((Audience::All, Vec::new())),
+        (Some(Value::Bool(true)), None) => {
+            return Ok((Audience::All, RejectedRecipients::default()))
+        }
         (Some(_), None) => {
             return Err(CampaignError::InvalidAudience(
                 "all must be true (list the openIds instead)".into(),
@@ -606,44 +696,30 @@ fn parse_audience(
                 "neither all nor openIds".into(),
             ))
         }
-        (None, Some(Value::Array(list))) => list,
-        (None, Some(_)) => {
+        (None, Some(ReadList::NotArray)) => {
             return Err(CampaignError::InvalidAudience(
                 "openIds is not an array".into(),
             ))
         }
-    };
-    if list.len() > limits.max_recipients {
-        return Err(CampaignError::TooManyRecipients {
-            len: list.len(),
-            max: limits.max_recipients,
-        });
-    }
-    let mut seen = HashSet::with_capacity(list.len());
-    let mut open_ids = Vec::with_capacity(list.len());
-    let mut rejected = Vec::new();
-    for (index, entry) in list.iter().enumerate() {
-        let Value::String(s) = entry else {
-            rejected.push(RejectedRecipient {
-                index,
-                reason: "not a string".into(),
-            });
-            continue;
-        };
-        match OpenId::new(s) {
-            Ok(id) => {
-                if seen.insert(s.as_str()) {
-                    open_ids.push(id);
-                }
-            }
-            Err(e) => rejected.push(RejectedRecipient {
-                index,
-                reason: e.to_string(),
-            }),
+        (None, Some(ReadList::TooMany { len })) => {
+            return Err(CampaignError::TooManyRecipients {
+                len,
+                max: limits.max_recipients,
+            })
         }
-    }
+        (None, Some(ReadList::Entries { open_ids, rejected })) => (open_ids, rejected),
+    };
+    let (mut open_ids, rejected) = list;
+    // Duplicates out, first-seen order kept.
+    let keep: Vec<bool> = {
+        let mut seen = HashSet::with_capacity(open_ids.len());
+        open_ids.iter().map(|id| seen.insert(id.as_str())).collect()
+    };
+    let mut keep = keep.into_iter();
+    open_ids.retain(|_| keep.next().unwrap_or(false));
     if open_ids.is_empty() {
         let detail = rejected
+            .first
             .first()
             .map(|r| format!(" (entry {}: {})", r.index, r.reason))
             .unwrap_or_default();
@@ -653,6 +729,214 @@ fn parse_audience(
         });
     }
     Ok((Audience::OpenIds(open_ids), rejected))
+}
+
+/// What the audience's JSON held, read without building it as a tree.
+enum ReadAudience {
+    NotObject,
+    Object {
+        all: Option<Value>,
+        /// `None` when absent or `null`.
+        open_ids: Option<ReadList>,
+    },
+}
+
+/// `audience.openIds` as read.
+enum ReadList {
+    NotArray,
+    /// Over the limit: how many entries there were (none of them kept).
+    TooMany {
+        len: usize,
+    },
+    Entries {
+        open_ids: Vec<OpenId>,
+        rejected: RejectedRecipients,
+    },
+}
+
+/// Reads the audience value (at most `.0` openIds kept).
+struct AudienceSeed(usize);
+
+impl<'de> serde::de::DeserializeSeed<'de> for AudienceSeed {
+    type Value = ReadAudience;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for AudienceSeed {
+    type Value = ReadAudience;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an audience object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (mut all, mut open_ids) = (None, None);
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                // The last of a key given twice counts, as for every other field.
+                "all" => all = Some(map.next_value::<Value>()?),
+                "openIds" => open_ids = map.next_value_seed(ListSeed(self.0))?,
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(ReadAudience::Object { all, open_ids })
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(ReadAudience::NotObject)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(ReadAudience::NotObject)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(ReadAudience::NotObject)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(ReadAudience::NotObject)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(ReadAudience::NotObject)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(ReadAudience::NotObject)
+    }
+}
+
+/// Reads `audience.openIds` (at most `.0` entries kept).
+struct ListSeed(usize);
+
+impl<'de> serde::de::DeserializeSeed<'de> for ListSeed {
+    type Value = Option<ReadList>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ListSeed {
+    type Value = Option<ReadList>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of openIds")
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut open_ids = Vec::new();
+        let mut rejected = RejectedRecipients::default();
+        let mut index = 0;
+        while let Some(entry) = seq.next_element::<Entry>()? {
+            if index >= self.0 {
+                // Over the limit: count the rest, keep nothing.
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    index += 1;
+                }
+                return Ok(Some(ReadList::TooMany { len: index + 1 }));
+            }
+            match entry {
+                Entry::Checked(Ok(id)) => open_ids.push(id),
+                Entry::Checked(Err(e)) => rejected.push(index, || e.to_string()),
+                Entry::Other => rejected.push(index, || "not a string".into()),
+            }
+            index += 1;
+        }
+        Ok(Some(ReadList::Entries { open_ids, rejected }))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(Some(ReadList::NotArray))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Some(ReadList::NotArray))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Some(ReadList::NotArray))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Some(ReadList::NotArray))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Some(ReadList::NotArray))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Some(ReadList::NotArray))
+    }
+}
+
+/// One entry of `audience.openIds`, checked as it is read: a string is an openId or why it is
+/// not (nothing of an invalid one is copied); anything else is skipped unread.
+enum Entry {
+    Checked(Result<OpenId, crate::names::NameError>),
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Entry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Entry;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an openId")
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(Entry::Checked(OpenId::new(s)))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Entry::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Entry::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Entry::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Entry::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Entry::Other)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Self::Value, A::Error> {
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Entry::Other)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Self::Value, A::Error> {
+                while a
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Entry::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[cfg(test)]
@@ -1027,10 +1311,15 @@ mod tests {
             Audience::All => panic!("not a list"),
         };
         assert_eq!(ids, ["o1", "o2", "o3"]);
-        let indexes: Vec<usize> = c.rejected_recipients.iter().map(|r| r.index).collect();
+        let indexes: Vec<usize> = c
+            .rejected_recipients
+            .first
+            .iter()
+            .map(|r| r.index)
+            .collect();
         assert_eq!(indexes, [1, 3, 4, 6, 9]);
-        assert!(c.rejected_recipients[0].reason.contains("empty"));
-        assert_eq!(c.rejected_recipients[2].reason, "not a string");
+        assert!(c.rejected_recipients.first[0].reason.contains("empty"));
+        assert_eq!(c.rejected_recipients.first[2].reason, "not a string");
     }
 
     #[test]
@@ -1252,6 +1541,30 @@ mod tests {
             }
         )
         .is_ok());
+    }
+
+    #[test]
+    fn a_list_of_a_million_bad_entries_costs_what_ten_do() {
+        let mut list = vec![json!(1); 500_000];
+        list[7] = json!("oGood");
+        list[9] = json!("oGood");
+        list[11] = json!("bad id");
+        let body = json!({"campaignId": "c", "templateId": "T", "audience": {"openIds": list}});
+        let c = parse(&body.to_string()).unwrap();
+        assert_eq!(
+            c.audience,
+            Audience::OpenIds(vec![OpenId::new("oGood").unwrap()])
+        );
+        let r = &c.rejected_recipients;
+        assert_eq!(r.len(), 500_000 - 2);
+        assert_eq!(r.first.len(), RejectedRecipients::KEPT);
+        let indexes: Vec<usize> = r.first.iter().map(|x| x.index).collect();
+        assert_eq!(indexes, [0, 1, 2, 3, 4, 5, 6, 8, 10, 11]);
+        assert!(!r.first[9].reason.contains("bad id"), "never quoted");
+        // Unknown fields and unknown audience keys are skipped unread, whatever they hold.
+        let junk = json!({"campaignId": "c", "templateId": "T", "junk": vec![[1]; 1000],
+                          "audience": {"openIds": ["oA"], "note": {"x": vec![2; 1000]}}});
+        assert!(parse(&junk.to_string()).is_ok());
     }
 
     #[test]

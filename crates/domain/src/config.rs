@@ -24,6 +24,9 @@ pub const DEFAULT_USER_CAP: u32 = 100;
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 pub const DEFAULT_INGEST_PREFETCH: u16 = 2000;
 pub const DEFAULT_INGEST_BATCH: usize = 500;
+/// Most bytes of uploads one ingest process holds at once (prefetched, parsed, being
+/// written): 64 MiB, so that with the default 64 KiB uploads the prefetch is 1,024.
+pub const DEFAULT_INGEST_BUFFER_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_SEND_CONCURRENCY: usize = 64;
 pub const DEFAULT_SEND_MAX_ATTEMPTS: u32 = 8;
 pub const DEFAULT_QUOTA_COOLDOWN_SECS: u64 = 3600;
@@ -88,6 +91,7 @@ pub struct RawConfig {
     pub max_message_bytes: Option<String>,
     pub ingest_prefetch: Option<String>,
     pub ingest_batch: Option<String>,
+    pub ingest_buffer_bytes: Option<String>,
     pub send_concurrency: Option<String>,
     pub send_max_attempts: Option<String>,
     pub quota_cooldown_secs: Option<String>,
@@ -121,6 +125,7 @@ pub const ENV_VARS: &[&str] = &[
     "WXPUSH_SHUTDOWN_SECS",
     "WXPUSH_TLS_CA_FILE",
     CONFIG_FILE_VAR,
+    "WXPUSH_INGEST_BUFFER_BYTES",
 ];
 
 impl RawConfig {
@@ -153,6 +158,7 @@ impl RawConfig {
             shutdown_secs: get(ENV_VARS[17]),
             tls_ca_file: get(ENV_VARS[18]),
             config_file: get(ENV_VARS[19]),
+            ingest_buffer_bytes: get(ENV_VARS[20]),
         }
     }
 
@@ -200,6 +206,7 @@ impl RawConfig {
             send_rate,
         )?;
         let http_addr = http_addr(self.http_addr)?;
+        let user_cap = number("WXPUSH_USER_CAP", self.user_cap, DEFAULT_USER_CAP, 1)?;
         let tls_ca_file = self.tls_ca_file.map(std::path::PathBuf::from);
         Ok(Config {
             http_addr,
@@ -222,8 +229,9 @@ impl RawConfig {
                 DEFAULT_CLAIM_MARGIN_SECS,
                 0,
             )?,
-            user_cap: number("WXPUSH_USER_CAP", self.user_cap, DEFAULT_USER_CAP, 1)?,
+            user_cap,
             upload_limits: UploadLimits {
+                max_kept: user_cap as usize,
                 max_bytes: number(
                     "WXPUSH_MAX_MESSAGE_BYTES",
                     self.max_message_bytes,
@@ -242,6 +250,12 @@ impl RawConfig {
                 "WXPUSH_INGEST_BATCH",
                 self.ingest_batch,
                 DEFAULT_INGEST_BATCH,
+                1,
+            )?,
+            ingest_buffer_bytes: number(
+                "WXPUSH_INGEST_BUFFER_BYTES",
+                self.ingest_buffer_bytes,
+                DEFAULT_INGEST_BUFFER_BYTES,
                 1,
             )?,
             send_concurrency: number(
@@ -293,6 +307,9 @@ pub struct Config {
     pub ingest_prefetch: u16,
     /// Most uploads written to Redis in one round trip.
     pub ingest_batch: usize,
+    /// Most bytes of uploads one ingest process holds: the prefetch is cut so that that many
+    /// uploads of the largest size allowed fit, and a batch holds at most half of it.
+    pub ingest_buffer_bytes: usize,
     /// Send jobs one sender process handles at once.
     pub send_concurrency: usize,
     /// Attempts before a send job is dead-lettered.

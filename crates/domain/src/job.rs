@@ -36,6 +36,13 @@ use crate::names::{AppId, NameError, OpenId};
 /// Longest accepted campaign id.
 pub const MAX_CAMPAIGN_ID_BYTES: usize = 128;
 
+/// Largest job accepted, in bytes. A campaign's job carries at most 32 KiB of template data
+/// (its field names, values and other fields), which JSON escaping can make up to six times
+/// longer, beside a page and names of a few hundred bytes each: no job the dispatcher makes
+/// is near this. A larger one was not made by a dispatcher and is refused before it is parsed,
+/// so what a sender holds is bounded by its prefetch times this.
+pub const MAX_JOB_BYTES: usize = 256 * 1024;
+
 /// Largest `attempt` a job may carry. Senders give up after `WXPUSH_SEND_MAX_ATTEMPTS` (8 by
 /// default, each retry waiting up to 15 minutes), so a job claiming more was not written by
 /// one; refusing it keeps `attempt + 1` from overflowing.
@@ -180,6 +187,8 @@ pub struct ValidJob {
 /// Why a job cannot be processed. It goes to the dead-letter queue with this reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JobError {
+    #[error("job is {len} bytes, over the limit of {MAX_JOB_BYTES}")]
+    TooLarge { len: usize },
     #[error("job is not a valid send job: {0}")]
     Malformed(String),
     #[error("campaignId is invalid: {0}")]
@@ -197,6 +206,7 @@ pub enum JobError {
 impl JobError {
     pub fn code(&self) -> &'static str {
         match self {
+            JobError::TooLarge { .. } => "too_large",
             JobError::Malformed(_) => "malformed_job",
             JobError::CampaignId(_) => "invalid_campaign_id",
             JobError::OpenId(_) => "invalid_open_id",
@@ -232,6 +242,9 @@ pub fn check_campaign_id(id: &str) -> Result<(), NameError> {
 
 /// Parses and validates one job.
 pub fn parse_job(body: &[u8]) -> Result<ValidJob, JobError> {
+    if body.len() > MAX_JOB_BYTES {
+        return Err(JobError::TooLarge { len: body.len() });
+    }
     let job: SendJob =
         serde_json::from_slice(body).map_err(|e| JobError::Malformed(e.to_string()))?;
     check_campaign_id(&job.campaign_id).map_err(JobError::CampaignId)?;
@@ -308,6 +321,26 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn a_job_larger_than_any_campaign_makes_is_refused_unread() {
+        // The largest template data a campaign may carry, escaped at worst, fits.
+        let data: serde_json::Map<String, Value> = (0..16)
+            .map(|i| (format!("keyword{i}"), Value::String("\u{1}".repeat(2000))))
+            .collect();
+        let job = serde_json::json!({"campaignId": "c", "openId": "o", "templateId": "T",
+                                     "data": data})
+        .to_string();
+        assert!(job.len() > 6 * 32_000, "{}", job.len());
+        assert!(parse_job(job.as_bytes()).is_ok());
+        let huge = format!(
+            r#"{{"campaignId":"c","openId":"o","templateId":"T","data":{{"k":"{}"}}}}"#,
+            "y".repeat(MAX_JOB_BYTES)
+        );
+        let e = parse_job(huge.as_bytes()).unwrap_err();
+        assert_eq!(e.code(), "too_large");
+        assert!(e.to_string().len() < 100, "{e}");
     }
 
     #[test]
@@ -400,8 +433,9 @@ mod tests {
 
     #[test]
     fn very_deep_json_is_refused_or_skipped_not_a_crash() {
+        // 40,000 levels: deep, and under the job size bound even as objects.
         for open in ["[", r#"{"a":"#] {
-            let deep = open.repeat(100_000);
+            let deep = open.repeat(40_000);
             assert_eq!(
                 parse_job(deep.as_bytes()).unwrap_err().code(),
                 "malformed_job"
@@ -412,7 +446,7 @@ mod tests {
                 "malformed_job"
             );
             // In an unknown field: skipped without recursion; unterminated, found truncated.
-            let closed = crate::upload::tests::nested(100_000, open != "[", "1");
+            let closed = crate::upload::tests::nested(40_000, open != "[", "1");
             let body =
                 format!(r#"{{"campaignId":"c","openId":"o","templateId":"T","x":{closed}}}"#);
             assert!(parse_job(body.as_bytes()).is_ok());

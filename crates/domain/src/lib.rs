@@ -19,7 +19,7 @@ pub mod upload;
 pub use apps::{AppConfig, Apps};
 pub use campaign::{
     parse_campaign, Audience, Campaign, CampaignError, CampaignKind, CampaignLimits,
-    RejectedRecipient,
+    RejectedRecipient, RejectedRecipients,
 };
 pub use config::{Config, ConfigError, RawConfig, Secret};
 pub use credential::{

@@ -28,7 +28,7 @@ use std::borrow::Cow;
 use serde_json::{Map, Value};
 
 use crate::body::{json_object, BodyError};
-use crate::credential::{check_template_id, Consent, Credential};
+use crate::credential::{check_template_id, Consent, Credential, PREPAY_USES};
 use crate::names::{AppId, OpenId};
 use crate::CREDENTIAL_LIFETIME_MS;
 
@@ -56,6 +56,11 @@ const ERR_MSG: &str = "errMsg";
 /// Bounds on one upload message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UploadLimits {
+    /// Most usable credentials kept from one upload (a prepayId counts its three uses): those
+    /// expiring last, the ones the bank would keep under its per-user cap
+    /// (`WXPUSH_USER_CAP`); the rest are dropped while parsing, counted in
+    /// [`Upload::capped`], and never allocated (default [`crate::config::DEFAULT_USER_CAP`]).
+    pub max_kept: usize,
     /// Largest body accepted, in bytes (`WXPUSH_MAX_MESSAGE_BYTES`, default 64 KiB).
     pub max_bytes: usize,
     /// Most entries accepted in `formIds`, `prepayIds` and `subscriptions` together (an
@@ -68,6 +73,7 @@ pub struct UploadLimits {
 impl Default for UploadLimits {
     fn default() -> Self {
         Self {
+            max_kept: crate::config::DEFAULT_USER_CAP as usize,
             max_bytes: 64 * 1024,
             max_entries: DEFAULT_MAX_UPLOAD_ENTRIES,
         }
@@ -90,6 +96,9 @@ pub struct Upload {
     /// Entries (formIds, prepayIds) that were well formed but had already expired when
     /// received.
     pub expired: usize,
+    /// Usable credentials (prepayId uses) dropped because more than
+    /// [`UploadLimits::max_kept`] came in one upload: those expiring soonest.
+    pub capped: usize,
 }
 
 impl Upload {
@@ -239,33 +248,50 @@ pub fn parse_upload(
     let mut upload = Upload {
         open_id,
         app_id,
-        credentials: Vec::with_capacity(form_ids.len() + 3 * prepay_ids.len()),
+        credentials: Vec::new(),
         consents: Vec::new(),
         rejected: Vec::new(),
         expired: 0,
+        capped: 0,
     };
+    // The usable entries, borrowed from the parsed body: (expiry ms, id, uses).
+    let mut usable: Vec<(i64, &str, u8)> = Vec::with_capacity(form_ids.len() + prepay_ids.len());
     for (field, entries) in [(FORM_IDS, &form_ids), (PREPAY_IDS, &prepay_ids)] {
+        let uses = if field == FORM_IDS { 1 } else { PREPAY_USES };
         for (index, entry) in entries.iter().enumerate() {
             match parse_entry(entry, field, latest) {
                 Ok((_, expire_ms)) if expire_ms <= received_at_ms => upload.expired += 1,
-                Ok((value, expire_ms)) => {
-                    let expires_at = expire_ms.div_euclid(1000);
-                    if field == FORM_IDS {
-                        upload
-                            .credentials
-                            .push(Credential::form_id(value, expires_at));
-                    } else {
-                        upload
-                            .credentials
-                            .extend(Credential::prepay_uses(value, expires_at));
-                    }
-                }
+                Ok((value, expire_ms)) => usable.push((expire_ms, value, uses)),
                 Err(reason) => upload.rejected.push(RejectedEntry {
                     field,
                     index,
                     reason,
                 }),
             }
+        }
+    }
+    // Only the uses the bank could keep are built: those expiring last (the order is stable,
+    // so among equal expiries the first given wins).
+    let total: usize = usable.iter().map(|(_, _, u)| usize::from(*u)).sum();
+    if total > limits.max_kept {
+        usable.sort_by_key(|u| std::cmp::Reverse(u.0));
+    }
+    upload.credentials.reserve(total.min(limits.max_kept));
+    for (expire_ms, value, uses) in usable {
+        let room = limits.max_kept - upload.credentials.len();
+        let kept = usize::from(uses).min(room);
+        upload.capped += usize::from(uses) - kept;
+        let expires_at = expire_ms.div_euclid(1000);
+        if uses == 1 {
+            if kept == 1 {
+                upload
+                    .credentials
+                    .push(Credential::form_id(value, expires_at));
+            }
+        } else {
+            upload
+                .credentials
+                .extend(Credential::prepay_uses(value, expires_at).take(kept));
         }
     }
     let templates = subscriptions.iter().filter(|(k, _)| k.as_str() != ERR_MSG);
@@ -288,6 +314,7 @@ pub fn parse_upload(
     // poison (every "reject all" tap would fill the dead-letter queue otherwise).
     let only_declined = declined > 0 && upload.rejected.is_empty() && upload.expired == 0;
     if upload.credentials.is_empty() && upload.consents.is_empty() && !only_declined {
+        // (`max_kept` is at least 1, so a capped upload always keeps something.)
         let detail = upload
             .rejected
             .first()
@@ -471,6 +498,44 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn only_the_uses_the_bank_could_keep_are_built_those_expiring_last() {
+        // 450 prepayIds (1,350 uses) and 20 formIds; the bank keeps 100 per user.
+        let prepay: Vec<_> = (0..450)
+            .map(|i| serde_json::json!({"prepayId": format!("wxp{i:04}"), "expire": NOW + DAY + i * 1000}))
+            .collect();
+        let forms: Vec<_> = (0..20)
+            .map(|i| serde_json::json!({"formId": format!("f{i:02}"), "expire": NOW + DAY + 500 * 1000 + i}))
+            .collect();
+        let body =
+            serde_json::json!({"openId": "o1", "prepayIds": prepay, "formIds": forms}).to_string();
+        let limits = UploadLimits {
+            max_kept: 100,
+            ..UploadLimits::default()
+        };
+        let u = parse_upload(body.as_bytes(), NOW, limits).unwrap();
+        assert_eq!(u.credentials.len(), 100);
+        assert_eq!(u.capped, 1350 + 20 - 100);
+        // The 20 formIds expire last, then prepayIds 449 down: 26 whole ones and 2 uses of the
+        // 27th (20 + 78 + 2 = 100).
+        let latest = |c: &Credential| c.expires_at;
+        let kept_min = u.credentials.iter().map(latest).min().unwrap();
+        assert_eq!(kept_min, (NOW + DAY + 423 * 1000) / 1000);
+        let uses_of = |id: &str| u.credentials.iter().filter(|c| c.value == id).count();
+        assert_eq!(uses_of("wxp0449"), 3);
+        assert_eq!(uses_of("wxp0424"), 3);
+        assert_eq!(uses_of("wxp0423"), 2);
+        assert_eq!(uses_of("wxp0422"), 0);
+        assert_eq!(uses_of("f19"), 1);
+        // At or under the cap nothing is dropped and the order is the upload's.
+        let small = serde_json::json!({"openId": "o1", "formIds": forms}).to_string();
+        let u = parse_upload(small.as_bytes(), NOW, limits).unwrap();
+        assert_eq!(u.capped, 0);
+        let values: Vec<_> = u.credentials.iter().map(|c| c.value.as_str()).collect();
+        assert_eq!(values.first(), Some(&"f00"));
+        assert_eq!(values.len(), 20);
+    }
+
+    #[test]
     fn poison_messages_say_why() {
         let cases: &[(&[u8], &str)] = &[
             (b"\xff\xfe", "not_utf8"),
@@ -549,6 +614,7 @@ pub(crate) mod tests {
         UploadLimits {
             max_bytes,
             max_entries,
+            max_kept: usize::MAX,
         }
     }
 

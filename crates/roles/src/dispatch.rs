@@ -40,6 +40,9 @@ use wxpush_domain::{parse_campaign, AppId, Apps, Config, OpenId};
 use crate::metrics as m;
 use crate::{supervise, Deps, Health, RoleError, Session, Shutdown};
 
+/// Most bytes of jobs built and in flight at once while a page is published.
+const PUBLISH_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
 /// The source name of the dispatch role's dead letters (queue `<ns>.dead.dispatch`).
 pub const DEAD_LETTER_SOURCE: &str = "dispatch";
 
@@ -209,7 +212,7 @@ impl Dispatcher {
         let outcome = loop {
             let next = tokio::select! {
                 _ = shutdown.wait() => break Ok(()),
-                b = consumer.next_batch(1) => b,
+                b = consumer.next_batch(1, usize::MAX) => b,
             };
             let batch = match next {
                 Ok(Some(b)) => b,
@@ -384,15 +387,24 @@ impl Dispatcher {
         next: &str,
         stats: &mut DispatchStats,
     ) -> Result<(), RoleError> {
-        let bodies: Vec<Vec<u8>> = users
-            .iter()
-            .filter_map(|u| c.job_for(u))
-            .map(|j| j.to_json())
-            .collect();
+        // Jobs are built and confirmed a few MiB at a time: a page of jobs that each carry
+        // 32 KiB of data would otherwise be 32 MiB at once.
         let queue = self.topology.send_queue_for(app);
-        self.publisher
-            .publish_all("", bodies.iter().map(|b| (queue.as_str(), b.as_slice())))
-            .await?;
+        let mut jobs = users.iter().filter_map(|u| c.job_for(u)).peekable();
+        let mut bodies: Vec<Vec<u8>> = Vec::new();
+        while jobs.peek().is_some() {
+            let mut bytes = 0;
+            while bytes < PUBLISH_CHUNK_BYTES {
+                let Some(job) = jobs.next() else { break };
+                let body = job.to_json();
+                bytes += body.len();
+                bodies.push(body);
+            }
+            self.publisher
+                .publish_all("", bodies.iter().map(|b| (queue.as_str(), b.as_slice())))
+                .await?;
+            bodies.clear();
+        }
         self.checkpoint(key, users.len(), next).await?;
         stats.jobs_published += users.len() as u64;
         metrics::counter!(m::JOBS_PUBLISHED).increment(users.len() as u64);

@@ -40,17 +40,31 @@ pub struct IngestSettings {
     /// The apps served: an upload naming another is dead-lettered (`unknown_app`).
     pub apps: Apps,
     pub limits: UploadLimits,
+    /// Unacknowledged uploads held: `WXPUSH_INGEST_PREFETCH`, cut so that as many uploads of
+    /// the largest size allowed fit in `WXPUSH_INGEST_BUFFER_BYTES` ([`IngestSettings::from_config`]).
     pub prefetch: u16,
+    /// Most uploads in one batch (one Redis round trip).
     pub batch_max: usize,
+    /// Most bytes of upload bodies in one batch: half the buffer, so the batch being written
+    /// and the one being parsed fit in it together.
+    pub batch_bytes: usize,
 }
 
 impl IngestSettings {
+    /// The settings, bounded by bytes as well as counts: RabbitMQ's prefetch is a count, so
+    /// the count is cut to what the byte budget holds at the largest upload allowed.
     pub fn from_config(c: &Config) -> Self {
+        let fits = c.ingest_buffer_bytes / c.upload_limits.max_bytes.max(1);
+        let prefetch = c
+            .ingest_prefetch
+            .min(u16::try_from(fits).unwrap_or(u16::MAX))
+            .max(1);
         Self {
             apps: c.apps.clone(),
             limits: c.upload_limits,
-            prefetch: c.ingest_prefetch,
-            batch_max: c.ingest_batch,
+            prefetch,
+            batch_max: c.ingest_batch.min(usize::from(prefetch)).max(1),
+            batch_bytes: (c.ingest_buffer_bytes / 2).max(1),
         }
     }
 }
@@ -104,6 +118,15 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> Result<IngestStats, RoleError> {
     let total = std::sync::Mutex::new(IngestStats::default());
+    tracing::info!(
+        prefetch = settings.prefetch,
+        batch = settings.batch_max,
+        batch_bytes = settings.batch_bytes,
+        "ingest holds at most {} uploads of up to {} bytes (WXPUSH_INGEST_PREFETCH, \
+         WXPUSH_INGEST_BUFFER_BYTES)",
+        settings.prefetch,
+        settings.limits.max_bytes
+    );
     supervise("ingest", deps, health, shutdown, |session| {
         let total = &total;
         async move {
@@ -139,6 +162,7 @@ struct InFlight {
     write: tokio::task::JoinHandle<WriteResult>,
     rejected_entries: u64,
     expired_on_arrival: u64,
+    capped: u64,
 }
 
 /// The ingest role's working parts, exposed so tests can drive one step at a time.
@@ -156,6 +180,8 @@ struct Sorted<'a> {
     poison: Vec<(&'a Delivery, PoisonReason)>,
     rejected_entries: u64,
     expired_on_arrival: u64,
+    /// Credentials dropped before the bank because more came for one user than its cap keeps.
+    capped: u64,
 }
 
 impl Ingest {
@@ -233,7 +259,7 @@ impl Ingest {
                         Err(e) => break Err(e),
                     }
                 }
-                b = consumer.next_batch(self.settings.batch_max) => b,
+                b = consumer.next_batch(self.settings.batch_max, self.settings.batch_bytes) => b,
             };
             let batch = match next {
                 Ok(Some(b)) => b,
@@ -250,6 +276,7 @@ impl Ingest {
                 poison,
                 rejected_entries,
                 expired_on_arrival,
+                capped,
             } = self.sort(&batch);
             metrics::counter!(m::CONSUMED, "queue" => "ingest").increment(batch.len() as u64);
             if let Err(e) = self.dead_letter_poison(&poison, stats).await {
@@ -264,6 +291,7 @@ impl Ingest {
                 write,
                 rejected_entries,
                 expired_on_arrival,
+                capped,
             };
             if let Some(prev) = in_flight.replace(next) {
                 match self.finish(prev, stats).await {
@@ -334,6 +362,8 @@ impl Ingest {
             count_stored(&r);
             stats.store += r;
         }
+        count_capped(f.capped);
+        stats.store.capped += f.capped;
         stats.rejected_entries += f.rejected_entries;
         stats.expired_on_arrival += f.expired_on_arrival;
         stats.messages += f.batch.len() as u64;
@@ -361,6 +391,7 @@ impl Ingest {
         for r in reports {
             stats.store += r;
         }
+        stats.store.capped += sorted.capped;
         stats.rejected_entries += sorted.rejected_entries;
         stats.expired_on_arrival += sorted.expired_on_arrival;
         Ok(true)
@@ -399,7 +430,9 @@ impl Ingest {
             poison: Vec::new(),
             rejected_entries: 0,
             expired_on_arrival: 0,
+            capped: 0,
         };
+        let cap = self.settings.limits.max_kept;
         for d in &batch.deliveries {
             let parsed = parse_upload(&d.data, received_at_ms, self.settings.limits).and_then(
                 |u| match self.settings.apps.resolve(u.app_id.as_ref()) {
@@ -413,13 +446,13 @@ impl Ingest {
                 Ok((app, u)) => {
                     sorted.rejected_entries += u.rejected.len() as u64;
                     sorted.expired_on_arrival += u.expired as u64;
+                    sorted.capped += u.capped as u64;
                     let open_id = u.open_id.clone();
-                    // FormIds, prepayId uses and consents: the bank sorts them out.
-                    sorted
-                        .users
-                        .entry((app, open_id))
-                        .or_default()
-                        .extend(u.into_credentials());
+                    // FormIds, prepayId uses and consents: the bank sorts them out. Many
+                    // uploads of one user in a batch are trimmed to what the bank would keep.
+                    let held = sorted.users.entry((app, open_id)).or_default();
+                    held.extend(u.into_credentials());
+                    sorted.capped += keep_latest(held, cap);
                 }
                 Err(reason) => sorted.poison.push((d, reason)),
             }
@@ -429,6 +462,22 @@ impl Ingest {
 }
 
 type UserCredentials = ((AppId, OpenId), Vec<Credential>);
+
+/// Trims one user's credentials of a batch to the `cap` expiring last (consents, which do not
+/// expire and are not capped, all kept) once they are more than twice that, so a batch of
+/// many uploads from one user holds no more than the bank would keep. Returns how many went.
+fn keep_latest(held: &mut Vec<Credential>, cap: usize) -> u64 {
+    let expiring = held.iter().filter(|c| !c.is_consent()).count();
+    if expiring <= cap.saturating_mul(2) {
+        return 0;
+    }
+    // Consents first, then the rest by expiry, latest first; cut after `cap` of the rest.
+    held.sort_by_key(|c| (!c.is_consent(), std::cmp::Reverse(c.expires_at)));
+    let keep = held.len() - expiring + cap;
+    let dropped = held.len() - keep;
+    held.truncate(keep);
+    dropped as u64
+}
 
 /// Waits for the write of the batch in flight (never resolves when there is none).
 async fn written(in_flight: &mut Option<InFlight>) -> Result<WriteResult, tokio::task::JoinError> {
@@ -503,6 +552,11 @@ fn store_failure(e: BankError) -> RoleError {
     RoleError::Bank(e)
 }
 
+/// Credentials dropped before the bank, as the bank's own cap would have: `capped` too.
+fn count_capped(n: u64) {
+    metrics::counter!(m::CREDENTIALS_STORED, "result" => "capped").increment(n);
+}
+
 fn count_stored(r: &StoreReport) {
     for (result, n) in [
         ("added", r.added),
@@ -521,6 +575,30 @@ mod tests {
 
     /// Walks the retry waits as if every try failed at once: the tries stop at the hold
     /// exactly, however the jitter falls.
+    #[test]
+    fn many_uploads_of_one_user_in_a_batch_are_trimmed_to_what_the_bank_keeps() {
+        let mut held: Vec<Credential> = (0..250)
+            .map(|i| Credential::form_id(format!("f{i}"), 1_000 + i))
+            .collect();
+        held.push(Credential::consent("TPL_A"));
+        held.push(Credential::consent("TPL_A"));
+        assert_eq!(keep_latest(&mut held, 100), 150);
+        assert_eq!(held.iter().filter(|c| c.is_consent()).count(), 2);
+        let kept: Vec<i64> = held
+            .iter()
+            .filter(|c| !c.is_consent())
+            .map(|c| c.expires_at)
+            .collect();
+        assert_eq!(kept.len(), 100);
+        assert_eq!(kept.iter().min(), Some(&1_150), "the latest 100 stay");
+        // Up to twice the cap nothing is touched (no sorting per upload).
+        let mut few: Vec<Credential> = (0..200)
+            .map(|i| Credential::form_id(format!("f{i}"), i))
+            .collect();
+        assert_eq!(keep_latest(&mut few, 100), 0);
+        assert_eq!(few.len(), 200);
+    }
+
     #[test]
     fn a_held_write_is_tried_for_the_hold_and_never_after_it() {
         for _ in 0..200 {
