@@ -55,12 +55,14 @@ ensure() { # name host port start-with-packages compose-service
     wait_for "$name" "$host" "$port" 90 && return 0
   elif docker_ok; then
     echo "services: starting $name with Docker Compose" >&2
-    docker compose up -d "$5" >/dev/null && wait_for "$name" "$host" "$port" 90 && return 0
+    # deploy/demo.env only fills the variables docker-compose.yml requires of the roles.
+    docker compose --env-file deploy/demo.env up -d "$5" >/dev/null &&
+      wait_for "$name" "$host" "$port" 90 && return 0
   fi
   cat >&2 <<MSG
 services: $name is not running on $host:$port and could not be started here.
   Debian/Ubuntu: sudo apt-get install redis-server rabbitmq-server   (then run this script again)
-  Docker:        docker compose up -d redis rabbitmq
+  Docker:        docker compose --env-file deploy/demo.env up -d redis rabbitmq
   Elsewhere:     start $name yourself, or set WXPUSH_REDIS_URL / WXPUSH_AMQP_URL to a running one.
 MSG
   return 1

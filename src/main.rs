@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 mod demo;
 mod ops;
+mod probe;
 mod reach;
 mod status;
 
@@ -73,6 +74,8 @@ enum Command {
     MockWechat(MockArgs),
     /// The one-command showcase against the fake WeChat
     Demo(demo::DemoArgs),
+    /// Exit 0 if this container's role answers GET /healthz (for a Dockerfile HEALTHCHECK)
+    Healthcheck(probe::HealthcheckArgs),
 }
 
 #[derive(Args)]
@@ -90,6 +93,10 @@ struct MockArgs {
     /// Access token lifetime, in seconds
     #[arg(long)]
     token_lifetime_secs: Option<u64>,
+    /// Bearer token the control API (/fake/...) requires. Without it the control API is open
+    /// on a loopback --listen address and refused (403) on any other
+    #[arg(long, env = "WXPUSH_MOCK_CONTROL_TOKEN", hide_env_values = true)]
+    control_token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -203,6 +210,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reach(args) => reach::run(&cli.common, args).await,
         Command::MockWechat(args) => run_mock(&cli.common, args).await,
         Command::Demo(args) => demo::run(&cli.common, args).await,
+        Command::Healthcheck(args) => probe::healthcheck(args).await,
     }
 }
 
@@ -281,6 +289,9 @@ async fn run_roles(config: &Config, roles: Roles) -> anyhow::Result<()> {
         r
     };
     tracing::info!(namespace = %config.namespace, role = roles.name, "starting");
+    if roles.send {
+        tokio::spawn(probe::check_wechat_base(config.wechat_api_base.clone()));
+    }
     let ingest_role = async {
         if !roles.ingest {
             return Ok(());
@@ -361,7 +372,7 @@ async fn run_roles(config: &Config, roles: Roles) -> anyhow::Result<()> {
 }
 
 async fn run_mock(common: &Common, args: MockArgs) -> anyhow::Result<()> {
-    use wxpush_fake_wechat::{serve_with_shutdown, FakeApp, FakeConfig, FakeWeChat};
+    use wxpush_fake_wechat::{serve_with_control, ControlAccess, FakeApp, FakeConfig, FakeWeChat};
     let mut config = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -402,8 +413,11 @@ async fn run_mock(common: &Common, args: MockArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr()?;
+    let token = args.control_token.as_deref();
+    let access = ControlAccess::for_listener(addr, token);
     tracing::info!(%addr, "fake WeChat listening: point WXPUSH_WECHAT_API_BASE at http://{addr}");
-    serve_with_shutdown(listener, fake, wait_for_signal()).await?;
+    tracing::info!("{}", access.describe());
+    serve_with_control(listener, fake, token, wait_for_signal()).await?;
     Ok(())
 }
 

@@ -1,7 +1,10 @@
 //! The command line as an operator meets it: help, configuration errors and unreachable
-//! dependencies, each one readable line and a non-zero exit, secrets never printed.
+//! dependencies, each one readable line and a non-zero exit, secrets never printed;
+//! `wxpush healthcheck`, and what a sender says at start about a plain-http WeChat base.
 
-use wxpush_testkit::TestEnv;
+use std::time::Duration;
+
+use wxpush_testkit::{eventually, free_addr, http_get, terminate, CapturedStderr, TestEnv};
 
 fn run(env: &TestEnv, args: &[&str]) -> (i32, String) {
     let out = env.command(args).output().expect("run wxpush");
@@ -136,4 +139,119 @@ fn an_endpoint_address_given_and_taken_is_an_error_not_a_fallback() {
         "{err}"
     );
     assert!(!err.contains("panicked"), "{err}");
+}
+
+#[tokio::test]
+async fn healthcheck_exits_0_while_the_role_serves_healthz_and_1_otherwise() {
+    let mut env = TestEnv::new("cli_healthcheck");
+    let addr = free_addr();
+    env.set("WXPUSH_HTTP_ADDR", &addr.to_string());
+    let (code, err) = run(&env, &["healthcheck"]);
+    assert_one_line_failure(
+        code,
+        &err,
+        &format!("unhealthy: no answer from http://{addr}/healthz"),
+    );
+
+    let mut role = env.spawn(&["ingest"]);
+    let serving = eventually(Duration::from_secs(60), || async {
+        http_get(addr, "/healthz")
+            .await
+            .is_some_and(|(s, _)| s == 200)
+    })
+    .await;
+    assert!(serving, "ingest never served /healthz on {addr}");
+    let (code, err) = run(&env, &["healthcheck"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(err, "", "a healthy check prints nothing");
+    let (code, err) = run(
+        &env,
+        &["healthcheck", "--url", &format!("http://{addr}/nope")],
+    );
+    assert_one_line_failure(code, &err, &format!("http://{addr}/nope answered HTTP 404"));
+    terminate(&role);
+    let _ = role.wait();
+
+    env.set("WXPUSH_HTTP_ADDR", "off");
+    let (code, err) = run(&env, &["healthcheck"]);
+    assert_one_line_failure(code, &err, "WXPUSH_HTTP_ADDR is off");
+}
+
+/// Starts `wxpush send` with `base` as its WeChat API and returns its stderr once `line` is
+/// in it (the process is stopped then).
+async fn sender_output_until(name: &str, base: &str, line: &str) -> String {
+    let mut env = TestEnv::new(name);
+    env.set("WXPUSH_APP_SECRET", "s3cr3t-app-secret");
+    env.set("WXPUSH_WECHAT_API_BASE", base);
+    let mut child = env.spawn(&["send"]);
+    let stderr = CapturedStderr::take(&mut child);
+    let seen = eventually(Duration::from_secs(60), || async {
+        stderr.text().contains(line)
+    })
+    .await;
+    terminate(&child);
+    let _ = child.wait();
+    let text = stderr.text();
+    assert!(seen, "no {line:?} from the sender:\n{text}");
+    assert!(
+        !text.contains("s3cr3t") && !text.contains("hunter2"),
+        "{text}"
+    );
+    text
+}
+
+const PLAIN_HTTP_WARNING: &str = "WXPUSH_WECHAT_API_BASE is plain http:// and not the fake WeChat";
+
+#[tokio::test]
+async fn a_sender_warns_once_when_its_plain_http_wechat_base_is_not_the_fake() {
+    // Nothing listens there.
+    let nobody = free_addr();
+    let text = sender_output_until(
+        "cli_http_nobody",
+        &format!("http://wx:hunter2@{nobody}"),
+        PLAIN_HTTP_WARNING,
+    )
+    .await;
+    assert_eq!(text.matches(PLAIN_HTTP_WARNING).count(), 1, "{text}");
+    assert!(text.contains(&format!("http://wx:***@{nobody}")), "{text}");
+
+    // Something answers HTTP 200, but it is not the fake.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let other = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")
+                .await;
+        }
+    });
+    let text = sender_output_until(
+        "cli_http_other",
+        &format!("http://{other}"),
+        PLAIN_HTTP_WARNING,
+    )
+    .await;
+    assert_eq!(text.matches(PLAIN_HTTP_WARNING).count(), 1, "{text}");
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_sender_pointed_at_the_fake_says_dry_run_and_does_not_warn() {
+    use wxpush_fake_wechat::{FakeApp, FakeConfig, FakeWeChat};
+    let fake = FakeWeChat::start(FakeConfig::with_apps(vec![FakeApp::new(
+        wxpush_testkit::TEST_APP,
+        "s3cr3t-app-secret",
+    )]))
+    .await
+    .expect("fake starts");
+    let text = sender_output_until(
+        "cli_http_fake",
+        &fake.base_url(),
+        "WXPUSH_WECHAT_API_BASE is the fake WeChat: a dry run",
+    )
+    .await;
+    assert!(!text.contains(PLAIN_HTTP_WARNING), "{text}");
 }

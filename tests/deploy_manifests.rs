@@ -2,7 +2,12 @@
 //! `WXPUSH_*` variable they name is one wxpush reads, probes use the endpoints the roles
 //! serve (liveness on `/healthz`, readiness on `/readyz`), the pods' grace period outlasts
 //! the roles' shutdown grace, secrets stay out of the ConfigMap, and the autoscalers watch
-//! the queue the senders consume.
+//! the queue the senders consume. What `kubectl apply -k` applies fails closed: a disruption
+//! budget per Deployment, a NetworkPolicy around every pod (egress to DNS, RabbitMQ, Redis and,
+//! for the senders, 443; ingress to the metrics port only), and no Secret to overwrite the
+//! operator's. `docker-compose.yml` requires the real WeChat settings (`${VAR:?...}`, no
+//! default), runs the fake only in profile `demo`, and `deploy/demo.env` points it there
+//! (`scripts/check-compose.sh` also runs Compose itself on it, where installed).
 //!
 //! Pure file reading (no cluster, no Redis, no RabbitMQ). The YAML is read line by line with
 //! just enough structure (indentation, list items, documents) for these checks; full schema
@@ -409,5 +414,430 @@ fn the_autoscalers_watch_the_queue_the_senders_consume() {
             "{}: the senders consume {send_queue}",
             e.at
         );
+    }
+}
+
+/// The files `kustomization.yaml` lists under `resources:` (commented-out ones excluded).
+fn kustomization_resources() -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/k8s/kustomization.yaml");
+    let text = std::fs::read_to_string(&path).expect("read kustomization.yaml");
+    let mut out = Vec::new();
+    let mut inside = false;
+    for line in text.lines() {
+        let line = strip_comment(line).trim_end();
+        if line.trim().is_empty() {
+            continue;
+        }
+        if !line.starts_with(' ') && !line.starts_with('-') {
+            inside = line == "resources:";
+            continue;
+        }
+        if let Some(item) = line.trim().strip_prefix("- ").filter(|_| inside) {
+            out.push(unquote(item).to_owned());
+        }
+    }
+    assert!(!out.is_empty(), "kustomization.yaml lists no resources");
+    out
+}
+
+/// The manifests `kubectl apply -k deploy/k8s` applies.
+fn applied_manifests() -> Vec<Manifest> {
+    let listed = kustomization_resources();
+    manifests()
+        .into_iter()
+        .filter(|m| listed.contains(&m.name))
+        .collect()
+}
+
+/// The `key: value` pairs directly under `path` in document `doc` (labels, selectors).
+fn map_at(entries: &[Entry], doc: usize, path: &[&str]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = entries
+        .iter()
+        .filter(|e| e.doc == doc && e.path.iter().map(String::as_str).eq(path.iter().copied()))
+        .map(|e| (e.key.clone(), e.value.clone()))
+        .collect();
+    out.sort();
+    out
+}
+
+fn docs_of_kind(entries: &[Entry], wanted: &str) -> Vec<usize> {
+    entries
+        .iter()
+        .filter(|e| e.path.is_empty() && e.key == "kind" && e.value == wanted)
+        .map(|e| e.doc)
+        .collect()
+}
+
+fn name_of(entries: &[Entry], doc: usize) -> String {
+    map_at(entries, doc, &["metadata"])
+        .into_iter()
+        .find(|(k, _)| k == "name")
+        .map_or_else(|| format!("document {doc}"), |(_, v)| v)
+}
+
+#[test]
+fn every_deployment_has_a_disruption_budget_selecting_its_pods() {
+    let entries = entries(&applied_manifests());
+    let pdbs = docs_of_kind(&entries, "PodDisruptionBudget");
+    let deployments = docs_of_kind(&entries, "Deployment");
+    assert!(!deployments.is_empty(), "no Deployment applied");
+    for d in deployments {
+        let selector = map_at(&entries, d, &["spec", "selector", "matchLabels"]);
+        assert!(
+            !selector.is_empty(),
+            "{}: no selector",
+            name_of(&entries, d)
+        );
+        let budget = pdbs
+            .iter()
+            .find(|p| map_at(&entries, **p, &["spec", "selector", "matchLabels"]) == selector);
+        let Some(&p) = budget else {
+            panic!(
+                "Deployment {} has no PodDisruptionBudget (applied by kustomization.yaml) \
+                 selecting {selector:?}",
+                name_of(&entries, d)
+            );
+        };
+        // minAvailable on a one-replica Deployment would block every node drain.
+        let spec = map_at(&entries, p, &["spec"]);
+        assert!(
+            spec.iter().any(|(k, _)| k == "maxUnavailable"),
+            "{}: use maxUnavailable",
+            name_of(&entries, p)
+        );
+    }
+}
+
+#[test]
+fn a_network_policy_confines_every_wxpush_pod_and_lets_only_metrics_in() {
+    let entries = entries(&applied_manifests());
+    let policies = docs_of_kind(&entries, "NetworkPolicy");
+    assert!(!policies.is_empty(), "no NetworkPolicy applied");
+    let selects = |policy: usize, pod_labels: &[(String, String)]| {
+        map_at(&entries, policy, &["spec", "podSelector", "matchLabels"])
+            .iter()
+            .all(|l| pod_labels.contains(l))
+    };
+    let value_in = |doc: usize, under: &str, key: &str| -> Vec<String> {
+        entries
+            .iter()
+            .filter(|e| e.doc == doc && e.under(under) && e.key == key)
+            .map(|e| e.value.clone())
+            .collect()
+    };
+    // Egress only to DNS (53), RabbitMQ (5672, 5671), Redis (6379) and, for the senders
+    // alone, WeChat over HTTPS (443).
+    for &p in &policies {
+        for port in value_in(p, "egress", "port") {
+            assert!(
+                ["53", "5671", "5672", "6379", "443"].contains(&port.as_str()),
+                "{}: egress to port {port} is none of DNS, RabbitMQ, Redis, WeChat",
+                name_of(&entries, p)
+            );
+            if port == "443" {
+                let selector = map_at(&entries, p, &["spec", "podSelector", "matchLabels"]);
+                assert!(
+                    selector.contains(&("app.kubernetes.io/component".into(), "send".into())),
+                    "{}: only the senders call WeChat (443)",
+                    name_of(&entries, p)
+                );
+            }
+        }
+        // Ingress only to the metrics port, and only from a selected namespace.
+        for port in value_in(p, "ingress", "port") {
+            assert!(
+                port == "metrics" || port == "9464",
+                "{}: ingress to port {port}, not the metrics port",
+                name_of(&entries, p)
+            );
+        }
+        if !value_in(p, "ingress", "port").is_empty() {
+            assert!(
+                entries
+                    .iter()
+                    .any(|e| e.doc == p && e.under("ingress") && e.under("namespaceSelector")),
+                "{}: metrics must be let in from the monitoring namespace only",
+                name_of(&entries, p)
+            );
+        }
+    }
+    for d in docs_of_kind(&entries, "Deployment") {
+        let name = name_of(&entries, d);
+        let pods = map_at(&entries, d, &["spec", "template", "metadata", "labels"]);
+        let mine: Vec<usize> = policies
+            .iter()
+            .copied()
+            .filter(|&p| selects(p, &pods))
+            .collect();
+        let types: String = mine
+            .iter()
+            .flat_map(|&p| map_at(&entries, p, &["spec"]))
+            .filter(|(k, _)| k == "policyTypes")
+            .map(|(_, v)| v)
+            .collect();
+        assert!(
+            types.contains("Ingress") && types.contains("Egress"),
+            "{name}: no NetworkPolicy confines its pods both ways ({pods:?})"
+        );
+        let ingress: Vec<String> = mine
+            .iter()
+            .flat_map(|&p| value_in(p, "ingress", "port"))
+            .collect();
+        assert!(
+            !ingress.is_empty(),
+            "{name}: nothing may scrape its metrics port"
+        );
+        let egress: Vec<String> = mine
+            .iter()
+            .flat_map(|&p| value_in(p, "egress", "port"))
+            .collect();
+        for needed in ["53", "5672", "6379"] {
+            assert!(
+                egress.iter().any(|p| p == needed),
+                "{name}: no egress to port {needed}"
+            );
+        }
+        let args = map_at(&entries, d, &["spec", "template", "spec", "containers"])
+            .into_iter()
+            .find(|(k, _)| k == "args")
+            .map(|(_, v)| v)
+            .unwrap_or_default();
+        let calls_wechat = args.contains("send");
+        assert_eq!(
+            egress.iter().any(|p| p == "443"),
+            calls_wechat,
+            "{name}: HTTPS egress for the senders, and only for them"
+        );
+    }
+}
+
+#[test]
+fn the_kustomization_applies_no_secret_and_lists_only_files_that_exist() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/k8s");
+    let kustomization = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap();
+    assert!(
+        !kustomization
+            .lines()
+            .any(|l| strip_comment(l).contains("secretGenerator")),
+        "kustomization.yaml generates a Secret: apply -k would overwrite the real one"
+    );
+    for file in kustomization_resources() {
+        assert!(
+            dir.join(&file).is_file(),
+            "kustomization.yaml lists {file}, which is missing"
+        );
+    }
+    let applied = entries(&applied_manifests());
+    let secrets: Vec<String> = docs_of_kind(&applied, "Secret")
+        .into_iter()
+        .map(|d| name_of(&applied, d))
+        .collect();
+    assert!(
+        secrets.is_empty(),
+        "kustomization.yaml applies Secrets {secrets:?}: a placeholder there overwrites the real \
+         one at every apply; keep it in secret.example.yaml"
+    );
+    // The Secrets the Deployments read are the ones the example (and the README) shows.
+    let all = entries(&manifests());
+    let example: Vec<String> = docs_of_kind(&all, "Secret")
+        .into_iter()
+        .filter(|d| {
+            all.iter()
+                .any(|e| e.doc == *d && e.at.starts_with("secret.example.yaml"))
+        })
+        .map(|d| name_of(&all, d))
+        .collect();
+    let read: Vec<&Entry> = applied
+        .iter()
+        .filter(|e| e.key == "name" && e.parent() == Some("secretRef"))
+        .collect();
+    assert!(!read.is_empty(), "no Deployment reads a Secret");
+    for e in read {
+        assert!(
+            example.contains(&e.value),
+            "{}: Secret {} is not in secret.example.yaml",
+            e.at,
+            e.value
+        );
+    }
+}
+
+// docker-compose.yml
+
+/// What Compose must be given for real: no default may stand in for them.
+const COMPOSE_REQUIRED: &[&str] = &[
+    "WXPUSH_APP_ID",
+    "WXPUSH_APP_SECRET",
+    "WXPUSH_WECHAT_API_BASE",
+];
+/// Read by `wxpush mock-wechat` (clap), not by `RawConfig`.
+const MOCK_VARS: &[&str] = &["WXPUSH_MOCK_LISTEN", "WXPUSH_MOCK_CONTROL_TOKEN"];
+
+fn repo_file(path: &str) -> Manifest {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    Manifest {
+        name: path.to_owned(),
+        text: std::fs::read_to_string(&full)
+            .unwrap_or_else(|e| panic!("read {}: {e}", full.display())),
+    }
+}
+
+/// `KEY=VALUE` lines of an env file.
+fn env_file(path: &str) -> Vec<(String, String)> {
+    repo_file(path)
+        .text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), unquote(v).to_owned()))
+        .collect()
+}
+
+#[test]
+fn compose_requires_the_real_wechat_settings_and_defaults_none_of_them() {
+    let compose = repo_file("docker-compose.yml");
+    for var in COMPOSE_REQUIRED {
+        let needle = format!("${{{var}");
+        let uses: Vec<&str> = compose
+            .text
+            .match_indices(&needle)
+            .map(|(i, _)| &compose.text[i + needle.len()..])
+            .collect();
+        assert!(!uses.is_empty(), "docker-compose.yml never uses {var}");
+        for rest in uses {
+            let message = rest
+                .strip_prefix(":?")
+                .map(|m| m.split('}').next().unwrap_or(""));
+            assert!(
+                message.is_some_and(|m| m.trim().len() > 10),
+                "docker-compose.yml: ${{{var}{}...}}: must be ${{{var}:?<what to set>}}, \
+                 never a default or a silent empty value",
+                &rest[..rest.len().min(20)]
+            );
+        }
+    }
+    // Set literally anywhere (`WXPUSH_APP_SECRET: demo-secret`) is a default too.
+    for e in entries(&[compose]) {
+        if COMPOSE_REQUIRED.contains(&e.key.as_str()) {
+            assert!(
+                e.value.starts_with(&format!("${{{}:?", e.key)),
+                "{}: {} = {:?}: only ${{{}:?...}}",
+                e.at,
+                e.key,
+                e.value,
+                e.key
+            );
+        }
+    }
+}
+
+#[test]
+fn compose_runs_the_fake_only_in_the_demo_profile_and_the_demo_env_points_at_it() {
+    let compose = repo_file("docker-compose.yml");
+    let entries = entries(&[compose]);
+    let services: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.path.len() == 1 && e.path[0] == "services")
+        .map(|e| e.key.as_str())
+        .collect();
+    let field = |service: &str, key: &str| {
+        entries
+            .iter()
+            .find(|e| e.path.len() == 2 && e.path[1] == service && e.key == key)
+            .map(|e| e.value.clone())
+    };
+    let fakes: Vec<&str> = services
+        .iter()
+        .copied()
+        .filter(|s| field(s, "command").is_some_and(|c| c.contains("\"mock-wechat\"")))
+        .collect();
+    assert_eq!(fakes.len(), 1, "one fake WeChat service: {fakes:?}");
+    let fake = fakes[0];
+    for s in &services {
+        let profiles = field(s, "profiles");
+        if *s == fake {
+            assert_eq!(
+                profiles.as_deref(),
+                Some("[\"demo\"]"),
+                "{s}: only in profile demo"
+            );
+        } else {
+            assert_eq!(profiles, None, "{s} must run without a profile");
+        }
+    }
+    for role in ["ingest", "dispatch", "send"] {
+        assert!(
+            services
+                .iter()
+                .any(|s| field(s, "command").is_some_and(|c| c == format!("[\"{role}\"]"))),
+            "no {role} service"
+        );
+    }
+    // Where the fake listens, from its command line.
+    let command = field(fake, "command").unwrap();
+    let words: Vec<&str> = command
+        .trim_matches(|c| c == '[' || c == ']')
+        .split(',')
+        .map(|w| w.trim().trim_matches('"'))
+        .collect();
+    let listen: std::net::SocketAddr = words
+        .iter()
+        .skip_while(|w| **w != "--listen")
+        .nth(1)
+        .expect("the fake's --listen")
+        .parse()
+        .expect("--listen host:port");
+    let fake_env: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| e.path.len() == 3 && e.path[1] == fake && e.path[2] == "environment")
+        .collect();
+    assert!(
+        fake_env
+            .iter()
+            .any(|e| e.key == "WXPUSH_MOCK_CONTROL_TOKEN"),
+        "{fake} gets no WXPUSH_MOCK_CONTROL_TOKEN"
+    );
+
+    let demo = env_file("deploy/demo.env");
+    let get = |k: &str| {
+        demo.iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
+    for var in COMPOSE_REQUIRED {
+        assert!(
+            get(var).is_some_and(|v| !v.is_empty()),
+            "deploy/demo.env sets no {var}"
+        );
+    }
+    assert_eq!(
+        get("WXPUSH_WECHAT_API_BASE"),
+        Some(format!("http://{fake}:{}", listen.port()).as_str()),
+        "deploy/demo.env must point the roles at the fake"
+    );
+    assert!(
+        get("COMPOSE_PROFILES").is_some_and(|p| p.split(',').any(|p| p.trim() == "demo")),
+        "deploy/demo.env must enable profile demo"
+    );
+    if !listen.ip().is_loopback() {
+        assert!(
+            get("WXPUSH_MOCK_CONTROL_TOKEN").is_some_and(|t| !t.is_empty()),
+            "the fake listens on {listen}: its control API needs a token in deploy/demo.env"
+        );
+    }
+}
+
+#[test]
+fn every_wxpush_variable_in_compose_is_one_wxpush_reads() {
+    for file in ["docker-compose.yml", "deploy/demo.env"] {
+        for name in variable_names(&repo_file(file).text) {
+            assert!(
+                ENV_VARS.contains(&name.as_str())
+                    || LOGGING_VARS.contains(&name.as_str())
+                    || MOCK_VARS.contains(&name.as_str()),
+                "{file}: {name} is not read by wxpush"
+            );
+        }
     }
 }

@@ -387,7 +387,9 @@ fn url(
     Ok(value)
 }
 
-fn http_addr(given: Option<String>) -> Result<Option<HttpAddr>, ConfigError> {
+/// `WXPUSH_HTTP_ADDR` as given (`None`: the default): the address, or `None` for `off`.
+/// Public for `wxpush healthcheck`, which needs this one variable and no other.
+pub fn http_addr(given: Option<String>) -> Result<Option<HttpAddr>, ConfigError> {
     let is_default = given.is_none();
     let value = given.unwrap_or_else(|| DEFAULT_HTTP_ADDR.to_owned());
     if value.eq_ignore_ascii_case("off") {

@@ -2,7 +2,8 @@
 //! and inspect the fake: the same operations as the methods of [`FakeWeChat`].
 //!
 //! This module owns only the HTTP shapes of those operations. It must not implement WeChat
-//! rules (they live in `state`).
+//! rules (they live in `state`), nor decide who may call it (that is `access`, whose guard
+//! sits in front of every route here but `/fake/health`).
 
 use std::time::Duration;
 
@@ -11,20 +12,18 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{middleware, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::access::{self, ControlAccess};
 use crate::config::Faults;
 use crate::state::FakeError;
 use crate::FakeWeChat;
 
-pub(crate) fn routes() -> Router<FakeWeChat> {
-    Router::new()
-        .route(
-            "/fake/health",
-            get(|| async { Json(json!({ "ok": true })) }),
-        )
+/// The control routes, guarded by `access`; `/fake/health` is always open.
+pub(crate) fn routes(access: ControlAccess) -> Router<FakeWeChat> {
+    let guarded = Router::new()
         .route("/fake/formids", post(form_ids))
         .route("/fake/formids/{id}", get(form_id_uses))
         .route("/fake/prepayids", post(prepay_ids))
@@ -37,6 +36,13 @@ pub(crate) fn routes() -> Router<FakeWeChat> {
         .route("/fake/requests", get(requests))
         .route("/fake/stats", get(stats))
         .route("/fake/reset", post(reset))
+        .route_layer(middleware::from_fn_with_state(access, access::guard));
+    Router::new()
+        .route(
+            "/fake/health",
+            get(|| async { Json(json!({ "ok": true })) }),
+        )
+        .merge(guarded)
 }
 
 impl IntoResponse for FakeError {

@@ -13,8 +13,9 @@
 //!
 //! As a process (`wxpush mock-wechat --listen 127.0.0.1:PORT`): build the state with
 //! [`FakeWeChat::new`] from a [`FakeConfig`] (which deserialises from camelCase JSON, see
-//! below), bind a `tokio::net::TcpListener`, and run [`serve`] (or [`serve_with_shutdown`]).
-//! [`FakeWeChat::router`] gives the `axum::Router` to embed elsewhere.
+//! below), bind a `tokio::net::TcpListener`, and run [`serve`] (or [`serve_with_shutdown`], or
+//! [`serve_with_control`] to set a control token). [`FakeWeChat::router`] gives the
+//! `axum::Router` to embed elsewhere.
 //!
 //! # WeChat rules modelled
 //!
@@ -55,6 +56,13 @@
 //!
 //! # Control API (JSON bodies and answers, camelCase; `appId` optional = default app)
 //!
+//! Who may call it ([`ControlAccess`]): on a loopback listener, anyone (this machine only), as
+//! in the tests and the demo. On any other address (`0.0.0.0` included) only requests with
+//! `Authorization: Bearer <token>` when a control token is set ([`serve_with_control`];
+//! `wxpush mock-wechat` reads `WXPUSH_MOCK_CONTROL_TOKEN`), else nobody: every control route
+//! answers 403 with a one-line reason. A set token is required on loopback too; a missing or
+//! wrong one answers 401. `GET /fake/health` and the WeChat API routes are never guarded.
+//!
 //! | route | body / query | answer |
 //! |---|---|---|
 //! | `GET /fake/health` | | `{"ok":true}` |
@@ -79,6 +87,7 @@
 //! "pages": null}], "tokenLifetimeMs": 7200000, "tokenGraceMs": 300000, "credentialTtlMs":
 //! 604800000, "faults": {..}, "seed": null, "maxRecordedRequests": 200000}` (all optional).
 
+mod access;
 mod config;
 mod control;
 mod http;
@@ -97,6 +106,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use access::ControlAccess;
 pub use config::{FakeApp, FakeConfig, Faults, DEFAULT_APP_ID, DEFAULT_SECRET};
 pub use record::{Endpoint, RequestRecord, Stats};
 pub use state::FakeError;
@@ -145,10 +155,11 @@ impl FakeWeChat {
         })
     }
 
-    /// The WeChat API and control API routes, with this state.
-    pub fn router(&self) -> axum::Router {
+    /// The WeChat API and control API routes, with this state; `access` guards the control
+    /// routes (see [`ControlAccess::for_listener`]).
+    pub fn router(&self, access: ControlAccess) -> axum::Router {
         http::routes()
-            .merge(control::routes())
+            .merge(control::routes(access))
             .with_state(self.clone())
     }
 
@@ -293,18 +304,32 @@ impl FakeWeChat {
     }
 }
 
-/// Serves the WeChat API and control API on `listener` until the process ends.
+/// Serves the WeChat API and control API on `listener` until the process ends, without a
+/// control token (the control API is open on loopback and refused elsewhere).
 pub async fn serve(listener: TcpListener, fake: FakeWeChat) -> std::io::Result<()> {
-    axum::serve(listener, fake.router()).await
+    serve_with_control(listener, fake, None, std::future::pending()).await
 }
 
-/// Serves until `shutdown` completes, then stops accepting and finishes open requests.
+/// Serves until `shutdown` completes, then stops accepting and finishes open requests; no
+/// control token, as [`serve`].
 pub async fn serve_with_shutdown(
     listener: TcpListener,
     fake: FakeWeChat,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, fake.router())
+    serve_with_control(listener, fake, None, shutdown).await
+}
+
+/// Serves like [`serve_with_shutdown`], the control API guarded by the rule of
+/// [`ControlAccess::for_listener`] for this listener's address and `control_token`.
+pub async fn serve_with_control(
+    listener: TcpListener,
+    fake: FakeWeChat,
+    control_token: Option<&str>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let access = ControlAccess::for_listener(listener.local_addr()?, control_token);
+    axum::serve(listener, fake.router(access))
         .with_graceful_shutdown(shutdown)
         .await
 }

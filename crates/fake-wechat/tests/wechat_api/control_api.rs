@@ -200,3 +200,115 @@ async fn serve_runs_on_a_given_listener() {
     assert_eq!(fake.token_fetches(APP), 1);
     task.abort();
 }
+
+/// A fake served on `bind` (port 0) with `token`, and its base URL over loopback.
+async fn serve_on(
+    bind: &str,
+    token: Option<&'static str>,
+) -> (
+    String,
+    wxpush_fake_wechat::FakeWeChat,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let listener = tokio::net::TcpListener::bind(bind).await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let fake = wxpush_fake_wechat::FakeWeChat::new(config()).expect("fake");
+    let task = tokio::spawn(wxpush_fake_wechat::serve_with_control(
+        listener,
+        fake.clone(),
+        token,
+        std::future::pending(),
+    ));
+    (format!("http://127.0.0.1:{port}"), fake, task)
+}
+
+/// `method path` with an optional `Authorization` header: the status and the body as text.
+async fn call(
+    base: &str,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut req = http()
+        .request(method, format!("{base}{path}"))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(auth) = auth {
+        req = req.header("authorization", auth);
+    }
+    let r = req.send().await.expect("request");
+    let status = r.status().as_u16();
+    (status, r.text().await.expect("body"))
+}
+
+#[tokio::test]
+async fn beyond_loopback_without_a_token_the_control_api_is_refused_and_wechat_still_served() {
+    let (base, fake, task) = serve_on("0.0.0.0:0", None).await;
+    let busy = r#"{"busyProbability": 1.0}"#;
+    let (status, body) = call(&base, "PUT", "/fake/faults", None, busy).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("WXPUSH_MOCK_CONTROL_TOKEN"), "{body}");
+    assert_eq!(
+        fake.faults().busy_probability,
+        0.0,
+        "a refused call changed nothing"
+    );
+    for (method, path) in [("GET", "/fake/stats"), ("POST", "/fake/reset")] {
+        let (status, body) = call(&base, method, path, Some("Bearer anything"), "").await;
+        assert_eq!(status, 403, "{method} {path}: {body}");
+    }
+    // Health and the WeChat API routes stay open.
+    assert_eq!(call(&base, "GET", "/fake/health", None, "").await.0, 200);
+    let c = wxpush_wechat::Client::new(&wxpush_wechat::ClientConfig::with_base_url(base))
+        .expect("client");
+    assert!(c.fetch_token(&app(), &secret()).await.is_ok());
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_control_token_once_set_is_required_on_any_address() {
+    const TOKEN: &str = "control-token-0123456789";
+    for bind in ["0.0.0.0:0", "127.0.0.1:0"] {
+        let (base, fake, task) = serve_on(bind, Some(TOKEN)).await;
+        let busy = r#"{"busyProbability": 1.0}"#;
+        for auth in [
+            None,
+            Some("Bearer wrong"),
+            Some("Bearer control-token-0123456788"), // same length, last byte differs
+            Some("Basic control-token-0123456789"),
+            Some("Bearer "),
+        ] {
+            let (status, body) = call(&base, "PUT", "/fake/faults", auth, busy).await;
+            assert_eq!(status, 401, "{bind} {auth:?}: {body}");
+            assert!(!body.contains(TOKEN), "{body}");
+        }
+        assert_eq!(fake.faults().busy_probability, 0.0, "{bind}: unchanged");
+        let auth = format!("Bearer {TOKEN}");
+        let (status, body) = call(&base, "PUT", "/fake/faults", Some(&auth), busy).await;
+        assert_eq!(status, 200, "{bind}: {body}");
+        assert_eq!(fake.faults().busy_probability, 1.0, "{bind}: set");
+        assert_eq!(call(&base, "GET", "/fake/health", None, "").await.0, 200);
+        task.abort();
+    }
+}
+
+#[test]
+fn the_control_access_rule_and_its_debug_form() {
+    use wxpush_fake_wechat::ControlAccess;
+    let on = |a: &str, t: Option<&str>| {
+        format!("{:?}", ControlAccess::for_listener(a.parse().unwrap(), t))
+    };
+    assert_eq!(on("127.0.0.1:8089", None), "Open");
+    assert_eq!(on("[::1]:8089", None), "Open");
+    assert_eq!(on("0.0.0.0:8089", None), "Refused");
+    assert_eq!(on("[::]:8089", None), "Refused");
+    assert_eq!(
+        on("10.1.2.3:8089", Some("")),
+        "Refused",
+        "an empty token is no token"
+    );
+    assert_eq!(on("10.1.2.3:8089", Some("s3cret")), "Token(***)");
+    assert_eq!(on("127.0.0.1:8089", Some("s3cret")), "Token(***)");
+}
