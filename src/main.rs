@@ -13,7 +13,7 @@ mod status;
 
 use clap::{Args, Parser, Subcommand};
 use wxpush_broker::Topology;
-use wxpush_domain::{Config, RawConfig};
+use wxpush_domain::{Config, RawConfig, SecretUrl};
 use wxpush_roles::dispatch::{self, DispatchSettings};
 use wxpush_roles::ingest::{self, IngestSettings};
 use wxpush_roles::send::{self, SendParts, SendSettings, SendStats};
@@ -167,18 +167,16 @@ fn config(common: &Common) -> anyhow::Result<Config> {
 /// The environment's configuration with the command-line flags over it, not yet validated.
 fn raw_config(common: &Common) -> RawConfig {
     let mut raw = RawConfig::from_env();
-    let set = |slot: &mut Option<String>, flag: &Option<String>| {
-        // An empty variable counts as unset, as in RawConfig::from_env.
-        if flag.as_deref().is_some_and(|v| !v.is_empty()) {
-            slot.clone_from(flag);
-        }
-    };
-    set(&mut raw.amqp_url, &common.amqp_url);
-    set(&mut raw.redis_url, &common.redis_url);
-    set(&mut raw.namespace, &common.namespace);
-    set(&mut raw.app_id, &common.app_id);
-    set(&mut raw.wechat_api_base, &common.wechat_api_base);
-    set(&mut raw.send_rate, &common.send_rate);
+    // An empty variable counts as unset, as in RawConfig::from_env.
+    let given = |flag: &Option<String>| flag.clone().filter(|v| !v.is_empty());
+    raw.amqp_url = given(&common.amqp_url).map(SecretUrl::new).or(raw.amqp_url);
+    raw.redis_url = given(&common.redis_url)
+        .map(SecretUrl::new)
+        .or(raw.redis_url);
+    raw.namespace = given(&common.namespace).or(raw.namespace);
+    raw.app_id = given(&common.app_id).or(raw.app_id);
+    raw.wechat_api_base = given(&common.wechat_api_base).or(raw.wechat_api_base);
+    raw.send_rate = given(&common.send_rate).or(raw.send_rate);
     raw
 }
 
