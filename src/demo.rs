@@ -117,7 +117,8 @@ pub async fn run(common: &crate::Common, args: DemoArgs) -> anyhow::Result<()> {
     if args.keep {
         eprintln!("demo: kept namespace {ns} (delete it by running the demo again)");
     } else if let Err(e) = wipe_namespace(&deps, &topology, &mut redis, &ns).await {
-        eprintln!("demo: could not delete namespace {ns}: {e:#}");
+        let e = crate::ops::scrubber().scrub(&format!("{e:#}"));
+        eprintln!("demo: could not delete namespace {ns}: {e}");
     }
     deps.broker.close().await;
     result
@@ -149,7 +150,7 @@ impl Setup {
             None => given(&common.send_rate).unwrap_or_else(|| "100000".into()),
         };
         raw.send_rate = Some(rate);
-        let config = raw.validate()?;
+        let config = crate::validated(raw)?;
         let rate = config.send_rate;
         Ok(Self {
             config,

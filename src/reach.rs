@@ -181,7 +181,7 @@ fn config(common: &crate::Common, app: Option<&AppId>) -> anyhow::Result<Config>
     if let Some(app) = app.filter(|_| raw.app_id.is_none() && raw.config_file.is_none()) {
         raw.app_id = Some(app.to_string());
     }
-    Ok(raw.validate()?)
+    crate::validated(raw)
 }
 
 /// A template id from the command line: printable ASCII without spaces, at most 128 bytes

@@ -824,7 +824,7 @@ async fn watch_loop(
                     }
                     return Err(e);
                 }
-                let msg = format!("{e:#}").replace('\n', " ");
+                let msg = crate::ops::scrubber().scrub(&format!("{e:#}").replace('\n', " "));
                 if json {
                     eprintln!("wxpush: {msg} (retrying)");
                 }
