@@ -34,6 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context as _};
 use clap::Args;
 use wxpush_broker::{Publisher, Topology};
+use wxpush_domain::config::SecretUrl;
 use wxpush_domain::{AppId, Config, RawConfig};
 use wxpush_fake_wechat::{Endpoint, FakeApp, FakeConfig, FakeWeChat};
 use wxpush_roles::Deps;
@@ -116,7 +117,8 @@ pub async fn run(common: &crate::Common, args: DemoArgs) -> anyhow::Result<()> {
     if args.keep {
         eprintln!("demo: kept namespace {ns} (delete it by running the demo again)");
     } else if let Err(e) = wipe_namespace(&deps, &topology, &mut redis, &ns).await {
-        eprintln!("demo: could not delete namespace {ns}: {e:#}");
+        let e = crate::ops::scrubber().scrub(&format!("{e:#}"));
+        eprintln!("demo: could not delete namespace {ns}: {e}");
     }
     deps.broker.close().await;
     result
@@ -133,8 +135,10 @@ impl Setup {
     fn new(common: &crate::Common, args: &DemoArgs) -> anyhow::Result<Self> {
         let given = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
         let mut raw = RawConfig::from_env();
-        raw.amqp_url = given(&common.amqp_url).or(raw.amqp_url);
-        raw.redis_url = given(&common.redis_url).or(raw.redis_url);
+        raw.amqp_url = given(&common.amqp_url).map(SecretUrl::new).or(raw.amqp_url);
+        raw.redis_url = given(&common.redis_url)
+            .map(SecretUrl::new)
+            .or(raw.redis_url);
         raw.namespace = Some(given(&common.namespace).unwrap_or_else(|| DEFAULT_NAMESPACE.into()));
         raw.app_id = Some(given(&common.app_id).unwrap_or_else(|| DEFAULT_APP_ID.into()));
         // The demo runs one app of its own: an install's WXPUSH_CONFIG is not its business.
@@ -146,7 +150,7 @@ impl Setup {
             None => given(&common.send_rate).unwrap_or_else(|| "100000".into()),
         };
         raw.send_rate = Some(rate);
-        let config = raw.validate()?;
+        let config = crate::validated(raw)?;
         let rate = config.send_rate;
         Ok(Self {
             config,
@@ -379,8 +383,8 @@ fn role_env(setup: &Setup, api_base: &str) -> Vec<(&'static str, String)> {
         ("WXPUSH_CONFIG", String::new()),
         ("WXPUSH_APP_SECRET", setup.secret.clone()),
         ("WXPUSH_WECHAT_API_BASE", api_base.to_owned()),
-        ("WXPUSH_REDIS_URL", c.redis_url.clone()),
-        ("WXPUSH_AMQP_URL", c.amqp_url.clone()),
+        ("WXPUSH_REDIS_URL", c.redis_url.expose().to_owned()),
+        ("WXPUSH_AMQP_URL", c.amqp_url.expose().to_owned()),
         ("WXPUSH_SEND_RATE", setup.rate.to_string()),
         ("WXPUSH_LOG", "warn".into()),
         ("WXPUSH_LOG_FORMAT", String::new()),

@@ -14,7 +14,7 @@ mod status;
 
 use clap::{Args, Parser, Subcommand};
 use wxpush_broker::Topology;
-use wxpush_domain::{Config, RawConfig};
+use wxpush_domain::{Config, RawConfig, SecretUrl};
 use wxpush_roles::dispatch::{self, DispatchSettings};
 use wxpush_roles::ingest::{self, IngestSettings};
 use wxpush_roles::send::{self, SendParts, SendSettings, SendStats};
@@ -119,6 +119,8 @@ enum CampaignCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before anything is printed: every secret the configuration holds, valid or not.
+    ops::scrubber().add_all(&raw_config(&cli.common).secrets());
     if let Err(e) = init_logging() {
         return fail(&e);
     }
@@ -135,16 +137,19 @@ fn main() -> ExitCode {
     }
 }
 
-/// Prints the error chain as one line and returns the failure exit code.
+/// Prints the error chain as one line, secrets scrubbed, and returns the failure exit code.
 fn fail(e: &anyhow::Error) -> ExitCode {
-    let line = format!("{e:#}").replace('\n', " ");
+    let line = ops::scrubber().scrub(&format!("{e:#}").replace('\n', " "));
     eprintln!("wxpush: {line}");
     ExitCode::FAILURE
 }
 
 /// Logs to stderr, secrets scrubbed: human-readable by default, one JSON object per line with
-/// `WXPUSH_LOG_FORMAT=json`; the level and targets from `WXPUSH_LOG` (default `info`).
+/// `WXPUSH_LOG_FORMAT=json`; the level and targets from `WXPUSH_LOG` (default `info`), other
+/// crates than wxpush's own never above INFO ([`ops::log_layer`]).
 fn init_logging() -> anyhow::Result<()> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("WXPUSH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match std::env::var("WXPUSH_LOG_FORMAT")
@@ -155,37 +160,38 @@ fn init_logging() -> anyhow::Result<()> {
         "json" => true,
         other => anyhow::bail!("WXPUSH_LOG_FORMAT is invalid: '{other}' is not human or json"),
     };
-    let writer = ops::ScrubbedStderr::new(std::env::var("WXPUSH_APP_SECRET").ok());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-    Ok(())
+    let writer = ops::ScrubbedStderr::new(ops::scrubber());
+    tracing_subscriber::registry()
+        .with(ops::log_layer(filter, json, writer))
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
 }
 
 fn config(common: &Common) -> anyhow::Result<Config> {
-    Ok(raw_config(common).validate()?)
+    validated(raw_config(common))
+}
+
+/// `raw` validated; its secrets go to the scrubber (they are there already, read from the
+/// same variables and file before validation, unless a command changed `raw` since).
+fn validated(raw: RawConfig) -> anyhow::Result<Config> {
+    let config = raw.validate()?;
+    ops::scrubber().add_all(&config.secrets());
+    Ok(config)
 }
 
 /// The environment's configuration with the command-line flags over it, not yet validated.
 fn raw_config(common: &Common) -> RawConfig {
     let mut raw = RawConfig::from_env();
-    let set = |slot: &mut Option<String>, flag: &Option<String>| {
-        // An empty variable counts as unset, as in RawConfig::from_env.
-        if flag.as_deref().is_some_and(|v| !v.is_empty()) {
-            slot.clone_from(flag);
-        }
-    };
-    set(&mut raw.amqp_url, &common.amqp_url);
-    set(&mut raw.redis_url, &common.redis_url);
-    set(&mut raw.namespace, &common.namespace);
-    set(&mut raw.app_id, &common.app_id);
-    set(&mut raw.wechat_api_base, &common.wechat_api_base);
-    set(&mut raw.send_rate, &common.send_rate);
+    // An empty variable counts as unset, as in RawConfig::from_env.
+    let given = |flag: &Option<String>| flag.clone().filter(|v| !v.is_empty());
+    raw.amqp_url = given(&common.amqp_url).map(SecretUrl::new).or(raw.amqp_url);
+    raw.redis_url = given(&common.redis_url)
+        .map(SecretUrl::new)
+        .or(raw.redis_url);
+    raw.namespace = given(&common.namespace).or(raw.namespace);
+    raw.app_id = given(&common.app_id).or(raw.app_id);
+    raw.wechat_api_base = given(&common.wechat_api_base).or(raw.wechat_api_base);
+    raw.send_rate = given(&common.send_rate).or(raw.send_rate);
     raw
 }
 
@@ -384,8 +390,7 @@ async fn run_mock(common: &Common, args: MockArgs) -> anyhow::Result<()> {
         None => {
             // The install's apps (WXPUSH_APP_ID and WXPUSH_APP_SECRET, or WXPUSH_CONFIG),
             // each with its secret; the default app first.
-            let apps = raw_config(common)
-                .validate()
+            let apps = validated(raw_config(common))
                 .map_err(|e| anyhow::anyhow!("{e} (or pass --config)"))?
                 .apps;
             let mut fake_apps = Vec::with_capacity(apps.len());

@@ -38,7 +38,6 @@ use redis::Script;
 use serde_json::{json, Value};
 use wxpush_bank::{Bank, BankSettings, SHARDS};
 use wxpush_domain::campaign::MAX_TEMPLATE_ID_BYTES;
-use wxpush_domain::config::redact_url;
 use wxpush_domain::{AppId, Config, Namespace};
 
 /// Days ahead the forecast covers.
@@ -143,7 +142,7 @@ pub async fn run(common: &crate::Common, args: ReachArgs) -> anyhow::Result<()> 
     let started = Instant::now();
     let bank = connect(&config).await?;
     let keys = ShardKeys::new(config.namespace.clone(), app.clone());
-    let url = redact_url(&config.redis_url);
+    let url = config.redis_url.redacted();
     let forecast = tokio::time::timeout(
         READ_TIMEOUT,
         forecast(
@@ -182,7 +181,7 @@ fn config(common: &crate::Common, app: Option<&AppId>) -> anyhow::Result<Config>
     if let Some(app) = app.filter(|_| raw.app_id.is_none() && raw.config_file.is_none()) {
         raw.app_id = Some(app.to_string());
     }
-    Ok(raw.validate()?)
+    crate::validated(raw)
 }
 
 /// A template id from the command line: printable ASCII without spaces, at most 128 bytes
@@ -206,7 +205,7 @@ fn check_template(t: &str) -> anyhow::Result<String> {
 }
 
 async fn connect(config: &Config) -> anyhow::Result<Bank> {
-    let url = redact_url(&config.redis_url);
+    let url = config.redis_url.redacted();
     let ca = match &config.tls_ca_file {
         Some(path) => Some(std::fs::read(path).map_err(|e| {
             anyhow!(
@@ -221,7 +220,7 @@ async fn connect(config: &Config) -> anyhow::Result<Bank> {
         user_cap: config.user_cap,
     };
     let connecting = Bank::connect_tls(
-        &config.redis_url,
+        config.redis_url.expose(),
         config.namespace.clone(),
         settings,
         ca.as_deref(),

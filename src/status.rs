@@ -34,7 +34,6 @@ use anyhow::{anyhow, Context};
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 use serde_json::{json, Value};
-use wxpush_domain::config::redact_url;
 use wxpush_domain::Config;
 
 /// How often `--watch` redraws.
@@ -95,8 +94,8 @@ type Hashes = Vec<HashMap<Vec<u8>, Vec<u8>>>;
 
 impl Reader {
     fn new(config: &Config) -> anyhow::Result<Self> {
-        let url = redact_url(&config.redis_url);
-        let client = redis::Client::open(config.redis_url.as_str())
+        let url = config.redis_url.redacted();
+        let client = redis::Client::open(config.redis_url.expose())
             .map_err(|e| anyhow!("invalid Redis URL {url}: {e}"))?;
         Ok(Self {
             client,
@@ -825,7 +824,7 @@ async fn watch_loop(
                     }
                     return Err(e);
                 }
-                let msg = format!("{e:#}").replace('\n', " ");
+                let msg = crate::ops::scrubber().scrub(&format!("{e:#}").replace('\n', " "));
                 if json {
                     eprintln!("wxpush: {msg} (retrying)");
                 }

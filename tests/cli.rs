@@ -68,11 +68,7 @@ fn unreachable_dependencies_are_named_without_their_passwords() {
     let mut env = TestEnv::new("cli_deps");
     env.set("WXPUSH_REDIS_URL", "redis://:hunter2@127.0.0.1:1/0");
     let (code, err) = run(&env, &["ingest"]);
-    assert_one_line_failure(
-        code,
-        &err,
-        "cannot reach Redis at redis://:***@127.0.0.1:1/0",
-    );
+    assert_one_line_failure(code, &err, "cannot reach Redis at redis://127.0.0.1:1/0");
     assert!(!err.contains("hunter2"));
 
     let mut env = TestEnv::new("cli_deps2");
@@ -81,7 +77,7 @@ fn unreachable_dependencies_are_named_without_their_passwords() {
     assert_one_line_failure(
         code,
         &err,
-        "cannot reach RabbitMQ at amqp://guest:***@127.0.0.1:1/%2f",
+        "cannot reach RabbitMQ at amqp://127.0.0.1:1/%2f",
     );
     assert!(!err.contains("hunter2"));
 }
@@ -109,8 +105,26 @@ fn a_bad_apps_file_or_a_missing_secret_is_one_readable_line() {
     )
     .unwrap();
     let (code, err) = run(&env, &["dispatch"]);
-    assert_one_line_failure(code, &err, "line 4: unknown field `sned_rate`");
+    assert_one_line_failure(
+        code,
+        &err,
+        "line 4, key sned_rate: unknown field `sned_rate`",
+    );
     assert!(!err.contains("s3cr3t"), "{err}");
+
+    // A value of the wrong type is not quoted back: it may be the secret itself.
+    std::fs::write(
+        &file,
+        "[[apps]]\nappid = \"wxa\"\nsecret = 98765432109876\n",
+    )
+    .unwrap();
+    let (code, err) = run(&env, &["ingest"]);
+    assert_one_line_failure(
+        code,
+        &err,
+        "line 3, key secret: invalid type: integer, expected a string",
+    );
+    assert!(!err.contains("98765432109876"), "{err}");
 
     // The variables' app (the default) has its secret; the file's second app has none.
     env.set("WXPUSH_APP_SECRET", "s3cr3t-default");
@@ -213,7 +227,7 @@ async fn a_sender_warns_once_when_its_plain_http_wechat_base_is_not_the_fake() {
     )
     .await;
     assert_eq!(text.matches(PLAIN_HTTP_WARNING).count(), 1, "{text}");
-    assert!(text.contains(&format!("http://wx:***@{nobody}")), "{text}");
+    assert!(text.contains(&format!("http://{nobody}")), "{text}");
 
     // Something answers HTTP 200, but it is not the fake.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -605,7 +605,13 @@ async fn trace_logs_carry_job_spans_and_never_a_secret_or_token() {
     let text = log.text();
     let tokens = f.fake.issued_tokens();
     assert!(!tokens.is_empty(), "a token was issued");
-    assert!(text.lines().count() > 100, "trace output was captured");
+    // Other crates log nothing above INFO (src/ops.rs); wxpush's own DEBUG lines are there,
+    // one per WeChat send at least.
+    let verbose = text
+        .lines()
+        .filter(|l| l.contains("\"level\":\"DEBUG\"") || l.contains("\"level\":\"TRACE\""))
+        .count();
+    assert!(verbose >= 20, "trace output was captured: {text}");
     assert!(
         !text.contains(wxpush_testkit::fleet::SECRET),
         "the app secret reached the log"

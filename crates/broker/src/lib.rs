@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use lapin::tcp::OwnedTLSConfig;
 use lapin::{Connection, ConnectionProperties, DefaultConnectionBuilder};
-use wxpush_domain::config::redact_url;
+use wxpush_domain::config::{redact_url, scrub_url};
 
 pub use consume::{Batch, BatchConsumer, JobConsumer};
 pub use lapin::message::Delivery;
@@ -74,7 +74,8 @@ impl Broker {
 
     /// Like [`Broker::connect`], and an `amqps://` URL also trusts the CA certificates in
     /// `ca_pem` (PEM text), beside the system's native certificate store. `ca_pem` is unused for
-    /// `amqp://`. The error is one line: the URL (password redacted) and the cause.
+    /// `amqp://`. The error is one line: the URL as [`redact_url`] shows it (no userinfo, no
+    /// query) and the cause, with the URL and its password cut out of it as well.
     pub async fn connect_tls(
         url: &str,
         name: &str,
@@ -84,11 +85,7 @@ impl Broker {
         let redacted = redact_url(url);
         let fail = |reason: String| {
             // Some parse errors quote the URL as given: never let its password through.
-            let reason = if url.is_empty() {
-                reason
-            } else {
-                reason.replace(url, &redacted)
-            };
+            let reason = scrub_url(&reason, url);
             BrokerError::Connect {
                 url: redacted.clone(),
                 reason: reason.replace('\n', " "),
@@ -172,7 +169,7 @@ mod tests {
             .expect("refused");
         assert_eq!(
             e.to_string(),
-            "cannot reach RabbitMQ at amqps://guest:***@localhost:1/%2f: \
+            "cannot reach RabbitMQ at amqps://localhost:1/%2f: \
              the extra CA certificates are not PEM text"
         );
     }

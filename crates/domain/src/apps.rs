@@ -18,6 +18,9 @@
 //! app is the one the file names, else `WXPUSH_APP_ID`, else the only app. Anything unclear
 //! (an unknown key, an app listed twice, two defaults) is refused, because a typo here would
 //! send one app's messages with another's credentials.
+//! Nothing read from the file is ever quoted back: its errors say the line, the key and the
+//! kind of problem, never a value, and [`file_secrets`] hands every secret in it to the log
+//! scrubber, even from a file that does not parse.
 //! This module must not read the file itself ([`crate::config`] does) nor know about roles.
 
 use serde::Deserialize;
@@ -48,8 +51,11 @@ pub struct Apps {
 #[derive(Debug, Clone, Default)]
 pub struct VarApp {
     pub id: Option<String>,
-    pub secret: Option<String>,
+    pub secret: Option<Secret>,
 }
+
+/// Keys of the apps file whose values are secrets ([`file_secrets`]).
+pub const SECRET_KEYS: &[&str] = &["secret"];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,7 +69,7 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct FileApp {
     appid: String,
-    secret: Option<String>,
+    secret: Option<Secret>,
     #[serde(default)]
     default: bool,
     send_rate: Option<u32>,
@@ -99,7 +105,7 @@ impl Apps {
                 })
             })
             .transpose()?;
-        let var_secret = vars.secret.map(Secret::new);
+        let var_secret = vars.secret;
         let Some((path, text)) = file else {
             let Some(id) = var_id else {
                 return Err(ConfigError::Missing {
@@ -131,7 +137,7 @@ impl Apps {
             }
             list.push(AppConfig {
                 id,
-                secret: a.secret.filter(|s| !s.is_empty()).map(Secret::new),
+                secret: a.secret.filter(|s| !s.expose().is_empty()),
                 send_rate: a.send_rate.unwrap_or(send_rate),
             });
         }
@@ -246,8 +252,60 @@ fn join(ids: &[AppId]) -> String {
     ids.iter().map(AppId::as_str).collect::<Vec<_>>().join(", ")
 }
 
-/// A TOML error as one line with its line number; never the offending text itself, which
-/// could be a secret.
+/// Every secret in an apps file's text, for the log scrubber: the value of every key named in
+/// [`SECRET_KEYS`], at any depth, whatever its type. Read leniently: from the parsed file when
+/// it parses, and line by line (`secret = ...`, the value up to its closing quote or the end of
+/// the line) in any case, so that a file that does not parse still gives its secrets.
+pub fn file_secrets(text: &str) -> Vec<Secret> {
+    fn walk(v: &toml::Value, under_secret_key: bool, out: &mut Vec<String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    walk(v, SECRET_KEYS.contains(&k.as_str()), out);
+                }
+            }
+            toml::Value::Array(a) => a.iter().for_each(|v| walk(v, under_secret_key, out)),
+            toml::Value::String(s) if under_secret_key => out.push(s.clone()),
+            toml::Value::Integer(i) if under_secret_key => out.push(i.to_string()),
+            toml::Value::Float(f) if under_secret_key => out.push(f.to_string()),
+            toml::Value::Datetime(d) if under_secret_key => out.push(d.to_string()),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(table) = toml::from_str::<toml::Table>(text) {
+        walk(&toml::Value::Table(table), false, &mut out);
+    }
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let key = key.trim().trim_matches(|c| c == '"' || c == '\'');
+        if !SECRET_KEYS.contains(&key) {
+            continue;
+        }
+        let value = value.trim();
+        let value = match value.chars().next() {
+            Some(q @ ('"' | '\'')) => {
+                let inner = &value[1..];
+                inner.find(q).map_or(inner, |end| &inner[..end])
+            }
+            _ => value,
+        };
+        out.push(value.trim().to_owned());
+    }
+    out.sort();
+    out.dedup();
+    out.into_iter()
+        .filter(|s| !s.is_empty())
+        .map(Secret::new)
+        .collect()
+}
+
+/// A TOML error as one line: the line, the key when there is one, and the kind of problem;
+/// never the offending value, which could be a secret. toml and serde quote values
+/// (`invalid type: integer `98765432109876`, expected a string`, `unknown variant `x``): those
+/// quotes are cut out, and so is the value's own text wherever it still appears.
 fn toml_error(text: &str, e: &toml::de::Error) -> String {
     let message = e
         .message()
@@ -255,13 +313,96 @@ fn toml_error(text: &str, e: &toml::de::Error) -> String {
         .next()
         .unwrap_or("not valid TOML")
         .trim();
-    match e.span() {
-        Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            format!("line {line}: {message}")
-        }
-        None => message.to_owned(),
+    let message = without_quoted_values(message);
+    let Some(span) = e.span() else {
+        return message;
+    };
+    let start = span.start.min(text.len());
+    let end = span.end.clamp(start, text.len());
+    let line = text[..start].matches('\n').count() + 1;
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_text = text[line_start..].lines().next().unwrap_or("");
+    let at_span = text.get(start..end).unwrap_or("");
+    // The span is a key (an unknown field) when a bare key fills it and `=` follows it.
+    let span_is_key = leading_key(&format!("{at_span} = ")).is_some_and(|k| k == at_span.trim())
+        && text[end..].trim_start_matches([' ', '\t']).starts_with('=');
+    let key = if span_is_key {
+        Some(at_span.trim().to_owned())
+    } else {
+        leading_key(line_text)
+    };
+    // The value's own text, when the span is a value: never shown, whatever the message says.
+    let mut message = message;
+    let value = at_span.trim().trim_matches(|c| c == '"' || c == '\'');
+    if key.as_deref() != Some(at_span.trim()) && value.len() >= 4 {
+        message = message.replace(value, "(value)");
     }
+    match key {
+        Some(key) => format!("line {line}, key {key}: {message}"),
+        None => format!("line {line}: {message}"),
+    }
+}
+
+/// The key a line (or a span) starts with, when it is `key = ...` with a bare (letters,
+/// digits, `_`, `-`, dotted) key: nothing else can be taken for a key, so never a value.
+fn leading_key(text: &str) -> Option<String> {
+    let t = text.trim_start();
+    let end = t
+        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+        .unwrap_or(t.len());
+    let (key, rest) = t.split_at(end);
+    (!key.is_empty() && rest.trim_start().starts_with('=')).then(|| key.to_owned())
+}
+
+/// `message` with the values serde and toml quote cut out: `integer `5``, `string "x"`,
+/// `boolean `true``, `floating point `1.5``, `character `c``, `unknown variant `x`` keep
+/// their kind only. Quoted field names (`unknown field `x``, `expected one of `a``) stay.
+fn without_quoted_values(message: &str) -> String {
+    const KINDS: &[&str] = &[
+        "integer ",
+        "string ",
+        "boolean ",
+        "floating point ",
+        "character ",
+        "unknown variant ",
+    ];
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    'scan: while !rest.is_empty() {
+        for kind in KINDS {
+            let Some(after) = rest.strip_prefix(kind) else {
+                continue;
+            };
+            let Some(q) = after
+                .chars()
+                .next()
+                .filter(|c| matches!(c, '`' | '"' | '\''))
+            else {
+                continue;
+            };
+            out.push_str(kind.trim_end());
+            rest = skip_quoted(&after[1..], q);
+            continue 'scan;
+        }
+        let c = rest.chars().next().unwrap_or(' ');
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+/// What follows the closing `q` of a quoted text that `s` starts inside (a `\`-escaped `q`
+/// does not close it); the empty string when it is never closed.
+fn skip_quoted(s: &str, q: char) -> &str {
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        match c {
+            '\\' if !escaped => escaped = true,
+            c if c == q && !escaped => return &s[i + c.len_utf8()..],
+            _ => escaped = false,
+        }
+    }
+    ""
 }
 
 #[cfg(test)]
@@ -274,7 +415,7 @@ mod tests {
     fn vars(id: Option<&str>, secret: Option<&str>) -> VarApp {
         VarApp {
             id: id.map(str::to_owned),
-            secret: secret.map(str::to_owned),
+            secret: secret.map(Secret::new),
         }
     }
 
@@ -357,7 +498,7 @@ mod tests {
         let cases = [
             (
                 format!("[[apps]]\nappid = \"{A}\"\nsecret = \"s3cr3t\"\nsned_rate = 5\n"),
-                "line 4: unknown field `sned_rate`",
+                "line 4, key sned_rate: unknown field `sned_rate`",
             ),
             (
                 format!("[[apps]]\nappid = \"{A}\"\n[[apps]]\nappid = \"{A}\"\n"),
@@ -379,7 +520,7 @@ mod tests {
                 format!("default = \"{B}\"\n[[apps]]\nappid = \"{A}\"\n"),
                 "the default app wxfedcba0987654321 is not in [[apps]]",
             ),
-            ("secret = \"s3cr3t\n".to_owned(), "line 1: "),
+            ("secret = \"s3cr3t\n".to_owned(), "line 1, key secret: "),
             ("".to_owned(), "no [[apps]] listed"),
         ];
         for (file, expected) in cases {
@@ -413,5 +554,74 @@ mod tests {
         assert!(e.contains("is not WXPUSH_APP_ID"), "{e}");
         let e = Apps::build(vars(None, None), None, 500).unwrap_err();
         assert!(e.to_string().starts_with("WXPUSH_APP_ID is not set"), "{e}");
+    }
+
+    #[test]
+    fn toml_errors_say_line_key_and_kind_never_the_value() {
+        let secret = "98765432109876";
+        let cases = [
+            // An integer where a string belongs.
+            (
+                format!("[[apps]]\nappid = \"{A}\"\nsecret = {secret}\n"),
+                "line 3, key secret: invalid type: integer, expected a string",
+            ),
+            // A string where a number belongs.
+            (
+                format!("[[apps]]\nappid = \"{A}\"\nsend_rate = \"s3cr3t-{secret}\"\n"),
+                "line 3, key send_rate: invalid type: string, expected u32",
+            ),
+            // A number too large for its key.
+            (
+                format!("[[apps]]\nappid = \"{A}\"\nsend_rate = {secret}\n"),
+                "line 3, key send_rate: invalid value: integer, expected u32",
+            ),
+            // An array where a string belongs, and a table.
+            (
+                format!("[[apps]]\nappid = \"{A}\"\nsecret = [\"{secret}\", 1]\n"),
+                "line 3, key secret: invalid type: sequence, expected a string",
+            ),
+            // A boolean where a string belongs, inside an inline table.
+            (
+                format!("apps = [{{ appid = \"{A}\", secret = true }}]\ndefault = \"{secret}x\"\n"),
+                "line 1, key apps: invalid type: boolean, expected a string",
+            ),
+            // An unterminated string.
+            (
+                format!("[[apps]]\nappid = \"{A}\"\nsecret = \"{secret}\n"),
+                "line 3, key secret: ",
+            ),
+            // A string with a quote escaped inside it, where a boolean belongs.
+            (
+                format!("[[apps]]\nappid = \"{A}\"\ndefault = \"a\\\"{secret}\"\n"),
+                "line 3, key default: invalid type: string, expected a boolean",
+            ),
+        ];
+        for (file, expected) in cases {
+            let e = build(None, None, &file).unwrap_err();
+            assert!(e.contains(expected), "{e:?} lacks {expected:?}");
+            assert!(!e.contains(secret), "{e:?}");
+            assert!(!e.contains('\n'), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn every_secret_of_a_file_is_found_even_when_it_does_not_parse() {
+        let secrets = |text: &str| -> Vec<String> {
+            file_secrets(text)
+                .iter()
+                .map(|s| s.expose().to_owned())
+                .collect()
+        };
+        let good = format!(
+            "[[apps]]\nappid = \"{A}\"\nsecret = \"sa/+@%2F\"\n\
+             [[apps]]\nappid = \"{B}\"\n\"secret\" = 'sb'\n\
+             [extra]\napps = [{{ secret = 12345678 }}]\n"
+        );
+        assert_eq!(secrets(&good), ["12345678", "sa/+@%2F", "sb"]);
+        assert_eq!(
+            secrets("[[apps]]\nsecret = \"unterminated\nsecret = 98765\n"),
+            ["98765", "unterminated"]
+        );
+        assert!(secrets(&format!("[[apps]]\nappid = \"{A}\"\n")).is_empty());
     }
 }

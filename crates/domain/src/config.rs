@@ -2,7 +2,10 @@
 //!
 //! [`RawConfig`] is what the environment (or command-line flags) said; [`RawConfig::validate`]
 //! turns it into a [`Config`] or one readable [`ConfigError`] naming the variable at fault.
-//! Secrets are wrapped in [`Secret`], whose `Debug` and `Display` never show them.
+//! Secrets are wrapped in [`Secret`], whose `Debug` and `Display` never show them, and the two
+//! service URLs in [`SecretUrl`], whose `Debug` and `Display` show only [`redact_url`]'s form
+//! (scheme, host, port, path: never the userinfo, never the query). Every configuration type
+//! here may be printed with `{:?}` without showing a secret.
 //! The apps an install serves come from the single-app variables and the `WXPUSH_CONFIG` file,
 //! which [`RawConfig::validate`] reads ([`crate::apps`] says how the two meet).
 //! This module must not connect to anything; checking that a URL is reachable is the roles'.
@@ -39,7 +42,8 @@ pub const DEFAULT_HTTP_PORTS: u16 = 16;
 pub const DEFAULT_SHUTDOWN_SECS: u64 = 10;
 
 /// A secret string (the app secret). Printing it shows `***`.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
 pub struct Secret(String);
 
 impl Secret {
@@ -64,6 +68,42 @@ impl fmt::Display for Secret {
     }
 }
 
+/// A service URL that may hold a password (`WXPUSH_AMQP_URL`, `WXPUSH_REDIS_URL`). Printing it
+/// shows [`redact_url`]'s form; [`SecretUrl::expose`] gives the URL itself to the one place that
+/// connects.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+    /// The URL as given, password included: only for the client that connects with it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// What an operator may see: scheme, host, port and path ([`redact_url`]).
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+    /// The password, as written in the URL (percent-encoded or not), if there is one.
+    pub fn password(&self) -> Option<Secret> {
+        url_password(&self.0).map(Secret::new)
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.redacted(), f)
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
 /// A configuration value that cannot be used. The message names the variable, never a secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -76,15 +116,16 @@ pub enum ConfigError {
     Invalid { var: &'static str, reason: String },
 }
 
-/// Configuration as given, every value an unparsed string (`None` where not set).
+/// Configuration as given, every value an unparsed string (`None` where not set); the secrets
+/// already in the types that never print them.
 #[derive(Debug, Clone, Default)]
 pub struct RawConfig {
-    pub amqp_url: Option<String>,
-    pub redis_url: Option<String>,
+    pub amqp_url: Option<SecretUrl>,
+    pub redis_url: Option<SecretUrl>,
     pub namespace: Option<String>,
     pub wechat_api_base: Option<String>,
     pub app_id: Option<String>,
-    pub app_secret: Option<String>,
+    pub app_secret: Option<Secret>,
     pub send_rate: Option<String>,
     pub claim_margin_secs: Option<String>,
     pub user_cap: Option<String>,
@@ -138,12 +179,12 @@ impl RawConfig {
     pub fn from_map(vars: &HashMap<String, String>) -> Self {
         let get = |k: &str| vars.get(k).filter(|v| !v.is_empty()).cloned();
         Self {
-            amqp_url: get(ENV_VARS[0]),
-            redis_url: get(ENV_VARS[1]),
+            amqp_url: get(ENV_VARS[0]).map(SecretUrl::new),
+            redis_url: get(ENV_VARS[1]).map(SecretUrl::new),
             namespace: get(ENV_VARS[2]),
             wechat_api_base: get(ENV_VARS[3]),
             app_id: get(ENV_VARS[4]),
-            app_secret: get(ENV_VARS[5]),
+            app_secret: get(ENV_VARS[5]).map(Secret::new),
             send_rate: get(ENV_VARS[6]),
             claim_margin_secs: get(ENV_VARS[7]),
             user_cap: get(ENV_VARS[8]),
@@ -162,19 +203,44 @@ impl RawConfig {
         }
     }
 
+    /// Every secret this configuration holds, for the log scrubber: the app secret, the
+    /// passwords of the two URLs as written in them, and every secret in the `WXPUSH_CONFIG`
+    /// file, read leniently ([`crate::apps::file_secrets`]) so that a file that does not
+    /// validate still gives its secrets away to the scrubber and nowhere else. A file that
+    /// cannot be read gives none (validation then fails without quoting it).
+    pub fn secrets(&self) -> Vec<Secret> {
+        let mut out: Vec<Secret> = self.app_secret.iter().cloned().collect();
+        out.extend(
+            [&self.amqp_url, &self.redis_url]
+                .into_iter()
+                .flatten()
+                .filter_map(SecretUrl::password),
+        );
+        if let Some(text) = self
+            .config_file
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+        {
+            out.extend(crate::apps::file_secrets(&text));
+        }
+        out
+    }
+
     pub fn validate(self) -> Result<Config, ConfigError> {
         let amqp_url = url(
             "WXPUSH_AMQP_URL",
-            self.amqp_url,
+            self.amqp_url.map(|u| u.0),
             DEFAULT_AMQP_URL,
             &["amqp", "amqps"],
-        )?;
+        )
+        .map(SecretUrl)?;
         let redis_url = url(
             "WXPUSH_REDIS_URL",
-            self.redis_url,
+            self.redis_url.map(|u| u.0),
             DEFAULT_REDIS_URL,
             &["redis", "rediss", "redis+unix", "unix"],
-        )?;
+        )
+        .map(SecretUrl)?;
         let wechat_api_base = url(
             "WXPUSH_WECHAT_API_BASE",
             self.wechat_api_base,
@@ -286,11 +352,12 @@ impl RawConfig {
     }
 }
 
-/// Validated configuration shared by every role.
+/// Validated configuration shared by every role. Its `Debug` shows no secret: the URLs are
+/// [`SecretUrl`]s and the app secrets [`Secret`]s.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub amqp_url: String,
-    pub redis_url: String,
+    pub amqp_url: SecretUrl,
+    pub redis_url: SecretUrl,
     pub namespace: Namespace,
     pub wechat_api_base: String,
     /// The mini programs served, the default first, each with its secret and send rate.
@@ -339,26 +406,83 @@ pub struct HttpAddr {
     pub is_default: bool,
 }
 
-/// `url` with any password replaced by `***`, for logs and errors.
+impl Config {
+    /// Every secret the install runs with, for the log scrubber: each app's secret and the
+    /// passwords of the two URLs (as written in them).
+    pub fn secrets(&self) -> Vec<Secret> {
+        let mut out: Vec<Secret> = self.apps.iter().filter_map(|a| a.secret.clone()).collect();
+        out.extend(self.amqp_url.password());
+        out.extend(self.redis_url.password());
+        out
+    }
+}
+
+/// `url` as an operator may see it: scheme, host, port and path (the vhost or database),
+/// never the userinfo (user name and password) and never the query or fragment (Redis URLs
+/// may carry `?pass=`).
+///
+/// Parsed for safety, not like a strict URL parser: a password may hold `/`, `?`, `#`, `:` or
+/// `@` unescaped (a base64 one often holds `/` and `+`), so the userinfo ends at the **last**
+/// `@`, and what follows it is the host. A URL whose path or query holds an `@` is shown with
+/// less than it has, never with more. Text without `scheme://` is treated the same way.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    let (scheme, rest) = split_scheme(url);
+    let host_on = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let kept = &host_on[..host_on.find(['?', '#']).unwrap_or(host_on.len())];
+    match scheme {
+        Some(s) => format!("{s}://{kept}"),
+        None => kept.to_owned(),
+    }
+}
+
+/// The password in `url`'s userinfo, as written (percent-encoded or not): what follows the
+/// userinfo's first `:`, up to the last `@` ([`redact_url`] says why the last).
+pub fn url_password(url: &str) -> Option<&str> {
+    let (_, rest) = split_scheme(url);
+    let (userinfo, _) = rest.rsplit_once('@')?;
+    let (_, password) = userinfo.split_once(':')?;
+    (!password.is_empty()).then_some(password)
+}
+
+/// `text` (an error that may quote `url` or parts of it) with `url` replaced by its redacted
+/// form and its password, as written and percent-decoded, by `***`.
+pub fn scrub_url(text: &str, url: &str) -> String {
+    let mut out = if url.is_empty() {
+        text.to_owned()
+    } else {
+        text.replace(url, &redact_url(url))
     };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            if userinfo.contains(':') {
-                format!("{scheme}://{user}:***@{host}{path}")
-            } else {
-                format!("{scheme}://{user}@{host}{path}")
+    if let Some(password) = url_password(url) {
+        let decoded = percent_decode(password);
+        for p in [password, decoded.as_str()] {
+            if !p.is_empty() {
+                out = out.replace(p, "***");
             }
         }
-        None => url.to_owned(),
     }
+    out
+}
+
+/// `(scheme, rest)` of `scheme://rest`; no scheme when there is no `://` or what precedes it
+/// is not a scheme (letters, digits, `+`, `-`, `.`, starting with a letter).
+fn split_scheme(url: &str) -> (Option<&str>, &str) {
+    match url.split_once("://") {
+        Some((s, rest))
+            if s.starts_with(|c: char| c.is_ascii_alphabetic())
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')) =>
+        {
+            (Some(s), rest)
+        }
+        _ => (None, url),
+    }
+}
+
+/// `%XX` sequences decoded (bytes that do not make UTF-8 are replaced); anything else as is.
+pub fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 fn url(
@@ -443,8 +567,8 @@ mod tests {
         let c = raw(&[("WXPUSH_APP_ID", "wx1234567890abcdef")])
             .validate()
             .unwrap();
-        assert_eq!(c.amqp_url, DEFAULT_AMQP_URL);
-        assert_eq!(c.redis_url, DEFAULT_REDIS_URL);
+        assert_eq!(c.amqp_url.expose(), DEFAULT_AMQP_URL);
+        assert_eq!(c.redis_url.expose(), DEFAULT_REDIS_URL);
         assert_eq!(c.namespace.as_str(), "wxpush");
         assert_eq!(c.wechat_api_base, "https://api.weixin.qq.com");
         assert_eq!(c.send_rate, 500);
@@ -553,21 +677,149 @@ mod tests {
     }
 
     #[test]
-    fn redacts_passwords_in_urls() {
+    fn redacted_urls_keep_scheme_host_port_and_path_only() {
+        let cases = [
+            // The issue's example: an unencoded base64 password holding '/' and '+'.
+            (
+                "redis://:Zm9v/YmFy+cw==@127.0.0.1:6379/0",
+                "redis://127.0.0.1:6379/0",
+            ),
+            (
+                "amqp://guest:guest@127.0.0.1:5672/%2f",
+                "amqp://127.0.0.1:5672/%2f",
+            ),
+            ("redis://127.0.0.1/0", "redis://127.0.0.1/0"),
+            ("redis://:pw@h:6379", "redis://h:6379"),
+            (
+                "amqps://guest:guest@mq.example:5671/%2f",
+                "amqps://mq.example:5671/%2f",
+            ),
+            (
+                "rediss://:hunter2@cache.example:6380/0",
+                "rediss://cache.example:6380/0",
+            ),
+            // '@', ':', '/', '?', '#' unencoded in a password; the userinfo ends at the last '@'.
+            ("amqp://user:p@ss/w:o?r#d@mq:5672/vh", "amqp://mq:5672/vh"),
+            // Percent-encoded, as URLs require.
+            (
+                "amqp://u%40x:p%2Fa%40ss%2B%252F@mq:5672/%2f",
+                "amqp://mq:5672/%2f",
+            ),
+            // IPv6 hosts, with and without a password.
+            ("redis://:p/w@[::1]:6379/2", "redis://[::1]:6379/2"),
+            (
+                "amqp://[fe80::1%25eth0]:5672/%2f",
+                "amqp://[fe80::1%25eth0]:5672/%2f",
+            ),
+            ("redis://user:pw@[2001:db8::7]/0", "redis://[2001:db8::7]/0"),
+            // Never a query or fragment (redis+unix takes its password there).
+            (
+                "redis+unix:///run/redis.sock?db=1&pass=hunter2",
+                "redis+unix:///run/redis.sock",
+            ),
+            ("amqp://mq/%2f?heartbeat=10#x", "amqp://mq/%2f"),
+            // A user name alone is userinfo too.
+            ("redis://someone@cache:6379/0", "redis://cache:6379/0"),
+            // Not a URL: still nothing before the last '@' nor after a '?'.
+            (":hunter2@cache:6379", "cache:6379"),
+            ("no-scheme/x?pass=hunter2", "no-scheme/x"),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn the_password_is_what_follows_the_first_colon_up_to_the_last_at() {
         assert_eq!(
-            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            "amqp://guest:***@127.0.0.1:5672/%2f"
-        );
-        assert_eq!(redact_url("redis://127.0.0.1/0"), "redis://127.0.0.1/0");
-        assert_eq!(redact_url("redis://:pw@h:6379"), "redis://:***@h:6379");
-        assert_eq!(
-            redact_url("amqps://guest:guest@mq.example:5671/%2f"),
-            "amqps://guest:***@mq.example:5671/%2f"
+            url_password("redis://:Zm9v/YmFy+cw==@127.0.0.1:6379/0"),
+            Some("Zm9v/YmFy+cw==")
         );
         assert_eq!(
-            redact_url("rediss://:hunter2@cache.example:6380/0"),
-            "rediss://:***@cache.example:6380/0"
+            url_password("amqp://user:p@ss/w:o?r#d@mq:5672/vh"),
+            Some("p@ss/w:o?r#d")
         );
+        assert_eq!(url_password("amqp://u%3Ax:p%2F@mq/%2f"), Some("p%2F"));
+        assert_eq!(url_password("redis://someone@cache/0"), None);
+        assert_eq!(url_password("redis://:@cache/0"), None);
+        assert_eq!(url_password("redis://cache/0"), None);
+        let url = SecretUrl::new("amqp://u:p%2Fa%40ss@mq/%2f");
+        assert_eq!(
+            url.password().as_ref().map(Secret::expose),
+            Some("p%2Fa%40ss")
+        );
+        assert_eq!(percent_decode("p%2Fa%40ss%2B%252F"), "p/a@ss+%2F");
+    }
+
+    #[test]
+    fn errors_quoting_a_url_or_its_password_are_scrubbed() {
+        let url = "amqp://u:p%2Fa%40ss@mq:5672/%2f";
+        let e = format!("bad {url}: password p%2Fa%40ss, decoded p/a@ss");
+        assert_eq!(
+            scrub_url(&e, url),
+            "bad amqp://mq:5672/%2f: password ***, decoded ***"
+        );
+    }
+
+    #[test]
+    fn no_configuration_type_prints_a_secret() {
+        // Passwords with '/', '@', '+' and '%2F', raw in one URL and percent-encoded in the
+        // other; two apps in a file (one secret each) and the variables' secret.
+        let amqp_pw = "Am/q@P+w%2Fd";
+        let redis_pw = "Zm9v/YmFy+cw==";
+        let path = std::env::temp_dir().join(format!("wxpush-debug-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "default = \"wxa\"\n[[apps]]\nappid = \"wxa\"\nsecret = \"file-secret-a\"\n\
+             [[apps]]\nappid = \"wxb\"\nsecret = \"file-secret-b\"\n",
+        )
+        .unwrap();
+        let file = path.to_string_lossy().into_owned();
+        let amqp = "amqp://user:Am%2Fq%40P%2Bw%252Fd@mq.example:5672/%2f".to_owned();
+        let redis = format!("redis://:{redis_pw}@[::1]:6379/0");
+        let raw = raw(&[
+            ("WXPUSH_CONFIG", &file),
+            ("WXPUSH_APP_ID", "wxa"),
+            ("WXPUSH_APP_SECRET", "file-secret-a"),
+            ("WXPUSH_AMQP_URL", &amqp),
+            ("WXPUSH_REDIS_URL", &redis),
+        ]);
+        let raw_debug = format!("{raw:?}");
+        let raw_secrets: Vec<String> = raw
+            .secrets()
+            .iter()
+            .map(|s| s.expose().to_owned())
+            .collect();
+        let c = raw.validate().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let shown = format!("{raw_debug}\n{c:?}\n{c:#?}\n{} {}", c.amqp_url, c.redis_url);
+        for secret in [
+            amqp_pw,
+            "Am%2Fq%40P%2Bw%252Fd",
+            redis_pw,
+            "file-secret-a",
+            "file-secret-b",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("\"amqp://mq.example:5672/%2f\""), "{shown}");
+        assert!(shown.contains("redis://[::1]:6379/0"), "{shown}");
+        assert_eq!(c.amqp_url.expose(), amqp, "the client still gets the URL");
+        // What the scrubber is given: every secret, before and after validation.
+        let mut secrets: Vec<String> = c.secrets().iter().map(|s| s.expose().to_owned()).collect();
+        secrets.sort();
+        assert_eq!(
+            secrets,
+            [
+                "Am%2Fq%40P%2Bw%252Fd",
+                redis_pw,
+                "file-secret-a",
+                "file-secret-b"
+            ]
+        );
+        for s in &secrets {
+            assert!(raw_secrets.contains(s), "{s} missing from {raw_secrets:?}");
+        }
     }
 
     #[test]
@@ -580,8 +832,11 @@ mod tests {
         ])
         .validate()
         .unwrap();
-        assert_eq!(c.amqp_url, "amqps://guest:guest@mq.example:5671/%2f");
-        assert_eq!(c.redis_url, "rediss://:pw@cache.example:6380/0");
+        assert_eq!(
+            c.amqp_url.expose(),
+            "amqps://guest:guest@mq.example:5671/%2f"
+        );
+        assert_eq!(c.redis_url.expose(), "rediss://:pw@cache.example:6380/0");
         assert_eq!(
             c.tls_ca_file.as_deref(),
             Some(std::path::Path::new("/etc/wxpush/ca.pem"))
@@ -599,8 +854,8 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             e.to_string(),
-            "WXPUSH_AMQP_URL is invalid: 'rediss://:***@cache.example/0' is not a amqp:// or \
-             amqps:// URL"
+            "WXPUSH_AMQP_URL is invalid: 'rediss://cache.example/0' is not a amqp:// or amqps:// \
+             URL"
         );
         let e = raw(&[
             ("WXPUSH_APP_ID", "wx1"),

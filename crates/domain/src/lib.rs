@@ -21,7 +21,7 @@ pub use campaign::{
     parse_campaign, Audience, Campaign, CampaignError, CampaignKind, CampaignLimits,
     RejectedRecipient, RejectedRecipients,
 };
-pub use config::{Config, ConfigError, RawConfig, Secret};
+pub use config::{Config, ConfigError, RawConfig, Secret, SecretUrl};
 pub use credential::{
     check_template_id, Consent, Credential, CredentialKind, NEVER_EXPIRES, PREPAY_USES,
 };

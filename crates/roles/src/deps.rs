@@ -1,13 +1,14 @@
 //! Connecting a role to what it depends on, each failure one readable line.
 //!
 //! [`Deps::connect`] reaches Redis (loading the bank's scripts) and RabbitMQ, failing fast with
-//! the URL (password redacted) and the cause. It must not declare topology or start consuming.
+//! the URL as an operator may see it (scheme, host, port, path: `SecretUrl`'s `Display`) and
+//! the cause, the URL's password cut out of it. It must not declare topology or start consuming.
 
 use std::time::Duration;
 
 use wxpush_bank::{Bank, BankSettings};
 use wxpush_broker::Broker;
-use wxpush_domain::config::redact_url;
+use wxpush_domain::config::{scrub_url, SecretUrl};
 use wxpush_domain::Config;
 
 /// A dependency that cannot be reached.
@@ -34,7 +35,7 @@ pub struct Deps {
 }
 
 struct AmqpTarget {
-    url: String,
+    url: SecretUrl,
     name: String,
     ca_pem: Option<Vec<u8>>,
 }
@@ -50,7 +51,7 @@ impl Deps {
         let bank = tokio::time::timeout(
             Duration::from_secs(10),
             Bank::connect_tls(
-                &config.redis_url,
+                config.redis_url.expose(),
                 config.namespace.clone(),
                 settings,
                 ca.as_deref(),
@@ -60,11 +61,11 @@ impl Deps {
         .map_err(|_| "no answer within 10s".to_owned())
         .and_then(|r| r.map_err(|e| root_cause(&e)))
         .map_err(|reason| DepsError::Redis {
-            url: redact_url(&config.redis_url),
-            reason,
+            url: config.redis_url.redacted(),
+            reason: scrub_url(&reason, config.redis_url.expose()),
         })?;
         let broker = Broker::connect_tls(
-            &config.amqp_url,
+            config.amqp_url.expose(),
             name,
             Duration::from_secs(10),
             ca.as_deref(),
@@ -95,7 +96,7 @@ impl Deps {
             return Err(DepsError::NotReopenable);
         };
         let ca = t.ca_pem.as_deref();
-        Ok(Broker::connect_tls(&t.url, &t.name, Duration::from_secs(10), ca).await?)
+        Ok(Broker::connect_tls(t.url.expose(), &t.name, Duration::from_secs(10), ca).await?)
     }
 }
 
