@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use backon::{ExponentialBuilder, Retryable};
 use redis::aio::ConnectionManager;
 use wxpush_domain::{AppId, Namespace, Secret};
-use wxpush_wechat::{AccessToken, Client, TokenError};
+use wxpush_wechat::{AccessToken, Client, TokenError, MAX_TOKEN_LIFETIME_SECS};
 
 use crate::keys::Keys;
 use crate::scripts::{self, Scripts};
@@ -603,7 +603,9 @@ impl TokenStore {
             Ok(access) => access,
             Err(e) => return self.refresh_failed(owner, e, current).await,
         };
-        let lifetime = Duration::from_secs(access.expires_in_secs);
+        // The client bounds lifetimes already; bounding again here keeps every product below
+        // (ms, Instant) finite whatever an AccessToken says.
+        let lifetime = Duration::from_secs(access.expires_in_secs.min(MAX_TOKEN_LIFETIME_SECS));
         let sent = Instant::now();
         let published: Result<(i64, i64, i64, i64, i64), _> = inner
             .scripts
@@ -616,6 +618,7 @@ impl TokenStore {
             .arg(millis(lifetime))
             .arg(millis(started.elapsed()))
             .arg(millis(inner.settings.refresh_margin(lifetime)))
+            .arg(millis(Duration::from_secs(MAX_TOKEN_LIFETIME_SECS)))
             .invoke_async(&mut inner.conn.clone())
             .await;
         let AccessToken { token: value, .. } = access;
@@ -635,13 +638,14 @@ impl TokenStore {
             Err(e) => {
                 // WeChat issued a good token: use it here; the fleet gets one after the lease.
                 tracing::warn!(app = %inner.app, error = %e, "cannot share the refreshed access token");
+                let expires_at = started.checked_add(lifetime).unwrap_or(started);
                 let token = Token {
                     value: value.into(),
                     fetched_at_ms: 0,
                     expires_at_ms: 0,
-                    expires_at: started + lifetime,
+                    expires_at,
                 };
-                let due = (started + lifetime)
+                let due = expires_at
                     .checked_sub(inner.settings.refresh_margin(lifetime))
                     .unwrap_or(started);
                 self.remember(&token, due);
