@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::apps::{Apps, VarApp, CONFIG_FILE_VAR};
+use crate::apps::{Apps, VarApp, CONFIG_FILE_VAR, TOKEN_SOURCE_VAR};
 use crate::names::Namespace;
 use crate::upload::UploadLimits;
 
@@ -94,6 +94,8 @@ pub struct RawConfig {
     pub tls_ca_file: Option<String>,
     /// Path of the several-apps TOML file.
     pub config_file: Option<String>,
+    /// Where the single app's access token comes from (`stable`, `classic` or a URL).
+    pub token_source: Option<String>,
 }
 
 /// Every variable [`RawConfig::from_env`] reads, beside the field it fills.
@@ -118,6 +120,7 @@ pub const ENV_VARS: &[&str] = &[
     "WXPUSH_SHUTDOWN_SECS",
     "WXPUSH_TLS_CA_FILE",
     CONFIG_FILE_VAR,
+    TOKEN_SOURCE_VAR,
 ];
 
 impl RawConfig {
@@ -150,6 +153,7 @@ impl RawConfig {
             shutdown_secs: get(ENV_VARS[17]),
             tls_ca_file: get(ENV_VARS[18]),
             config_file: get(ENV_VARS[19]),
+            token_source: get(ENV_VARS[20]),
         }
     }
 
@@ -192,6 +196,7 @@ impl RawConfig {
             VarApp {
                 id: self.app_id,
                 secret: self.app_secret,
+                token_source: self.token_source,
             },
             file.as_ref().map(|(p, t)| (*p, t.as_str())),
             send_rate,
@@ -420,6 +425,30 @@ mod tests {
         assert_eq!(c.http_addr, Some("0.0.0.0:9464".parse().unwrap()));
         assert_eq!(c.shutdown_grace, std::time::Duration::from_secs(10));
         assert_eq!(c.tls_ca_file, None);
+        assert_eq!(
+            c.apps.default_app().token_source,
+            crate::TokenSource::Stable,
+            "stable_token from v1.2"
+        );
+    }
+
+    #[test]
+    fn the_single_apps_token_source_comes_from_its_variable() {
+        let c = raw(&[("WXPUSH_APP_ID", "wx1"), ("WXPUSH_TOKEN_SOURCE", "classic")])
+            .validate()
+            .unwrap();
+        assert_eq!(
+            c.apps.default_app().token_source,
+            crate::TokenSource::Classic
+        );
+        let e = raw(&[("WXPUSH_APP_ID", "wx1"), ("WXPUSH_TOKEN_SOURCE", "weekly")])
+            .validate()
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("WXPUSH_TOKEN_SOURCE is invalid: 'weekly' is not"),
+            "{e}"
+        );
     }
 
     #[test]

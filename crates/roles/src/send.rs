@@ -201,6 +201,7 @@ impl SendParts {
                     wechat.clone(),
                     app.id.clone(),
                     secret,
+                    app.token_source.clone(),
                     TokenSettings::default(),
                 ),
                 limiter: RateLimiter::new(

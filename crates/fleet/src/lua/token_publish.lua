@@ -1,7 +1,10 @@
 -- Stores a freshly fetched access token and releases the refresh lock if the caller still
 -- holds it. A caller whose lease ran out stores only over an older token (or none).
 -- Times are Redis's: fetched = now - (time since the fetch was sent), so they err early.
--- KEYS[1] token hash, KEYS[2] refresh lock, KEYS[3] remembered refresh failure
+-- Storing a token also clears the rejected-token mark (the refresh that follows a rejection
+-- has decided about it).
+-- KEYS[1] token hash, KEYS[2] refresh lock, KEYS[3] remembered refresh failure,
+-- KEYS[4] rejected-token mark
 -- ARGV[1] owner id, ARGV[2] token, ARGV[3] lifetime (ms), ARGV[4] ms since the fetch was sent,
 -- ARGV[5] refresh-ahead margin (ms), ARGV[6] longest lifetime believed (ms)
 -- Returns {now_ms, fetched_ms, due_ms, expires_ms, stored (0 or 1)}
@@ -26,7 +29,7 @@ end
 if store then
   redis.call('HSET', KEYS[1], 't', ARGV[2], 'f', fetched, 'd', due, 'e', expires)
   redis.call('PEXPIRE', KEYS[1], ttl)
-  redis.call('DEL', KEYS[3])
+  redis.call('DEL', KEYS[3], KEYS[4])
 end
 if mine then
   redis.call('DEL', KEYS[2])
