@@ -178,7 +178,7 @@ async fn main() {
     // INFO is the benchmark's own.
     let round_trips = commands - inside_scripts - delta("info");
     let wxpush_rate = n as f64 / secs;
-    let token_fetches = fake.token_fetches(TEST_APP);
+    let token_fetches = fake.all_token_fetches(TEST_APP);
 
     // The bare ceiling: consume + one script + one POST + ack, same concurrency.
     let bare_users: Vec<OpenId> = (0..n)

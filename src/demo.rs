@@ -221,7 +221,7 @@ async fn demo(
     // Stop the fleet, then judge what WeChat saw and what the bank and WeChat hold.
     let exits = fleet.stop_all();
     let requests = fake.requests();
-    let token_fetches = fake.token_fetches(app.as_str());
+    let token_fetches = fake.all_token_fetches(app.as_str());
     let wechat = population.wechat_consents_left(&fake, &app)?;
     fake.shutdown().await;
     let left = ConsentsLeft {

@@ -269,3 +269,18 @@ async fn a_sender_pointed_at_the_fake_says_dry_run_and_does_not_warn() {
     .await;
     assert!(!text.contains(PLAIN_HTTP_WARNING), "{text}");
 }
+
+#[test]
+fn a_sender_whose_tokens_come_from_a_token_service_needs_no_secret() {
+    // The install's central token service holds the secret (contract 8.6): wxpush hosts
+    // need none. Nothing is reachable here, so what is reported is past the secret check.
+    let mut env = TestEnv::new("cli_service_no_secret");
+    env.set("WXPUSH_TOKEN_SOURCE", "https://tokens.example.com/wx");
+    env.set("WXPUSH_REDIS_URL", "redis://127.0.0.1:1/0");
+    let (code, err) = run(&env, &["send"]);
+    assert_one_line_failure(code, &err, "cannot reach Redis at redis://127.0.0.1:1/0");
+    // Without a token service, the secret is still required.
+    env.set("WXPUSH_TOKEN_SOURCE", "stable");
+    let (code, err) = run(&env, &["send"]);
+    assert_one_line_failure(code, &err, "no secret for app");
+}

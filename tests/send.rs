@@ -371,9 +371,11 @@ async fn an_expired_access_token_is_refreshed_once_for_the_fleet() {
     let (_, counts) = rig.run_until(s, "c6", 150, Duration::from_secs(40)).await;
     let lifetimes = started.elapsed().as_millis() as u64 / 2000;
     assert_eq!(counts.get("sent"), Some(&150), "{counts:?}");
-    let fetches = rig.fake.token_fetches(TEST_APP);
+    // The default source, stable_token: classic /cgi-bin/token is never called.
+    assert_eq!(rig.fake.token_fetches(TEST_APP), 0);
+    let fetches = rig.fake.stable_token_fetches(TEST_APP);
     // ~5 s of sending with 2 s tokens (longer on a loaded machine): about one fetch per
-    // lifetime, plus the forced one and the first; never one per job or per worker.
+    // lifetime, plus the one after the expiry and the first; never one per job or per worker.
     assert!(
         (2..=lifetimes + 2).contains(&fetches),
         "{fetches} token fetches in {lifetimes} token lifetimes"

@@ -27,12 +27,13 @@ pub struct Fleet {
 
 impl Fleet {
     pub async fn new(name: &str, rate: u32, page: usize) -> Self {
+        Self::with_fake(name, rate, page, fake_config()).await
+    }
+
+    /// A fleet whose fake WeChat starts from `config` (see [`fake_config`]).
+    pub async fn with_fake(name: &str, rate: u32, page: usize, config: FakeConfig) -> Self {
         let mut env = TestEnv::new(name);
-        let fake = FakeWeChat::start(FakeConfig::with_apps(vec![
-            FakeApp::new(TEST_APP, SECRET).with_templates([TPL])
-        ]))
-        .await
-        .unwrap();
+        let fake = FakeWeChat::start(config).await.unwrap();
         env.set("WXPUSH_WECHAT_API_BASE", &fake.base_url());
         env.set("WXPUSH_APP_SECRET", SECRET);
         env.set("WXPUSH_SEND_RATE", &rate.to_string());
@@ -166,11 +167,13 @@ impl Fleet {
         );
     }
 
+    /// Sends WeChat accepted, per user (token requests, which answer errcode 0 too, are not
+    /// sends).
     pub fn accepted_per_user(&self) -> HashMap<String, u64> {
         let mut m = HashMap::new();
         for r in self.fake.requests() {
-            if r.errcode == Some(0) {
-                *m.entry(r.touser.unwrap_or_default()).or_default() += 1;
+            if let (Some(0), Some(who)) = (r.errcode, r.touser) {
+                *m.entry(who).or_default() += 1;
             }
         }
         m
@@ -244,6 +247,11 @@ impl Drop for Fleet {
             let _ = c.wait();
         }
     }
+}
+
+/// The fake WeChat's configuration for a fleet: the test app with its secret and template.
+pub fn fake_config() -> FakeConfig {
+    FakeConfig::with_apps(vec![FakeApp::new(TEST_APP, SECRET).with_templates([TPL])])
 }
 
 pub fn campaign(id: &str, audience: serde_json::Value) -> serde_json::Value {

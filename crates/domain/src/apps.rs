@@ -1,6 +1,6 @@
 //! The mini programs one install serves (contract section 7): [`Apps`], built from the
-//! single-app variables (`WXPUSH_APP_ID`, `WXPUSH_APP_SECRET`, `WXPUSH_SEND_RATE`) and the
-//! TOML file named by `WXPUSH_CONFIG`.
+//! single-app variables (`WXPUSH_APP_ID`, `WXPUSH_APP_SECRET`, `WXPUSH_SEND_RATE`,
+//! `WXPUSH_TOKEN_SOURCE`) and the TOML file named by `WXPUSH_CONFIG`.
 //!
 //! The file, every key optional except `appid`:
 //!
@@ -11,10 +11,13 @@
 //! appid = "wx1234567890abcdef"
 //! secret = "..."
 //! send_rate = 200                  # this app's own ceiling; WXPUSH_SEND_RATE when absent
+//! token_source = "stable"          # or "classic", or the URL of the install's token service
 //! ```
 //!
 //! How the two sources meet ([`Apps::build`]): the variables' app joins the file's list (its
-//! secret fills in one the file leaves out; two different secrets are an error); the default
+//! secret and `WXPUSH_TOKEN_SOURCE` fill in what the file leaves out; two different secrets or
+//! token sources are an error, and `WXPUSH_TOKEN_SOURCE` needs `WXPUSH_APP_ID` to say whose
+//! it is when a file lists the apps); the default
 //! app is the one the file names, else `WXPUSH_APP_ID`, else the only app. Anything unclear
 //! (an unknown key, an app listed twice, two defaults) is refused, because a typo here would
 //! send one app's messages with another's credentials.
@@ -27,6 +30,10 @@ use serde::Deserialize;
 
 use crate::config::{ConfigError, Secret};
 use crate::names::AppId;
+use crate::token_source::TokenSource;
+
+/// The variable giving the single app's token source.
+pub const TOKEN_SOURCE_VAR: &str = "WXPUSH_TOKEN_SOURCE";
 
 /// The variable naming the several-apps file.
 pub const CONFIG_FILE_VAR: &str = "WXPUSH_CONFIG";
@@ -39,6 +46,8 @@ pub struct AppConfig {
     pub secret: Option<Secret>,
     /// Send calls per second for this app, shared by every sender process.
     pub send_rate: u32,
+    /// Where its access token comes from (contract §8.6; `stable` unless configured).
+    pub token_source: TokenSource,
 }
 
 /// Every app of the install, the default one first. Never empty.
@@ -52,6 +61,8 @@ pub struct Apps {
 pub struct VarApp {
     pub id: Option<String>,
     pub secret: Option<Secret>,
+    /// `WXPUSH_TOKEN_SOURCE`, unparsed.
+    pub token_source: Option<String>,
 }
 
 /// Keys of the apps file whose values are secrets ([`file_secrets`]).
@@ -73,16 +84,18 @@ struct FileApp {
     #[serde(default)]
     default: bool,
     send_rate: Option<u32>,
+    token_source: Option<String>,
 }
 
 impl Apps {
-    /// One app, from the single-app variables (and tests).
+    /// One app, from the single-app variables (and tests), its token from `stable_token`.
     pub fn single(id: AppId, secret: Option<Secret>, send_rate: u32) -> Self {
         Self {
             list: vec![AppConfig {
                 id,
                 secret,
                 send_rate,
+                token_source: TokenSource::Stable,
             }],
         }
     }
@@ -106,6 +119,16 @@ impl Apps {
             })
             .transpose()?;
         let var_secret = vars.secret;
+        let var_source = vars
+            .token_source
+            .as_deref()
+            .map(|s| {
+                TokenSource::parse(s).map_err(|reason| ConfigError::Invalid {
+                    var: TOKEN_SOURCE_VAR,
+                    reason,
+                })
+            })
+            .transpose()?;
         let Some((path, text)) = file else {
             let Some(id) = var_id else {
                 return Err(ConfigError::Missing {
@@ -114,8 +137,19 @@ impl Apps {
                            WXPUSH_CONFIG file); credentials are kept per app",
                 });
             };
-            return Ok(Self::single(id, var_secret, send_rate));
+            let mut single = Self::single(id, var_secret, send_rate);
+            single.list[0].token_source = var_source.unwrap_or_default();
+            return Ok(single);
         };
+        if var_source.is_some() && var_id.is_none() {
+            return Err(ConfigError::Invalid {
+                var: TOKEN_SOURCE_VAR,
+                reason: format!(
+                    "it is the token source of WXPUSH_APP_ID's app, which is not set; with \
+                     {CONFIG_FILE_VAR} give each app its own token_source"
+                ),
+            });
+        }
         let invalid = |reason: String| ConfigError::Invalid {
             var: CONFIG_FILE_VAR,
             reason: format!("{path}: {reason}"),
@@ -123,6 +157,8 @@ impl Apps {
         let parsed: FileConfig = toml::from_str(text).map_err(|e| invalid(toml_error(text, &e)))?;
 
         let mut list: Vec<AppConfig> = Vec::with_capacity(parsed.apps.len() + 1);
+        // Whether the file gave each listed app a token_source.
+        let mut sourced: Vec<bool> = Vec::with_capacity(parsed.apps.len());
         let mut flagged: Vec<AppId> = Vec::new();
         for (i, a) in parsed.apps.into_iter().enumerate() {
             let id = AppId::new(&a.appid).map_err(|e| invalid(format!("apps[{i}].appid: {e}")))?;
@@ -135,27 +171,52 @@ impl Apps {
             if a.default {
                 flagged.push(id.clone());
             }
+            let token_source = a
+                .token_source
+                .as_deref()
+                .map(|s| {
+                    TokenSource::parse(s)
+                        .map_err(|e| invalid(format!("apps[{i}].token_source: {e}")))
+                })
+                .transpose()?;
             list.push(AppConfig {
                 id,
                 secret: a.secret.filter(|s| !s.expose().is_empty()),
                 send_rate: a.send_rate.unwrap_or(send_rate),
+                token_source: token_source.unwrap_or_default(),
             });
+            sourced.push(a.token_source.is_some());
         }
         if let Some(id) = &var_id {
-            match list.iter_mut().find(|a| a.id == *id) {
-                Some(listed) => match (&listed.secret, &var_secret) {
-                    (Some(a), Some(b)) if a != b => {
-                        return Err(invalid(format!(
-                            "{id} has a different secret in WXPUSH_APP_SECRET; keep one"
-                        )))
+            match list.iter().position(|a| a.id == *id) {
+                Some(at) => {
+                    let listed = &mut list[at];
+                    match (&listed.secret, &var_secret) {
+                        (Some(a), Some(b)) if a != b => {
+                            return Err(invalid(format!(
+                                "{id} has a different secret in WXPUSH_APP_SECRET; keep one"
+                            )))
+                        }
+                        (None, Some(s)) => listed.secret = Some(s.clone()),
+                        _ => {}
                     }
-                    (None, Some(s)) => listed.secret = Some(s.clone()),
-                    _ => {}
-                },
+                    match (sourced[at], &var_source) {
+                        (true, Some(v)) if *v != listed.token_source => {
+                            return Err(invalid(format!(
+                                "{id} has token_source = \"{}\" but {TOKEN_SOURCE_VAR} says \
+                                 \"{v}\"; keep one",
+                                listed.token_source
+                            )))
+                        }
+                        (false, Some(v)) => listed.token_source = v.clone(),
+                        _ => {}
+                    }
+                }
                 None => list.push(AppConfig {
                     id: id.clone(),
                     secret: var_secret,
                     send_rate,
+                    token_source: var_source.unwrap_or_default(),
                 }),
             }
         }
@@ -416,6 +477,7 @@ mod tests {
         VarApp {
             id: id.map(str::to_owned),
             secret: secret.map(Secret::new),
+            token_source: None,
         }
     }
 
@@ -533,6 +595,135 @@ mod tests {
             assert!(!e.contains('\n'), "{e:?}");
             assert!(!e.contains("s3cr3t"), "{e:?}");
         }
+    }
+
+    fn with_source(id: Option<&str>, source: &str) -> VarApp {
+        VarApp {
+            token_source: Some(source.to_owned()),
+            ..vars(id, None)
+        }
+    }
+
+    #[test]
+    fn each_app_has_a_token_source_stable_by_default() {
+        let apps = build(
+            None,
+            None,
+            &format!(
+                "default = \"{A}\"\n[[apps]]\nappid = \"{A}\"\n[[apps]]\nappid = \"{B}\"\n\
+                 token_source = \"https://tokens.example.com/{B}?key=k\"\n\
+                 [[apps]]\nappid = \"wxc\"\ntoken_source = \"classic\"\n"
+            ),
+        )
+        .unwrap();
+        let sources: Vec<String> = apps.iter().map(|a| a.token_source.to_string()).collect();
+        assert_eq!(
+            sources,
+            [
+                "stable",
+                &format!("https://tokens.example.com/{B}?***"),
+                "classic"
+            ]
+        );
+        // The single app's variable, alone or filling in what the file leaves out.
+        let single = Apps::build(with_source(Some(A), "classic"), None, 5).unwrap();
+        assert_eq!(single.default_app().token_source, TokenSource::Classic);
+        let plain = Apps::build(vars(Some(A), None), None, 5).unwrap();
+        assert_eq!(plain.default_app().token_source, TokenSource::Stable);
+        let filled = Apps::build(
+            with_source(Some(A), "classic"),
+            Some((
+                "/f.toml",
+                &format!("[[apps]]\nappid = \"{A}\"\n[[apps]]\nappid = \"{B}\"\n"),
+            )),
+            5,
+        )
+        .unwrap();
+        let of = |apps: &Apps, id: &str| {
+            apps.get(&AppId::new(id).unwrap())
+                .unwrap()
+                .token_source
+                .clone()
+        };
+        assert_eq!(of(&filled, A), TokenSource::Classic);
+        assert_eq!(
+            of(&filled, B),
+            TokenSource::Stable,
+            "the variable is A's only"
+        );
+        let same = Apps::build(
+            with_source(Some(A), "classic"),
+            Some((
+                "/f.toml",
+                &format!("[[apps]]\nappid = \"{A}\"\ntoken_source = \"classic\"\n"),
+            )),
+            5,
+        )
+        .unwrap();
+        assert_eq!(of(&same, A), TokenSource::Classic);
+    }
+
+    #[test]
+    fn a_bad_or_unclear_token_source_is_one_line_naming_the_key_or_variable() {
+        let e = build(
+            None,
+            None,
+            &format!("[[apps]]\nappid = \"{A}\"\ntoken_source = \"stabel\"\n"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "WXPUSH_CONFIG is invalid: /etc/wxpush.toml: apps[0].token_source: 'stabel' is not \
+             \"stable\", \"classic\" or an https:// URL of a token service"
+        );
+        let e = build(
+            None,
+            None,
+            &format!(
+                "[[apps]]\nappid = \"{A}\"\ntoken_source = \"http://tokens.example.com/t?key=s3cr3t\"\n"
+            ),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("apps[0].token_source: http://tokens.example.com/t?***: http:// is only"),
+            "{e}"
+        );
+        assert!(!e.contains("s3cr3t"), "{e}");
+        let e = Apps::build(with_source(Some(A), "sometimes"), None, 5)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("WXPUSH_TOKEN_SOURCE is invalid: 'sometimes' is not"),
+            "{e}"
+        );
+        let e = Apps::build(
+            with_source(Some(A), "stable"),
+            Some((
+                "/f.toml",
+                &format!("[[apps]]\nappid = \"{A}\"\ntoken_source = \"classic\"\n"),
+            )),
+            5,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("wx1234567890abcdef has token_source = \"classic\" but WXPUSH_TOKEN_SOURCE says \"stable\""),
+            "{e}"
+        );
+        let e = Apps::build(
+            with_source(None, "classic"),
+            Some(("/f.toml", &format!("[[apps]]\nappid = \"{A}\"\n"))),
+            5,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with(
+                "WXPUSH_TOKEN_SOURCE is invalid: it is the token source of WXPUSH_APP_ID's app"
+            ),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
     }
 
     #[test]

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::apps::{Apps, VarApp, CONFIG_FILE_VAR};
+use crate::apps::{Apps, VarApp, CONFIG_FILE_VAR, TOKEN_SOURCE_VAR};
 use crate::names::Namespace;
 use crate::upload::UploadLimits;
 
@@ -142,6 +142,8 @@ pub struct RawConfig {
     pub tls_ca_file: Option<String>,
     /// Path of the several-apps TOML file.
     pub config_file: Option<String>,
+    /// Where the single app's access token comes from (`stable`, `classic` or a URL).
+    pub token_source: Option<String>,
 }
 
 /// Every variable [`RawConfig::from_env`] reads, beside the field it fills.
@@ -167,6 +169,7 @@ pub const ENV_VARS: &[&str] = &[
     "WXPUSH_TLS_CA_FILE",
     CONFIG_FILE_VAR,
     "WXPUSH_INGEST_BUFFER_BYTES",
+    TOKEN_SOURCE_VAR,
 ];
 
 impl RawConfig {
@@ -200,6 +203,7 @@ impl RawConfig {
             tls_ca_file: get(ENV_VARS[18]),
             config_file: get(ENV_VARS[19]),
             ingest_buffer_bytes: get(ENV_VARS[20]),
+            token_source: get(ENV_VARS[21]),
         }
     }
 
@@ -267,6 +271,7 @@ impl RawConfig {
             VarApp {
                 id: self.app_id,
                 secret: self.app_secret,
+                token_source: self.token_source,
             },
             file.as_ref().map(|(p, t)| (*p, t.as_str())),
             send_rate,
@@ -407,12 +412,19 @@ pub struct HttpAddr {
 }
 
 impl Config {
-    /// Every secret the install runs with, for the log scrubber: each app's secret and the
-    /// passwords of the two URLs (as written in them).
+    /// Every secret the install runs with, for the log scrubber: each app's secret, the
+    /// passwords of the two URLs (as written in them) and what may be a key in a token
+    /// service's URL.
     pub fn secrets(&self) -> Vec<Secret> {
         let mut out: Vec<Secret> = self.apps.iter().filter_map(|a| a.secret.clone()).collect();
         out.extend(self.amqp_url.password());
         out.extend(self.redis_url.password());
+        // A token service's URL may carry a key (its password or query).
+        for app in self.apps.iter() {
+            if let crate::TokenSource::Service(url) = &app.token_source {
+                out.extend(url.secret_parts().into_iter().map(Secret::new));
+            }
+        }
         out
     }
 }
@@ -584,6 +596,30 @@ mod tests {
         );
         assert_eq!(c.shutdown_grace, std::time::Duration::from_secs(10));
         assert_eq!(c.tls_ca_file, None);
+        assert_eq!(
+            c.apps.default_app().token_source,
+            crate::TokenSource::Stable,
+            "stable_token from v1.2"
+        );
+    }
+
+    #[test]
+    fn the_single_apps_token_source_comes_from_its_variable() {
+        let c = raw(&[("WXPUSH_APP_ID", "wx1"), ("WXPUSH_TOKEN_SOURCE", "classic")])
+            .validate()
+            .unwrap();
+        assert_eq!(
+            c.apps.default_app().token_source,
+            crate::TokenSource::Classic
+        );
+        let e = raw(&[("WXPUSH_APP_ID", "wx1"), ("WXPUSH_TOKEN_SOURCE", "weekly")])
+            .validate()
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("WXPUSH_TOKEN_SOURCE is invalid: 'weekly' is not"),
+            "{e}"
+        );
     }
 
     #[test]

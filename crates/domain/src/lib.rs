@@ -14,6 +14,7 @@ pub mod credential;
 pub mod job;
 pub mod names;
 pub mod subscribe_data;
+pub mod token_source;
 pub mod upload;
 
 pub use apps::{AppConfig, Apps};
@@ -28,6 +29,7 @@ pub use credential::{
 pub use job::{parse_job, DataItem, JobError, JobKind, SendJob, ValidJob};
 pub use names::{AppId, NameError, Namespace, OpenId};
 pub use subscribe_data::{validate_subscribe_data, DataError};
+pub use token_source::{ServiceUrl, TokenSource};
 pub use upload::{parse_upload, PoisonReason, RejectedEntry, Upload, UploadLimits};
 
 /// WeChat lets a formId (and a prepay_id) be used within 7 days of the user's action.

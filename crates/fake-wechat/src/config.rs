@@ -91,7 +91,7 @@ pub struct FakeConfig {
     /// Lifetime of an issued access token (WeChat: 7200 s).
     pub token_lifetime_ms: u64,
     /// How long the previous `/cgi-bin/token` token keeps working after a new one is issued
-    /// (WeChat: 5 minutes). `stable_token` also renews its token this early, but at most half
+    /// (WeChat: 5 minutes; then it answers 40001). `stable_token` also renews its token this early, but at most half
     /// way through the lifetime.
     pub token_grace_ms: u64,
     /// Default lifetime of issued formIds and prepay_ids (WeChat: 7 days).

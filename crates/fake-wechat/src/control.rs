@@ -33,6 +33,7 @@ pub(crate) fn routes(access: ControlAccess) -> Router<FakeWeChat> {
         .route("/fake/faults", get(faults).put(set_faults))
         .route("/fake/token-outage", post(token_outage))
         .route("/fake/tokens/expire", post(expire_tokens))
+        .route("/fake/tokens/revoke", post(revoke_tokens))
         .route("/fake/requests", get(requests))
         .route("/fake/stats", get(stats))
         .route("/fake/reset", post(reset))
@@ -180,14 +181,22 @@ struct AppReq {
     app_id: Option<String>,
 }
 
-async fn expire_tokens(State(fake): State<FakeWeChat>, body: Bytes) -> Answer {
-    let r: AppReq = if body.is_empty() {
-        AppReq::default()
+fn app_req(body: &[u8]) -> Result<AppReq, FakeError> {
+    if body.is_empty() {
+        Ok(AppReq::default())
     } else {
-        parse(&body)?
-    };
-    let n = fake.expire_tokens(r.app_id.as_deref())?;
+        parse(body)
+    }
+}
+
+async fn expire_tokens(State(fake): State<FakeWeChat>, body: Bytes) -> Answer {
+    let n = fake.expire_tokens(app_req(&body)?.app_id.as_deref())?;
     Ok(Json(json!({ "expired": n })))
+}
+
+async fn revoke_tokens(State(fake): State<FakeWeChat>, body: Bytes) -> Answer {
+    let n = fake.revoke_tokens(app_req(&body)?.app_id.as_deref())?;
+    Ok(Json(json!({ "revoked": n })))
 }
 
 #[derive(Deserialize)]

@@ -24,11 +24,16 @@
 //!   grant_type other than `client_credential`, `40013` for an unknown appid and `40125` for a
 //!   wrong secret (the code WECHAT.md lists for a bad secret; the client also accepts `40001`).
 //! * Tokens live [`FakeConfig::token_lifetime_ms`] (default 7200 s). A new `/cgi-bin/token`
-//!   token leaves the previous one valid for [`FakeConfig::token_grace_ms`] (default 5 min).
+//!   token, whoever fetched it, leaves the previous one valid for
+//!   [`FakeConfig::token_grace_ms`] (default 5 min); after that it answers `40001` ("not
+//!   latest"), as WeChat does.
 //!   `stable_token` answers the same token while it has more than
-//!   `min(grace, lifetime / 2)` left; `force_refresh: true` issues a new one at once (WeChat's
-//!   20-a-day limit on it is not modelled). Unknown token → `40001`, expired → `42001`, missing
-//!   → `41001`.
+//!   `min(grace, lifetime / 2)` left, whoever asks, and is untouched by `/cgi-bin/token`
+//!   fetches; `force_refresh: true` issues a new one at once (the old one works for the grace
+//!   period), at most 20 calls a day (China's day, UTC+8; the 21st answers `45009`), and a call
+//!   within 30 s of the last forced refresh counts but does not refresh (WeChat's rules).
+//!   Unknown token → `40001`, expired → `42001`, missing → `41001`; a revoked one
+//!   ([`FakeWeChat::revoke_tokens`]) → `40001`.
 //! * formIds (1 use) and prepay_ids (3 uses) are issued to one openId of one app with an expiry
 //!   (default 7 days). A template send with a form_id that is unknown, another user's or app's,
 //!   or expired → `41028`; used up → `41029`.
@@ -77,6 +82,7 @@
 //! | `PUT /fake/faults` | [`Faults`] (missing fields = off) | the faults set |
 //! | `POST /fake/token-outage` | `{"forMs"}` | `{}` |
 //! | `POST /fake/tokens/expire` | `{"appId"?}` or empty | `{"expired":n}` |
+//! | `POST /fake/tokens/revoke` | `{"appId"?}` or empty | `{"revoked":n}` |
 //! | `GET /fake/requests` | `?since=N` (index of the first record wanted) | `[`[`RequestRecord`]`, ..]` |
 //! | `GET /fake/stats` | | [`Stats`] |
 //! | `POST /fake/reset` | | `{}` (back to the start config) |
@@ -270,6 +276,13 @@ impl FakeWeChat {
         self.with(|s| s.expire_tokens(app_id, now_ms()))
     }
 
+    /// Makes the send APIs refuse the app's unexpired tokens (`40001`) while `stable_token`
+    /// without `force_refresh` keeps answering its current one: a token WeChat stopped
+    /// accepting early, which only `force_refresh: true` replaces.
+    pub fn revoke_tokens(&self, app_id: Option<&str>) -> Result<usize, FakeError> {
+        self.with(|s| s.revoke_tokens(app_id, now_ms()))
+    }
+
     /// Every recorded request so far.
     pub fn requests(&self) -> Vec<RequestRecord> {
         self.requests_since(0)
@@ -296,6 +309,21 @@ impl FakeWeChat {
     /// Tokens `/cgi-bin/token` issued for the app.
     pub fn token_fetches(&self, app_id: &str) -> u64 {
         self.stats().token_fetches.get(app_id).copied().unwrap_or(0)
+    }
+
+    /// Tokens `/cgi-bin/stable_token` answered for the app (the same token answered twice
+    /// counts twice).
+    pub fn stable_token_fetches(&self, app_id: &str) -> u64 {
+        self.stats()
+            .stable_token_fetches
+            .get(app_id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Token answers of both endpoints for the app.
+    pub fn all_token_fetches(&self, app_id: &str) -> u64 {
+        self.token_fetches(app_id) + self.stable_token_fetches(app_id)
     }
 
     /// Back to the start configuration (see `POST /fake/reset`).

@@ -41,6 +41,9 @@ pub struct RequestRecord {
     /// The errcode answered; `None` for an injected HTTP 500.
     pub errcode: Option<i64>,
     pub http_status: u16,
+    /// A `stable_token` request with `force_refresh: true`.
+    #[serde(default)]
+    pub forced: bool,
 }
 
 /// Counters since start or the last reset.
@@ -63,6 +66,11 @@ pub struct Stats {
     pub token_fetches: BTreeMap<String, u64>,
     /// Successful `/cgi-bin/stable_token` answers, per app.
     pub stable_token_fetches: BTreeMap<String, u64>,
+    /// `/cgi-bin/stable_token` calls with `force_refresh: true` answered with a token (those
+    /// within 30 s of the last forced refresh included: WeChat counts them, but does not
+    /// refresh), per app.
+    #[serde(default)]
+    pub stable_token_forced: BTreeMap<String, u64>,
     /// Uses of each formId / prepay_id used at least once.
     pub form_id_uses: BTreeMap<String, u32>,
     /// Subscribe messages' ids handed out so far.

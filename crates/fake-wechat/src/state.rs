@@ -95,6 +95,12 @@ struct App {
     stable_token: Option<String>,
     token_fetches: u64,
     stable_fetches: u64,
+    /// `force_refresh: true` calls answered with a token.
+    stable_forced: u64,
+    /// (China-time day, `force_refresh: true` calls that day).
+    forced_today: (u64, u32),
+    /// When a `force_refresh: true` call last replaced the stable token.
+    last_forced_ms: Option<u64>,
     second: (u64, u32),
     minute: (u64, u32),
 }
@@ -110,6 +116,9 @@ impl App {
             stable_token: None,
             token_fetches: 0,
             stable_fetches: 0,
+            stable_forced: 0,
+            forced_today: (0, 0),
+            last_forced_ms: None,
             second: (0, 0),
             minute: (0, 0),
         }
@@ -119,6 +128,21 @@ impl App {
 struct TokenEntry {
     app: String,
     expires_at_ms: u64,
+    /// Refused by the send APIs (40001) before its time; see [`State::revoke_tokens`].
+    revoked: bool,
+    /// Its end was brought forward because a newer token replaced it: once past, WeChat
+    /// answers 40001 ("not latest"), not 42001 (expired).
+    superseded: bool,
+}
+
+impl TokenEntry {
+    /// A newer token replaced this one: it works `grace` more ms, then is "not latest".
+    fn supersede(&mut self, now: u64, grace: u64) {
+        if now + grace < self.expires_at_ms {
+            self.expires_at_ms = now + grace;
+            self.superseded = true;
+        }
+    }
 }
 
 struct Cred {
@@ -199,6 +223,12 @@ pub(crate) struct State {
 }
 
 const MSGID_BASE: i64 = 1_988_810_812_324_364_291;
+/// WeChat's limits on `stable_token` with `force_refresh: true`: 20 calls a day, and a call
+/// within 30 s of the last refresh does not refresh.
+pub(crate) const FORCE_REFRESH_PER_DAY: u32 = 20;
+pub(crate) const FORCE_REFRESH_SPACING_MS: u64 = 30_000;
+/// WeChat's days are China's (UTC+8).
+const CHINA_OFFSET_MS: u64 = 8 * 3_600_000;
 
 impl State {
     pub fn new(config: FakeConfig) -> Result<Self, FakeError> {
@@ -252,7 +282,7 @@ impl State {
                 let app = self.apps.get_mut(&app_id).expect("checked app");
                 if let Some(prev) = app.current_token.replace(token.clone()) {
                     if let Some(e) = self.tokens.get_mut(&prev) {
-                        e.expires_at_ms = e.expires_at_ms.min(now + grace);
+                        e.supersede(now, grace);
                     }
                 }
                 app.token_fetches += 1;
@@ -279,45 +309,74 @@ impl State {
         );
         let answer = match checked {
             Err(a) => a,
-            Ok(app_id) => {
-                let lifetime = self.initial.token_lifetime_ms;
-                let grace = self.initial.token_grace_ms;
-                let early = grace.min(lifetime / 2);
-                let current = self.apps[&app_id]
-                    .stable_token
-                    .as_ref()
-                    .and_then(|t| self.tokens.get(t).map(|e| (t.clone(), e.expires_at_ms)));
-                let reuse = match &current {
-                    Some((t, exp)) if !body.force_refresh && *exp > now + early => {
-                        Some((t.clone(), *exp - now))
-                    }
-                    _ => None,
-                };
-                let (token, left) = match reuse {
-                    Some(r) => r,
-                    None => {
-                        if let (true, Some((old, _))) = (body.force_refresh, &current) {
-                            if let Some(e) = self.tokens.get_mut(old) {
-                                e.expires_at_ms = e.expires_at_ms.min(now + grace);
-                            }
-                        }
-                        let t = self.new_token(&app_id, now + lifetime);
-                        self.apps
-                            .get_mut(&app_id)
-                            .expect("checked app")
-                            .stable_token = Some(t.clone());
-                        (t, lifetime)
-                    }
-                };
-                self.apps
-                    .get_mut(&app_id)
-                    .expect("checked app")
-                    .stable_fetches += 1;
-                token_answer(token, left)
-            }
+            Ok(app_id) => match self.force_allowed(&app_id, body.force_refresh, now) {
+                Err(refused) => refused,
+                Ok(force) => self.stable_answer(&app_id, force, now),
+            },
         };
         let appid = Some(body.appid.as_str()).filter(|a| !a.is_empty());
-        self.finish(Endpoint::StableToken, appid, Named::default(), answer, now)
+        let forced = body.force_refresh;
+        self.finish_forced(Endpoint::StableToken, appid, answer, forced, now)
+    }
+
+    /// WeChat's limits on `force_refresh: true`: `Err(45009)` past 20 calls in the (China) day;
+    /// `Ok(false)` (answer as without it, no refresh) within 30 s of the last forced refresh.
+    fn force_allowed(&mut self, app_id: &str, asked: bool, now: u64) -> Result<bool, Answer> {
+        if !asked {
+            return Ok(false);
+        }
+        let app = self.apps.get_mut(app_id).expect("checked app");
+        let day = (now + CHINA_OFFSET_MS) / 86_400_000;
+        if app.forced_today.0 != day {
+            app.forced_today = (day, 0);
+        }
+        if app.forced_today.1 >= FORCE_REFRESH_PER_DAY {
+            return Err(Answer::err(45009, "reach max api daily quota limit"));
+        }
+        app.forced_today.1 += 1;
+        app.stable_forced += 1;
+        let too_soon = app
+            .last_forced_ms
+            .is_some_and(|t| now < t + FORCE_REFRESH_SPACING_MS);
+        if !too_soon {
+            app.last_forced_ms = Some(now);
+        }
+        Ok(!too_soon)
+    }
+
+    /// The stable token: the current one while it has more than `min(grace, lifetime / 2)`
+    /// left and `force` is false, else a new one (a forced one ends the old one's life after
+    /// the grace period).
+    fn stable_answer(&mut self, app_id: &str, force: bool, now: u64) -> Answer {
+        let lifetime = self.initial.token_lifetime_ms;
+        let grace = self.initial.token_grace_ms;
+        let early = grace.min(lifetime / 2);
+        let current = self.apps[app_id]
+            .stable_token
+            .as_ref()
+            .and_then(|t| self.tokens.get(t).map(|e| (t.clone(), e.expires_at_ms)));
+        let reuse = match &current {
+            Some((t, exp)) if !force && *exp > now + early => Some((t.clone(), *exp - now)),
+            _ => None,
+        };
+        let (token, left) = match reuse {
+            Some(r) => r,
+            None => {
+                if let (true, Some((old, _))) = (force, &current) {
+                    if let Some(e) = self.tokens.get_mut(old) {
+                        e.supersede(now, grace);
+                    }
+                }
+                let t = self.new_token(app_id, now + lifetime);
+                self.apps.get_mut(app_id).expect("checked app").stable_token = Some(t.clone());
+                (t, lifetime)
+            }
+        };
+        self.apps
+            .get_mut(app_id)
+            .expect("checked app")
+            .stable_fetches += 1;
+        token_answer(token, left)
     }
 
     /// `POST /cgi-bin/message/wxopen/template/send`.
@@ -430,6 +489,8 @@ impl State {
             TokenEntry {
                 app: app_id.to_owned(),
                 expires_at_ms,
+                revoked: false,
+                superseded: false,
             },
         );
         token
@@ -461,6 +522,15 @@ impl State {
             ));
         };
         let app_id = entry.app.clone();
+        if entry.revoked || (entry.superseded && now >= entry.expires_at_ms) {
+            return Err((
+                Some(app_id),
+                Answer::err(
+                    40001,
+                    "invalid credential, access_token is invalid or not latest",
+                ),
+            ));
+        }
         if now >= entry.expires_at_ms {
             return Err((Some(app_id), Answer::err(42001, "access_token expired")));
         }
@@ -591,6 +661,23 @@ impl State {
         }
     }
 
+    /// [`Self::finish`] for a token request, recording whether it asked `force_refresh`.
+    fn finish_forced(
+        &mut self,
+        endpoint: Endpoint,
+        app_id: Option<&str>,
+        answer: Answer,
+        forced: bool,
+        now: u64,
+    ) -> Reply {
+        let recorded = self.records.len();
+        let reply = self.finish(endpoint, app_id, Named::default(), answer, now);
+        if let Some(r) = self.records.get_mut(recorded) {
+            r.forced = forced;
+        }
+        reply
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn finish(
         &mut self,
@@ -616,6 +703,7 @@ impl State {
                 data: named.data.cloned(),
                 errcode: answer.errcode,
                 http_status: answer.status,
+                forced: false,
             });
         } else {
             self.dropped_records += 1;
@@ -762,6 +850,22 @@ impl State {
         self.token_fail_until_ms = now + for_ms;
     }
 
+    /// Makes the send APIs refuse every unexpired token of the app (default app when `None`)
+    /// with `40001`, while `stable_token` without `force_refresh` keeps answering its current
+    /// one until it would have expired: a token WeChat stopped accepting early (a reset
+    /// secret, a leak), which only `force_refresh: true` replaces.
+    pub fn revoke_tokens(&mut self, app_id: Option<&str>, now: u64) -> Result<usize, FakeError> {
+        let app = self.app_id(app_id)?;
+        let mut n = 0;
+        for e in self.tokens.values_mut().filter(|e| e.app == app) {
+            if e.expires_at_ms > now && !e.revoked {
+                e.revoked = true;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Makes every token of the app (default app when `None`) expired now.
     pub fn expire_tokens(&mut self, app_id: Option<&str>, now: u64) -> Result<usize, FakeError> {
         let app = self.app_id(app_id)?;
@@ -769,6 +873,7 @@ impl State {
         for e in self.tokens.values_mut().filter(|e| e.app == app) {
             if e.expires_at_ms > now {
                 e.expires_at_ms = now;
+                e.superseded = false;
                 n += 1;
             }
         }
@@ -803,6 +908,7 @@ impl State {
             http500s: self.http500s,
             token_fetches: per_app(|a| a.token_fetches),
             stable_token_fetches: per_app(|a| a.stable_fetches),
+            stable_token_forced: per_app(|a| a.stable_forced),
             form_id_uses: self
                 .creds
                 .iter()
@@ -838,9 +944,11 @@ fn with_detail(mut a: Answer, detail: String) -> Answer {
     a
 }
 
+/// A token answer: `expires_in` is the whole seconds left, rounded down (a caller trusting it
+/// errs early), at least 1.
 fn token_answer(token: String, left_ms: u64) -> Answer {
     Answer {
-        token: Some(Box::new((token, left_ms.div_ceil(1000)))),
+        token: Some(Box::new((token, (left_ms / 1000).max(1)))),
         ..Answer::ok()
     }
 }

@@ -7,6 +7,10 @@
 //! {ns}:token-lock:{<app>}   string  owner id of the one process refreshing the token (PX lease)
 //! {ns}:token-err:{<app>}    string  the last failed refresh, so the fleet does not hammer the
 //!                                    token endpoint (PX: a few seconds)
+//! {ns}:token-rejected:{<app>} string a stable token WeChat rejected while it was the shared one
+//!                                    (PX: the rest of that token's life)
+//! {ns}:token-force:{<app>}  zset    the fleet's `force_refresh: true` calls of the last 24 h,
+//!                                    scored by Redis ms (PX: 24 h after the last one)
 //! {ns}:rate:{<app>}         hash    the send-rate token bucket: k (permits left), ts (Redis µs);
 //!                                    PX: the time a full refill takes, plus one second
 //! {ns}:pause:{<app>}        string  fleet-wide send pause: its end (Unix ms, Redis clock), PX
@@ -53,6 +57,16 @@ impl Keys {
         self.key("token-err", app)
     }
 
+    /// The `stable` token WeChat rejected while it was `app`'s shared one.
+    pub fn token_rejected(&self, app: &AppId) -> String {
+        self.key("token-rejected", app)
+    }
+
+    /// The times of `app`'s forced token refreshes (the budget WeChat limits to 20 a day).
+    pub fn token_force(&self, app: &AppId) -> String {
+        self.key("token-force", app)
+    }
+
     /// The send-rate bucket of `app`.
     pub fn rate(&self, app: &AppId) -> String {
         self.key("rate", app)
@@ -82,6 +96,8 @@ mod tests {
             keys.token(&app),
             keys.token_lock(&app),
             keys.token_error(&app),
+            keys.token_rejected(&app),
+            keys.token_force(&app),
             keys.rate(&app),
             keys.pause(&app),
         ];

@@ -1,10 +1,13 @@
 //! What the `send` processes of one install share through Redis.
 //!
 //! This crate owns three fleet-wide mechanisms and the guarantees behind them:
-//! - **the access token** ([`TokenStore`]): one token per app for the whole fleet, refreshed
-//!   ahead of expiry by one process at a time (a lease lock), invalidated only if it is still the
-//!   one that failed and no more often than a minimum interval, with failed fetches remembered
-//!   so a fleet never hammers WeChat's token endpoint (see WECHAT.md, "Access token").
+//! - **the access token** ([`TokenStore`]): one token per app for the whole fleet, from the
+//!   app's token source (`stable_token` by default, the classic `/cgi-bin/token`, or the
+//!   install's token service), refreshed ahead of expiry by one process at a time (a lease
+//!   lock), invalidated only if it is still the one that failed and no more often than a
+//!   minimum interval, with failed fetches remembered so a fleet never hammers WeChat's token
+//!   endpoint, and `force_refresh` spent only on a rejected current token, within WeChat's 20 a
+//!   day, 30 s apart (see WECHAT.md, "Access token").
 //! - **the send rate** ([`RateLimiter`]): at most `WXPUSH_SEND_RATE` sends per second for all
 //!   processes together, a token bucket in Redis that processes draw from in small batches.
 //! - **the pause** ([`FleetPause`]): after WeChat's daily-quota answer (45009) every process
@@ -26,7 +29,10 @@ mod token;
 pub use keys::Keys;
 pub use pause::{FleetPause, PauseSettings};
 pub use rate::{batch_for, capacity_for, RateLimiter, RateSettings};
-pub use token::{Invalidation, Token, TokenSettings, TokenStore, TokenStoreError};
+pub use token::{
+    Invalidation, Token, TokenSettings, TokenStore, TokenStoreError, FORCE_REFRESH_PER_DAY,
+    FORCE_REFRESH_SPACING,
+};
 
 /// What can go wrong talking to Redis for the fleet.
 #[derive(Debug, thiserror::Error)]

@@ -14,6 +14,7 @@ pub(crate) struct Scripts {
     pub(crate) token_publish: Script,
     pub(crate) token_release: Script,
     pub(crate) token_invalidate: Script,
+    pub(crate) token_force: Script,
     pub(crate) rate: Script,
     pub(crate) pause: Script,
 }
@@ -25,6 +26,7 @@ pub(crate) fn get() -> &'static Scripts {
         token_publish: Script::new(include_str!("lua/token_publish.lua")),
         token_release: Script::new(include_str!("lua/token_release.lua")),
         token_invalidate: Script::new(include_str!("lua/token_invalidate.lua")),
+        token_force: Script::new(include_str!("lua/token_force.lua")),
         rate: Script::new(include_str!("lua/rate.lua")),
         pause: Script::new(include_str!("lua/pause.lua")),
     })

@@ -25,6 +25,17 @@
 //! token endpoint at most once per that time. Transient failures are retried a few times with
 //! exponential backoff and jitter while holding the lock.
 //!
+//! Where a refresh fetches from is the app's [`TokenSource`] (contract §8.6): WeChat's
+//! `stable_token` (the default), its classic `/cgi-bin/token`, or the install's own token
+//! service. For `stable`, a token is the same for every caller, so fetching it again gives back
+//! a token WeChat has just rejected if WeChat still calls it current. Only then is
+//! `force_refresh: true` spent: an invalidation that drops the shared token (so it was still the
+//! current one) also marks it rejected in Redis (`token-rejected`, for its remaining life); a
+//! refresh whose plain fetch answers that very token asks again with `force_refresh: true` if
+//! the app's fleet-wide budget allows one: at most [`FORCE_REFRESH_PER_DAY`] in any 24 hours and
+//! [`FORCE_REFRESH_SPACING`] apart, counted atomically in one script (`token-force`). Otherwise
+//! the rejected token is kept, and sends retry later as after any second refusal.
+//!
 //! This module must not decide what a send's answer means (the caller says a token failed),
 //! and must never put the app secret or a token into an error, a `Debug` print or a log line.
 
@@ -35,12 +46,21 @@ use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use redis::aio::ConnectionManager;
-use wxpush_domain::{AppId, Namespace, Secret};
-use wxpush_wechat::{AccessToken, Client, TokenError};
+use wxpush_domain::{AppId, Namespace, Secret, TokenSource};
+use wxpush_wechat::{AccessToken, Client, TokenError, MAX_TOKEN_LIFETIME_SECS};
 
 use crate::keys::Keys;
 use crate::scripts::{self, Scripts};
 use crate::FleetError;
+
+/// WeChat's limit on `stable_token` with `force_refresh: true`: 20 a day. The fleet counts it
+/// in any 24 hours (a rolling window), not per calendar day: WeChat does not document when its
+/// day starts, and no 24 hours holding more than 20 means no calendar day does either.
+pub const FORCE_REFRESH_PER_DAY: u32 = 20;
+/// WeChat's least interval between two `force_refresh: true` calls (a call sooner does not
+/// refresh).
+pub const FORCE_REFRESH_SPACING: Duration = Duration::from_secs(30);
+const FORCE_REFRESH_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// Tunables of a [`TokenStore`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -312,9 +332,12 @@ struct Inner {
     token_key: String,
     lock_key: String,
     error_key: String,
+    rejected_key: String,
+    force_key: String,
     client: Client,
     app: AppId,
     secret: Secret,
+    source: TokenSource,
     settings: TokenSettings,
     scripts: &'static Scripts,
     fetches: AtomicU64,
@@ -334,6 +357,7 @@ impl fmt::Debug for TokenStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenStore")
             .field("app", &self.inner.app)
+            .field("source", &self.inner.source)
             .field("key", &self.inner.token_key)
             .finish_non_exhaustive()
     }
@@ -343,12 +367,15 @@ impl fmt::Debug for TokenStore {
 type AcquireReply = (String, i64, String, i64, i64, i64, String, i64);
 
 impl TokenStore {
+    /// The shared token of `app`, fetched from `source` (`secret` is WeChat's app secret; a
+    /// token service source does not use it).
     pub fn new(
         conn: ConnectionManager,
         ns: Namespace,
         client: Client,
         app: AppId,
         secret: Secret,
+        source: TokenSource,
         settings: TokenSettings,
     ) -> Self {
         let keys = Keys::new(ns);
@@ -358,9 +385,12 @@ impl TokenStore {
                 token_key: keys.token(&app),
                 lock_key: keys.token_lock(&app),
                 error_key: keys.token_error(&app),
+                rejected_key: keys.token_rejected(&app),
+                force_key: keys.token_force(&app),
                 client,
                 app,
                 secret,
+                source,
                 settings,
                 scripts: scripts::get(),
                 fetches: AtomicU64::new(0),
@@ -378,7 +408,12 @@ impl TokenStore {
         &self.inner.settings
     }
 
-    /// Token requests this process sent to WeChat (each try counts).
+    /// Where this app's token comes from.
+    pub fn source(&self) -> &TokenSource {
+        &self.inner.source
+    }
+
+    /// Token requests this process sent to its source (each try counts, forced ones too).
     pub fn fetches(&self) -> u64 {
         self.inner.fetches.load(Ordering::Relaxed)
     }
@@ -419,7 +454,8 @@ impl TokenStore {
 
     /// After WeChat answered 40001/40014/42001 to a send with `failed`: drops the shared token
     /// if it is still `failed` and old enough (see [`Invalidation`]), and the local copy if it
-    /// is `failed`. Then `get` again.
+    /// is `failed`. Then `get` again. For a `stable` source, a dropped token is also marked
+    /// rejected, so the refresh may force a new one (see the module's comment).
     pub async fn invalidate(&self, failed: &Token) -> Result<Invalidation, TokenStoreError> {
         let inner = &self.inner;
         // A newer cached token means the shared one moved on already (it only ever moves to
@@ -429,12 +465,15 @@ impl TokenStore {
                 return Ok(Invalidation::AlreadyReplaced);
             }
         }
+        let mark = inner.source == TokenSource::Stable;
         let code: i64 = inner
             .scripts
             .token_invalidate
             .key(&inner.token_key)
+            .key(&inner.rejected_key)
             .arg(failed.expose())
             .arg(millis(inner.settings.min_refresh_interval))
+            .arg(u8::from(mark))
             .invoke_async(&mut inner.conn.clone())
             .await?;
         let outcome = match code {
@@ -587,7 +626,7 @@ impl TokenStore {
         let inner = &self.inner;
         let started = Instant::now();
         let budget = inner.settings.lock_lease * 3 / 4;
-        let fetched = match tokio::time::timeout(budget, self.fetch_with_retries()).await {
+        let fetched = match tokio::time::timeout(budget, self.fetch_fresh(owner)).await {
             Ok(Ok(t)) if t.expires_in_secs > 0 => Ok(t),
             Ok(Ok(_)) => Err(TokenError::Transient {
                 code: None,
@@ -603,7 +642,9 @@ impl TokenStore {
             Ok(access) => access,
             Err(e) => return self.refresh_failed(owner, e, current).await,
         };
-        let lifetime = Duration::from_secs(access.expires_in_secs);
+        // The client bounds lifetimes already; bounding again here keeps every product below
+        // (ms, Instant) finite whatever an AccessToken says.
+        let lifetime = Duration::from_secs(access.expires_in_secs.min(MAX_TOKEN_LIFETIME_SECS));
         let sent = Instant::now();
         let published: Result<(i64, i64, i64, i64, i64), _> = inner
             .scripts
@@ -611,11 +652,13 @@ impl TokenStore {
             .key(&inner.token_key)
             .key(&inner.lock_key)
             .key(&inner.error_key)
+            .key(&inner.rejected_key)
             .arg(owner)
             .arg(&access.token)
             .arg(millis(lifetime))
             .arg(millis(started.elapsed()))
             .arg(millis(inner.settings.refresh_margin(lifetime)))
+            .arg(millis(Duration::from_secs(MAX_TOKEN_LIFETIME_SECS)))
             .invoke_async(&mut inner.conn.clone())
             .await;
         let AccessToken { token: value, .. } = access;
@@ -635,13 +678,14 @@ impl TokenStore {
             Err(e) => {
                 // WeChat issued a good token: use it here; the fleet gets one after the lease.
                 tracing::warn!(app = %inner.app, error = %e, "cannot share the refreshed access token");
+                let expires_at = started.checked_add(lifetime).unwrap_or(started);
                 let token = Token {
                     value: value.into(),
                     fetched_at_ms: 0,
                     expires_at_ms: 0,
-                    expires_at: started + lifetime,
+                    expires_at,
                 };
-                let due = (started + lifetime)
+                let due = expires_at
                     .checked_sub(inner.settings.refresh_margin(lifetime))
                     .unwrap_or(started);
                 self.remember(&token, due);
@@ -691,12 +735,99 @@ impl TokenStore {
         }
     }
 
+    /// One request to the app's token source.
+    async fn fetch_once(&self, force_refresh: bool) -> Result<AccessToken, TokenError> {
+        let inner = &self.inner;
+        inner.fetches.fetch_add(1, Ordering::Relaxed);
+        match &inner.source {
+            TokenSource::Stable => {
+                inner
+                    .client
+                    .fetch_stable_token(&inner.app, &inner.secret, force_refresh)
+                    .await
+            }
+            TokenSource::Classic => inner.client.fetch_token(&inner.app, &inner.secret).await,
+            TokenSource::Service(url) => inner.client.fetch_service_token(url).await,
+        }
+    }
+
+    /// A token for the refresh: fetched with retries and, for a `stable` source that answered
+    /// the token the fleet saw rejected, replaced by a forced one if the budget allows.
+    async fn fetch_fresh(&self, owner: &str) -> Result<AccessToken, TokenError> {
+        let fetched = self.fetch_with_retries().await?;
+        if self.inner.source != TokenSource::Stable {
+            return Ok(fetched);
+        }
+        Ok(self.replace_if_rejected(fetched, owner).await)
+    }
+
+    /// `fetched` came from `stable_token` without `force_refresh`. If it is the token marked
+    /// rejected (WeChat refused it while it was the fleet's current token, and still answers
+    /// it), spends one of the fleet's forced refreshes on a new one, if the budget allows now.
+    /// Any failure here keeps `fetched`: sends then retry later.
+    async fn replace_if_rejected(&self, fetched: AccessToken, owner: &str) -> AccessToken {
+        let inner = &self.inner;
+        let rejected: Option<String> = match redis::cmd("GET")
+            .arg(&inner.rejected_key)
+            .query_async(&mut inner.conn.clone())
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(app = %inner.app, error = %e, "cannot read the rejected access token mark");
+                return fetched;
+            }
+        };
+        if rejected.as_deref() != Some(fetched.token.as_str()) {
+            return fetched;
+        }
+        let spent: Result<(i64, i64, i64), _> = inner
+            .scripts
+            .token_force
+            .key(&inner.force_key)
+            .arg(FORCE_REFRESH_PER_DAY)
+            .arg(millis(FORCE_REFRESH_SPACING))
+            .arg(millis(FORCE_REFRESH_WINDOW))
+            .arg(owner)
+            .invoke_async(&mut inner.conn.clone())
+            .await;
+        let (allowed, used, wait_ms) = match spent {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(app = %inner.app, error = %e, "cannot count a forced access token refresh; not forcing one");
+                return fetched;
+            }
+        };
+        if allowed != 1 {
+            tracing::warn!(
+                app = %inner.app,
+                used,
+                next_in = ?Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0)),
+                "WeChat still answers the access token it rejected, and the fleet's force_refresh \
+                 budget ({FORCE_REFRESH_PER_DAY} in 24 h, 30 s apart) allows none now: keeping it"
+            );
+            return fetched;
+        }
+        match self.fetch_once(true).await {
+            Ok(forced) => {
+                tracing::info!(
+                    app = %inner.app,
+                    used,
+                    "WeChat rejected its current access token: forced a new one \
+                     ({used} of {FORCE_REFRESH_PER_DAY} forced refreshes in 24 h)"
+                );
+                forced
+            }
+            Err(e) => {
+                tracing::warn!(app = %inner.app, error = %e, "forced access token refresh failed; keeping the rejected token");
+                fetched
+            }
+        }
+    }
+
     async fn fetch_with_retries(&self) -> Result<AccessToken, TokenError> {
         let inner = &self.inner;
-        let attempt = || async {
-            inner.fetches.fetch_add(1, Ordering::Relaxed);
-            inner.client.fetch_token(&inner.app, &inner.secret).await
-        };
+        let attempt = || self.fetch_once(false);
         let backoff = ExponentialBuilder::default()
             .with_min_delay(inner.settings.retry_min_delay)
             .with_max_delay(inner.settings.retry_max_delay)

@@ -167,7 +167,7 @@ impl SendParts {
     /// Whether every configured app has its secret, which the send role needs: checked
     /// before connecting to anything, so a missing secret is the error an operator sees first.
     pub fn check(config: &Config) -> Result<(), SendSetupError> {
-        match config.apps.iter().find(|a| a.secret.is_none()) {
+        match config.apps.iter().find(|a| secret_of(a).is_none()) {
             Some(app) => Err(SendSetupError::MissingSecret(app.id.clone())),
             None => Ok(()),
         }
@@ -190,10 +190,8 @@ impl SendParts {
         let ns = &config.namespace;
         let mut apps = Vec::with_capacity(config.apps.len());
         for app in config.apps.iter() {
-            let secret = app
-                .secret
-                .clone()
-                .ok_or_else(|| SendSetupError::MissingSecret(app.id.clone()))?;
+            let secret =
+                secret_of(app).ok_or_else(|| SendSetupError::MissingSecret(app.id.clone()))?;
             let fleet = AppFleet {
                 tokens: TokenStore::new(
                     conn.clone(),
@@ -201,6 +199,7 @@ impl SendParts {
                     wechat.clone(),
                     app.id.clone(),
                     secret,
+                    app.token_source.clone(),
                     TokenSettings::default(),
                 ),
                 limiter: RateLimiter::new(
@@ -249,12 +248,23 @@ impl SendParts {
     }
 }
 
+/// The secret an app's tokens are fetched with: its own, or none needed (an empty one) when
+/// they come from the install's token service, which holds the secret itself.
+fn secret_of(app: &wxpush_domain::AppConfig) -> Option<wxpush_domain::Secret> {
+    match (&app.secret, &app.token_source) {
+        (Some(s), _) => Some(s.clone()),
+        (None, wxpush_domain::TokenSource::Service(_)) => Some(wxpush_domain::Secret::new("")),
+        (None, _) => None,
+    }
+}
+
 /// Why the send role cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum SendSetupError {
     #[error(
         "no secret for app {0}: the send role needs one per app to get access tokens \
-         (WXPUSH_APP_SECRET, or `secret` in the WXPUSH_CONFIG file)"
+         (WXPUSH_APP_SECRET, or `secret` in the WXPUSH_CONFIG file), unless they come from \
+         the install's token service (token_source)"
     )]
     MissingSecret(AppId),
     #[error("WeChat client: {0}")]

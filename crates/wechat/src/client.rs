@@ -1,19 +1,25 @@
-//! The HTTP client: one keep-alive pool per process, the four WeChat calls, and turning each
-//! answer into an [`Outcome`] or an [`AccessToken`] / [`TokenError`].
+//! The HTTP client: one keep-alive pool per process, the four WeChat calls (and the read of an
+//! install's own token service), and turning each answer into an [`Outcome`] or an
+//! [`AccessToken`] / [`TokenError`].
 //!
-//! This module owns the wire conversation (URLs, bodies, timeouts, TLS). It must not retry,
-//! cache tokens or rate-limit, and must not put a secret or token in any error or log line
-//! (every reqwest error goes through `redact::describe`, which strips its URL).
+//! This module owns the wire conversation (URLs, bodies, timeouts, TLS) and distrusts what
+//! comes back: redirects are not followed, at most [`MAX_ANSWER_BYTES`] of an answer are read,
+//! and every number in it is read without overflow (`expires_in` bounded to
+//! [`MIN_TOKEN_LIFETIME_SECS`]..=[`MAX_TOKEN_LIFETIME_SECS`]). It must not retry, cache tokens
+//! or rate-limit, and must not put a secret or token in any error or log line (every reqwest
+//! error goes through `redact::describe`, which strips its URL; token answers are never
+//! quoted).
 
 use reqwest::header::{HeaderValue, CONTENT_TYPE};
 use serde::Deserialize;
 use serde_json::Value;
-use wxpush_domain::{AppId, Secret};
+use wxpush_domain::{AppId, Secret, ServiceUrl};
 
 use crate::config::ClientConfig;
 use crate::message::{SubscribeMessage, TemplateMessage};
 use crate::outcome::{
-    classify_errcode, classify_http_status, classify_transport, classify_unreadable, Outcome,
+    classify_errcode, classify_http_status, classify_oversized, classify_transport,
+    classify_unreadable, Outcome,
 };
 use crate::redact::{describe, may_have_been_sent, scrub};
 use crate::token::{classify_token_errcode, AccessToken, TokenError};
@@ -22,6 +28,24 @@ const TOKEN_PATH: &str = "/cgi-bin/token";
 const STABLE_TOKEN_PATH: &str = "/cgi-bin/stable_token";
 const TEMPLATE_SEND_PATH: &str = "/cgi-bin/message/wxopen/template/send";
 const SUBSCRIBE_SEND_PATH: &str = "/cgi-bin/message/subscribe/send";
+/// What logs and errors call a token service read (its URL may hold a key).
+const SERVICE_PATH: &str = "token service";
+
+/// The most bytes of an answer read. WeChat's answers are under 1 KiB; anything longer is not
+/// WeChat's JSON, and is not read into memory.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// The shortest token lifetime believed: a shorter (zero or negative) `expires_in` counts as
+/// this. It only keeps the arithmetic meaningful: the fleet refreshes a token at 3/4 of any
+/// lifetime; WeChat's tokens live 7200 s (a stable token at least 300 s), and the fake WeChat's
+/// tests use tokens of a few seconds.
+pub const MIN_TOKEN_LIFETIME_SECS: u64 = 1;
+/// The longest token lifetime believed (2 days): a longer `expires_in` (up to
+/// `18446744073709551615`) counts as this. WeChat's tokens live 7200 s; the bound keeps every
+/// millisecond product far from overflowing and the shared token's Redis key expiring within
+/// two days whatever an answer says.
+pub const MAX_TOKEN_LIFETIME_SECS: u64 = 2 * 24 * 3600;
+/// Most characters of an `errmsg` kept.
+const MAX_ERRMSG_CHARS: usize = 200;
 
 /// The client could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,19 +70,67 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// WeChat's JSON answer, every field optional (success and error answers differ).
+/// WeChat's JSON answer as it came, every field optional (success and error answers differ)
+/// and of any JSON type: [`Answer::read`] decides what each is worth.
 #[derive(Debug, Default, Deserialize)]
-struct Answer {
+struct RawAnswer {
     #[serde(default)]
-    errcode: i64,
+    errcode: Option<Value>,
     #[serde(default)]
-    errmsg: String,
+    errmsg: Option<Value>,
     #[serde(default)]
     msgid: Option<Value>,
     #[serde(default)]
-    access_token: Option<String>,
+    access_token: Option<Value>,
     #[serde(default)]
-    expires_in: Option<u64>,
+    expires_in: Option<Value>,
+}
+
+/// WeChat's answer, its numbers read safely.
+#[derive(Debug, Default)]
+struct Answer {
+    errcode: i64,
+    errmsg: String,
+    /// `None` when absent or not a whole number that fits an `i64`.
+    msgid: Option<i64>,
+    access_token: Option<Value>,
+    expires_in: Option<Value>,
+}
+
+impl Answer {
+    /// An answer whose `errcode` is not a whole number (a float with a fraction, a number past
+    /// `i64`, an object) is unreadable: `Err` says why.
+    fn read(raw: RawAnswer) -> Result<Self, String> {
+        let errcode = match &raw.errcode {
+            None | Some(Value::Null) => 0,
+            Some(v) => whole_number(v).ok_or_else(|| {
+                format!(
+                    "errcode {} is not a whole number",
+                    excerpt(&v.to_string(), 40)
+                )
+            })?,
+        };
+        let errmsg = match raw.errmsg {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(s)) => s,
+            Some(other) => other.to_string(),
+        };
+        Ok(Self {
+            errcode,
+            errmsg: excerpt(&errmsg, MAX_ERRMSG_CHARS),
+            msgid: raw.msgid.as_ref().and_then(whole_number),
+            access_token: raw.access_token,
+            expires_in: raw.expires_in,
+        })
+    }
+}
+
+/// What kind of answer a call expects: a send's may be quoted (scrubbed) when unreadable; a
+/// token's never is, as it may hold the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Send,
+    Token,
 }
 
 impl Client {
@@ -79,7 +151,12 @@ impl Client {
         // reqwest is built without a bundled crypto provider; use rustls's `ring` one unless
         // the process already installed another (an `Err` here means one is installed).
         let _ = rustls::crypto::ring::default_provider().install_default();
+        // Proxies: reqwest reads HTTPS_PROXY / HTTP_PROXY / ALL_PROXY / NO_PROXY (README,
+        // "Configuration"). Redirects are not followed: WeChat never redirects, and a 3xx comes
+        // from something else (a captive portal, a wrong base URL) that must not receive the
+        // request, its token or its secret again.
         let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
@@ -112,10 +189,15 @@ impl Client {
             ],
         )?;
         let answer = self
-            .call(self.http.get(url), TOKEN_PATH, &[secret.expose()])
+            .call(
+                self.http.get(url),
+                TOKEN_PATH,
+                &[secret.expose()],
+                Expect::Token,
+            )
             .await
             .map_err(token_error_from_outcome)?;
-        token_from_answer(answer, secret.expose())
+        token_from_answer(answer, TOKEN_PATH, &[secret.expose()])
     }
 
     /// `POST /cgi-bin/stable_token`: WeChat answers the same token while it is valid, so
@@ -139,10 +221,28 @@ impl Client {
                 json_post(self.http.post(url), &body),
                 STABLE_TOKEN_PATH,
                 &[secret.expose()],
+                Expect::Token,
             )
             .await
             .map_err(token_error_from_outcome)?;
-        token_from_answer(answer, secret.expose())
+        token_from_answer(answer, STABLE_TOKEN_PATH, &[secret.expose()])
+    }
+
+    /// `GET` the install's own token service (contract §8.6), which answers
+    /// `{"access_token": "...", "expires_in": seconds}` as WeChat does (an `errcode` it relays
+    /// is read with WeChat's token table). Same timeouts, size bound and no redirects as the
+    /// WeChat calls; the URL's password and query never reach an error.
+    pub async fn fetch_service_token(&self, url: &ServiceUrl) -> Result<AccessToken, TokenError> {
+        let secrets = url.secret_parts();
+        let parsed = reqwest::Url::parse(url.expose()).map_err(|e| TokenError::Other {
+            code: -1000,
+            errmsg: format!("bad token service URL {url}: {e}"),
+        })?;
+        let answer = self
+            .call(self.http.get(parsed), SERVICE_PATH, &secrets, Expect::Token)
+            .await
+            .map_err(token_error_from_outcome)?;
+        token_from_answer(answer, SERVICE_PATH, &secrets)
     }
 
     /// `POST /cgi-bin/message/wxopen/template/send?access_token=..`, spending `msg.form_id`.
@@ -171,13 +271,15 @@ impl Client {
         };
         let secrets = [access_token];
         let outcome = match self
-            .call(json_post(self.http.post(url), body), path, &secrets)
+            .call(
+                json_post(self.http.post(url), body),
+                path,
+                &secrets,
+                Expect::Send,
+            )
             .await
         {
-            Ok(a) => {
-                let msgid = a.msgid.as_ref().and_then(msgid_of);
-                classify_errcode(a.errcode, &scrub(&a.errmsg, &secrets), msgid)
-            }
+            Ok(a) => classify_errcode(a.errcode, &scrub(&a.errmsg, &secrets), a.msgid),
             Err(o) => o,
         };
         tracing::debug!(path, errcode = ?outcome.errcode(), "wechat send");
@@ -197,13 +299,15 @@ impl Client {
         Ok(url)
     }
 
-    /// Sends one request and reads WeChat's JSON answer. Transport failures, non-200 statuses
-    /// and unreadable answers come back as the `Outcome` the table gives them.
+    /// Sends one request and reads WeChat's JSON answer (at most [`MAX_ANSWER_BYTES`]).
+    /// Transport failures, non-200 statuses (a redirect included: it is not followed),
+    /// oversized and unreadable answers come back as the `Outcome` the table gives them.
     async fn call(
         &self,
         req: reqwest::RequestBuilder,
         path: &'static str,
         secrets: &[&str],
+        expect: Expect,
     ) -> Result<Answer, Outcome> {
         let resp = match req.send().await {
             Ok(r) => r,
@@ -218,34 +322,100 @@ impl Client {
         if status != 200 {
             return Err(classify_http_status(status));
         }
-        let bytes = match resp.bytes().await {
+        let bytes = match read_bounded(resp, MAX_ANSWER_BYTES).await {
             Ok(b) => b,
+            Err(Unread::TooLarge) => {
+                tracing::debug!(path, limit = MAX_ANSWER_BYTES, "wechat answer too large");
+                return Err(classify_oversized(MAX_ANSWER_BYTES));
+            }
             // The request was answered, so it reached WeChat: outcome unknown.
-            Err(e) => return Err(classify_transport(describe(e, secrets), true)),
+            Err(Unread::Failed(e)) => return Err(classify_transport(describe(e, secrets), true)),
         };
-        serde_json::from_slice::<Answer>(&bytes).map_err(|e| {
-            classify_unreadable(format!(
-                "unreadable answer ({e}): {}",
-                scrub(
-                    &String::from_utf8_lossy(&bytes[..bytes.len().min(200)]),
-                    secrets
-                )
-            ))
-        })
+        let unreadable = |why: String| {
+            classify_unreadable(match expect {
+                Expect::Send => format!(
+                    "unreadable answer ({why}): {}",
+                    scrub(&excerpt(&String::from_utf8_lossy(&bytes), 200), secrets)
+                ),
+                Expect::Token => format!("unreadable answer ({why})"),
+            })
+        };
+        let raw =
+            serde_json::from_slice::<RawAnswer>(&bytes).map_err(|e| unreadable(e.to_string()))?;
+        Answer::read(raw).map_err(unreadable)
+    }
+}
+
+/// Why an answer's body was not read.
+enum Unread {
+    /// Longer than the limit (by its `Content-Length`, or once that much arrived).
+    TooLarge,
+    Failed(reqwest::Error),
+}
+
+/// Reads at most `limit` bytes of `resp`'s body, chunk by chunk: a longer one is abandoned as
+/// soon as it is known to be longer, never held whole.
+async fn read_bounded(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, Unread> {
+    let announced = resp.content_length();
+    if announced.is_some_and(|n| n > limit as u64) {
+        return Err(Unread::TooLarge);
+    }
+    let mut body = Vec::with_capacity(announced.map_or(1024, |n| n as usize));
+    while let Some(chunk) = resp.chunk().await.map_err(Unread::Failed)? {
+        if body.len() + chunk.len() > limit {
+            return Err(Unread::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// A JSON value as a whole `i64`: an integer that fits, an integral float that fits, or a
+/// string holding one. Anything else (a fraction, a number past `i64`, another type) is `None`.
+fn whole_number(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= -(2f64.powi(63)) && *f < 2f64.powi(63))
+                .map(|f| f as i64)
+        }),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// `expires_in` as whole seconds within [`MIN_TOKEN_LIFETIME_SECS`]..=
+/// [`MAX_TOKEN_LIFETIME_SECS`], and whether it had to be bounded. A number of any size or sign
+/// (or a string holding one) is read; a fraction is dropped. `None`: not a number at all.
+fn bounded_lifetime(v: &Value) -> Option<(u64, bool)> {
+    let secs = match v {
+        Value::Number(n) => n.as_f64()?,
+        Value::String(s) => s.trim().parse::<f64>().ok()?,
+        _ => return None,
+    };
+    if !secs.is_finite() {
+        return None;
+    }
+    let (min, max) = (
+        MIN_TOKEN_LIFETIME_SECS as f64,
+        MAX_TOKEN_LIFETIME_SECS as f64,
+    );
+    let secs = secs.floor();
+    // Both bounds are exact in an f64, so the cast back is exact too.
+    Some((secs.clamp(min, max) as u64, !(min..=max).contains(&secs)))
+}
+
+/// The first `n` characters of `s`, marked when cut.
+fn excerpt(s: &str, n: usize) -> String {
+    match s.char_indices().nth(n) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_owned(),
     }
 }
 
 fn json_post(req: reqwest::RequestBuilder, body: &Value) -> reqwest::RequestBuilder {
     req.header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
         .body(body.to_string())
-}
-
-fn msgid_of(v: &Value) -> Option<i64> {
-    match v {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => s.parse().ok(),
-        _ => None,
-    }
 }
 
 fn token_error_from_outcome(o: Outcome) -> TokenError {
@@ -259,20 +429,35 @@ fn token_error_from_outcome(o: Outcome) -> TokenError {
     }
 }
 
-fn token_from_answer(a: Answer, secret: &str) -> Result<AccessToken, TokenError> {
+/// A token answer (`from`: the endpoint, for errors and the warning) to a token, its lifetime
+/// bounded, or to the error its errcode means. `secrets` are scrubbed from the errmsg.
+fn token_from_answer(
+    a: Answer,
+    from: &'static str,
+    secrets: &[&str],
+) -> Result<AccessToken, TokenError> {
     if a.errcode != 0 {
-        return Err(classify_token_errcode(
-            a.errcode,
-            scrub(&a.errmsg, &[secret]),
-        ));
+        return Err(classify_token_errcode(a.errcode, scrub(&a.errmsg, secrets)));
     }
-    match a.access_token {
-        Some(token) if !token.is_empty() => Ok(AccessToken::new(token, a.expires_in.unwrap_or(0))),
-        _ => Err(TokenError::Transient {
-            code: None,
-            reason: "answer has no access_token".to_owned(),
-        }),
+    let missing = |what: &str| TokenError::Transient {
+        code: None,
+        reason: format!("{from} answer has no {what}"),
+    };
+    let token = match a.access_token {
+        Some(Value::String(t)) if !t.is_empty() => t,
+        _ => return Err(missing("access_token")),
+    };
+    let raw = a.expires_in.ok_or_else(|| missing("expires_in"))?;
+    let (secs, bounded) = bounded_lifetime(&raw).ok_or_else(|| missing("numeric expires_in"))?;
+    if bounded {
+        tracing::warn!(
+            endpoint = from,
+            expires_in = %excerpt(&raw.to_string(), 40),
+            used = secs,
+            "token lifetime outside {MIN_TOKEN_LIFETIME_SECS}..={MAX_TOKEN_LIFETIME_SECS} s; using the bound"
+        );
     }
+    Ok(AccessToken::new(token, secs))
 }
 
 #[cfg(test)]

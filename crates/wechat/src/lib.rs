@@ -20,8 +20,12 @@ mod message;
 mod outcome;
 mod redact;
 mod token;
+#[cfg(test)]
+mod wire_tests;
 
-pub use client::{BuildError, Client};
+pub use client::{
+    BuildError, Client, MAX_ANSWER_BYTES, MAX_TOKEN_LIFETIME_SECS, MIN_TOKEN_LIFETIME_SECS,
+};
 pub use config::{
     ClientConfig, DEFAULT_API_BASE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
 };

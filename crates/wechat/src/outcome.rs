@@ -12,13 +12,14 @@ pub enum Outcome {
     /// errcode 0. `msgid` is given by the subscribe API.
     Sent { msgid: Option<i64> },
     /// Worth retrying with backoff: errcode -1, HTTP 5xx, a timeout, a connection failure, an
-    /// unreadable answer. `code` is WeChat's errcode when it gave one.
+    /// unreadable answer, an answer over `MAX_ANSWER_BYTES` (not read). `code` is WeChat's
+    /// errcode when it gave one.
     ///
     /// `ambiguous` is `true` when the request may have reached WeChat and been acted on (a
-    /// timeout or a broken connection after the request was written, or an unreadable `200`
-    /// answer): the message may have been delivered. It is `false` when the request never left
-    /// (connection refused, connect timeout) or WeChat answered with a failure (-1, HTTP 5xx).
-    /// A subscribe send must not be resent when `ambiguous`.
+    /// timeout or a broken connection after the request was written, or an unreadable or
+    /// oversized `200` answer): the message may have been delivered. It is `false` when the
+    /// request never left (connection refused, connect timeout) or WeChat answered with a
+    /// failure (-1, HTTP 5xx). A subscribe send must not be resent when `ambiguous`.
     Transient {
         code: Option<i64>,
         reason: String,
@@ -36,6 +37,10 @@ pub enum Outcome {
     NoConsent,
     /// 40003 (bad openid), 40037 (bad template), 41030 (bad page), 47003 (bad data value), 48001
     /// (API not authorised) and any errcode this table does not know: record, do not retry.
+    /// Also an HTTP 3xx or 4xx answer (`code` is minus the status): something in front of
+    /// WeChat's application answered (a wrong base URL, a captive portal, a proxy's refusal);
+    /// the send did not reach WeChat's application, and sending again to the same place cannot
+    /// help. Redirects are never followed.
     Permanent { code: i64, errmsg: String },
 }
 
@@ -119,12 +124,28 @@ pub(crate) fn classify_http_status(status: u16) -> Outcome {
             reason: format!("HTTP {status}"),
             ambiguous: false,
         }
+    } else if (300..400).contains(&status) {
+        // Not WeChat's application (it never redirects): the same as a 4xx from its front end.
+        Outcome::Permanent {
+            code: -(status as i64),
+            errmsg: format!("HTTP {status}: a redirect, not followed"),
+        }
     } else {
         // 4xx from WeChat's front end (e.g. 404 for a wrong base URL): retrying cannot help.
         Outcome::Permanent {
             code: -(status as i64),
             errmsg: format!("HTTP {status}"),
         }
+    }
+}
+
+/// Transport cases of the table: a `200` answer longer than `limit` bytes, not read. Like an
+/// unreadable answer, the request reached WeChat: outcome unknown.
+pub(crate) fn classify_oversized(limit: usize) -> Outcome {
+    Outcome::Transient {
+        code: None,
+        reason: format!("answer over {} KiB, not read", limit / 1024),
+        ambiguous: true,
     }
 }
 
@@ -200,6 +221,18 @@ mod tests {
         assert!(matches!(
             classify_http_status(404),
             Outcome::Permanent { code: -404, .. }
+        ));
+        assert!(matches!(
+            classify_http_status(302),
+            Outcome::Permanent { code: -302, .. }
+        ));
+        assert!(matches!(
+            classify_oversized(65536),
+            Outcome::Transient {
+                code: None,
+                ambiguous: true,
+                ..
+            }
         ));
         assert!(matches!(
             classify_transport("x".into(), true),

@@ -68,7 +68,7 @@ async fn wrong_grant_type_answers_40002() {
 }
 
 #[tokio::test]
-async fn previous_token_works_for_the_grace_then_expires() {
+async fn previous_token_works_for_the_grace_then_is_not_latest() {
     let mut cfg = config();
     cfg.token_grace_ms = 400;
     let h = start(cfg).await;
@@ -90,8 +90,8 @@ async fn previous_token_works_for_the_grace_then_expires() {
         .await;
     assert_eq!(
         out,
-        Outcome::BadToken { code: 42001 },
-        "old token after grace"
+        Outcome::BadToken { code: 40001 },
+        "old token after grace: WeChat's 'invalid or not latest'"
     );
     assert_eq!(h.form_id_uses(&f[1]), Some(0), "nothing spent");
     let out = c
@@ -219,4 +219,112 @@ async fn token_outage_answers_busy_then_recovers() {
     tokio::time::sleep(Duration::from_millis(350)).await;
     assert!(c.fetch_token(&app(), &secret()).await.is_ok());
     assert_eq!(h.token_fetches(APP), 1);
+}
+
+#[tokio::test]
+async fn another_callers_classic_fetches_end_classic_tokens_after_the_grace_never_stable_ones() {
+    let mut cfg = config();
+    cfg.token_grace_ms = 100;
+    let h = start(cfg).await;
+    let ours = client(&h);
+    let stable = ours
+        .fetch_stable_token(&app(), &secret(), false)
+        .await
+        .expect("stable");
+    let classic = token(&ours).await;
+    // Someone else's server fetches classic tokens for the same appid, again and again.
+    let theirs = client(&h);
+    for _ in 0..5 {
+        token(&theirs).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let f = h.issue_form_ids(None, "oUser1", 2, None).expect("issue");
+    let out = ours
+        .send_template(&classic.token, &template("oUser1", &f[0]))
+        .await;
+    assert_eq!(out, Outcome::BadToken { code: 40001 }, "our classic token");
+    let out = ours
+        .send_template(&stable.token, &template("oUser1", &f[0]))
+        .await;
+    assert!(out.is_sent(), "our stable token: {out:?}");
+    let again = ours
+        .fetch_stable_token(&app(), &secret(), false)
+        .await
+        .expect("stable");
+    assert_eq!(again.token, stable.token);
+}
+
+#[tokio::test]
+async fn force_refresh_is_limited_to_20_a_day_and_refreshes_at_most_every_30_s() {
+    let h = start(config()).await;
+    let c = client(&h);
+    let first = c
+        .fetch_stable_token(&app(), &secret(), false)
+        .await
+        .expect("stable");
+    let forced = c
+        .fetch_stable_token(&app(), &secret(), true)
+        .await
+        .expect("forced");
+    assert_ne!(forced.token, first.token, "the first forced call refreshes");
+    // Within 30 s of that refresh, forced calls count but do not refresh.
+    for n in 2..=20 {
+        let again = c
+            .fetch_stable_token(&app(), &secret(), true)
+            .await
+            .unwrap_or_else(|e| panic!("forced call {n}: {e}"));
+        assert_eq!(again.token, forced.token, "forced call {n} within 30 s");
+    }
+    let e = c
+        .fetch_stable_token(&app(), &secret(), true)
+        .await
+        .expect_err("the 21st forced call of the day");
+    assert_eq!(
+        e,
+        TokenError::Other {
+            code: 45009,
+            errmsg: "reach max api daily quota limit".into()
+        }
+    );
+    // Without force_refresh the current token is still answered.
+    let plain = c
+        .fetch_stable_token(&app(), &secret(), false)
+        .await
+        .expect("stable");
+    assert_eq!(plain.token, forced.token);
+    let st = h.stats();
+    assert_eq!(st.stable_token_forced.get(APP), Some(&20));
+    let forced_records = h.requests().iter().filter(|r| r.forced).count();
+    assert_eq!(
+        forced_records, 21,
+        "every forced call is recorded as forced"
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_stable_token_is_answered_until_force_refresh_replaces_it() {
+    let h = start(config()).await;
+    let c = client(&h);
+    let t = c
+        .fetch_stable_token(&app(), &secret(), false)
+        .await
+        .expect("stable");
+    assert_eq!(h.revoke_tokens(None), Ok(1));
+    let f = h.issue_form_ids(None, "oUser1", 1, None).expect("issue");
+    let out = c.send_template(&t.token, &template("oUser1", &f[0])).await;
+    assert_eq!(out, Outcome::BadToken { code: 40001 });
+    let same = c
+        .fetch_stable_token(&app(), &secret(), false)
+        .await
+        .expect("stable");
+    assert_eq!(same.token, t.token, "stable_token does not know");
+    let new = c
+        .fetch_stable_token(&app(), &secret(), true)
+        .await
+        .expect("forced");
+    assert_ne!(new.token, t.token);
+    assert!(c
+        .send_template(&new.token, &template("oUser1", &f[0]))
+        .await
+        .is_sent());
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use wxpush_domain::{AppId, Namespace, Secret};
+use wxpush_domain::{AppId, Namespace, Secret, TokenSource};
 use wxpush_fake_wechat::{FakeConfig, FakeHandle, FakeWeChat, DEFAULT_APP_ID, DEFAULT_SECRET};
 use wxpush_fleet::{TokenSettings, TokenStore};
 use wxpush_wechat::{Client, ClientConfig};
@@ -120,14 +120,27 @@ pub fn settings() -> TokenSettings {
     }
 }
 
-/// A token store for the fake's default app, on a connection of its own.
+/// A token store for the fake's default app, on a connection of its own, fetching from
+/// `/cgi-bin/token`: the tests of the fleet's sharing, locking and invalidation use the
+/// classic source, where every fetch gives a new token, so that each fetch shows.
 pub async fn store(ns: &TestNs, base_url: &str, settings: TokenSettings) -> TokenStore {
+    store_from(ns, base_url, TokenSource::Classic, settings).await
+}
+
+/// A token store for the fake's default app fetching from `source`.
+pub async fn store_from(
+    ns: &TestNs,
+    base_url: &str,
+    source: TokenSource,
+    settings: TokenSettings,
+) -> TokenStore {
     TokenStore::new(
         conn().await,
         ns.ns.clone(),
         client(base_url),
         app(),
         Secret::new(DEFAULT_SECRET),
+        source,
         settings,
     )
 }
