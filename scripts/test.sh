@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: every test of the workspace, against the real Redis and RabbitMQ
-# (started first when they are not running, see scripts/services.sh), after two offline
-# checks of what ships: docker-compose.yml's rules (scripts/check-compose.sh, where Compose is
+# (started first when they are not running, see scripts/services.sh), after `cargo fmt
+# --check`, clippy with warnings as errors, and two offline checks of what ships: docker-compose.yml's rules (scripts/check-compose.sh, where Compose is
 # installed) and the dependency policy in deny.toml (licences, bans, sources).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,5 +19,9 @@ fi
 # versions are reported by `cargo deny check bans` but do not fail (deny.toml).
 cargo fetch --locked
 cargo deny --frozen --log-level error check --hide-inclusion-graph licenses bans sources
+
+# The code as the project keeps it: formatted, and clippy-clean on every crate and target.
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 exec cargo test --workspace --locked "$@"
