@@ -110,6 +110,14 @@ impl Batch {
         self.deliveries.is_empty()
     }
 
+    /// Frees the bodies of the batch's deliveries once they have been read: what settles them
+    /// (their delivery tags) stays. A batch being written to Redis then holds no bodies.
+    pub fn forget_bodies(&mut self) {
+        for d in &mut self.deliveries {
+            d.data = Vec::new();
+        }
+    }
+
     /// Acknowledges every delivery of the batch (and any earlier unsettled one) at once.
     pub async fn ack(&self) -> Result<(), BrokerError> {
         if let Some(last) = self.deliveries.last() {

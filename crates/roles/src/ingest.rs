@@ -283,6 +283,9 @@ impl Ingest {
                 break Err(e);
             }
             drop(poison);
+            // Read and dead-lettered: the bodies are not needed to settle the batch.
+            let mut batch = batch;
+            batch.forget_bodies();
             let owned: Vec<_> = users.into_iter().collect();
             let (bank, stop) = (self.bank.clone(), shutdown.clone());
             let write = tokio::spawn(async move { store_with_retry(&bank, &owned, stop).await });
