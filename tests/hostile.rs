@@ -1136,3 +1136,288 @@ fn accepted_names_can_neither_collide_nor_move_a_key_to_another_slot() {
     }
     assert_eq!(all_keys.len(), ids.len() * 4);
 }
+
+/// Publishes one message with `headers` to `exchange`/`key` (confirmed).
+async fn publish_with_headers(
+    env: &TestEnv,
+    deps: &Deps,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+    headers: lapin::types::FieldTable,
+) {
+    let p = Publisher::open(&deps.broker, env.topology())
+        .await
+        .expect("publisher");
+    p.publish(
+        exchange,
+        key,
+        body,
+        lapin::BasicProperties::default().with_headers(headers),
+    )
+    .await
+    .expect("publish");
+    p.close().await;
+}
+
+fn header_table(pairs: &[(&str, lapin::types::AMQPValue)]) -> lapin::types::FieldTable {
+    let mut t = lapin::types::FieldTable::default();
+    for (k, v) in pairs {
+        t.insert((*k).into(), v.clone());
+    }
+    t
+}
+
+/// One poison message must not knock a role off the broker (issue 11, item 4). A job whose
+/// `attempt` is a 200 KB string made a 200 KB error text, which went into the dead letter's
+/// header whole: over the broker's frame size, the connection was closed, the job handed back,
+/// and the sender looped (171 reconnects in 20 s). Now every reason is short, large original
+/// headers are not copied, and a message that comes back unsettled again and again (an error
+/// that recurs every time: here a corrupted Redis key) is dead-lettered after 20 deliveries
+/// with the reason `redelivered`. Each role keeps its one connection all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_poison_message_never_knocks_a_role_off_the_broker() {
+    use lapin::types::{AMQPValue, LongString};
+    let mut env = TestEnv::new("hostile_one_poison");
+    let fake = FakeWeChat::start(FakeConfig::with_apps(vec![
+        FakeApp::new(TEST_APP, SECRET).with_templates([TPL])
+    ]))
+    .await
+    .expect("fake WeChat");
+    env.set("WXPUSH_WECHAT_API_BASE", &fake.base_url());
+    env.set("WXPUSH_APP_SECRET", SECRET);
+    let addrs: Vec<std::net::SocketAddr> = (0..3).map(|_| wxpush_testkit::free_addr()).collect();
+    let deps = env.deps().await;
+    let mut roles = Vec::new();
+    for (role, addr) in ["ingest", "dispatch", "send"].iter().zip(&addrs) {
+        env.set("WXPUSH_HTTP_ADDR", &addr.to_string());
+        roles.push(Role::spawn(&env, role));
+        wait_declared(&env, &deps, role).await;
+    }
+    let m = marker(&env);
+    let big_text = |n: usize| AMQPValue::LongString(LongString::from(vec![b'h'; n]));
+    let who = format!("{m}user");
+    let ids = fake.issue_form_ids(None, &who, 1, None).expect("issue");
+    let now = now_ms() / 1000;
+    deps.bank
+        .store(
+            &env.app,
+            &OpenId::new(&who).unwrap(),
+            &[Credential::form_id(ids[0].clone(), now + 3600)],
+        )
+        .await
+        .expect("store");
+    let ex = String::new();
+    let send_q = env.topology().send_queue();
+
+    // The sender: a 200 KB attempt string (a job under the 256 KiB bound: malformed, with a
+    // short reason), a 300 KB one (over the bound: too_large), a malformed job whose own
+    // headers are 120 KB, and a job for a user whose campaign marks key is corrupted.
+    let job = |attempt: Value| {
+        json!({"campaignId": format!("{m}-p"), "openId": who, "templateId": TPL,
+               "attempt": attempt})
+        .to_string()
+        .into_bytes()
+    };
+    let long_attempt = job(json!("9".repeat(200_000)));
+    let huge_attempt = job(json!("9".repeat(300_000)));
+    let heavy_headers = b"{\"heavy\": headers".to_vec();
+    let stuck_user = format!("{m}stuck");
+    let stuck = json!({"campaignId": format!("{m}-s"), "openId": stuck_user, "templateId": TPL})
+        .to_string()
+        .into_bytes();
+    let mut redis = redis_conn().await;
+    let marks = deps
+        .bank
+        .keys()
+        .marks(&env.app, &OpenId::new(&stuck_user).unwrap());
+    let _: () = redis::cmd("SET")
+        .arg(&marks)
+        .arg("not a hash")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    for body in [&long_attempt, &huge_attempt, &stuck] {
+        publish(&env, &deps, &ex, &send_q, std::slice::from_ref(body)).await;
+    }
+    publish_with_headers(
+        &env,
+        &deps,
+        &ex,
+        &send_q,
+        &heavy_headers,
+        header_table(&[("x-upstream-trace", big_text(120_000))]),
+    )
+    .await;
+
+    // The dispatcher: a campaign whose record key is corrupted, and one with heavy headers.
+    let stuck_campaign = format!("{m}-stuck");
+    let record = record_key(&env.ns, &env.app, &stuck_campaign);
+    let _: () = redis::cmd("SET")
+        .arg(&record)
+        .arg("not a hash")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let stuck_body = json!({"campaignId": stuck_campaign, "templateId": TPL, "keywords": "a",
+                            "audience": {"openIds": [who]}})
+    .to_string()
+    .into_bytes();
+    let campaigns = env.topology().campaigns_exchange();
+    publish(
+        &env,
+        &deps,
+        &campaigns,
+        "c",
+        std::slice::from_ref(&stuck_body),
+    )
+    .await;
+    publish_with_headers(
+        &env,
+        &deps,
+        &campaigns,
+        "c",
+        &heavy_headers,
+        header_table(&[("x-upstream-trace", big_text(120_000))]),
+    )
+    .await;
+
+    // Ingest: an upload a quorum queue has delivered 30 times already, and heavy headers.
+    let uploads = env.topology().uploads_exchange();
+    let counted = upload(&format!("{m}counted"), &["f1".into()]);
+    publish_with_headers(
+        &env,
+        &deps,
+        &uploads,
+        "u",
+        &counted,
+        header_table(&[("x-delivery-count", AMQPValue::LongLongInt(30))]),
+    )
+    .await;
+    publish_with_headers(
+        &env,
+        &deps,
+        &uploads,
+        "u",
+        &heavy_headers,
+        header_table(&[("x-upstream-trace", big_text(120_000))]),
+    )
+    .await;
+
+    // Good work goes on beside it: a job for the user with a usable formId.
+    let good = json!({"campaignId": format!("{m}-good"), "openId": who, "templateId": TPL})
+        .to_string()
+        .into_bytes();
+    publish(&env, &deps, &ex, &send_q, std::slice::from_ref(&good)).await;
+
+    let send_expected = [
+        hostile("a 200 KB attempt", long_attempt, "malformed_job"),
+        hostile("a 300 KB attempt", huge_attempt, "too_large"),
+        hostile("120 KB of headers", heavy_headers.clone(), "malformed_job"),
+        hostile("a corrupted marks key", stuck, "redelivered"),
+    ];
+    let dispatch_expected = [
+        hostile("a corrupted record key", stuck_body, "redelivered"),
+        hostile("120 KB of headers", heavy_headers.clone(), "not_json"),
+    ];
+    let ingest_expected = [
+        hostile("delivered 30 times", counted, "redelivered"),
+        hostile("120 KB of headers", heavy_headers.clone(), "not_json"),
+    ];
+    let mut got = BTreeMap::new();
+    let all_in = eventually(Duration::from_secs(90), || async {
+        for (source, expected) in [
+            ("send", send_expected.len()),
+            ("dispatch", dispatch_expected.len()),
+            ("ingest", ingest_expected.len()),
+        ] {
+            let q = env.topology().dead_queue(source);
+            if env.queue_ready(&deps.broker, &q).await < expected as u32 {
+                return false;
+            }
+        }
+        fake.requests()
+            .iter()
+            .any(|r| r.touser.as_deref() == Some(&who) && r.errcode == Some(0))
+    })
+    .await;
+    for source in ["send", "dispatch", "ingest"] {
+        let letters = env.drain_dead_letters(&deps.broker, source).await;
+        got.insert(source, letters);
+    }
+    let codes: BTreeMap<_, Vec<&String>> = got
+        .iter()
+        .map(|(source, letters)| (*source, letters.iter().map(|l| &l.1).collect()))
+        .collect();
+    assert!(all_in, "dead letters by code: {codes:?}");
+    assert_dead_letters(&send_expected, &got["send"]);
+    assert_dead_letters(&dispatch_expected, &got["dispatch"]);
+    assert_dead_letters(&ingest_expected, &got["ingest"]);
+    for (source, letters) in &got {
+        for (_, code, reason) in letters {
+            assert!(
+                reason.len() <= 256,
+                "{source} {code}: {} bytes",
+                reason.len()
+            );
+        }
+    }
+    // The heavy headers were not copied; their size is said instead.
+    let ch = deps.broker.channel().await.unwrap();
+    publish_with_headers(
+        &env,
+        &deps,
+        &ex,
+        &send_q,
+        b"{",
+        header_table(&[("x-upstream-trace", big_text(120_000))]),
+    )
+    .await;
+    let dropped = eventually(Duration::from_secs(30), || async {
+        let q = env.topology().dead_queue("send");
+        let Some(m) = ch
+            .basic_get(q.into(), lapin::options::BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        else {
+            return false;
+        };
+        let h = m.delivery.properties.headers().clone().unwrap_or_default();
+        !h.inner().contains_key("x-upstream-trace")
+            && h.inner().contains_key("x-wxpush-original-headers-dropped")
+    })
+    .await;
+    assert!(
+        dropped,
+        "large original headers dropped from the dead letter"
+    );
+    let _ = ch.close(200, "ok".into()).await;
+
+    // Each role kept its one connection: no session restarted, no reconnect, no outage.
+    for (role, addr) in ["ingest", "dispatch", "send"].iter().zip(&addrs) {
+        let (_, metrics) = wxpush_testkit::http_get(*addr, "/metrics")
+            .await
+            .expect("metrics");
+        for counter in ["wxpush_reconnects_total", "wxpush_sessions_restarted_total"] {
+            let n: f64 = metrics
+                .lines()
+                .filter(|l| l.starts_with(counter))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            assert_eq!(n, 0.0, "{role}: {counter}\n{metrics}");
+        }
+    }
+    for role in roles {
+        let name = role.name.clone();
+        let stderr = role.stop();
+        assert!(!stderr.contains("outage"), "{name}: {stderr}");
+        let longest = stderr.lines().map(str::len).max().unwrap_or(0);
+        assert!(longest < 2048, "{name}: a {longest}-byte log line");
+    }
+    let _: () = redis::cmd("DEL")
+        .arg(&marks)
+        .arg(&record)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+}

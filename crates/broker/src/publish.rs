@@ -11,6 +11,8 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel};
 
+use wxpush_domain::short_reason;
+
 use crate::{Broker, BrokerError, Topology};
 
 /// Header carrying the human-readable reason a message was dead-lettered.
@@ -19,6 +21,14 @@ pub const REASON_HEADER: &str = "x-wxpush-reason";
 pub const REASON_CODE_HEADER: &str = "x-wxpush-reason-code";
 /// Header naming the queue the message was taken from.
 pub const SOURCE_QUEUE_HEADER: &str = "x-wxpush-source-queue";
+/// Header set instead of the original headers when those were too large to copy: their size.
+pub const HEADERS_DROPPED_HEADER: &str = "x-wxpush-original-headers-dropped";
+
+/// Largest original headers copied into a dead letter, in bytes (roughly as encoded). The
+/// broker refuses a header frame over its frame size (128 KiB by default) and closes the
+/// connection: a message whose own headers are near that, plus ours, would be handed back and
+/// dead-lettered again for ever.
+pub const MAX_COPIED_HEADER_BYTES: usize = 16 * 1024;
 
 /// A confirm-mode channel.
 pub struct Publisher {
@@ -106,10 +116,29 @@ impl Publisher {
         code: &str,
         reason: &str,
     ) -> Result<(), BrokerError> {
-        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        let original = delivery.properties.headers().clone().unwrap_or_default();
+        let size = table_size(&original);
         let text = |s: &str| AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()));
-        headers.insert(ShortString::from(REASON_HEADER), text(reason));
-        headers.insert(ShortString::from(REASON_CODE_HEADER), text(code));
+        let mut headers = if size <= MAX_COPIED_HEADER_BYTES {
+            original
+        } else {
+            let mut only_size = FieldTable::default();
+            only_size.insert(
+                ShortString::from(HEADERS_DROPPED_HEADER),
+                AMQPValue::LongLongInt(i64::try_from(size).unwrap_or(i64::MAX)),
+            );
+            only_size
+        };
+        // Every text of ours is bounded: a reason quoting hostile input, or a routing key of
+        // 255 bytes, never makes the header frame too large.
+        headers.insert(
+            ShortString::from(REASON_HEADER),
+            text(&short_reason(reason)),
+        );
+        headers.insert(
+            ShortString::from(REASON_CODE_HEADER),
+            text(&short_reason(code)),
+        );
         headers.insert(ShortString::from(SOURCE_QUEUE_HEADER), text(queue));
         headers.insert(
             ShortString::from("x-wxpush-original-routing-key"),
@@ -131,6 +160,33 @@ impl Publisher {
 
     pub async fn close(self) {
         let _ = self.channel.close(200, "bye".into()).await;
+    }
+}
+
+/// About how many bytes `table` takes encoded: names, values and their type and length
+/// fields, nested tables and arrays included.
+fn table_size(table: &FieldTable) -> usize {
+    table
+        .inner()
+        .iter()
+        .map(|(k, v)| 1 + k.as_str().len() + value_size(v))
+        .fold(0, usize::saturating_add)
+}
+
+fn value_size(v: &AMQPValue) -> usize {
+    1 + match v {
+        AMQPValue::LongString(s) => 4 + s.as_bytes().len(),
+        AMQPValue::ShortString(s) => 1 + s.as_str().len(),
+        AMQPValue::ByteArray(b) => 4 + b.as_slice().len(),
+        AMQPValue::FieldTable(t) => 4 + table_size(t),
+        AMQPValue::FieldArray(a) => {
+            4 + a
+                .as_slice()
+                .iter()
+                .map(value_size)
+                .fold(0, usize::saturating_add)
+        }
+        _ => 8,
     }
 }
 

@@ -245,8 +245,8 @@ pub fn parse_job(body: &[u8]) -> Result<ValidJob, JobError> {
     if body.len() > MAX_JOB_BYTES {
         return Err(JobError::TooLarge { len: body.len() });
     }
-    let job: SendJob =
-        serde_json::from_slice(body).map_err(|e| JobError::Malformed(e.to_string()))?;
+    let job: SendJob = serde_json::from_slice(body)
+        .map_err(|e| JobError::Malformed(crate::short_reason(&e.to_string()).into_owned()))?;
     check_campaign_id(&job.campaign_id).map_err(JobError::CampaignId)?;
     let open_id = OpenId::new(&job.open_id).map_err(JobError::OpenId)?;
     let app_id = job

@@ -13,6 +13,7 @@ pub mod config;
 pub mod credential;
 pub mod job;
 pub mod names;
+pub mod reason;
 pub mod subscribe_data;
 pub mod token_source;
 pub mod upload;
@@ -28,6 +29,7 @@ pub use credential::{
 };
 pub use job::{parse_job, DataItem, JobError, JobKind, SendJob, ValidJob};
 pub use names::{AppId, NameError, Namespace, OpenId};
+pub use reason::{short_reason, MAX_REASON_BYTES};
 pub use subscribe_data::{validate_subscribe_data, DataError};
 pub use token_source::{ServiceUrl, TokenSource};
 pub use upload::{parse_upload, PoisonReason, RejectedEntry, Upload, UploadLimits};

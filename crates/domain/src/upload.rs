@@ -156,6 +156,9 @@ pub enum PoisonReason {
     InvalidSubscriptions(String),
     #[error("the upload has {len} entries, over the limit of {max}")]
     TooManyEntries { len: usize, max: usize },
+    /// Not read: it came back unsettled too often (the roles' redelivery limit).
+    #[error("delivered {times} times without being settled: an error that recurs, or a crash or a lost connection each time")]
+    Redelivered { times: u32 },
     #[error(
         "no usable credential: {rejected} entries rejected, {expired} already expired{detail}"
     )]
@@ -195,6 +198,7 @@ impl PoisonReason {
             PoisonReason::InvalidSubscriptions(_) => "invalid_subscriptions",
             PoisonReason::TooManyEntries { .. } => "too_many_entries",
             PoisonReason::NoUsableEntry { .. } => "no_usable_entry",
+            PoisonReason::Redelivered { .. } => "redelivered",
         }
     }
 }

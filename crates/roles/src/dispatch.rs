@@ -38,6 +38,7 @@ use wxpush_domain::campaign::{Audience, Campaign, CampaignKind, CampaignLimits};
 use wxpush_domain::{parse_campaign, AppId, Apps, Config, OpenId};
 
 use crate::metrics as m;
+use crate::redelivery::{self, Redeliveries, REDELIVERED, REDELIVERY_LIMIT};
 use crate::{supervise, Deps, Health, RoleError, Session, Shutdown};
 
 /// Most bytes of jobs built and in flight at once while a page is published.
@@ -88,6 +89,7 @@ pub struct Dispatcher {
     topology: Topology,
     conn: ConnectionManager,
     settings: DispatchSettings,
+    redeliveries: Redeliveries,
 }
 
 /// Runs the dispatch role until `shutdown` fires; a campaign in progress stops after its
@@ -196,6 +198,7 @@ impl Dispatcher {
             topology: topology.clone(),
             conn: deps.bank.connection(),
             settings: settings.clone(),
+            redeliveries: Redeliveries::new(&deps.bank),
         })
     }
 
@@ -259,6 +262,12 @@ impl Dispatcher {
         stats: &mut DispatchStats,
         shutdown: &Shutdown,
     ) -> Result<(), RoleError> {
+        let times = self.redeliveries.count("dispatch", &[delivery]).await?;
+        if let Some(&n) = times.first().filter(|n| **n >= REDELIVERY_LIMIT) {
+            return self
+                .reject(delivery, stats, REDELIVERED, &redelivery::reason(n))
+                .await;
+        }
         let mut campaign = match parse_campaign(&delivery.data, self.settings.limits) {
             Ok(c) => c,
             Err(e) => return self.reject(delivery, stats, e.code(), &e.to_string()).await,
@@ -435,7 +444,7 @@ impl Dispatcher {
         code: &str,
         reason: &str,
     ) -> Result<(), RoleError> {
-        tracing::warn!(code, reason, "campaign dead-lettered");
+        tracing::warn!(code, reason = %wxpush_domain::short_reason(reason), "campaign dead-lettered");
         self.publisher
             .dead_letter(
                 DEAD_LETTER_SOURCE,

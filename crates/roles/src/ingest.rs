@@ -29,6 +29,7 @@ use wxpush_domain::{
 };
 
 use crate::metrics as m;
+use crate::redelivery::{Redeliveries, REDELIVERY_LIMIT};
 use crate::{supervise, Deps, Health, RoleError, Shutdown};
 
 /// The source name of ingest's dead letters (queue `<ns>.dead.ingest`).
@@ -172,6 +173,7 @@ pub struct Ingest {
     publisher: Publisher,
     topology: Topology,
     settings: IngestSettings,
+    redeliveries: Redeliveries,
 }
 
 /// The parsed part of a batch: good uploads grouped per user, poison messages apart.
@@ -199,6 +201,7 @@ impl Ingest {
             publisher,
             topology: topology.clone(),
             settings: settings.clone(),
+            redeliveries: Redeliveries::new(&deps.bank),
         })
     }
 
@@ -271,13 +274,19 @@ impl Ingest {
                 }
                 Err(e) => break Err(e.into()),
             };
+            let all: Vec<&Delivery> = batch.deliveries.iter().collect();
+            let times = match self.redeliveries.count("ingest", &all).await {
+                Ok(t) => t,
+                Err(e) => break Err(e),
+            };
+            drop(all);
             let Sorted {
                 users,
                 poison,
                 rejected_entries,
                 expired_on_arrival,
                 capped,
-            } = self.sort(&batch);
+            } = self.sort(&batch, &times);
             metrics::counter!(m::CONSUMED, "queue" => "ingest").increment(batch.len() as u64);
             if let Err(e) = self.dead_letter_poison(&poison, stats).await {
                 break Err(e);
@@ -382,7 +391,9 @@ impl Ingest {
         stats: &mut IngestStats,
         shutdown: &mut Shutdown,
     ) -> Result<bool, RoleError> {
-        let sorted = self.sort(batch);
+        let all: Vec<&Delivery> = batch.deliveries.iter().collect();
+        let times = self.redeliveries.count("ingest", &all).await?;
+        let sorted = self.sort(batch, &times);
         self.dead_letter_poison(&sorted.poison, stats).await?;
         let owned: Vec<_> = sorted.users.into_iter().collect();
         let Some(reports) = store_with_retry(&self.bank, &owned, shutdown.clone())
@@ -406,14 +417,16 @@ impl Ingest {
         stats: &mut IngestStats,
     ) -> Result<(), RoleError> {
         for (delivery, reason) in poison {
-            tracing::warn!(code = reason.code(), %reason, "upload dead-lettered");
+            let text = reason.to_string();
+            let short = wxpush_domain::short_reason(&text);
+            tracing::warn!(code = reason.code(), reason = %short, "upload dead-lettered");
             self.publisher
                 .dead_letter(
                     DEAD_LETTER_SOURCE,
                     &self.topology.ingest_queue(),
                     delivery,
                     reason.code(),
-                    &reason.to_string(),
+                    &short,
                 )
                 .await?;
             *stats.dead_lettered.entry(reason.code()).or_default() += 1;
@@ -423,7 +436,9 @@ impl Ingest {
         Ok(())
     }
 
-    fn sort<'a>(&self, batch: &'a Batch) -> Sorted<'a> {
+    /// Parses a batch; `times` is how many times each delivery has come (one that came too
+    /// often is dead-lettered unread, [`crate::redelivery`]).
+    fn sort<'a>(&self, batch: &'a Batch, times: &[u32]) -> Sorted<'a> {
         let received_at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
@@ -436,7 +451,13 @@ impl Ingest {
             capped: 0,
         };
         let cap = self.settings.limits.max_kept;
-        for d in &batch.deliveries {
+        for (i, d) in batch.deliveries.iter().enumerate() {
+            if let Some(&n) = times.get(i).filter(|n| **n >= REDELIVERY_LIMIT) {
+                sorted
+                    .poison
+                    .push((d, PoisonReason::Redelivered { times: n }));
+                continue;
+            }
             let parsed = parse_upload(&d.data, received_at_ms, self.settings.limits).and_then(
                 |u| match self.settings.apps.resolve(u.app_id.as_ref()) {
                     Some(app) => Ok((app.id.clone(), u)),

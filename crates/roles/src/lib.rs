@@ -6,6 +6,7 @@
 //! - [`ingest`]: credential uploads → the bank.
 //! - [`dispatch`]: campaigns → one send job per recipient.
 //! - [`send`]: send jobs → WeChat, one credential each; [`outcomes`] records what happened.
+//! - [`redelivery`]: the limit on how often one message may come back unsettled.
 //! - [`deps`]: connecting to Redis and RabbitMQ with one readable error line.
 //! - [`shutdown`]: the stop signal shared by a process's roles.
 //! - [`supervise`]: sessions restarted after a RabbitMQ or Redis outage; [`health`] is what
@@ -19,6 +20,7 @@ pub mod health;
 pub mod ingest;
 pub mod metrics;
 pub mod outcomes;
+pub mod redelivery;
 pub mod send;
 pub mod shutdown;
 pub mod supervise;

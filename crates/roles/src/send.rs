@@ -51,6 +51,7 @@ use tracing::Instrument;
 
 use crate::metrics as m;
 use crate::outcomes::Recorded;
+use crate::redelivery::{self, Redeliveries, REDELIVERED, REDELIVERY_LIMIT};
 use crate::{supervise, Deps, Health, RoleError, Session, Shutdown};
 
 mod subscribe;
@@ -144,6 +145,7 @@ pub struct Sender {
     pub stats: Arc<SendStats>,
     /// Campaign records looked up for a stop (47003), and when: `(checked_at, stopped)`.
     stopped: Mutex<HashMap<String, (std::time::Instant, bool)>>,
+    redeliveries: Redeliveries,
 }
 
 /// One app's share of the fleet's state, all of it kept in Redis under the app's own keys:
@@ -316,6 +318,7 @@ impl Sender {
             settings: settings.clone(),
             stats: Arc::new(SendStats::default()),
             stopped: Mutex::new(HashMap::new()),
+            redeliveries: Redeliveries::new(&deps.bank),
         })
     }
 
@@ -416,10 +419,19 @@ impl Sender {
     async fn handle(&self, delivery: Delivery) -> Result<(), RoleError> {
         SendStats::add(&self.stats.jobs);
         metrics::counter!(m::CONSUMED, "queue" => "send").increment(1);
+        // (A Redis error here hands the job back with the session, like any other.)
+        let times = self.redeliveries.count("send", &[&delivery]).await?;
+        if let Some(&n) = times.first().filter(|n| **n >= REDELIVERY_LIMIT) {
+            let reason = redelivery::reason(n);
+            tracing::warn!(code = REDELIVERED, %reason, "send job dead-lettered");
+            self.dead_letter(&delivery, REDELIVERED, &reason).await;
+            return Ok(());
+        }
         let valid = match parse_job(&delivery.data) {
             Ok(v) => v,
             Err(e) => {
-                tracing::warn!(code = e.code(), reason = %e, "send job dead-lettered");
+                let text = e.to_string();
+                tracing::warn!(code = e.code(), reason = %wxpush_domain::short_reason(&text), "send job dead-lettered");
                 self.dead_letter(&delivery, e.code(), &e.to_string()).await;
                 return Ok(());
             }
@@ -477,7 +489,7 @@ impl Sender {
                 return Ok(());
             }
             Disposition::Refuse { code, reason } => {
-                tracing::warn!(code, %reason, "send job dead-lettered");
+                tracing::warn!(code, reason = %wxpush_domain::short_reason(&reason), "send job dead-lettered");
                 self.dead_letter(delivery, code, &reason).await;
                 return Ok(());
             }
