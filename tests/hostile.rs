@@ -339,8 +339,15 @@ fn classify(ns: &Namespace, app: &AppId, key: &[u8]) -> Option<DocKey> {
             check_campaign_id(id).ok()?;
             Some(DocKey::Record(id.to_owned()))
         }
-        "token" | "token-lock" | "token-err" | "rate" | "pause" => {
-            (rest == format!("{{{app}}}")).then(|| DocKey::Fleet(kind.to_owned()))
+        "token" | "token-lock" | "token-err" | "token-rejected" | "token-force" | "rate"
+        | "pause" => (rest == format!("{{{app}}}")).then(|| DocKey::Fleet(kind.to_owned())),
+        // Redelivery counts (docs/operations.md#poison): a role's queue and a body digest.
+        "rd" => {
+            let (queue, digest) = rest.split_once(':')?;
+            let ok = ["ingest", "dispatch", "send"].contains(&queue)
+                && digest.len() == 24
+                && digest.bytes().all(|b| b.is_ascii_hexdigit());
+            ok.then(|| DocKey::Fleet(kind.to_owned()))
         }
         _ => None,
     }
