@@ -1428,3 +1428,84 @@ async fn one_poison_message_never_knocks_a_role_off_the_broker() {
         .await
         .unwrap();
 }
+
+/// Dead-letter queues are bounded and refuse past the bound (`reject-publish`) rather than
+/// drop: a refused dead letter stays with the role, is counted for an alert, and goes in once
+/// there is room. A dead-letter queue an older wxpush declared without the limit (here one
+/// with another limit, 1 message) is kept as it is with one warning, not a start-up failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_dead_letter_queue_refuses_and_nothing_is_dropped() {
+    use lapin::types::AMQPValue;
+    let mut env = TestEnv::new("hostile_full_dlq");
+    let deps = env.deps().await;
+    let dead = env.topology().dead_queue("send");
+    let ch = deps.broker.channel().await.unwrap();
+    ch.queue_declare(
+        dead.as_str().into(),
+        lapin::options::QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        header_table(&[
+            ("x-max-length", AMQPValue::LongLongInt(1)),
+            ("x-overflow", AMQPValue::LongString("reject-publish".into())),
+        ]),
+    )
+    .await
+    .unwrap();
+    let _ = ch.close(200, "ok".into()).await;
+    let addr = wxpush_testkit::free_addr();
+    env.set("WXPUSH_HTTP_ADDR", &addr.to_string());
+    env.set("WXPUSH_APP_SECRET", SECRET);
+    let role = Role::spawn(&env, "send");
+    // (Its dead-letter queue is there already: wait for the role itself.)
+    let ready = eventually(Duration::from_secs(30), || async {
+        matches!(
+            wxpush_testkit::http_get(addr, "/readyz").await,
+            Some((200, _))
+        )
+    })
+    .await;
+    assert!(
+        ready,
+        "the sender started beside the older dead-letter queue"
+    );
+    let send_q = env.topology().send_queue();
+    let (first, second) = (b"{first".to_vec(), b"{second".to_vec());
+    publish(&env, &deps, "", &send_q, &[first.clone(), second.clone()]).await;
+    let refused = |metrics: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("wxpush_dead_letters_refused_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let alerted = eventually(Duration::from_secs(30), || async {
+        let m = wxpush_testkit::http_get(addr, "/metrics").await;
+        m.is_some_and(|(_, body)| refused(&body) >= 1.0)
+    })
+    .await;
+    assert!(alerted, "the refusal is counted");
+    // Full: one in the dead-letter queue, the other still with the sender (unacked).
+    assert_eq!(env.queue_ready(&deps.broker, &dead).await, 1);
+    let mut letters = env.drain_dead_letters(&deps.broker, "send").await;
+    // Room again: the other goes in.
+    let moved = eventually(Duration::from_secs(30), || async {
+        env.queue_ready(&deps.broker, &dead).await == 1
+    })
+    .await;
+    assert!(
+        moved,
+        "the refused dead letter was not put in once there was room"
+    );
+    letters.extend(env.drain_dead_letters(&deps.broker, "send").await);
+    let mut bodies: Vec<Vec<u8>> = letters.into_iter().map(|l| l.0).collect();
+    bodies.sort();
+    assert_eq!(bodies, vec![first, second]);
+    let stderr = role.stop();
+    assert_eq!(
+        stderr.matches("declared without a length limit").count(),
+        1,
+        "{stderr}"
+    );
+}

@@ -49,12 +49,22 @@ pub enum Needs {
     Send,
 }
 
+/// Most messages a dead-letter queue holds (also [`DEAD_LETTER_MAX_BYTES`]); past it, RabbitMQ
+/// refuses new dead letters (`x-overflow: reject-publish`: the publish is nacked, the message
+/// stays with the role that could not use it) instead of dropping the oldest.
+pub const DEAD_LETTER_MAX_MESSAGES: i64 = 1_000_000;
+/// Most bytes a dead-letter queue holds (1 GiB).
+pub const DEAD_LETTER_MAX_BYTES: i64 = 1024 * 1024 * 1024;
+
 /// Names of one namespace's exchanges and queues.
 #[derive(Debug, Clone)]
 pub struct Topology {
     ns: Namespace,
     /// The default app, then every app with a send lane of its own (empty: one app).
     lanes: Vec<AppId>,
+    /// Dead-letter queues declared by an older wxpush, without a length limit, are kept as
+    /// they are ([`Topology::declare`]).
+    keep_dead_letter_queues: bool,
 }
 
 impl Topology {
@@ -63,6 +73,7 @@ impl Topology {
         Self {
             ns,
             lanes: Vec::new(),
+            keep_dead_letter_queues: false,
         }
     }
 
@@ -73,7 +84,11 @@ impl Topology {
         } else {
             Vec::new()
         };
-        Self { ns, lanes }
+        Self {
+            ns,
+            lanes,
+            keep_dead_letter_queues: false,
+        }
     }
 
     /// The send queue of `app`'s jobs: its lane, or `<ns>.send` for the default app (and in a
@@ -175,8 +190,40 @@ impl Topology {
         q
     }
 
-    /// Declares what a role needs, on a channel of its own.
+    /// Declares what a role needs, on a channel of its own. A dead-letter queue that an older
+    /// wxpush declared without a length limit makes RabbitMQ refuse the new declaration
+    /// (`PRECONDITION_FAILED`, inequivalent arguments): it is then kept as it is, with one
+    /// warning saying how to add the limit, rather than failing the role on every start.
     pub async fn declare(&self, broker: &crate::Broker, needs: Needs) -> Result<(), BrokerError> {
+        match self.declare_once(broker, needs).await {
+            Err(e) if !self.keep_dead_letter_queues && self.is_unlimited_dead_letter_queue(&e) => {
+                tracing::warn!(
+                    error = %e,
+                    "a dead-letter queue of this namespace was declared without a length limit \
+                     (an older wxpush): kept as it is; to limit it, set a RabbitMQ policy \
+                     (max-length, max-length-bytes, overflow reject-publish) on {}.dead.*, or \
+                     delete it once empty so that it is declared again (docs/operations.md)",
+                    self.ns
+                );
+                let kept = Self {
+                    keep_dead_letter_queues: true,
+                    ..self.clone()
+                };
+                kept.declare_once(broker, needs).await
+            }
+            r => r,
+        }
+    }
+
+    /// Whether `e` is RabbitMQ refusing this namespace's dead-letter queue's arguments.
+    fn is_unlimited_dead_letter_queue(&self, e: &BrokerError) -> bool {
+        let text = e.to_string();
+        text.contains("PRECONDITION_FAILED")
+            && text.contains(&format!("'{}.dead.", self.ns))
+            && text.contains("x-max-length")
+    }
+
+    async fn declare_once(&self, broker: &crate::Broker, needs: Needs) -> Result<(), BrokerError> {
         let ch = broker.channel().await?;
         let declared = crate::within("declaring the topology", async {
             match needs {
@@ -267,7 +314,8 @@ impl Topology {
         self.declare_send(ch).await
     }
 
-    /// Declares the dead-letter exchange and the dead-letter queue of `source`.
+    /// Declares the dead-letter exchange and the dead-letter queue of `source`, bounded
+    /// ([`DEAD_LETTER_MAX_MESSAGES`], [`DEAD_LETTER_MAX_BYTES`]) and refusing past the bound.
     pub async fn declare_dead_letters(
         &self,
         ch: &Channel,
@@ -276,7 +324,32 @@ impl Topology {
         self.declare_exchange(ch, &self.dead_exchange(), ExchangeKind::Direct)
             .await?;
         let q = self.dead_queue(source);
-        self.declare_queue(ch, &q).await?;
+        let mut args = FieldTable::default();
+        if !self.keep_dead_letter_queues {
+            args.insert(
+                "x-max-length".into(),
+                AMQPValue::LongLongInt(DEAD_LETTER_MAX_MESSAGES),
+            );
+            args.insert(
+                "x-max-length-bytes".into(),
+                AMQPValue::LongLongInt(DEAD_LETTER_MAX_BYTES),
+            );
+            args.insert(
+                "x-overflow".into(),
+                AMQPValue::LongString("reject-publish".into()),
+            );
+        }
+        ch.queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                // An older queue without the limit: only checked to be there.
+                passive: self.keep_dead_letter_queues,
+                ..Default::default()
+            },
+            args,
+        )
+        .await?;
         ch.queue_bind(
             q.into(),
             self.dead_exchange().into(),

@@ -453,7 +453,8 @@ impl Dispatcher {
                 code,
                 reason,
             )
-            .await?;
+            .await
+            .inspect_err(|e| m::count_refused_dead_letter(DEAD_LETTER_SOURCE, e))?;
         stats.dead_lettered += 1;
         metrics::counter!(m::DEAD_LETTERED, "source" => DEAD_LETTER_SOURCE, "reason" => code.to_owned())
             .increment(1);

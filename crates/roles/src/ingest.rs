@@ -428,7 +428,8 @@ impl Ingest {
                     reason.code(),
                     &short,
                 )
-                .await?;
+                .await
+                .inspect_err(|e| m::count_refused_dead_letter(DEAD_LETTER_SOURCE, e))?;
             *stats.dead_lettered.entry(reason.code()).or_default() += 1;
             metrics::counter!(m::DEAD_LETTERED, "source" => DEAD_LETTER_SOURCE, "reason" => reason.code())
                 .increment(1);

@@ -9,6 +9,7 @@ pub const UPLOADS_STORED: &str = "wxpush_uploads_stored_total";
 pub const CREDENTIALS_STORED: &str = "wxpush_credentials_stored_total";
 pub const REJECTED: &str = "wxpush_rejected_total";
 pub const DEAD_LETTERED: &str = "wxpush_dead_lettered_total";
+pub const DEAD_LETTERS_REFUSED: &str = "wxpush_dead_letters_refused_total";
 pub const CLAIMS: &str = "wxpush_claims_total";
 pub const WECHAT_CALLS: &str = "wxpush_wechat_calls_total";
 pub const WECHAT_SECONDS: &str = "wxpush_wechat_call_duration_seconds";
@@ -22,6 +23,19 @@ pub const CONSUMING: &str = "wxpush_consuming";
 pub const DEPENDENCY_UP: &str = "wxpush_dependency_up";
 pub const SESSIONS_RESTARTED: &str = "wxpush_sessions_restarted_total";
 pub const RECONNECTS: &str = "wxpush_reconnects_total";
+
+/// Counts a dead letter RabbitMQ refused (its dead-letter queue is full: `reject-publish`), so
+/// that an alert can fire; the message stays with the role, handed back, never dropped.
+pub fn count_refused_dead_letter(source: &'static str, e: &wxpush_broker::BrokerError) {
+    if matches!(e, wxpush_broker::BrokerError::Nacked { .. }) {
+        metrics::counter!(DEAD_LETTERS_REFUSED, "source" => source).increment(1);
+        tracing::error!(
+            source,
+            "RabbitMQ refused a dead letter: the dead-letter queue is full; the message is \
+             handed back, not dropped (empty or raise the queue's limit)"
+        );
+    }
+}
 
 /// Registers the description of every metric (shown as `# HELP` lines).
 pub fn describe() {
@@ -42,6 +56,10 @@ pub fn describe() {
     describe_counter!(
         DEAD_LETTERED,
         "Messages sent to a dead-letter queue, by source and reason"
+    );
+    describe_counter!(
+        DEAD_LETTERS_REFUSED,
+        "Dead letters RabbitMQ refused (a full dead-letter queue), by source: alert on any"
     );
     describe_counter!(CLAIMS, "Campaign credential claims, by result");
     describe_counter!(

@@ -812,9 +812,6 @@ impl Sender {
     }
 
     async fn dead_letter(&self, delivery: &Delivery, code: &str, reason: &str) {
-        SendStats::add(&self.stats.dead_lettered);
-        metrics::counter!(m::DEAD_LETTERED, "source" => DEAD_LETTER_SOURCE, "reason" => code.to_owned())
-            .increment(1);
         let sent = self
             .publisher
             .dead_letter(
@@ -827,10 +824,16 @@ impl Sender {
             .await;
         match sent {
             Ok(()) => {
+                SendStats::add(&self.stats.dead_lettered);
+                metrics::counter!(m::DEAD_LETTERED, "source" => DEAD_LETTER_SOURCE, "reason" => code.to_owned())
+                    .increment(1);
                 let _ = delivery.acker.ack(BasicAckOptions::default()).await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not dead-letter a send job; handing it back");
+                m::count_refused_dead_letter(DEAD_LETTER_SOURCE, &e);
+                // Not at once: a full dead-letter queue refuses the next try as well.
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 requeue(delivery).await;
             }
         }
