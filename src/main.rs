@@ -167,6 +167,13 @@ fn init_logging() -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
 }
 
+/// The apps of the install, for messages that say what was looked for and what there is:
+/// `configured: wx1, wx2`.
+fn configured_apps(config: &Config) -> String {
+    let ids: Vec<&str> = config.apps.iter().map(|a| a.id.as_str()).collect();
+    format!("configured: {}", ids.join(", "))
+}
+
 fn config(common: &Common) -> anyhow::Result<Config> {
     validated(raw_config(common))
 }

@@ -137,12 +137,33 @@ pub async fn run(common: &crate::Common, args: ReachArgs) -> anyhow::Result<()> 
         Some(t) => Some(check_template(t)?),
         None => None,
     };
+    let raw = crate::raw_config(common);
+    let configured = raw.app_id.is_some() || raw.config_file.is_some();
     let config = config(common, app.as_ref())?;
     let app = app.unwrap_or_else(|| config.apps.default_id().clone());
     let started = Instant::now();
     let bank = connect(&config).await?;
     let keys = ShardKeys::new(config.namespace.clone(), app.clone());
     let url = config.redis_url.redacted();
+    // A forecast of nothing at all is most likely a typo (the app or the namespace): say so
+    // rather than print a table of zeros. (`--app` may name an app this install does not
+    // serve: its bank is read all the same when it holds anything.)
+    let stored = tokio::time::timeout(READ_TIMEOUT, anything_stored(bank.connection(), &keys))
+        .await
+        .map_err(|_| anyhow!("no answer from Redis at {url} within {READ_TIMEOUT:?}"))?
+        .with_context(|| format!("cannot read the bank of app {app} from Redis at {url}"))?;
+    if !stored {
+        let known = if configured {
+            crate::configured_apps(&config)
+        } else {
+            "no app is configured here: WXPUSH_APP_ID and WXPUSH_CONFIG are unset".to_owned()
+        };
+        anyhow::bail!(
+            "nothing is stored for app {app} in namespace {}: no user holds a credential or a \
+             consent of it ({known}); check --app and WXPUSH_NAMESPACE",
+            config.namespace
+        );
+    }
     let forecast = tokio::time::timeout(
         READ_TIMEOUT,
         forecast(
@@ -171,6 +192,21 @@ pub async fn run(common: &crate::Common, args: ReachArgs) -> anyhow::Result<()> 
     }
     out.flush()?;
     Ok(())
+}
+
+/// Whether the bank holds anything of the app: a user index shard or a consent totals shard
+/// (one pipelined round trip of `EXISTS`, one per key).
+async fn anything_stored(
+    mut conn: redis::aio::ConnectionManager,
+    keys: &ShardKeys,
+) -> redis::RedisResult<bool> {
+    let mut pipe = redis::pipe();
+    for shard in 0..SHARDS {
+        pipe.exists(keys.index(shard))
+            .exists(keys.consent_totals(shard));
+    }
+    let found: Vec<bool> = pipe.query_async(&mut conn).await?;
+    Ok(found.into_iter().any(|f| f))
 }
 
 /// The configuration as every command reads it (flags over environment), except that

@@ -58,7 +58,10 @@ pub async fn run(
     let first = match app.filter(|a| !a.is_empty()) {
         Some(app) => {
             reader.app = wxpush_domain::AppId::new(app).map_err(|e| anyhow!("--app: {e}"))?;
-            reader.read_required(id).await?
+            reader
+                .read_required(id)
+                .await
+                .map_err(|e| anyhow!("{e:#} ({})", crate::configured_apps(config)))?
         }
         None => reader.find(config, id).await?,
     };
@@ -173,9 +176,12 @@ impl Reader {
     }
 
     async fn read_required(&mut self, id: &str) -> anyhow::Result<Snapshot> {
-        self.read(id)
-            .await?
-            .with_context(|| format!("no campaign {id} in namespace {}", self.ns))
+        self.read(id).await?.with_context(|| {
+            format!(
+                "no campaign {id} of app {} in namespace {}",
+                self.app, self.ns
+            )
+        })
     }
 
     /// The campaign `id` of whichever configured app holds it (the reader then follows that
@@ -194,9 +200,10 @@ impl Reader {
                 self.read_required(id).await
             }
             0 => Err(anyhow!(
-                "no campaign {id} in namespace {} for any of the {} apps configured",
+                "no campaign {id} in namespace {} for any of the {} apps ({})",
                 self.ns,
-                config.apps.len()
+                config.apps.len(),
+                crate::configured_apps(config)
             )),
             1 => {
                 let (app, snapshot) = found.remove(0);

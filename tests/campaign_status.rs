@@ -240,10 +240,24 @@ fn an_unknown_campaign_is_one_line_and_a_failure() {
         assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
         assert_eq!(
             err.trim_end(),
-            format!("wxpush: no campaign nope in namespace {}", env.ns)
+            format!(
+                "wxpush: no campaign nope of app {} in namespace {}",
+                env.app, env.ns
+            )
         );
         assert!(stdout(&out).is_empty());
     }
+    // An app that is not configured: what was looked for, and what is configured.
+    let out = run(&env, &["campaign", "status", "nope", "--app", "wxpush"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "wxpush: no campaign nope of app wxpush in namespace {} (configured: {})",
+            env.ns, env.app
+        )
+    );
 }
 
 #[test]

@@ -306,13 +306,21 @@ async fn another_app_counts_nothing_of_this_one() {
     assert_eq!(days(&j), [3, 3, 0, 0, 0, 0, 0]);
     assert_eq!(consents(&j).keys().collect::<Vec<_>>(), ["TPL_X"]);
 
-    // An app with nothing at all.
-    let j = reach_json(&env, &["--app", "wxnobody00000003"]);
-    assert_eq!(j["reachable_now"], 0);
-    assert_eq!(j["messages_now"], 0);
-    assert_eq!(j["index_entries"], 0);
-    assert_eq!(days(&j), [0; 7]);
-    assert_eq!(j["consents"]["total"], 0);
+    // An app with nothing at all: a typo most likely, said in one line (exit 1), naming what
+    // was looked for and what is configured, instead of a forecast of zeros.
+    let out = run(&env, &["reach", "--json", "--app", "wxnobody00000003"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "wxpush: nothing is stored for app wxnobody00000003 in namespace {}",
+            env.ns
+        )),
+        "{err}"
+    );
+    assert!(err.contains(&format!("configured: {}", env.app)), "{err}");
+    assert!(stdout(&out).is_empty());
 
     // The default app is unchanged by the other's data; --app needs no WXPUSH_APP_ID.
     let j = reach_json(&env, &[]);
@@ -371,11 +379,42 @@ async fn the_table_shows_the_numbers() {
     assert_eq!(rows["TPL_B"], ["4", "1"], "{text}");
     assert_eq!(rows["total"], ["7", "-"], "{text}");
 
-    let empty = TestEnv::new("reach_table_empty");
-    let out = run(&empty, &["reach"]);
+    // A user with a credential and no consent: the consents row says none.
+    let other = TestEnv::new("reach_table_no_consent");
+    let creds = [Credential::form_id(form_id(7, 1), now_s() + 3600)];
+    crate::bank(&other)
+        .await
+        .store(&other.app, &user(1), &creds)
+        .await
+        .expect("store");
+    let out = run(&other, &["reach"]);
     assert!(out.status.success(), "stderr: {}", stderr(&out));
     let text = stdout(&out);
     assert!(text.lines().any(|l| l == "consents  none"), "{text}");
+}
+
+/// The issue's own typo: a namespace and an app that hold nothing (`WXPUSH_NAMESPACE=wxpush-demo
+/// wxpush reach --app wxpush`, no app configured) is one line and exit 1, not a table of zeros.
+#[test]
+fn a_typo_gets_an_answer_not_a_zero() {
+    let mut env = TestEnv::new("reach_typo");
+    env.set("WXPUSH_APP_ID", "");
+    let out = run(&env, &["reach", "--app", "wxpush"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "nothing is stored for app wxpush in namespace {}",
+            env.ns
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("no app is configured here: WXPUSH_APP_ID and WXPUSH_CONFIG are unset"),
+        "{err}"
+    );
+    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
 }
 
 /// A shard holding more users than one script call walks (2,000, `PAGE` in src/reach.rs) is
