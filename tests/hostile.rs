@@ -878,6 +878,7 @@ async fn hostile_send_jobs_are_dead_lettered_with_their_code_and_send_goes_on() 
         data: [("keyword1".to_owned(), wxpush_domain::DataItem::text("hi"))].into(),
         emphasis_keyword: None,
         attempt: 0,
+        retrying_since: None,
         kind: wxpush_domain::job::JobKind::Template,
         miniprogram_state: None,
         lang: None,

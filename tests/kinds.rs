@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use wxpush_bank::keys::{shard_of, SHARDS};
-use wxpush_bank::{Bank, BankSettings, CampaignClaim, ReachableCursor, Settle, CONSENT_TTL_SECS};
+use wxpush_bank::{
+    Bank, BankSettings, CampaignClaim, ClaimMode, ReachableCursor, Settle, CONSENT_TTL_SECS,
+};
 use wxpush_domain::{Credential, CredentialKind, OpenId};
 use wxpush_testkit::{eventually, form_id, keys_with_ttl, now_ms, redis_url, terminate, TestEnv};
 
@@ -73,9 +75,17 @@ async fn claim_consent(
     template: &str,
     owner: &str,
 ) -> CampaignClaim {
-    bank.campaign_claim_consent(&env.app, who, campaign, template, owner, LEASE)
-        .await
-        .unwrap()
+    bank.campaign_claim_consent(
+        &env.app,
+        who,
+        campaign,
+        template,
+        owner,
+        LEASE,
+        ClaimMode::Take,
+    )
+    .await
+    .unwrap()
 }
 
 async fn settle(
@@ -86,7 +96,8 @@ async fn settle(
     owner: &str,
     how: Settle<'_>,
 ) -> bool {
-    bank.campaign_settle(&env.app, who, campaign, owner, how)
+    // The template only matters to a subscribe campaign's consent; every test's is A.
+    bank.campaign_settle(&env.app, who, campaign, A, owner, how)
         .await
         .unwrap()
 }
@@ -137,7 +148,7 @@ async fn form_ids_and_prepay_uses_are_one_pool_spent_soonest_first() {
     creds.extend(Credential::prepay_uses(&prepay_id(3), now + 800));
     bank.store(&env.app, &who, &creds).await.unwrap();
     let got = bank
-        .campaign_claim(&env.app, &who, "tpl-1", "me", LEASE, false)
+        .campaign_claim(&env.app, &who, "tpl-1", "me", LEASE, ClaimMode::Take)
         .await
         .unwrap();
     assert_eq!(
@@ -149,7 +160,20 @@ async fn form_ids_and_prepay_uses_are_one_pool_spent_soonest_first() {
         unreachable!()
     };
     assert_eq!(c.value, prepay_id(3));
-    assert!(settle(&bank, &env, &who, "tpl-1", "me", Settle::Final("sent")).await);
+    assert!(
+        settle(
+            &bank,
+            &env,
+            &who,
+            "tpl-1",
+            "me",
+            Settle::Final {
+                outcome: "sent",
+                give_back: false
+            }
+        )
+        .await
+    );
     assert_eq!(bank.usable_count(&env.app, &who).await.unwrap(), 3);
 }
 
@@ -248,12 +272,26 @@ async fn consents_accumulate_and_are_spent_one_per_campaign_and_template() {
         held,
         CampaignClaim::Held {
             credential: Credential::consent(A),
-            in_doubt: true
+            in_doubt: true,
+            expired: false
         }
     );
     assert_eq!(bank.consents_left(&env.app, &who, A).await.unwrap(), 1);
     // Final consumes it; the campaign is then done for the user.
-    assert!(settle(&bank, &env, &who, "sub-1", "w1", Settle::Final("sent")).await);
+    assert!(
+        settle(
+            &bank,
+            &env,
+            &who,
+            "sub-1",
+            "w1",
+            Settle::Final {
+                outcome: "sent",
+                give_back: false
+            }
+        )
+        .await
+    );
     assert_eq!(bank.consents_left(&env.app, &who, A).await.unwrap(), 1);
     let again = claim_consent(&bank, &env, &who, "sub-1", A, "w3").await;
     assert_eq!(again, CampaignClaim::Done("sent".into()));
@@ -264,7 +302,20 @@ async fn consents_accumulate_and_are_spent_one_per_campaign_and_template() {
         claim_consent(&bank, &env, &who, "sub-2", A, "w1").await,
         CampaignClaim::Fresh(Credential::consent(A))
     );
-    assert!(settle(&bank, &env, &who, "sub-2", "w1", Settle::Final("sent")).await);
+    assert!(
+        settle(
+            &bank,
+            &env,
+            &who,
+            "sub-2",
+            "w1",
+            Settle::Final {
+                outcome: "sent",
+                give_back: false
+            }
+        )
+        .await
+    );
     assert_eq!(
         claim_consent(&bank, &env, &who, "sub-3", A, "w1").await,
         CampaignClaim::NoCredential
@@ -326,10 +377,24 @@ async fn a_release_without_doubt_gives_the_consent_back_one_in_doubt_keeps_it() 
         claim_consent(&bank, &env, &who, c, A, "w3").await,
         CampaignClaim::Held {
             credential: Credential::consent(A),
-            in_doubt: true
+            in_doubt: true,
+            expired: false
         }
     );
-    assert!(settle(&bank, &env, &who, c, "w3", Settle::Final("unknown")).await);
+    assert!(
+        settle(
+            &bank,
+            &env,
+            &who,
+            c,
+            "w3",
+            Settle::Final {
+                outcome: "unknown",
+                give_back: false
+            }
+        )
+        .await
+    );
     assert_eq!(bank.consents_left(&env.app, &who, A).await.unwrap(), 0);
     assert_eq!(bank.consent_total(&env.app, A).await.unwrap(), 0);
 
@@ -349,19 +414,20 @@ async fn a_release_without_doubt_gives_the_consent_back_one_in_doubt_keeps_it() 
         .await
         .unwrap();
     assert_eq!(
-        bank.campaign_claim(&env.app, &who, "tpl-r", "w1", LEASE, false)
+        bank.campaign_claim(&env.app, &who, "tpl-r", "w1", LEASE, ClaimMode::Take)
             .await
             .unwrap(),
         CampaignClaim::Fresh(f.clone())
     );
     assert!(settle(&bank, &env, &who, "tpl-r", "w1", RELEASE).await);
     assert_eq!(
-        bank.campaign_claim(&env.app, &who, "tpl-r", "w2", LEASE, false)
+        bank.campaign_claim(&env.app, &who, "tpl-r", "w2", LEASE, ClaimMode::Take)
             .await
             .unwrap(),
         CampaignClaim::Held {
             credential: f,
-            in_doubt: false
+            in_doubt: false,
+            expired: false
         }
     );
 }
@@ -497,7 +563,15 @@ async fn index_and_totals_stay_exact_under_concurrent_claimers() {
                     let (campaign, template) = campaigns[k % campaigns.len()];
                     let u = k / campaigns.len();
                     let claim = bank
-                        .campaign_claim_consent(&app, &users[u], campaign, template, &owner, LEASE)
+                        .campaign_claim_consent(
+                            &app,
+                            &users[u],
+                            campaign,
+                            template,
+                            &owner,
+                            LEASE,
+                            ClaimMode::Take,
+                        )
                         .await
                         .unwrap();
                     match claim {
@@ -507,16 +581,20 @@ async fn index_and_totals_stay_exact_under_concurrent_claimers() {
                                 RELEASE
                             } else {
                                 sent.push((campaign.to_owned(), u));
-                                Settle::Final("sent")
+                                Settle::Final {
+                                    outcome: "sent",
+                                    give_back: false,
+                                }
                             };
                             let ok = bank
-                                .campaign_settle(&app, &users[u], campaign, &owner, how)
+                                .campaign_settle(&app, &users[u], campaign, template, &owner, how)
                                 .await
                                 .unwrap();
                             assert!(ok, "settled by its owner");
                         }
                         CampaignClaim::Busy(_) => open += 1,
                         CampaignClaim::Done(_) | CampaignClaim::NoCredential => {}
+                        CampaignClaim::Superseded => unreachable!("a take is never superseded"),
                     }
                 }
                 if open == 0 {
@@ -583,7 +661,18 @@ async fn every_key_has_a_ttl() {
     let (a, b) = (user(200), user(201));
     bank.claim(&env.app, &a).await.unwrap();
     claim_consent(&bank, &env, &a, "sub-t", A, "w").await;
-    settle(&bank, &env, &a, "sub-t", "w", Settle::Final("sent")).await;
+    settle(
+        &bank,
+        &env,
+        &a,
+        "sub-t",
+        "w",
+        Settle::Final {
+            outcome: "sent",
+            give_back: false,
+        },
+    )
+    .await;
     claim_consent(&bank, &env, &b, "sub-t", A, "w").await;
     settle(&bank, &env, &b, "sub-t", "w", RELEASE).await;
     bank.clear_consents(&env.app, &b, B).await.unwrap();

@@ -138,10 +138,11 @@ fn fake_config() -> FakeConfig {
 fn settings() -> SendSettings {
     SendSettings {
         concurrency: 16,
-        max_attempts: 8,
+        retry_for: Duration::from_secs(3600),
+        max_attempts: None,
+        max_retry_delay: Duration::from_secs(900),
         quick_retries: 2,
         quota_cooldown: Duration::from_secs(2),
-        max_credentials_per_job: 10,
     }
 }
 
@@ -472,7 +473,7 @@ async fn malformed_jobs_and_jobs_that_keep_failing_are_dead_lettered_with_a_reas
     .unwrap();
     p.close().await;
     let mut s = settings();
-    s.max_attempts = 2;
+    s.max_attempts = Some(2);
     s.quick_retries = 0;
     let (_, counts) = rig.run_until(s, "c9", 1, Duration::from_secs(30)).await;
     assert_eq!(counts.get("dead_lettered"), Some(&1), "{counts:?}");

@@ -1,21 +1,26 @@
 //! One message per user per campaign: claiming a credential *for a campaign*.
 //!
 //! The bank keeps, beside each user's credentials and in the same hash slot, the user's
-//! campaign marks (`{ns}:m:{<app>.<shard>}:<openId>`, see `lua/campaign_claim.lua`). The first
-//! attempt at a campaign's message to a user claims a credential and marks it held under a
-//! lease; every later attempt, duplicate job or redelivery for the same campaign and user:
+//! campaign marks (`{ns}:m:{<app>.<shard>}:<openId>`, laid out in `lua/campaign_marks.lua`).
+//! An attempt at a campaign's message to a user claims a credential under a lease whose owner
+//! is the attempt's fencing token; every later step of that attempt (a renewed lease for
+//! another call, the next credential after a refusal, the settle) names the token, and Redis
+//! refuses it ([`CampaignClaim::Superseded`], `false` from [`Bank::campaign_settle`]) once
+//! another attempt has taken the lease over. Every later attempt, duplicate job or redelivery
+//! for the same campaign and user:
 //! - finds the campaign settled for the user (sent, failed, or no credential): nothing to do;
 //! - finds another attempt's lease running: waits;
-//! - or resumes with the **same** credential. Sending a formId twice cannot produce two
-//!   messages (WeChat answers `41029` to the second), so an attempt killed at any moment
-//!   is safely finished by the next one; `in_doubt` tells it that a `41029` then means "the
-//!   earlier attempt was accepted".
+//! - or resumes with the **same** credential ([`CampaignClaim::Held`]), told whether a call
+//!   with it may already have delivered the message (`in_doubt`) and whether it has expired
+//!   meanwhile: the sender's decision table says what may be done with it (a formId may be
+//!   sent again, since WeChat refuses its second use; a prepayId use or a consent may not).
 //!
 //! A subscribe campaign claims a consent instead ([`Bank::campaign_claim_consent`],
 //! `lua/campaign_claim_consent.lua`) under the same marks, leases and answers; the marks then
-//! hold the member `s` + template id. Settling is the same call for both: a release without
-//! doubt gives a held consent back to the user at once (a consent has no identity WeChat
-//! could check on a resend), where a formId stays held for the next attempt.
+//! hold the member `s` + template id. Settling is the same call for both.
+//!
+//! Final outcomes are kept 8 days, then pruned (`campaign_marks.lua`): a user's marks hold the
+//! campaigns of the last 8 days, not every campaign ever.
 //!
 //! The campaign's outcome counters live beside the marks too, one hash per shard
 //! (`{ns}:cs:{<app>.<shard>}:<campaign>`): the scripts count an outcome in the same step that
@@ -29,6 +34,7 @@ use std::time::Duration;
 use redis::Value;
 use wxpush_domain::{AppId, Credential, OpenId};
 
+use crate::keys::shard_of;
 use crate::{member, Bank, BankError};
 
 /// What a campaign claim found.
@@ -39,32 +45,58 @@ pub enum CampaignClaim {
     Done(String),
     /// Another attempt holds the lease for this long.
     Busy(Duration),
+    /// This attempt's lease was taken over by another attempt (or its campaign was settled):
+    /// it must not call WeChat, settle or give anything back.
+    Superseded,
     /// The user has no usable credential (now recorded as the user's outcome).
     NoCredential,
     /// A newly claimed credential.
     Fresh(Credential),
-    /// The credential an earlier attempt held. `in_doubt`: that attempt may have been
-    /// accepted by WeChat (it timed out after sending, or it died).
+    /// The credential an earlier call held. `in_doubt`: a call with it may have delivered the
+    /// message (it timed out after sending, or its attempt died). `expired`: it expires
+    /// within the safety margin (WeChat may refuse it as expired, whatever happened before).
     Held {
         credential: Credential,
         in_doubt: bool,
+        expired: bool,
     },
+}
+
+/// Which claim: see `lease()` in `lua/campaign_marks.lua`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimMode {
+    /// Start, or resume the held credential (another attempt's lease must have run out).
+    Take,
+    /// The same attempt calls again with the credential it holds: the lease is renewed.
+    Renew,
+    /// The same attempt's credential was refused by WeChat: claim the user's next one.
+    Next,
+}
+
+impl ClaimMode {
+    pub(crate) fn arg(self) -> &'static str {
+        match self {
+            ClaimMode::Take => "take",
+            ClaimMode::Renew => "renew",
+            ClaimMode::Next => "next",
+        }
+    }
 }
 
 /// How an attempt ends, for [`Bank::campaign_settle`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settle<'a> {
-    /// The campaign is done for this user, with this outcome (`sent`, `failed:40037`, ...).
-    Final(&'a str),
+    /// The campaign is done for this user, with this outcome (`sent`, `failed:40037`, ...);
+    /// `give_back`: WeChat did not use the credential, it goes back to the user.
+    Final { outcome: &'a str, give_back: bool },
     /// No outcome yet: keep the credential for the next attempt; `in_doubt` if WeChat may
-    /// have accepted this one; `retry` to count it as a failed attempt scheduled again.
+    /// have delivered with it; `retry` to count it as a failed attempt scheduled again.
     Release { in_doubt: bool, retry: bool },
 }
 
 impl Bank {
-    /// Claims (or resumes) the credential for `campaign`'s message to `open_id`, leasing it
-    /// to `owner` for `lease`. With `next`, the held credential was refused by WeChat and
-    /// another one is claimed.
+    /// Claims (or resumes, renews, replaces) the credential for `campaign`'s message to
+    /// `open_id`, leased to `owner` (the attempt's fencing token) for `lease`.
     pub async fn campaign_claim(
         &self,
         app: &AppId,
@@ -72,7 +104,7 @@ impl Bank {
         campaign: &str,
         owner: &str,
         lease: Duration,
-        next: bool,
+        mode: ClaimMode,
     ) -> Result<CampaignClaim, BankError> {
         let mut cmd = self.scripts.campaign_claim.evalsha();
         cmd.arg(4)
@@ -84,65 +116,57 @@ impl Bank {
             .arg(open_id.as_str())
             .arg(campaign)
             .arg(owner)
-            .arg(lease.as_millis() as u64)
-            .arg(if next { "next" } else { "take" });
+            .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX))
+            .arg(mode.arg());
         let reply: Vec<Value> = self.scripts.run(&mut self.conn.clone(), &cmd).await?;
         parse_campaign_claim(&reply)
     }
 
     /// Ends an attempt at `campaign`'s message to `open_id` (claimed by either
-    /// [`Bank::campaign_claim`] or [`Bank::campaign_claim_consent`]). Returns whether it was
-    /// applied (not when another attempt took the lease over, or the campaign is settled).
-    ///
-    /// One script call; two when a consent goes back to the user (a release without doubt):
-    /// the first call learns the held consent's template, whose index key the second passes.
+    /// [`Bank::campaign_claim`] or [`Bank::campaign_claim_consent`]; `template` is the job's,
+    /// whose consent a subscribe job holds). One script call. Returns whether it was applied:
+    /// `false` when `owner` no longer holds the lease (another attempt took it over) or the
+    /// campaign is settled already, and then nothing changed.
     pub async fn campaign_settle(
         &self,
         app: &AppId,
         open_id: &OpenId,
         campaign: &str,
+        template: &str,
         owner: &str,
         settle: Settle<'_>,
     ) -> Result<bool, BankError> {
         let flag = |b: bool| if b { "1" } else { "0" };
-        let (action, doubt, retried) = match settle {
-            Settle::Final(outcome) => (format!("={outcome}"), "0", "0"),
-            Settle::Release { in_doubt, retry } => ("R".to_owned(), flag(in_doubt), flag(retry)),
+        let (action, doubt, retried, give_back) = match settle {
+            Settle::Final { outcome, give_back } => {
+                (format!("={outcome}"), "0", "0", flag(give_back))
+            }
+            Settle::Release { in_doubt, retry } => {
+                ("R".to_owned(), flag(in_doubt), flag(retry), "0")
+            }
         };
-        let shard = crate::keys::shard_of(open_id);
-        let mut template: Option<String> = None;
-        // The template can only change if the marks change under us: a few tries at most.
-        for _ in 0..3 {
-            let mut cmd = self.scripts.campaign_settle.evalsha();
-            cmd.arg(if template.is_some() { 5 } else { 4 })
-                .arg(self.keys.marks(app, open_id))
-                .arg(self.counters_of(app, open_id, campaign))
-                .arg(self.keys.consents(app, open_id))
-                .arg(self.keys.consent_totals(app, shard));
-            if let Some(t) = &template {
-                cmd.arg(self.keys.consent_index(app, shard, t));
-            }
-            cmd.arg(campaign)
-                .arg(owner)
-                .arg(&action)
-                .arg(doubt)
-                .arg(retried)
-                .arg(open_id.as_str())
-                .arg(template.as_deref().unwrap_or(""))
-                .arg(crate::CONSENT_TTL_SECS);
-            let reply: Value = self.scripts.run(&mut self.conn.clone(), &cmd).await?;
-            match reply {
-                Value::Int(applied) => return Ok(applied == 1),
-                Value::Array(items) => match items.as_slice() {
-                    [tag, t] if text(tag).as_deref() == Some("index") => template = text(t),
-                    _ => break,
-                },
-                _ => break,
-            }
-        }
-        Err(BankError::Protocol(
-            "campaign settle did not apply with the held consent's template".into(),
-        ))
+        let shard = shard_of(open_id);
+        let mut cmd = self.scripts.campaign_settle.evalsha();
+        cmd.arg(8)
+            .arg(self.keys.marks(app, open_id))
+            .arg(self.counters_of(app, open_id, campaign))
+            .arg(self.keys.credentials(app, open_id))
+            .arg(self.keys.index_of(app, open_id))
+            .arg(self.keys.consents(app, open_id))
+            .arg(self.keys.consent_totals(app, shard))
+            .arg(self.keys.consent_index(app, shard, template))
+            .arg(self.keys.campaign_retryable(app, shard, campaign))
+            .arg(campaign)
+            .arg(owner)
+            .arg(&action)
+            .arg(doubt)
+            .arg(retried)
+            .arg(give_back)
+            .arg(open_id.as_str())
+            .arg(self.settings.claim_margin_secs)
+            .arg(crate::CONSENT_TTL_SECS);
+        let applied: i64 = self.scripts.run(&mut self.conn.clone(), &cmd).await?;
+        Ok(applied == 1)
     }
 }
 
@@ -214,11 +238,13 @@ pub(crate) fn parse_campaign_claim(reply: &[Value]) -> Result<CampaignClaim, Ban
             let ms = text(ms).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
             Ok(CampaignClaim::Busy(Duration::from_millis(ms)))
         }
+        ("superseded", [_]) => Ok(CampaignClaim::Superseded),
         ("none", [_]) => Ok(CampaignClaim::NoCredential),
         ("fresh", [_, m, e]) => Ok(CampaignClaim::Fresh(credential(m, e)?)),
-        ("held", [_, m, e, d]) => Ok(CampaignClaim::Held {
+        ("held", [_, m, e, d, x]) => Ok(CampaignClaim::Held {
             credential: credential(m, e)?,
             in_doubt: text(d).as_deref() != Some("0"),
+            expired: text(x).as_deref() == Some("1"),
         }),
         _ => Err(BankError::Protocol(format!(
             "campaign claim returned {reply:?}"

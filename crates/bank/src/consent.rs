@@ -65,6 +65,7 @@ impl Bank {
     /// `Release { in_doubt: false, .. }` gives it back to the user (the next attempt takes one
     /// afresh); `Release { in_doubt: true, .. }` keeps it held, and the next attempt gets
     /// `Held { in_doubt: true, .. }`, as does one after a crash.
+    #[allow(clippy::too_many_arguments)]
     pub async fn campaign_claim_consent(
         &self,
         app: &AppId,
@@ -73,6 +74,7 @@ impl Bank {
         template: &str,
         owner: &str,
         lease: Duration,
+        mode: crate::ClaimMode,
     ) -> Result<CampaignClaim, BankError> {
         let shard = shard_of(open_id);
         let mut cmd = self.scripts.campaign_claim_consent.evalsha();
@@ -86,7 +88,8 @@ impl Bank {
             .arg(campaign)
             .arg(owner)
             .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX))
-            .arg(template);
+            .arg(template)
+            .arg(mode.arg());
         let reply: Vec<Value> = self.scripts.run(&mut self.conn.clone(), &cmd).await?;
         parse_campaign_claim(&reply)
     }

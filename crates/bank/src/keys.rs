@@ -83,6 +83,12 @@ impl Keys {
     }
 
     /// The index shard holding `open_id`.
+    /// `{ns}:cr:{<app>.<shard>}:<campaign>`: the shard's users whose outcome for the campaign
+    /// was `dead_lettered` (certainly not delivered): what `wxpush campaign retry` sends again.
+    pub fn campaign_retryable(&self, app: &AppId, shard: u16, campaign: &str) -> String {
+        format!("{}:cr:{{{}.{}}}:{}", self.ns, app, shard, campaign)
+    }
+
     pub fn index_of(&self, app: &AppId, open_id: &OpenId) -> String {
         self.index_shard(app, shard_of(open_id))
     }

@@ -43,7 +43,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, Value};
 use wxpush_domain::{check_template_id, AppId, Credential, CredentialKind, Namespace, OpenId};
 
-pub use campaign::{CampaignClaim, Settle};
+pub use campaign::{CampaignClaim, ClaimMode, Settle};
 pub use consent::CONSENT_TTL_SECS;
 pub use keys::{Keys, SHARDS};
 pub use reachable::{ReachableCursor, ReachablePage};

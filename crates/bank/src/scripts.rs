@@ -48,11 +48,20 @@ pub(crate) fn get() -> &'static Scripts {
         store: BankScript::new(include_str!("lua/store.lua")),
         claim: BankScript::new(include_str!("lua/claim.lua")),
         release: BankScript::new(include_str!("lua/release.lua")),
-        campaign_claim: BankScript::new(include_str!("lua/campaign_claim.lua")),
-        campaign_settle: BankScript::new(include_str!("lua/campaign_settle.lua")),
+        campaign_claim: BankScript::new(concat!(
+            include_str!("lua/campaign_marks.lua"),
+            include_str!("lua/campaign_claim.lua")
+        )),
+        campaign_settle: BankScript::new(concat!(
+            include_str!("lua/campaign_marks.lua"),
+            include_str!("lua/campaign_settle.lua")
+        )),
         store_consents: BankScript::new(include_str!("lua/store_consents.lua")),
         clear_consents: BankScript::new(include_str!("lua/clear_consents.lua")),
-        campaign_claim_consent: BankScript::new(include_str!("lua/campaign_claim_consent.lua")),
+        campaign_claim_consent: BankScript::new(concat!(
+            include_str!("lua/campaign_marks.lua"),
+            include_str!("lua/campaign_claim_consent.lua")
+        )),
     })
 }
 

@@ -32,7 +32,11 @@ pub const DEFAULT_INGEST_BATCH: usize = 500;
 /// lower one costs throughput on small uploads) and the whole role stays well within 256 MiB.
 pub const DEFAULT_INGEST_BUFFER_BYTES: usize = 128 * 1024 * 1024;
 pub const DEFAULT_SEND_CONCURRENCY: usize = 64;
-pub const DEFAULT_SEND_MAX_ATTEMPTS: u32 = 8;
+/// How long a send job's failed attempts are retried, from the first failure: 6 hours, so an
+/// outage of WeChat (or of a gateway in front of it) of that long loses nobody.
+pub const DEFAULT_SEND_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+/// The longest wait between two attempts of a send job: 15 minutes.
+pub const DEFAULT_SEND_RETRY_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(900);
 pub const DEFAULT_QUOTA_COOLDOWN_SECS: u64 = 3600;
 pub const DEFAULT_DISPATCH_PAGE_SIZE: usize = 1000;
 /// Where `/healthz`, `/readyz` and `/metrics` are served (port 9464, Prometheus exporters').
@@ -136,6 +140,8 @@ pub struct RawConfig {
     pub ingest_buffer_bytes: Option<String>,
     pub send_concurrency: Option<String>,
     pub send_max_attempts: Option<String>,
+    pub send_retry_for: Option<String>,
+    pub send_retry_max_delay: Option<String>,
     pub quota_cooldown_secs: Option<String>,
     pub dispatch_page_size: Option<String>,
     pub http_addr: Option<String>,
@@ -171,6 +177,8 @@ pub const ENV_VARS: &[&str] = &[
     CONFIG_FILE_VAR,
     "WXPUSH_INGEST_BUFFER_BYTES",
     TOKEN_SOURCE_VAR,
+    "WXPUSH_SEND_RETRY_FOR",
+    "WXPUSH_SEND_RETRY_MAX_DELAY",
 ];
 
 impl RawConfig {
@@ -205,6 +213,8 @@ impl RawConfig {
             config_file: get(ENV_VARS[19]),
             ingest_buffer_bytes: get(ENV_VARS[20]),
             token_source: get(ENV_VARS[21]),
+            send_retry_for: get(ENV_VARS[22]),
+            send_retry_max_delay: get(ENV_VARS[23]),
         }
     }
 
@@ -336,11 +346,19 @@ impl RawConfig {
                 DEFAULT_SEND_CONCURRENCY,
                 1,
             )?,
-            send_max_attempts: number(
-                "WXPUSH_SEND_MAX_ATTEMPTS",
-                self.send_max_attempts,
-                DEFAULT_SEND_MAX_ATTEMPTS,
-                1,
+            send_max_attempts: self
+                .send_max_attempts
+                .map(|v| number("WXPUSH_SEND_MAX_ATTEMPTS", Some(v), 1, 1))
+                .transpose()?,
+            send_retry_for: duration(
+                "WXPUSH_SEND_RETRY_FOR",
+                self.send_retry_for,
+                DEFAULT_SEND_RETRY_FOR,
+            )?,
+            send_retry_max_delay: duration(
+                "WXPUSH_SEND_RETRY_MAX_DELAY",
+                self.send_retry_max_delay,
+                DEFAULT_SEND_RETRY_MAX_DELAY,
             )?,
             quota_cooldown_secs: number(
                 "WXPUSH_QUOTA_COOLDOWN_SECS",
@@ -385,8 +403,13 @@ pub struct Config {
     pub ingest_buffer_bytes: usize,
     /// Send jobs one sender process handles at once.
     pub send_concurrency: usize,
-    /// Attempts before a send job is dead-lettered.
-    pub send_max_attempts: u32,
+    /// Most attempts before a send job is given up, if set (by default only the time
+    /// budget, `send_retry_for`, bounds them).
+    pub send_max_attempts: Option<u32>,
+    /// How long a send job's failed attempts are retried, from the first failure.
+    pub send_retry_for: std::time::Duration,
+    /// The longest wait between two attempts of a send job.
+    pub send_retry_max_delay: std::time::Duration,
     /// How long the fleet pauses after WeChat's daily quota answer (45009).
     pub quota_cooldown_secs: u64,
     /// Recipients the dispatcher publishes per page (one checkpoint per page).
@@ -542,6 +565,40 @@ pub fn http_addr(given: Option<String>) -> Result<Option<HttpAddr>, ConfigError>
         })
 }
 
+/// A duration: whole seconds, or a number with `ms`, `s`, `m`, `h` or `d` (`6h`, `90s`).
+fn duration(
+    var: &'static str,
+    given: Option<String>,
+    default: std::time::Duration,
+) -> Result<std::time::Duration, ConfigError> {
+    let Some(s) = given else {
+        return Ok(default);
+    };
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| ConfigError::Invalid {
+        var,
+        reason: format!("'{s}' is not a duration like 90, 90s, 30m, 6h or 1d"),
+    })?;
+    let ms = match unit {
+        "" | "s" => n.checked_mul(1000),
+        "ms" => Some(n),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        "d" => n.checked_mul(86_400_000),
+        _ => None,
+    }
+    .filter(|ms| *ms > 0 && *ms <= 365 * 86_400_000)
+    .ok_or_else(|| ConfigError::Invalid {
+        var,
+        reason: format!(
+            "'{s}' is not a duration like 90, 90s, 30m, 6h or 1d (more than 0, at most 365 days)"
+        ),
+    })?;
+    Ok(std::time::Duration::from_millis(ms))
+}
+
 fn number<T>(var: &'static str, given: Option<String>, default: T, min: T) -> Result<T, ConfigError>
 where
     T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
@@ -621,6 +678,40 @@ mod tests {
                 .starts_with("WXPUSH_TOKEN_SOURCE is invalid: 'weekly' is not"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_retry_budget_is_a_duration_and_attempts_are_unbounded_by_default() {
+        let c = raw(&[("WXPUSH_APP_ID", "wx1")]).validate().unwrap();
+        assert_eq!(c.send_retry_for, DEFAULT_SEND_RETRY_FOR);
+        assert_eq!(c.send_max_attempts, None);
+        let c = raw(&[
+            ("WXPUSH_APP_ID", "wx1"),
+            ("WXPUSH_SEND_RETRY_FOR", "90m"),
+            ("WXPUSH_SEND_RETRY_MAX_DELAY", "2s"),
+            ("WXPUSH_SEND_MAX_ATTEMPTS", "12"),
+        ])
+        .validate()
+        .unwrap();
+        assert_eq!(c.send_retry_for, std::time::Duration::from_secs(5400));
+        assert_eq!(c.send_retry_max_delay, std::time::Duration::from_secs(2));
+        assert_eq!(c.send_max_attempts, Some(12));
+        for (given, secs) in [("600", 600), ("1d", 86_400), ("1500ms", 1)] {
+            let c = raw(&[("WXPUSH_APP_ID", "wx1"), ("WXPUSH_SEND_RETRY_FOR", given)])
+                .validate()
+                .unwrap();
+            assert_eq!(c.send_retry_for.as_secs(), secs, "{given}");
+        }
+        for bad in ["soon", "0", "6 hours", "400d", "-1h"] {
+            let e = raw(&[("WXPUSH_APP_ID", "wx1"), ("WXPUSH_SEND_RETRY_FOR", bad)])
+                .validate()
+                .unwrap_err();
+            assert!(
+                e.to_string()
+                    .starts_with("WXPUSH_SEND_RETRY_FOR is invalid"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -66,6 +66,10 @@ pub struct SendJob {
     pub emphasis_keyword: Option<String>,
     #[serde(default)]
     pub attempt: u32,
+    /// When the job's first failed attempt was (Unix ms): its retries go on until
+    /// `WXPUSH_SEND_RETRY_FOR` after it. Set by the senders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retrying_since: Option<i64>,
     /// What the job spends and which API it calls.
     #[serde(default, skip_serializing_if = "JobKind::is_template")]
     pub kind: JobKind,

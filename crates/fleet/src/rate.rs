@@ -90,6 +90,22 @@ impl std::fmt::Debug for RateLimiter {
     }
 }
 
+/// Leave to make one send call, from [`RateLimiter::acquire`].
+#[derive(Debug, Clone, Copy)]
+pub struct Permit {
+    reserved_at: Instant,
+    max_age: Duration,
+}
+
+impl Permit {
+    /// Whether a call made now keeps the fleet's bound: the permit was reserved no longer
+    /// than `permit_max_age` ago. A caller that waited on something else after taking it
+    /// (a slow Redis, a stalled process) must take another instead.
+    pub fn is_fresh(&self) -> bool {
+        self.reserved_at.elapsed() <= self.max_age
+    }
+}
+
 /// Permits reserved per round trip at `rate` per second: `clamp(rate / 100, 1, 50)`.
 pub fn batch_for(rate: u32) -> u32 {
     (rate / 100).clamp(1, 50)
@@ -171,14 +187,16 @@ impl RateLimiter {
         self.inner.discarded.load(Ordering::Relaxed)
     }
 
-    /// Waits until this process may make one send.
-    pub async fn acquire(&self) -> Result<(), FleetError> {
-        if self.take_local() {
-            return Ok(());
+    /// Waits until this process may make one send. The permit must be used at once: the
+    /// bound above holds only for a call made within `permit_max_age` of the permit's
+    /// reservation, which [`Permit::is_fresh`] tells just before the call.
+    pub async fn acquire(&self) -> Result<Permit, FleetError> {
+        if let Some(p) = self.take_local() {
+            return Ok(p);
         }
         let _gate = self.inner.gate.lock().await;
-        if self.take_local() {
-            return Ok(());
+        if let Some(p) = self.take_local() {
+            return Ok(p);
         }
         loop {
             let next_ask = self.lock_local().next_ask;
@@ -211,7 +229,10 @@ impl RateLimiter {
                 local.left = granted - 1;
                 local.reserved_at = sent;
                 local.next_ask = sent + wait;
-                return Ok(());
+                return Ok(Permit {
+                    reserved_at: sent,
+                    max_age: self.inner.settings.permit_max_age,
+                });
             }
             // Never ask again at once after a refusal (a guard: the script's wait is > 0 then).
             local.next_ask = sent + wait.max(Duration::from_micros(100));
@@ -226,20 +247,23 @@ impl RateLimiter {
     }
 
     /// Takes a local permit if a young enough one is left; discards old ones.
-    fn take_local(&self) -> bool {
+    fn take_local(&self) -> Option<Permit> {
         let mut local = self.lock_local();
         if local.left == 0 {
-            return false;
+            return None;
         }
         if local.reserved_at.elapsed() > self.inner.settings.permit_max_age {
             self.inner
                 .discarded
                 .fetch_add(u64::from(local.left), Ordering::Relaxed);
             local.left = 0;
-            return false;
+            return None;
         }
         local.left -= 1;
-        true
+        Some(Permit {
+            reserved_at: local.reserved_at,
+            max_age: self.inner.settings.permit_max_age,
+        })
     }
 }
 

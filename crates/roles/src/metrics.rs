@@ -17,6 +17,7 @@ pub use wxpush_fleet::metrics::{RATE_LIMIT_WAITS, RATE_LIMIT_WAIT_MS, TOKEN_REFR
 pub const JOBS_RETRIED: &str = "wxpush_jobs_retried_total";
 pub const JOBS_PARKED: &str = "wxpush_jobs_parked_total";
 pub const SEND_OUTCOMES: &str = "wxpush_send_outcomes_total";
+pub const SEND_FENCED: &str = "wxpush_send_fenced_total";
 pub const JOBS_PUBLISHED: &str = "wxpush_campaign_jobs_published_total";
 pub const CAMPAIGNS_DISPATCHED: &str = "wxpush_campaigns_dispatched_total";
 pub const CONSUMING: &str = "wxpush_consuming";
@@ -89,6 +90,10 @@ pub fn describe() {
         "Send jobs parked without an attempt (pause, minute quota, lease)"
     );
     describe_counter!(SEND_OUTCOMES, "Final outcomes of send jobs, by outcome");
+    describe_counter!(
+        SEND_FENCED,
+        "Calls not made because too long had passed since their claim (the lease's fence)"
+    );
     describe_counter!(JOBS_PUBLISHED, "Send jobs published by the dispatcher");
     describe_counter!(
         CAMPAIGNS_DISPATCHED,

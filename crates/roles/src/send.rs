@@ -1,30 +1,20 @@
 //! The send role: send jobs from RabbitMQ to WeChat, one credential per message.
 //!
 //! Per job (many at once, each acknowledged on its own):
-//! 1. parse it (a malformed job is dead-lettered with its reason);
+//! 1. parse it (a malformed job is dead-lettered with its reason; one that came back too
+//!    often, unread, [`crate::redelivery`]);
 //! 2. if the fleet is paused for the job's app (WeChat's daily quota, `45009`), park it in a
 //!    delay queue (a job for an app this install does not serve is dead-lettered);
-//! 3. claim the user's soonest-expiring credential (none: record `no_credential`, done);
-//! 4. take a rate permit from the app's fleet-wide limit, get the app's shared access token;
-//! 5. call WeChat and act on the classified outcome ([`wxpush_wechat::Outcome`]):
-//!    - sent: record it;
-//!    - bad credential (`41028`, `41029`): drop it, claim the user's next one;
-//!    - bad token (`40001`, `40014`, `42001`): invalidate it (only if still the cached one),
-//!      retry once at once;
-//!    - transient (`-1`, timeouts, 5xx): a short retry in process, then re-publish the job,
-//!      holding its credential, to a delay queue (exponential backoff) so no worker sleeps on a
-//!      prefetch slot; after `max_attempts` the job is dead-lettered;
-//!    - minute quota (`45011`): park the job until the next minute;
-//!    - daily quota (`45009`): pause the whole fleet for the cool-down, park the job;
-//!    - permanent (`40003`, `40037`, `41030`, `47003`, unknown): record the code; the
-//!      credential, which WeChat did not use, goes back to the bank.
-//! 6. record the outcome in the campaign's counters and log one line with the openId masked.
+//! 3. claim, call and settle as [`attempt`] performs and [`decide`] decides: one decision table
+//!    for template (formId, prepayId) and subscribe (consent) jobs alike, one loop performing
+//!    it, every step after the claim fenced by the attempt's lease token;
+//! 4. act on what the attempt came to ([`Disposition`]): acknowledge a settled job, re-publish
+//!    one to try again later to a delay queue (exponential backoff, so no worker sleeps on a
+//!    prefetch slot, within `WXPUSH_SEND_RETRY_FOR`), park one that must wait, dead-letter
+//!    one given up; log one line with the openId masked.
 //!
-//! A job retried after a timeout keeps its formId: if the first attempt was in fact accepted,
-//! WeChat answers `41029` and the job is recorded as `sent_unconfirmed`, not sent again.
-//! Subscribe-message jobs (`"kind": "subscribe"`) spend a consent instead and differ where it
-//! matters: [`subscribe`]. Each app of the install has its own token, rate limit and pause
-//! ([`AppFleet`]); nothing of one app is ever used for another's job.
+//! Each app of the install has its own token, rate limit and pause ([`AppFleet`]); nothing of
+//! one app is ever used for another's job.
 //! This module must not parse uploads or campaigns, nor know how the bank stores credentials.
 
 use std::collections::HashMap;
@@ -37,15 +27,15 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::BasicProperties;
-use wxpush_bank::{Bank, CampaignClaim, Settle};
+use wxpush_bank::Bank;
 use wxpush_broker::topology::delay_tier;
 use wxpush_broker::topology::Needs;
 use wxpush_broker::{JobConsumer, Publisher, Topology};
-use wxpush_domain::{parse_job, AppId, Config, Credential, JobKind, SendJob, ValidJob};
+use wxpush_domain::{parse_job, AppId, Config, SendJob, ValidJob};
 use wxpush_fleet::{
     FleetPause, PauseSettings, RateLimiter, RateSettings, TokenSettings, TokenStore,
 };
-use wxpush_wechat::{Client, ClientConfig, Outcome, TemplateMessage};
+use wxpush_wechat::{Client, ClientConfig, Outcome};
 
 use tracing::Instrument;
 
@@ -54,7 +44,9 @@ use crate::outcomes::Recorded;
 use crate::redelivery::{self, Redeliveries, REDELIVERED, REDELIVERY_LIMIT};
 use crate::{supervise, Deps, Health, RoleError, Session, Shutdown};
 
-mod subscribe;
+mod attempt;
+pub mod decide;
+mod stop;
 
 /// The source name of the send role's dead letters (queue `<ns>.dead.send`).
 pub const DEAD_LETTER_SOURCE: &str = "send";
@@ -64,24 +56,29 @@ pub const DEAD_LETTER_SOURCE: &str = "send";
 pub struct SendSettings {
     /// Jobs one process handles at once (and twice that many prefetched).
     pub concurrency: usize,
-    /// Attempts (first try included) before a job is dead-lettered.
-    pub max_attempts: u32,
-    /// Quick retries inside one attempt, for a transient failure.
+    /// How long a job's failed attempts are retried, from its first failure, before it is
+    /// given up (`WXPUSH_SEND_RETRY_FOR`).
+    pub retry_for: Duration,
+    /// Most attempts (first try included) before a job is given up, if set
+    /// (`WXPUSH_SEND_MAX_ATTEMPTS`); by default only `retry_for` bounds them.
+    pub max_attempts: Option<u32>,
+    /// The longest wait between two attempts (`WXPUSH_SEND_RETRY_MAX_DELAY`).
+    pub max_retry_delay: Duration,
+    /// Quick resends inside one attempt, for a failure that may pass at once.
     pub quick_retries: u32,
     /// How long the fleet stops sending after WeChat's daily quota answer (`45009`).
     pub quota_cooldown: Duration,
-    /// Credentials WeChat may refuse (`41028`/`41029`) for one job before it gives up.
-    pub max_credentials_per_job: u32,
 }
 
 impl SendSettings {
     pub fn from_config(c: &Config) -> Self {
         Self {
             concurrency: c.send_concurrency,
+            retry_for: c.send_retry_for,
             max_attempts: c.send_max_attempts,
+            max_retry_delay: c.send_retry_max_delay,
             quick_retries: 2,
             quota_cooldown: Duration::from_secs(c.quota_cooldown_secs),
-            max_credentials_per_job: 10,
         }
     }
 }
@@ -100,6 +97,11 @@ pub struct SendStats {
     pub credentials_released: AtomicU64,
     /// Jobs for a user the campaign had already reached: skipped.
     pub duplicates: AtomicU64,
+    /// Recipients whose message may have been delivered and cannot be sent again to find out
+    /// (a subscribe send, or a job given up, in doubt).
+    pub unknown: AtomicU64,
+    /// Attempts whose lease another attempt took over: stopped without acting.
+    pub superseded: AtomicU64,
     pub wechat_calls: AtomicU64,
     pub failed_by_code: Mutex<HashMap<i64, u64>>,
 }
@@ -124,11 +126,15 @@ enum Disposition {
         after: Duration,
         reason: String,
     },
-    /// Park it (no attempt counted): the fleet is paused, the minute quota is spent, or
-    /// another attempt at the same campaign and user is in flight.
+    /// Park it (no attempt counted): the fleet is paused, the minute quota is spent, the
+    /// token cannot be had, or another attempt at the same campaign and user is in flight.
     Park { job: SendJob, after: Duration },
-    /// Attempts exhausted: dead-letter it with this reason.
-    GiveUp { reason: String },
+    /// The retry budget is spent: the recipient is settled with `outcome`, and the job goes
+    /// to the dead-letter queue with this reason.
+    GiveUp { outcome: Recorded, reason: String },
+    /// Another attempt took this one's lease over: it stops without acting, and its copy of
+    /// the job is acknowledged (the other attempt has its own).
+    Superseded,
     /// Not a job this process can send (its app is not served): dead-letter it.
     Refuse { code: &'static str, reason: String },
 }
@@ -465,7 +471,13 @@ impl Sender {
             Disposition::Done(outcome) => {
                 // Already counted by the bank's script that settled it.
                 tracing::info!(%outcome, "send outcome");
-                self.count(&outcome.field());
+                self.count(&outcome);
+                Ok(())
+            }
+            Disposition::Superseded => {
+                tracing::info!("send attempt superseded: another attempt took its lease over");
+                SendStats::add(&self.stats.superseded);
+                metrics::counter!(m::SEND_OUTCOMES, "outcome" => "superseded").increment(1);
                 Ok(())
             }
             Disposition::Park { job, after } => {
@@ -483,8 +495,9 @@ impl Sender {
                 metrics::counter!(m::JOBS_RETRIED).increment(1);
                 self.republish(self.app_of(valid), &job, after).await
             }
-            Disposition::GiveUp { reason } => {
-                tracing::warn!(%reason, "send outcome");
+            Disposition::GiveUp { outcome, reason } => {
+                tracing::warn!(%outcome, %reason, "send outcome");
+                self.count(&outcome);
                 self.dead_letter(delivery, "gave_up", &reason).await;
                 return Ok(());
             }
@@ -503,173 +516,6 @@ impl Sender {
                 tracing::debug!(error = %e, "could not settle a send job; handing it back");
                 requeue(delivery).await;
                 Err(e)
-            }
-        }
-    }
-
-    /// Claims (or resumes) the campaign's credential for this user, sends, and classifies,
-    /// until the job is done or must wait.
-    async fn process(&self, valid: &ValidJob) -> Result<Disposition, RoleError> {
-        let Some((app, fleet)) = self.parts.resolve(valid.app_id.as_ref()) else {
-            return Ok(Disposition::Refuse {
-                code: "unknown_app",
-                reason: format!(
-                    "appId {} is not configured in this sender",
-                    valid.app_id.as_ref().map_or("", AppId::as_str)
-                ),
-            });
-        };
-        let job = &valid.job;
-        let campaign = job.campaign_id.as_str();
-        if let Some(wait) = fleet.pause.paused_for().await {
-            return Ok(Disposition::Park {
-                job: job.clone(),
-                after: wait,
-            });
-        }
-        let owner = attempt_owner();
-        if job.kind == JobKind::Subscribe {
-            return self.process_subscribe(valid, app, fleet, &owner).await;
-        }
-        let claim = self
-            .bank
-            .campaign_claim(app, &valid.open_id, campaign, &owner, CAMPAIGN_LEASE, false)
-            .await?;
-        let (mut credential, mut in_doubt) = match claimed(claim, job) {
-            Claimed::Holds(credential, in_doubt) => (credential, in_doubt),
-            Claimed::Ends(done) => return Ok(*done),
-        };
-        let mut refused = 0;
-        let mut quick = self.quick_retries();
-        let mut token_refreshed = false;
-        loop {
-            fleet.limiter.acquire().await?;
-            let token = match fleet.tokens.get().await {
-                Ok(t) => t,
-                Err(e) => {
-                    let release = Settle::Release {
-                        in_doubt,
-                        retry: true,
-                    };
-                    self.settle(valid, &owner, release).await?;
-                    let reason = format!("no access token: {e}");
-                    return self.retry(valid, &credential, in_doubt, reason).await;
-                }
-            };
-            let message = TemplateMessage {
-                touser: valid.open_id.clone(),
-                template_id: job.template_id.clone(),
-                page: job.page.clone(),
-                form_id: credential.value.clone(),
-                data: job.data.clone(),
-                emphasis_keyword: job.emphasis_keyword.clone(),
-            };
-            let send = self.parts.wechat.send_template(token.expose(), &message);
-            let outcome = self.call_wechat("template", app, send).await;
-            match outcome {
-                Outcome::Sent { .. } => {
-                    self.settle(valid, &owner, Settle::Final("sent")).await?;
-                    return Ok(Disposition::Done(Recorded::Sent));
-                }
-                Outcome::BadCredential { code } if code == 41029 && in_doubt => {
-                    // An earlier attempt with this formId, whose outcome was unknown, had
-                    // been accepted.
-                    self.settle(valid, &owner, Settle::Final("sent_unconfirmed"))
-                        .await?;
-                    return Ok(Disposition::Done(Recorded::SentUnconfirmed));
-                }
-                Outcome::BadCredential { code } => {
-                    SendStats::add(&self.stats.credentials_dropped);
-                    refused += 1;
-                    if refused >= self.settings.max_credentials_per_job {
-                        let outcome = Recorded::Failed(code);
-                        self.settle(valid, &owner, Settle::Final(&outcome.field()))
-                            .await?;
-                        return Ok(Disposition::Done(outcome));
-                    }
-                    let next = self
-                        .bank
-                        .campaign_claim(app, &valid.open_id, campaign, &owner, CAMPAIGN_LEASE, true)
-                        .await?;
-                    match next {
-                        CampaignClaim::Fresh(c) | CampaignClaim::Held { credential: c, .. } => {
-                            credential = c;
-                            in_doubt = false;
-                        }
-                        CampaignClaim::NoCredential => {
-                            return Ok(Disposition::Done(Recorded::NoCredential))
-                        }
-                        CampaignClaim::Done(outcome) => {
-                            return Ok(Disposition::Done(Recorded::Duplicate(outcome)))
-                        }
-                        CampaignClaim::Busy(left) => {
-                            return Ok(Disposition::Park {
-                                job: job.clone(),
-                                after: left.clamp(Duration::from_secs(1), BUSY_RECHECK),
-                            })
-                        }
-                    }
-                }
-                Outcome::BadToken { .. } if !token_refreshed => {
-                    if let Err(e) = fleet.tokens.invalidate(&token).await {
-                        tracing::warn!(error = %e, "could not invalidate the access token");
-                    }
-                    token_refreshed = true;
-                }
-                Outcome::BadToken { code } => {
-                    let release = Settle::Release {
-                        in_doubt,
-                        retry: true,
-                    };
-                    self.settle(valid, &owner, release).await?;
-                    let reason = format!("access token refused twice ({code})");
-                    return self.retry(valid, &credential, in_doubt, reason).await;
-                }
-                Outcome::Transient {
-                    ambiguous, reason, ..
-                } => {
-                    in_doubt = in_doubt || ambiguous;
-                    if let Some(wait) = quick.next() {
-                        tokio::time::sleep(wait).await;
-                        continue;
-                    }
-                    let release = Settle::Release {
-                        in_doubt,
-                        retry: true,
-                    };
-                    self.settle(valid, &owner, release).await?;
-                    return self.retry(valid, &credential, in_doubt, reason).await;
-                }
-                Outcome::MinuteQuota => {
-                    return self
-                        .park(valid, &owner, in_doubt, until_next_minute())
-                        .await;
-                }
-                Outcome::QuotaExhausted => {
-                    tracing::warn!(cooldown = ?self.settings.quota_cooldown, "WeChat daily quota reached (45009): pausing the fleet");
-                    fleet.pause.pause_for(self.settings.quota_cooldown).await?;
-                    return self
-                        .park(valid, &owner, in_doubt, self.settings.quota_cooldown)
-                        .await;
-                }
-                Outcome::NoConsent => {
-                    let outcome = Recorded::Failed(43101);
-                    self.settle(valid, &owner, Settle::Final(&outcome.field()))
-                        .await?;
-                    return Ok(Disposition::Done(outcome));
-                }
-                Outcome::Permanent { code, .. } => {
-                    self.settle(
-                        valid,
-                        &owner,
-                        Settle::Final(&Recorded::Failed(code).field()),
-                    )
-                    .await?;
-                    if !in_doubt {
-                        self.release(valid, &credential).await;
-                    }
-                    return Ok(Disposition::Done(Recorded::Failed(code)));
-                }
             }
         }
     }
@@ -704,96 +550,9 @@ impl Sender {
         outcome
     }
 
-    /// Ends this attempt without an outcome, keeping the credential, and parks the job.
-    async fn park(
-        &self,
-        valid: &ValidJob,
-        owner: &str,
-        in_doubt: bool,
-        after: Duration,
-    ) -> Result<Disposition, RoleError> {
-        let release = Settle::Release {
-            in_doubt,
-            retry: false,
-        };
-        self.settle(valid, owner, release).await?;
-        Ok(Disposition::Park {
-            job: valid.job.clone(),
-            after,
-        })
-    }
-
-    /// Ends this attempt at the job's campaign and user.
-    async fn settle(
-        &self,
-        valid: &ValidJob,
-        owner: &str,
-        how: Settle<'_>,
-    ) -> Result<bool, wxpush_bank::BankError> {
-        let app = self.app_of(valid);
-        self.bank
-            .campaign_settle(app, &valid.open_id, &valid.job.campaign_id, owner, how)
-            .await
-    }
-
-    /// The next attempt of a job, or, after `max_attempts`, giving up: the campaign is then
-    /// failed for this user and the credential goes back to the bank unless WeChat may have
-    /// used it.
-    async fn retry(
-        &self,
-        valid: &ValidJob,
-        credential: &Credential,
-        in_doubt: bool,
-        reason: String,
-    ) -> Result<Disposition, RoleError> {
-        let job = &valid.job;
-        if job.attempt + 1 < self.settings.max_attempts {
-            return Ok(Disposition::Retry {
-                job: job.clone(),
-                after: backoff(job.attempt),
-                reason,
-            });
-        }
-        let app = self.app_of(valid);
-        let owner = attempt_owner();
-        let campaign = job.campaign_id.as_str();
-        // Take the lease back (it was just released) to settle the campaign as failed.
-        let held = self
-            .bank
-            .campaign_claim(app, &valid.open_id, campaign, &owner, CAMPAIGN_LEASE, false)
-            .await?;
-        if let CampaignClaim::Held { .. } = held {
-            let outcome = Recorded::DeadLettered.field();
-            self.bank
-                .campaign_settle(
-                    app,
-                    &valid.open_id,
-                    campaign,
-                    &owner,
-                    Settle::Final(&outcome),
-                )
-                .await?;
-            if !in_doubt {
-                self.release(valid, credential).await;
-            }
-        }
-        Ok(Disposition::GiveUp {
-            reason: format!("gave up after {} attempts: {reason}", job.attempt + 1),
-        })
-    }
-
     /// The app of a job already checked to be served: the one it names, or the default.
     fn app_of<'a>(&'a self, valid: &'a ValidJob) -> &'a AppId {
         valid.app_id.as_ref().unwrap_or(self.parts.default_id())
-    }
-
-    async fn release(&self, valid: &ValidJob, credential: &Credential) {
-        let app = self.app_of(valid);
-        match self.bank.release(app, &valid.open_id, credential).await {
-            Ok(true) => SendStats::add(&self.stats.credentials_released),
-            Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "could not give a credential back"),
-        }
     }
 
     /// Re-publishes `job` of `app` to the delay tier serving `after`, which hands it back to
@@ -839,36 +598,47 @@ impl Sender {
         }
     }
 
-    fn count(&self, field: &str) {
-        let outcome = field.split(':').next().unwrap_or(field).to_owned();
-        metrics::counter!(m::SEND_OUTCOMES, "outcome" => outcome).increment(1);
+    /// Counts a recipient's outcome in the process's stats and `/metrics` (the campaign's
+    /// counters in Redis were counted by the script that settled it).
+    fn count(&self, outcome: &Recorded) {
+        let field = outcome.field();
+        let name = match outcome {
+            Recorded::Failed(_) => "failed",
+            _ => field.as_str(),
+        };
+        metrics::counter!(m::SEND_OUTCOMES, "outcome" => name.to_owned()).increment(1);
         let s = &self.stats;
-        match field {
-            "sent" => SendStats::add(&s.sent),
-            "sent_unconfirmed" => SendStats::add(&s.sent_unconfirmed),
-            "no_credential" => SendStats::add(&s.no_credential),
-            "duplicate" => SendStats::add(&s.duplicates),
-            "dead_lettered" => SendStats::add(&s.dead_lettered),
-            other => {
-                if let Some(code) = other.strip_prefix("failed:").and_then(|c| c.parse().ok()) {
-                    SendStats::add(&s.failed);
-                    if let Ok(mut m) = s.failed_by_code.lock() {
-                        *m.entry(code).or_default() += 1;
-                    }
+        match outcome {
+            Recorded::Sent => SendStats::add(&s.sent),
+            Recorded::SentUnconfirmed => SendStats::add(&s.sent_unconfirmed),
+            Recorded::NoCredential => SendStats::add(&s.no_credential),
+            Recorded::Duplicate(_) => SendStats::add(&s.duplicates),
+            Recorded::DeadLettered => SendStats::add(&s.dead_lettered),
+            Recorded::Unknown => SendStats::add(&s.unknown),
+            Recorded::Stopped => {}
+            Recorded::Failed(code) => {
+                SendStats::add(&s.failed);
+                if let Ok(mut m) = s.failed_by_code.lock() {
+                    *m.entry(*code).or_default() += 1;
                 }
             }
         }
     }
+
+    /// Exponential backoff for the next attempt (about 1 s, 2 s, 4 s, ... up to
+    /// `WXPUSH_SEND_RETRY_MAX_DELAY`), less a random quarter at most so a fleet's retries spread
+    /// out; [`Sender::republish`] rounds it up to a delay tier.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let base = Duration::from_secs(1u64 << attempt.min(20)).min(self.settings.max_retry_delay);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        base - base.mul_f64(f64::from(nanos % 1000) / 4000.0)
+    }
 }
 
-/// How long one attempt holds a user's campaign credential before another may take over:
-/// longer than an attempt can take (WeChat's timeout and the quick retries).
-const CAMPAIGN_LEASE: Duration = Duration::from_secs(20);
-
-/// How long a job waits before looking again at a lease another attempt holds.
-const BUSY_RECHECK: Duration = Duration::from_secs(5);
-
-/// A name for one attempt, unique across processes.
+/// A fencing token for one attempt: unique across processes, the owner of its lease.
 fn attempt_owner() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
@@ -882,47 +652,6 @@ fn attempt_owner() -> String {
     )
 }
 
-/// The label of a claim's result, for [`m::CLAIMS`].
-/// What a campaign claim (of either kind) gives a job.
-enum Claimed {
-    /// A credential to send with, and whether an earlier attempt may already have used it.
-    Holds(Credential, bool),
-    /// No credential: the job ends (a duplicate, nobody to reach) or waits (a busy user).
-    Ends(Box<Disposition>),
-}
-
-/// Counts a campaign claim and says what it gives the job.
-fn claimed(claim: CampaignClaim, job: &SendJob) -> Claimed {
-    metrics::counter!(m::CLAIMS, "result" => claim_result(&claim)).increment(1);
-    match claim {
-        CampaignClaim::Done(outcome) => {
-            Claimed::Ends(Box::new(Disposition::Done(Recorded::Duplicate(outcome))))
-        }
-        CampaignClaim::Busy(left) => Claimed::Ends(Box::new(Disposition::Park {
-            job: job.clone(),
-            after: left.clamp(Duration::from_secs(1), BUSY_RECHECK),
-        })),
-        CampaignClaim::NoCredential => {
-            Claimed::Ends(Box::new(Disposition::Done(Recorded::NoCredential)))
-        }
-        CampaignClaim::Fresh(c) => Claimed::Holds(c, false),
-        CampaignClaim::Held {
-            credential,
-            in_doubt,
-        } => Claimed::Holds(credential, in_doubt),
-    }
-}
-
-fn claim_result(c: &CampaignClaim) -> &'static str {
-    match c {
-        CampaignClaim::Fresh(_) => "fresh",
-        CampaignClaim::Held { .. } => "held",
-        CampaignClaim::Busy(_) => "busy",
-        CampaignClaim::NoCredential => "no_credential",
-        CampaignClaim::Done(_) => "done",
-    }
-}
-
 /// Hands a delivery back to the queue.
 async fn requeue(delivery: &Delivery) {
     let _ = delivery
@@ -934,16 +663,13 @@ async fn requeue(delivery: &Delivery) {
         .await;
 }
 
-/// Exponential backoff for the next attempt (about 1 s, 2 s, 4 s, ... up to 15 min), less a
-/// random quarter at most so a fleet's retries spread out; the caller rounds it up to a delay
-/// tier.
-fn backoff(attempt: u32) -> Duration {
-    let base = Duration::from_secs(1u64 << attempt.min(10)).min(Duration::from_secs(900));
-    let nanos = SystemTime::now()
+/// Unix time now, in milliseconds (this process's clock: the retry budget's, which needs no
+/// more precision than a few seconds).
+fn now_ms() -> i64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    base - base.mul_f64(f64::from(nanos % 1000) / 4000.0)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn until_next_minute() -> Duration {

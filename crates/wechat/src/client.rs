@@ -62,6 +62,7 @@ pub enum BuildError {
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    request_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for Client {
@@ -165,7 +166,16 @@ impl Client {
             .user_agent(concat!("wxpush/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| BuildError::Http(describe(e, &[])))?;
-        Ok(Self { http, base })
+        Ok(Self {
+            http,
+            base,
+            request_timeout: config.request_timeout,
+        })
+    }
+
+    /// The longest a call takes, its answer read (the request timeout).
+    pub fn request_timeout(&self) -> std::time::Duration {
+        self.request_timeout
     }
 
     /// The base URL calls go to, without a trailing `/`.
@@ -252,8 +262,7 @@ impl Client {
     }
 
     /// `POST /cgi-bin/message/subscribe/send?access_token=..`, spending one consent.
-    /// On `Outcome::Transient { ambiguous: true, .. }` the message may have been delivered:
-    /// do not resend it.
+    /// On `Outcome::Unknown` the message may have been delivered: do not resend it.
     pub async fn send_subscribe(&self, access_token: &str, msg: &SubscribeMessage) -> Outcome {
         self.send(SUBSCRIBE_SEND_PATH, access_token, &msg.body())
             .await
@@ -420,7 +429,9 @@ fn json_post(req: reqwest::RequestBuilder, body: &Value) -> reqwest::RequestBuil
 
 fn token_error_from_outcome(o: Outcome) -> TokenError {
     match o {
-        Outcome::Transient { code, reason, .. } => TokenError::Transient { code, reason },
+        Outcome::Transient { code, reason } => TokenError::Transient { code, reason },
+        // A token fetch changes nothing at WeChat that matters here: try again.
+        Outcome::Unknown { reason } => TokenError::Transient { code: None, reason },
         Outcome::Permanent { code, errmsg } => TokenError::Other { code, errmsg },
         other => TokenError::Other {
             code: other.errcode().unwrap_or(-1000),
@@ -514,14 +525,7 @@ mod tests {
         };
         let out = client.send_template(TOKEN, &msg).await;
         assert!(
-            matches!(
-                out,
-                Outcome::Transient {
-                    code: None,
-                    ambiguous: false,
-                    ..
-                }
-            ),
+            matches!(out, Outcome::Transient { code: None, .. }),
             "{out:?}"
         );
         assert_clean(&out.to_string());

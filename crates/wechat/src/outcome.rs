@@ -11,20 +11,18 @@ use std::fmt;
 pub enum Outcome {
     /// errcode 0. `msgid` is given by the subscribe API.
     Sent { msgid: Option<i64> },
-    /// Worth retrying with backoff: errcode -1, HTTP 5xx, a timeout, a connection failure, an
-    /// unreadable answer, an answer over `MAX_ANSWER_BYTES` (not read). `code` is WeChat's
-    /// errcode when it gave one.
-    ///
-    /// `ambiguous` is `true` when the request may have reached WeChat and been acted on (a
-    /// timeout or a broken connection after the request was written, or an unreadable or
-    /// oversized `200` answer): the message may have been delivered. It is `false` when the
-    /// request never left (connection refused, connect timeout) or WeChat answered with a
-    /// failure (-1, HTTP 5xx). A subscribe send must not be resent when `ambiguous`.
-    Transient {
-        code: Option<i64>,
-        reason: String,
-        ambiguous: bool,
-    },
+    /// Not delivered, worth trying again: WeChat's own `-1` (busy: its application answered,
+    /// and it answers `-1` only for a send it did not carry out), a connection refused or not
+    /// made in time, an HTTP 408 or 429 (the request was refused before it was processed).
+    /// `code` is WeChat's errcode when it gave one.
+    Transient { code: Option<i64>, reason: String },
+    /// **Maybe delivered**: the request may have reached WeChat's application and been acted on,
+    /// and no answer of WeChat's says what became of it: a timeout or a broken connection
+    /// after the request was written, an HTTP 5xx (from WeChat's front end or a gateway in front
+    /// of it: a 502/504 after the message went out is the common case of a lost reply), an
+    /// unreadable or oversized `200` answer. Resending is safe only with a single-use
+    /// credential WeChat refuses the second time (a formId: `41029`).
+    Unknown { reason: String },
     /// 45011: the per-minute quota; wait for the next minute.
     MinuteQuota,
     /// 40001, 40014, 42001: the access token is invalid, illegal or expired.
@@ -51,6 +49,7 @@ impl Outcome {
         match self {
             Outcome::Sent { .. } => Some(0),
             Outcome::Transient { code, .. } => *code,
+            Outcome::Unknown { .. } => None,
             Outcome::MinuteQuota => Some(45011),
             Outcome::BadToken { code } | Outcome::BadCredential { code } => Some(*code),
             Outcome::QuotaExhausted => Some(45009),
@@ -69,21 +68,14 @@ impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Outcome::Sent { .. } => f.write_str("sent"),
-            Outcome::Transient {
-                code,
-                reason,
-                ambiguous,
-            } => {
+            Outcome::Transient { code, reason } => {
                 write!(f, "transient failure")?;
                 if let Some(c) = code {
                     write!(f, " (errcode {c})")?;
                 }
-                write!(f, ": {reason}")?;
-                if *ambiguous {
-                    f.write_str(" [outcome unknown]")?;
-                }
-                Ok(())
+                write!(f, ": {reason}")
             }
+            Outcome::Unknown { reason } => write!(f, "outcome unknown: {reason}"),
             Outcome::MinuteQuota => f.write_str("minute quota reached (45011)"),
             Outcome::BadToken { code } => write!(f, "access token rejected ({code})"),
             Outcome::BadCredential { code } => write!(f, "formId/prepay_id rejected ({code})"),
@@ -101,7 +93,6 @@ pub fn classify_errcode(errcode: i64, errmsg: &str, msgid: Option<i64>) -> Outco
         -1 => Outcome::Transient {
             code: Some(-1),
             reason: format!("WeChat busy: {errmsg}"),
-            ambiguous: false,
         },
         45011 => Outcome::MinuteQuota,
         40001 | 40014 | 42001 => Outcome::BadToken { code: errcode },
@@ -119,10 +110,16 @@ pub fn classify_errcode(errcode: i64, errmsg: &str, msgid: Option<i64>) -> Outco
 /// Transport cases of the table: an HTTP status that is not 200.
 pub(crate) fn classify_http_status(status: u16) -> Outcome {
     if status >= 500 {
+        // Not WeChat's application's answer: a front end or gateway may answer 5xx after the
+        // message went out (a 504 when the reply was lost). Outcome unknown.
+        Outcome::Unknown {
+            reason: format!("HTTP {status}"),
+        }
+    } else if status == 408 || status == 429 {
+        // Refused before it was processed (too slow to arrive, or too many): not delivered.
         Outcome::Transient {
             code: None,
             reason: format!("HTTP {status}"),
-            ambiguous: false,
         }
     } else if (300..400).contains(&status) {
         // Not WeChat's application (it never redirects): the same as a 4xx from its front end.
@@ -131,7 +128,8 @@ pub(crate) fn classify_http_status(status: u16) -> Outcome {
             errmsg: format!("HTTP {status}: a redirect, not followed"),
         }
     } else {
-        // 4xx from WeChat's front end (e.g. 404 for a wrong base URL): retrying cannot help.
+        // 4xx from WeChat's front end (e.g. 404 for a wrong base URL): refused, not processed;
+        // retrying cannot help.
         Outcome::Permanent {
             code: -(status as i64),
             errmsg: format!("HTTP {status}"),
@@ -142,30 +140,24 @@ pub(crate) fn classify_http_status(status: u16) -> Outcome {
 /// Transport cases of the table: a `200` answer longer than `limit` bytes, not read. Like an
 /// unreadable answer, the request reached WeChat: outcome unknown.
 pub(crate) fn classify_oversized(limit: usize) -> Outcome {
-    Outcome::Transient {
-        code: None,
+    Outcome::Unknown {
         reason: format!("answer over {} KiB, not read", limit / 1024),
-        ambiguous: true,
     }
 }
 
-/// Transport cases of the table: the request failed before it was written (`sent == false`)
-/// or after (`sent == true`, outcome unknown).
+/// Transport cases of the table: the request failed before it was written (`sent == false`:
+/// not delivered) or after (`sent == true`: outcome unknown).
 pub(crate) fn classify_transport(reason: String, sent: bool) -> Outcome {
-    Outcome::Transient {
-        code: None,
-        reason,
-        ambiguous: sent,
+    if sent {
+        Outcome::Unknown { reason }
+    } else {
+        Outcome::Transient { code: None, reason }
     }
 }
 
 /// Transport cases of the table: a 200 answer that is not WeChat's JSON.
 pub(crate) fn classify_unreadable(reason: String) -> Outcome {
-    Outcome::Transient {
-        code: None,
-        reason,
-        ambiguous: true,
-    }
+    Outcome::Unknown { reason }
 }
 
 #[cfg(test)]
@@ -180,11 +172,7 @@ mod tests {
         );
         assert!(matches!(
             classify_errcode(-1, "system error", None),
-            Outcome::Transient {
-                code: Some(-1),
-                ambiguous: false,
-                ..
-            }
+            Outcome::Transient { code: Some(-1), .. }
         ));
         assert_eq!(classify_errcode(45011, "", None), Outcome::MinuteQuota);
         for c in [40001, 40014, 42001] {
@@ -211,13 +199,22 @@ mod tests {
 
     #[test]
     fn transport_cases() {
-        assert!(matches!(
-            classify_http_status(502),
-            Outcome::Transient {
-                ambiguous: false,
-                ..
-            }
-        ));
+        // A reply that did not come from WeChat's application may follow a delivery.
+        for status in [500, 502, 503, 504] {
+            assert!(
+                matches!(classify_http_status(status), Outcome::Unknown { .. }),
+                "{status}"
+            );
+        }
+        for status in [408, 429] {
+            assert!(
+                matches!(
+                    classify_http_status(status),
+                    Outcome::Transient { code: None, .. }
+                ),
+                "{status}"
+            );
+        }
         assert!(matches!(
             classify_http_status(404),
             Outcome::Permanent { code: -404, .. }
@@ -226,27 +223,18 @@ mod tests {
             classify_http_status(302),
             Outcome::Permanent { code: -302, .. }
         ));
-        assert!(matches!(
-            classify_oversized(65536),
-            Outcome::Transient {
-                code: None,
-                ambiguous: true,
-                ..
-            }
-        ));
+        assert!(matches!(classify_oversized(65536), Outcome::Unknown { .. }));
         assert!(matches!(
             classify_transport("x".into(), true),
-            Outcome::Transient {
-                ambiguous: true,
-                ..
-            }
+            Outcome::Unknown { .. }
+        ));
+        assert!(matches!(
+            classify_transport("x".into(), false),
+            Outcome::Transient { .. }
         ));
         assert!(matches!(
             classify_unreadable("x".into()),
-            Outcome::Transient {
-                ambiguous: true,
-                ..
-            }
+            Outcome::Unknown { .. }
         ));
     }
 

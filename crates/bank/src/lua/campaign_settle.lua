@@ -1,62 +1,75 @@
--- Settle one campaign's message to one user (wxpush-bank, campaign_settle.lua).
+-- Settle one campaign's message to one user (wxpush-bank, campaign_settle.lua;
+-- campaign_marks.lua comes first). Every settle is fenced: it does nothing unless the caller
+-- still holds the lease (its owner token is the campaign's 'C o'), so an attempt that stalled
+-- past its lease and was taken over can never settle, release or give back anything.
 -- KEYS[1] the user's campaign marks, KEYS[2] the campaign's outcome counters for this shard,
--- KEYS[3] the user's consent hash, KEYS[4] the shard's consent totals, and, when known,
--- KEYS[5] the consent index shard of the template named by ARGV[7] (all in one hash slot).
+-- KEYS[3] the user's credential zset, KEYS[4] the user's index shard, KEYS[5] the user's
+-- consent hash, KEYS[6] the shard's consent totals, KEYS[7] the consent index shard of the
+-- job's template, KEYS[8] the campaign's retryable users of this shard (all in one hash slot).
 -- ARGV[1] campaignId, ARGV[2] owner, ARGV[3] action:
---   '=<outcome>' (e.g. '=sent', '=failed:40037'): the campaign is done for this user (the held
---       credential is forgotten here, a held consent is consumed; the caller gives a formId back
---       to the bank if WeChat did not use it);
---   'R' release: this attempt ends without an outcome; ARGV[4] is 1 if the attempt's outcome is
---       unknown (WeChat may have sent it), ARGV[5] is 1 to count it as 'retried'. A formId (or
---       prepayId use) stays held for the next attempt, which resends it (WeChat refuses a second
---       use, so that cannot send twice). A consent (member 's' + template id) stays held only
---       in doubt; without doubt it goes back to the user's count (index and totals follow) and
---       the next attempt takes one afresh, because a consent has no identity WeChat checks.
--- ARGV[6] openId, ARGV[7] the template whose index KEYS[5] is ('' when none), ARGV[8] the
--- consent keys' TTL (s).
--- A final outcome is counted in the same step, so each recipient is counted exactly once.
--- A release by an owner whose lease was taken over does nothing. Returns 1 if applied, 0 if
--- not, or {'index', templateId} (nothing changed) when a consent must go back but KEYS[5] is
--- not that template's index: the caller calls again with it.
+--   '=<outcome>' (e.g. '=sent', '=failed:40037'): the campaign is done for this user; with
+--       ARGV[6] '1' the held credential goes back to the user (WeChat did not use it: a
+--       formId or prepayId use back into the zset if it is still usable, a consent back into
+--       the count); '=dead_lettered' also lists the user as retryable (`campaign retry`);
+--   'R' release: this attempt ends without an outcome; ARGV[4] is 1 if a call may have
+--       delivered it (in doubt), ARGV[5] is 1 to count it as 'retried'. A formId or prepayId use
+--       stays held for the next attempt (in doubt or not). A consent stays held only in doubt;
+--       without doubt it goes back to the user's count and the next attempt takes one afresh,
+--       because a consent has no identity WeChat checks.
+-- ARGV[7] openId, ARGV[8] safety margin (s), ARGV[9] the consent keys' TTL (s).
+-- Returns 1 if applied, 0 if not (the lease is another attempt's, or C is settled already).
 local marks, counters, c, owner, action = KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3]
-if redis.call('HGET', marks, c) ~= 'L' then
+if redis.call('HGET', marks, c) ~= 'L' or redis.call('HGET', marks, c .. ' o') ~= owner then
   return 0
 end
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function count(field)
-  redis.call('HINCRBY', counters, field, 1)
-  redis.call('HSET', counters, 'last_at_ms', now_ms)
-  redis.call('EXPIRE', counters, 2592000)
-end
-if action == 'R' then
-  if redis.call('HGET', marks, c .. ' o') ~= owner then
-    return 0
+local who, margin, ttl = ARGV[7], tonumber(ARGV[8]), ARGV[9]
+
+-- The held credential back to the user (it was not used).
+local function give_back()
+  local held = redis.call('HGET', marks, c .. ' m')
+  if not held then
+    return
   end
-  if ARGV[4] == '0' then
-    local held = redis.call('HGET', marks, c .. ' m')
-    if held and string.sub(held, 1, 1) == 's' then
-      local template = string.sub(held, 2)
-      if template ~= ARGV[7] or not KEYS[5] then
-        return {'index', template}
+  if string.sub(held, 1, 1) == 's' then
+    local template = string.sub(held, 2)
+    redis.call('HINCRBY', KEYS[5], template, 1)
+    redis.call('HINCRBY', KEYS[6], template, 1)
+    redis.call('SADD', KEYS[7], who)
+    redis.call('EXPIRE', KEYS[5], ttl)
+    redis.call('EXPIRE', KEYS[6], ttl)
+    redis.call('EXPIRE', KEYS[7], ttl)
+  else
+    -- As release.lua: only the tombstone of exactly that credential, only while usable.
+    local exp = tonumber(redis.call('HGET', marks, c .. ' e') or '0')
+    if exp > now + margin and tonumber(redis.call('ZSCORE', KEYS[3], held) or '0') == -exp then
+      redis.call('ZADD', KEYS[3], exp, held)
+      if redis.call('ZADD', KEYS[4], 'GT', 'CH', exp, who) == 1 then
+        redis.call('EXPIREAT', KEYS[4], exp + 1, 'NX')
+        redis.call('EXPIREAT', KEYS[4], exp + 1, 'GT')
       end
-      local s, tc, idx, ttl = KEYS[3], KEYS[4], KEYS[5], ARGV[8]
-      redis.call('HINCRBY', s, template, 1)
-      redis.call('HINCRBY', tc, template, 1)
-      redis.call('SADD', idx, ARGV[6])
-      redis.call('EXPIRE', s, ttl)
-      redis.call('EXPIRE', tc, ttl)
-      redis.call('EXPIRE', idx, ttl)
-      redis.call('HDEL', marks, c .. ' m', c .. ' e')
     end
   end
+  redis.call('HDEL', marks, c .. ' m', c .. ' e')
+end
+
+if action == 'R' then
+  if ARGV[4] == '0' and string.sub(redis.call('HGET', marks, c .. ' m') or '', 1, 1) == 's' then
+    give_back()
+  end
   redis.call('HSET', marks, c .. ' u', '0', c .. ' d', ARGV[4])
+  redis.call('EXPIRE', marks, MARKS_TTL)
   if ARGV[5] == '1' then
-    count('retried')
+    count(counters, 'retried')
   end
   return 1
 end
-redis.call('HSET', marks, c, action)
-redis.call('HDEL', marks, c .. ' o', c .. ' u', c .. ' e', c .. ' m', c .. ' d')
-count(string.sub(action, 2))
+if ARGV[6] == '1' then
+  give_back()
+end
+local outcome = string.sub(action, 2)
+if outcome == 'dead_lettered' then
+  redis.call('SADD', KEYS[8], who)
+  redis.call('EXPIRE', KEYS[8], MARKS_TTL)
+end
+finish(marks, counters, c, outcome)
 return 1

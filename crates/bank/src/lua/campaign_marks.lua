@@ -1,0 +1,135 @@
+-- Campaign marks: what the campaign claim and settle scripts share (wxpush-bank,
+-- campaign_marks.lua). Not a script of its own: it is put in front of campaign_claim.lua,
+-- campaign_claim_consent.lua and campaign_settle.lua when they are loaded (scripts.rs), so
+-- every one of them reads and writes the marks the same way.
+--
+-- A user's marks (one hash, in the user's hash slot) hold, for each campaign C being sent to
+-- or sent to recently (a space cannot occur in a campaign id, so fields cannot collide):
+--   'C'    state: 'L' while an attempt holds a credential for it, or the final outcome as
+--          '=<outcome>@<day>' ('=sent@20432', '=failed:40037@20432'; day: Unix days, Redis time)
+--   'C o'  the lease's owner: the attempt's fencing token, checked by every later step
+--   'C u'  lease end (ms, Redis time)
+--   'C e'  expiry of the held credential (Unix s; 0 for a consent, which does not expire)
+--   'C m'  the held credential's member
+--   'C d'  '1' while a call with it may have delivered a message (set when a claim is
+--          handed out: the caller calls right after), '0' once it is known not to have
+--   '~p'   the day of the oldest final outcome kept
+-- Final outcomes are kept KEEP_DAYS days: long enough for any copy of a job to come back
+-- (redeliveries, retries within WXPUSH_SEND_RETRY_FOR, parked jobs, a replayed dead letter of
+-- the last week), then pruned by the next claim of a new campaign, so an active user holds
+-- one field per campaign of the last KEEP_DAYS days, not one per campaign ever. The hash
+-- expires MARKS_TTL seconds after its last write.
+
+local KEEP_DAYS = 8
+local MARKS_TTL = 777600 -- 9 days
+local COUNTERS_TTL = 2592000 -- 30 days
+
+local t = redis.call('TIME')
+local now = tonumber(t[1])
+local now_ms = now * 1000 + math.floor(tonumber(t[2]) / 1000)
+local today = math.floor(now / 86400)
+
+-- Counts an outcome in the campaign's counters of the user's shard.
+local function count(counters, field)
+  redis.call('HINCRBY', counters, field, 1)
+  redis.call('HSET', counters, 'last_at_ms', now_ms)
+  redis.call('EXPIRE', counters, COUNTERS_TTL)
+end
+
+-- The final outcome in a state, or nil while in progress.
+local function final_of(state)
+  if not state or string.sub(state, 1, 1) ~= '=' then
+    return nil
+  end
+  local outcome = string.match(state, '^=(.*)@%d+$')
+  return outcome or string.sub(state, 2)
+end
+
+-- Drops the final outcomes older than KEEP_DAYS (also those written before days were kept).
+local function prune(marks)
+  local p = tonumber(redis.call('HGET', marks, '~p') or '')
+  if p then
+    if p >= today - KEEP_DAYS then
+      return
+    end
+  elseif redis.call('HLEN', marks) <= 8 then
+    return
+  end
+  local all = redis.call('HGETALL', marks)
+  local oldest = nil
+  for i = 1, #all, 2 do
+    local f, v = all[i], all[i + 1]
+    if not string.find(f, ' ', 1, true) and string.sub(v, 1, 1) == '=' then
+      local d = tonumber(string.match(v, '@(%d+)$') or '0')
+      if d < today - KEEP_DAYS then
+        redis.call('HDEL', marks, f)
+      elseif not oldest or d < oldest then
+        oldest = d
+      end
+    end
+  end
+  if oldest then
+    redis.call('HSET', marks, '~p', oldest)
+  else
+    redis.call('HDEL', marks, '~p')
+  end
+end
+
+-- Records C's final outcome (the held credential forgotten) and counts it.
+local function finish(marks, counters, c, outcome)
+  redis.call('HSET', marks, c, '=' .. outcome .. '@' .. today)
+  redis.call('HDEL', marks, c .. ' o', c .. ' u', c .. ' e', c .. ' m', c .. ' d')
+  redis.call('HSETNX', marks, '~p', today)
+  redis.call('EXPIRE', marks, MARKS_TTL)
+  count(counters, outcome)
+end
+
+-- The lease part of a claim, common to both kinds. mode: 'take' (start, or resume a held
+-- credential; another attempt's lease must have run out), 'renew' (the same attempt calls
+-- again with its credential) or 'next' (the same attempt's credential was refused: another).
+-- Returns a reply for the caller to return, or nil to claim a new credential; on a resume it
+-- returns {'held', member, expiry, prior doubt, expired 0/1} and the lease is the caller's.
+local function lease(marks, counters, c, owner, lease_ms, mode, margin)
+  local state = redis.call('HGET', marks, c)
+  local done = final_of(state)
+  if done and mode ~= 'take' then
+    -- Settled by another attempt, which took this one's lease over.
+    return {'superseded'}
+  end
+  if done then
+    count(counters, 'duplicate')
+    return {'done', done}
+  end
+  if state ~= 'L' then
+    if mode ~= 'take' then
+      return {'superseded'}
+    end
+    prune(marks)
+    return nil
+  end
+  local holder = redis.call('HGET', marks, c .. ' o')
+  if mode ~= 'take' and holder ~= owner then
+    return {'superseded'}
+  end
+  local till = tonumber(redis.call('HGET', marks, c .. ' u') or '0')
+  if holder ~= owner and till > now_ms then
+    return {'busy', till - now_ms}
+  end
+  local held = redis.call('HGET', marks, c .. ' m')
+  if mode == 'next' or not held then
+    return nil
+  end
+  local doubt = redis.call('HGET', marks, c .. ' d') or '1'
+  local exp = tonumber(redis.call('HGET', marks, c .. ' e') or '0')
+  local expired = (exp ~= 0 and exp <= now + margin) and '1' or '0'
+  redis.call('HSET', marks, c .. ' o', owner, c .. ' u', now_ms + lease_ms, c .. ' d', '1')
+  redis.call('EXPIRE', marks, MARKS_TTL)
+  return {'held', held, tostring(exp), doubt, expired}
+end
+
+-- Holds a new credential (member, expiry) for C under the caller's lease.
+local function hold(marks, c, owner, lease_ms, member, exp)
+  redis.call('HSET', marks, c, 'L', c .. ' o', owner, c .. ' u', now_ms + lease_ms,
+    c .. ' e', exp, c .. ' m', member, c .. ' d', '1')
+  redis.call('EXPIRE', marks, MARKS_TTL)
+end

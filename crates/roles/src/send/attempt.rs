@@ -1,0 +1,459 @@
+//! The one loop that performs the decision table ([`super::decide`]) for one job: template
+//! and subscribe jobs alike, which differ only in how they claim a credential and build the
+//! message.
+//!
+//! Each turn of the loop, in this order:
+//! 1. the app's access token, then a rate permit: both in hand *before* the lease is taken,
+//!    so neither wait (a slow token endpoint, a low rate) eats into the lease (and a campaign
+//!    stopped meanwhile is not sent to);
+//! 2. the claim, under a lease whose owner is this attempt's fencing token (a new
+//!    credential, the one held, the same one renewed for another call, or the next one);
+//! 3. the fence on time: the call must end within the lease, so it is made only if it can
+//!    (started within `lease − WeChat's request timeout − a margin` of the claim, with a
+//!    permit still fresh); otherwise the lease is released and the turn starts again;
+//! 4. the call, and the table's step for WeChat's answer.
+//!
+//! Every step after the claim names the fencing token, and Redis refuses it once another
+//! attempt has taken the lease over (a process stalled past its lease, say): such an attempt
+//! then stops where it is, calls nothing more, settles and gives back nothing, and its job is
+//! acknowledged (the attempt that took over holds its own copy).
+//!
+//! This module must not decide what an answer means (the table does) nor touch RabbitMQ (the
+//! caller settles the delivery from the [`Disposition`]).
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+use wxpush_bank::{CampaignClaim, ClaimMode, Settle};
+use wxpush_domain::{AppId, Credential, JobKind, ValidJob};
+use wxpush_fleet::Token;
+use wxpush_wechat::{Outcome, SubscribeMessage, TemplateMessage};
+
+use super::decide::{self, After, Resume, Spend, State, Step, Until};
+use super::{AppFleet, Disposition, SendStats, Sender};
+use crate::metrics as m;
+use crate::outcomes::Recorded;
+use crate::RoleError;
+
+/// How long one attempt holds a user's campaign credential before another may take over.
+pub(super) const CAMPAIGN_LEASE: Duration = Duration::from_secs(20);
+
+/// Room left in the lease after a call's own timeout: the call starts no later than
+/// `CAMPAIGN_LEASE − request timeout − CALL_MARGIN` after its claim was sent.
+const CALL_MARGIN: Duration = Duration::from_secs(2);
+
+/// How long a job waits before looking again at a lease another attempt holds.
+const BUSY_RECHECK: Duration = Duration::from_secs(5);
+
+/// How long a job waits when the token cannot be had, or is refused right after a refresh.
+const TOKEN_WAIT: Duration = Duration::from_secs(15);
+
+/// How many times in a row the fence may send an attempt back to its claim (a stalled
+/// process, a slow Redis) before the job is parked for a moment instead.
+const MAX_FENCE_TURNS: u32 = 5;
+
+impl Sender {
+    /// Claims, calls and settles until the job is done or must wait.
+    pub(super) async fn process(&self, valid: &ValidJob) -> Result<Disposition, RoleError> {
+        let Some((app, fleet)) = self.parts.resolve(valid.app_id.as_ref()) else {
+            return Ok(Disposition::Refuse {
+                code: "unknown_app",
+                reason: format!(
+                    "appId {} is not configured in this sender",
+                    valid.app_id.as_ref().map_or("", AppId::as_str)
+                ),
+            });
+        };
+        let job = &valid.job;
+        if let Some(wait) = fleet.pause.paused_for().await {
+            return Ok(Disposition::Park {
+                job: job.clone(),
+                after: wait,
+            });
+        }
+        if self.campaign_stopped(app, &job.campaign_id).await? {
+            return Ok(Disposition::Done(Recorded::Stopped));
+        }
+        let mut a = Attempt {
+            valid,
+            app,
+            owner: super::attempt_owner(),
+            state: State::new(self.settings.quick_retries),
+            quick: Box::new(self.quick_retries()),
+        };
+        let mut mode = ClaimMode::Take;
+        let mut fence_turns = 0;
+        loop {
+            // 1. The token, then the permit.
+            let token = match fleet.tokens.get().await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::debug!(error = %e, "no access token: the job waits");
+                    return self
+                        .wait(&a, mode != ClaimMode::Take, Until::TokenTrouble, fleet)
+                        .await;
+                }
+            };
+            let permit = fleet.limiter.acquire().await?;
+            // Stopped (47003) while this job waited for its permit: no call, and what it
+            // holds goes back.
+            if self.campaign_stopped(app, &job.campaign_id).await? {
+                if mode != ClaimMode::Take {
+                    let release = Settle::Release {
+                        in_doubt: a.state.in_doubt,
+                        retry: false,
+                    };
+                    if !self.settle(&a, release).await? {
+                        return Ok(Disposition::Superseded);
+                    }
+                }
+                return Ok(Disposition::Done(Recorded::Stopped));
+            }
+            // 2. The claim, under this attempt's lease.
+            let claimed_at = Instant::now();
+            let credential = match self.claim(&a, mode).await? {
+                CampaignClaim::Done(outcome) => {
+                    return Ok(Disposition::Done(Recorded::Duplicate(outcome)))
+                }
+                CampaignClaim::Busy(left) => {
+                    return Ok(Disposition::Park {
+                        job: job.clone(),
+                        after: left.clamp(Duration::from_secs(1), BUSY_RECHECK),
+                    })
+                }
+                CampaignClaim::Superseded => return Ok(Disposition::Superseded),
+                CampaignClaim::NoCredential => {
+                    return Ok(Disposition::Done(Recorded::NoCredential))
+                }
+                CampaignClaim::Fresh(c) => {
+                    a.state.in_doubt = false;
+                    c
+                }
+                CampaignClaim::Held {
+                    credential,
+                    in_doubt,
+                    expired,
+                } => {
+                    // Resumed by this attempt (a renewal), what it knows stands; else the
+                    // marks tell what an earlier attempt left.
+                    let in_doubt = if mode == ClaimMode::Take {
+                        in_doubt
+                    } else {
+                        a.state.in_doubt
+                    };
+                    match decide::on_held(Spend::of(&credential), in_doubt, expired) {
+                        Resume::Send => {
+                            a.state.in_doubt = in_doubt;
+                            credential
+                        }
+                        Resume::Finish(outcome) => {
+                            return self.finish(&a, outcome, After::Nothing).await;
+                        }
+                        Resume::Next => {
+                            a.state.in_doubt = false;
+                            mode = ClaimMode::Next;
+                            continue;
+                        }
+                    }
+                }
+            };
+            let spend = Spend::of(&credential);
+            // 3. The fence on time: the call must end within the lease.
+            if claimed_at.elapsed() > self.call_deadline() || !permit.is_fresh() {
+                fence_turns += 1;
+                metrics::counter!(m::SEND_FENCED).increment(1);
+                tracing::debug!(
+                    waited_ms = claimed_at.elapsed().as_millis() as u64,
+                    "too long since the claim (or the permit): not calling with this lease"
+                );
+                let release = Settle::Release {
+                    in_doubt: a.state.in_doubt,
+                    retry: false,
+                };
+                if !self.settle(&a, release).await? {
+                    return Ok(Disposition::Superseded);
+                }
+                if fence_turns >= MAX_FENCE_TURNS {
+                    return Ok(Disposition::Park {
+                        job: job.clone(),
+                        after: Duration::from_secs(1),
+                    });
+                }
+                mode = ClaimMode::Renew;
+                continue;
+            }
+            // 4. The call, and what its answer means.
+            let outcome = self.call(&a, &token, &credential).await;
+            match decide::decide(spend, &outcome, &a.state) {
+                Step::Finish(outcome, after) => return self.finish(&a, outcome, after).await,
+                Step::Resend { in_doubt } => {
+                    a.state.in_doubt = in_doubt;
+                    a.state.quick_left = a.state.quick_left.saturating_sub(1);
+                    if let Some(wait) = a.quick.next() {
+                        tokio::time::sleep(wait).await;
+                    }
+                    mode = ClaimMode::Renew;
+                }
+                Step::Next => {
+                    SendStats::add(&self.stats.credentials_dropped);
+                    a.state.refused += 1;
+                    a.state.in_doubt = false;
+                    mode = ClaimMode::Next;
+                }
+                Step::NewToken => {
+                    if let Err(e) = fleet.tokens.invalidate(&token).await {
+                        tracing::warn!(error = %e, "could not invalidate the access token");
+                    }
+                    a.state.token_refreshed = true;
+                    mode = ClaimMode::Renew;
+                }
+                Step::Later { in_doubt, reason } => {
+                    return self.later(&a, spend, in_doubt, reason).await;
+                }
+                Step::Wait { until, in_doubt } => {
+                    a.state.in_doubt = in_doubt;
+                    return self.wait(&a, true, until, fleet).await;
+                }
+            }
+        }
+    }
+
+    /// The latest a call may start after its claim was sent: the call (WeChat's request
+    /// timeout at most) then ends within the lease, with a margin.
+    fn call_deadline(&self) -> Duration {
+        CAMPAIGN_LEASE
+            .saturating_sub(self.parts.wechat.request_timeout())
+            .saturating_sub(CALL_MARGIN)
+    }
+
+    /// The claim of the job's kind: a formId or prepayId use, or a consent for its template.
+    async fn claim(&self, a: &Attempt<'_>, mode: ClaimMode) -> Result<CampaignClaim, RoleError> {
+        let job = &a.valid.job;
+        let claim = match job.kind {
+            JobKind::Template => {
+                self.bank
+                    .campaign_claim(
+                        a.app,
+                        &a.valid.open_id,
+                        &job.campaign_id,
+                        &a.owner,
+                        CAMPAIGN_LEASE,
+                        mode,
+                    )
+                    .await?
+            }
+            JobKind::Subscribe => {
+                self.bank
+                    .campaign_claim_consent(
+                        a.app,
+                        &a.valid.open_id,
+                        &job.campaign_id,
+                        &job.template_id,
+                        &a.owner,
+                        CAMPAIGN_LEASE,
+                        mode,
+                    )
+                    .await?
+            }
+        };
+        metrics::counter!(m::CLAIMS, "result" => claim_result(&claim)).increment(1);
+        Ok(claim)
+    }
+
+    /// One send call with `credential`, built for the job's kind.
+    async fn call(&self, a: &Attempt<'_>, token: &Token, credential: &Credential) -> Outcome {
+        let job = &a.valid.job;
+        match job.kind {
+            JobKind::Template => {
+                let message = TemplateMessage {
+                    touser: a.valid.open_id.clone(),
+                    template_id: job.template_id.clone(),
+                    page: job.page.clone(),
+                    form_id: credential.value.clone(),
+                    data: job.data.clone(),
+                    emphasis_keyword: job.emphasis_keyword.clone(),
+                };
+                let send = self.parts.wechat.send_template(token.expose(), &message);
+                self.call_wechat("template", a.app, send).await
+            }
+            JobKind::Subscribe => {
+                let message = SubscribeMessage {
+                    touser: a.valid.open_id.clone(),
+                    template_id: job.template_id.clone(),
+                    page: job.page.clone(),
+                    data: wrap_values(&job.data),
+                    miniprogram_state: job
+                        .miniprogram_state
+                        .as_deref()
+                        .and_then(|s| s.parse().ok()),
+                    lang: job.lang.as_deref().and_then(|s| s.parse().ok()),
+                };
+                let send = self.parts.wechat.send_subscribe(token.expose(), &message);
+                self.call_wechat("subscribe", a.app, send).await
+            }
+        }
+    }
+
+    /// Settles the recipient, then does what else the table said (only if the settle was
+    /// this attempt's to make).
+    async fn finish(
+        &self,
+        a: &Attempt<'_>,
+        outcome: Recorded,
+        after: After,
+    ) -> Result<Disposition, RoleError> {
+        let field = outcome.field();
+        let settle = Settle::Final {
+            outcome: &field,
+            give_back: after.gives_back(),
+        };
+        if !self.settle(a, settle).await? {
+            return Ok(Disposition::Superseded);
+        }
+        let job = &a.valid.job;
+        match after {
+            After::Nothing => {}
+            After::GiveBack => SendStats::add(&self.stats.credentials_released),
+            After::ClearConsents => {
+                self.bank
+                    .clear_consents(a.app, &a.valid.open_id, &job.template_id)
+                    .await?;
+            }
+            After::StopCampaign(reason) => {
+                self.stop_campaign(a.app, &job.campaign_id, &reason).await?;
+            }
+            After::GiveBackAndStop(reason) => {
+                SendStats::add(&self.stats.credentials_released);
+                self.stop_campaign(a.app, &job.campaign_id, &reason).await?;
+            }
+        }
+        Ok(Disposition::Done(outcome))
+    }
+
+    /// An attempt that failed for now: another one later, within the retry budget, or, once
+    /// it is spent, the recipient settled as the table's `give_up` says.
+    async fn later(
+        &self,
+        a: &Attempt<'_>,
+        spend: Spend,
+        in_doubt: bool,
+        reason: String,
+    ) -> Result<Disposition, RoleError> {
+        let job = &a.valid.job;
+        let now = super::now_ms();
+        let since = job.retrying_since.unwrap_or(now);
+        let spent = Duration::from_millis(u64::try_from(now - since).unwrap_or(0));
+        let too_many = self
+            .settings
+            .max_attempts
+            .is_some_and(|max| job.attempt + 1 >= max);
+        if spent < self.settings.retry_for && !too_many {
+            let release = Settle::Release {
+                in_doubt,
+                retry: true,
+            };
+            if !self.settle(a, release).await? {
+                return Ok(Disposition::Superseded);
+            }
+            let mut next = job.clone();
+            next.retrying_since = Some(since);
+            return Ok(Disposition::Retry {
+                after: self.backoff(job.attempt),
+                job: next,
+                reason,
+            });
+        }
+        let (outcome, after) = decide::give_up(spend, in_doubt);
+        let reason = format!(
+            "gave up after {} attempts over {}s: {reason}",
+            job.attempt + 1,
+            spent.as_secs()
+        );
+        match self.finish(a, outcome, after).await? {
+            Disposition::Done(outcome) => Ok(Disposition::GiveUp { outcome, reason }),
+            other => Ok(other),
+        }
+    }
+
+    /// Ends the attempt without an outcome and without counting it as one; `holds`: it holds
+    /// the lease (released first, fenced).
+    async fn wait(
+        &self,
+        a: &Attempt<'_>,
+        holds: bool,
+        until: Until,
+        fleet: &AppFleet,
+    ) -> Result<Disposition, RoleError> {
+        let after = match until {
+            Until::NextMinute => super::until_next_minute(),
+            Until::FleetPause => {
+                tracing::warn!(cooldown = ?self.settings.quota_cooldown, "WeChat daily quota reached (45009): pausing the fleet");
+                fleet.pause.pause_for(self.settings.quota_cooldown).await?;
+                self.settings.quota_cooldown
+            }
+            Until::TokenTrouble => TOKEN_WAIT,
+        };
+        if holds {
+            let release = Settle::Release {
+                in_doubt: a.state.in_doubt,
+                retry: false,
+            };
+            if !self.settle(a, release).await? {
+                return Ok(Disposition::Superseded);
+            }
+        }
+        Ok(Disposition::Park {
+            job: a.valid.job.clone(),
+            after,
+        })
+    }
+
+    /// One settle of this attempt, fenced by its token: `false` when it was not applied (the
+    /// lease was taken over).
+    async fn settle(&self, a: &Attempt<'_>, how: Settle<'_>) -> Result<bool, RoleError> {
+        let job = &a.valid.job;
+        Ok(self
+            .bank
+            .campaign_settle(
+                a.app,
+                &a.valid.open_id,
+                &job.campaign_id,
+                &job.template_id,
+                &a.owner,
+                how,
+            )
+            .await?)
+    }
+}
+
+/// One attempt at one job: who it is for, its fencing token and what it knows.
+struct Attempt<'a> {
+    valid: &'a ValidJob,
+    app: &'a AppId,
+    /// The fencing token: unique to this attempt, the owner of its lease.
+    owner: String,
+    state: State,
+    /// The waits before quick resends.
+    quick: Box<dyn Iterator<Item = Duration> + Send + Sync>,
+}
+
+/// The label of a claim's result, for [`m::CLAIMS`].
+fn claim_result(c: &CampaignClaim) -> &'static str {
+    match c {
+        CampaignClaim::Fresh(_) => "fresh",
+        CampaignClaim::Held { .. } => "held",
+        CampaignClaim::Busy(_) => "busy",
+        CampaignClaim::NoCredential => "no_credential",
+        CampaignClaim::Done(_) => "done",
+        CampaignClaim::Superseded => "superseded",
+    }
+}
+
+/// The job's field → value as WeChat's subscribe `{"field": {"value": v}}`.
+fn wrap_values(
+    data: &std::collections::BTreeMap<String, wxpush_domain::DataItem>,
+) -> Map<String, Value> {
+    data.iter()
+        .map(|(k, v)| (k.clone(), json!({ "value": v.value })))
+        .collect()
+}
