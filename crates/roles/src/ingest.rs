@@ -13,8 +13,8 @@
 //! A message is acknowledged only after its credentials are in Redis (or it is in the
 //! dead-letter queue), so a crash at any moment loses nothing; the redelivered messages are
 //! stored again, which changes nothing because storing formIds and prepayIds is idempotent
-//! (subscribe consents accumulate, so a redelivered upload's consents count twice; the bank's
-//! docs say why that is the safe side). This module must not know how the bank lays out its
+//! (subscribe consents accumulate, so a redelivered upload's consents count twice, up to the
+//! bank's caps; the bank's docs say why that is the safe side). This module must not know how the bank lays out its
 //! keys, nor talk to WeChat.
 
 use std::collections::HashMap;
@@ -368,13 +368,14 @@ impl Ingest {
             return Ok(false);
         };
         f.batch.ack().await?;
-        metrics::counter!(m::UPLOADS_STORED).increment(f.batch.len() as u64);
         metrics::counter!(m::REJECTED, "reason" => "bad_entry").increment(f.rejected_entries);
         for r in reports {
             count_stored(&r);
             stats.store += r;
         }
         count_capped(f.capped);
+        // Last, so that a scrape counting the uploads stored sees what became of their entries.
+        metrics::counter!(m::UPLOADS_STORED).increment(f.batch.len() as u64);
         stats.store.capped += f.capped;
         stats.rejected_entries += f.rejected_entries;
         stats.expired_on_arrival += f.expired_on_arrival;
@@ -589,6 +590,7 @@ fn count_stored(r: &StoreReport) {
         ("expired", r.expired),
         ("capped", r.capped),
         ("consent", r.consents),
+        ("consent_capped", r.consents_capped),
     ] {
         metrics::counter!(m::CREDENTIALS_STORED, "result" => result).increment(n);
     }

@@ -164,10 +164,18 @@ impl Sender {
                     let outcome = Recorded::Failed(code);
                     self.settle(valid, owner, Settle::Final(&outcome.field()))
                         .await?;
-                    // WeChat did not use the consent: it goes back to the user.
-                    self.bank
+                    // WeChat did not use the consent: it goes back to the user, unless
+                    // they already hold the most the bank keeps.
+                    let back = self
+                        .bank
                         .release_consent(app, &valid.open_id, template)
                         .await?;
+                    if !back {
+                        tracing::debug!(
+                            "the unused consent was not given back: the user holds the most \
+                             the bank keeps (WXPUSH_CONSENTS_PER_TEMPLATE, WXPUSH_TEMPLATES_PER_USER)"
+                        );
+                    }
                     if let Some(reason) = &data_refused {
                         self.stop_campaign(app, campaign, reason).await?;
                     }
