@@ -4,9 +4,11 @@
 //! template and consents for at most `WXPUSH_TEMPLATES_PER_USER` (100) templates; what is over
 //! is refused and reported, never stored (no key for a refused template), a give-back goes
 //! through the same caps, and the user's hash, the template indexes and the shard totals stay
-//! exact together. The real `wxpush ingest`: the same upload replayed 60 times holds 50.
+//! exact together. The real `wxpush ingest`: the same upload replayed 60 times holds 50, and
+//! with the app's `templates` listed in `WXPUSH_CONFIG` a consent for another template is
+//! dropped and counted while the rest of the upload is kept.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use serde_json::json;
@@ -14,7 +16,7 @@ use wxpush_bank::keys::shard_of;
 use wxpush_bank::{Bank, BankSettings, CampaignClaim, StoreReport};
 use wxpush_domain::{Credential, OpenId};
 use wxpush_testkit::{
-    eventually, free_addr, http_get, keys_with_ttl, redis_url, terminate, TestEnv,
+    eventually, form_id, free_addr, http_get, keys_with_ttl, now_ms, redis_url, terminate, TestEnv,
 };
 
 const A: &str = "TPL_ORDER_SHIPPED";
@@ -308,4 +310,52 @@ async fn an_upload_replayed_sixty_times_holds_fifty_consents() {
     check_exact(&bank, &env, &[who]).await;
     assert_eq!(stored_metric(&metrics, "consent"), 50, "{metrics}");
     assert_eq!(stored_metric(&metrics, "consent_capped"), 10, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_templates_listed_a_consent_for_another_is_dropped_and_counted() {
+    let mut env = TestEnv::new("caps_templates_listed");
+    let file = std::env::temp_dir().join(format!("{}.toml", env.ns));
+    std::fs::write(
+        &file,
+        format!(
+            "[[apps]]\nappid = \"{}\"\ntemplates = [\"{A}\", \"TPL_OTHER_LISTED\"]\n",
+            env.app
+        ),
+    )
+    .unwrap();
+    env.set("WXPUSH_CONFIG", &file.to_string_lossy());
+    let (who, only_unlisted) = (user(6), user(7));
+    let expire = now_ms() + 86_400_000;
+    let bodies = [
+        // A listed and an unlisted template beside a formId: the listed one and the formId
+        // are kept.
+        json!({"openId": who.as_str(), "formIds": [{"formId": form_id(6, 0), "expire": expire}],
+               "subscriptions": {A: "accept", B: "accept"}}),
+        // Only an unlisted one: acknowledged, nothing stored, nothing dead-lettered.
+        json!({"openId": only_unlisted.as_str(), "subscriptions": {B: "accept"}}),
+    ]
+    .map(|b| b.to_string().into_bytes());
+    let metrics = ingest(&env, &bodies).await;
+    let _ = std::fs::remove_file(&file);
+    let bank = bank(&env, BankSettings::default()).await;
+    assert_eq!(bank.consents_left(&env.app, &who, A).await.unwrap(), 1);
+    assert_eq!(bank.consents_left(&env.app, &who, B).await.unwrap(), 0);
+    assert_eq!(bank.consent_total(&env.app, B).await.unwrap(), 0);
+    assert_eq!(
+        bank.usable_count(&env.app, &who).await.unwrap(),
+        1,
+        "the formId"
+    );
+    let keys: HashMap<String, i64> = keys_with_ttl(&env).await.into_iter().collect();
+    assert!(
+        !keys
+            .keys()
+            .any(|k| k.contains(B) || k.contains(only_unlisted.as_str())),
+        "no key for the unlisted template nor its only user: {keys:?}"
+    );
+    check_exact(&bank, &env, &[who, only_unlisted]).await;
+    assert_eq!(stored_metric(&metrics, "unknown_template"), 2, "{metrics}");
+    assert_eq!(stored_metric(&metrics, "consent"), 1, "{metrics}");
+    assert_eq!(stored_metric(&metrics, "added"), 1, "{metrics}");
 }

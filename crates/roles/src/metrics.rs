@@ -48,7 +48,7 @@ pub fn describe() {
     describe_counter!(
         CREDENTIALS_STORED,
         "Credentials of good uploads, by what became of them (added, known, expired, capped, \
-         consent, consent_capped)"
+         consent, consent_capped, unknown_template)"
     );
     describe_counter!(
         REJECTED,
