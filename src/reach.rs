@@ -251,10 +251,7 @@ async fn connect(config: &Config) -> anyhow::Result<Bank> {
         })?),
         None => None,
     };
-    let settings = BankSettings {
-        claim_margin_secs: config.claim_margin_secs,
-        user_cap: config.user_cap,
-    };
+    let settings = BankSettings::from_config(config);
     let connecting = Bank::connect_tls(
         config.redis_url.expose(),
         config.namespace.clone(),

@@ -12,6 +12,15 @@
 //! processes claim at once. All keys live 400 days ([`CONSENT_TTL_SECS`]) after the last
 //! store: consents do not expire in WeChat, the TTL only reclaims abandoned users.
 //!
+//! What enters is bounded ([`crate::BankSettings`]): a store, and a give-back through
+//! [`Bank::release_consent`], adds at most what brings the user's count for a template to
+//! `consents_per_template`, and none for a template the user holds nothing for once they hold
+//! consents for `templates_per_user` templates. WeChat stacks consents without a limit and
+//! a replayed upload adds its consents again, so without the caps a count, and the keys one
+//! user costs, would grow without end. A settle's give-back (`campaign_settle.lua`) returns a
+//! consent its claim took moments before and is not capped: a user exceeds a cap by at most
+//! the consents their attempts in flight hold.
+//!
 //! Template ids are checked where consents enter (store, [`Bank::release_consent`]:
 //! `wxpush_domain::check_template_id`). Reads, claims and clears take any string: it is only
 //! ever a key's last part (after the hash tag) or a hash field, and a template no consent
@@ -23,7 +32,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use redis::Value;
+use redis::{FromRedisValue, Value};
 use wxpush_domain::{check_template_id, AppId, OpenId};
 
 use crate::campaign::parse_campaign_claim;
@@ -35,7 +44,8 @@ use crate::{Bank, BankError, CampaignClaim, ReachableCursor, ReachablePage, SHAR
 pub const CONSENT_TTL_SECS: u64 = 400 * 24 * 60 * 60;
 
 impl Bank {
-    /// `store_consents.lua` for one user: `consents` is template → how many to add.
+    /// `store_consents.lua` for one user: `consents` is template → how many to add, within
+    /// [`BankSettings`](crate::BankSettings)' caps. Its reply is [`parse_store_consents`]'s.
     pub(crate) fn store_consents_cmd(
         &self,
         app: &AppId,
@@ -49,7 +59,10 @@ impl Bank {
         for template in consents.keys() {
             cmd.arg(self.keys.consent_index_of(app, open_id, template));
         }
-        cmd.arg(open_id.as_str()).arg(CONSENT_TTL_SECS);
+        cmd.arg(open_id.as_str())
+            .arg(CONSENT_TTL_SECS)
+            .arg(self.settings.consents_per_template)
+            .arg(self.settings.templates_per_user);
         for (template, n) in consents {
             cmd.arg(*template).arg(*n);
         }
@@ -118,19 +131,22 @@ impl Bank {
     /// campaign was settled with `Final` (a permanent refusal). Not guarded: each call adds
     /// one, so call it once per consent taken and refused. (Inside an attempt, a
     /// [`Settle::Release`](crate::Settle::Release) without doubt gives the held consent back,
-    /// guarded by the campaign marks.)
+    /// guarded by the campaign marks.) It goes through the store's caps: `false` when the
+    /// user already holds the most consents for `template`, or consents for the most
+    /// templates, and the consent is not given back.
     pub async fn release_consent(
         &self,
         app: &AppId,
         open_id: &OpenId,
         template: &str,
-    ) -> Result<(), BankError> {
+    ) -> Result<bool, BankError> {
         check_template_id(template)
             .map_err(|e| BankError::InvalidCredential(format!("a consent's {e}")))?;
         let consents = BTreeMap::from([(template, 1u64)]);
         let cmd = self.store_consents_cmd(app, open_id, &consents);
-        let _added: i64 = self.scripts.run(&mut self.conn.clone(), &cmd).await?;
-        Ok(())
+        let reply: Value = self.scripts.run(&mut self.conn.clone(), &cmd).await?;
+        let (added, _refused) = parse_store_consents(reply)?;
+        Ok(added == 1)
     }
 
     /// How many consents `open_id` holds for `template` (0 when none).
@@ -198,5 +214,15 @@ impl Bank {
             users,
             next: (at.shard < SHARDS).then_some(at),
         })
+    }
+}
+
+/// `store_consents.lua`'s reply: (consents added, consents refused by the caps).
+pub(crate) fn parse_store_consents(reply: Value) -> Result<(u64, u64), BankError> {
+    match Vec::<i64>::from_redis_value(reply).as_deref() {
+        Ok([added, refused]) => Ok((crate::non_negative(*added), crate::non_negative(*refused))),
+        other => Err(BankError::Protocol(format!(
+            "store_consents returned {other:?}"
+        ))),
     }
 }

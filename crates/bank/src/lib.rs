@@ -10,8 +10,9 @@
 //! - **store** ([`Bank::store_batch`]): adds credentials, once each (a formId or prepayId use
 //!   stored or already spent is never stored again), keeps at most `user_cap` usable ones per
 //!   user (those expiring last), drops what is already expired, and keeps the reachable-user
-//!   index and every key's expiry current; adds consents (they accumulate). Many users go to
-//!   Redis in one pipelined round trip.
+//!   index and every key's expiry current; adds consents (they accumulate, up to
+//!   `consents_per_template` per template and `templates_per_user` templates per user). Many
+//!   users go to Redis in one pipelined round trip.
 //! - **claim** ([`Bank::claim`]): removes and returns a user's usable credential that expires
 //!   soonest, in one Lua script, so concurrent claimers in any number of processes never get
 //!   the same credential. A credential expiring within `claim_margin_secs` counts as expired.
@@ -99,6 +100,24 @@ pub struct BankSettings {
     pub claim_margin_secs: u32,
     /// Most usable credentials kept per user.
     pub user_cap: u32,
+    /// Most subscribe consents one user holds for one template: a store adds at most what
+    /// brings the count to it.
+    pub consents_per_template: u32,
+    /// Most templates one user holds subscribe consents for: a consent for another template
+    /// is refused.
+    pub templates_per_user: u32,
+}
+
+impl BankSettings {
+    /// The bank's tunables as the install configures them.
+    pub fn from_config(c: &wxpush_domain::Config) -> Self {
+        Self {
+            claim_margin_secs: c.claim_margin_secs,
+            user_cap: c.user_cap,
+            consents_per_template: c.consents_per_template,
+            templates_per_user: c.templates_per_user,
+        }
+    }
 }
 
 impl Default for BankSettings {
@@ -106,6 +125,8 @@ impl Default for BankSettings {
         Self {
             claim_margin_secs: 60,
             user_cap: 100,
+            consents_per_template: wxpush_domain::config::DEFAULT_CONSENTS_PER_TEMPLATE,
+            templates_per_user: wxpush_domain::config::DEFAULT_TEMPLATES_PER_USER,
         }
     }
 }
@@ -132,8 +153,12 @@ pub struct StoreReport {
     pub expired: u64,
     /// Dropped because the user held more than the cap (the soonest-expiring go).
     pub capped: u64,
-    /// Subscribe consents added (they accumulate: every one offered is added).
+    /// Subscribe consents added (they accumulate, up to the caps).
     pub consents: u64,
+    /// Subscribe consents refused by the caps: the user already held
+    /// [`BankSettings::consents_per_template`] for the template, or consents for
+    /// [`BankSettings::templates_per_user`] other templates.
+    pub consents_capped: u64,
 }
 
 impl std::ops::AddAssign for StoreReport {
@@ -143,6 +168,7 @@ impl std::ops::AddAssign for StoreReport {
         self.expired += o.expired;
         self.capped += o.capped;
         self.consents += o.consents;
+        self.consents_capped += o.consents_capped;
     }
 }
 
@@ -242,7 +268,10 @@ impl Bank {
     /// nothing, so a batch may be retried whole. Consents accumulate, so a batch stored twice
     /// (retried after a timeout, redelivered after a crash) adds its consents twice: the
     /// extra consent is one send WeChat refuses with 43101, which clears the user's count for
-    /// that template (see `docs/bank.md`).
+    /// that template (see `docs/bank.md`). They accumulate only up to the caps
+    /// ([`BankSettings::consents_per_template`], [`BankSettings::templates_per_user`]),
+    /// applied in the same script: what is over them is refused and reported
+    /// ([`StoreReport::consents_capped`]), so no replay grows a user's consents past them.
     pub async fn store_batch(
         &self,
         requests: &[StoreRequest<'_>],
@@ -325,9 +354,7 @@ impl Bank {
                 }
             }
             if with_consents {
-                let added = i64::from_redis_value(next()?)
-                    .map_err(|e| BankError::Protocol(format!("store_consents returned {e}")))?;
-                report.consents = non_negative(added);
+                (report.consents, report.consents_capped) = consent::parse_store_consents(next()?)?;
             }
             reports.push(report);
         }
@@ -464,5 +491,41 @@ mod tls_tests {
             .expect("refused");
         assert!(matches!(e, BankError::Connect(_)), "{e}");
         assert!(e.to_string().contains("root certificate PEM"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod settings_tests {
+    use super::*;
+
+    #[test]
+    fn the_settings_are_the_configured_ones() {
+        let vars = [
+            ("WXPUSH_APP_ID", "wx1"),
+            ("WXPUSH_CLAIM_MARGIN_SECS", "7"),
+            ("WXPUSH_USER_CAP", "8"),
+            ("WXPUSH_CONSENTS_PER_TEMPLATE", "9"),
+            ("WXPUSH_TEMPLATES_PER_USER", "10"),
+        ];
+        let config = wxpush_domain::RawConfig::from_map(
+            &vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+        .validate()
+        .expect("valid");
+        let s = BankSettings::from_config(&config);
+        assert_eq!(
+            (
+                s.claim_margin_secs,
+                s.user_cap,
+                s.consents_per_template,
+                s.templates_per_user
+            ),
+            (7, 8, 9, 10)
+        );
+        let d = BankSettings::default();
+        assert_eq!((d.consents_per_template, d.templates_per_user), (50, 100));
     }
 }

@@ -12,6 +12,7 @@
 //! secret = "..."
 //! send_rate = 200                  # this app's own ceiling; WXPUSH_SEND_RATE when absent
 //! token_source = "stable"          # or "classic", or the URL of the install's token service
+//! templates = ["TPL_A", "TPL_B"]   # the app's subscribe templates; any template when absent
 //! ```
 //!
 //! How the two sources meet ([`Apps::build`]): the variables' app joins the file's list (its
@@ -26,9 +27,12 @@
 //! scrubber, even from a file that does not parse.
 //! This module must not read the file itself ([`crate::config`] does) nor know about roles.
 
+use std::collections::BTreeSet;
+
 use serde::Deserialize;
 
 use crate::config::{ConfigError, Secret};
+use crate::credential::check_template_id;
 use crate::names::AppId;
 use crate::token_source::TokenSource;
 
@@ -48,6 +52,19 @@ pub struct AppConfig {
     pub send_rate: u32,
     /// Where its access token comes from (contract §8.6; `stable` unless configured).
     pub token_source: TokenSource,
+    /// The app's subscribe-message template ids (`templates` in the file): consents for any
+    /// other template are dropped at ingest. `None`: every template is accepted.
+    pub templates: Option<BTreeSet<String>>,
+}
+
+impl AppConfig {
+    /// Whether a consent for `template` is kept for this app: it is one of the app's
+    /// `templates`, or the app lists none.
+    pub fn accepts_template(&self, template: &str) -> bool {
+        self.templates
+            .as_ref()
+            .is_none_or(|list| list.contains(template))
+    }
 }
 
 /// Every app of the install, the default one first. Never empty.
@@ -85,6 +102,7 @@ struct FileApp {
     default: bool,
     send_rate: Option<u32>,
     token_source: Option<String>,
+    templates: Option<Vec<String>>,
 }
 
 impl Apps {
@@ -96,6 +114,7 @@ impl Apps {
                 secret,
                 send_rate,
                 token_source: TokenSource::Stable,
+                templates: None,
             }],
         }
     }
@@ -179,11 +198,18 @@ impl Apps {
                         .map_err(|e| invalid(format!("apps[{i}].token_source: {e}")))
                 })
                 .transpose()?;
+            let templates = a
+                .templates
+                .map(|list| {
+                    template_list(list).map_err(|e| invalid(format!("apps[{i}].templates{e}")))
+                })
+                .transpose()?;
             list.push(AppConfig {
                 id,
                 secret: a.secret.filter(|s| !s.expose().is_empty()),
                 send_rate: a.send_rate.unwrap_or(send_rate),
                 token_source: token_source.unwrap_or_default(),
+                templates,
             });
             sourced.push(a.token_source.is_some());
         }
@@ -217,6 +243,7 @@ impl Apps {
                     secret: var_secret,
                     send_rate,
                     token_source: var_source.unwrap_or_default(),
+                    templates: None,
                 }),
             }
         }
@@ -307,6 +334,23 @@ impl Apps {
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
     }
+}
+
+/// An app's `templates`, each a valid template id, none twice, at least one. The error is
+/// what follows `apps[i].templates` in the message (`: ...` or `[j]: ...`); it never quotes
+/// an id.
+fn template_list(list: Vec<String>) -> Result<BTreeSet<String>, String> {
+    if list.is_empty() {
+        return Err(": is empty; leave the key out to accept every template".to_owned());
+    }
+    let mut set = BTreeSet::new();
+    for (j, t) in list.into_iter().enumerate() {
+        check_template_id(&t).map_err(|e| format!("[{j}]: {e}"))?;
+        if !set.insert(t) {
+            return Err(format!("[{j}]: listed twice"));
+        }
+    }
+    Ok(set)
 }
 
 fn join(ids: &[AppId]) -> String {
@@ -724,6 +768,81 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn an_apps_templates_bound_the_consents_it_keeps() {
+        let apps = build(
+            Some(B),
+            None,
+            &format!(
+                "[[apps]]\nappid = \"{A}\"\n\
+                 templates = [\"TPL_A\", \"tpl-b_2\"]\n[[apps]]\nappid = \"wxc\"\n"
+            ),
+        )
+        .unwrap();
+        let of = |id: &str| apps.get(&AppId::new(id).unwrap()).unwrap().clone();
+        let a = of(A);
+        assert_eq!(
+            a.templates.iter().flatten().collect::<Vec<_>>(),
+            ["TPL_A", "tpl-b_2"]
+        );
+        assert!(a.accepts_template("TPL_A") && a.accepts_template("tpl-b_2"));
+        assert!(!a.accepts_template("TPL_C") && !a.accepts_template("tpl_a"));
+        // Without the key, and for the variables' app, every template is accepted.
+        for id in ["wxc", B] {
+            assert_eq!(of(id).templates, None, "{id}");
+            assert!(of(id).accepts_template("TPL_ANY"), "{id}");
+        }
+        let single = Apps::build(vars(Some(A), None), None, 5).unwrap();
+        assert!(single.default_app().accepts_template("TPL_ANY"));
+    }
+
+    #[test]
+    fn a_bad_templates_list_is_one_line_naming_the_key_and_never_the_id() {
+        let cases = [
+            (
+                "templates = []",
+                "apps[0].templates: is empty; leave the key out to accept every template",
+            ),
+            (
+                "templates = [\"TPL_A\", \"TPL s3cr3t\"]",
+                "apps[0].templates[1]: templateId contains a character that is not allowed",
+            ),
+            (
+                "templates = [\"\"]",
+                "apps[0].templates[0]: templateId is empty",
+            ),
+            (
+                "templates = [\"TPL_A\", \"TPL_B\", \"TPL_A\"]",
+                "apps[0].templates[2]: listed twice",
+            ),
+            (
+                "templates = \"TPL_A\"",
+                "line 3, key templates: invalid type: string, expected a sequence",
+            ),
+            (
+                "templates = [\"TPL_A\", 7]",
+                "line 3, key templates: invalid type: integer, expected a string",
+            ),
+        ];
+        let long = format!("templates = [\"{}\"]", "T".repeat(200));
+        let cases = cases
+            .iter()
+            .map(|(k, e)| (k.to_string(), *e))
+            .chain([(long, "apps[0].templates[0]: templateId is 200 bytes long")]);
+        for (line, expected) in cases {
+            let e = build(None, None, &format!("[[apps]]\nappid = \"{A}\"\n{line}\n")).unwrap_err();
+            assert!(
+                e.starts_with("WXPUSH_CONFIG is invalid: /etc/wxpush.toml: "),
+                "{e}"
+            );
+            assert!(e.contains(expected), "{e:?} lacks {expected:?}");
+            assert!(
+                !e.contains('\n') && !e.contains("s3cr3t") && !e.contains("TTTT"),
+                "{e:?}"
+            );
+        }
     }
 
     #[test]

@@ -24,6 +24,11 @@ pub const DEFAULT_WECHAT_API_BASE: &str = "https://api.weixin.qq.com";
 pub const DEFAULT_SEND_RATE: u32 = 500;
 pub const DEFAULT_CLAIM_MARGIN_SECS: u32 = 60;
 pub const DEFAULT_USER_CAP: u32 = 100;
+/// Most subscribe consents one user holds for one template (WeChat stacks them without a
+/// limit; a replayed upload would too).
+pub const DEFAULT_CONSENTS_PER_TEMPLATE: u32 = 50;
+/// Most templates one user holds subscribe consents for.
+pub const DEFAULT_TEMPLATES_PER_USER: u32 = 100;
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 pub const DEFAULT_INGEST_PREFETCH: u16 = 2000;
 pub const DEFAULT_INGEST_BATCH: usize = 500;
@@ -134,6 +139,8 @@ pub struct RawConfig {
     pub send_rate: Option<String>,
     pub claim_margin_secs: Option<String>,
     pub user_cap: Option<String>,
+    pub consents_per_template: Option<String>,
+    pub templates_per_user: Option<String>,
     pub max_message_bytes: Option<String>,
     pub ingest_prefetch: Option<String>,
     pub ingest_batch: Option<String>,
@@ -179,6 +186,8 @@ pub const ENV_VARS: &[&str] = &[
     TOKEN_SOURCE_VAR,
     "WXPUSH_SEND_RETRY_FOR",
     "WXPUSH_SEND_RETRY_MAX_DELAY",
+    "WXPUSH_CONSENTS_PER_TEMPLATE",
+    "WXPUSH_TEMPLATES_PER_USER",
 ];
 
 impl RawConfig {
@@ -215,6 +224,8 @@ impl RawConfig {
             token_source: get(ENV_VARS[21]),
             send_retry_for: get(ENV_VARS[22]),
             send_retry_max_delay: get(ENV_VARS[23]),
+            consents_per_template: get(ENV_VARS[24]),
+            templates_per_user: get(ENV_VARS[25]),
         }
     }
 
@@ -312,6 +323,18 @@ impl RawConfig {
                 0,
             )?,
             user_cap,
+            consents_per_template: number(
+                "WXPUSH_CONSENTS_PER_TEMPLATE",
+                self.consents_per_template,
+                DEFAULT_CONSENTS_PER_TEMPLATE,
+                1,
+            )?,
+            templates_per_user: number(
+                "WXPUSH_TEMPLATES_PER_USER",
+                self.templates_per_user,
+                DEFAULT_TEMPLATES_PER_USER,
+                1,
+            )?,
             upload_limits: UploadLimits {
                 max_kept: user_cap as usize,
                 max_bytes: number(
@@ -393,6 +416,11 @@ pub struct Config {
     pub claim_margin_secs: u32,
     /// Most usable credentials kept per user (those expiring last are kept).
     pub user_cap: u32,
+    /// Most subscribe consents one user holds for one template (more are refused).
+    pub consents_per_template: u32,
+    /// Most templates one user holds subscribe consents for (a consent for another template
+    /// is refused).
+    pub templates_per_user: u32,
     pub upload_limits: UploadLimits,
     /// Unacknowledged uploads one ingest process may hold.
     pub ingest_prefetch: u16,
@@ -644,6 +672,8 @@ mod tests {
         assert_eq!(c.send_rate, 500);
         assert_eq!(c.claim_margin_secs, 60);
         assert_eq!(c.user_cap, 100);
+        assert_eq!(c.consents_per_template, 50);
+        assert_eq!(c.templates_per_user, 100);
         assert_eq!(c.upload_limits.max_bytes, 65536);
         assert_eq!(
             c.http_addr,
@@ -711,6 +741,45 @@ mod tests {
                     .starts_with("WXPUSH_SEND_RETRY_FOR is invalid"),
                 "{bad}: {e}"
             );
+        }
+    }
+
+    #[test]
+    fn the_consent_caps_come_from_their_variables_and_are_at_least_one() {
+        let c = raw(&[
+            ("WXPUSH_APP_ID", "wx1"),
+            ("WXPUSH_CONSENTS_PER_TEMPLATE", "3"),
+            ("WXPUSH_TEMPLATES_PER_USER", " 7 "),
+        ])
+        .validate()
+        .unwrap();
+        assert_eq!((c.consents_per_template, c.templates_per_user), (3, 7));
+        for (var, value, reason) in [
+            (
+                "WXPUSH_CONSENTS_PER_TEMPLATE",
+                "0",
+                "'0' is below the minimum of 1",
+            ),
+            (
+                "WXPUSH_CONSENTS_PER_TEMPLATE",
+                "-1",
+                "'-1' is not a whole number",
+            ),
+            (
+                "WXPUSH_TEMPLATES_PER_USER",
+                "lots",
+                "'lots' is not a whole number",
+            ),
+            (
+                "WXPUSH_TEMPLATES_PER_USER",
+                "0",
+                "'0' is below the minimum of 1",
+            ),
+        ] {
+            let e = raw(&[("WXPUSH_APP_ID", "wx1"), (var, value)])
+                .validate()
+                .unwrap_err();
+            assert_eq!(e.to_string(), format!("{var} is invalid: {reason}"));
         }
     }
 

@@ -43,10 +43,7 @@ struct AmqpTarget {
 impl Deps {
     /// Connects to Redis and RabbitMQ as configured. `name` labels the AMQP connection.
     pub async fn connect(config: &Config, name: &str) -> Result<Self, DepsError> {
-        let settings = BankSettings {
-            claim_margin_secs: config.claim_margin_secs,
-            user_cap: config.user_cap,
-        };
+        let settings = BankSettings::from_config(config);
         let ca = read_ca_file(config.tls_ca_file.as_deref())?;
         let bank = tokio::time::timeout(
             Duration::from_secs(10),

@@ -1,7 +1,9 @@
 //! The ingest role: credential uploads from RabbitMQ into the bank.
 //!
 //! Per batch (as many uploads as are ready, up to `batch_max`):
-//! 1. parse and validate every upload ([`wxpush_domain::parse_upload`]);
+//! 1. parse and validate every upload ([`wxpush_domain::parse_upload`]), and drop the
+//!    consents for templates its app does not list (`templates` in `WXPUSH_CONFIG`), counted
+//!    as `unknown_template`;
 //! 2. dead-letter each poison message with its reason (confirmed before going on);
 //! 3. store every good upload's credentials in one pipelined Redis round trip, retrying
 //!    for up to 5 s (`REDIS_HOLD`) while Redis is unreachable and holding the batch
@@ -13,8 +15,8 @@
 //! A message is acknowledged only after its credentials are in Redis (or it is in the
 //! dead-letter queue), so a crash at any moment loses nothing; the redelivered messages are
 //! stored again, which changes nothing because storing formIds and prepayIds is idempotent
-//! (subscribe consents accumulate, so a redelivered upload's consents count twice; the bank's
-//! docs say why that is the safe side). This module must not know how the bank lays out its
+//! (subscribe consents accumulate, so a redelivered upload's consents count twice, up to the
+//! bank's caps; the bank's docs say why that is the safe side). This module must not know how the bank lays out its
 //! keys, nor talk to WeChat.
 
 use std::collections::HashMap;
@@ -82,6 +84,9 @@ pub struct IngestStats {
     pub rejected_entries: u64,
     /// Entries already expired when received (not stored).
     pub expired_on_arrival: u64,
+    /// Subscribe consents dropped because their app lists its `templates` and theirs is not
+    /// one of them (not stored).
+    pub unknown_template: u64,
     /// Poison messages sent to the dead-letter queue, by reason code.
     pub dead_lettered: HashMap<&'static str, u64>,
 }
@@ -98,6 +103,7 @@ impl IngestStats {
         self.store += o.store;
         self.rejected_entries += o.rejected_entries;
         self.expired_on_arrival += o.expired_on_arrival;
+        self.unknown_template += o.unknown_template;
         for (code, n) in o.dead_lettered {
             *self.dead_lettered.entry(code).or_default() += n;
         }
@@ -164,6 +170,7 @@ struct InFlight {
     rejected_entries: u64,
     expired_on_arrival: u64,
     capped: u64,
+    unknown_template: u64,
 }
 
 /// The ingest role's working parts, exposed so tests can drive one step at a time.
@@ -184,6 +191,8 @@ struct Sorted<'a> {
     expired_on_arrival: u64,
     /// Credentials dropped before the bank because more came for one user than its cap keeps.
     capped: u64,
+    /// Consents dropped before the bank: their template is not one of their app's `templates`.
+    unknown_template: u64,
 }
 
 impl Ingest {
@@ -286,6 +295,7 @@ impl Ingest {
                 rejected_entries,
                 expired_on_arrival,
                 capped,
+                unknown_template,
             } = self.sort(&batch, &times);
             metrics::counter!(m::CONSUMED, "queue" => "ingest").increment(batch.len() as u64);
             if let Err(e) = self.dead_letter_poison(&poison, stats).await {
@@ -304,6 +314,7 @@ impl Ingest {
                 rejected_entries,
                 expired_on_arrival,
                 capped,
+                unknown_template,
             };
             if let Some(prev) = in_flight.replace(next) {
                 match self.finish(prev, stats).await {
@@ -368,14 +379,17 @@ impl Ingest {
             return Ok(false);
         };
         f.batch.ack().await?;
-        metrics::counter!(m::UPLOADS_STORED).increment(f.batch.len() as u64);
         metrics::counter!(m::REJECTED, "reason" => "bad_entry").increment(f.rejected_entries);
         for r in reports {
             count_stored(&r);
             stats.store += r;
         }
         count_capped(f.capped);
+        count_unknown_template(f.unknown_template);
+        // Last, so that a scrape counting the uploads stored sees what became of their entries.
+        metrics::counter!(m::UPLOADS_STORED).increment(f.batch.len() as u64);
         stats.store.capped += f.capped;
+        stats.unknown_template += f.unknown_template;
         stats.rejected_entries += f.rejected_entries;
         stats.expired_on_arrival += f.expired_on_arrival;
         stats.messages += f.batch.len() as u64;
@@ -406,6 +420,7 @@ impl Ingest {
             stats.store += r;
         }
         stats.store.capped += sorted.capped;
+        stats.unknown_template += sorted.unknown_template;
         stats.rejected_entries += sorted.rejected_entries;
         stats.expired_on_arrival += sorted.expired_on_arrival;
         Ok(true)
@@ -450,6 +465,7 @@ impl Ingest {
             rejected_entries: 0,
             expired_on_arrival: 0,
             capped: 0,
+            unknown_template: 0,
         };
         let cap = self.settings.limits.max_kept;
         for (i, d) in batch.deliveries.iter().enumerate() {
@@ -461,21 +477,29 @@ impl Ingest {
             }
             let parsed = parse_upload(&d.data, received_at_ms, self.settings.limits).and_then(
                 |u| match self.settings.apps.resolve(u.app_id.as_ref()) {
-                    Some(app) => Ok((app.id.clone(), u)),
+                    Some(app) => Ok((app, u)),
                     None => Err(PoisonReason::UnknownApp(
                         u.app_id.as_ref().map_or("", AppId::as_str).to_owned(),
                     )),
                 },
             );
             match parsed {
-                Ok((app, u)) => {
+                Ok((app, mut u)) => {
+                    // Consents for templates the app does not list go no further.
+                    u.consents.retain(|c| {
+                        let known = app.accepts_template(&c.template_id);
+                        if !known {
+                            sorted.unknown_template += u64::from(c.count);
+                        }
+                        known
+                    });
                     sorted.rejected_entries += u.rejected.len() as u64;
                     sorted.expired_on_arrival += u.expired as u64;
                     sorted.capped += u.capped as u64;
                     let open_id = u.open_id.clone();
                     // FormIds, prepayId uses and consents: the bank sorts them out. Many
                     // uploads of one user in a batch are trimmed to what the bank would keep.
-                    let held = sorted.users.entry((app, open_id)).or_default();
+                    let held = sorted.users.entry((app.id.clone(), open_id)).or_default();
                     held.extend(u.into_credentials());
                     sorted.capped += keep_latest(held, cap);
                 }
@@ -582,6 +606,11 @@ fn count_capped(n: u64) {
     metrics::counter!(m::CREDENTIALS_STORED, "result" => "capped").increment(n);
 }
 
+/// Consents dropped before the bank: their template is not one of their app's `templates`.
+fn count_unknown_template(n: u64) {
+    metrics::counter!(m::CREDENTIALS_STORED, "result" => "unknown_template").increment(n);
+}
+
 fn count_stored(r: &StoreReport) {
     for (result, n) in [
         ("added", r.added),
@@ -589,6 +618,7 @@ fn count_stored(r: &StoreReport) {
         ("expired", r.expired),
         ("capped", r.capped),
         ("consent", r.consents),
+        ("consent_capped", r.consents_capped),
     ] {
         metrics::counter!(m::CREDENTIALS_STORED, "result" => result).increment(n);
     }

@@ -48,7 +48,8 @@ pub fn describe() {
     );
     describe_counter!(
         CREDENTIALS_STORED,
-        "Credentials of good uploads, by what the bank did (added, duplicate, spent, capped)"
+        "Credentials of good uploads, by what became of them (added, known, expired, capped, \
+         consent, consent_capped, unknown_template)"
     );
     describe_counter!(
         REJECTED,
