@@ -10,7 +10,12 @@
 //!   Target: ≤ 64 bytes per hex formId;
 //! - the same users × 3 prepayIds of 36 characters (like WeChat's), 3 uses each;
 //! - the same users × 3 templates (43-character ids, like WeChat's) with one consent each:
-//!   the user's consent hash, the per-template index and the per-shard totals together.
+//!   the user's consent hash, the per-template index and the per-shard totals together;
+//! - campaign marks: the bytes one campaign leaves per user (its final outcome in the user's
+//!   marks, and the campaign's counters), and a user's marks after 30 daily campaigns: final
+//!   outcomes are kept 8 days, so 30 days of campaigns leave 9, not 30 (the 29 earlier days
+//!   are written as the scripts would have written them on those days, since Redis's clock
+//!   cannot be moved; the 30th campaign is claimed and settled for real, and prunes them).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -236,8 +241,127 @@ async fn main() {
         consents.2[1] as f64 / held,
         consents.2[2] as f64 / held
     );
+    marks(&bank, &app, users.min(50_000), now).await;
     let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
     drop(redis);
+}
+
+/// Campaign marks: the bytes per user one campaign leaves, and a user's marks after 30 daily
+/// campaigns (the earlier 29 written as their days' scripts would have, the 30th real).
+async fn marks(bank: &Bank, app: &AppId, users: usize, now: i64) {
+    use wxpush_bank::{CampaignClaim, ClaimMode, Settle};
+    let mut conn = bank.connection();
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+    let ids: Vec<OpenId> = (0..users)
+        .map(|u| OpenId::new(&open_id(u)).unwrap())
+        .collect();
+    // Each user holds enough formIds for every campaign below.
+    for chunk in ids.chunks(500) {
+        let creds: Vec<Vec<Credential>> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, _)| {
+                (0..4)
+                    .map(|k| Credential::form_id(format!("{i:016x}{k:016x}"), now + 86_400 + k))
+                    .collect()
+            })
+            .collect();
+        let reqs: Vec<StoreRequest<'_>> = chunk
+            .iter()
+            .zip(&creds)
+            .map(|(o, c)| StoreRequest {
+                app,
+                open_id: o,
+                credentials: c,
+            })
+            .collect();
+        bank.store_batch(&reqs).await.expect("store");
+    }
+    let send = |campaign: String| {
+        let ids = &ids;
+        async move {
+            for o in ids {
+                let owner = format!("bench-{campaign}");
+                let claim = bank
+                    .campaign_claim(
+                        app,
+                        o,
+                        &campaign,
+                        &owner,
+                        Duration::from_secs(30),
+                        ClaimMode::Take,
+                    )
+                    .await
+                    .expect("claim");
+                assert!(matches!(claim, CampaignClaim::Fresh(_)), "{claim:?}");
+                let done = Settle::Final {
+                    outcome: "sent",
+                    give_back: false,
+                };
+                assert!(bank
+                    .campaign_settle(app, o, &campaign, "TPL", &owner, done)
+                    .await
+                    .expect("settle"));
+            }
+        }
+    };
+    let marks_bytes = |conn: &mut redis::aio::ConnectionManager| {
+        let keys: Vec<String> = ids.iter().map(|o| bank.keys().marks(app, o)).collect();
+        let mut conn = conn.clone();
+        async move {
+            let mut total = 0i64;
+            for chunk in keys.chunks(1000) {
+                let mut pipe = redis::pipe();
+                for k in chunk {
+                    pipe.cmd("MEMORY").arg("USAGE").arg(k).arg("SAMPLES").arg(0);
+                }
+                let sizes: Vec<Option<i64>> = pipe.query_async(&mut conn).await.expect("MEMORY");
+                total += sizes.into_iter().flatten().sum::<i64>();
+            }
+            total
+        }
+    };
+    let before = used_memory(&mut conn).await;
+    send("c-one".into()).await;
+    let one = used_memory(&mut conn).await - before;
+    let marks_one = marks_bytes(&mut conn).await;
+
+    // 29 earlier days' campaigns, as their settles would have left them (days today-29 to
+    // today-1), then today's, for real.
+    let today = now / 86_400;
+    for chunk in ids.chunks(500) {
+        let mut pipe = redis::pipe();
+        for o in chunk {
+            let key = bank.keys().marks(app, o);
+            for d in 1..=29i64 {
+                pipe.hset(
+                    &key,
+                    format!("daily-{d:02}"),
+                    format!("=sent@{}", today - d),
+                )
+                .ignore();
+            }
+            pipe.hset(&key, "~p", today - 29).ignore();
+        }
+        let _: () = pipe.query_async(&mut conn).await.expect("hset");
+    }
+    let unpruned = marks_bytes(&mut conn).await;
+    send("c-today".into()).await;
+    let pruned = marks_bytes(&mut conn).await;
+    let u = users as f64;
+    println!();
+    println!("campaign marks ({users} users)");
+    println!(
+        "  one campaign: {:.1} bytes per user in all (marks {:.1}, the rest its counters)",
+        one as f64 / u,
+        marks_one as f64 / u
+    );
+    println!(
+        "  after 30 daily campaigns: {:.1} bytes of marks per user (8 days kept, and today's); \
+         {:.1} if every outcome were kept",
+        pruned as f64 / u,
+        unpruned as f64 / u
+    );
 }
 
 /// Loads `users` users with the credentials `make` gives each (500 users a round trip) on an
