@@ -788,3 +788,132 @@ async fn the_ingest_binary_stores_an_upload_of_all_three_kinds() {
     assert_eq!(index_users(bank, &env, A).await, expect);
     check_exact(bank, &env, &users, &[A, B, "TPL_BANNED"]).await;
 }
+
+/// Issue 12, case 3: fencing. An attempt whose lease ran out while it stalled (a stopped
+/// process, a long wait) and was taken over must never settle, release, give back or claim the
+/// next credential: every step after the claim names the attempt's token, and Redis refuses a
+/// token that no longer holds the lease. Today's main let the stale attempt's settle through
+/// (no owner check) and let its `next` claim another credential (a second message).
+#[tokio::test]
+async fn a_stale_attempt_can_neither_settle_nor_claim_the_next_credential() {
+    let env = TestEnv::new("kinds_fence");
+    let bank = bank(&env).await;
+    let who = user(9);
+    let now = now_ms() / 1000;
+    let creds = [
+        Credential::form_id(form_id(9, 1), now + 1000),
+        Credential::form_id(form_id(9, 2), now + 2000),
+    ];
+    bank.store(&env.app, &who, &creds).await.unwrap();
+    let claim = |owner: &'static str, lease: Duration, mode: ClaimMode| {
+        let (bank, env, who) = (&bank, &env, &who);
+        async move {
+            bank.campaign_claim(&env.app, who, "fenced", owner, lease, mode)
+                .await
+                .unwrap()
+        }
+    };
+    let short = Duration::from_millis(300);
+    assert_eq!(
+        claim("stale", short, ClaimMode::Take).await,
+        CampaignClaim::Fresh(creds[0].clone())
+    );
+    // The stale attempt's lease runs out; another attempt takes the credential over, told that
+    // a call with it may have delivered (the stale one may be inside its call).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        claim("fresh", LEASE, ClaimMode::Take).await,
+        CampaignClaim::Held {
+            credential: creds[0].clone(),
+            in_doubt: true,
+            expired: false
+        }
+    );
+    // The stale attempt wakes: nothing it does is applied.
+    let sent = Settle::Final {
+        outcome: "sent",
+        give_back: false,
+    };
+    let given_back = Settle::Final {
+        outcome: "failed:40037",
+        give_back: true,
+    };
+    for how in [sent, given_back, RELEASE, IN_DOUBT] {
+        assert!(
+            !settle(&bank, &env, &who, "fenced", "stale", how).await,
+            "{how:?}"
+        );
+    }
+    assert_eq!(
+        claim("stale", LEASE, ClaimMode::Next).await,
+        CampaignClaim::Superseded
+    );
+    assert_eq!(
+        claim("stale", LEASE, ClaimMode::Renew).await,
+        CampaignClaim::Superseded
+    );
+    // The attempt that holds the lease settles; the user's other formId was never touched.
+    let unconfirmed = Settle::Final {
+        outcome: "sent_unconfirmed",
+        give_back: false,
+    };
+    assert!(settle(&bank, &env, &who, "fenced", "fresh", unconfirmed).await);
+    assert_eq!(bank.usable_count(&env.app, &who).await.unwrap(), 1);
+    let counts = bank.campaign_counters(&env.app, "fenced").await.unwrap();
+    assert_eq!(counts.get("sent_unconfirmed"), Some(&1), "{counts:?}");
+    assert_eq!(counts.get("sent"), None, "{counts:?}");
+    // And once settled, even its own late steps are refused.
+    assert!(!settle(&bank, &env, &who, "fenced", "fresh", RELEASE).await);
+    assert_eq!(
+        claim("fresh", LEASE, ClaimMode::Renew).await,
+        CampaignClaim::Superseded
+    );
+}
+
+/// Issue 12, case 4, in the bank: a held credential's expiry is compared with Redis's clock
+/// and the safety margin whenever it is resumed, so the sender can refuse to send it again.
+#[tokio::test]
+async fn a_held_credential_says_when_it_has_expired() {
+    let mut env = TestEnv::new("kinds_held_expiry");
+    env.set("WXPUSH_CLAIM_MARGIN_SECS", "1");
+    let bank = env.deps().await.bank;
+    let who = user(10);
+    let now = now_ms() / 1000;
+    let x = Credential::form_id(form_id(10, 1), now + 3);
+    bank.store(&env.app, &who, std::slice::from_ref(&x))
+        .await
+        .unwrap();
+    let claimed = bank
+        .campaign_claim(&env.app, &who, "exp", "a", LEASE, ClaimMode::Take)
+        .await
+        .unwrap();
+    assert_eq!(claimed, CampaignClaim::Fresh(x.clone()));
+    assert!(settle(&bank, &env, &who, "exp", "a", IN_DOUBT).await);
+    let resumed = bank
+        .campaign_claim(&env.app, &who, "exp", "b", LEASE, ClaimMode::Take)
+        .await
+        .unwrap();
+    assert_eq!(
+        resumed,
+        CampaignClaim::Held {
+            credential: x.clone(),
+            in_doubt: true,
+            expired: false
+        }
+    );
+    assert!(settle(&bank, &env, &who, "exp", "b", IN_DOUBT).await);
+    // Within the margin of its expiry now.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let late = bank
+        .campaign_claim(&env.app, &who, "exp", "c", LEASE, ClaimMode::Take)
+        .await
+        .unwrap();
+    assert_eq!(
+        late,
+        CampaignClaim::Held {
+            credential: x,
+            in_doubt: true,
+            expired: true
+        }
+    );
+}
