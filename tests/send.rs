@@ -621,20 +621,28 @@ async fn a_prepay_id_whose_reply_was_lost_is_never_sent_again() {
 
 /// Issue 12, case 4. A formId held after a call whose reply was lost, and expired by the time
 /// the job is tried again: WeChat may answer 41028 for it (its order of checks is not
-/// documented), and today's main then claimed the user's next formId and sent a second message.
-/// Now an expired credential in doubt is settled `sent_unconfirmed` without a call.
+/// documented; the fake here checks expiry first), and today's main then claimed the user's
+/// next formId and sent a second message. Now an expired credential in doubt is settled
+/// `sent_unconfirmed` without a call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_credential_in_doubt_is_settled_not_replaced() {
-    let mut rig = Rig::default("send_expired_doubt").await;
+    let mut fake = fake_config();
+    fake.faults.check_expiry_first = true;
+    let mut rig = Rig::new("send_expired_doubt", fake).await;
     rig.env.set("WXPUSH_CLAIM_MARGIN_SECS", "1");
     rig.deps = rig.env.deps().await;
+    let mut jobs = Vec::new();
     for n in 0..3 {
-        // The soonest formId expires in 2.5 s (at the fake too), the next in an hour.
-        rig.give(&user(n), 1, 2).await;
+        // The soonest formId expires in 4 s (at the fake too: usable for the first call, 3 s
+        // inside the margin), the next in an hour.
+        rig.give(&user(n), 1, 4).await;
         rig.give(&user(n), 1, 3600).await;
+        // A job on its third attempt: the next waits 4 s, past the first formId's expiry.
+        let mut j = job("c-exp", &user(n));
+        j.attempt = 2;
+        jobs.push(j);
     }
-    rig.publish(&(0..3).map(|n| job("c-exp", &user(n))).collect::<Vec<_>>())
-        .await;
+    rig.publish(&jobs).await;
     let mut s = settings();
     s.quick_retries = 0;
     rig.lose_replies(1500, 1200).await;

@@ -67,6 +67,10 @@ pub struct Faults {
     /// Subscribe sends answer `47003` whatever their data, as WeChat does for content it
     /// refuses beyond the documented limits (its content checks).
     pub refuse_subscribe_data: bool,
+    /// A formId or prepay_id that is both used up and expired answers `41028` (expired)
+    /// rather than `41029` (used): WeChat's order of checks is not documented, so a sender must
+    /// be right under either.
+    pub check_expiry_first: bool,
 }
 
 impl Default for Faults {
@@ -78,6 +82,7 @@ impl Default for Faults {
             send_quota_per_sec: None,
             minute_quota: None,
             refuse_subscribe_data: false,
+            check_expiry_first: false,
         }
     }
 }

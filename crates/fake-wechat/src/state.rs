@@ -593,10 +593,14 @@ impl State {
         if cred.app != app_id || cred.open_id != b.touser {
             return Answer::err(41028, "invalid form id");
         }
+        let expired = now >= cred.expires_at_ms;
+        if expired && self.faults.check_expiry_first {
+            return Answer::err(41028, "invalid form id");
+        }
         if cred.uses >= cred.max_uses {
             return Answer::err(41029, "form id used count reach limit");
         }
-        if now >= cred.expires_at_ms {
+        if expired {
             return Answer::err(41028, "invalid form id");
         }
         cred.uses += 1;
