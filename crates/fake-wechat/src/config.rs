@@ -49,7 +49,11 @@ impl FakeApp {
     }
 }
 
-/// Failures and limits the fake injects. Probabilities are in `[0, 1]`.
+/// Failures and limits the fake injects, each modelling something a real gateway, network or
+/// WeChat does to a sender. All are off by default; a missing field in JSON is its default.
+/// Probabilities are in `[0, 1]`, HTTP statuses in `200..=599` ([`Faults::check`]).
+///
+/// The crate docs (`# Fault knobs`) say what each one models and what is recorded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Faults {
@@ -60,6 +64,9 @@ pub struct Faults {
     /// Delay added before every WeChat API answer (not the control API), in ms. The request
     /// is processed (credentials spent) *before* the delay, as a timed-out real call may be.
     pub latency_ms: u64,
+    /// A random extra delay in `[0, latencyJitterMs]` added to `latencyMs` for each answer
+    /// (drawn from the seeded RNG), so that a soak sees varied reply times.
+    pub latency_jitter_ms: u64,
     /// Sends per second and app accepted before answering 45009.
     pub send_quota_per_sec: Option<u32>,
     /// Sends per minute and app accepted before answering 45011.
@@ -71,6 +78,48 @@ pub struct Faults {
     /// rather than `41029` (used): WeChat's order of checks is not documented, so a sender must
     /// be right under either.
     pub check_expiry_first: bool,
+    /// Chance that a send WeChat *accepted* (delivered: credential or consent spent, message
+    /// counted to the user, msgid issued) loses its reply on the way back, as
+    /// [`Self::lost_reply_mode`] says. Refused sends and token calls are answered as usual.
+    pub lost_reply_probability: f64,
+    /// How a lost reply reaches the caller.
+    pub lost_reply_mode: LostReplyMode,
+    /// The HTTP status a gateway answers in place of a lost reply (`status` and `hang`
+    /// modes), with a gateway's HTML body, no WeChat JSON. Default 504.
+    pub lost_reply_status: u16,
+    /// In `hang` mode, how long after the send was judged the gateway answers
+    /// `lostReplyStatus`: longer than any client's timeout. Default 60,000 (nginx's default
+    /// `proxy_read_timeout`).
+    pub lost_reply_hang_ms: u64,
+    /// When set, every send answers this HTTP status with a gateway's HTML body, before
+    /// anything is judged: nothing processed, nothing spent, no quota counted (an outage in
+    /// front of WeChat, e.g. 503). Cleared by setting it back to `null`.
+    pub outage_status: Option<u16>,
+    /// The outage ([`Self::outage_status`]) also answers `/cgi-bin/token` and
+    /// `/cgi-bin/stable_token`: no token issued.
+    pub outage_tokens: bool,
+    /// When set, the outage ends by itself at this time (ms since the Unix epoch, the clock
+    /// of the records' `atMs`); `null`: until `outageStatus` is cleared.
+    pub outage_until_ms: Option<u64>,
+    /// Delay before `/cgi-bin/token` and `/cgi-bin/stable_token` are judged, in ms: the token
+    /// is issued (or refused) only when the delay is over, then answered (after `latencyMs`).
+    /// A caller that gives up waiting gets nothing; the token is issued all the same.
+    pub token_latency_ms: u64,
+}
+
+/// What the caller of a send gets when its reply is lost ([`Faults::lost_reply_probability`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum LostReplyMode {
+    /// `"status"`: at once (after `latencyMs`), HTTP `lostReplyStatus` with a gateway's HTML
+    /// body: a gateway 504 after WeChat delivered, the common case of a lost reply.
+    #[default]
+    Status,
+    /// `"reset"`: the connection is closed (TCP reset) without an answer, after `latencyMs`.
+    Reset,
+    /// `"hang"`: no answer for `lostReplyHangMs`, then HTTP `lostReplyStatus` with a gateway's
+    /// body; a client with a shorter timeout times out.
+    Hang,
 }
 
 impl Default for Faults {
@@ -79,11 +128,52 @@ impl Default for Faults {
             busy_probability: 0.0,
             http500_probability: 0.0,
             latency_ms: 0,
+            latency_jitter_ms: 0,
             send_quota_per_sec: None,
             minute_quota: None,
             refuse_subscribe_data: false,
             check_expiry_first: false,
+            lost_reply_probability: 0.0,
+            lost_reply_mode: LostReplyMode::Status,
+            lost_reply_status: 504,
+            lost_reply_hang_ms: 60_000,
+            outage_status: None,
+            outage_tokens: false,
+            outage_until_ms: None,
+            token_latency_ms: 0,
         }
+    }
+}
+
+impl Faults {
+    /// Refuses a probability outside `[0, 1]` and an HTTP status outside `200..=599`, naming
+    /// the field.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, p) in [
+            ("busyProbability", self.busy_probability),
+            ("http500Probability", self.http500_probability),
+            ("lostReplyProbability", self.lost_reply_probability),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(format!("{name} {p} is not within 0..=1"));
+            }
+        }
+        let statuses = [
+            ("lostReplyStatus", Some(self.lost_reply_status)),
+            ("outageStatus", self.outage_status),
+        ];
+        for (name, status) in statuses {
+            if let Some(s) = status.filter(|s| !(200..=599).contains(s)) {
+                return Err(format!("{name} {s} is not an HTTP status within 200..=599"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The outage's HTTP status if it is on at `now` (ms since the Unix epoch).
+    pub fn outage_at(&self, now: u64) -> Option<u16> {
+        self.outage_status
+            .filter(|_| self.outage_until_ms.is_none_or(|until| now < until))
     }
 }
 

@@ -46,18 +46,66 @@
 //!   `argument invalid! data.phrase3.value invalid`; then one consent for (app, openId,
 //!   template) is spent, none left → `43101`. Success answers `{"errcode":0,"errmsg":"ok",
 //!   "msgid":N}`; a template send answers `{"errcode":0,"errmsg":"ok"}`.
-//! * Check order for a send: injected HTTP 500, injected `-1`, access token, per-second quota
-//!   (`45009`), minute quota (`45011`), body, openId, template, page, then the credential
-//!   (template) or data and consent (subscribe). Nothing is spent unless the answer is `0`.
+//! * Check order for a send: outage (`outageStatus`), injected HTTP 500, injected `-1`, access
+//!   token, per-second quota (`45009`), minute quota (`45011`), body, openId, template, page,
+//!   then the credential (template) or data and consent (subscribe). Nothing is spent unless
+//!   WeChat's decision is `0`; then the message counts as delivered, whether or not the caller
+//!   gets the answer (`lostReplyProbability`).
 //!
 //! # Fault knobs ([`Faults`], at start or at runtime)
 //!
-//! `busyProbability` (errcode `-1`) and `http500Probability` apply to the two send APIs;
-//! `latencyMs` delays every WeChat API answer *after* the request was judged (so a client
-//! timing out leaves the credential spent, as a real timeout may); `sendQuotaPerSec` answers
-//! `45009` beyond that many sends per app per second; `minuteQuota` answers `45011` beyond that
-//! many per app per minute. A token outage (`token_outage`) answers `-1` on both token
-//! endpoints for a while. [`FakeConfig::seed`] makes ids and fault rolls deterministic.
+//! Set in [`FakeConfig::faults`] (JSON `"faults": {..}`) or at run time with `PUT /fake/faults`
+//! (a missing field is its default, so a `PUT` replaces every knob) or
+//! [`FakeWeChat::update_faults`]. All are off by default. Each models something real senders
+//! meet; the JSON names are stable.
+//!
+//! | knob (JSON) | default | what it does | what it models, and why |
+//! |---|---|---|---|
+//! | `busyProbability` | `0` | a send answers `{"errcode":-1}`, nothing spent | WeChat "system busy": retry with backoff |
+//! | `http500Probability` | `0` | a send answers HTTP 500 (text body), nothing spent | WeChat failing before it acted |
+//! | `latencyMs` | `0` | every WeChat API answer waits this long *after* the request was judged | a slow reply: a client that times out leaves the credential spent, as a real timeout may |
+//! | `latencyJitterMs` | `0` | adds a random `[0, jitter]` ms (seeded RNG) to `latencyMs`, per answer | varied reply times for soaks |
+//! | `sendQuotaPerSec` | `null` | sends per app beyond this many in a second answer `45009` | WeChat's quota answer |
+//! | `minuteQuota` | `null` | sends per app beyond this many in a minute answer `45011` | WeChat's minute quota |
+//! | `refuseSubscribeData` | `false` | every subscribe send answers `47003` | WeChat's content checks beyond the documented limits |
+//! | `lostReplyProbability` | `0` | a send WeChat *accepted* is delivered (credential or consent spent, counted to the user, msgid issued), then its reply is lost as `lostReplyMode` says; refused sends and token calls are answered as usual | a reply lost after WeChat acted: the case where a resend gives the user a second message, or answers `41029` for a spent formId |
+//! | `lostReplyMode` | `"status"` | `"status"`: HTTP `lostReplyStatus` with a gateway's HTML page (after `latencyMs`); `"reset"`: the TCP connection is reset without an answer (after `latencyMs`); `"hang"`: nothing for `lostReplyHangMs`, then `lostReplyStatus` | `"status"`: a gateway 504 after WeChat delivered, the common case of a lost reply; `"reset"`: a connection broken by the network or a proxy after the request went out; `"hang"`: a black-holed reply, which the caller only sees as its own timeout |
+//! | `lostReplyStatus` | `504` | the gateway status of a lost reply (`200..=599`) | 504 (gateway timeout), 502 (bad gateway), ... |
+//! | `lostReplyHangMs` | `60000` | how long a `"hang"` holds the answer | longer than any client timeout (nginx's default `proxy_read_timeout`) |
+//! | `outageStatus` | `null` | while set, every send answers this HTTP status (`200..=599`) with a gateway's HTML page *before anything is judged*: nothing processed, spent or counted toward quotas | an outage in front of WeChat (e.g. 503), on and off from the control API |
+//! | `outageTokens` | `false` | the outage also answers `/cgi-bin/token` and `/cgi-bin/stable_token` (no token issued) | the whole API down, tokens included |
+//! | `outageUntilMs` | `null` | the outage ends by itself at this time (ms since the Unix epoch, the clock of `atMs`); `null`: until `outageStatus` is cleared | an outage of known length without a second control call |
+//! | `tokenLatencyMs` | `0` | the token endpoints wait this long, *then* judge (issue the token) and answer (plus `latencyMs`); the wait runs on even if the caller leaves, so the token is issued all the same | a slow token service: with `POST /fake/tokens/revoke` (or `expire`) mid-campaign, the next fetch is slow, and a caller that gives up gets nothing while WeChat's side issued a token (a `/cgi-bin/token` one ends the previous token's life after the grace period) |
+//!
+//! Besides: a token outage (`POST /fake/token-outage`, [`FakeWeChat::token_outage`]) answers
+//! `-1` on both token endpoints for a while; [`FakeConfig::seed`] makes ids and fault rolls
+//! (busy, 500, lost reply, jitter) deterministic. `"reset"` needs the fake served by
+//! [`serve`] / [`FakeWeChat::start`] (their listener can cut a connection); a router from
+//! [`FakeWeChat::router`] served elsewhere answers HTTP 502 instead.
+//!
+//! # What is recorded ([`RequestRecord`], `GET /fake/requests`; [`Stats`], `GET /fake/stats`)
+//!
+//! Each WeChat API request gets a record saying both sides:
+//!
+//! * WeChat's side: `delivered` (the send was accepted, so the message reached the user,
+//!   whatever the caller got; `false` for token calls), `msgid` (a delivered subscribe send's
+//!   id, also when the caller never saw it), `outage` (answered by the outage, nothing judged).
+//! * What the caller got: `httpStatus` (`null` when the connection was reset), `errcode`
+//!   (`null` when the answer was not WeChat's: an injected 500, an outage, a lost reply),
+//!   `lostReply` (`"status"`, `"reset"`, `"hang"` or `null`), `latencyMs` (the injected wait
+//!   before the answer; for `"hang"`, `lostReplyHangMs`: a caller with a shorter timeout got
+//!   nothing).
+//! * When: `receivedAtMs`, when the request had arrived (read whole); `atMs`, when WeChat's side
+//!   judged it, under the fake's lock (records are in `atMs` order, and the fake's own quotas
+//!   count on this clock). **Rate checks use `atMs`**: for a send it is the arrival plus at most
+//!   a lock wait; the two differ by `tokenLatencyMs` for a token call. Both in ms since the
+//!   Unix epoch; `latencyMs` is waited after both.
+//!
+//! In [`Stats`], `sendsAccepted` and `sendsByOpenId` count *deliveries* (WeChat accepted the
+//! send), whatever the caller got, so "nobody got two messages" is
+//! `sendsByOpenId` having no value over 1 ([`FakeWeChat::users_sent_more_than`]`(1)` empty).
+//! `answersByErrcode` counts the WeChat answers callers received; lost replies are counted in
+//! `lostReplies`, outage answers in `outageAnswers`, injected 500s in `http500s`.
 //!
 //! # Control API (JSON bodies and answers, camelCase; `appId` optional = default app)
 //!
@@ -95,6 +143,7 @@
 
 mod access;
 mod config;
+mod conn;
 mod control;
 mod http;
 mod ids;
@@ -102,6 +151,7 @@ pub mod limits;
 mod record;
 mod state;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::ops::Deref;
@@ -113,7 +163,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use access::ControlAccess;
-pub use config::{FakeApp, FakeConfig, Faults, DEFAULT_APP_ID, DEFAULT_SECRET};
+pub use config::{FakeApp, FakeConfig, Faults, LostReplyMode, DEFAULT_APP_ID, DEFAULT_SECRET};
 pub use record::{Endpoint, RequestRecord, Stats};
 pub use state::FakeError;
 
@@ -297,13 +347,15 @@ impl FakeWeChat {
         self.with(|s| s.stats())
     }
 
-    /// Accepted sends to `open_id`.
+    /// Messages delivered to `open_id` (sends WeChat accepted, whatever their callers got).
     pub fn sends_to(&self, open_id: &str) -> u64 {
-        self.stats()
-            .sends_by_open_id
-            .get(open_id)
-            .copied()
-            .unwrap_or(0)
+        self.with(|s| s.sends_to(open_id))
+    }
+
+    /// The users who were delivered more than `limit` messages, with their counts: empty when
+    /// nobody got more than `limit` (`users_sent_more_than(1)`: nobody got two).
+    pub fn users_sent_more_than(&self, limit: u64) -> BTreeMap<String, u64> {
+        self.with(|s| s.users_sent_more_than(limit))
     }
 
     /// Tokens `/cgi-bin/token` issued for the app.
@@ -357,7 +409,11 @@ pub async fn serve_with_control(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let access = ControlAccess::for_listener(listener.local_addr()?, control_token);
-    axum::serve(listener, fake.router(access))
+    // The listener lets a handler cut its connection (`lostReplyMode: "reset"`).
+    let service = fake
+        .router(access)
+        .into_make_service_with_connect_info::<conn::Cut>();
+    axum::serve(conn::CutListener(listener), service)
         .with_graceful_shutdown(shutdown)
         .await
 }

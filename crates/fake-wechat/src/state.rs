@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::config::{FakeApp, FakeConfig, Faults};
+use crate::config::{FakeApp, FakeConfig, Faults, LostReplyMode};
 use crate::ids;
 use crate::limits;
 use crate::record::{Endpoint, RequestRecord, Stats};
@@ -33,18 +33,35 @@ pub enum FakeError {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Reply {
     pub status: u16,
-    pub body: Value,
+    pub body: Body,
+    /// Wait this long (ms) before answering.
     pub latency_ms: u64,
+    /// After the wait, close the connection without answering (`lostReplyMode: "reset"`).
+    pub reset: bool,
+}
+
+/// An answer's body.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Body {
+    /// WeChat's JSON.
+    Json(Value),
+    /// Not from WeChat: an injected 500's text, a gateway's HTML page.
+    Text {
+        content_type: &'static str,
+        text: String,
+    },
 }
 
 struct Answer {
     status: u16,
-    /// `None` for an injected HTTP 500.
+    /// `None` when the answer is not WeChat's (an injected HTTP 500, an outage).
     errcode: Option<i64>,
     errmsg: Cow<'static, str>,
     msgid: Option<i64>,
     /// A token answer `{"access_token", "expires_in"}` (no errcode on the wire).
     token: Option<Box<(String, u64)>>,
+    /// Answered by the outage (`outageStatus`) with a gateway's page.
+    outage: bool,
 }
 
 impl Answer {
@@ -55,6 +72,7 @@ impl Answer {
             errmsg: Cow::Borrowed(errmsg),
             msgid: None,
             token: None,
+            outage: false,
         }
     }
     fn ok() -> Self {
@@ -67,22 +85,51 @@ impl Answer {
             errmsg: Cow::Borrowed(""),
             msgid: None,
             token: None,
+            outage: false,
         }
     }
-    fn body(&self) -> Value {
+    /// The outage's answer: `status` from a gateway in front of WeChat.
+    fn outage(status: u16) -> Self {
+        Self {
+            status,
+            outage: true,
+            ..Self::http500()
+        }
+    }
+    fn body(&self) -> Body {
         if let Some(t) = &self.token {
-            return json!({ "access_token": t.0, "expires_in": t.1 });
+            return Body::Json(json!({ "access_token": t.0, "expires_in": t.1 }));
         }
         match self.errcode {
-            None => Value::String("Internal Server Error".to_owned()),
+            None if self.outage => gateway_page(self.status),
+            None => Body::Text {
+                content_type: "text/plain",
+                text: "Internal Server Error".to_owned(),
+            },
             Some(code) => {
                 let mut b = json!({ "errcode": code, "errmsg": self.errmsg });
                 if let Some(id) = self.msgid {
                     b["msgid"] = json!(id);
                 }
-                b
+                Body::Json(b)
             }
         }
+    }
+}
+
+/// The page a gateway (nginx, a load balancer) answers with `status` instead of WeChat's JSON.
+fn gateway_page(status: u16) -> Body {
+    let reason = axum::http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    Body::Text {
+        content_type: "text/html",
+        text: format!(
+            "<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n<center><h1>\
+             {status} {reason}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n\
+             </html>\r\n"
+        ),
     }
 }
 
@@ -165,6 +212,26 @@ pub(crate) struct TemplateBody {
     data: Option<Value>,
 }
 
+/// Which API was called, when, and whether it asked `force_refresh`, for its record.
+struct Call {
+    endpoint: Endpoint,
+    /// When it arrived, and when it was judged (ms since the Unix epoch).
+    received: u64,
+    now: u64,
+    forced: bool,
+}
+
+impl Call {
+    fn new(endpoint: Endpoint, received: u64, now: u64) -> Self {
+        Self {
+            endpoint,
+            received,
+            now,
+            forced: false,
+        }
+    }
+}
+
 /// What a request named, for its record.
 #[derive(Default, Clone, Copy)]
 struct Named<'a> {
@@ -219,6 +286,8 @@ pub(crate) struct State {
     sends_by_open_id: HashMap<String, u64>,
     answers_by_errcode: BTreeMap<i64, u64>,
     http500s: u64,
+    lost_replies: u64,
+    outage_answers: u64,
     msgids_issued: u64,
 }
 
@@ -233,6 +302,7 @@ const CHINA_OFFSET_MS: u64 = 8 * 3_600_000;
 impl State {
     pub fn new(config: FakeConfig) -> Result<Self, FakeError> {
         let first = config.apps.first().ok_or(FakeError::NoApps)?;
+        config.faults.check().map_err(FakeError::BadRequest)?;
         let rng = match config.seed {
             Some(s) => fastrand::Rng::with_seed(s),
             None => fastrand::Rng::new(),
@@ -257,6 +327,8 @@ impl State {
             sends_by_open_id: HashMap::new(),
             answers_by_errcode: BTreeMap::new(),
             http500s: 0,
+            lost_replies: 0,
+            outage_answers: 0,
             msgids_issued: 0,
             initial: config,
         })
@@ -264,14 +336,16 @@ impl State {
 
     // ----- the WeChat API -------------------------------------------------------------------
 
-    /// `GET /cgi-bin/token`.
+    /// `GET /cgi-bin/token`, arrived at `received`, judged at `now`.
     pub fn token(
         &mut self,
         grant_type: Option<&str>,
         appid: Option<&str>,
         secret: Option<&str>,
+        received: u64,
         now: u64,
     ) -> Reply {
+        let call = Call::new(Endpoint::Token, received, now);
         let answer = self.check_token_request(grant_type, appid, secret, now);
         let answer = match answer {
             Err(a) => a,
@@ -289,16 +363,22 @@ impl State {
                 token_answer(token, lifetime)
             }
         };
-        self.finish(Endpoint::Token, appid, Named::default(), answer, now)
+        self.finish(call, appid, Named::default(), answer)
     }
 
-    /// `POST /cgi-bin/stable_token`.
-    pub fn stable_token(&mut self, body: Result<StableTokenBody, String>, now: u64) -> Reply {
+    /// `POST /cgi-bin/stable_token`, arrived at `received`, judged at `now`.
+    pub fn stable_token(
+        &mut self,
+        body: Result<StableTokenBody, String>,
+        received: u64,
+        now: u64,
+    ) -> Reply {
+        let mut call = Call::new(Endpoint::StableToken, received, now);
         let body = match body {
             Ok(b) => b,
             Err(detail) => {
                 let a = with_detail(Answer::err(47001, "data format error"), detail);
-                return self.finish(Endpoint::StableToken, None, Named::default(), a, now);
+                return self.finish(call, None, Named::default(), a);
             }
         };
         let checked = self.check_token_request(
@@ -315,8 +395,8 @@ impl State {
             },
         };
         let appid = Some(body.appid.as_str()).filter(|a| !a.is_empty());
-        let forced = body.force_refresh;
-        self.finish_forced(Endpoint::StableToken, appid, answer, forced, now)
+        call.forced = body.force_refresh;
+        self.finish(call, appid, Named::default(), answer)
     }
 
     /// WeChat's limits on `force_refresh: true`: `Err(45009)` past 20 calls in the (China) day;
@@ -379,13 +459,15 @@ impl State {
         token_answer(token, left)
     }
 
-    /// `POST /cgi-bin/message/wxopen/template/send`.
+    /// `POST /cgi-bin/message/wxopen/template/send`, arrived at `received`, judged at `now`.
     pub fn template_send(
         &mut self,
         token: Option<&str>,
         body: Result<TemplateBody, String>,
+        received: u64,
         now: u64,
     ) -> Reply {
+        let call = Call::new(Endpoint::TemplateSend, received, now);
         let (app_id, answer) = match self.send_prelude(token, now) {
             Err((app, a)) => (app, a),
             Ok(app_id) => {
@@ -405,22 +487,18 @@ impl State {
             form_id: b.map(|b| b.form_id.as_str()),
             data: b.and_then(|b| b.data.as_ref()),
         };
-        self.finish(
-            Endpoint::TemplateSend,
-            app_id.as_deref(),
-            named,
-            answer,
-            now,
-        )
+        self.finish(call, app_id.as_deref(), named, answer)
     }
 
-    /// `POST /cgi-bin/message/subscribe/send`.
+    /// `POST /cgi-bin/message/subscribe/send`, arrived at `received`, judged at `now`.
     pub fn subscribe_send(
         &mut self,
         token: Option<&str>,
         body: Result<SubscribeBody, String>,
+        received: u64,
         now: u64,
     ) -> Reply {
+        let call = Call::new(Endpoint::SubscribeSend, received, now);
         let (app_id, answer) = match self.send_prelude(token, now) {
             Err((app, a)) => (app, a),
             Ok(app_id) => {
@@ -440,13 +518,7 @@ impl State {
             form_id: None,
             data: b.and_then(|b| b.data.as_ref()),
         };
-        self.finish(
-            Endpoint::SubscribeSend,
-            app_id.as_deref(),
-            named,
-            answer,
-            now,
-        )
+        self.finish(call, app_id.as_deref(), named, answer)
     }
 
     fn check_token_request(
@@ -456,6 +528,13 @@ impl State {
         secret: Option<&str>,
         now: u64,
     ) -> Result<String, Answer> {
+        if let Some(status) = self
+            .faults
+            .outage_at(now)
+            .filter(|_| self.faults.outage_tokens)
+        {
+            return Err(Answer::outage(status));
+        }
         if now < self.token_fail_until_ms {
             return Err(Answer::err(-1, "system error"));
         }
@@ -502,6 +581,9 @@ impl State {
         token: Option<&str>,
         now: u64,
     ) -> Result<String, (Option<String>, Answer)> {
+        if let Some(status) = self.faults.outage_at(now) {
+            return Err((None, Answer::outage(status)));
+        }
         if self.faults.http500_probability > 0.0 && self.rng.f64() < self.faults.http500_probability
         {
             return Err((None, Answer::http500()));
@@ -665,58 +747,83 @@ impl State {
         }
     }
 
-    /// [`Self::finish`] for a token request, recording whether it asked `force_refresh`.
-    fn finish_forced(
-        &mut self,
-        endpoint: Endpoint,
-        app_id: Option<&str>,
-        answer: Answer,
-        forced: bool,
-        now: u64,
-    ) -> Reply {
-        let recorded = self.records.len();
-        let reply = self.finish(endpoint, app_id, Named::default(), answer, now);
-        if let Some(r) = self.records.get_mut(recorded) {
-            r.forced = forced;
-        }
-        reply
-    }
-
-    #[allow(clippy::too_many_arguments)]
+    /// Counts and records the request, and decides how the caller gets `answer`: a delivered
+    /// send may lose its reply (`lostReplyProbability`); every answer waits the injected
+    /// latency.
     fn finish(
         &mut self,
-        endpoint: Endpoint,
+        call: Call,
         app_id: Option<&str>,
         named: Named<'_>,
         answer: Answer,
-        now: u64,
     ) -> Reply {
         self.requests += 1;
-        match answer.errcode {
-            Some(c) => *self.answers_by_errcode.entry(c).or_insert(0) += 1,
-            None => self.http500s += 1,
+        let is_send = matches!(
+            call.endpoint,
+            Endpoint::TemplateSend | Endpoint::SubscribeSend
+        );
+        let delivered = is_send && answer.errcode == Some(0);
+        let p = self.faults.lost_reply_probability;
+        let lost =
+            (delivered && p > 0.0 && self.rng.f64() < p).then_some(self.faults.lost_reply_mode);
+        let jitter = self.faults.latency_jitter_ms;
+        let mut latency_ms = self.faults.latency_ms;
+        if jitter > 0 {
+            latency_ms += self.rng.u64(0..=jitter);
+        }
+        let mut reply = Reply {
+            status: answer.status,
+            body: answer.body(),
+            latency_ms,
+            reset: false,
+        };
+        let mut errcode = answer.errcode;
+        let mut http_status = Some(answer.status);
+        if let Some(mode) = lost {
+            self.lost_replies += 1;
+            errcode = None;
+            let status = self.faults.lost_reply_status;
+            reply.status = status;
+            reply.body = gateway_page(status);
+            http_status = Some(status);
+            match mode {
+                LostReplyMode::Status => {}
+                LostReplyMode::Reset => {
+                    reply.reset = true;
+                    http_status = None;
+                }
+                LostReplyMode::Hang => reply.latency_ms = self.faults.lost_reply_hang_ms,
+            }
+        } else if answer.outage {
+            self.outage_answers += 1;
+        } else if let Some(c) = answer.errcode {
+            *self.answers_by_errcode.entry(c).or_insert(0) += 1;
+        } else {
+            self.http500s += 1;
         }
         if self.records.len() < self.initial.max_recorded_requests {
             self.records.push(RequestRecord {
-                at_ms: now,
-                endpoint,
+                at_ms: call.now,
+                received_at_ms: call.received,
+                endpoint: call.endpoint,
                 app_id: app_id.map(str::to_owned),
                 touser: named.touser.map(str::to_owned),
                 template_id: named.template_id.map(str::to_owned),
                 form_id: named.form_id.map(str::to_owned),
                 data: named.data.cloned(),
-                errcode: answer.errcode,
-                http_status: answer.status,
-                forced: false,
+                delivered,
+                msgid: answer.msgid,
+                errcode,
+                http_status,
+                lost_reply: lost,
+                outage: answer.outage,
+                latency_ms: reply.latency_ms,
+                forced: call.forced,
             });
         } else {
             self.dropped_records += 1;
         }
-        Reply {
-            status: answer.status,
-            body: answer.body(),
-            latency_ms: self.faults.latency_ms,
-        }
+        reply
     }
 
     // ----- the control API ------------------------------------------------------------------
@@ -839,15 +946,14 @@ impl State {
     }
 
     pub fn set_faults(&mut self, faults: Faults) -> Result<(), FakeError> {
-        for p in [faults.busy_probability, faults.http500_probability] {
-            if !(0.0..=1.0).contains(&p) {
-                return Err(FakeError::BadRequest(format!(
-                    "probability {p} is not within 0..=1"
-                )));
-            }
-        }
+        faults.check().map_err(FakeError::BadRequest)?;
         self.faults = faults;
         Ok(())
+    }
+
+    /// How long token calls wait before they are judged (`tokenLatencyMs`).
+    pub fn token_latency_ms(&self) -> u64 {
+        self.faults.token_latency_ms
     }
 
     pub fn token_outage(&mut self, for_ms: u64, now: u64) {
@@ -891,6 +997,18 @@ impl State {
             .unwrap_or_default()
     }
 
+    pub fn sends_to(&self, open_id: &str) -> u64 {
+        self.sends_by_open_id.get(open_id).copied().unwrap_or(0)
+    }
+
+    pub fn users_sent_more_than(&self, limit: u64) -> BTreeMap<String, u64> {
+        self.sends_by_open_id
+            .iter()
+            .filter(|(_, n)| **n > limit)
+            .map(|(k, n)| (k.clone(), *n))
+            .collect()
+    }
+
     pub fn stats(&self) -> Stats {
         let per_app = |f: fn(&App) -> u64| {
             self.apps
@@ -910,6 +1028,8 @@ impl State {
                 .collect(),
             answers_by_errcode: self.answers_by_errcode.clone(),
             http500s: self.http500s,
+            lost_replies: self.lost_replies,
+            outage_answers: self.outage_answers,
             token_fetches: per_app(|a| a.token_fetches),
             stable_token_fetches: per_app(|a| a.stable_fetches),
             stable_token_forced: per_app(|a| a.stable_forced),

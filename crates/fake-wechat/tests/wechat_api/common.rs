@@ -144,3 +144,68 @@ pub async fn send_json(h: &FakeHandle, method: &str, path: &str, body: &str) -> 
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
 }
+
+/// What a raw HTTP call got: the status, the content type and the body text.
+#[derive(Debug)]
+pub struct RawAnswer {
+    pub status: u16,
+    pub content_type: String,
+    pub text: String,
+}
+
+/// POSTs `body` to `path` on the fake with a plain HTTP client (no retries, no
+/// classification) and a `timeout`: the answer, or the transport error.
+pub async fn raw_post(
+    h: &FakeHandle,
+    path: &str,
+    body: &Value,
+    timeout: Duration,
+) -> Result<RawAnswer, reqwest::Error> {
+    let r = http()
+        .post(format!("{}{path}", h.base_url()))
+        .timeout(timeout)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await?;
+    let status = r.status().as_u16();
+    let content_type = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let text = r.text().await?;
+    Ok(RawAnswer {
+        status,
+        content_type,
+        text,
+    })
+}
+
+/// A template send of `form_id` to `to` over raw HTTP, with a 5 s timeout.
+pub async fn raw_template_send(
+    h: &FakeHandle,
+    token: &str,
+    to: &str,
+    form_id: &str,
+) -> Result<RawAnswer, reqwest::Error> {
+    let body = json!({"touser": to, "template_id": TPL, "form_id": form_id,
+                      "data": {"keyword1": {"value": "339208499"}}});
+    let path = format!("/cgi-bin/message/wxopen/template/send?access_token={token}");
+    raw_post(h, &path, &body, Duration::from_secs(5)).await
+}
+
+/// Polls `check` every 20 ms until it holds or `within` has passed; whether it held.
+pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if check() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -312,3 +312,54 @@ fn the_control_access_rule_and_its_debug_form() {
     assert_eq!(on("10.1.2.3:8089", Some("s3cret")), "Token(***)");
     assert_eq!(on("127.0.0.1:8089", Some("s3cret")), "Token(***)");
 }
+
+#[tokio::test]
+async fn every_fault_knob_by_its_json_name_at_start_and_over_http() {
+    let knobs = json!({
+        "busyProbability": 0.0, "http500Probability": 0.0, "latencyMs": 1,
+        "latencyJitterMs": 2, "sendQuotaPerSec": 3, "minuteQuota": 4,
+        "refuseSubscribeData": true, "lostReplyProbability": 0.5, "lostReplyMode": "hang",
+        "lostReplyStatus": 502, "lostReplyHangMs": 7, "outageStatus": 503,
+        "outageTokens": true, "outageUntilMs": 8, "tokenLatencyMs": 9,
+        "checkExpiryFirst": true
+    });
+    let cfg: wxpush_fake_wechat::FakeConfig =
+        serde_json::from_value(json!({"apps": [{"appId": APP, "secret": SECRET}],
+                                      "faults": knobs}))
+        .expect("a FakeConfig");
+    let f = &cfg.faults;
+    assert_eq!(
+        (
+            f.latency_ms,
+            f.latency_jitter_ms,
+            f.send_quota_per_sec,
+            f.minute_quota
+        ),
+        (1, 2, Some(3), Some(4))
+    );
+    assert!(f.refuse_subscribe_data && f.outage_tokens);
+    assert_eq!(f.lost_reply_probability, 0.5);
+    assert_eq!(f.lost_reply_mode, wxpush_fake_wechat::LostReplyMode::Hang);
+    assert_eq!((f.lost_reply_status, f.lost_reply_hang_ms), (502, 7));
+    assert_eq!((f.outage_status, f.outage_until_ms), (Some(503), Some(8)));
+    assert_eq!(f.token_latency_ms, 9);
+    assert!(f.check_expiry_first);
+    let h = start(cfg).await;
+    assert_eq!(get_json(&h, "/fake/faults").await, (200, knobs.clone()));
+
+    // A PUT replaces every knob: the missing ones are back to their defaults (off).
+    let (status, _) = send_json(&h, "PUT", "/fake/faults", r#"{"tokenLatencyMs": 5}"#).await;
+    assert_eq!(status, 200);
+    let (_, got) = get_json(&h, "/fake/faults").await;
+    assert_eq!(
+        got,
+        json!({
+            "busyProbability": 0.0, "http500Probability": 0.0, "latencyMs": 0,
+            "latencyJitterMs": 0, "sendQuotaPerSec": null, "minuteQuota": null,
+            "refuseSubscribeData": false, "lostReplyProbability": 0.0,
+            "lostReplyMode": "status", "lostReplyStatus": 504, "lostReplyHangMs": 60000,
+            "outageStatus": null, "outageTokens": false, "outageUntilMs": null,
+            "tokenLatencyMs": 5, "checkExpiryFirst": false
+        })
+    );
+}

@@ -41,7 +41,7 @@ async fn http_500_is_an_unknown_outcome_though_the_fake_spent_nothing() {
     assert!(matches!(out, Outcome::Unknown { .. }), "{out:?}");
     assert_eq!(h.consents_left(None, "oUser1", SUB_TPL), Ok(1));
     assert_eq!(h.stats().http500s, 1);
-    assert_eq!(h.requests().last().map(|r| r.http_status), Some(500));
+    assert_eq!(h.requests().last().map(|r| r.http_status), Some(Some(500)));
 }
 
 #[tokio::test]
@@ -152,4 +152,51 @@ async fn probabilities_outside_0_1_are_refused() {
     assert!(h.update_faults(|x| x.busy_probability = 1.5).is_err());
     assert!(h.update_faults(|x| x.http500_probability = -0.1).is_err());
     assert_eq!(h.faults(), Faults::default());
+}
+
+#[tokio::test]
+async fn latency_jitter_varies_each_answer_within_its_bound() {
+    let (h, c, t) = ready().await;
+    let ids = h.issue_form_ids(None, "oUser1", 12, None).expect("issue");
+    h.update_faults(|x| {
+        x.latency_ms = 20;
+        x.latency_jitter_ms = 100;
+    })
+    .expect("faults");
+    let mut elapsed = Vec::new();
+    for id in &ids {
+        let started = std::time::Instant::now();
+        assert!(c
+            .send_template(&t.token, &template("oUser1", id))
+            .await
+            .is_sent());
+        elapsed.push(started.elapsed());
+    }
+    let records: Vec<_> = h.requests().into_iter().skip(1).collect();
+    let delays: Vec<u64> = records.iter().map(|r| r.latency_ms).collect();
+    assert!(delays.iter().all(|d| (20..=120).contains(d)), "{delays:?}");
+    assert!(
+        delays.iter().any(|d| *d != delays[0]),
+        "jitter varies: {delays:?}"
+    );
+    for (d, e) in delays.iter().zip(&elapsed) {
+        assert!(*e >= Duration::from_millis(*d), "answered after its delay");
+    }
+}
+
+#[tokio::test]
+async fn records_say_when_a_send_arrived_and_when_it_was_judged_in_order() {
+    let (h, c, t) = ready().await;
+    let ids = h.issue_form_ids(None, "oUser1", 5, None).expect("issue");
+    for id in &ids {
+        assert!(c
+            .send_template(&t.token, &template("oUser1", id))
+            .await
+            .is_sent());
+    }
+    let r = h.requests();
+    assert!(r
+        .iter()
+        .all(|r| r.received_at_ms > 1_600_000_000_000 && r.received_at_ms <= r.at_ms));
+    assert!(r.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
 }

@@ -4,6 +4,8 @@
 mod common;
 mod control_api;
 mod faults;
+mod lost_reply;
+mod outage;
 mod redaction;
 mod subscribe;
 mod template;

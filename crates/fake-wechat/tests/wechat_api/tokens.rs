@@ -328,3 +328,53 @@ async fn a_revoked_stable_token_is_answered_until_force_refresh_replaces_it() {
         .await
         .is_sent());
 }
+
+#[tokio::test]
+async fn token_latency_issues_the_token_only_when_answering_and_a_caller_that_gave_up_gets_nothing()
+{
+    let (h, c, t) = ready().await;
+    let f = h.issue_form_ids(None, "oUser1", 2, None).expect("issue");
+    // Mid-campaign: every token revoked, and the next fetch is slow.
+    assert_eq!(h.revoke_tokens(None), Ok(1));
+    let out = c.send_template(&t.token, &template("oUser1", &f[0])).await;
+    assert_eq!(out, Outcome::BadToken { code: 40001 });
+    let (status, body) = send_json(&h, "PUT", "/fake/faults", r#"{"tokenLatencyMs": 2000}"#).await;
+    assert_eq!(status, 200, "{body}");
+
+    let impatient = client_with_timeout(&h, Duration::from_millis(200));
+    let e = impatient
+        .fetch_token(&app(), &secret())
+        .await
+        .expect_err("gave up waiting");
+    assert!(e.is_transient(), "{e:?}");
+    assert_eq!(
+        h.token_fetches(APP),
+        1,
+        "not issued while the caller waited"
+    );
+    assert_eq!(h.requests().len(), 2, "not judged yet");
+
+    // WeChat's side issues it when the delay is over, though nobody is listening.
+    assert!(eventually(Duration::from_secs(10), || h.token_fetches(APP) == 2).await);
+    let r = h.requests().pop().expect("the slow fetch's record");
+    assert_eq!((r.endpoint, r.errcode), (Endpoint::Token, Some(0)));
+    assert!(
+        r.at_ms >= r.received_at_ms + 2_000,
+        "judged after the delay: {r:?}"
+    );
+
+    // A patient caller gets its token after the delay, and it sends.
+    h.update_faults(|x| x.token_latency_ms = 300)
+        .expect("faults");
+    let started = std::time::Instant::now();
+    let s = c
+        .fetch_stable_token(&app(), &secret(), false)
+        .await
+        .expect("stable token after the delay");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let r = h.requests().pop().expect("record");
+    assert_eq!(r.endpoint, Endpoint::StableToken);
+    assert!(r.at_ms >= r.received_at_ms + 300, "{r:?}");
+    let out = c.send_template(&s.token, &template("oUser1", &f[1])).await;
+    assert!(out.is_sent(), "{out:?}");
+}
