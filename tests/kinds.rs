@@ -917,3 +917,102 @@ async fn a_held_credential_says_when_it_has_expired() {
         }
     );
 }
+
+/// `wxpush campaign retry`, in the bank: only a recipient settled `dead_lettered` (certainly
+/// not delivered, credential given back) is made sendable again, with the campaign's counters
+/// moved from `dead_lettered` to `requeued`; a recipient with any other outcome is never
+/// listed or reset; a run that dies before publishing lists the recipient again.
+#[tokio::test]
+async fn only_dead_lettered_recipients_are_made_sendable_again() {
+    let env = TestEnv::new("kinds_requeue");
+    let bank = bank(&env).await;
+    let now = now_ms() / 1000;
+    let (dead, sent, listed_by_hand) = (user(20), user(21), user(22));
+    for (n, who) in [(20, &dead), (21, &sent), (22, &listed_by_hand)] {
+        let c = Credential::form_id(form_id(n, 1), now + 1000);
+        bank.store(&env.app, who, &[c]).await.unwrap();
+        let claimed = bank
+            .campaign_claim(&env.app, who, "rq", "a", LEASE, ClaimMode::Take)
+            .await
+            .unwrap();
+        assert!(matches!(claimed, CampaignClaim::Fresh(_)), "{claimed:?}");
+    }
+    let dead_lettered = Settle::Final {
+        outcome: "dead_lettered",
+        give_back: true,
+    };
+    let was_sent = Settle::Final {
+        outcome: "sent",
+        give_back: false,
+    };
+    assert!(settle(&bank, &env, &dead, "rq", "a", dead_lettered).await);
+    assert!(settle(&bank, &env, &sent, "rq", "a", was_sent).await);
+    assert!(settle(&bank, &env, &listed_by_hand, "rq", "a", was_sent).await);
+    // A sent recipient listed by mistake (or by a bug elsewhere) is still never reset.
+    let shard = wxpush_bank::keys::shard_of(&listed_by_hand);
+    let mut conn = bank.connection();
+    let _: i64 = redis::cmd("SADD")
+        .arg(bank.keys().campaign_retryable(&env.app, shard, "rq"))
+        .arg(listed_by_hand.as_str())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        bank.campaign_retryable_count(&env.app, "rq").await.unwrap(),
+        2
+    );
+
+    let mut to_publish = Vec::new();
+    let mut skipped = 0;
+    for shard in 0..wxpush_bank::SHARDS {
+        let page = bank
+            .campaign_requeue_page(&env.app, shard, "rq", 0)
+            .await
+            .unwrap();
+        assert_eq!(page.next, None);
+        skipped += page.skipped;
+        to_publish.extend(page.users.into_iter().map(|u| (shard, u)));
+    }
+    assert_eq!(
+        to_publish,
+        vec![(wxpush_bank::keys::shard_of(&dead), dead.clone())]
+    );
+    assert_eq!(skipped, 1, "the sent recipient is taken off the list");
+    let counts = bank.campaign_counters(&env.app, "rq").await.unwrap();
+    assert_eq!(counts.get("dead_lettered"), Some(&0), "{counts:?}");
+    assert_eq!(counts.get("requeued"), Some(&1), "{counts:?}");
+    assert_eq!(counts.get("sent"), Some(&2), "{counts:?}");
+
+    // The run died before publishing: the next run lists the recipient again, counting nothing
+    // twice.
+    let shard = wxpush_bank::keys::shard_of(&dead);
+    let again = bank
+        .campaign_requeue_page(&env.app, shard, "rq", 0)
+        .await
+        .unwrap();
+    assert_eq!(again.users, vec![dead.clone()]);
+    let counts = bank.campaign_counters(&env.app, "rq").await.unwrap();
+    assert_eq!(counts.get("requeued"), Some(&1), "{counts:?}");
+    // Published: off the list. The new job claims the credential given back, and is sent.
+    bank.campaign_requeued(&env.app, shard, "rq", std::slice::from_ref(&dead))
+        .await
+        .unwrap();
+    assert_eq!(
+        bank.campaign_retryable_count(&env.app, "rq").await.unwrap(),
+        0
+    );
+    let claimed = bank
+        .campaign_claim(&env.app, &dead, "rq", "b", LEASE, ClaimMode::Take)
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed,
+        CampaignClaim::Fresh(Credential::form_id(form_id(20, 1), now + 1000))
+    );
+    // A sent recipient's mark is untouched: its next job is a duplicate.
+    let dup = bank
+        .campaign_claim(&env.app, &sent, "rq", "b", LEASE, ClaimMode::Take)
+        .await
+        .unwrap();
+    assert_eq!(dup, CampaignClaim::Done("sent".into()));
+}

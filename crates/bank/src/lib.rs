@@ -34,6 +34,7 @@ mod consent;
 pub mod keys;
 pub mod member;
 mod reachable;
+mod requeue;
 mod scripts;
 
 use std::time::Duration;
@@ -48,6 +49,7 @@ pub use campaign::{CampaignClaim, ClaimMode, Settle};
 pub use consent::CONSENT_TTL_SECS;
 pub use keys::{Keys, SHARDS};
 pub use reachable::{ReachableCursor, ReachablePage};
+pub use requeue::{RequeuePage, REQUEUE_PAGE};
 
 /// What can go wrong talking to the bank.
 #[derive(Debug, thiserror::Error)]

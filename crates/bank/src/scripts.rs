@@ -40,6 +40,7 @@ pub(crate) struct Scripts {
     pub(crate) store_consents: BankScript,
     pub(crate) clear_consents: BankScript,
     pub(crate) campaign_claim_consent: BankScript,
+    pub(crate) campaign_requeue: BankScript,
 }
 
 pub(crate) fn get() -> &'static Scripts {
@@ -62,6 +63,10 @@ pub(crate) fn get() -> &'static Scripts {
             include_str!("lua/campaign_marks.lua"),
             include_str!("lua/campaign_claim_consent.lua")
         )),
+        campaign_requeue: BankScript::new(concat!(
+            include_str!("lua/campaign_marks.lua"),
+            include_str!("lua/campaign_requeue.lua")
+        )),
     })
 }
 
@@ -83,6 +88,7 @@ impl Scripts {
             &self.store_consents,
             &self.clear_consents,
             &self.campaign_claim_consent,
+            &self.campaign_requeue,
         ] {
             s.script.prepare_invoke().load_async(conn).await?;
         }

@@ -42,6 +42,12 @@ pub const DEFAULT_SEND_CONCURRENCY: usize = 64;
 pub const DEFAULT_SEND_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
 /// The longest wait between two attempts of a send job: 15 minutes.
 pub const DEFAULT_SEND_RETRY_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(900);
+/// The longest retry budget: a credential lives at most 7 days, and a campaign's marks keep a
+/// recipient's outcome 8 days, so a job still retrying later could no longer be told from a
+/// duplicate of one already settled.
+pub const MAX_SEND_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
+/// The longest wait between retries: the longest delay queue (1 hour).
+pub const MAX_SEND_RETRY_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(3600);
 pub const DEFAULT_QUOTA_COOLDOWN_SECS: u64 = 3600;
 pub const DEFAULT_DISPATCH_PAGE_SIZE: usize = 1000;
 /// Where `/healthz`, `/readyz` and `/metrics` are served (port 9464, Prometheus exporters').
@@ -377,11 +383,13 @@ impl RawConfig {
                 "WXPUSH_SEND_RETRY_FOR",
                 self.send_retry_for,
                 DEFAULT_SEND_RETRY_FOR,
+                MAX_SEND_RETRY_FOR,
             )?,
             send_retry_max_delay: duration(
                 "WXPUSH_SEND_RETRY_MAX_DELAY",
                 self.send_retry_max_delay,
                 DEFAULT_SEND_RETRY_MAX_DELAY,
+                MAX_SEND_RETRY_MAX_DELAY,
             )?,
             quota_cooldown_secs: number(
                 "WXPUSH_QUOTA_COOLDOWN_SECS",
@@ -594,10 +602,22 @@ pub fn http_addr(given: Option<String>) -> Result<Option<HttpAddr>, ConfigError>
 }
 
 /// A duration: whole seconds, or a number with `ms`, `s`, `m`, `h` or `d` (`6h`, `90s`).
+/// `7d`, `1h`, `90s`: the largest whole unit.
+fn human(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        _ if s.is_multiple_of(86_400) => format!("{}d", s / 86_400),
+        _ if s.is_multiple_of(3600) => format!("{}h", s / 3600),
+        _ if s.is_multiple_of(60) => format!("{}m", s / 60),
+        _ => format!("{s}s"),
+    }
+}
+
 fn duration(
     var: &'static str,
     given: Option<String>,
     default: std::time::Duration,
+    max: std::time::Duration,
 ) -> Result<std::time::Duration, ConfigError> {
     let Some(s) = given else {
         return Ok(default);
@@ -617,11 +637,12 @@ fn duration(
         "d" => n.checked_mul(86_400_000),
         _ => None,
     }
-    .filter(|ms| *ms > 0 && *ms <= 365 * 86_400_000)
+    .filter(|ms| *ms > 0 && u128::from(*ms) <= max.as_millis())
     .ok_or_else(|| ConfigError::Invalid {
         var,
         reason: format!(
-            "'{s}' is not a duration like 90, 90s, 30m, 6h or 1d (more than 0, at most 365 days)"
+            "'{s}' is not a duration like 90, 90s, 30m, 6h or 1d (more than 0, at most {})",
+            human(max)
         ),
     })?;
     Ok(std::time::Duration::from_millis(ms))
@@ -732,7 +753,7 @@ mod tests {
                 .unwrap();
             assert_eq!(c.send_retry_for.as_secs(), secs, "{given}");
         }
-        for bad in ["soon", "0", "6 hours", "400d", "-1h"] {
+        for bad in ["soon", "0", "6 hours", "8d", "400d", "-1h"] {
             let e = raw(&[("WXPUSH_APP_ID", "wx1"), ("WXPUSH_SEND_RETRY_FOR", bad)])
                 .validate()
                 .unwrap_err();
@@ -742,6 +763,21 @@ mod tests {
                 "{bad}: {e}"
             );
         }
+        let e = raw(&[
+            ("WXPUSH_APP_ID", "wx1"),
+            ("WXPUSH_SEND_RETRY_MAX_DELAY", "2h"),
+        ])
+        .validate()
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "WXPUSH_SEND_RETRY_MAX_DELAY is invalid: '2h' is not a duration like 90, 90s, 30m, \
+             6h or 1d (more than 0, at most 1h)"
+        );
+        let c = raw(&[("WXPUSH_APP_ID", "wx1"), ("WXPUSH_SEND_RETRY_FOR", "7d")])
+            .validate()
+            .unwrap();
+        assert_eq!(c.send_retry_for, MAX_SEND_RETRY_FOR);
     }
 
     #[test]
