@@ -2,7 +2,8 @@
 //! the same way, so the first sender to meet it marks the campaign stopped, and every sender
 //! then settles the campaign's jobs as `stopped` without calling WeChat.
 //!
-//! This module owns the stop flag's reads (cached a second per campaign) and its one write.
+//! This module owns the stop flag's reads (cached a second per campaign; between a rate permit
+//! and its call only the cache is read) and its one write.
 //! It must not decide when a campaign is stopped (the decision table does).
 
 use std::time::{Duration, Instant};
@@ -40,6 +41,17 @@ impl Sender {
             cache.insert(key, (Instant::now(), stopped));
         }
         Ok(stopped)
+    }
+
+    /// What this process last saw of the campaign's stop flag, without asking Redis (for the
+    /// moment between a rate permit and its call, where nothing but the claim may stand).
+    pub(super) fn campaign_stop_seen(&self, app: &AppId, campaign: &str) -> bool {
+        let key = crate::dispatch::record_key(self.bank.keys().namespace(), app, campaign);
+        self.stopped
+            .lock()
+            .ok()
+            .and_then(|cache| cache.get(&key).map(|(_, stopped)| *stopped))
+            .unwrap_or(false)
     }
 
     /// Marks the campaign stopped (once) with the reason, for every sender and the status.
