@@ -784,7 +784,11 @@ impl TokenStore {
         }
         self.remember_failure(&failure, remember_for);
         match current {
-            Some(token) => Ok(token),
+            Some(token) => {
+                // Still usable: served from this process's cache until the fleet asks again.
+                self.remember(&token, Instant::now() + remember_for);
+                Ok(token)
+            }
             None => Err(failure.to_error(&inner.app, remember_for)),
         }
     }

@@ -58,6 +58,9 @@ const TOKEN_WAIT: Duration = Duration::from_secs(15);
 /// The shortest fleet pause after the token endpoint failed (it may be remembered for less).
 const TOKEN_MIN_PAUSE: Duration = Duration::from_secs(1);
 
+/// How many permits an attempt leaves unused because its token was refused meanwhile.
+const MAX_TOKEN_SKIPS: u32 = 3;
+
 /// How many times in a row the fence may send an attempt back to its claim (a stalled
 /// process, a slow Redis) before the job is parked for a moment instead.
 const MAX_FENCE_TURNS: u32 = 5;
@@ -93,6 +96,7 @@ impl Sender {
         };
         let mut mode = ClaimMode::Take;
         let mut fence_turns = 0;
+        let mut token_skips = 0;
         loop {
             // 1. The token, then the permit.
             let token = match fleet.tokens.get().await {
@@ -125,8 +129,10 @@ impl Sender {
             }
             // WeChat refused this token to another job while this one waited for its permit
             // (a revoked token, say): the permit goes unused rather than on a call bound to
-            // answer 40001, and the turn starts again with the next token.
-            if !fleet.tokens.still_current(&token) {
+            // answer 40001, and the turn starts again with the next token (a few times at
+            // most: a token this process never cached is then used as it is).
+            if token_skips < MAX_TOKEN_SKIPS && !fleet.tokens.still_current(&token) {
+                token_skips += 1;
                 continue;
             }
             // 2. The claim, under this attempt's lease.
