@@ -722,7 +722,12 @@ async fn a_sender_stopped_past_its_leases_is_fenced_when_it_resumes() {
         "send",
         &[("WXPUSH_AMQP_URL", &amqp), ("WXPUSH_HTTP_ADDR", &a)],
     );
-    f.start_with("send", &[("WXPUSH_AMQP_URL", &amqp)]);
+    let other = free_addr();
+    let o = other.to_string();
+    f.start_with(
+        "send",
+        &[("WXPUSH_AMQP_URL", &amqp), ("WXPUSH_HTTP_ADDR", &o)],
+    );
     assert!(eventually(Duration::from_secs(20), || is_ready(addr)).await);
     f.fake.update_faults(|x| x.latency_ms = 3000).unwrap();
     // Two formId users, then a prepayId user, and again: RabbitMQ hands the jobs round robin
@@ -818,15 +823,25 @@ async fn a_sender_stopped_past_its_leases_is_fenced_when_it_resumes() {
         "wxpush_send_outcomes_total{outcome=\"superseded\"}",
     );
     let fenced = metric(&metrics, "wxpush_send_fenced_total");
+    // The other sender's takeovers: its claims that found a credential held by another
+    // attempt (its own calls all succeed, so it never resumes one of its own).
+    let (_, other_metrics) = http_get(other, "/metrics")
+        .await
+        .expect("the other sender answers");
+    let taken = metric(&other_metrics, "wxpush_claims_total{result=\"held\"}");
+    assert!(taken >= 1, "the other sender took leases over");
+    // Each attempt whose lease was taken over is refused at its next step (a renewed claim,
+    // a settle, a release) and ends `superseded`, whether its lease is then still running
+    // (the other sender's resend in flight) or settled already.
     assert!(
-        superseded >= 1,
-        "the resumed sender's stale attempts were refused: {superseded} superseded, \
-         {fenced} fenced on time"
+        superseded >= taken,
+        "the resumed sender's stale attempts were refused: {superseded} superseded for \
+         {taken} leases taken over, {fenced} calls fenced on time"
     );
     println!(
         "SIGSTOP for {} ms after {} requests: {} users, {} delivered once each, 0 twice; \
-         {refused_again} taken-over formIds refused (41029); the resumed sender: {superseded} \
-         attempts superseded, {fenced} calls fenced on time; counts {c:?}",
+         {taken} leases taken over, {refused_again} taken-over formIds refused (41029); the \
+         resumed sender: {superseded} attempts superseded, {fenced} calls fenced on time; counts {c:?}",
         stopped_for.as_millis(),
         requests_at_stop,
         audience.len(),
