@@ -68,12 +68,12 @@ async fn is_ready(addr: std::net::SocketAddr) -> bool {
         .is_some_and(|(s, _)| s == 200)
 }
 
-/// No formId was accepted twice by the fake WeChat.
+/// No formId was accepted twice by the fake WeChat (token calls, which answer errcode 0 too,
+/// carry none).
 fn no_form_id_twice(f: &Fleet) {
     let mut seen = HashSet::new();
     for r in f.fake.requests() {
-        if r.errcode == Some(0) {
-            let id = r.form_id.unwrap_or_default();
+        if let (Some(0), Some(id)) = (r.errcode, r.form_id) {
             assert!(seen.insert(id.clone()), "formId {id} accepted twice");
         }
     }
@@ -946,14 +946,25 @@ async fn soak_senders(secs: u64) {
     let mut config = wxpush_testkit::fleet::fake_config();
     config.max_recorded_requests = 2_000_000;
     let mut f = Fleet::with_fake("fault_soak_send", 300, 200, config).await;
+    // Retries come back within seconds, not the default quarter of an hour: a campaign whose
+    // jobs met an outage completes within the run.
+    f.env.set("WXPUSH_SEND_RETRY_MAX_DELAY", "10s");
     let forms = f.users(0, 2_000, 10).await;
     let prepays = f.prepay_users(0, 2_000, 3).await;
     let audience: Vec<&String> = forms.iter().chain(&prepays).collect();
     // A short heartbeat: a stopped sender's jobs go to the others within seconds.
     let amqp = format!("{}?heartbeat=5", amqp_url());
     let vars = [("WXPUSH_AMQP_URL", amqp.as_str())];
-    let mut senders: Vec<usize> = (0..3).map(|_| f.start_with("send", &vars)).collect();
-    let mut dispatcher = f.start("dispatch");
+    // Every role's log, read as it is written: a long-lived role that warns a lot never
+    // blocks on a full pipe, and a campaign that does not complete shows why.
+    let mut logs: BTreeMap<usize, CapturedStderr> = BTreeMap::new();
+    let mut start = |f: &mut Fleet, role: &str| {
+        let i = f.start_with(role, if role == "send" { &vars[..] } else { &[] });
+        logs.insert(i, CapturedStderr::take(&mut f.children[i]));
+        i
+    };
+    let mut senders: Vec<usize> = (0..3).map(|_| start(&mut f, "send")).collect();
+    let mut dispatcher = start(&mut f, "dispatch");
     // Stopped senders (child index) and when to resume them.
     let mut stopped: Vec<(usize, Instant)> = Vec::new();
     let mut t = SoakTally::default();
@@ -965,7 +976,17 @@ async fn soak_senders(secs: u64) {
         c
     };
     let started = Instant::now();
+    let mut said = Instant::now();
     while started.elapsed() < Duration::from_secs(secs) {
+        if said.elapsed() > Duration::from_secs(30) {
+            said = Instant::now();
+            println!(
+                "soak: {} s, campaign {} {:?}, {t:?}",
+                started.elapsed().as_secs(),
+                campaigns.len(),
+                f.counts(campaigns.last().map_or("", String::as_str)).await
+            );
+        }
         // One campaign at a time in flight, plus the next once it is done.
         let current_done = match campaigns.last() {
             Some(id) => f.complete(id).await,
@@ -989,12 +1010,12 @@ async fn soak_senders(secs: u64) {
                 stopped.retain(|(s, _)| *s != i);
                 f.kill(i);
                 t.kills += 1;
-                senders[k] = f.start_with("send", &vars);
+                senders[k] = start(&mut f, "send");
             }
             3 => {
                 f.kill(dispatcher);
                 t.kills += 1;
-                dispatcher = f.start("dispatch");
+                dispatcher = start(&mut f, "dispatch");
             }
             4..=5 => {
                 // At most two of the three stopped at once: work goes on.
@@ -1024,7 +1045,17 @@ async fn soak_senders(secs: u64) {
         .update_faults(|x| *x = wxpush_fake_wechat::Faults::default())
         .unwrap();
     for id in &campaigns {
-        f.wait_complete(id, Duration::from_secs(300)).await;
+        if !eventually(Duration::from_secs(300), || f.complete(id)).await {
+            for i in senders.iter().chain([&dispatcher]) {
+                let text = logs.get(i).map(CapturedStderr::text).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(20).collect();
+                println!(
+                    "role {i}, its last log lines (newest first):\n{}",
+                    tail.join("\n")
+                );
+            }
+            panic!("campaign {id} did not complete: {:?}", f.counts(id).await);
+        }
     }
     // Attempts of resumed senders still on the wire end within a request timeout.
     tokio::time::sleep(Duration::from_secs(6)).await;
@@ -1064,7 +1095,8 @@ async fn soak_senders(secs: u64) {
          deliveries at WeChat, {} doubles (same user, same campaign); {} SIGKILLs, {} SIGSTOPs \
          ({} longer than the 20 s lease); WeChat spells: {} lost-reply, {} slow, {} token \
          outages, {} send outages; {} replies lost after delivery; {unconfirmed_undelivered} \
-         recorded sent/sent_unconfirmed without a delivery (claimed, stopped before the call); \
+         recorded sent_unconfirmed without a delivery (a call in doubt that had not delivered: a \
+         503 outage, a kill or stop between claim and call); \
          outcome counts {totals:?}",
         started.elapsed().as_secs(),
         campaigns.len(),
@@ -1085,7 +1117,15 @@ async fn soak_senders(secs: u64) {
         doubles.is_empty(),
         "a user got two messages for one campaign: {doubles:?}"
     );
-    no_form_id_twice(&f);
+    // A formId is delivered once ever (a prepayId up to three times, once per campaign).
+    let form_users: HashSet<&String> = forms.iter().collect();
+    let mut used = HashSet::new();
+    for r in f.fake.requests().into_iter().filter(|r| r.delivered) {
+        if r.touser.as_ref().is_some_and(|u| form_users.contains(u)) {
+            let id = r.form_id.unwrap_or_default();
+            assert!(used.insert(id.clone()), "formId {id} delivered twice");
+        }
+    }
     f.stop_all();
 }
 
