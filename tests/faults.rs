@@ -1063,6 +1063,35 @@ async fn soak_senders(secs: u64) {
     tokio::time::sleep(Duration::from_secs(6)).await;
 
     let per = deliveries_per_campaign(&f);
+    // Each recipient's own outcome (the campaign marks) beside WeChat's deliveries to them:
+    // `sent` is always exactly one delivery; a formId user in doubt is resent, so recorded
+    // `sent_unconfirmed` means WeChat refused the formId's second use: delivered.
+    let mut conn = f.deps.bank.connection();
+    let mut undelivered = BTreeMap::<&str, u64>::new();
+    for (kind, group) in [("formId", &forms), ("prepayId", &prepays)] {
+        for who in group {
+            let key = f
+                .deps
+                .bank
+                .keys()
+                .marks(&f.env.app, &OpenId::new(who).unwrap());
+            let marks: BTreeMap<String, String> = redis::cmd("HGETALL")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            for id in &campaigns {
+                let outcome = marks.get(id).cloned().unwrap_or_default();
+                let got = per.get(&(who.clone(), id.clone())).copied().unwrap_or(0);
+                if outcome.starts_with("=sent@") {
+                    assert_eq!(got, 1, "{who} is `sent` in {id} with {got} deliveries");
+                }
+                if outcome.starts_with("=sent_unconfirmed@") && got == 0 {
+                    *undelivered.entry(kind).or_default() += 1;
+                }
+            }
+        }
+    }
     let doubles: Vec<_> = per.iter().filter(|(_, n)| **n > 1).collect();
     let deliveries: u64 = per.values().sum();
     let stats = f.fake.stats();
@@ -1098,7 +1127,7 @@ async fn soak_senders(secs: u64) {
          ({} longer than the 20 s lease); WeChat spells: {} lost-reply, {} slow, {} token \
          outages, {} send outages; {} replies lost after delivery; {unconfirmed_undelivered} \
          recorded sent_unconfirmed without a delivery (a call in doubt that had not delivered: a \
-         503 outage, a kill or stop between claim and call); \
+         503 outage, a kill or stop between claim and call), by kind {undelivered:?}; \
          outcome counts {totals:?}",
         started.elapsed().as_secs(),
         campaigns.len(),
