@@ -302,9 +302,11 @@ async fn transient_failures_are_retried_until_sent_and_nobody_gets_two() {
     }
     rig.publish(&(0..40).map(|n| job("c4", &user(n))).collect::<Vec<_>>())
         .await;
-    let (stats, counts) = rig
-        .run_until(settings(), "c4", 40, Duration::from_secs(60))
-        .await;
+    // A call answered HTTP 500 may have delivered: its formId is resent, in doubt, no sooner
+    // than 15 s later (DOUBT_WAIT), and a user may meet several in a row.
+    let mut s = settings();
+    s.max_retry_delay = Duration::from_secs(1);
+    let (stats, counts) = rig.run_until(s, "c4", 40, Duration::from_secs(150)).await;
     assert_eq!(counts.get("sent"), Some(&40), "{counts:?}");
     assert!(
         SendStats::get(&stats.wechat_calls) > 40,
@@ -659,40 +661,123 @@ async fn an_expired_credential_in_doubt_is_settled_not_replaced() {
     }
 }
 
-/// A WeChat outage (every send answers HTTP 500, nothing carried out) longer than the 8
-/// attempts today's main gave a job: with a time budget, every recipient still gets exactly
-/// one message once WeChat is back. The formIds were held in doubt meanwhile (a 5xx may follow
-/// a delivery), so each resend is safe.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_outage_longer_than_eight_attempts_loses_nobody() {
-    let rig = Rig::default("send_outage").await;
+/// A WeChat outage longer than the 8 attempts today's main gave a job, then WeChat recovers:
+/// with a time budget, every recipient still gets exactly one message. `-1` (busy: WeChat did
+/// not carry the send out) is retried on its backoff; HTTP 500 (may have delivered) holds each
+/// formId in doubt and resends it no sooner than 15 s later, which WeChat refuses if the first
+/// call had gone out.
+async fn outage_then_recovery(name: &str, faults: fn(&mut Faults, bool), outage: Duration) {
+    let rig = Rig::default(name).await;
     for n in 0..10 {
         rig.give(&user(n), 2, 3600).await;
     }
-    rig.publish(&(0..10).map(|n| job("c-out", &user(n))).collect::<Vec<_>>())
+    rig.publish(&(0..10).map(|n| job(name, &user(n))).collect::<Vec<_>>())
         .await;
     let mut s = settings();
     s.quick_retries = 0;
     s.max_retry_delay = Duration::from_secs(1);
     rig.parts().await.default_app().tokens.get().await.unwrap();
-    rig.fake
-        .update_faults(|f| f.http500_probability = 1.0)
-        .unwrap();
+    rig.fake.update_faults(|f| faults(f, true)).unwrap();
     let fake = rig.fake.fake().clone();
-    let outage = Duration::from_secs(15);
     tokio::spawn(async move {
         tokio::time::sleep(outage).await;
-        let _ = fake.update_faults(|f| f.http500_probability = 0.0);
+        let _ = fake.update_faults(|f| faults(f, false));
     });
-    let (_, counts) = rig.run_until(s, "c-out", 10, Duration::from_secs(60)).await;
+    let (_, counts) = rig.run_until(s, name, 10, Duration::from_secs(90)).await;
     assert_eq!(counts.get("sent"), Some(&10), "{counts:?}");
-    assert!(
-        counts.get("retried").copied().unwrap_or(0) >= 10 * 8,
-        "more attempts than today's 8 per job: {counts:?}"
-    );
     let delivered = delivered_per_user(&rig.fake);
     assert_eq!(delivered.len(), 10);
     assert!(delivered.values().all(|&n| n == 1), "{delivered:?}");
+    if name.ends_with("busy") {
+        assert!(
+            counts.get("retried").copied().unwrap_or(0) >= 10 * 8,
+            "more attempts than today's 8 per job: {counts:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_eight_attempts_loses_nobody_busy() {
+    let busy = |f: &mut Faults, on: bool| f.busy_probability = if on { 1.0 } else { 0.0 };
+    outage_then_recovery("c-out-busy", busy, Duration::from_secs(15)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_of_http_500s_loses_nobody_and_doubles_nobody() {
+    let down = |f: &mut Faults, on: bool| f.http500_probability = if on { 1.0 } else { 0.0 };
+    outage_then_recovery("c-out-500", down, Duration::from_secs(20)).await;
+}
+
+/// A send job that came back unsettled 20 times (a sender crashing on it, or a recurring
+/// error) is dead-lettered unread, and its recipient still gets an outcome: settled as a spent
+/// retry budget would settle it (`dead_lettered`, the credential given back, listed for
+/// `campaign retry`), without a call. Only on the limit's own delivery: one that comes back
+/// once more (its settling crashed too) is dead-lettered without touching Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_dead_lettered_for_redeliveries_still_settles_its_recipient() {
+    let rig = Rig::default("send_redelivered").await;
+    let (limit, past, plain) = (user(0), user(1), user(2));
+    for who in [&limit, &past, &plain] {
+        rig.give(who, 2, 3600).await;
+    }
+    rig.publish(&[]).await;
+    let p = Publisher::open(&rig.deps.broker, rig.env.topology())
+        .await
+        .unwrap();
+    let q = rig.env.topology().send_queue();
+    // The broker's count of earlier deliveries (a quorum queue's x-delivery-count): 19 makes
+    // this the 20th delivery, 20 the 21st.
+    for (who, earlier) in [(&limit, Some(19)), (&past, Some(20)), (&plain, None)] {
+        let mut headers = lapin::types::FieldTable::default();
+        if let Some(n) = earlier {
+            headers.insert(
+                "x-delivery-count".into(),
+                lapin::types::AMQPValue::LongInt(n),
+            );
+        }
+        p.publish(
+            "",
+            &q,
+            &job("c-red", who).to_json(),
+            lapin::BasicProperties::default().with_headers(headers),
+        )
+        .await
+        .unwrap();
+    }
+    p.close().await;
+    let (_, counts) = rig
+        .run_until(settings(), "c-red", 2, Duration::from_secs(30))
+        .await;
+    assert_eq!(counts.get("sent"), Some(&1), "{counts:?}");
+    assert_eq!(counts.get("dead_lettered"), Some(&1), "{counts:?}");
+    assert_eq!(
+        final_count(&counts),
+        2,
+        "the 21st delivery settles nobody: {counts:?}"
+    );
+    assert_eq!(rig.left(&limit).await, 2, "its credential was given back");
+    assert_eq!(rig.left(&past).await, 2, "untouched");
+    assert_eq!(
+        rig.deps
+            .bank
+            .campaign_retryable_count(&rig.env.app, "c-red")
+            .await
+            .unwrap(),
+        1
+    );
+    let delivered = delivered_per_user(&rig.fake);
+    assert_eq!(delivered.keys().collect::<Vec<_>>(), vec![&plain]);
+    let mut dead = Vec::new();
+    let start = std::time::Instant::now();
+    while dead.len() < 2 && start.elapsed() < Duration::from_secs(10) {
+        dead.extend(rig.env.drain_dead_letters(&rig.deps.broker, "send").await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert!(
+        dead.iter().all(|(_, code, _)| code == "redelivered"),
+        "{dead:?}"
+    );
 }
 
 /// The subscribe template of the lost-reply tests.
