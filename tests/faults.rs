@@ -703,11 +703,15 @@ fn signal(f: &Fleet, i: usize, signal: &str) {
 /// and its AMQP heartbeat, so the other sender gets its jobs and takes its leases over; then
 /// resumed (SIGCONT) while the other one's resend of one of those credentials is itself in
 /// flight. WeChat answers slowly (the stopped one's calls are on the wire: WeChat delivered
-/// them, the replies wait in its sockets). Half the users hold formIds, half prepayIds.
+/// them, the replies wait in its sockets). Two users in three hold formIds, one prepayIds.
 ///
 /// Checked: no user got two messages (the fake's `delivered`); every formId user got one;
-/// every recipient has one outcome; the resumed process changed nothing (its stale attempts
-/// were refused: `superseded` in its own metrics, or its calls fenced on time).
+/// every recipient has one outcome; a taken-over formId was refused its second use and
+/// prepayIds in doubt were settled without a call; every lease the other sender took over
+/// ends `superseded` in the resumed sender (its own metrics): its stale attempt's next step
+/// (the settle or release after its call timed out) was refused. Without the settle's owner
+/// check that step goes through and this fails; the claim's owner check is not on this path
+/// (`tests/kinds.rs` checks both in Redis).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_stopped_past_its_leases_is_fenced_when_it_resumes() {
     let mut f = Fleet::new("fault_sigstop", 40, 100).await;
