@@ -263,6 +263,15 @@ impl Campaign {
     /// It does not check that `open_id` belongs to the audience (for [`Audience::All`] the
     /// recipients come from the credential bank).
     pub fn job_for(&self, open_id: &OpenId) -> Option<SendJob> {
+        let mut job = self.job_template();
+        job.open_id = open_id.as_str().to_owned();
+        Some(job)
+    }
+
+    /// The campaign's send job with an empty `openId` (attempt 0): what [`Campaign::job_for`]
+    /// fills in for each recipient. The campaign's record keeps it, so that its recipients
+    /// can be sent again later without the campaign message.
+    pub fn job_template(&self) -> SendJob {
         let (kind, data, miniprogram_state, lang) = match &self.kind {
             CampaignKind::Template { data } => (JobKind::Template, data.clone(), None, None),
             CampaignKind::Subscribe {
@@ -276,10 +285,10 @@ impl Campaign {
                 lang.clone(),
             ),
         };
-        Some(SendJob {
+        SendJob {
             campaign_id: self.campaign_id.clone(),
             app_id: self.app_id.as_ref().map(|a| a.as_str().to_owned()),
-            open_id: open_id.as_str().to_owned(),
+            open_id: String::new(),
             template_id: self.template_id.clone(),
             page: self.page.clone(),
             data,
@@ -289,7 +298,7 @@ impl Campaign {
             kind,
             miniprogram_state,
             lang,
-        })
+        }
     }
 }
 
