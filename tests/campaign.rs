@@ -352,12 +352,14 @@ async fn a_killed_dispatchers_campaign_is_taken_over_after_its_lease() {
 }
 
 /// A dispatcher stalled (SIGSTOP) past its lease while a second holds another copy: the second
-/// takes the campaign over; the first, woken, finds its lease gone and stops without writing
-/// (its checkpoints are refused), acknowledging its copy. `targeted` stays exact.
+/// takes the campaign over. The second is then stalled in turn, while it still holds the lease,
+/// and the first woken: its lease gone, it changes nothing in the record (its renewal and its
+/// checkpoint are refused) and stops, acknowledging its copy. The second, woken, finishes the
+/// campaign with `targeted` exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dispatcher_stalled_past_its_lease_stops_without_writing() {
     let mut f = Fleet::new("camp_stalled_dispatch", 100_000, 50).await;
-    let reachable = f.users(0, 3000, 1).await;
+    let reachable = f.users(0, 2000, 1).await;
     let d1 = f.start("dispatch");
     f.publish_campaign(campaign("stalled", json!({"all": true})))
         .await;
@@ -371,19 +373,29 @@ async fn a_dispatcher_stalled_past_its_lease_stops_without_writing() {
     })
     .await;
     assert!(started);
-    f.start("dispatch");
+    let d2 = f.start("dispatch");
     assert!(all_copies_taken(&f).await, "the second dispatcher waits");
     f.signal(d1, "STOP");
     let taken = eventually(DISPATCH_LEASE + Duration::from_secs(10), || async {
         lease_owner(&f, "stalled").await == 2
     })
     .await;
-    f.signal(d1, "CONT");
+    f.signal(d2, "STOP");
     assert!(taken, "taken over: {:?}", f.snapshot("stalled").await);
+    let before = f.record("stalled").await;
+    assert_eq!(before[field::STATE], DISPATCHING, "{before:?}");
+    f.signal(d1, "CONT");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = f.record("stalled").await;
+    f.signal(d2, "CONT");
+    assert_eq!(
+        before, after,
+        "the woken dispatcher, its lease taken over, wrote nothing"
+    );
     f.start("send");
     f.start("send");
     f.wait_complete("stalled", Duration::from_secs(90)).await;
-    f.check("stalled", &reachable, 3000).await;
+    f.check("stalled", &reachable, 2000).await;
     assert!(
         f.running(d1),
         "the stalled dispatcher stopped its campaign, not itself"
