@@ -273,4 +273,12 @@ async fn the_job_template_is_the_campaigns_job_without_a_recipient() {
     let stop_only = bank.record(&env.app, "no-job");
     stop_only.stop("x").await.unwrap();
     assert_eq!(stop_only.job_template().await.unwrap(), None);
+    let _: () = redis::cmd("HSET")
+        .arg(stop_only.key())
+        .arg(field::JOB)
+        .arg("{not json")
+        .query_async(&mut bank.connection())
+        .await
+        .unwrap();
+    assert!(stop_only.job_template().await.is_err(), "unreadable");
 }

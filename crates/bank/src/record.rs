@@ -448,15 +448,29 @@ impl CampaignRecord {
     }
 
     /// The campaign's send job as its dispatcher recorded it (empty openId, attempt 0), to
-    /// build jobs for its recipients later; `None` when the record or the field is missing
-    /// (a campaign recorded by an older version) or does not parse.
+    /// build jobs for its recipients later ([`SendJob::for_recipient`]); `None` when the record
+    /// or the field is missing (a campaign recorded by an older version). A field that does not
+    /// parse is an error ([`BankError::Protocol`]).
     pub async fn job_template(&self) -> Result<Option<SendJob>, BankError> {
         let job: Option<String> = redis::cmd("HGET")
             .arg(&self.key)
             .arg(field::JOB)
             .query_async(&mut self.bank.connection())
             .await?;
-        Ok(job.and_then(|j| serde_json::from_str(&j).ok()))
+        job.map(|j| parse_job_template(&j)).transpose()
+    }
+}
+
+/// The record's `job` field as a send job.
+fn parse_job_template(json: &str) -> Result<SendJob, BankError> {
+    serde_json::from_str(json)
+        .map_err(|e| BankError::Protocol(format!("the record's job template is unreadable: {e}")))
+}
+
+impl RecordSnapshot {
+    /// The send-job template in this snapshot (see [`CampaignRecord::job_template`]).
+    pub fn job_template(&self) -> Result<Option<SendJob>, BankError> {
+        self.text(field::JOB).map(parse_job_template).transpose()
     }
 }
 

@@ -72,9 +72,6 @@ const PUBLISH_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 /// The source name of the dispatch role's dead letters (queue `<ns>.dead.dispatch`).
 pub const DEAD_LETTER_SOURCE: &str = "dispatch";
 
-/// The record's key, kept here too for callers of the dispatcher's old home.
-pub use wxpush_bank::record::record_key;
-
 /// Tunables of the dispatch role.
 #[derive(Debug, Clone)]
 pub struct DispatchSettings {
@@ -324,9 +321,11 @@ impl Dispatcher {
             .fan_out(&campaign, &app, &owner, resume, stats, shutdown)
             .await;
         let progress = match progress {
-            Ok(Progress::Finished) if !owner.record.finish(&owner.lease).await? => {
-                Progress::LeaseLost
-            }
+            // The finish is fenced like every write: refused, another dispatcher owns it now.
+            Ok(Progress::Finished) => match owner.record.finish(&owner.lease).await? {
+                true => Progress::Finished,
+                false => Progress::LeaseLost,
+            },
             Ok(p) => p,
             Err(e) => {
                 // Hand the campaign back (the caller requeues the message) and let the next
