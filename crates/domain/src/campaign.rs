@@ -263,15 +263,10 @@ impl Campaign {
     /// It does not check that `open_id` belongs to the audience (for [`Audience::All`] the
     /// recipients come from the credential bank).
     pub fn job_for(&self, open_id: &OpenId) -> Option<SendJob> {
-        let mut job = self.job_template();
-        job.open_id = open_id.as_str().to_owned();
-        Some(job)
+        Some(self.job_with(open_id.as_str().to_owned()))
     }
 
-    /// The campaign's send job with an empty `openId` (attempt 0): what [`Campaign::job_for`]
-    /// fills in for each recipient. The campaign's record keeps it, so that its recipients
-    /// can be sent again later without the campaign message.
-    pub fn job_template(&self) -> SendJob {
+    fn job_with(&self, open_id: String) -> SendJob {
         let (kind, data, miniprogram_state, lang) = match &self.kind {
             CampaignKind::Template { data } => (JobKind::Template, data.clone(), None, None),
             CampaignKind::Subscribe {
@@ -288,7 +283,7 @@ impl Campaign {
         SendJob {
             campaign_id: self.campaign_id.clone(),
             app_id: self.app_id.as_ref().map(|a| a.as_str().to_owned()),
-            open_id: String::new(),
+            open_id,
             template_id: self.template_id.clone(),
             page: self.page.clone(),
             data,
@@ -299,6 +294,13 @@ impl Campaign {
             miniprogram_state,
             lang,
         }
+    }
+
+    /// The send job every recipient's job is made from, with an empty `openId`: what the
+    /// campaign record keeps so that `wxpush campaign retry` can send to a recipient again
+    /// without the campaign's message ([`SendJob::for_recipient`]).
+    pub fn job_template(&self) -> SendJob {
+        self.job_with(String::new())
     }
 }
 
@@ -1308,6 +1310,29 @@ mod tests {
         // And the sender accepts it.
         let valid = crate::job::parse_job(&job.to_json()).unwrap();
         assert_eq!(valid.job, job);
+    }
+
+    #[test]
+    fn a_job_template_made_for_a_recipient_is_that_recipients_job() {
+        for body in [
+            r##"{"campaignId":"c1","appId":"wxabc","templateId":"TPL","page":"p/i",
+                "data":{"keyword1":{"value":"x","color":"#173177"}},"audience":{"openIds":["o1"]}}"##,
+            r#"{"campaignId":"c2","kind":"subscribe","templateId":"T","lang":"en_US",
+                "data":{"thing1":{"value":"v"}},"audience":{"all":true}}"#,
+        ] {
+            let c = parse(body).unwrap();
+            let template = c.job_template();
+            assert_eq!(template.open_id, "");
+            // Kept as JSON in the campaign record, read back by `wxpush campaign retry`.
+            let kept: SendJob = serde_json::from_slice(&template.to_json()).unwrap();
+            let user = OpenId::new("oUser").unwrap();
+            let mut again = kept.for_recipient(&user);
+            assert_eq!(again, c.job_for(&user).unwrap());
+            // A template that went through a retry starts afresh for its recipient.
+            again.attempt = 5;
+            again.retrying_since = Some(1);
+            assert_eq!(again.for_recipient(&user), c.job_for(&user).unwrap());
+        }
     }
 
     #[test]
