@@ -351,6 +351,47 @@ async fn a_killed_dispatchers_campaign_is_taken_over_after_its_lease() {
     f.stop_all();
 }
 
+/// A dispatcher stopped by SIGTERM mid-campaign releases its lease as it hands its copy
+/// back: a second one waiting beside it takes the campaign over at once, not a lease later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatcher_stopped_mid_campaign_hands_it_over_at_once() {
+    let mut f = Fleet::new("camp_handover", 100_000, 50).await;
+    let reachable = f.users(0, 2000, 1).await;
+    let d1 = f.start("dispatch");
+    f.publish_campaign(campaign("hand-over", json!({"all": true})))
+        .await;
+    f.publish_campaign(campaign("hand-over", json!({"all": true})))
+        .await;
+    let started = eventually(Duration::from_secs(30), || async {
+        f.snapshot("hand-over")
+            .await
+            .targeted()
+            .is_some_and(|t| t >= 200)
+    })
+    .await;
+    assert!(started);
+    f.start("dispatch");
+    assert!(all_copies_taken(&f).await, "the second dispatcher waits");
+    let stopping = std::time::Instant::now();
+    let (code, _) = f.terminate(d1);
+    assert_eq!(code, Some(0));
+    let taken = eventually(Duration::from_secs(30), || async {
+        lease_owner(&f, "hand-over").await == 2
+    })
+    .await;
+    assert!(taken, "taken over: {:?}", f.snapshot("hand-over").await);
+    let after = stopping.elapsed();
+    assert!(
+        after < DISPATCH_LEASE / 2,
+        "taken over {after:?} after the SIGTERM: the lease was not released"
+    );
+    f.start("send");
+    f.start("send");
+    f.wait_complete("hand-over", Duration::from_secs(90)).await;
+    f.check("hand-over", &reachable, 2000).await;
+    f.stop_all();
+}
+
 /// A dispatcher stalled (SIGSTOP) past its lease while a second holds another copy: the second
 /// takes the campaign over. The second is then stalled in turn, while it still holds the lease,
 /// and the first woken: its lease gone, it changes nothing in the record (its renewal and its

@@ -204,6 +204,20 @@ impl Owner {
     fn lost(&self) -> bool {
         self.lost.load(Ordering::Relaxed)
     }
+
+    /// Marks the campaign dispatched (`false`: refused, the lease is lost). The renewals stop
+    /// first; one already sent reaches Redis before this (one connection, in order).
+    async fn finish(&self) -> Result<bool, RoleError> {
+        self.renewer.abort();
+        Ok(self.record.finish(&self.lease).await?)
+    }
+
+    /// Ends the lease now (best effort), so that the next dispatcher takes over at once. The
+    /// renewals stop first, so that none extends the lease after it.
+    async fn release(&self) {
+        self.renewer.abort();
+        let _ = self.record.release(&self.lease).await;
+    }
 }
 
 impl Drop for Owner {
@@ -322,7 +336,7 @@ impl Dispatcher {
             .await;
         let progress = match progress {
             // The finish is fenced like every write: refused, another dispatcher owns it now.
-            Ok(Progress::Finished) => match owner.record.finish(&owner.lease).await? {
+            Ok(Progress::Finished) => match owner.finish().await? {
                 true => Progress::Finished,
                 false => Progress::LeaseLost,
             },
@@ -331,7 +345,7 @@ impl Dispatcher {
                 // Hand the campaign back (the caller requeues the message) and let the next
                 // dispatcher take it at once rather than after the lease (best effort: Redis
                 // may be what failed).
-                let _ = owner.record.release(&owner.lease).await;
+                owner.release().await;
                 return Err(e);
             }
         };
@@ -344,7 +358,7 @@ impl Dispatcher {
             }
             Progress::Interrupted => {
                 tracing::info!(campaign = %campaign.campaign_id, "stopping mid-campaign: handed back at its checkpoint");
-                let _ = owner.record.release(&owner.lease).await;
+                owner.release().await;
                 delivery
                     .acker
                     .nack(BasicNackOptions {
