@@ -1141,3 +1141,34 @@ async fn a_requeue_neither_resends_a_pruned_mark_nor_forgets_a_second_dead_lette
         .unwrap();
     assert_eq!(dup, CampaignClaim::Done("sent".into()));
 }
+
+/// A prepayId use refused by WeChat (`41029`: its uses spent elsewhere, or `41028`) takes the
+/// prepayId's other uses with it: the next claim is the user's next credential, not the same
+/// prepayId's next use, which WeChat would refuse for the same reason.
+#[tokio::test]
+async fn a_refused_prepay_use_takes_its_other_uses_with_it() {
+    let env = TestEnv::new("kinds_prepay_refused");
+    let bank = bank(&env).await;
+    let now = now_s();
+    let who = user(40);
+    let mut creds: Vec<Credential> = Credential::prepay_uses(&prepay_id(40), now + 1000).collect();
+    creds.push(Credential::form_id(form_id(40, 1), now + 2000));
+    bank.store(&env.app, &who, &creds).await.unwrap();
+    let first = bank
+        .campaign_claim(&env.app, &who, "pr", "a", LEASE, ClaimMode::Take)
+        .await
+        .unwrap();
+    assert_eq!(
+        first,
+        CampaignClaim::Fresh(Credential::prepay_use(prepay_id(40), 1, now + 1000))
+    );
+    let next = bank
+        .campaign_claim(&env.app, &who, "pr", "a", LEASE, ClaimMode::Next)
+        .await
+        .unwrap();
+    assert_eq!(
+        next,
+        CampaignClaim::Fresh(Credential::form_id(form_id(40, 1), now + 2000))
+    );
+    assert_eq!(bank.usable_count(&env.app, &who).await.unwrap(), 0);
+}
