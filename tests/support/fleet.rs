@@ -8,6 +8,7 @@ use std::process::Child;
 use std::time::Duration;
 
 use serde_json::json;
+use wxpush_bank::record::RecordSnapshot;
 use wxpush_broker::Publisher;
 use wxpush_domain::{Credential, OpenId};
 use wxpush_fake_wechat::{FakeApp, FakeConfig, FakeHandle, FakeWeChat};
@@ -72,6 +73,30 @@ impl Fleet {
     /// Child `i` has not exited.
     pub fn running(&mut self, i: usize) -> bool {
         matches!(self.children[i].try_wait(), Ok(None))
+    }
+
+    /// Sends child `i` a signal (`"STOP"`, `"CONT"`, ...).
+    pub fn signal(&self, i: usize, signal: &str) {
+        let _ = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.children[i].id().to_string()])
+            .status();
+    }
+
+    /// Consumers of `queue` now (0 when it does not exist).
+    pub async fn consumers(&self, queue: &str) -> u32 {
+        let ch = self.deps.broker.channel().await.unwrap();
+        let declared = ch
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await;
+        let _ = ch.close(200, "ok".into()).await;
+        declared.map_or(0, |q| q.consumer_count())
     }
 
     pub fn kill(&mut self, i: usize) {
@@ -180,13 +205,20 @@ impl Fleet {
             .unwrap()
     }
 
+    /// The campaign's record ([`wxpush_bank::record`]; empty when there is none).
+    pub async fn snapshot(&self, id: &str) -> RecordSnapshot {
+        self.deps
+            .bank
+            .record(&self.env.app, id)
+            .snapshot()
+            .await
+            .unwrap()
+            .unwrap_or_default()
+    }
+
+    /// The record's fields as stored (empty when there is none).
     pub async fn record(&self, id: &str) -> BTreeMap<String, String> {
-        self.hash(wxpush_roles::dispatch::record_key(
-            &self.env.ns,
-            &self.env.app,
-            id,
-        ))
-        .await
+        self.snapshot(id).await.fields
     }
 
     pub async fn counts(&self, id: &str) -> BTreeMap<String, u64> {
@@ -204,10 +236,8 @@ impl Fleet {
     }
 
     pub async fn complete(&self, id: &str) -> bool {
-        let r = self.record(id).await;
-        let targeted: u64 = r.get("targeted").and_then(|t| t.parse().ok()).unwrap_or(0);
-        r.get("state").map(String::as_str) == Some("dispatched")
-            && self.finished(id).await >= targeted
+        let r = self.snapshot(id).await;
+        r.is_dispatched() && self.finished(id).await >= r.targeted().unwrap_or(0)
     }
 
     pub async fn wait_complete(&self, id: &str, guard: Duration) {
@@ -257,8 +287,8 @@ impl Fleet {
             assert_eq!(per_user.get(who), Some(&1), "{who} got no message");
         }
         let c = self.counts(id).await;
-        let r = self.record(id).await;
-        let targeted: u64 = r["targeted"].parse().unwrap();
+        let r = self.snapshot(id).await;
+        let targeted = r.targeted().unwrap();
         let get = |k: &str| c.get(k).copied().unwrap_or(0);
         let failed: u64 = c
             .iter()
