@@ -204,14 +204,6 @@ async fn publish_campaign(env: &TestEnv, deps: &Deps, id: &str) -> i64 {
     at
 }
 
-async fn hash(conn: &mut ConnectionManager, key: String) -> BTreeMap<String, String> {
-    redis::cmd("HGETALL")
-        .arg(key)
-        .query_async(conn)
-        .await
-        .expect("HGETALL")
-}
-
 fn field(h: &BTreeMap<String, String>, name: &str) -> i64 {
     h.get(name).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
@@ -226,20 +218,20 @@ struct Record {
 /// Polls the record every 10 ms (calling `each_poll`) until the campaign is dispatched.
 async fn wait_dispatched(
     env: &TestEnv,
-    conn: &mut ConnectionManager,
+    bank: &wxpush_bank::Bank,
     id: &str,
     mut each_poll: impl FnMut(),
 ) -> Record {
-    let key = wxpush_roles::dispatch::record_key(&env.ns, &env.app, id);
+    let record = bank.record(&env.app, id);
     let start = Instant::now();
     loop {
         each_poll();
-        let r = hash(conn, key.clone()).await;
-        if r.get("state").map(String::as_str) == Some("dispatched") {
+        let r = record.snapshot().await.expect("record").unwrap_or_default();
+        if r.is_dispatched() {
             return Record {
-                targeted: field(&r, "targeted") as u64,
-                started_at_ms: field(&r, "started_at_ms"),
-                dispatched_at_ms: field(&r, "dispatched_at_ms"),
+                targeted: r.targeted().unwrap_or(0),
+                started_at_ms: r.started_at_ms().unwrap_or(0),
+                dispatched_at_ms: r.dispatched_at_ms().unwrap_or(0),
             };
         }
         assert!(
@@ -403,7 +395,7 @@ async fn campaign_figures(n: usize, ceiling_jobs: usize, concurrency: usize) -> 
     // Sequential: the dispatcher alone, then the senders on a full queue.
     let dispatcher = children.start(&env, "dispatch");
     let published = publish_campaign(&env, &deps, "bench-a").await;
-    let a = wait_dispatched(&env, &mut conn, "bench-a", || {}).await;
+    let a = wait_dispatched(&env, &deps.bank, "bench-a", || {}).await;
     assert_eq!(a.targeted, n as u64, "bench-a targets every user once");
     let senders_at = now_ms();
     children.start(&env, "send");
@@ -413,7 +405,7 @@ async fn campaign_figures(n: usize, ceiling_jobs: usize, concurrency: usize) -> 
 
     // Overlapped: everything already running when the campaign comes.
     let b_published = publish_campaign(&env, &deps, "bench-b").await;
-    let b = wait_dispatched(&env, &mut conn, "bench-b", || {}).await;
+    let b = wait_dispatched(&env, &deps.bank, "bench-b", || {}).await;
     assert_eq!(b.targeted, n as u64, "bench-b targets every user once");
     let b_counts = wait_outcomes(&env, &mut conn, "bench-b", b.targeted).await;
     let b_last = field(&b_counts, "last_at_ms");
@@ -473,7 +465,6 @@ async fn dispatcher_memory(m: usize) -> MemoryFigures {
     let mut env = TestEnv::new("bench_campaign_mem");
     env.set("WXPUSH_LOG", "warn");
     let deps = env.deps().await;
-    let mut conn = deps.bank.connection();
     let users: Vec<OpenId> = (0..m).map(user).collect();
     let expires = now_ms() / 1000 + 86_400;
     let start = Instant::now();
@@ -488,7 +479,7 @@ async fn dispatcher_memory(m: usize) -> MemoryFigures {
     let pid = children.start(&env, "dispatch");
     let published = publish_campaign(&env, &deps, "bench-mem").await;
     let mut peak_kib = 0;
-    let r = wait_dispatched(&env, &mut conn, "bench-mem", || {
+    let r = wait_dispatched(&env, &deps.bank, "bench-mem", || {
         peak_kib = peak_kib.max(peak_rss_kib(pid).unwrap_or(0));
     })
     .await;

@@ -15,10 +15,10 @@
 //! again (the bank's requeue script does) nor send anything itself (the senders do).
 
 use anyhow::{anyhow, bail, Context};
+use wxpush_bank::record::record_key;
 use wxpush_broker::topology::Needs;
 use wxpush_broker::{Publisher, Topology};
 use wxpush_domain::{AppId, Config, SendJob};
-use wxpush_roles::dispatch::{record_key, JOB_TEMPLATE_FIELD};
 use wxpush_roles::Deps;
 
 /// Jobs are published and confirmed this many bytes at a time (a job may carry up to
@@ -148,35 +148,27 @@ async fn job_template(
     app: &AppId,
     id: &str,
 ) -> anyhow::Result<SendJob> {
-    let key = record_key(&config.namespace, app, id);
-    type Fields = (Option<Vec<u8>>, Option<String>, Option<String>);
-    let ((template, stopped_at, stopped_reason), exists): (Fields, bool) = redis::pipe()
-        .cmd("HMGET")
-        .arg(&key)
-        .arg(JOB_TEMPLATE_FIELD)
-        .arg("stopped_at_ms")
-        .arg("stopped_reason")
-        .cmd("EXISTS")
-        .arg(&key)
-        .query_async(&mut deps.bank.connection())
+    let record = deps
+        .bank
+        .record(app, id)
+        .snapshot()
         .await
         .with_context(|| format!("cannot read campaign {id}'s record"))?;
-    if !exists {
+    let Some(record) = record else {
         bail!(
             "no campaign {id} of app {app} in namespace {} ({})",
             config.namespace,
             crate::configured_apps(config)
         );
-    }
-    if stopped_at.is_some() {
-        let reason = stopped_reason.unwrap_or_else(|| "stopped".into());
+    };
+    if let Some(reason) = record.stopped_reason() {
         bail!("campaign {id} was stopped ({reason}): its message would be refused again; publish a corrected campaign under a new id");
     }
-    let Some(template) = template else {
-        bail!("campaign {id} was dispatched by a wxpush that kept no job template in its record: it cannot be retried");
-    };
-    serde_json::from_slice(&template)
-        .map_err(|e| anyhow!("campaign {id}'s record holds an unreadable job template: {e}"))
+    match record.job_template() {
+        Ok(Some(template)) => Ok(template),
+        Ok(None) => bail!("campaign {id} was dispatched by a wxpush that kept no job template in its record: it cannot be retried"),
+        Err(e) => Err(anyhow!("campaign {id}'s record holds an unreadable job template ({e})")),
+    }
 }
 
 /// The configured app that has a campaign `id` (the only app of a one-app install).

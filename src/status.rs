@@ -8,7 +8,8 @@
 //! Reads the two hashes of a campaign (their fields: docs/campaigns.md):
 //! `<ns>:camp:<app>:<id>`, written by the dispatcher (app, template, state, targeted, times), and
 //! `<ns>:cs:{<app>.<shard>}:<id>`, the outcome counters the senders' scripts keep beside each
-//! shard's users (summed here; see `wxpush_bank` campaign.rs). Both are read in one atomic round
+//! shard's users (summed here; see `wxpush_bank` campaign.rs). The record's field names are
+//! `wxpush_bank::record`'s. Both are read in one atomic round
 //! trip (MULTI/EXEC), so every figure shown belongs to the same moment. From them it derives
 //! what the contract promises a status shows: recipients targeted, sent, skipped for want of a
 //! credential, failed (by WeChat error code), and still pending
@@ -34,6 +35,7 @@ use anyhow::{anyhow, Context};
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 use serde_json::{json, Value};
+use wxpush_bank::record::{self, field};
 use wxpush_domain::Config;
 
 /// How often `--watch` redraws.
@@ -132,7 +134,7 @@ impl Reader {
     /// The campaign as it is now; `None` when neither hash exists.
     async fn read(&mut self, id: &str) -> anyhow::Result<Option<Snapshot>> {
         let mut conn = self.connection().await?;
-        let camp_key = wxpush_roles::dispatch::record_key(&self.ns, &self.app, id);
+        let camp_key = record::record_key(&self.ns, &self.app, id);
         let mut pipe = redis::pipe();
         pipe.atomic().cmd("HGETALL").arg(&camp_key);
         for shard in 0..wxpush_bank::SHARDS {
@@ -324,21 +326,22 @@ impl Snapshot {
             ..Default::default()
         };
         let text = |k: &str| camp.get(k).filter(|v| !v.is_empty()).cloned();
-        s.app = text("app");
-        s.template_id = text("template_id");
-        s.kind = text("kind");
-        s.audience = text("audience");
-        s.record_state = text("state");
-        if camp.contains_key("stopped_at_ms") {
-            s.stopped_reason = Some(text("stopped_reason").unwrap_or_else(|| "stopped".into()));
+        s.app = text(field::APP);
+        s.template_id = text(field::TEMPLATE_ID);
+        s.kind = text(field::KIND);
+        s.audience = text(field::AUDIENCE);
+        s.record_state = text(field::STATE);
+        if camp.contains_key(field::STOPPED_AT_MS) {
+            s.stopped_reason =
+                Some(text(field::STOPPED_REASON).unwrap_or_else(|| "stopped".into()));
         }
         if s.has_record {
             // Absent until the dispatcher's first confirmed batch: nothing published yet.
-            s.targeted = match camp.get("targeted") {
+            s.targeted = match camp.get(field::TARGETED) {
                 None => Some(0),
-                Some(v) => parse_count(&mut s.warnings, "camp", "targeted", v),
+                Some(v) => parse_count(&mut s.warnings, "camp", field::TARGETED, v),
             };
-            s.rejected_recipients = camp.get("rejected_recipients").and_then(|v| {
+            s.rejected_recipients = camp.get(field::REJECTED_RECIPIENTS).and_then(|v| {
                 v.trim().parse::<u64>().ok().or_else(|| {
                     serde_json::from_str::<Value>(v)
                         .ok()
@@ -346,11 +349,11 @@ impl Snapshot {
                 })
             });
             s.started_at_ms = camp
-                .get("started_at_ms")
-                .and_then(|v| parse_time(&mut s.warnings, "camp", "started_at_ms", v));
+                .get(field::STARTED_AT_MS)
+                .and_then(|v| parse_time(&mut s.warnings, "camp", field::STARTED_AT_MS, v));
             s.dispatched_at_ms = camp
-                .get("dispatched_at_ms")
-                .and_then(|v| parse_time(&mut s.warnings, "camp", "dispatched_at_ms", v));
+                .get(field::DISPATCHED_AT_MS)
+                .and_then(|v| parse_time(&mut s.warnings, "camp", field::DISPATCHED_AT_MS, v));
         }
         for (field, value) in cs {
             let slot = match field.as_str() {
@@ -379,7 +382,7 @@ impl Snapshot {
             };
             *slot = parse_count(&mut s.warnings, "cs", field, value).unwrap_or(0);
         }
-        if s.record_state.as_deref() == Some("dispatched") {
+        if s.record_state.as_deref() == Some(record::DISPATCHED) {
             if let Some(t) = s.targeted {
                 let done = s.final_outcomes();
                 if done > t {
@@ -426,7 +429,7 @@ impl Snapshot {
     fn complete(&self) -> bool {
         self.has_record
             && (self.stopped_reason.is_some()
-                || (self.record_state.as_deref() == Some("dispatched")
+                || (self.record_state.as_deref() == Some(record::DISPATCHED)
                     && self.pending() == Some(0)))
     }
 
@@ -754,7 +757,7 @@ impl Live {
             Some(e) => line.push_str(&format!("  ETA {}", format_duration(e))),
             None => line.push_str("  ETA ?"),
         }
-        if s.record_state.as_deref() == Some("dispatching") {
+        if s.record_state.as_deref() == Some(record::DISPATCHING) {
             line.push_str("  (dispatching)");
         }
         line
@@ -987,9 +990,9 @@ mod tests {
     #[test]
     fn pending_and_complete_follow_the_format() {
         let camp = map(&[
-            ("state", "dispatched"),
-            ("targeted", "10"),
-            ("started_at_ms", "1000"),
+            (field::STATE, record::DISPATCHED),
+            (field::TARGETED, "10"),
+            (field::STARTED_AT_MS, "1000"),
         ]);
         let cs = map(&[
             ("sent", "6"),
@@ -1019,7 +1022,10 @@ mod tests {
 
     #[test]
     fn junk_is_a_warning_not_a_panic() {
-        let camp = map(&[("state", "dispatching"), ("targeted", "ten")]);
+        let camp = map(&[
+            (field::STATE, record::DISPATCHING),
+            (field::TARGETED, "ten"),
+        ]);
         let cs = map(&[
             ("sent", "lots"),
             ("failed:40003", "-2"),
@@ -1061,7 +1067,10 @@ mod tests {
         }
         let r = live.rate.unwrap_or(0.0);
         assert!((r - 1000.0).abs() < 1.0, "{r}");
-        let camp = map(&[("state", "dispatched"), ("targeted", "10500")]);
+        let camp = map(&[
+            (field::STATE, record::DISPATCHED),
+            (field::TARGETED, "10500"),
+        ]);
         let s = Snapshot::from_hashes("c", &camp, &map(&[("sent", "5500")]), 0);
         assert_eq!(live.eta_secs(&s), Some(5.0));
         let bar = live.bar(&s);

@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use serde_json::json;
+use wxpush_bank::record::{field, record_key};
 use wxpush_domain::AppId;
 use wxpush_fake_wechat::{Endpoint, FakeApp, FakeConfig, FakeWeChat, RequestRecord};
 use wxpush_testkit::fleet::{campaign, Fleet, TPL};
@@ -190,16 +191,18 @@ async fn two_apps_never_share_tokens_credentials_or_rate_limits() {
         (&b, "same-id", "template"),
         (&b, "b-sub", "subscribe"),
     ] {
-        let r = f
-            .hash(wxpush_roles::dispatch::record_key(&f.env.ns, app, id))
-            .await;
+        let r = f.hash(record_key(&f.env.ns, app, id)).await;
         assert_eq!(
-            r.get("app").map(String::as_str),
+            r.get(field::APP).map(String::as_str),
             Some(app.as_str()),
             "{r:?}"
         );
-        assert_eq!(r.get("kind").map(String::as_str), Some(kind), "{r:?}");
-        assert_eq!(r.get("targeted").map(String::as_str), Some("20"), "{r:?}");
+        assert_eq!(r.get(field::KIND).map(String::as_str), Some(kind), "{r:?}");
+        assert_eq!(
+            r.get(field::TARGETED).map(String::as_str),
+            Some("20"),
+            "{r:?}"
+        );
     }
     assert_eq!(counts(a.clone(), "b-sub").await, BTreeMap::new());
 

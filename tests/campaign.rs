@@ -6,13 +6,13 @@
 use std::time::Duration;
 
 use serde_json::json;
+use wxpush_bank::record::{field, Opened, PageInFlight, DISPATCHING, DISPATCH_LEASE};
 use wxpush_bank::ReachableCursor;
 use wxpush_broker::topology::Needs;
 use wxpush_broker::Publisher;
 use wxpush_domain::campaign::CampaignLimits;
 use wxpush_domain::{parse_campaign, OpenId};
 use wxpush_fake_wechat::Endpoint;
-use wxpush_roles::dispatch::{open_record, record_key, PageInFlight};
 use wxpush_testkit::fleet::{campaign, Fleet};
 use wxpush_testkit::{eventually, reachable_users};
 
@@ -37,7 +37,10 @@ async fn audience_all_and_explicit_lists_reach_each_user_once() {
     let c = f.counts("list-1").await;
     assert_eq!(c.get("sent"), Some(&2), "{c:?}");
     assert_eq!(c.get("no_credential"), Some(&1), "{c:?}");
-    assert_eq!(f.record("list-1").await["rejected_recipients"], "1");
+    assert_eq!(
+        f.snapshot("list-1").await.text(field::REJECTED_RECIPIENTS),
+        Some("1")
+    );
     // The keywords became keyword1..2 and each user has one formId left for later.
     let left = f
         .deps
@@ -81,17 +84,16 @@ async fn a_dispatcher_killed_mid_fan_out_is_finished_by_the_next_one() {
     f.publish_campaign(campaign("kill-d", json!({"all": true})))
         .await;
     let started = eventually(Duration::from_secs(30), || async {
-        f.record("kill-d")
+        f.snapshot("kill-d")
             .await
-            .get("targeted")
-            .and_then(|t| t.parse::<u64>().ok())
+            .targeted()
             .is_some_and(|t| t >= 200)
     })
     .await;
     assert!(started);
     f.kill(d);
-    let r = f.record("kill-d").await;
-    assert_eq!(r["state"], "dispatching", "killed mid-fan-out: {r:?}");
+    let r = f.snapshot("kill-d").await;
+    assert_eq!(r.state(), Some(DISPATCHING), "killed mid-fan-out: {r:?}");
     f.start("dispatch");
     f.start("send");
     f.start("send");
@@ -112,12 +114,13 @@ async fn a_page_a_killed_dispatcher_had_half_published_is_counted_once() {
     let body = campaign("in-flight", json!({"all": true})).to_string();
     let mut c = parse_campaign(body.as_bytes(), CampaignLimits::default()).unwrap();
     c.app_id = Some(f.env.app.clone());
-    let key = record_key(&f.env.ns, &f.env.app, "in-flight");
-    let mut conn = f.deps.bank.connection();
+    let record = f.deps.bank.record(&f.env.app, "in-flight");
 
-    // What the killed dispatcher left: the record, the first page written ahead, and the
-    // first 30 of that page's jobs published.
-    open_record(&mut conn, &key, &f.env.app, &c).await.unwrap();
+    // What the killed dispatcher left: the record (its lease runs out in a second), the first
+    // page written ahead, and the first 30 of that page's jobs published.
+    let Opened::Owned { lease, .. } = record.open(&c, Duration::from_secs(1)).await.unwrap() else {
+        panic!("a new campaign is opened")
+    };
     let first = f
         .deps
         .bank
@@ -126,7 +129,7 @@ async fn a_page_a_killed_dispatcher_had_half_published_is_counted_once() {
         .unwrap();
     assert!(first.users.len() >= 50 && first.next.is_some(), "{first:?}");
     let page = PageInFlight::new(first.users, first.next);
-    page.save(&mut conn, &key).await.unwrap();
+    assert!(record.save_page(&lease, &page).await.unwrap());
     let topology = f.env.topology();
     topology
         .declare(&f.deps.broker, Needs::Dispatch)
@@ -173,9 +176,10 @@ async fn a_page_a_killed_dispatcher_had_half_published_is_counted_once() {
         Some(&30),
         "the page went out again: {c:?}"
     );
-    let r = f.record("in-flight").await;
-    assert!(
-        !r.contains_key("page"),
+    let r = f.snapshot("in-flight").await;
+    assert_eq!(
+        r.text(field::PAGE),
+        None,
         "the checkpoint forgets the page: {r:?}"
     );
     f.stop_all();
@@ -231,8 +235,222 @@ async fn template_data_reaches_wechat_as_the_campaign_gave_it() {
     for r in sent {
         assert_eq!(r.data.as_ref(), Some(&data), "as WeChat received it");
     }
-    assert_eq!(f.record("data-through").await.get("stopped_reason"), None);
+    assert_eq!(f.snapshot("data-through").await.stopped_reason(), None);
     f.stop_all();
+}
+
+/// Waits until the dispatch queue has no ready message: every copy of the campaigns
+/// published is in a dispatcher's hands.
+async fn all_copies_taken(f: &Fleet) -> bool {
+    let queue = f.env.topology().dispatch_queue();
+    eventually(Duration::from_secs(30), || async {
+        f.env.queue_ready(&f.deps.broker, &queue).await == 0
+    })
+    .await
+}
+
+/// The token of the record's lease owner (raised by each take).
+async fn lease_owner(f: &Fleet, id: &str) -> u64 {
+    f.snapshot(id)
+        .await
+        .text(field::LEASE_OWNER)
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0)
+}
+
+fn lease_until_ms(r: &wxpush_bank::record::RecordSnapshot) -> i64 {
+    r.text(field::LEASE_UNTIL_MS)
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Issue 12, case 5: two dispatchers each given a copy of one campaign (it was published
+/// twice) at the same moment. One takes the record's lease and fans the campaign out; the
+/// other waits beside it and acknowledges its copy once the campaign is dispatched. Before the
+/// lease both fanned it out: `targeted` counted every recipient twice and the campaign never
+/// showed complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_dispatchers_given_the_same_campaign_fan_it_out_once() {
+    let mut f = Fleet::new("camp_two_dispatchers", 100_000, 50).await;
+    let reachable = f.users(0, 2000, 1).await;
+    f.start("dispatch");
+    f.start("dispatch");
+    let queue = f.env.topology().dispatch_queue();
+    let both = eventually(Duration::from_secs(30), || async {
+        f.consumers(&queue).await == 2
+    })
+    .await;
+    assert!(both, "both dispatchers consume {queue}");
+    f.publish_campaign(campaign("two-d", json!({"all": true})))
+        .await;
+    f.publish_campaign(campaign("two-d", json!({"all": true})))
+        .await;
+    assert!(all_copies_taken(&f).await, "each dispatcher holds a copy");
+    f.start("send");
+    f.start("send");
+    f.wait_complete("two-d", Duration::from_secs(90)).await;
+    f.check("two-d", &reachable, 2000).await;
+    let c = f.counts("two-d").await;
+    assert_eq!(
+        c.get("duplicate"),
+        None,
+        "every job was published once, by one dispatcher: {c:?}"
+    );
+    assert_eq!(
+        lease_owner(&f, "two-d").await,
+        1,
+        "one lease was ever taken"
+    );
+    // The waiting copy is acknowledged once the campaign is dispatched, not handed back.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    f.stop_all();
+    assert_eq!(f.env.queue_ready(&f.deps.broker, &queue).await, 0);
+}
+
+/// A dispatcher SIGKILLed mid-fan-out while a second holds another copy of the campaign: the
+/// killed one's copy goes back to the queue at once, but the second takes the campaign over
+/// only once the killed one's lease has run out, then finishes it from the checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_dispatchers_campaign_is_taken_over_after_its_lease() {
+    let mut f = Fleet::new("camp_takeover", 100_000, 50).await;
+    let reachable = f.users(0, 2000, 1).await;
+    let d1 = f.start("dispatch");
+    f.publish_campaign(campaign("take-over", json!({"all": true})))
+        .await;
+    f.publish_campaign(campaign("take-over", json!({"all": true})))
+        .await;
+    let started = eventually(Duration::from_secs(30), || async {
+        f.snapshot("take-over")
+            .await
+            .targeted()
+            .is_some_and(|t| t >= 200)
+    })
+    .await;
+    assert!(started);
+    f.start("dispatch");
+    assert!(all_copies_taken(&f).await, "the second dispatcher waits");
+    f.kill(d1);
+    let killed = f.snapshot("take-over").await;
+    assert_eq!(killed.state(), Some(DISPATCHING), "{killed:?}");
+    assert_eq!(lease_owner(&f, "take-over").await, 1);
+    let taken = eventually(DISPATCH_LEASE + Duration::from_secs(10), || async {
+        lease_owner(&f, "take-over").await == 2
+    })
+    .await;
+    assert!(taken, "taken over: {:?}", f.snapshot("take-over").await);
+    let after = f.snapshot("take-over").await;
+    let lease_ms = DISPATCH_LEASE.as_millis() as i64;
+    assert!(
+        lease_until_ms(&after) - lease_ms >= lease_until_ms(&killed),
+        "taken over only once the killed owner's lease ran out: {killed:?} {after:?}"
+    );
+    f.start("send");
+    f.start("send");
+    f.wait_complete("take-over", Duration::from_secs(90)).await;
+    f.check("take-over", &reachable, 2000).await;
+    f.stop_all();
+}
+
+/// A dispatcher stopped by SIGTERM mid-campaign releases its lease as it hands its copy
+/// back: a second one waiting beside it takes the campaign over at once, not a lease later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatcher_stopped_mid_campaign_hands_it_over_at_once() {
+    let mut f = Fleet::new("camp_handover", 100_000, 50).await;
+    let reachable = f.users(0, 2000, 1).await;
+    let d1 = f.start("dispatch");
+    f.publish_campaign(campaign("hand-over", json!({"all": true})))
+        .await;
+    f.publish_campaign(campaign("hand-over", json!({"all": true})))
+        .await;
+    let started = eventually(Duration::from_secs(30), || async {
+        f.snapshot("hand-over")
+            .await
+            .targeted()
+            .is_some_and(|t| t >= 200)
+    })
+    .await;
+    assert!(started);
+    f.start("dispatch");
+    assert!(all_copies_taken(&f).await, "the second dispatcher waits");
+    let stopping = std::time::Instant::now();
+    let (code, _) = f.terminate(d1);
+    assert_eq!(code, Some(0));
+    let taken = eventually(Duration::from_secs(30), || async {
+        lease_owner(&f, "hand-over").await == 2
+    })
+    .await;
+    assert!(taken, "taken over: {:?}", f.snapshot("hand-over").await);
+    let after = stopping.elapsed();
+    // Without the release, the lease would run until at least two thirds of it after its
+    // last renewal (renewed every third): over 6.6 s after the SIGTERM.
+    assert!(
+        after < DISPATCH_LEASE * 3 / 5,
+        "taken over {after:?} after the SIGTERM: the lease was not released"
+    );
+    f.start("send");
+    f.start("send");
+    f.wait_complete("hand-over", Duration::from_secs(90)).await;
+    f.check("hand-over", &reachable, 2000).await;
+    f.stop_all();
+}
+
+/// A dispatcher stalled (SIGSTOP) past its lease while a second holds another copy: the second
+/// takes the campaign over. The second is then stalled in turn, while it still holds the lease,
+/// and the first woken: its lease gone, it changes nothing in the record (its renewal and its
+/// checkpoint are refused) and stops, acknowledging its copy. The second, woken, finishes the
+/// campaign with `targeted` exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatcher_stalled_past_its_lease_stops_without_writing() {
+    let mut f = Fleet::new("camp_stalled_dispatch", 100_000, 50).await;
+    let reachable = f.users(0, 2000, 1).await;
+    let d1 = f.start("dispatch");
+    f.publish_campaign(campaign("stalled", json!({"all": true})))
+        .await;
+    f.publish_campaign(campaign("stalled", json!({"all": true})))
+        .await;
+    let started = eventually(Duration::from_secs(30), || async {
+        f.snapshot("stalled")
+            .await
+            .targeted()
+            .is_some_and(|t| t >= 200)
+    })
+    .await;
+    assert!(started);
+    let d2 = f.start("dispatch");
+    assert!(all_copies_taken(&f).await, "the second dispatcher waits");
+    f.signal(d1, "STOP");
+    let taken = eventually(DISPATCH_LEASE + Duration::from_secs(10), || async {
+        lease_owner(&f, "stalled").await == 2
+    })
+    .await;
+    f.signal(d2, "STOP");
+    assert!(taken, "taken over: {:?}", f.snapshot("stalled").await);
+    let before = f.record("stalled").await;
+    assert_eq!(before[field::STATE], DISPATCHING, "{before:?}");
+    f.signal(d1, "CONT");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = f.record("stalled").await;
+    f.signal(d2, "CONT");
+    assert_eq!(
+        before, after,
+        "the woken dispatcher, its lease taken over, wrote nothing"
+    );
+    f.start("send");
+    f.start("send");
+    f.wait_complete("stalled", Duration::from_secs(90)).await;
+    f.check("stalled", &reachable, 2000).await;
+    assert!(
+        f.running(d1),
+        "the stalled dispatcher stopped its campaign, not itself"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    f.stop_all();
+    let queue = f.env.topology().dispatch_queue();
+    assert_eq!(
+        f.env.queue_ready(&f.deps.broker, &queue).await,
+        0,
+        "both copies acknowledged"
+    );
 }
 
 /// WeChat answers `-1` (system busy, nothing sent) to every send for longer than the senders'

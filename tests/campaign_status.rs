@@ -8,6 +8,7 @@ use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use wxpush_bank::record::{self, field};
 use wxpush_testkit::{now_ms, redis_url, run, stderr, stdout, TestEnv};
 
 /// How long a `--watch` run may take before the test calls it hung.
@@ -24,7 +25,7 @@ fn key(env: &TestEnv, hash: &str, id: &str) -> String {
     match hash {
         // The counters live in one hash per shard; the status sums them, so shard 0 will do.
         "cs" => wxpush_bank::Keys::new(env.ns.clone()).campaign_counters(&env.app, 0, id),
-        _ => wxpush_roles::dispatch::record_key(&env.ns, &env.app, id),
+        _ => record::record_key(&env.ns, &env.app, id),
     }
 }
 
@@ -46,15 +47,15 @@ fn record(env: &TestEnv, id: &str, state: &str, targeted: u64) {
         "camp",
         id,
         &[
-            ("app", env.app.to_string()),
-            ("kind", "template".into()),
-            ("template_id", "TPL_SIGNIN".into()),
-            ("audience", "all".into()),
-            ("state", state.into()),
-            ("targeted", targeted.to_string()),
-            ("started_at_ms", (now - 60_000).to_string()),
-            ("dispatched_at_ms", (now - 59_000).to_string()),
-            ("cursor", "0".into()),
+            (field::APP, env.app.to_string()),
+            (field::KIND, "template".into()),
+            (field::TEMPLATE_ID, "TPL_SIGNIN".into()),
+            (field::AUDIENCE, "all".into()),
+            (field::STATE, state.into()),
+            (field::TARGETED, targeted.to_string()),
+            (field::STARTED_AT_MS, (now - 60_000).to_string()),
+            (field::DISPATCHED_AT_MS, (now - 59_000).to_string()),
+            (field::CURSOR, "0".into()),
         ],
     );
 }
@@ -357,7 +358,10 @@ fn json_watch_prints_a_line_per_refresh_until_complete() {
         &env,
         "camp",
         "live-2",
-        &[("state", "dispatched".into()), ("targeted", "9".into())],
+        &[
+            (field::STATE, record::DISPATCHED.into()),
+            (field::TARGETED, "9".into()),
+        ],
     );
     let (out, _) = wait_guarded(child, GUARD);
     assert!(out.status.success(), "stderr: {}", stderr(&out));
@@ -450,16 +454,16 @@ fn a_campaign_is_found_in_whichever_app_holds_it_and_two_apps_need_app() {
     let b = wxpush_domain::AppId::new(B).unwrap();
     // B's records, written as the dispatcher and senders of app B would.
     let in_b = |id: &str, targeted: &str| {
-        let record = wxpush_roles::dispatch::record_key(&env.ns, &b, id);
+        let record = record::record_key(&env.ns, &b, id);
         let counters = wxpush_bank::Keys::new(env.ns.clone()).campaign_counters(&b, 0, id);
         let _: () = redis::pipe()
             .hset_multiple(
                 &record,
                 &[
-                    ("app", B),
-                    ("state", "dispatched"),
-                    ("targeted", targeted),
-                    ("kind", "subscribe"),
+                    (field::APP, B),
+                    (field::STATE, record::DISPATCHED),
+                    (field::TARGETED, targeted),
+                    (field::KIND, "subscribe"),
                 ],
             )
             .hset(&counters, "sent", targeted)

@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use wxpush_bank::keys::shard_of;
+use wxpush_bank::record::{field, record_key, DISPATCHED};
 use wxpush_bank::{Keys, SHARDS};
 use wxpush_broker::Publisher;
 use wxpush_domain::job::check_campaign_id;
 use wxpush_domain::{AppId, Credential, Namespace, OpenId, SendJob};
 use wxpush_fake_wechat::{FakeApp, FakeConfig, FakeWeChat};
-use wxpush_roles::dispatch::record_key;
 use wxpush_roles::Deps;
 use wxpush_testkit::{eventually, now_ms, redis_url, TestEnv, TEST_APP};
 
@@ -765,16 +765,16 @@ async fn hostile_campaigns_are_dead_lettered_with_their_code_and_dispatch_goes_o
     let done = eventually(Duration::from_secs(20), || async {
         let a = record(record_key(&env.ns, &env.app, &all_id)).await;
         let b = record(record_key(&env.ns, &env.app, &odd_id)).await;
-        a.get("state").map(String::as_str) == Some("dispatched")
-            && b.get("state").map(String::as_str) == Some("dispatched")
+        a.get(field::STATE).map(String::as_str) == Some(DISPATCHED)
+            && b.get(field::STATE).map(String::as_str) == Some(DISPATCHED)
     })
     .await;
     assert!(done, "both good campaigns dispatched");
     let a = record(record_key(&env.ns, &env.app, &all_id)).await;
-    assert_eq!(a["targeted"], everyone.len().to_string(), "{a:?}");
+    assert_eq!(a[field::TARGETED], everyone.len().to_string(), "{a:?}");
     let b = record(record_key(&env.ns, &env.app, &odd_id)).await;
-    assert_eq!(b["targeted"], odd.len().to_string(), "{b:?}");
-    assert_eq!(b["rejected_recipients"], "1", "{b:?}");
+    assert_eq!(b[field::TARGETED], odd.len().to_string(), "{b:?}");
+    assert_eq!(b[field::REJECTED_RECIPIENTS], "1", "{b:?}");
 
     let dead = dead_letters(&env, &deps, "dispatch", bad.len()).await;
     assert_dead_letters(&bad, &dead);

@@ -165,7 +165,7 @@ async fn a_subscribe_campaign_over_a_data_limit_is_dead_lettered_once_and_dispat
     f.publish_campaign(campaign("tpl-after", json!({"all": true})))
         .await;
     let dispatched = eventually(Duration::from_secs(20), || async {
-        f.record("tpl-after").await.get("state").map(String::as_str) == Some("dispatched")
+        f.snapshot("tpl-after").await.is_dispatched()
     })
     .await;
     assert!(dispatched, "{:?}", f.record("tpl-after").await);

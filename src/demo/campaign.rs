@@ -6,7 +6,7 @@
 //! This module owns the campaign messages and reading a campaign's record and outcome
 //! counters. It must not judge the outcome (the checks do).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
 use std::time::{Duration, Instant};
 
@@ -306,7 +306,7 @@ impl Seen {
     }
 }
 
-/// Reads the campaign's record (`NS:camp:CID`, written by the dispatcher) and outcome
+/// Reads the campaign's record (`wxpush_bank::record`, written by the dispatcher) and outcome
 /// counters (summed over the bank's shards).
 async fn read(
     deps: &Deps,
@@ -314,14 +314,14 @@ async fn read(
     plan: &Plan,
     published_at: Instant,
 ) -> anyhow::Result<Seen> {
-    let (app, ns) = (setup.config.apps.default_id(), &setup.config.namespace);
-    let camp_key = wxpush_roles::dispatch::record_key(ns, app, &plan.id);
-    let mut redis = deps.bank.connection();
-    let camp: HashMap<String, String> = redis::cmd("HGETALL")
-        .arg(&camp_key)
-        .query_async(&mut redis)
+    let app = setup.config.apps.default_id();
+    let camp = deps
+        .bank
+        .record(app, &plan.id)
+        .snapshot()
         .await
-        .context("Redis")?;
+        .context("Redis")?
+        .unwrap_or_default();
     let mut counters: BTreeMap<String, u64> =
         wxpush_roles::outcomes::read(&deps.bank, app, &plan.id)
             .await
@@ -330,9 +330,8 @@ async fn read(
             .map(|(k, v)| (k, v.max(0) as u64))
             .collect();
     let last_at_ms = counters.remove("last_at_ms");
-    let num = |k: &str| -> Option<u64> { camp.get(k).and_then(|v| v.parse().ok()) };
-    let targeted = num("targeted").unwrap_or(0);
-    let started_ms = num("started_at_ms").map(|v| v as i64);
+    let targeted = camp.targeted().unwrap_or(0);
+    let started_ms = camp.started_at_ms();
     let since_start = match started_ms {
         Some(s) => Duration::from_millis(unix_ms().saturating_sub(s).max(0) as u64),
         None => published_at.elapsed(),
@@ -341,13 +340,11 @@ async fn read(
         targeted,
         counters,
         elapsed: since_start,
-        stopped: camp
-            .contains_key("stopped_at_ms")
-            .then(|| camp.get("stopped_reason").cloned().unwrap_or_default()),
+        stopped: camp.stopped_reason(),
     };
-    let state = camp.get("state").cloned().unwrap_or_else(|| "none".into());
+    let state = camp.state().unwrap_or("none").to_owned();
     let done = progress.finished();
-    let complete = (state == "dispatched" && done >= targeted) || progress.stopped.is_some();
+    let complete = (camp.is_dispatched() && done >= targeted) || progress.stopped.is_some();
     if complete {
         if let (Some(start), Some(last)) = (started_ms, last_at_ms) {
             progress.elapsed = Duration::from_millis((last as i64 - start).max(1) as u64);

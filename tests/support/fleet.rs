@@ -8,6 +8,7 @@ use std::process::Child;
 use std::time::Duration;
 
 use serde_json::json;
+use wxpush_bank::record::RecordSnapshot;
 use wxpush_broker::Publisher;
 use wxpush_domain::{Credential, OpenId};
 use wxpush_fake_wechat::{FakeApp, FakeConfig, FakeHandle, FakeWeChat};
@@ -74,6 +75,30 @@ impl Fleet {
         matches!(self.children[i].try_wait(), Ok(None))
     }
 
+    /// Sends child `i` a signal (`"STOP"`, `"CONT"`, ...).
+    pub fn signal(&self, i: usize, signal: &str) {
+        let _ = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.children[i].id().to_string()])
+            .status();
+    }
+
+    /// Consumers of `queue` now (0 when it does not exist).
+    pub async fn consumers(&self, queue: &str) -> u32 {
+        let ch = self.deps.broker.channel().await.unwrap();
+        let declared = ch
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await;
+        let _ = ch.close(200, "ok".into()).await;
+        declared.map_or(0, |q| q.consumer_count())
+    }
+
     pub fn kill(&mut self, i: usize) {
         let _ = self.children[i].kill();
         let _ = self.children[i].wait();
@@ -94,6 +119,59 @@ impl Fleet {
             self.deps
                 .bank
                 .store(&self.env.app, &OpenId::new(&who).unwrap(), &creds)
+                .await
+                .unwrap();
+            out.push(who);
+        }
+        out
+    }
+
+    /// `n` users, each with `per` prepayIds (three uses each) issued by the fake and stored in
+    /// the bank as an upload would: `oPrep<from..>`.
+    pub async fn prepay_users(&self, from: usize, n: usize, per: usize) -> Vec<String> {
+        let expiry = now_ms() / 1000 + 3600;
+        let mut out = Vec::new();
+        for u in from..from + n {
+            let who = format!("oPrep{u:06}xxxxxxxxxxxxxxxxx");
+            let ids = self
+                .fake
+                .issue_prepay_ids(None, &who, per, Some(Duration::from_secs(3600)))
+                .unwrap();
+            let uses: Vec<Credential> = ids
+                .iter()
+                .flat_map(|id| Credential::prepay_uses(id, expiry))
+                .collect();
+            self.deps
+                .bank
+                .store(&self.env.app, &OpenId::new(&who).unwrap(), &uses)
+                .await
+                .unwrap();
+            out.push(who);
+        }
+        out
+    }
+
+    /// `n` users who each accepted `template` `per` times: the fake grants the consents and
+    /// the bank holds them, as an upload would leave them: `oCons<from..>`.
+    pub async fn consent_users(
+        &self,
+        from: usize,
+        n: usize,
+        template: &str,
+        per: u32,
+    ) -> Vec<String> {
+        let fake = self.fake.fake();
+        fake.add_template(None, template).unwrap();
+        let mut out = Vec::new();
+        for u in from..from + n {
+            let who = format!("oCons{u:06}xxxxxxxxxxxxxxxxx");
+            fake.register_user(None, &who).unwrap();
+            fake.grant_consents(None, &who, template, per).unwrap();
+            let consents: Vec<Credential> =
+                (0..per).map(|_| Credential::consent(template)).collect();
+            self.deps
+                .bank
+                .store(&self.env.app, &OpenId::new(&who).unwrap(), &consents)
                 .await
                 .unwrap();
             out.push(who);
@@ -127,13 +205,20 @@ impl Fleet {
             .unwrap()
     }
 
+    /// The campaign's record ([`wxpush_bank::record`]; empty when there is none).
+    pub async fn snapshot(&self, id: &str) -> RecordSnapshot {
+        self.deps
+            .bank
+            .record(&self.env.app, id)
+            .snapshot()
+            .await
+            .unwrap()
+            .unwrap_or_default()
+    }
+
+    /// The record's fields as stored (empty when there is none).
     pub async fn record(&self, id: &str) -> BTreeMap<String, String> {
-        self.hash(wxpush_roles::dispatch::record_key(
-            &self.env.ns,
-            &self.env.app,
-            id,
-        ))
-        .await
+        self.snapshot(id).await.fields
     }
 
     pub async fn counts(&self, id: &str) -> BTreeMap<String, u64> {
@@ -151,10 +236,8 @@ impl Fleet {
     }
 
     pub async fn complete(&self, id: &str) -> bool {
-        let r = self.record(id).await;
-        let targeted: u64 = r.get("targeted").and_then(|t| t.parse().ok()).unwrap_or(0);
-        r.get("state").map(String::as_str) == Some("dispatched")
-            && self.finished(id).await >= targeted
+        let r = self.snapshot(id).await;
+        r.is_dispatched() && self.finished(id).await >= r.targeted().unwrap_or(0)
     }
 
     pub async fn wait_complete(&self, id: &str, guard: Duration) {
@@ -179,6 +262,18 @@ impl Fleet {
         m
     }
 
+    /// Messages that reached each user, as WeChat's side (the fake) counted them: a send it
+    /// carried out is a delivery whatever the caller heard back (a lost reply included).
+    pub fn delivered_per_user(&self) -> HashMap<String, u64> {
+        let mut m = HashMap::new();
+        for r in self.fake.requests() {
+            if let (true, Some(who)) = (r.delivered, r.touser) {
+                *m.entry(who).or_default() += 1;
+            }
+        }
+        m
+    }
+
     /// The end-of-test checks, `targeted` included: it counts each recipient exactly once,
     /// even when a dispatcher was killed mid-page (see docs/campaigns.md).
     pub async fn check(&self, id: &str, reachable: &[String], audience: usize) {
@@ -192,8 +287,8 @@ impl Fleet {
             assert_eq!(per_user.get(who), Some(&1), "{who} got no message");
         }
         let c = self.counts(id).await;
-        let r = self.record(id).await;
-        let targeted: u64 = r["targeted"].parse().unwrap();
+        let r = self.snapshot(id).await;
+        let targeted = r.targeted().unwrap();
         let get = |k: &str| c.get(k).copied().unwrap_or(0);
         let failed: u64 = c
             .iter()

@@ -14,6 +14,8 @@
 //!                                          consent for that template
 //! {ns}:tc:{<app>.<shard>}           hash  consent totals: templateId → consents held by the
 //!                                          shard's users
+//! {ns}:camp:<app>:<campaign>        hash  the campaign's record (its key and fields are
+//!                                          `record.rs`'s)
 //! ```
 //!
 //! A user's keys and their index shards share the hash tag `{<app>.<shard>}`, so every script

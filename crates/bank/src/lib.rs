@@ -22,18 +22,22 @@
 //!   redelivered or killed (see `campaign.rs`), spending a formId/prepayId use or a consent.
 //! - **consents** ([`Bank::consents_left`], [`Bank::clear_consents`],
 //!   [`Bank::release_consent`], [`Bank::consent_page`]).
+//! - **the campaign record** ([`record`], [`Bank::record`]): a campaign's dispatch state, its
+//!   dispatcher's lease (one dispatcher per campaign) and stop flag, every field named there.
 //! - **reachable users** ([`Bank::reachable_page`]): streams the users who hold a usable
 //!   credential, shard by shard, a page at a time, without `KEYS` or a keyspace `SCAN`.
 //!
 //! Time is Redis's own (`TIME` inside the scripts), so all processes share one clock.
 //! Key layout: [`keys`]; member encoding: [`member`]. This crate must not know about
-//! RabbitMQ, WeChat or message formats.
+//! RabbitMQ, WeChat or message formats (the one exception: the campaign record keeps the
+//! campaign's send job as `wxpush-domain` serialises it, [`record::CampaignRecord::job_template`]).
 
 mod campaign;
 mod consent;
 pub mod keys;
 pub mod member;
 mod reachable;
+pub mod record;
 mod requeue;
 mod scripts;
 

@@ -41,6 +41,9 @@ pub(crate) struct Scripts {
     pub(crate) clear_consents: BankScript,
     pub(crate) campaign_claim_consent: BankScript,
     pub(crate) campaign_requeue: BankScript,
+    pub(crate) record_open: BankScript,
+    pub(crate) record_write: BankScript,
+    pub(crate) record_stop: BankScript,
 }
 
 pub(crate) fn get() -> &'static Scripts {
@@ -67,6 +70,16 @@ pub(crate) fn get() -> &'static Scripts {
             include_str!("lua/campaign_marks.lua"),
             include_str!("lua/campaign_requeue.lua")
         )),
+        // The record's field names come from record.rs (`crate::record::lua_prelude`).
+        record_open: BankScript::new(&crate::record::with_prelude(include_str!(
+            "lua/record_open.lua"
+        ))),
+        record_write: BankScript::new(&crate::record::with_prelude(include_str!(
+            "lua/record_write.lua"
+        ))),
+        record_stop: BankScript::new(&crate::record::with_prelude(include_str!(
+            "lua/record_stop.lua"
+        ))),
     })
 }
 
@@ -89,6 +102,9 @@ impl Scripts {
             &self.clear_consents,
             &self.campaign_claim_consent,
             &self.campaign_requeue,
+            &self.record_open,
+            &self.record_write,
+            &self.record_stop,
         ] {
             s.script.prepare_invoke().load_async(conn).await?;
         }

@@ -2,21 +2,43 @@
 //!
 //! Per campaign (contract section 5; one at a time per process):
 //! 1. parse and validate it ([`wxpush_domain::parse_campaign`]); a bad one is dead-lettered
-//!    to `<ns>.dead.dispatch` with its reason;
-//! 2. record it once, keyed by its app and `campaignId` (`{ns}:camp:<app>:<id>`): a campaign
-//!    already dispatched is a no-op; one being dispatched resumes from its checkpoint. A
-//!    campaign naming an app the install does not serve is dead-lettered (`unknown_app`);
+//!    to `<ns>.dead.dispatch` with its reason; one naming an app the install does not serve
+//!    too (`unknown_app`);
+//! 2. open its record ([`wxpush_bank::record`], `{ns}:camp:<app>:<id>`) and take its dispatch
+//!    lease: a campaign already dispatched is a no-op; one being dispatched resumes from its
+//!    checkpoint; one whose lease another live dispatcher holds is waited for (below);
 //! 3. stream the audience a page at a time (the bank's index of reachable users — for a
 //!    subscribe campaign, of users holding a consent for its template — or the explicit
 //!    openIds list) and publish one job per user with publisher confirms; after each
-//!    confirmed page, count the jobs (`targeted`) and save the checkpoint in one round trip;
+//!    confirmed page, count the jobs (`targeted`) and save the checkpoint in one fenced step;
 //! 4. mark it dispatched and acknowledge the campaign message.
+//!
+//! **One dispatcher per campaign.** The record carries a lease (10 s, Redis time) whose owner
+//! token every write names ([`wxpush_bank::record`]); the owner renews it in the background
+//! while it fans out. Two copies of one campaign (published twice, or redelivered while the
+//! first dispatcher still works) would otherwise both fan it out, both count `targeted` and
+//! delete each other's page written ahead, and the campaign would never show complete.
+//! - A dispatcher that meets a lease held by another **waits beside it, holding its copy
+//!   unacknowledged**, looking again every second: when the owner finishes, the copy is
+//!   acknowledged as already dispatched; when the lease runs out (its owner died or stalled),
+//!   this one takes the campaign over from the checkpoint. It never acknowledges its copy
+//!   unseen, because that copy may be the owner's own: a dispatcher killed mid-campaign has
+//!   its copy requeued by RabbitMQ at once, seconds before its lease runs out, and a
+//!   dispatcher taking that copy for a duplicate would lose the campaign. (Parking the copy in
+//!   a delay queue would free the waiting process but needs a queue of its own; campaigns
+//!   published twice are rare, so a waiting dispatcher is the simpler price. While it waits,
+//!   it takes no other campaign.)
+//! - A dispatcher whose renewal or write is refused (another took the lease over after it
+//!   stalled past it) stops at once without writing and acknowledges its copy: the new owner
+//!   holds a copy of its own, which RabbitMQ returns if that one dies too.
+//! - One stopped by shutdown, or by an outage, releases its lease (best effort) and hands its
+//!   copy back, so the next one takes over at once.
 //!
 //! Memory stays one page whatever the audience (an explicit list is as large as its message).
 //! A dispatcher killed at any moment leaves the campaign unacknowledged; the next one resumes
-//! from the checkpoint and may publish the last page again (counted once in `targeted`). Those
-//! jobs are duplicates; the senders' campaign marks turn them into `duplicate` counts, never
-//! second messages.
+//! from the checkpoint once the lease has run out and may publish the last page again
+//! (counted once in `targeted`). Those jobs are duplicates; the senders' campaign marks turn
+//! them into `duplicate` counts, never second messages.
 //!
 //! The page published again is exactly the first copy: a page of the index is written ahead
 //! into the record ([`PageInFlight`]) before its jobs go out, and a resuming dispatcher
@@ -24,13 +46,16 @@
 //! first copy have meanwhile left. So `targeted` is exact after a crash, and a campaign is
 //! never shown complete while some of its jobs are still queued. (An explicit list needs no
 //! such record: its pages are slices of the message, the same every time.)
-//! This module must not claim credentials or call WeChat.
+//! This module must not claim credentials or call WeChat, nor write the record but through
+//! [`wxpush_bank::record`].
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use redis::aio::ConnectionManager;
+use wxpush_bank::record::{CampaignRecord, Lease, Opened, PageInFlight, Resume, DISPATCH_LEASE};
 use wxpush_bank::{Bank, ReachableCursor};
 use wxpush_broker::topology::Needs;
 use wxpush_broker::{BatchConsumer, Publisher, Topology};
@@ -46,9 +71,6 @@ const PUBLISH_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
 /// The source name of the dispatch role's dead letters (queue `<ns>.dead.dispatch`).
 pub const DEAD_LETTER_SOURCE: &str = "dispatch";
-
-/// How long a campaign's record is kept after its last update.
-pub const RECORD_TTL_SECS: i64 = 30 * 24 * 3600;
 
 /// Tunables of the dispatch role.
 #[derive(Debug, Clone)]
@@ -79,6 +101,10 @@ pub struct DispatchStats {
     pub already_dispatched: u64,
     pub jobs_published: u64,
     pub dead_lettered: u64,
+    /// Campaign messages that met another dispatcher's lease and waited beside it.
+    pub waited: u64,
+    /// Campaigns this process stopped dispatching because another took its lease over.
+    pub handed_over: u64,
 }
 
 /// The dispatch role's working parts.
@@ -87,7 +113,6 @@ pub struct Dispatcher {
     broker: wxpush_broker::Broker,
     publisher: Publisher,
     topology: Topology,
-    conn: ConnectionManager,
     settings: DispatchSettings,
     redeliveries: Redeliveries,
 }
@@ -116,6 +141,8 @@ pub async fn run(
                 t.already_dispatched += stats.already_dispatched;
                 t.jobs_published += stats.jobs_published;
                 t.dead_lettered += stats.dead_lettered;
+                t.waited += stats.waited;
+                t.handed_over += stats.handed_over;
             }
             r
         }
@@ -127,59 +154,75 @@ pub async fn run(
 enum Progress {
     Finished,
     Interrupted,
+    /// Another dispatcher took the lease over: this one wrote nothing after it and stops.
+    LeaseLost,
 }
 
-/// Where a campaign's dispatch resumes: its checkpoint, and the page of the index that was
-/// being published when the last dispatcher stopped, if any.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Resume {
-    /// The checkpoint: an index into the explicit list, or an index cursor (`""` at the start).
-    pub cursor: String,
-    pub in_flight: Option<PageInFlight>,
+/// How often a dispatcher waiting beside another one's lease looks at the record again.
+const HELD_POLL: Duration = Duration::from_secs(1);
+
+/// The dispatcher holding a campaign's lease: the record, its lease, renewed in the
+/// background every third of its duration while the campaign is fanned out, and whether a
+/// renewal was refused (another dispatcher took the lease over).
+struct Owner {
+    record: CampaignRecord,
+    lease: Lease,
+    lost: Arc<AtomicBool>,
+    renewer: tokio::task::JoinHandle<()>,
 }
 
-/// A page of an index walk written ahead into the campaign's record (fields `page`, the
-/// openIds joined by newlines, and `page_next`, the cursor after it) before its jobs are
-/// published; the page's checkpoint removes it. While it is there, the page may have been
-/// published in part or in full, so a resuming dispatcher publishes it again as it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PageInFlight {
-    pub users: Vec<OpenId>,
-    /// The checkpoint after the page (`"<shard>:<scan>"` or `"end"`).
-    pub next: String,
-}
-
-impl PageInFlight {
-    /// A page read from the index, with the cursor the walk continues from.
-    pub fn new(users: Vec<OpenId>, next: Option<ReachableCursor>) -> Self {
+impl Owner {
+    fn new(record: CampaignRecord, lease: Lease) -> Self {
+        let lost = Arc::new(AtomicBool::new(false));
+        let renewer = tokio::spawn({
+            let (record, lease, lost) = (record.clone(), lease.clone(), lost.clone());
+            async move {
+                let every = lease.duration / 3;
+                loop {
+                    tokio::time::sleep(every).await;
+                    match record.renew(&lease).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            lost.store(true, Ordering::Relaxed);
+                            return;
+                        }
+                        // Redis unreachable: the next write (fenced) or renewal tells.
+                        Err(e) => tracing::warn!(error = %e, "cannot renew the dispatch lease"),
+                    }
+                }
+            }
+        });
         Self {
-            users,
-            next: next.map_or_else(|| "end".to_owned(), |n| format!("{}:{}", n.shard, n.scan)),
+            record,
+            lease,
+            lost,
+            renewer,
         }
     }
 
-    /// Writes the page into the record at `key` (one round trip).
-    pub async fn save(&self, conn: &mut ConnectionManager, key: &str) -> redis::RedisResult<()> {
-        let users: Vec<&str> = self.users.iter().map(OpenId::as_str).collect();
-        redis::pipe()
-            .hset(key, "page", users.join("\n"))
-            .ignore()
-            .hset(key, "page_next", &self.next)
-            .ignore()
-            .query_async(conn)
-            .await
+    /// A renewal was refused: another dispatcher owns the campaign now.
+    fn lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
     }
 
-    /// The page in the record's fields, if one is there. (The record is written only by
-    /// dispatchers; an entry that is not an openId is dropped rather than published.)
-    fn from_fields(page: Option<String>, next: Option<String>) -> Option<Self> {
-        let (page, next) = (page?, next?);
-        let users = page
-            .split('\n')
-            .filter(|u| !u.is_empty())
-            .filter_map(|u| OpenId::new(u).ok())
-            .collect();
-        Some(Self { users, next })
+    /// Marks the campaign dispatched (`false`: refused, the lease is lost). The renewals stop
+    /// first; one already sent reaches Redis before this (one connection, in order).
+    async fn finish(&self) -> Result<bool, RoleError> {
+        self.renewer.abort();
+        Ok(self.record.finish(&self.lease).await?)
+    }
+
+    /// Ends the lease now (best effort), so that the next dispatcher takes over at once. The
+    /// renewals stop first, so that none extends the lease after it.
+    async fn release(&self) {
+        self.renewer.abort();
+        let _ = self.record.release(&self.lease).await;
+    }
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.renewer.abort();
     }
 }
 
@@ -196,7 +239,6 @@ impl Dispatcher {
             broker: deps.broker.clone(),
             publisher,
             topology: topology.clone(),
-            conn: deps.bank.connection(),
             settings: settings.clone(),
             redeliveries: Redeliveries::new(&deps.bank),
         })
@@ -280,31 +322,35 @@ impl Dispatcher {
         let app = app.id.clone();
         // Every job names its app, so it is sent for that app even if the default changes.
         campaign.app_id = Some(app.clone());
-        let key = record_key(self.bank.keys().namespace(), &app, &campaign.campaign_id);
-        let resume = match open_record(&mut self.conn.clone(), &key, &app, &campaign).await? {
-            None => {
-                tracing::info!(campaign = %campaign.campaign_id, "campaign already dispatched: nothing to do");
-                stats.already_dispatched += 1;
-                delivery.acker.ack(BasicAckOptions::default()).await?;
-                return Ok(());
-            }
-            Some(r) => r,
-        };
-        tracing::info!(campaign = %campaign.campaign_id, from = %resume.cursor, "dispatching");
-        match self
-            .fan_out(&campaign, &app, &key, resume, stats, shutdown)
+        let record = self.bank.record(&app, &campaign.campaign_id);
+        let Some((lease, created, resume)) = self
+            .take_lease(&record, &campaign, delivery, stats, shutdown)
             .await?
-        {
+        else {
+            return Ok(());
+        };
+        tracing::info!(campaign = %campaign.campaign_id, from = %resume.cursor, created, "dispatching");
+        let owner = Owner::new(record, lease);
+        let progress = self
+            .fan_out(&campaign, &app, &owner, resume, stats, shutdown)
+            .await;
+        let progress = match progress {
+            // The finish is fenced like every write: refused, another dispatcher owns it now.
+            Ok(Progress::Finished) => match owner.finish().await? {
+                true => Progress::Finished,
+                false => Progress::LeaseLost,
+            },
+            Ok(p) => p,
+            Err(e) => {
+                // Hand the campaign back (the caller requeues the message) and let the next
+                // dispatcher take it at once rather than after the lease (best effort: Redis
+                // may be what failed).
+                owner.release().await;
+                return Err(e);
+            }
+        };
+        match progress {
             Progress::Finished => {
-                let _: () = redis::pipe()
-                    .hset(&key, "state", "dispatched")
-                    .ignore()
-                    .hset(&key, "dispatched_at_ms", now_ms())
-                    .ignore()
-                    .expire(&key, RECORD_TTL_SECS)
-                    .ignore()
-                    .query_async(&mut self.conn.clone())
-                    .await?;
                 stats.campaigns += 1;
                 metrics::counter!(m::CAMPAIGNS_DISPATCHED).increment(1);
                 tracing::info!(campaign = %campaign.campaign_id, "campaign dispatched");
@@ -312,6 +358,7 @@ impl Dispatcher {
             }
             Progress::Interrupted => {
                 tracing::info!(campaign = %campaign.campaign_id, "stopping mid-campaign: handed back at its checkpoint");
+                owner.release().await;
                 delivery
                     .acker
                     .nack(BasicNackOptions {
@@ -320,8 +367,69 @@ impl Dispatcher {
                     })
                     .await?;
             }
+            Progress::LeaseLost => {
+                // The dispatcher that took the lease over holds a copy of the campaign of its
+                // own (it took the lease while holding it), which RabbitMQ gives back if that
+                // one dies too: this copy is not needed. (If this process's channel is gone,
+                // the acknowledgement fails and RabbitMQ requeues the copy: harmless.)
+                tracing::warn!(campaign = %campaign.campaign_id, "another dispatcher took this campaign over (this one stalled past its lease): stopping without writing");
+                stats.handed_over += 1;
+                delivery.acker.ack(BasicAckOptions::default()).await?;
+            }
         }
         Ok(())
+    }
+
+    /// Opens the campaign's record and takes its dispatch lease, waiting beside another live
+    /// dispatcher that holds it until that one finishes (then this copy is acknowledged as
+    /// already dispatched) or its lease runs out (then this one takes over). `None`: nothing
+    /// more to do with this delivery (acknowledged, or handed back on shutdown).
+    async fn take_lease(
+        &self,
+        record: &CampaignRecord,
+        campaign: &Campaign,
+        delivery: &Delivery,
+        stats: &mut DispatchStats,
+        shutdown: &Shutdown,
+    ) -> Result<Option<(Lease, bool, Resume)>, RoleError> {
+        let mut shutdown = shutdown.clone();
+        let mut waited = false;
+        loop {
+            match record.open(campaign, DISPATCH_LEASE).await? {
+                Opened::Owned {
+                    lease,
+                    created,
+                    resume,
+                } => return Ok(Some((lease, created, resume))),
+                Opened::Dispatched => {
+                    tracing::info!(campaign = %campaign.campaign_id, "campaign already dispatched: nothing to do");
+                    stats.already_dispatched += 1;
+                    delivery.acker.ack(BasicAckOptions::default()).await?;
+                    return Ok(None);
+                }
+                Opened::Held { left } => {
+                    if !waited {
+                        tracing::info!(campaign = %campaign.campaign_id, lease_left_ms = left.as_millis() as u64, "another dispatcher is dispatching this campaign: waiting until it finishes or its lease runs out");
+                        stats.waited += 1;
+                        waited = true;
+                    }
+                    let pause = left.clamp(Duration::from_millis(50), HELD_POLL);
+                    tokio::select! {
+                        _ = shutdown.wait() => {
+                            delivery
+                                .acker
+                                .nack(BasicNackOptions {
+                                    requeue: true,
+                                    ..Default::default()
+                                })
+                                .await?;
+                            return Ok(None);
+                        }
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
+            }
+        }
     }
 
     /// Publishes the jobs from `cursor` on, page by page, checkpointing after each page.
@@ -329,7 +437,7 @@ impl Dispatcher {
         &self,
         c: &Campaign,
         app: &AppId,
-        key: &str,
+        owner: &Owner,
         resume: Resume,
         stats: &mut DispatchStats,
         shutdown: &Shutdown,
@@ -343,8 +451,12 @@ impl Dispatcher {
                         return Ok(Progress::Interrupted);
                     }
                     let end = (at + page).min(list.len());
-                    self.publish_page(c, app, key, &list[at..end], &end.to_string(), stats)
-                        .await?;
+                    if !self
+                        .publish_page(c, app, owner, &list[at..end], &end.to_string(), stats)
+                        .await?
+                    {
+                        return Ok(Progress::LeaseLost);
+                    }
                     at = end;
                 }
             }
@@ -353,8 +465,12 @@ impl Dispatcher {
                 if let Some(p) = resume.in_flight {
                     // The page the last dispatcher was publishing: the same users again.
                     tracing::info!(campaign = %c.campaign_id, users = p.users.len(), "publishing again the page a stopped dispatcher was publishing");
-                    self.publish_page(c, app, key, &p.users, &p.next, stats)
-                        .await?;
+                    if !self
+                        .publish_page(c, app, owner, &p.users, &p.next, stats)
+                        .await?
+                    {
+                        return Ok(Progress::LeaseLost);
+                    }
                     at = parse_index_cursor(&p.next);
                 }
                 while let Some(pos) = at {
@@ -373,11 +489,17 @@ impl Dispatcher {
                         }
                     };
                     let ahead = PageInFlight::new(p.users, p.next);
-                    if !ahead.users.is_empty() {
-                        ahead.save(&mut self.conn.clone(), key).await?;
+                    if !ahead.users.is_empty()
+                        && !owner.record.save_page(&owner.lease, &ahead).await?
+                    {
+                        return Ok(Progress::LeaseLost);
                     }
-                    self.publish_page(c, app, key, &ahead.users, &ahead.next, stats)
-                        .await?;
+                    if !self
+                        .publish_page(c, app, owner, &ahead.users, &ahead.next, stats)
+                        .await?
+                    {
+                        return Ok(Progress::LeaseLost);
+                    }
                     at = p.next;
                 }
             }
@@ -387,21 +509,26 @@ impl Dispatcher {
 
     /// Publishes one job per user to the app's send queue ([`Topology::send_queue_for`]),
     /// confirmed by the broker, then checkpoints the page: `next` is where the walk goes on.
+    /// `false`: the lease is lost (nothing more is published once that is known, and the
+    /// checkpoint is refused).
     async fn publish_page(
         &self,
         c: &Campaign,
         app: &AppId,
-        key: &str,
+        owner: &Owner,
         users: &[OpenId],
         next: &str,
         stats: &mut DispatchStats,
-    ) -> Result<(), RoleError> {
+    ) -> Result<bool, RoleError> {
         // Jobs are built and confirmed a few MiB at a time: a page of jobs that each carry
         // 32 KiB of data would otherwise be 32 MiB at once.
         let queue = self.topology.send_queue_for(app);
         let mut jobs = users.iter().filter_map(|u| c.job_for(u)).peekable();
         let mut bodies: Vec<Vec<u8>> = Vec::new();
         while jobs.peek().is_some() {
+            if owner.lost() {
+                return Ok(false);
+            }
             let mut bytes = 0;
             while bytes < PUBLISH_CHUNK_BYTES {
                 let Some(job) = jobs.next() else { break };
@@ -414,27 +541,19 @@ impl Dispatcher {
                 .await?;
             bodies.clear();
         }
-        self.checkpoint(key, users.len(), next).await?;
+        // Counts the confirmed page and moves the checkpoint past it in one step, forgetting
+        // the page written ahead: a page is counted once even if a crash makes the next
+        // dispatcher publish it again. Refused if another dispatcher took the lease over.
+        if !owner
+            .record
+            .checkpoint(&owner.lease, users.len(), next)
+            .await?
+        {
+            return Ok(false);
+        }
         stats.jobs_published += users.len() as u64;
         metrics::counter!(m::JOBS_PUBLISHED).increment(users.len() as u64);
-        Ok(())
-    }
-
-    /// Counts a confirmed page and moves the checkpoint past it, atomically (MULTI/EXEC),
-    /// forgetting the page written ahead: a page is counted once even if a crash makes the
-    /// next dispatcher publish it again.
-    async fn checkpoint(&self, key: &str, published: usize, cursor: &str) -> Result<(), RoleError> {
-        let _: () = redis::pipe()
-            .atomic()
-            .hincr(key, "targeted", published as u64)
-            .ignore()
-            .hset(key, "cursor", cursor)
-            .ignore()
-            .hdel(key, &["page", "page_next"])
-            .ignore()
-            .query_async(&mut self.conn.clone())
-            .await?;
-        Ok(())
+        Ok(true)
     }
 
     async fn reject(
@@ -463,91 +582,6 @@ impl Dispatcher {
     }
 }
 
-/// The record's field holding the campaign's send job with an empty `openId`
-/// ([`Campaign::job_template`]): what `wxpush campaign retry` sends again.
-pub const JOB_TEMPLATE_FIELD: &str = "job";
-
-/// The key of a campaign's record, `{ns}:camp:<app>:<campaignId>`: two apps may each run a
-/// campaign of the same id. (An appId has no `:`, so no id of one app reaches another's key.)
-pub fn record_key(ns: impl std::fmt::Display, app: &AppId, campaign_id: &str) -> String {
-    format!("{ns}:camp:{app}:{campaign_id}")
-}
-
-/// Records campaign `c` of `app` at `key` if it is new and returns where its dispatch starts
-/// (`None`: already dispatched). The record is written once: a republished campaign with
-/// other content keeps the first one's. Public so tests can leave a campaign as a killed
-/// dispatcher leaves it.
-pub async fn open_record(
-    conn: &mut ConnectionManager,
-    key: &str,
-    app: &AppId,
-    c: &Campaign,
-) -> Result<Option<Resume>, RoleError> {
-    let created: bool = redis::cmd("HSETNX")
-        .arg(key)
-        .arg("started_at_ms")
-        .arg(now_ms())
-        .query_async(&mut *conn)
-        .await?;
-    if created {
-        let audience = match c.audience {
-            Audience::All => "all",
-            Audience::OpenIds(_) => "list",
-        };
-        let _: () = redis::pipe()
-            .hset_multiple(
-                key,
-                &[
-                    ("app", app.to_string()),
-                    ("kind", c.kind.name().to_owned()),
-                    ("template_id", c.template_id.clone()),
-                    ("audience", audience.to_owned()),
-                    ("state", "dispatching".to_owned()),
-                    ("targeted", "0".to_owned()),
-                    (
-                        "rejected_recipients",
-                        c.rejected_recipients.len().to_string(),
-                    ),
-                    ("cursor", String::new()),
-                    (
-                        JOB_TEMPLATE_FIELD,
-                        String::from_utf8_lossy(&c.job_template().to_json()).into_owned(),
-                    ),
-                ],
-            )
-            .ignore()
-            .expire(key, RECORD_TTL_SECS)
-            .ignore()
-            .query_async(&mut *conn)
-            .await?;
-        return Ok(Some(Resume {
-            cursor: String::new(),
-            in_flight: None,
-        }));
-    }
-    type Fields = (
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-    );
-    let (state, cursor, page, page_next): Fields = redis::cmd("HMGET")
-        .arg(key)
-        .arg("state")
-        .arg("cursor")
-        .arg("page")
-        .arg("page_next")
-        .query_async(&mut *conn)
-        .await?;
-    if state.as_deref() == Some("dispatched") {
-        return Ok(None);
-    }
-    Ok(Some(Resume {
-        cursor: cursor.unwrap_or_default(),
-        in_flight: PageInFlight::from_fields(page, page_next),
-    }))
-}
-
 /// `""` (start), `"<shard>:<scan>"`, or `"end"`.
 fn parse_index_cursor(s: &str) -> Option<ReachableCursor> {
     if s == "end" {
@@ -558,11 +592,4 @@ fn parse_index_cursor(s: &str) -> Option<ReachableCursor> {
         shard: shard.parse().unwrap_or(0),
         scan: scan.parse().unwrap_or(0),
     })
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

@@ -2,9 +2,10 @@
 //! the same way, so the first sender to meet it marks the campaign stopped, and every sender
 //! then settles the campaign's jobs as `stopped` without calling WeChat.
 //!
-//! This module owns the stop flag's reads (cached a second per campaign; between a rate permit
-//! and its call only the cache is read) and its one write.
-//! It must not decide when a campaign is stopped (the decision table does).
+//! This module owns the sender's reads of the stop flag (cached a second per campaign; between
+//! a rate permit and its call only the cache is read) and its one write, both through the
+//! campaign record ([`wxpush_bank::record`], which names the fields). It must not decide when
+//! a campaign is stopped (the decision table does).
 
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,8 @@ impl Sender {
         app: &AppId,
         campaign: &str,
     ) -> Result<bool, RoleError> {
-        let key = crate::dispatch::record_key(self.bank.keys().namespace(), app, campaign);
+        let record = self.bank.record(app, campaign);
+        let key = record.key().to_owned();
         if let Ok(cache) = self.stopped.lock() {
             if let Some((at, stopped)) = cache.get(&key) {
                 if *stopped || at.elapsed() < STOP_CHECK_EVERY {
@@ -32,11 +34,7 @@ impl Sender {
                 }
             }
         }
-        let stopped: bool = redis::cmd("HEXISTS")
-            .arg(&key)
-            .arg("stopped_at_ms")
-            .query_async(&mut self.bank.connection())
-            .await?;
+        let stopped = record.stopped().await?;
         if let Ok(mut cache) = self.stopped.lock() {
             cache.insert(key, (Instant::now(), stopped));
         }
@@ -46,7 +44,7 @@ impl Sender {
     /// What this process last saw of the campaign's stop flag, without asking Redis (for the
     /// moment between a rate permit and its call, where nothing but the claim may stand).
     pub(super) fn campaign_stop_seen(&self, app: &AppId, campaign: &str) -> bool {
-        let key = crate::dispatch::record_key(self.bank.keys().namespace(), app, campaign);
+        let key = self.bank.record(app, campaign).key().to_owned();
         self.stopped
             .lock()
             .ok()
@@ -61,24 +59,11 @@ impl Sender {
         campaign: &str,
         reason: &str,
     ) -> Result<(), RoleError> {
-        let key = crate::dispatch::record_key(self.bank.keys().namespace(), app, campaign);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        let first: bool = redis::cmd("HSETNX")
-            .arg(&key)
-            .arg("stopped_at_ms")
-            .arg(now)
-            .query_async(&mut self.bank.connection())
-            .await?;
+        let record = self.bank.record(app, campaign);
+        let key = record.key().to_owned();
+        // The time and the reason in one step, once (the first sender's reason is kept).
+        let first = record.stop(reason).await?;
         if first {
-            let _: () = redis::cmd("HSET")
-                .arg(&key)
-                .arg("stopped_reason")
-                .arg(reason)
-                .query_async(&mut self.bank.connection())
-                .await?;
             tracing::warn!(
                 campaign,
                 reason,

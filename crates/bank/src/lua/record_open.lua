@@ -1,0 +1,40 @@
+-- Open a campaign's record for dispatch (wxpush-bank, record_open.lua; the prelude built by
+-- record.rs comes first: F, the field names, and S, the states).
+-- One script: a record is created with all its fields, its state and its lease in one step,
+-- so no crash leaves a record without a state.
+-- KEYS[1] the record. ARGV[1] lease (ms), ARGV[2] the record's lifetime (s), ARGV[3] app,
+-- ARGV[4] kind, ARGV[5] template id, ARGV[6] audience, ARGV[7] rejected recipients,
+-- ARGV[8] the send-job template (JSON).
+-- Returns {'dispatched'} | {'held', ms left} | {'new', token} |
+--   {'resume', token, cursor, page or nil, page_next or nil}
+local key = KEYS[1]
+local lease, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local state = redis.call('HGET', key, F.state)
+if state == S.dispatched then
+  return {'dispatched'}
+end
+if not state then
+  -- New, or a record holding only a sender's stop flag (jobs published before the campaign),
+  -- or one an older version left without a state: every field now. The token counter is never
+  -- reset, so no two leases of one record share a token.
+  local token = redis.call('HINCRBY', key, F.lease_owner, 1)
+  redis.call('HSETNX', key, F.started_at_ms, now)
+  redis.call('HSET', key, F.app, ARGV[3], F.kind, ARGV[4], F.template_id, ARGV[5],
+    F.audience, ARGV[6], F.state, S.dispatching, F.targeted, 0,
+    F.rejected_recipients, ARGV[7], F.cursor, '', F.job, ARGV[8], F.lease_until_ms, now + lease)
+  redis.call('EXPIRE', key, ttl)
+  return {'new', token}
+end
+local until_ms = tonumber(redis.call('HGET', key, F.lease_until_ms) or '0') or 0
+if until_ms > now then
+  return {'held', until_ms - now}
+end
+-- Free (released, or its owner died or stalled past it): taken over with a new token, which
+-- every later write of the old owner no longer matches.
+local token = redis.call('HINCRBY', key, F.lease_owner, 1)
+redis.call('HSET', key, F.lease_until_ms, now + lease)
+redis.call('HSETNX', key, F.job, ARGV[8])
+local r = redis.call('HMGET', key, F.cursor, F.page, F.page_next)
+return {'resume', token, r[1] or '', r[2] or false, r[3] or false}

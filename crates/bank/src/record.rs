@@ -1,0 +1,534 @@
+//! A campaign's record, `{ns}:camp:<app>:<campaignId>`: its dispatch state, the lease of the
+//! one dispatcher fanning it out, the stop flag, and what `campaign status` shows. Every field
+//! name is here ([`field`]); the Lua scripts get them from [`with_prelude`], and dispatch, send,
+//! status, the demo, the benchmarks and the tests read and write the record only through this
+//! module.
+//!
+//! - **open** ([`CampaignRecord::open`], `lua/record_open.lua`): one script creates the record
+//!   with every field, its state (`dispatching`) and the caller's lease in one step, so no crash
+//!   leaves a record without a state. A record already `dispatched` answers
+//!   [`Opened::Dispatched`]; one whose lease another dispatcher holds answers
+//!   [`Opened::Held`]; otherwise the caller takes the lease (over) and resumes from the
+//!   checkpoint.
+//! - **the dispatch lease**: an owner token (`lease_owner`, a counter raised by every take, so
+//!   never reused) and an expiry (`lease_until_ms`, Redis's clock). The owner renews it while
+//!   it dispatches ([`CampaignRecord::renew`]); once it has expired (its owner died or stalled
+//!   past it), the next [`CampaignRecord::open`] takes it over with a new token.
+//! - **fenced writes** ([`CampaignRecord::save_page`], [`CampaignRecord::checkpoint`],
+//!   [`CampaignRecord::finish`], [`CampaignRecord::release`], `lua/record_write.lua`): each names
+//!   the owner token and is refused (`false`, nothing written) once another dispatcher took the
+//!   lease over or the campaign is dispatched. A dispatcher whose write is refused stops. (An
+//!   owner whose lease expired while nobody took it over still writes: nobody else can have.)
+//! - **stop** ([`CampaignRecord::stop`], [`CampaignRecord::stopped`]): the flag a sender sets
+//!   when WeChat refuses a campaign's data (`47003`).
+//! - **snapshot** ([`CampaignRecord::snapshot`], [`RecordSnapshot`]) and the send-job template
+//!   kept at open ([`CampaignRecord::job_template`]).
+//!
+//! This module must not decide when a campaign is stopped, publish anything, or read the
+//! campaign's outcome counters (those are the senders', `campaign.rs`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use redis::Value;
+use wxpush_domain::campaign::{Audience, Campaign};
+use wxpush_domain::{AppId, OpenId, SendJob};
+
+use crate::{Bank, BankError, ReachableCursor};
+
+/// The record's field names (the Lua scripts use the same, from [`with_prelude`]).
+pub mod field {
+    /// The campaign's app.
+    pub const APP: &str = "app";
+    /// `template` or `subscribe`.
+    pub const KIND: &str = "kind";
+    pub const TEMPLATE_ID: &str = "template_id";
+    /// `all` or `list`.
+    pub const AUDIENCE: &str = "audience";
+    /// [`super::DISPATCHING`] or [`super::DISPATCHED`].
+    pub const STATE: &str = "state";
+    /// Jobs published and confirmed, each recipient counted once.
+    pub const TARGETED: &str = "targeted";
+    /// Invalid openIds of an explicit list.
+    pub const REJECTED_RECIPIENTS: &str = "rejected_recipients";
+    /// The checkpoint: an index into the explicit list, an index cursor, `""` at the start.
+    pub const CURSOR: &str = "cursor";
+    /// A page of the index written ahead of its jobs: the openIds joined by newlines.
+    pub const PAGE: &str = "page";
+    /// The checkpoint after the page written ahead.
+    pub const PAGE_NEXT: &str = "page_next";
+    /// Unix ms (Redis's clock).
+    pub const STARTED_AT_MS: &str = "started_at_ms";
+    pub const DISPATCHED_AT_MS: &str = "dispatched_at_ms";
+    /// Set once, by the first sender whose send WeChat refused for the campaign's data.
+    pub const STOPPED_AT_MS: &str = "stopped_at_ms";
+    pub const STOPPED_REASON: &str = "stopped_reason";
+    /// The campaign's send job with an empty openId, attempt 0 (JSON).
+    pub const JOB: &str = "job";
+    /// The token of the dispatcher holding (or that last held) the lease; raised by each take.
+    pub const LEASE_OWNER: &str = "lease_owner";
+    /// When the lease ends (Unix ms, Redis's clock; 0 once released or finished).
+    pub const LEASE_UNTIL_MS: &str = "lease_until_ms";
+
+    /// Every field, with its name in the scripts' `F` table.
+    pub(crate) const ALL: [(&str, &str); 17] = [
+        ("app", APP),
+        ("kind", KIND),
+        ("template_id", TEMPLATE_ID),
+        ("audience", AUDIENCE),
+        ("state", STATE),
+        ("targeted", TARGETED),
+        ("rejected_recipients", REJECTED_RECIPIENTS),
+        ("cursor", CURSOR),
+        ("page", PAGE),
+        ("page_next", PAGE_NEXT),
+        ("started_at_ms", STARTED_AT_MS),
+        ("dispatched_at_ms", DISPATCHED_AT_MS),
+        ("stopped_at_ms", STOPPED_AT_MS),
+        ("stopped_reason", STOPPED_REASON),
+        ("job", JOB),
+        ("lease_owner", LEASE_OWNER),
+        ("lease_until_ms", LEASE_UNTIL_MS),
+    ];
+}
+
+/// The state of a campaign being fanned out.
+pub const DISPATCHING: &str = "dispatching";
+/// The state of a campaign whose every job is published.
+pub const DISPATCHED: &str = "dispatched";
+
+/// How long a dispatcher's lease on a campaign runs without a renewal: another dispatcher
+/// takes the campaign over this long after its owner died or stalled.
+pub const DISPATCH_LEASE: Duration = Duration::from_secs(10);
+
+/// How long a campaign's record is kept after it is created, and after it is dispatched.
+pub const RECORD_TTL_SECS: i64 = 30 * 24 * 3600;
+
+/// The key of a campaign's record, `{ns}:camp:<app>:<campaignId>`: two apps may each run a
+/// campaign of the same id. (An appId has no `:`, so no id of one app reaches another's key.)
+pub fn record_key(ns: impl std::fmt::Display, app: &AppId, campaign_id: &str) -> String {
+    format!("{ns}:camp:{app}:{campaign_id}")
+}
+
+/// A record script's source with the prelude naming the fields (`F.<name>`) and states
+/// (`S.dispatching`, `S.dispatched`) first.
+pub(crate) fn with_prelude(body: &str) -> String {
+    let fields: Vec<String> = field::ALL
+        .iter()
+        .map(|(lua, name)| format!("{lua} = '{name}'"))
+        .collect();
+    format!(
+        "local F = {{{}}}\nlocal S = {{dispatching = '{DISPATCHING}', dispatched = '{DISPATCHED}'}}\n{body}",
+        fields.join(", ")
+    )
+}
+
+/// A page of an index walk written ahead into the record (fields `page`, the openIds joined
+/// by newlines, and `page_next`, the cursor after it) before its jobs are published; the
+/// page's checkpoint removes it. While it is there, the page may have been published in part
+/// or in full, so a resuming dispatcher publishes it again as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageInFlight {
+    pub users: Vec<OpenId>,
+    /// The checkpoint after the page (`"<shard>:<scan>"` or `"end"`).
+    pub next: String,
+}
+
+impl PageInFlight {
+    /// A page read from the index, with the cursor the walk continues from.
+    pub fn new(users: Vec<OpenId>, next: Option<ReachableCursor>) -> Self {
+        Self {
+            users,
+            next: next.map_or_else(|| "end".to_owned(), |n| format!("{}:{}", n.shard, n.scan)),
+        }
+    }
+
+    /// The page in the record's fields, if one is there. (The record is written only by
+    /// dispatchers; an entry that is not an openId is dropped rather than published.)
+    fn from_fields(page: Option<String>, next: Option<String>) -> Option<Self> {
+        let (page, next) = (page?, next?);
+        let users = page
+            .split('\n')
+            .filter(|u| !u.is_empty())
+            .filter_map(|u| OpenId::new(u).ok())
+            .collect();
+        Some(Self { users, next })
+    }
+}
+
+/// Where a campaign's dispatch resumes: its checkpoint, and the page of the index that was
+/// being published when the last dispatcher stopped, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    /// The checkpoint: an index into the explicit list, or an index cursor (`""` at the start).
+    pub cursor: String,
+    pub in_flight: Option<PageInFlight>,
+}
+
+/// A dispatcher's hold on a campaign: its owner token, named by every write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub token: String,
+    /// How long each renewal makes it run.
+    pub duration: Duration,
+}
+
+/// What [`CampaignRecord::open`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opened {
+    /// The caller holds the lease: it dispatches the campaign from `resume`. `created`: the
+    /// record was created by this call.
+    Owned {
+        lease: Lease,
+        created: bool,
+        resume: Resume,
+    },
+    /// Every job of the campaign is published: nothing to do.
+    Dispatched,
+    /// Another dispatcher holds the lease, for `left` more unless it renews it.
+    Held { left: Duration },
+}
+
+/// The record as read at one moment (`None` fields are absent or empty).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordSnapshot {
+    /// Every field as stored (for readers that report fields they cannot parse).
+    pub fields: BTreeMap<String, String>,
+}
+
+impl RecordSnapshot {
+    /// A snapshot of fields read some other way (`campaign status` reads them beside the
+    /// counters in one MULTI).
+    pub fn from_fields(fields: BTreeMap<String, String>) -> Self {
+        Self { fields }
+    }
+
+    /// A non-empty field as stored.
+    pub fn text(&self, name: &str) -> Option<&str> {
+        self.fields
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    fn number(&self, name: &str) -> Option<i64> {
+        self.text(name).and_then(|v| v.trim().parse().ok())
+    }
+
+    /// `dispatching` or `dispatched`.
+    pub fn state(&self) -> Option<&str> {
+        self.text(field::STATE)
+    }
+
+    pub fn is_dispatched(&self) -> bool {
+        self.state() == Some(DISPATCHED)
+    }
+
+    /// Jobs published (0 while none is; `None` when unreadable).
+    pub fn targeted(&self) -> Option<u64> {
+        match self.fields.get(field::TARGETED) {
+            None => Some(0),
+            Some(v) => v.trim().parse().ok(),
+        }
+    }
+
+    pub fn started_at_ms(&self) -> Option<i64> {
+        self.number(field::STARTED_AT_MS)
+    }
+
+    pub fn dispatched_at_ms(&self) -> Option<i64> {
+        self.number(field::DISPATCHED_AT_MS)
+    }
+
+    /// Why the campaign was stopped (`"stopped"` if no reason was kept), if it was.
+    pub fn stopped_reason(&self) -> Option<String> {
+        self.fields.contains_key(field::STOPPED_AT_MS).then(|| {
+            self.text(field::STOPPED_REASON)
+                .unwrap_or("stopped")
+                .to_owned()
+        })
+    }
+}
+
+/// One campaign's record (see the module documentation). Cheap to make; clones share the
+/// bank's connection.
+#[derive(Clone)]
+pub struct CampaignRecord {
+    bank: Bank,
+    app: AppId,
+    key: String,
+}
+
+impl Bank {
+    /// The record of `app`'s campaign `campaign_id`.
+    pub fn record(&self, app: &AppId, campaign_id: &str) -> CampaignRecord {
+        CampaignRecord {
+            bank: self.clone(),
+            app: app.clone(),
+            key: record_key(self.keys.namespace(), app, campaign_id),
+        }
+    }
+}
+
+impl CampaignRecord {
+    /// The record's Redis key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Opens campaign `c` (of this record's app) for dispatch under a lease of `lease`: creates
+    /// the record if it is new, in one atomic step with every field (the first campaign
+    /// message's content is kept: a republished campaign with other content changes nothing),
+    /// or takes a free lease over. See [`Opened`].
+    pub async fn open(&self, c: &Campaign, lease: Duration) -> Result<Opened, BankError> {
+        let audience = match c.audience {
+            Audience::All => "all",
+            Audience::OpenIds(_) => "list",
+        };
+        let mut job = c.job_template();
+        job.app_id = Some(self.app.to_string());
+        let mut cmd = self.bank.scripts.record_open.evalsha();
+        cmd.arg(1)
+            .arg(&self.key)
+            .arg(millis(lease))
+            .arg(RECORD_TTL_SECS)
+            .arg(self.app.as_str())
+            .arg(c.kind.name())
+            .arg(&c.template_id)
+            .arg(audience)
+            .arg(c.rejected_recipients.len())
+            .arg(job.to_json());
+        let reply: Vec<Value> = self
+            .bank
+            .scripts
+            .run(&mut self.bank.connection(), &cmd)
+            .await?;
+        let text = |v: &Value| -> Option<String> {
+            match v {
+                Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                Value::SimpleString(s) => Some(s.clone()),
+                Value::Int(n) => Some(n.to_string()),
+                _ => None,
+            }
+        };
+        let owned = |token: &Value, created, resume| -> Result<Opened, BankError> {
+            let token = text(token)
+                .ok_or_else(|| BankError::Protocol(format!("record_open token {token:?}")))?;
+            Ok(Opened::Owned {
+                lease: Lease {
+                    token,
+                    duration: lease,
+                },
+                created,
+                resume,
+            })
+        };
+        match reply.as_slice() {
+            [tag] if text(tag).as_deref() == Some("dispatched") => Ok(Opened::Dispatched),
+            [tag, left] if text(tag).as_deref() == Some("held") => {
+                let left = text(left).and_then(|l| l.parse::<u64>().ok()).unwrap_or(0);
+                Ok(Opened::Held {
+                    left: Duration::from_millis(left),
+                })
+            }
+            [tag, token] if text(tag).as_deref() == Some("new") => owned(
+                token,
+                true,
+                Resume {
+                    cursor: String::new(),
+                    in_flight: None,
+                },
+            ),
+            [tag, token, cursor, page, next] if text(tag).as_deref() == Some("resume") => owned(
+                token,
+                false,
+                Resume {
+                    cursor: text(cursor).unwrap_or_default(),
+                    in_flight: PageInFlight::from_fields(text(page), text(next)),
+                },
+            ),
+            other => Err(BankError::Protocol(format!(
+                "record_open returned {other:?}"
+            ))),
+        }
+    }
+
+    async fn write(&self, lease: &Lease, op: &str, args: &[String]) -> Result<bool, BankError> {
+        let mut cmd = self.bank.scripts.record_write.evalsha();
+        cmd.arg(1)
+            .arg(&self.key)
+            .arg(&lease.token)
+            .arg(millis(lease.duration))
+            .arg(op);
+        for a in args {
+            cmd.arg(a);
+        }
+        let done: i64 = self
+            .bank
+            .scripts
+            .run(&mut self.bank.connection(), &cmd)
+            .await?;
+        Ok(done == 1)
+    }
+
+    /// Makes the lease run its duration from now. `false`: it is lost (another dispatcher took
+    /// it over, or the campaign is dispatched); the caller stops.
+    pub async fn renew(&self, lease: &Lease) -> Result<bool, BankError> {
+        self.write(lease, "renew", &[]).await
+    }
+
+    /// Writes `page` ahead into the record before its jobs are published (and renews the
+    /// lease). `false`: refused, the lease is lost; publish nothing.
+    pub async fn save_page(&self, lease: &Lease, page: &PageInFlight) -> Result<bool, BankError> {
+        let users: Vec<&str> = page.users.iter().map(OpenId::as_str).collect();
+        self.write(lease, "page", &[users.join("\n"), page.next.clone()])
+            .await
+    }
+
+    /// Counts a confirmed page of `published` jobs and moves the checkpoint to `cursor`,
+    /// forgetting the page written ahead, in one step (and renews the lease): a page is
+    /// counted once even if a crash makes the next dispatcher publish it again. `false`:
+    /// refused, the lease is lost.
+    pub async fn checkpoint(
+        &self,
+        lease: &Lease,
+        published: usize,
+        cursor: &str,
+    ) -> Result<bool, BankError> {
+        self.write(
+            lease,
+            "checkpoint",
+            &[published.to_string(), cursor.to_owned()],
+        )
+        .await
+    }
+
+    /// Marks the campaign dispatched (every job published) and ends the lease; the record is
+    /// kept [`RECORD_TTL_SECS`] more. `false`: refused, the lease is lost.
+    pub async fn finish(&self, lease: &Lease) -> Result<bool, BankError> {
+        self.write(lease, "finish", &[RECORD_TTL_SECS.to_string()])
+            .await
+    }
+
+    /// Ends the lease now, so that the next dispatcher takes the campaign over at once.
+    /// `false`: it was lost already.
+    pub async fn release(&self, lease: &Lease) -> Result<bool, BankError> {
+        self.write(lease, "release", &[]).await
+    }
+
+    /// Marks the campaign stopped with `reason`, once: `true` when this call stopped it.
+    pub async fn stop(&self, reason: &str) -> Result<bool, BankError> {
+        let mut cmd = self.bank.scripts.record_stop.evalsha();
+        cmd.arg(1).arg(&self.key).arg(reason).arg(RECORD_TTL_SECS);
+        let first: i64 = self
+            .bank
+            .scripts
+            .run(&mut self.bank.connection(), &cmd)
+            .await?;
+        Ok(first == 1)
+    }
+
+    /// Whether the campaign was stopped.
+    pub async fn stopped(&self) -> Result<bool, BankError> {
+        let stopped: bool = redis::cmd("HEXISTS")
+            .arg(&self.key)
+            .arg(field::STOPPED_AT_MS)
+            .query_async(&mut self.bank.connection())
+            .await?;
+        Ok(stopped)
+    }
+
+    /// The record as it is now; `None` when there is none.
+    pub async fn snapshot(&self) -> Result<Option<RecordSnapshot>, BankError> {
+        let fields: BTreeMap<String, String> = redis::cmd("HGETALL")
+            .arg(&self.key)
+            .query_async(&mut self.bank.connection())
+            .await?;
+        Ok((!fields.is_empty()).then(|| RecordSnapshot::from_fields(fields)))
+    }
+
+    /// The campaign's send job as its dispatcher recorded it (empty openId, attempt 0), to
+    /// build jobs for its recipients later ([`SendJob::for_recipient`]); `None` when the record
+    /// or the field is missing (a campaign recorded by an older version). A field that does not
+    /// parse is an error ([`BankError::Protocol`]).
+    pub async fn job_template(&self) -> Result<Option<SendJob>, BankError> {
+        let job: Option<String> = redis::cmd("HGET")
+            .arg(&self.key)
+            .arg(field::JOB)
+            .query_async(&mut self.bank.connection())
+            .await?;
+        job.map(|j| parse_job_template(&j)).transpose()
+    }
+}
+
+/// The record's `job` field as a send job.
+fn parse_job_template(json: &str) -> Result<SendJob, BankError> {
+    serde_json::from_str(json)
+        .map_err(|e| BankError::Protocol(format!("the record's job template is unreadable: {e}")))
+}
+
+impl RecordSnapshot {
+    /// The send-job template in this snapshot (see [`CampaignRecord::job_template`]).
+    pub fn job_template(&self) -> Result<Option<SendJob>, BankError> {
+        self.text(field::JOB).map(parse_job_template).transpose()
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prelude_names_every_field_once() {
+        let p = with_prelude("return 1");
+        for (lua, name) in field::ALL {
+            assert!(p.contains(&format!("{lua} = '{name}'")), "{p}");
+        }
+        let names: std::collections::BTreeSet<&str> = field::ALL.iter().map(|f| f.1).collect();
+        assert_eq!(names.len(), field::ALL.len(), "two fields share a name");
+        assert!(p.ends_with("\nreturn 1"));
+    }
+
+    #[test]
+    fn every_field_a_script_uses_is_in_the_prelude() {
+        let known: std::collections::BTreeSet<&str> = field::ALL.iter().map(|f| f.0).collect();
+        for src in [
+            include_str!("lua/record_open.lua"),
+            include_str!("lua/record_write.lua"),
+            include_str!("lua/record_stop.lua"),
+        ] {
+            for (i, _) in src.match_indices("F.") {
+                let name: String = src[i + 2..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                assert!(known.contains(name.as_str()), "F.{name} is not a field");
+            }
+        }
+    }
+
+    #[test]
+    fn a_snapshot_reads_what_it_can() {
+        let s = RecordSnapshot::from_fields(
+            [
+                (field::STATE, DISPATCHED),
+                (field::TARGETED, "12"),
+                (field::STARTED_AT_MS, "1000"),
+                (field::STOPPED_AT_MS, "2000"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        );
+        assert!(s.is_dispatched());
+        assert_eq!(s.targeted(), Some(12));
+        assert_eq!(s.started_at_ms(), Some(1000));
+        assert_eq!(s.dispatched_at_ms(), None);
+        assert_eq!(s.stopped_reason().as_deref(), Some("stopped"));
+        assert_eq!(RecordSnapshot::default().targeted(), Some(0));
+    }
+}
