@@ -34,12 +34,13 @@ pub async fn check(
     health: &Health,
 ) -> Result<Durability, EvictingRedis> {
     let d = bank.durability().await;
-    report(&d, health);
     if d.evicts() && !allow_eviction {
+        // The error is the one line the operator sees: nothing logged before it.
         return Err(EvictingRedis {
             policy: d.maxmemory_policy.shown().to_owned(),
         });
     }
+    report(&d, health);
     Ok(d)
 }
 
