@@ -314,3 +314,79 @@ async fn a_settled_outcome_is_acknowledged_only_once_a_replica_has_it() {
     let delivered = fake.requests().iter().filter(|r| r.delivered).count();
     assert_eq!(delivered, 1, "one message, whatever was handed back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_denies_config_is_unknown_not_fatal() {
+    let redis = PrivateRedis::start(&["--rename-command", "CONFIG", ""]);
+    let mut env = TestEnv::new("durable_denied");
+    env.set("WXPUSH_REDIS_URL", &redis.url());
+    let addr = free_addr();
+    let mut child = env.spawn_with(&["ingest"], &[("WXPUSH_HTTP_ADDR", &addr.to_string())]);
+    let log = CapturedStderr::take(&mut child);
+    let body = ready_body(addr).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let body = body.unwrap_or_else(|| panic!("starts: {}", log.text()));
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let d = &v["redis_durability"];
+    assert_eq!(
+        (d["appendonly"].as_str(), d["maxmemory_policy"].as_str()),
+        (Some("unknown"), Some("unknown")),
+        "{body}"
+    );
+    assert_eq!(d["at_risk"], false, "{body}");
+    let text = log.text();
+    for name in ["appendonly", "maxmemory-policy"] {
+        let said = format!("cannot read Redis's {name} (CONFIG denied?)");
+        assert_eq!(text.matches(&said).count(), 1, "logged once: {text}");
+    }
+}
+
+/// A batch stored while the replica is away is not written again while ingest waits for it
+/// (a subscribe consent written twice would count twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_waiting_for_a_replica_is_not_written_again() {
+    let master = PrivateRedis::start(&[]);
+    let mut replica = PrivateRedis::replica_of(&master, &[]);
+    let mut env = TestEnv::new("durable_wait_once");
+    env.set("WXPUSH_REDIS_URL", &master.url());
+    env.set("WXPUSH_REDIS_WAIT_REPLICAS", "1");
+    let deps = env.deps().await;
+    env.declare_ingest(&deps.broker).await;
+    let queue = env.topology().ingest_queue();
+    let who = user(9);
+    let consents = deps
+        .bank
+        .keys()
+        .consents(&env.app, &OpenId::new(&who).unwrap());
+    let count = |r: &PrivateRedis| {
+        r.cmd_sync(&["HGET", &consents, "TPL_DURABLE"])
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+
+    replica.stop();
+    let (trigger, shutdown) = ShutdownTrigger::new();
+    let settings = IngestSettings::from_config(&env.config());
+    let (d, t) = (deps.clone(), env.topology());
+    let role =
+        tokio::spawn(async move { ingest::run(&d, &t, &settings, &Health::new(), shutdown).await });
+    let body = json!({"openId": who, "subscriptions": {"TPL_DURABLE": "accept"}});
+    env.publish_uploads(&deps.broker, &[body.to_string().into_bytes()])
+        .await;
+    let stored = eventually(Duration::from_secs(5), || async { count(&master) == 1 }).await;
+    assert!(stored, "written to the primary");
+    // Past the first WAIT's second, so ingest tries again; back well within the 5 s it holds
+    // a batch for.
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    replica.restart();
+    let landed = eventually(Duration::from_secs(10), || async {
+        env.queue_ready(&deps.broker, &queue).await == 0 && count(&replica) >= 1
+    })
+    .await;
+    trigger.trigger();
+    let stats = role.await.unwrap().unwrap();
+    assert!(landed, "acknowledged once the replica is back");
+    assert_eq!(stats.messages, 1, "{stats:?}");
+    assert_eq!(count(&master), 1, "the consent counted once");
+}
