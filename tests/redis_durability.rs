@@ -390,3 +390,89 @@ async fn a_batch_waiting_for_a_replica_is_not_written_again() {
     assert_eq!(stats.messages, 1, "{stats:?}");
     assert_eq!(count(&master), 1, "the consent counted once");
 }
+
+/// A claim the replica did not get is released before anything is called: once the replica is
+/// back, the job sends with the same prepayId use (not recorded in doubt, which for a
+/// prepayId would mean `sent_unconfirmed` and no message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_no_replica_acknowledged_is_released_and_sent_once_it_is_back() {
+    let master = PrivateRedis::start(&[]);
+    let mut replica = PrivateRedis::replica_of(&master, &[]);
+    let fake_config =
+        FakeConfig::with_apps(vec![FakeApp::new(TEST_APP, SECRET).with_templates([TPL])]);
+    let fake = FakeWeChat::start(fake_config).await.expect("fake WeChat");
+    let mut env = TestEnv::new("durable_wait_claim");
+    env.set("WXPUSH_REDIS_URL", &master.url());
+    env.set("WXPUSH_REDIS_WAIT_REPLICAS", "1");
+    env.set("WXPUSH_WECHAT_API_BASE", &fake.base_url());
+    env.set("WXPUSH_APP_SECRET", SECRET);
+    env.set("WXPUSH_SEND_RATE", "1000");
+    let deps = env.deps().await;
+    let who = user(8);
+    let ids = fake
+        .issue_prepay_ids(None, &who, 1, Some(Duration::from_secs(3600)))
+        .unwrap();
+    let now = now_ms() / 1000;
+    let creds: Vec<Credential> = Credential::prepay_uses(&ids[0], now + 3600).collect();
+    let open_id = OpenId::new(&who).unwrap();
+    deps.bank.store(&env.app, &open_id, &creds).await.unwrap();
+
+    let ch = deps.broker.channel().await.unwrap();
+    env.topology().declare_send(&ch).await.unwrap();
+    let _ = ch.close(200, "ok".into()).await;
+    let job: SendJob = serde_json::from_value(json!({
+        "campaignId": "cp", "openId": who, "templateId": TPL,
+        "page": "pages/signin/index", "data": {"keyword1": "Daily check-in"}
+    }))
+    .unwrap();
+    replica.stop();
+    let p = wxpush_broker::Publisher::open(&deps.broker, env.topology())
+        .await
+        .unwrap();
+    let q = env.topology().send_queue();
+    p.publish_all("", [(q.as_str(), job.to_json().as_slice())].into_iter())
+        .await
+        .unwrap();
+    p.close().await;
+
+    let parts = SendParts::connect(&env.config(), &deps, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let settings = SendSettings::from_config(&env.config());
+    let (trigger, shutdown) = ShutdownTrigger::new();
+    let (d, t) = (deps.clone(), env.topology());
+    let role =
+        tokio::spawn(
+            async move { send::run(&d, parts, &t, &settings, &Health::new(), shutdown).await },
+        );
+    let marks = deps.bank.keys().marks(&env.app, &open_id);
+    let claimed = eventually(Duration::from_secs(10), || async {
+        master.cmd_sync(&["HGET", &marks, "cp"]).as_deref() == Some("L")
+    })
+    .await;
+    assert!(claimed, "claimed on the primary");
+    let handed_back = eventually(Duration::from_secs(15), || async {
+        env.queue_ready(&deps.broker, &q).await == 1
+    })
+    .await;
+    assert!(
+        handed_back,
+        "not acknowledged while no replica has the claim"
+    );
+    assert_eq!(
+        fake.requests().iter().filter(|r| r.delivered).count(),
+        0,
+        "no call made"
+    );
+
+    replica.restart();
+    let counts = || async { wxpush_testkit::campaign_counts(&deps.bank, &env.app, "cp").await };
+    let sent = eventually(Duration::from_secs(30), || async {
+        counts().await.get("sent") == Some(&1)
+    })
+    .await;
+    trigger.trigger();
+    let _ = role.await;
+    assert!(sent, "sent once the replica is back: {:?}", counts().await);
+    assert_eq!(fake.requests().iter().filter(|r| r.delivered).count(), 1);
+}
