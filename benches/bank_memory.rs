@@ -341,7 +341,7 @@ async fn marks(bank: &Bank, app: &AppId, users: usize, now: i64) {
                 )
                 .ignore();
             }
-            pipe.hset(&key, "~p", today - 29).ignore();
+            pipe.hset(&key, "~ p", today - 29).ignore();
         }
         let _: () = pipe.query_async(&mut conn).await.expect("hset");
     }

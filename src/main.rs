@@ -10,6 +10,7 @@ mod demo;
 mod ops;
 mod probe;
 mod reach;
+mod retry;
 mod status;
 
 use clap::{Args, Parser, Subcommand};
@@ -114,6 +115,18 @@ enum CampaignCommand {
         /// Show a live progress bar with rate and ETA until the campaign ends
         #[arg(long)]
         watch: bool,
+    },
+    /// Send the campaign again to its dead-lettered recipients (an outage outlasted
+    /// WXPUSH_SEND_RETRY_FOR), and to nobody else
+    Retry {
+        /// The campaign's id
+        id: String,
+        /// The campaign's app (default: whichever configured app has a campaign of that id)
+        #[arg(long = "app")]
+        app: Option<String>,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -220,6 +233,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = config(&cli.common)?;
             status::run(&config, &id, app.as_deref(), json, watch).await
         }
+        Command::Campaign {
+            command: CampaignCommand::Retry { id, app, json },
+        } => retry::run(&config(&cli.common)?, &id, app.as_deref(), json).await,
         Command::Reach(args) => reach::run(&cli.common, args).await,
         Command::MockWechat(args) => run_mock(&cli.common, args).await,
         Command::Demo(args) => demo::run(&cli.common, args).await,

@@ -302,6 +302,9 @@ struct Snapshot {
     stopped_reason: Option<String>,
     duplicate: u64,
     retried: u64,
+    /// Dead-lettered recipients queued again by `wxpush campaign retry` (their new outcome
+    /// is counted where it lands; this is how many were re-queued, over every run).
+    requeued: u64,
     last_at_ms: Option<i64>,
     /// Fields that could not be read, and other oddities worth a line.
     warnings: Vec<String>,
@@ -358,6 +361,7 @@ impl Snapshot {
                 "unknown" => &mut s.unknown,
                 "duplicate" => &mut s.duplicate,
                 "retried" => &mut s.retried,
+                "requeued" => &mut s.requeued,
                 "last_at_ms" => {
                     s.last_at_ms = parse_time(&mut s.warnings, "cs", field, value);
                     continue;
@@ -501,6 +505,7 @@ impl Snapshot {
             "stopped_reason": self.stopped_reason,
             "duplicate": self.duplicate,
             "retried": self.retried,
+            "requeued": self.requeued,
             "pending": self.pending(),
             "started_at_ms": self.started_at_ms,
             "dispatched_at_ms": self.dispatched_at_ms,
@@ -563,6 +568,9 @@ impl Snapshot {
         }
         row("duplicates skipped", self.duplicate.to_string());
         row("retried", self.retried.to_string());
+        if self.requeued > 0 {
+            row("requeued (campaign retry)", self.requeued.to_string());
+        }
         row("pending", or_unknown(self.pending()));
         let time = |t: Option<i64>| t.map_or_else(|| "-".to_owned(), format_utc);
         row("started", time(self.started_at_ms));

@@ -234,3 +234,73 @@ async fn template_data_reaches_wechat_as_the_campaign_gave_it() {
     assert_eq!(f.record("data-through").await.get("stopped_reason"), None);
     f.stop_all();
 }
+
+/// WeChat answers `-1` (system busy, nothing sent) to every send for longer than the senders'
+/// retry budget: every recipient with a credential is settled `dead_lettered`, credential
+/// given back. Once WeChat is back, `wxpush campaign retry` queues exactly them again and each
+/// gets one message; users without a credential keep their outcome, and a second run queues
+/// nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn campaign_retry_sends_once_to_the_dead_lettered_and_to_nobody_else() {
+    let mut f = Fleet::new("camp_retry", 100_000, 1000).await;
+    let reachable = f.users(0, 30, 1).await;
+    f.fake.update_faults(|x| x.busy_probability = 1.0).unwrap();
+    let budget = [
+        ("WXPUSH_SEND_RETRY_FOR", "3s"),
+        ("WXPUSH_SEND_RETRY_MAX_DELAY", "1s"),
+    ];
+    f.start("dispatch");
+    f.start_with("send", &budget);
+    let mut audience = json!(reachable.clone());
+    let nobody = [
+        "oNobody1xxxxxxxxxxxxxxxxxxxxx",
+        "oNobody2xxxxxxxxxxxxxxxxxxxxx",
+    ];
+    if let Some(list) = audience.as_array_mut() {
+        list.extend(nobody.iter().map(|n| json!(n)));
+    }
+    f.publish_campaign(campaign("retry-1", json!({ "openIds": audience })))
+        .await;
+    f.wait_complete("retry-1", Duration::from_secs(60)).await;
+    let c = f.counts("retry-1").await;
+    assert_eq!(c.get("dead_lettered"), Some(&30), "{c:?}");
+    assert_eq!(c.get("no_credential"), Some(&2), "{c:?}");
+    assert!(f.accepted_per_user().is_empty(), "nothing went out");
+    let left = f
+        .deps
+        .bank
+        .usable_count(&f.env.app, &OpenId::new(&reachable[0]).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(left, 1, "a dead-lettered recipient's formId was given back");
+
+    f.fake.update_faults(|x| x.busy_probability = 0.0).unwrap();
+    let out = wxpush_testkit::run(&f.env, &["campaign", "retry", "retry-1", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let answer: serde_json::Value =
+        serde_json::from_str(&wxpush_testkit::stdout(&out)).expect("one JSON line");
+    assert_eq!(answer["requeued"], 30, "{answer}");
+    f.wait_complete("retry-1", Duration::from_secs(60)).await;
+    f.check("retry-1", &reachable, 32).await;
+    let c = f.counts("retry-1").await;
+    assert_eq!(c.get("sent"), Some(&30), "{c:?}");
+    assert_eq!(c.get("dead_lettered").copied().unwrap_or(0), 0, "{c:?}");
+    assert_eq!(c.get("requeued"), Some(&30), "{c:?}");
+    assert_eq!(c.get("no_credential"), Some(&2), "{c:?}");
+
+    // Nothing left to retry: a second run queues nobody and sends nothing.
+    let out = wxpush_testkit::run(&f.env, &["campaign", "retry", "retry-1"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = wxpush_testkit::stdout(&out);
+    assert!(text.contains("no dead-lettered recipient"), "{text}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    f.check("retry-1", &reachable, 32).await;
+
+    // An unknown campaign is one line and a failure, not a retry of nothing.
+    let out = wxpush_testkit::run(&f.env, &["campaign", "retry", "no-such-campaign"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no campaign no-such-campaign"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    f.stop_all();
+}

@@ -1016,3 +1016,159 @@ async fn only_dead_lettered_recipients_are_made_sendable_again() {
         .unwrap();
     assert_eq!(dup, CampaignClaim::Done("sent".into()));
 }
+
+/// `campaign retry` never sends again to a recipient whose mark was pruned (after 8 days
+/// nothing says any more whether it was sent since), keeps listed one dead-lettered again while
+/// its job was being published, and a campaign whose id is the old name of the marks' prune
+/// marker (`~p`) keeps its outcome through a prune.
+#[tokio::test]
+async fn a_requeue_neither_resends_a_pruned_mark_nor_forgets_a_second_dead_letter() {
+    let env = TestEnv::new("kinds_requeue_edges");
+    let bank = bank(&env).await;
+    let now = now_ms() / 1000;
+    let dead_lettered = Settle::Final {
+        outcome: "dead_lettered",
+        give_back: true,
+    };
+    let (again, pruned) = (user(30), user(31));
+    for (n, who) in [(30, &again), (31, &pruned)] {
+        let creds = [
+            Credential::form_id(form_id(n, 1), now + 1000),
+            Credential::form_id(form_id(n, 2), now + 2000),
+        ];
+        bank.store(&env.app, who, &creds).await.unwrap();
+        bank.campaign_claim(&env.app, who, "rq2", "a", LEASE, ClaimMode::Take)
+            .await
+            .unwrap();
+        assert!(settle(&bank, &env, who, "rq2", "a", dead_lettered).await);
+    }
+    // The pruned one: its mark is gone, as a claim 8 days later would leave it.
+    let mut conn = bank.connection();
+    let _: i64 = redis::cmd("HDEL")
+        .arg(bank.keys().marks(&env.app, &pruned))
+        .arg("rq2")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut published = Vec::new();
+    let mut skipped = 0;
+    for shard in 0..wxpush_bank::SHARDS {
+        let page = bank
+            .campaign_requeue_page(&env.app, shard, "rq2", 0)
+            .await
+            .unwrap();
+        skipped += page.skipped;
+        published.extend(page.users.into_iter().map(|u| (shard, u)));
+    }
+    assert_eq!(
+        published,
+        vec![(wxpush_bank::keys::shard_of(&again), again.clone())],
+        "a recipient with no mark is never published again"
+    );
+    assert_eq!(skipped, 1);
+    // The job published for `again` gives up at once (WeChat still down) before the run takes
+    // it off the list: it stays listed for the next run.
+    let claimed = bank
+        .campaign_claim(&env.app, &again, "rq2", "b", LEASE, ClaimMode::Take)
+        .await
+        .unwrap();
+    assert!(matches!(claimed, CampaignClaim::Fresh(_)), "{claimed:?}");
+    assert!(settle(&bank, &env, &again, "rq2", "b", dead_lettered).await);
+    let shard = wxpush_bank::keys::shard_of(&again);
+    bank.campaign_requeued(&env.app, shard, "rq2", std::slice::from_ref(&again))
+        .await
+        .unwrap();
+    assert_eq!(
+        bank.campaign_retryable_count(&env.app, "rq2")
+            .await
+            .unwrap(),
+        1,
+        "dead-lettered again: still listed"
+    );
+    let counts = bank.campaign_counters(&env.app, "rq2").await.unwrap();
+    assert_eq!(counts.get("dead_lettered"), Some(&2), "{counts:?}");
+
+    // A campaign called `~p`: sent, then the user's marks are pruned; its next job is still a
+    // duplicate.
+    let z = user(32);
+    bank.store(
+        &env.app,
+        &z,
+        &[
+            Credential::form_id(form_id(32, 1), now + 1000),
+            Credential::form_id(form_id(32, 2), now + 2000),
+        ],
+    )
+    .await
+    .unwrap();
+    let sent = Settle::Final {
+        outcome: "sent",
+        give_back: false,
+    };
+    bank.campaign_claim(&env.app, &z, "~p", "a", LEASE, ClaimMode::Take)
+        .await
+        .unwrap();
+    assert!(settle(&bank, &env, &z, "~p", "a", sent).await);
+    // Enough other outcomes, one of them old, that the next claim of a new campaign prunes.
+    let marks = bank.keys().marks(&env.app, &z);
+    let today = now / 86_400;
+    let mut pipe = redis::pipe();
+    for n in 0..9 {
+        let day = if n == 0 { today - 20 } else { today };
+        pipe.hset(&marks, format!("old{n}"), format!("=sent@{day}"))
+            .ignore();
+    }
+    let _: () = pipe.query_async(&mut conn).await.unwrap();
+    let _: i64 = redis::cmd("HDEL")
+        .arg(&marks)
+        .arg("~ p")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    bank.campaign_claim(&env.app, &z, "next", "a", LEASE, ClaimMode::Take)
+        .await
+        .unwrap();
+    let old: Option<String> = redis::cmd("HGET")
+        .arg(&marks)
+        .arg("old0")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(old, None, "the claim pruned the old outcome");
+    let dup = bank
+        .campaign_claim(&env.app, &z, "~p", "b", LEASE, ClaimMode::Take)
+        .await
+        .unwrap();
+    assert_eq!(dup, CampaignClaim::Done("sent".into()));
+}
+
+/// A prepayId use refused by WeChat (`41029`: its uses spent elsewhere, or `41028`) takes the
+/// prepayId's other uses with it: the next claim is the user's next credential, not the same
+/// prepayId's next use, which WeChat would refuse for the same reason.
+#[tokio::test]
+async fn a_refused_prepay_use_takes_its_other_uses_with_it() {
+    let env = TestEnv::new("kinds_prepay_refused");
+    let bank = bank(&env).await;
+    let now = now_s();
+    let who = user(40);
+    let mut creds: Vec<Credential> = Credential::prepay_uses(&prepay_id(40), now + 1000).collect();
+    creds.push(Credential::form_id(form_id(40, 1), now + 2000));
+    bank.store(&env.app, &who, &creds).await.unwrap();
+    let first = bank
+        .campaign_claim(&env.app, &who, "pr", "a", LEASE, ClaimMode::Take)
+        .await
+        .unwrap();
+    assert_eq!(
+        first,
+        CampaignClaim::Fresh(Credential::prepay_use(prepay_id(40), 1, now + 1000))
+    );
+    let next = bank
+        .campaign_claim(&env.app, &who, "pr", "a", LEASE, ClaimMode::Next)
+        .await
+        .unwrap();
+    assert_eq!(
+        next,
+        CampaignClaim::Fresh(Credential::form_id(form_id(40, 1), now + 2000))
+    );
+    assert_eq!(bank.usable_count(&env.app, &who).await.unwrap(), 0);
+}

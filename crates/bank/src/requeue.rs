@@ -76,6 +76,7 @@ impl Bank {
                     .arg(&key)
                     .arg(campaign)
                     .arg(open_id.as_str())
+                    .arg("reset")
                     .clone(),
             );
             asked.push(open_id);
@@ -102,7 +103,8 @@ impl Bank {
     }
 
     /// The jobs for `users` are published (confirmed by the broker): they leave `shard`'s
-    /// retryable set.
+    /// retryable set, except one dead-lettered again meanwhile (its new job gave up already),
+    /// which stays listed for the next run (one script per recipient, pipelined).
     pub async fn campaign_requeued(
         &self,
         app: &AppId,
@@ -113,10 +115,26 @@ impl Bank {
         if users.is_empty() {
             return Ok(());
         }
-        let _: i64 = redis::cmd("SREM")
-            .arg(self.keys.campaign_retryable(app, shard, campaign))
-            .arg(users.iter().map(OpenId::as_str).collect::<Vec<_>>())
-            .query_async(&mut self.conn.clone())
+        let key = self.keys.campaign_retryable(app, shard, campaign);
+        let mut pipe = redis::pipe();
+        for open_id in users {
+            pipe.add_command(
+                self.scripts
+                    .campaign_requeue
+                    .evalsha()
+                    .arg(3)
+                    .arg(self.keys.marks(app, open_id))
+                    .arg(self.keys.campaign_counters(app, shard, campaign))
+                    .arg(&key)
+                    .arg(campaign)
+                    .arg(open_id.as_str())
+                    .arg("published")
+                    .clone(),
+            );
+        }
+        let _: Vec<i64> = self
+            .scripts
+            .run_pipeline(&mut self.conn.clone(), &pipe)
             .await?;
         Ok(())
     }

@@ -263,6 +263,10 @@ impl Campaign {
     /// It does not check that `open_id` belongs to the audience (for [`Audience::All`] the
     /// recipients come from the credential bank).
     pub fn job_for(&self, open_id: &OpenId) -> Option<SendJob> {
+        Some(self.job_with(open_id.as_str().to_owned()))
+    }
+
+    fn job_with(&self, open_id: String) -> SendJob {
         let (kind, data, miniprogram_state, lang) = match &self.kind {
             CampaignKind::Template { data } => (JobKind::Template, data.clone(), None, None),
             CampaignKind::Subscribe {
@@ -276,10 +280,10 @@ impl Campaign {
                 lang.clone(),
             ),
         };
-        Some(SendJob {
+        SendJob {
             campaign_id: self.campaign_id.clone(),
             app_id: self.app_id.as_ref().map(|a| a.as_str().to_owned()),
-            open_id: open_id.as_str().to_owned(),
+            open_id,
             template_id: self.template_id.clone(),
             page: self.page.clone(),
             data,
@@ -289,7 +293,14 @@ impl Campaign {
             kind,
             miniprogram_state,
             lang,
-        })
+        }
+    }
+
+    /// The send job every recipient's job is made from, with an empty `openId`: what the
+    /// campaign record keeps so that `wxpush campaign retry` can send to a recipient again
+    /// without the campaign's message ([`SendJob::for_recipient`]).
+    pub fn job_template(&self) -> SendJob {
+        self.job_with(String::new())
     }
 }
 
@@ -1299,6 +1310,29 @@ mod tests {
         // And the sender accepts it.
         let valid = crate::job::parse_job(&job.to_json()).unwrap();
         assert_eq!(valid.job, job);
+    }
+
+    #[test]
+    fn a_job_template_made_for_a_recipient_is_that_recipients_job() {
+        for body in [
+            r##"{"campaignId":"c1","appId":"wxabc","templateId":"TPL","page":"p/i",
+                "data":{"keyword1":{"value":"x","color":"#173177"}},"audience":{"openIds":["o1"]}}"##,
+            r#"{"campaignId":"c2","kind":"subscribe","templateId":"T","lang":"en_US",
+                "data":{"thing1":{"value":"v"}},"audience":{"all":true}}"#,
+        ] {
+            let c = parse(body).unwrap();
+            let template = c.job_template();
+            assert_eq!(template.open_id, "");
+            // Kept as JSON in the campaign record, read back by `wxpush campaign retry`.
+            let kept: SendJob = serde_json::from_slice(&template.to_json()).unwrap();
+            let user = OpenId::new("oUser").unwrap();
+            let mut again = kept.for_recipient(&user);
+            assert_eq!(again, c.job_for(&user).unwrap());
+            // A template that went through a retry starts afresh for its recipient.
+            again.attempt = 5;
+            again.retrying_since = Some(1);
+            assert_eq!(again.for_recipient(&user), c.job_for(&user).unwrap());
+        }
     }
 
     #[test]

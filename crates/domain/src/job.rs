@@ -273,6 +273,17 @@ pub fn parse_job(body: &[u8]) -> Result<ValidJob, JobError> {
 }
 
 impl SendJob {
+    /// A campaign's job template ([`crate::Campaign::job_template`]) made into the first
+    /// attempt of one recipient's job.
+    pub fn for_recipient(&self, open_id: &OpenId) -> SendJob {
+        SendJob {
+            open_id: open_id.as_str().to_owned(),
+            attempt: 0,
+            retrying_since: None,
+            ..self.clone()
+        }
+    }
+
     pub fn to_json(&self) -> Vec<u8> {
         // Serializing these plain fields cannot fail.
         serde_json::to_vec(self).unwrap_or_default()

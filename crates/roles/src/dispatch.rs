@@ -463,6 +463,10 @@ impl Dispatcher {
     }
 }
 
+/// The record's field holding the campaign's send job with an empty `openId`
+/// ([`Campaign::job_template`]): what `wxpush campaign retry` sends again.
+pub const JOB_TEMPLATE_FIELD: &str = "job";
+
 /// The key of a campaign's record, `{ns}:camp:<app>:<campaignId>`: two apps may each run a
 /// campaign of the same id. (An appId has no `:`, so no id of one app reaches another's key.)
 pub fn record_key(ns: impl std::fmt::Display, app: &AppId, campaign_id: &str) -> String {
@@ -505,6 +509,10 @@ pub async fn open_record(
                         c.rejected_recipients.len().to_string(),
                     ),
                     ("cursor", String::new()),
+                    (
+                        JOB_TEMPLATE_FIELD,
+                        String::from_utf8_lossy(&c.job_template().to_json()).into_owned(),
+                    ),
                 ],
             )
             .ignore()

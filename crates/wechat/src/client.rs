@@ -91,6 +91,9 @@ struct RawAnswer {
 #[derive(Debug, Default)]
 struct Answer {
     errcode: i64,
+    /// Whether the answer had an `errcode` at all: WeChat's answer to a send always has one
+    /// (`0` when sent); a token's has none when it holds the token.
+    has_errcode: bool,
     errmsg: String,
     /// `None` when absent or not a whole number that fits an `i64`.
     msgid: Option<i64>,
@@ -102,6 +105,7 @@ impl Answer {
     /// An answer whose `errcode` is not a whole number (a float with a fraction, a number past
     /// `i64`, an object) is unreadable: `Err` says why.
     fn read(raw: RawAnswer) -> Result<Self, String> {
+        let has_errcode = !matches!(raw.errcode, None | Some(Value::Null));
         let errcode = match &raw.errcode {
             None | Some(Value::Null) => 0,
             Some(v) => whole_number(v).ok_or_else(|| {
@@ -118,6 +122,7 @@ impl Answer {
         };
         Ok(Self {
             errcode,
+            has_errcode,
             errmsg: excerpt(&errmsg, MAX_ERRMSG_CHARS),
             msgid: raw.msgid.as_ref().and_then(whole_number),
             access_token: raw.access_token,
@@ -288,6 +293,9 @@ impl Client {
             )
             .await
         {
+            // A 200 whose JSON has no errcode did not come from WeChat's send API (a portal,
+            // a firewall, a gateway's own JSON): not a proof of delivery, nor of its absence.
+            Ok(a) if !a.has_errcode => classify_unreadable("a 200 answer without errcode".into()),
             Ok(a) => classify_errcode(a.errcode, &scrub(&a.errmsg, &secrets), a.msgid),
             Err(o) => o,
         };

@@ -239,6 +239,21 @@ async fn errcodes_and_msgids_of_any_size_or_type_never_panic() {
 }
 
 #[tokio::test]
+async fn a_send_answered_without_errcode_is_not_counted_as_sent() {
+    // WeChat answers every send with an errcode (0 when sent); a 200 JSON without one came
+    // from something else in front of it, and says nothing of the message.
+    for body in [
+        json!({}),
+        json!({"code": 403, "msg": "blocked"}),
+        json!({"errcode": null}),
+    ] {
+        let server = canned(Body::Json(body.to_string())).await;
+        let out = client(&server.base).send_template(TOKEN, &message()).await;
+        assert!(matches!(out, Outcome::Unknown { .. }), "{body}: {out:?}");
+    }
+}
+
+#[tokio::test]
 async fn an_oversized_answer_is_abandoned_not_read_whole() {
     for announce in [true, false] {
         let server = canned(Body::Endless { announce }).await;

@@ -16,7 +16,21 @@ if reply then
 end
 
 -- A new credential: the soonest-expiring usable one, as claim.lua takes it. (With 'next', the
--- held one was refused by WeChat and stays a tombstone.)
+-- held one was refused by WeChat and stays a tombstone; a refused prepayId use takes its
+-- other uses with it, since WeChat refuses them for the same reason: used up or invalid.)
+if ARGV[6] == 'next' then
+  local held = redis.call('HGET', marks, c .. ' m')
+  if held and string.sub(held, 1, 1) == 'p' then
+    local id = string.sub(held, 3)
+    for u = 1, 3 do
+      local sibling = 'p' .. u .. id
+      local score = tonumber(redis.call('ZSCORE', k, sibling) or '0')
+      if score > 0 then
+        redis.call('ZADD', k, -score, sibling)
+      end
+    end
+  end
+end
 local limit = now + margin
 redis.call('ZREMRANGEBYSCORE', k, 0, limit)
 redis.call('ZREMRANGEBYSCORE', k, -now, '(0')

@@ -5,15 +5,18 @@
 --
 -- A user's marks (one hash, in the user's hash slot) hold, for each campaign C being sent to
 -- or sent to recently (a space cannot occur in a campaign id, so fields cannot collide):
---   'C'    state: 'L' while an attempt holds a credential for it, or the final outcome as
---          '=<outcome>@<day>' ('=sent@20432', '=failed:40037@20432'; day: Unix days, Redis time)
+--   'C'    state: 'L' while an attempt holds a credential for it, the final outcome as
+--          '=<outcome>@<day>' ('=sent@20432', '=failed:40037@20432'; day: Unix days, Redis time),
+--          or 'Q' for a dead-lettered recipient queued again by `campaign retry` (claimed like
+--          no mark)
 --   'C o'  the lease's owner: the attempt's fencing token, checked by every later step
 --   'C u'  lease end (ms, Redis time)
 --   'C e'  expiry of the held credential (Unix s; 0 for a consent, which does not expire)
 --   'C m'  the held credential's member
 --   'C d'  '1' while a call with it may have delivered a message (set when a claim is
 --          handed out: the caller calls right after), '0' once it is known not to have
---   '~p'   the day of the oldest final outcome kept
+--   '~ p'  the day of the oldest final outcome kept (with a space, so no campaign's state:
+--          earlier versions named it '~p', which a campaign id may be; prune drops that field)
 -- Final outcomes are kept KEEP_DAYS days: long enough for any copy of a job to come back
 -- (redeliveries, retries within WXPUSH_SEND_RETRY_FOR, parked jobs, a replayed dead letter of
 -- the last week), then pruned by the next claim of a new campaign, so an active user holds
@@ -47,7 +50,7 @@ end
 
 -- Drops the final outcomes older than KEEP_DAYS (also those written before days were kept).
 local function prune(marks)
-  local p = tonumber(redis.call('HGET', marks, '~p') or '')
+  local p = tonumber(redis.call('HGET', marks, '~ p') or '')
   if p then
     if p >= today - KEEP_DAYS then
       return
@@ -59,7 +62,10 @@ local function prune(marks)
   local oldest = nil
   for i = 1, #all, 2 do
     local f, v = all[i], all[i + 1]
-    if not string.find(f, ' ', 1, true) and string.sub(v, 1, 1) == '=' then
+    if f == '~p' and tonumber(v) then
+      -- The marker's old name (a number is no campaign's state).
+      redis.call('HDEL', marks, f)
+    elseif not string.find(f, ' ', 1, true) and string.sub(v, 1, 1) == '=' then
       local d = tonumber(string.match(v, '@(%d+)$') or '0')
       if d < today - KEEP_DAYS then
         redis.call('HDEL', marks, f)
@@ -69,9 +75,9 @@ local function prune(marks)
     end
   end
   if oldest then
-    redis.call('HSET', marks, '~p', oldest)
+    redis.call('HSET', marks, '~ p', oldest)
   else
-    redis.call('HDEL', marks, '~p')
+    redis.call('HDEL', marks, '~ p')
   end
 end
 
@@ -79,7 +85,7 @@ end
 local function finish(marks, counters, c, outcome)
   redis.call('HSET', marks, c, '=' .. outcome .. '@' .. today)
   redis.call('HDEL', marks, c .. ' o', c .. ' u', c .. ' e', c .. ' m', c .. ' d')
-  redis.call('HSETNX', marks, '~p', today)
+  redis.call('HSETNX', marks, '~ p', today)
   redis.call('EXPIRE', marks, MARKS_TTL)
   count(counters, outcome)
 end

@@ -381,8 +381,13 @@ impl Sender {
             }
             let mut next = job.clone();
             next.retrying_since = Some(since);
+            let after = if in_doubt {
+                self.backoff(job.attempt).max(decide::DOUBT_WAIT)
+            } else {
+                self.backoff(job.attempt)
+            };
             return Ok(Disposition::Retry {
-                after: self.backoff(job.attempt),
+                after,
                 job: next,
                 reason,
             });

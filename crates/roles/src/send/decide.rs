@@ -12,6 +12,8 @@
 //!
 //! This module must not perform a step (the attempt loop does) nor read the configuration.
 
+use std::time::Duration;
+
 use wxpush_domain::{Credential, CredentialKind};
 use wxpush_wechat::Outcome;
 
@@ -54,6 +56,12 @@ impl Spend {
         }
     }
 }
+
+/// The least a job waits before its credential, in doubt, is sent again: a request whose
+/// reply was lost (our timeout, a reset, a gateway's 5xx) may still be at WeChat, and the
+/// resend must not race it (WeChat's refusal of a formId's second use is what makes the
+/// resend safe, and two uses arriving together are not what it is documented for).
+pub const DOUBT_WAIT: Duration = Duration::from_secs(15);
 
 /// Credentials WeChat may refuse (`41028`, `41029`) in one job before it gives up.
 pub const MAX_REFUSED: u32 = 10;
@@ -162,8 +170,10 @@ pub fn on_held(spend: Spend, in_doubt: bool, expired: bool) -> Resume {
 pub fn decide(spend: Spend, outcome: &Outcome, s: &State) -> Step {
     match outcome {
         Outcome::Sent { .. } => Step::Finish(Recorded::Sent, After::Nothing),
+        // Never resent at once: the first request may still be at WeChat (a timeout, a
+        // reset, a gateway's 504), and the resend waits until it cannot be (`Later` in doubt
+        // waits at least `DOUBT_WAIT`).
         Outcome::Unknown { reason } => match spend {
-            Spend::FormId if s.quick_left > 0 => Step::Resend { in_doubt: true },
             Spend::FormId => Step::Later {
                 in_doubt: true,
                 reason: reason.clone(),
@@ -205,21 +215,28 @@ pub fn decide(spend: Spend, outcome: &Outcome, s: &State) -> Step {
         Outcome::NoConsent if spend == Spend::Consent => {
             Step::Finish(Recorded::Failed(43101), After::ClearConsents)
         }
-        Outcome::NoConsent => permanent(43101, "", s),
-        Outcome::Permanent { code, errmsg } => permanent(*code, errmsg, s),
+        Outcome::NoConsent => permanent(spend, 43101, "", s),
+        Outcome::Permanent { code, errmsg } => permanent(spend, *code, errmsg, s),
     }
 }
 
 /// A permanent refusal: recorded with its code; the credential, which WeChat did not use,
-/// goes back (unless an earlier call with it may have delivered). `47003` stops the campaign.
-fn permanent(code: i64, errmsg: &str, s: &State) -> Step {
+/// goes back. After an earlier call that may have delivered (a formId resent), the refusal of
+/// the resend says nothing of the first: recorded `sent_unconfirmed`, nothing given back.
+/// `47003` stops the campaign either way.
+fn permanent(spend: Spend, code: i64, errmsg: &str, s: &State) -> Step {
+    let outcome = if s.in_doubt {
+        spend.unconfirmed()
+    } else {
+        Recorded::Failed(code)
+    };
     let after = match (code == 47003, s.in_doubt) {
         (true, true) => After::StopCampaign(format!("47003: {errmsg}")),
         (true, false) => After::GiveBackAndStop(format!("47003: {errmsg}")),
         (false, true) => After::Nothing,
         (false, false) => After::GiveBack,
     };
-    Step::Finish(Recorded::Failed(code), after)
+    Step::Finish(outcome, after)
 }
 
 /// How a job ends when its retry budget is spent: `dead_lettered` (certainly not delivered;
@@ -386,9 +403,12 @@ fn step_text(spend: Spend, step: &Step) -> String {
         Step::Later { in_doubt, .. } => format!(
             "retry later (an attempt within `WXPUSH_SEND_RETRY_FOR`), {}",
             match (spend, in_doubt) {
-                (_, true) => "credential held, in doubt",
-                (Spend::Consent, false) => "the consent given back",
-                (_, false) => "credential held",
+                (_, true) => format!(
+                    "credential held, in doubt, at least {} s later",
+                    DOUBT_WAIT.as_secs()
+                ),
+                (Spend::Consent, false) => "the consent given back".into(),
+                (_, false) => "credential held".into(),
             }
         ),
         Step::Wait { until, .. } => match until {
@@ -465,18 +485,17 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_outcome_is_resent_only_with_a_formid() {
-        assert_eq!(
-            decide(Spend::FormId, &unknown(), &State::new(2)),
-            Step::Resend { in_doubt: true }
-        );
-        assert_eq!(
-            decide(Spend::FormId, &unknown(), &State::new(0)),
-            Step::Later {
-                in_doubt: true,
-                reason: "HTTP 504".into()
-            }
-        );
+    fn an_unknown_outcome_is_resent_only_with_a_formid_and_never_at_once() {
+        // Not a quick resend even when one is left: the first request may still be at WeChat.
+        for quick_left in [2, 0] {
+            assert_eq!(
+                decide(Spend::FormId, &unknown(), &State::new(quick_left)),
+                Step::Later {
+                    in_doubt: true,
+                    reason: "HTTP 504".into()
+                }
+            );
+        }
         // A prepayId is accepted three times: never again after an unknown outcome.
         assert_eq!(
             decide(Spend::PrepayUse, &unknown(), &State::new(2)),
@@ -593,10 +612,15 @@ mod tests {
                 Step::Finish(Recorded::Failed(40037), After::GiveBack)
             );
         }
-        // In doubt, the credential may have been used by the earlier call: it stays spent.
+        // In doubt, the earlier call may have delivered: the resend's refusal says nothing
+        // of it, and the credential stays spent.
         assert_eq!(
             decide(Spend::FormId, &bad_template, &doubt(State::new(2))),
-            Step::Finish(Recorded::Failed(40037), After::Nothing)
+            Step::Finish(Recorded::SentUnconfirmed, After::Nothing)
+        );
+        assert_eq!(
+            decide(Spend::FormId, &Outcome::NoConsent, &doubt(State::new(2))),
+            Step::Finish(Recorded::SentUnconfirmed, After::Nothing)
         );
         let data = Outcome::Permanent {
             code: 47003,
