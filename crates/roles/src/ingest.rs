@@ -200,14 +200,34 @@ struct RedisClock {
 impl RedisClock {
     const REREAD: Duration = Duration::from_secs(1);
 
+    /// Redis's time now. When Redis cannot be asked (an outage, which the store then holds
+    /// the batch through), the last reading carried forward serves: the store script judges
+    /// by Redis's own clock again anyway. Only a first reading must come from Redis.
     async fn now_ms(&self, bank: &Bank) -> Result<i64, BankError> {
         let last = *self.read.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, when)) = last.filter(|(_, w)| w.elapsed() < Self::REREAD) {
-            return Ok(at + when.elapsed().as_millis() as i64);
+        let carried = last.map(|(at, when)| at + when.elapsed().as_millis() as i64);
+        if last.is_some_and(|(_, w)| w.elapsed() < Self::REREAD) {
+            return carried.ok_or_else(|| BankError::Protocol("no clock reading".into()));
         }
-        let now = bank.now_ms().await?;
-        *self.read.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, Instant::now()));
-        Ok(now)
+        // Not held up by an outage when a carried reading can serve.
+        let limit = if carried.is_some() {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(10)
+        };
+        match tokio::time::timeout(limit, bank.now_ms()).await {
+            Ok(Ok(now)) => {
+                *self.read.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, Instant::now()));
+                Ok(now)
+            }
+            Ok(Err(e)) => carried.ok_or(e),
+            Err(_) => carried.ok_or_else(|| {
+                BankError::Connect(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "no answer to TIME within 10s",
+                )))
+            }),
+        }
     }
 }
 
