@@ -706,3 +706,75 @@ async fn an_outage_of_http_500s_loses_nobody_and_doubles_nobody() {
     let down = |f: &mut Faults, on: bool| f.http500_probability = if on { 1.0 } else { 0.0 };
     outage_then_recovery("c-out-500", down, Duration::from_secs(20)).await;
 }
+
+/// A send job that came back unsettled 20 times (a sender crashing on it, or a recurring
+/// error) is dead-lettered unread, and its recipient still gets an outcome: settled as a spent
+/// retry budget would settle it (`dead_lettered`, the credential given back, listed for
+/// `campaign retry`), without a call. Only on the limit's own delivery: one that comes back
+/// once more (its settling crashed too) is dead-lettered without touching Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_dead_lettered_for_redeliveries_still_settles_its_recipient() {
+    let rig = Rig::default("send_redelivered").await;
+    let (limit, past, plain) = (user(0), user(1), user(2));
+    for who in [&limit, &past, &plain] {
+        rig.give(who, 2, 3600).await;
+    }
+    rig.publish(&[]).await;
+    let p = Publisher::open(&rig.deps.broker, rig.env.topology())
+        .await
+        .unwrap();
+    let q = rig.env.topology().send_queue();
+    // The broker's count of earlier deliveries (a quorum queue's x-delivery-count): 19 makes
+    // this the 20th delivery, 20 the 21st.
+    for (who, earlier) in [(&limit, Some(19)), (&past, Some(20)), (&plain, None)] {
+        let mut headers = lapin::types::FieldTable::default();
+        if let Some(n) = earlier {
+            headers.insert(
+                "x-delivery-count".into(),
+                lapin::types::AMQPValue::LongInt(n),
+            );
+        }
+        p.publish(
+            "",
+            &q,
+            &job("c-red", who).to_json(),
+            lapin::BasicProperties::default().with_headers(headers),
+        )
+        .await
+        .unwrap();
+    }
+    p.close().await;
+    let (_, counts) = rig
+        .run_until(settings(), "c-red", 2, Duration::from_secs(30))
+        .await;
+    assert_eq!(counts.get("sent"), Some(&1), "{counts:?}");
+    assert_eq!(counts.get("dead_lettered"), Some(&1), "{counts:?}");
+    assert_eq!(
+        final_count(&counts),
+        2,
+        "the 21st delivery settles nobody: {counts:?}"
+    );
+    assert_eq!(rig.left(&limit).await, 2, "its credential was given back");
+    assert_eq!(rig.left(&past).await, 2, "untouched");
+    assert_eq!(
+        rig.deps
+            .bank
+            .campaign_retryable_count(&rig.env.app, "c-red")
+            .await
+            .unwrap(),
+        1
+    );
+    let delivered = delivered_per_user(&rig.fake);
+    assert_eq!(delivered.keys().collect::<Vec<_>>(), vec![&plain]);
+    let mut dead = Vec::new();
+    let start = std::time::Instant::now();
+    while dead.len() < 2 && start.elapsed() < Duration::from_secs(10) {
+        dead.extend(rig.env.drain_dead_letters(&rig.deps.broker, "send").await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert!(
+        dead.iter().all(|(_, code, _)| code == "redelivered"),
+        "{dead:?}"
+    );
+}

@@ -431,6 +431,22 @@ impl Sender {
         let times = self.redeliveries.count("send", &[&delivery]).await?;
         if let Some(&n) = times.first().filter(|n| **n >= REDELIVERY_LIMIT) {
             let reason = redelivery::reason(n);
+            // Its recipient still gets an outcome (counts add up, `campaign retry` lists it),
+            // settled without a call; tried on the limit's delivery only, so that a job whose
+            // settling crashes too is dead-lettered unread the next time.
+            if n == REDELIVERY_LIMIT {
+                if let Ok(valid) = parse_job(&delivery.data) {
+                    match self.abandon(&valid).await {
+                        Ok(Some(outcome)) => {
+                            tracing::info!(outcome = %outcome.field(), "recipient of a send job dead-lettered for redeliveries settled")
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not settle the recipient of a send job dead-lettered for redeliveries")
+                        }
+                    }
+                }
+            }
             tracing::warn!(code = REDELIVERED, %reason, "send job dead-lettered");
             self.dead_letter(&delivery, REDELIVERED, &reason).await;
             return Ok(());

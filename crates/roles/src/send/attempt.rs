@@ -218,6 +218,42 @@ impl Sender {
         }
     }
 
+    /// Settles the recipient of a job that is being dead-lettered unread for coming back too
+    /// often (a crash or a recurring error each time it was handled), as a spent retry budget
+    /// would ([`decide::give_up`]): `dead_lettered` and listed for `campaign retry`, the
+    /// credential given back, or `sent_unconfirmed` / `unknown` if a call with the credential
+    /// it held may have delivered. No call is made. A lease another attempt holds, or a
+    /// recipient already settled, is left alone. Returns the outcome recorded, if any.
+    pub(super) async fn abandon(&self, valid: &ValidJob) -> Result<Option<Recorded>, RoleError> {
+        let Some((app, _)) = self.parts.resolve(valid.app_id.as_ref()) else {
+            return Ok(None);
+        };
+        let a = Attempt {
+            valid,
+            app,
+            owner: super::attempt_owner(),
+            state: State::new(0),
+            quick: Box::new(std::iter::empty()),
+        };
+        let (spend, in_doubt) = match self.claim(&a, ClaimMode::Take).await? {
+            CampaignClaim::Fresh(c) => (Spend::of(&c), false),
+            CampaignClaim::Held {
+                credential,
+                in_doubt,
+                ..
+            } => (Spend::of(&credential), in_doubt),
+            CampaignClaim::NoCredential => return Ok(Some(Recorded::NoCredential)),
+            CampaignClaim::Done(_) | CampaignClaim::Busy(_) | CampaignClaim::Superseded => {
+                return Ok(None)
+            }
+        };
+        let (outcome, after) = decide::give_up(spend, in_doubt);
+        match self.finish(&a, outcome, after).await? {
+            Disposition::Done(outcome) => Ok(Some(outcome)),
+            _ => Ok(None),
+        }
+    }
+
     /// The latest a call may start after its claim was sent: the call (WeChat's request
     /// timeout at most) then ends within the lease, with a margin.
     fn call_deadline(&self) -> Duration {
