@@ -25,7 +25,11 @@
 //! - **reachable users** ([`Bank::reachable_page`]): streams the users who hold a usable
 //!   credential, shard by shard, a page at a time, without `KEYS` or a keyspace `SCAN`.
 //!
-//! Time is Redis's own (`TIME` inside the scripts), so all processes share one clock.
+//! Time is Redis's own (`TIME` inside the scripts), so all processes share one clock: the
+//! store script itself clamps each expiry to Redis's now + 7 days. With
+//! [`BankSettings::wait_replicas`], every store, campaign claim and settle is followed by
+//! `WAIT` in its pipeline, a shortfall being [`BankError::NotReplicated`]; [`Bank::durability`]
+//! reads what Redis's own settings can lose (`durability.rs`).
 //! Key layout: [`keys`]; member encoding: [`member`]. This crate must not know about
 //! RabbitMQ, WeChat or message formats.
 
@@ -51,12 +55,12 @@ pub use consent::CONSENT_TTL_SECS;
 pub use durability::{Durability, Setting};
 pub use keys::{Keys, SHARDS};
 pub use reachable::{ReachableCursor, ReachablePage};
+pub use requeue::{RequeuePage, REQUEUE_PAGE};
 pub use scripts::{Applied, WAIT_TIMEOUT_MS};
 
 /// The longest a credential is kept: 7 days after it reaches the bank, by Redis's clock
 /// (WeChat's limit on a formId or prepayId; the contract's clamp).
 pub const CREDENTIAL_LIFETIME_SECS: i64 = wxpush_domain::CREDENTIAL_LIFETIME_MS / 1000;
-pub use requeue::{RequeuePage, REQUEUE_PAGE};
 
 /// What can go wrong talking to the bank.
 #[derive(Debug, thiserror::Error)]
