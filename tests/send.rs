@@ -9,9 +9,10 @@ use std::time::Duration;
 use serde_json::json;
 use wxpush_broker::Publisher;
 use wxpush_domain::{Credential, OpenId, SendJob};
-use wxpush_fake_wechat::{FakeApp, FakeConfig, FakeHandle, FakeWeChat, Faults};
+use wxpush_fake_wechat::{FakeApp, FakeConfig, FakeHandle, FakeWeChat, Faults, LostReplyMode};
 use wxpush_roles::send::{self, SendParts, SendSettings, SendStats};
 use wxpush_roles::{Deps, ShutdownTrigger};
+use wxpush_testkit::fleet::Fleet;
 use wxpush_testkit::{eventually, now_ms, TestEnv, TEST_APP};
 
 const SECRET: &str = "test-secret-0123456789";
@@ -777,4 +778,163 @@ async fn a_job_dead_lettered_for_redeliveries_still_settles_its_recipient() {
         dead.iter().all(|(_, code, _)| code == "redelivered"),
         "{dead:?}"
     );
+}
+
+/// The subscribe template of the lost-reply tests.
+const SUB: &str = "TPL_ORDER_SHIPPED";
+
+/// Issue 12, lost replies end to end: the real `wxpush dispatch` and two `wxpush send`
+/// processes send one template campaign (100 users holding two formIds, 100 holding a
+/// prepayId, i.e. three uses) and one subscribe campaign (100 users holding two consents, at
+/// the fake and in the bank), while the fake WeChat delivers every send and loses the reply of
+/// a quarter of them as `mode` says. Every user holds enough for a second message, so a resend
+/// that should not happen shows as a second delivery.
+///
+/// Checked from the fake's records (`delivered`, WeChat's side): every user got exactly one
+/// message; every recipient has one outcome (the counters add up to the audience); the users
+/// whose reply was lost are `sent_unconfirmed` (formId: resent, refused `41029`; prepayId: not
+/// resent) or `unknown` (consent: not resent), the others `sent`.
+async fn lost_replies_end_to_end(name: &str, mode: LostReplyMode) {
+    let mut config = wxpush_testkit::fleet::fake_config();
+    config.seed = Some(12);
+    let mut f = Fleet::with_fake(name, 400, 100, config).await;
+    let n = 100;
+    let forms = f.users(0, n, 2).await;
+    let prepays = f.prepay_users(0, n, 1).await;
+    let consents = f.consent_users(0, n, SUB, 2).await;
+    f.fake
+        .update_faults(|x| {
+            x.lost_reply_probability = 0.25;
+            x.lost_reply_mode = mode;
+            x.lost_reply_status = 504;
+            // Past the senders' 5 s request timeout.
+            x.lost_reply_hang_ms = 6_500;
+        })
+        .unwrap();
+    f.start("dispatch");
+    f.start("send");
+    f.start("send");
+    let template_audience: Vec<&String> = forms.iter().chain(&prepays).collect();
+    f.publish_campaign(wxpush_testkit::fleet::campaign(
+        "lost-t",
+        json!({ "openIds": template_audience }),
+    ))
+    .await;
+    f.publish_campaign(
+        json!({"campaignId": "lost-s", "kind": "subscribe", "templateId": SUB,
+        "page": "pages/order/detail?id=1",
+        "data": {"thing1": {"value": "Your order shipped"}},
+        "audience": {"openIds": consents}}),
+    )
+    .await;
+    f.wait_complete("lost-t", Duration::from_secs(90)).await;
+    f.wait_complete("lost-s", Duration::from_secs(90)).await;
+
+    let records = f.fake.requests();
+    let delivered = f.delivered_per_user();
+    let lost_of = |group: &[String]| {
+        records
+            .iter()
+            .filter(|r| r.lost_reply.is_some())
+            .filter(|r| r.touser.as_ref().is_some_and(|u| group.contains(u)))
+            .count() as u64
+    };
+    let (lost_forms, lost_prepays, lost_consents) =
+        (lost_of(&forms), lost_of(&prepays), lost_of(&consents));
+    for (group, what) in [
+        (&forms, "formId"),
+        (&prepays, "prepayId"),
+        (&consents, "consent"),
+    ] {
+        for who in group {
+            assert_eq!(
+                delivered.get(who),
+                Some(&1),
+                "{what} user {who}: deliveries {:?}, their calls {:?}",
+                delivered.get(who),
+                records
+                    .iter()
+                    .filter(|r| r.touser.as_deref() == Some(who.as_str()))
+                    .map(|r| (r.delivered, r.errcode, r.http_status, r.lost_reply))
+                    .collect::<Vec<_>>()
+            );
+        }
+        let lost = lost_of(group);
+        assert!(
+            lost >= n as u64 / 10,
+            "the fault hit the {what} users: {lost} lost replies"
+        );
+    }
+    assert!(
+        records
+            .iter()
+            .filter(|r| r.lost_reply.is_some())
+            .all(|r| r.lost_reply == Some(mode)),
+        "lost as {mode:?}"
+    );
+    let t = f.counts("lost-t").await;
+    let s = f.counts("lost-s").await;
+    let get = |c: &BTreeMap<String, u64>, k: &str| c.get(k).copied().unwrap_or(0);
+    let outcomes = |c: &BTreeMap<String, u64>| -> u64 {
+        c.iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "retried" | "duplicate" | "requeued"))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    assert_eq!(outcomes(&t), 2 * n as u64, "one outcome each: {t:?}");
+    assert_eq!(outcomes(&s), n as u64, "one outcome each: {s:?}");
+    assert_eq!(
+        get(&t, "sent_unconfirmed"),
+        lost_forms + lost_prepays,
+        "the lost ones, and only they, are unconfirmed: {t:?}"
+    );
+    assert_eq!(
+        get(&t, "sent"),
+        2 * n as u64 - lost_forms - lost_prepays,
+        "{t:?}"
+    );
+    assert_eq!(get(&s, "unknown"), lost_consents, "{s:?}");
+    assert_eq!(get(&s, "sent"), n as u64 - lost_consents, "{s:?}");
+    for (id, c) in [("lost-t", &t), ("lost-s", &s)] {
+        let targeted = f.record(id).await["targeted"].parse::<u64>().unwrap();
+        assert_eq!(targeted, outcomes(c), "{id}: targeted");
+    }
+    // Each prepayId spent one use: the other two stay for other campaigns.
+    for who in &prepays {
+        assert_eq!(
+            rig_left(&f, who).await,
+            2,
+            "{who}: a prepayId use was spent twice or given back"
+        );
+    }
+    println!(
+        "lost replies ({mode:?}): {lost_forms} formId, {lost_prepays} prepayId, \
+         {lost_consents} consent replies lost; every one of {} users got one message; \
+         template {t:?}, subscribe {s:?}",
+        3 * n
+    );
+    f.stop_all();
+}
+
+async fn rig_left(f: &Fleet, who: &str) -> u64 {
+    f.deps
+        .bank
+        .usable_count(&f.env.app, &OpenId::new(who).unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarter_of_replies_lost_as_gateway_504s_doubles_and_loses_nobody() {
+    lost_replies_end_to_end("lost_504", LostReplyMode::Status).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarter_of_replies_lost_as_connection_resets_doubles_and_loses_nobody() {
+    lost_replies_end_to_end("lost_reset", LostReplyMode::Reset).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarter_of_replies_hanging_past_the_timeout_doubles_and_loses_nobody() {
+    lost_replies_end_to_end("lost_hang", LostReplyMode::Hang).await;
 }

@@ -101,6 +101,59 @@ impl Fleet {
         out
     }
 
+    /// `n` users, each with `per` prepayIds (three uses each) issued by the fake and stored in
+    /// the bank as an upload would: `oPrep<from..>`.
+    pub async fn prepay_users(&self, from: usize, n: usize, per: usize) -> Vec<String> {
+        let expiry = now_ms() / 1000 + 3600;
+        let mut out = Vec::new();
+        for u in from..from + n {
+            let who = format!("oPrep{u:06}xxxxxxxxxxxxxxxxx");
+            let ids = self
+                .fake
+                .issue_prepay_ids(None, &who, per, Some(Duration::from_secs(3600)))
+                .unwrap();
+            let uses: Vec<Credential> = ids
+                .iter()
+                .flat_map(|id| Credential::prepay_uses(id, expiry))
+                .collect();
+            self.deps
+                .bank
+                .store(&self.env.app, &OpenId::new(&who).unwrap(), &uses)
+                .await
+                .unwrap();
+            out.push(who);
+        }
+        out
+    }
+
+    /// `n` users who each accepted `template` `per` times: the fake grants the consents and
+    /// the bank holds them, as an upload would leave them: `oCons<from..>`.
+    pub async fn consent_users(
+        &self,
+        from: usize,
+        n: usize,
+        template: &str,
+        per: u32,
+    ) -> Vec<String> {
+        let fake = self.fake.fake();
+        fake.add_template(None, template).unwrap();
+        let mut out = Vec::new();
+        for u in from..from + n {
+            let who = format!("oCons{u:06}xxxxxxxxxxxxxxxxx");
+            fake.register_user(None, &who).unwrap();
+            fake.grant_consents(None, &who, template, per).unwrap();
+            let consents: Vec<Credential> =
+                (0..per).map(|_| Credential::consent(template)).collect();
+            self.deps
+                .bank
+                .store(&self.env.app, &OpenId::new(&who).unwrap(), &consents)
+                .await
+                .unwrap();
+            out.push(who);
+        }
+        out
+    }
+
     pub async fn publish_campaign(&self, campaign: serde_json::Value) {
         let ch = self.deps.broker.channel().await.unwrap();
         self.env.topology().declare_dispatch(&ch).await.unwrap();
@@ -173,6 +226,18 @@ impl Fleet {
         let mut m = HashMap::new();
         for r in self.fake.requests() {
             if let (Some(0), Some(who)) = (r.errcode, r.touser) {
+                *m.entry(who).or_default() += 1;
+            }
+        }
+        m
+    }
+
+    /// Messages that reached each user, as WeChat's side (the fake) counted them: a send it
+    /// carried out is a delivery whatever the caller heard back (a lost reply included).
+    pub fn delivered_per_user(&self) -> HashMap<String, u64> {
+        let mut m = HashMap::new();
+        for r in self.fake.requests() {
+            if let (true, Some(who)) = (r.delivered, r.touser) {
                 *m.entry(who).or_default() += 1;
             }
         }
