@@ -304,6 +304,7 @@ async fn run_roles(config: &Config, roles: Roles) -> anyhow::Result<()> {
         on_signal.trigger();
     });
     let health = Health::new();
+    wxpush_roles::durability::check(&deps.bank, config.redis_allow_eviction, &health).await?;
     if let Some(addr) = config.http_addr {
         ops::serve(addr, health.clone(), metrics, shutdown.clone()).await?;
     }

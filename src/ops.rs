@@ -128,7 +128,16 @@ async fn readyz(health: Health) -> impl IntoResponse {
         .iter()
         .map(|(role, consuming)| ((*role).to_owned(), (*consuming).into()))
         .collect();
-    let body = serde_json::json!({"ready": r.ready, "redis": r.redis, "consuming": roles});
+    let mut body = serde_json::json!({"ready": r.ready, "redis": r.redis, "consuming": roles});
+    if let Some(d) = &r.durability {
+        // What Redis's settings can lose (docs/operations.md#redis-for-production).
+        body["redis_durability"] = serde_json::json!({
+            "appendonly": d.appendonly.shown(),
+            "maxmemory_policy": d.maxmemory_policy.shown(),
+            "at_risk": !d.risks().is_empty(),
+            "risks": d.risks(),
+        });
+    }
     let status = if r.ready {
         StatusCode::OK
     } else {

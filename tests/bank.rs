@@ -511,3 +511,55 @@ async fn a_released_credential_is_claimable_again_but_only_once() {
     let users = reachable_users(&bank, &env.app, 2000).await;
     assert_eq!(users, vec![who]);
 }
+
+/// The store script judges expiry by Redis's clock alone (no host clock is involved): an
+/// expiry past Redis's now + 7 days is clamped to it, one Redis says is past is not stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_is_clamped_and_judged_by_redis_time() {
+    let env = TestEnv::new("bank_redis_clock");
+    let bank = bank(&env, BankSettings::default()).await;
+    let who = user(11);
+    let redis_now = bank.now_ms().await.unwrap() / 1000;
+    let week = wxpush_bank::CREDENTIAL_LIFETIME_SECS;
+    assert_eq!(week, 7 * 86_400);
+    let creds = [
+        Credential::form_id("far", redis_now + 30 * 86_400),
+        Credential::form_id("week", redis_now + week - 100),
+        Credential::form_id("past", redis_now - 5),
+    ];
+    let r = bank.store(&env.app, &who, &creds).await.unwrap();
+    assert_eq!((r.added, r.expired), (2, 1), "{r:?}");
+    let key = bank.keys().credentials(&env.app, &who);
+    let mut conn = bank.connection();
+    let far: f64 = redis::cmd("ZSCORE")
+        .arg(&key)
+        .arg(wxpush_bank::member::encode(&creds[0]))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let after = bank.now_ms().await.unwrap() / 1000;
+    assert!(
+        (redis_now + week..=after + week).contains(&(far as i64)),
+        "clamped to Redis's now + 7 days: {far} vs {redis_now}"
+    );
+    let week_score: f64 = redis::cmd("ZSCORE")
+        .arg(&key)
+        .arg(wxpush_bank::member::encode(&creds[1]))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        week_score as i64,
+        redis_now + week - 100,
+        "within the week: kept as given"
+    );
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        ttl <= week + 1,
+        "the key lives no longer than the clamp: {ttl}"
+    );
+}

@@ -7,6 +7,7 @@
 
 pub mod ceiling;
 pub mod fleet;
+pub mod private_redis;
 pub mod proxy;
 pub mod tls;
 

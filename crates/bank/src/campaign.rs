@@ -27,6 +27,11 @@
 //! settles it, so each recipient is counted exactly once whatever crashes, and a sent message
 //! costs two scripts (claim, settle). [`Bank::campaign_counters`] sums the shards.
 //!
+//! With replicas asked for (`WXPUSH_REDIS_WAIT_REPLICAS`), every claim and settle is followed
+//! by `WAIT` in the same pipeline, and a shortfall is [`BankError::NotReplicated`]: the script's
+//! effect stands (a claim holds its lease, a settle is recorded), so the caller hands its job
+//! back rather than acknowledge it, and a later attempt finds what was written.
+//!
 //! This module must not call WeChat or decide what its answers mean.
 
 use std::time::Duration;
@@ -118,7 +123,11 @@ impl Bank {
             .arg(owner)
             .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX))
             .arg(mode.arg());
-        let reply: Vec<Value> = self.scripts.run(&mut self.conn.clone(), &cmd).await?;
+        let reply: Vec<Value> = self
+            .scripts
+            .run_applied(&mut self.conn.clone(), &cmd, self.settings.wait_replicas)
+            .await?
+            .replicated()?;
         parse_campaign_claim(&reply)
     }
 
@@ -165,7 +174,11 @@ impl Bank {
             .arg(open_id.as_str())
             .arg(self.settings.claim_margin_secs)
             .arg(crate::CONSENT_TTL_SECS);
-        let applied: i64 = self.scripts.run(&mut self.conn.clone(), &cmd).await?;
+        let applied: i64 = self
+            .scripts
+            .run_applied(&mut self.conn.clone(), &cmd, self.settings.wait_replicas)
+            .await?
+            .replicated()?;
         Ok(applied == 1)
     }
 }

@@ -103,7 +103,11 @@ impl Bank {
             .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX))
             .arg(template)
             .arg(mode.arg());
-        let reply: Vec<Value> = self.scripts.run(&mut self.conn.clone(), &cmd).await?;
+        let reply: Vec<Value> = self
+            .scripts
+            .run_applied(&mut self.conn.clone(), &cmd, self.settings.wait_replicas)
+            .await?
+            .replicated()?;
         parse_campaign_claim(&reply)
     }
 

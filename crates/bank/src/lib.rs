@@ -27,13 +27,18 @@
 //! - **reachable users** ([`Bank::reachable_page`]): streams the users who hold a usable
 //!   credential, shard by shard, a page at a time, without `KEYS` or a keyspace `SCAN`.
 //!
-//! Time is Redis's own (`TIME` inside the scripts), so all processes share one clock.
+//! Time is Redis's own (`TIME` inside the scripts), so all processes share one clock: the
+//! store script itself clamps each expiry to Redis's now + 7 days. With
+//! [`BankSettings::wait_replicas`], every store, campaign claim and settle is followed by
+//! `WAIT` in its pipeline, a shortfall being [`BankError::NotReplicated`]; [`Bank::durability`]
+//! reads what Redis's own settings can lose (`durability.rs`).
 //! Key layout: [`keys`]; member encoding: [`member`]. This crate must not know about
 //! RabbitMQ, WeChat or message formats (the one exception: the campaign record keeps the
 //! campaign's send job as `wxpush-domain` serialises it, [`record::CampaignRecord::job_template`]).
 
 mod campaign;
 mod consent;
+mod durability;
 pub mod keys;
 pub mod member;
 mod reachable;
@@ -51,9 +56,15 @@ use wxpush_domain::{check_template_id, AppId, Credential, CredentialKind, Namesp
 
 pub use campaign::{CampaignClaim, ClaimMode, Settle};
 pub use consent::CONSENT_TTL_SECS;
+pub use durability::{Durability, Setting};
 pub use keys::{Keys, SHARDS};
 pub use reachable::{ReachableCursor, ReachablePage};
 pub use requeue::{RequeuePage, REQUEUE_PAGE};
+pub use scripts::{Applied, WAIT_TIMEOUT_MS};
+
+/// The longest a credential is kept: 7 days after it reaches the bank, by Redis's clock
+/// (WeChat's limit on a formId or prepayId; the contract's clamp).
+pub const CREDENTIAL_LIFETIME_SECS: i64 = wxpush_domain::CREDENTIAL_LIFETIME_MS / 1000;
 
 /// What can go wrong talking to the bank.
 #[derive(Debug, thiserror::Error)]
@@ -68,13 +79,29 @@ pub enum BankError {
     /// for an invalid template id): a caller's mistake, refused before anything is sent.
     #[error("cannot store this credential: {0}")]
     InvalidCredential(String),
+    /// The write was applied, but fewer replicas than `WXPUSH_REDIS_WAIT_REPLICAS` asks
+    /// acknowledged it in time: what depends on it must not be acknowledged yet. Transient.
+    #[error(transparent)]
+    NotReplicated(#[from] NotReplicated),
+}
+
+/// Fewer replicas acknowledged a write (Redis `WAIT`) than the install asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "only {acked} of the {wanted} Redis replicas asked for (WXPUSH_REDIS_WAIT_REPLICAS) \
+     acknowledged the write within {timeout_ms} ms"
+)]
+pub struct NotReplicated {
+    pub wanted: u32,
+    pub acked: u32,
+    pub timeout_ms: u64,
 }
 
 impl BankError {
     /// True when retrying later may succeed (Redis down, timed out, loading, failing over).
     pub fn is_transient(&self) -> bool {
         match self {
-            BankError::Connect(_) => true,
+            BankError::Connect(_) | BankError::NotReplicated(_) => true,
             BankError::Redis(e) => redis_is_transient(e),
             BankError::Protocol(_) | BankError::InvalidCredential(_) => false,
         }
@@ -112,6 +139,11 @@ pub struct BankSettings {
     /// Most templates one user holds subscribe consents for: a consent for another template
     /// is refused.
     pub templates_per_user: u32,
+    /// Replicas that must acknowledge (Redis `WAIT`, in the same pipeline) every store and
+    /// every campaign claim and settle before it is reported done; 0: no `WAIT`
+    /// (`WXPUSH_REDIS_WAIT_REPLICAS`). Short of it, the call fails with
+    /// [`BankError::NotReplicated`] (the write itself was applied).
+    pub wait_replicas: u32,
 }
 
 impl BankSettings {
@@ -122,6 +154,7 @@ impl BankSettings {
             user_cap: c.user_cap,
             consents_per_template: c.consents_per_template,
             templates_per_user: c.templates_per_user,
+            wait_replicas: c.redis_wait_replicas,
         }
     }
 }
@@ -133,6 +166,7 @@ impl Default for BankSettings {
             user_cap: 100,
             consents_per_template: wxpush_domain::config::DEFAULT_CONSENTS_PER_TEMPLATE,
             templates_per_user: wxpush_domain::config::DEFAULT_TEMPLATES_PER_USER,
+            wait_replicas: 0,
         }
     }
 }
@@ -258,11 +292,28 @@ impl Bank {
         self.conn.clone()
     }
 
-    /// Checks Redis answers (for readiness).
+    /// Checks Redis answers (for readiness) and, with [`BankSettings::wait_replicas`], that
+    /// as many replicas acknowledge this connection's writes so far (`WAIT`, in the same
+    /// pipeline): a role cannot acknowledge anything while they do not.
     pub async fn ping(&self) -> Result<(), BankError> {
-        let _: String = redis::cmd("PING")
-            .query_async(&mut self.conn.clone())
-            .await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("PING");
+        scripts::add_wait(&mut pipe, self.settings.wait_replicas);
+        let mut replies: Vec<Value> = pipe.query_async(&mut self.conn.clone()).await?;
+        scripts::check_wait(&mut replies, self.settings.wait_replicas)??;
+        Ok(())
+    }
+
+    /// Waits (`WAIT`, up to [`WAIT_TIMEOUT_MS`]) for the replicas asked for to acknowledge
+    /// every write made on the bank's connection so far; `Ok` at once when none are asked for.
+    pub async fn wait_replicas(&self) -> Result<(), BankError> {
+        if self.settings.wait_replicas == 0 {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        scripts::add_wait(&mut pipe, self.settings.wait_replicas);
+        let mut replies: Vec<Value> = pipe.query_async(&mut self.conn.clone()).await?;
+        scripts::check_wait(&mut replies, self.settings.wait_replicas)??;
         Ok(())
     }
 
@@ -278,10 +329,25 @@ impl Bank {
     /// ([`BankSettings::consents_per_template`], [`BankSettings::templates_per_user`]),
     /// applied in the same script: what is over them is refused and reported
     /// ([`StoreReport::consents_capped`]), so no replay grows a user's consents past them.
+    ///
+    /// A credential's expiry is clamped in the script to Redis's now + 7 days, and one that
+    /// is expired by Redis's clock (or within the margin) is not stored: no other clock counts.
+    /// With [`BankSettings::wait_replicas`], a shortfall of replicas is
+    /// [`BankError::NotReplicated`] (the credentials are stored all the same).
     pub async fn store_batch(
         &self,
         requests: &[StoreRequest<'_>],
     ) -> Result<Vec<StoreReport>, BankError> {
+        self.store_batch_applied(requests).await?.replicated()
+    }
+
+    /// [`Bank::store_batch`], telling a shortfall of replicas apart from the reports: the
+    /// write was applied, so a caller may wait for the replicas ([`Bank::wait_replicas`])
+    /// rather than write again (which would add a batch's consents twice).
+    pub async fn store_batch_applied(
+        &self,
+        requests: &[StoreRequest<'_>],
+    ) -> Result<Applied<Vec<StoreReport>>, BankError> {
         let mut pipe = redis::pipe();
         let mut commands = 0usize;
         // For each request: whether its zset store and its consent store are in the pipeline.
@@ -295,7 +361,8 @@ impl Bank {
                 .arg(self.keys.index_of(r.app, r.open_id))
                 .arg(self.settings.claim_margin_secs)
                 .arg(self.settings.user_cap)
-                .arg(r.open_id.as_str());
+                .arg(r.open_id.as_str())
+                .arg(CREDENTIAL_LIFETIME_SECS);
             for c in r.credentials {
                 match c.kind {
                     CredentialKind::Consent => {
@@ -327,12 +394,17 @@ impl Bank {
             plan.push((in_zset, !consents.is_empty()));
         }
         if commands == 0 {
-            return Ok(vec![StoreReport::default(); requests.len()]);
+            return Ok(Applied {
+                value: vec![StoreReport::default(); requests.len()],
+                replicated: Ok(()),
+            });
         }
-        let replies: Vec<Value> = self
+        scripts::add_wait(&mut pipe, self.settings.wait_replicas);
+        let mut replies: Vec<Value> = self
             .scripts
             .run_pipeline(&mut self.conn.clone(), &pipe)
             .await?;
+        let replicated = scripts::check_wait(&mut replies, self.settings.wait_replicas)?;
         if replies.len() != commands {
             return Err(BankError::Protocol(format!(
                 "{} replies for {commands} store scripts",
@@ -364,7 +436,10 @@ impl Bank {
             }
             reports.push(report);
         }
-        Ok(reports)
+        Ok(Applied {
+            value: reports,
+            replicated,
+        })
     }
 
     /// Stores one user's credentials.
@@ -423,6 +498,14 @@ impl Bank {
             .arg(member::encode(credential));
         let released: i64 = self.scripts.run(&mut self.conn.clone(), &cmd).await?;
         Ok(released == 1)
+    }
+
+    /// Redis's clock, in Unix milliseconds (`TIME`): the one clock every script uses.
+    pub async fn now_ms(&self) -> Result<i64, BankError> {
+        let (secs, micros): (i64, i64) = redis::cmd("TIME")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(secs * 1000 + micros / 1000)
     }
 
     /// How many usable credentials (formIds and prepayId uses; consents are counted by

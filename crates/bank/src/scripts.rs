@@ -3,14 +3,67 @@
 //! Scripts are sent by SHA (`EVALSHA`), also inside pipelines, where redis-rs does not load
 //! them on its own; on `NOSCRIPT` (a restarted or flushed Redis) they are loaded and the
 //! command or pipeline is sent once more, which is safe because every bank script is
-//! idempotent or atomic. This module must not decide what the scripts mean.
+//! idempotent or atomic. With replicas asked for (`WXPUSH_REDIS_WAIT_REPLICAS`), a write is
+//! followed by `WAIT` in the same pipeline (no extra round trip), and a shortfall is reported
+//! apart from the write's reply ([`Applied`]). This module must not decide what the scripts
+//! mean.
 
 use std::sync::OnceLock;
 
 use redis::aio::ConnectionManager;
-use redis::{Cmd, FromRedisValue, Pipeline, RedisError, Script};
+use redis::{Cmd, FromRedisValue, Pipeline, RedisError, Script, Value};
 
-use crate::BankError;
+use crate::{BankError, NotReplicated};
+
+/// How long one `WAIT` waits for the replicas asked for. It blocks the bank's (multiplexed)
+/// connection meanwhile, so it is short: a replica that is down fails writes quickly, and the
+/// role hands its messages back and waits (see docs/operations.md#redis-for-production).
+pub const WAIT_TIMEOUT_MS: u64 = 1000;
+
+/// A write Redis applied, and whether the replicas asked for acknowledged it in time.
+#[derive(Debug)]
+pub struct Applied<T> {
+    pub value: T,
+    pub replicated: Result<(), NotReplicated>,
+}
+
+impl<T> Applied<T> {
+    /// The value if the replicas acknowledged it, else [`BankError::NotReplicated`].
+    pub fn replicated(self) -> Result<T, BankError> {
+        self.replicated?;
+        Ok(self.value)
+    }
+}
+
+/// Appends `WAIT wanted timeout` to `pipe` (nothing when `wanted` is 0).
+pub(crate) fn add_wait(pipe: &mut Pipeline, wanted: u32) {
+    if wanted > 0 {
+        pipe.cmd("WAIT").arg(wanted).arg(WAIT_TIMEOUT_MS);
+    }
+}
+
+/// Takes the `WAIT` reply off the end of `replies` (when `wanted` > 0) and checks it.
+pub(crate) fn check_wait(
+    replies: &mut Vec<Value>,
+    wanted: u32,
+) -> Result<Result<(), NotReplicated>, BankError> {
+    if wanted == 0 {
+        return Ok(Ok(()));
+    }
+    let acked = match replies.pop() {
+        Some(Value::Int(n)) => u32::try_from(n).unwrap_or(0),
+        other => return Err(BankError::Protocol(format!("WAIT returned {other:?}"))),
+    };
+    if acked >= wanted {
+        Ok(Ok(()))
+    } else {
+        Ok(Err(NotReplicated {
+            wanted,
+            acked,
+            timeout_ms: WAIT_TIMEOUT_MS,
+        }))
+    }
+}
 
 pub(crate) struct BankScript {
     script: Script,
@@ -123,6 +176,33 @@ impl Scripts {
             }
             other => Ok(other?),
         }
+    }
+
+    /// Runs one script command followed by `WAIT` for `wanted` replicas, in one pipeline.
+    pub(crate) async fn run_applied<T: FromRedisValue>(
+        &self,
+        conn: &mut ConnectionManager,
+        cmd: &Cmd,
+        wanted: u32,
+    ) -> Result<Applied<T>, BankError> {
+        if wanted == 0 {
+            return Ok(Applied {
+                value: self.run(conn, cmd).await?,
+                replicated: Ok(()),
+            });
+        }
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd.clone());
+        add_wait(&mut pipe, wanted);
+        let mut replies: Vec<Value> = self.run_pipeline(conn, &pipe).await?;
+        let replicated = check_wait(&mut replies, wanted)?;
+        let reply = match replies.pop() {
+            Some(v) if replies.is_empty() => v,
+            _ => return Err(BankError::Protocol("a script's reply is missing".into())),
+        };
+        let value = T::from_redis_value(reply)
+            .map_err(|e| BankError::Protocol(format!("a script's reply: {e}")))?;
+        Ok(Applied { value, replicated })
     }
 
     pub(crate) async fn run_pipeline<T: FromRedisValue>(

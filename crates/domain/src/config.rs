@@ -56,6 +56,8 @@ pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:9464";
 /// 9464 to 9479, then one the system picks.
 pub const DEFAULT_HTTP_PORTS: u16 = 16;
 pub const DEFAULT_SHUTDOWN_SECS: u64 = 10;
+/// Most replicas `WXPUSH_REDIS_WAIT_REPLICAS` may ask for: more is a typo, not a topology.
+pub const MAX_REDIS_WAIT_REPLICAS: u32 = 16;
 
 /// A secret string (the app secret). Printing it shows `***`.
 #[derive(Clone, PartialEq, Eq, serde::Deserialize)]
@@ -164,6 +166,8 @@ pub struct RawConfig {
     pub config_file: Option<String>,
     /// Where the single app's access token comes from (`stable`, `classic` or a URL).
     pub token_source: Option<String>,
+    pub redis_wait_replicas: Option<String>,
+    pub redis_allow_eviction: Option<String>,
 }
 
 /// Every variable [`RawConfig::from_env`] reads, beside the field it fills.
@@ -194,6 +198,8 @@ pub const ENV_VARS: &[&str] = &[
     "WXPUSH_SEND_RETRY_MAX_DELAY",
     "WXPUSH_CONSENTS_PER_TEMPLATE",
     "WXPUSH_TEMPLATES_PER_USER",
+    "WXPUSH_REDIS_WAIT_REPLICAS",
+    "WXPUSH_REDIS_ALLOW_EVICTION",
 ];
 
 impl RawConfig {
@@ -232,6 +238,8 @@ impl RawConfig {
             send_retry_max_delay: get(ENV_VARS[23]),
             consents_per_template: get(ENV_VARS[24]),
             templates_per_user: get(ENV_VARS[25]),
+            redis_wait_replicas: get(ENV_VARS[26]),
+            redis_allow_eviction: get(ENV_VARS[27]),
         }
     }
 
@@ -307,7 +315,23 @@ impl RawConfig {
         let http_addr = http_addr(self.http_addr)?;
         let user_cap = number("WXPUSH_USER_CAP", self.user_cap, DEFAULT_USER_CAP, 1)?;
         let tls_ca_file = self.tls_ca_file.map(std::path::PathBuf::from);
+        let redis_wait_replicas =
+            number("WXPUSH_REDIS_WAIT_REPLICAS", self.redis_wait_replicas, 0, 0)?;
+        if redis_wait_replicas > MAX_REDIS_WAIT_REPLICAS {
+            return Err(ConfigError::Invalid {
+                var: "WXPUSH_REDIS_WAIT_REPLICAS",
+                reason: format!(
+                    "'{redis_wait_replicas}' is above the maximum of {MAX_REDIS_WAIT_REPLICAS}"
+                ),
+            });
+        }
+        let redis_allow_eviction = flag(
+            "WXPUSH_REDIS_ALLOW_EVICTION",
+            self.redis_allow_eviction.as_deref(),
+        )?;
         Ok(Config {
+            redis_wait_replicas,
+            redis_allow_eviction,
             http_addr,
             tls_ca_file,
             shutdown_grace: std::time::Duration::from_secs(number(
@@ -458,6 +482,12 @@ pub struct Config {
     /// CA certificates (PEM) to trust for `amqps://` (beside the system's store) and
     /// `rediss://` (instead of it: the redis crate replaces its roots), see docs/tls.md.
     pub tls_ca_file: Option<std::path::PathBuf>,
+    /// Replicas that must acknowledge an upload's store and a recipient's settled outcome
+    /// (Redis `WAIT`) before the message is acknowledged to RabbitMQ; 0: none asked.
+    pub redis_wait_replicas: u32,
+    /// Start even when Redis's `maxmemory-policy` evicts keys (every bank key has a TTL, so
+    /// any policy but `noeviction` can drop credentials and campaign marks).
+    pub redis_allow_eviction: bool,
 }
 
 /// Where a role serves its health and metrics endpoints.
@@ -648,6 +678,18 @@ fn duration(
     Ok(std::time::Duration::from_millis(ms))
 }
 
+/// A yes/no variable: `1`, `true`, `yes` or `0`, `false`, `no` (unset: no).
+fn flag(var: &'static str, given: Option<&str>) -> Result<bool, ConfigError> {
+    match given.map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("0" | "false" | "no") => Ok(false),
+        Some("1" | "true" | "yes") => Ok(true),
+        Some(_) => Err(ConfigError::Invalid {
+            var,
+            reason: format!("'{}' is not 1 or 0", given.unwrap_or_default()),
+        }),
+    }
+}
+
 fn number<T>(var: &'static str, given: Option<String>, default: T, min: T) -> Result<T, ConfigError>
 where
     T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
@@ -729,6 +771,38 @@ mod tests {
                 .starts_with("WXPUSH_TOKEN_SOURCE is invalid: 'weekly' is not"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn redis_durability_settings_are_off_by_default_and_checked() {
+        let c = raw(&[("WXPUSH_APP_ID", "wx1")]).validate().unwrap();
+        assert_eq!((c.redis_wait_replicas, c.redis_allow_eviction), (0, false));
+        let c = raw(&[
+            ("WXPUSH_APP_ID", "wx1"),
+            ("WXPUSH_REDIS_WAIT_REPLICAS", "2"),
+            ("WXPUSH_REDIS_ALLOW_EVICTION", "1"),
+        ])
+        .validate()
+        .unwrap();
+        assert_eq!((c.redis_wait_replicas, c.redis_allow_eviction), (2, true));
+        for (var, bad, says) in [
+            ("WXPUSH_REDIS_WAIT_REPLICAS", "-1", "not a whole number"),
+            (
+                "WXPUSH_REDIS_WAIT_REPLICAS",
+                "17",
+                "above the maximum of 16",
+            ),
+            ("WXPUSH_REDIS_ALLOW_EVICTION", "maybe", "not 1 or 0"),
+        ] {
+            let e = raw(&[("WXPUSH_APP_ID", "wx1"), (var, bad)])
+                .validate()
+                .unwrap_err();
+            assert!(
+                e.to_string().starts_with(&format!("{var} is invalid"))
+                    && e.to_string().contains(says),
+                "{e}"
+            );
+        }
     }
 
     #[test]

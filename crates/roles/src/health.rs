@@ -2,7 +2,9 @@
 //!
 //! [`Health`] is shared by the roles of one process: each role says whether it is consuming
 //! (its session is running on a live RabbitMQ channel), and a probe says whether Redis
-//! answers. A process is ready when Redis answers and every role it runs is consuming. This
+//! answers. A process is ready when Redis answers and every role it runs is consuming. It
+//! also shows what Redis's settings can lose ([`crate::durability`]), which is reported, not
+//! a reason to be unready. This
 //! module must not serve HTTP (the CLI does) nor decide what to do about an outage (the
 //! supervisor does).
 
@@ -18,6 +20,7 @@ pub struct Health(Arc<Inner>);
 struct Inner {
     redis: AtomicBool,
     roles: Mutex<BTreeMap<&'static str, bool>>,
+    durability: Mutex<Option<wxpush_bank::Durability>>,
 }
 
 /// A snapshot for `/readyz`.
@@ -27,6 +30,8 @@ pub struct Readiness {
     pub redis: bool,
     /// Each role of the process and whether it is consuming.
     pub roles: Vec<(&'static str, bool)>,
+    /// Redis's settings as read at start (`None`: not checked).
+    pub durability: Option<wxpush_bank::Durability>,
 }
 
 impl Health {
@@ -51,6 +56,11 @@ impl Health {
             .set(f64::from(u8::from(up)));
     }
 
+    /// What Redis's settings can lose, as read at start.
+    pub fn set_durability(&self, d: wxpush_bank::Durability) {
+        *self.0.durability.lock().unwrap_or_else(|p| p.into_inner()) = Some(d);
+    }
+
     pub fn redis(&self) -> bool {
         self.0.redis.load(Ordering::Relaxed)
     }
@@ -58,10 +68,17 @@ impl Health {
     pub fn readiness(&self) -> Readiness {
         let roles: Vec<_> = self.roles().iter().map(|(r, c)| (*r, *c)).collect();
         let redis = self.redis();
+        let durability = self
+            .0
+            .durability
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         Readiness {
             ready: redis && !roles.is_empty() && roles.iter().all(|(_, c)| *c),
             redis,
             roles,
+            durability,
         }
     }
 

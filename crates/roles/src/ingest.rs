@@ -1,14 +1,18 @@
 //! The ingest role: credential uploads from RabbitMQ into the bank.
 //!
 //! Per batch (as many uploads as are ready, up to `batch_max`):
-//! 1. parse and validate every upload ([`wxpush_domain::parse_upload`]), and drop the
-//!    consents for templates its app does not list (`templates` in `WXPUSH_CONFIG`), counted
-//!    as `unknown_template`;
+//! 1. parse and validate every upload ([`wxpush_domain::parse_upload`]) at Redis's time (read
+//!    with `TIME` at most once a second, carried forward by the monotonic clock meanwhile:
+//!    never this host's wall clock), and drop the consents for templates its app does not list
+//!    (`templates` in `WXPUSH_CONFIG`), counted as `unknown_template`;
 //! 2. dead-letter each poison message with its reason (confirmed before going on);
 //! 3. store every good upload's credentials in one pipelined Redis round trip, retrying
 //!    for up to 5 s (`REDIS_HOLD`) while Redis is unreachable and holding the batch
 //!    meanwhile; a longer outage ends the session (the batch goes back to the queue) and the
-//!    supervisor waits for Redis ([`crate::supervise`]);
+//!    supervisor waits for Redis ([`crate::supervise`]). The store script clamps every expiry
+//!    to Redis's now + 7 days and drops what Redis's clock says has expired. With
+//!    `WXPUSH_REDIS_WAIT_REPLICAS`, a write the replicas have not acknowledged is held the
+//!    same way, waiting for them (`WAIT`) rather than writing again;
 //! 4. acknowledge the whole batch with one `multiple` ack as soon as its write ends, whether
 //!    or not another batch has come meanwhile (a failed write ends the session at once).
 //!
@@ -20,10 +24,11 @@
 //! keys, nor talk to WeChat.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
-use wxpush_bank::{Bank, BankError, StoreReport, StoreRequest};
+use wxpush_bank::{Applied, Bank, BankError, StoreReport, StoreRequest};
 use wxpush_broker::topology::Needs;
 use wxpush_broker::{Batch, BatchConsumer, Broker, Delivery, Publisher, Topology};
 use wxpush_domain::{
@@ -181,6 +186,49 @@ pub struct Ingest {
     topology: Topology,
     settings: IngestSettings,
     redeliveries: Redeliveries,
+    clock: RedisClock,
+}
+
+/// Redis's clock as ingest reads it: `TIME` at most once per [`RedisClock::REREAD`], carried
+/// forward meanwhile by this host's monotonic clock (which no wall-clock skew or step moves).
+#[derive(Default)]
+struct RedisClock {
+    /// Redis's time (Unix ms) when last read, and when (here) that was.
+    read: Mutex<Option<(i64, Instant)>>,
+}
+
+impl RedisClock {
+    const REREAD: Duration = Duration::from_secs(1);
+
+    /// Redis's time now. When Redis cannot be asked (an outage, which the store then holds
+    /// the batch through), the last reading carried forward serves: the store script judges
+    /// by Redis's own clock again anyway. Only a first reading must come from Redis.
+    async fn now_ms(&self, bank: &Bank) -> Result<i64, BankError> {
+        let last = *self.read.lock().unwrap_or_else(|p| p.into_inner());
+        let carried = last.map(|(at, when)| at + when.elapsed().as_millis() as i64);
+        if last.is_some_and(|(_, w)| w.elapsed() < Self::REREAD) {
+            return carried.ok_or_else(|| BankError::Protocol("no clock reading".into()));
+        }
+        // Not held up by an outage when a carried reading can serve.
+        let limit = if carried.is_some() {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(10)
+        };
+        match tokio::time::timeout(limit, bank.now_ms()).await {
+            Ok(Ok(now)) => {
+                *self.read.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, Instant::now()));
+                Ok(now)
+            }
+            Ok(Err(e)) => carried.ok_or(e),
+            Err(_) => carried.ok_or_else(|| {
+                BankError::Connect(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "no answer to TIME within 10s",
+                )))
+            }),
+        }
+    }
 }
 
 /// The parsed part of a batch: good uploads grouped per user, poison messages apart.
@@ -211,6 +259,7 @@ impl Ingest {
             topology: topology.clone(),
             settings: settings.clone(),
             redeliveries: Redeliveries::new(&deps.bank),
+            clock: RedisClock::default(),
         })
     }
 
@@ -289,6 +338,10 @@ impl Ingest {
                 Err(e) => break Err(e),
             };
             drop(all);
+            let received_at_ms = match self.clock.now_ms(&self.bank).await {
+                Ok(t) => t,
+                Err(e) => break Err(e.into()),
+            };
             let Sorted {
                 users,
                 poison,
@@ -296,7 +349,7 @@ impl Ingest {
                 expired_on_arrival,
                 capped,
                 unknown_template,
-            } = self.sort(&batch, &times);
+            } = self.sort(&batch, &times, received_at_ms);
             metrics::counter!(m::CONSUMED, "queue" => "ingest").increment(batch.len() as u64);
             if let Err(e) = self.dead_letter_poison(&poison, stats).await {
                 break Err(e);
@@ -407,7 +460,8 @@ impl Ingest {
     ) -> Result<bool, RoleError> {
         let all: Vec<&Delivery> = batch.deliveries.iter().collect();
         let times = self.redeliveries.count("ingest", &all).await?;
-        let sorted = self.sort(batch, &times);
+        let received_at_ms = self.clock.now_ms(&self.bank).await?;
+        let sorted = self.sort(batch, &times, received_at_ms);
         self.dead_letter_poison(&sorted.poison, stats).await?;
         let owned: Vec<_> = sorted.users.into_iter().collect();
         let Some(reports) = store_with_retry(&self.bank, &owned, shutdown.clone())
@@ -453,12 +507,10 @@ impl Ingest {
     }
 
     /// Parses a batch; `times` is how many times each delivery has come (one that came too
-    /// often is dead-lettered unread, [`crate::redelivery`]).
-    fn sort<'a>(&self, batch: &'a Batch, times: &[u32]) -> Sorted<'a> {
-        let received_at_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+    /// often is dead-lettered unread, [`crate::redelivery`]), at `received_at_ms` (Redis's
+    /// time: the store script clamps and drops by Redis's time again, so this only decides
+    /// what is plainly expired already).
+    fn sort<'a>(&self, batch: &'a Batch, times: &[u32], received_at_ms: i64) -> Sorted<'a> {
         let mut sorted = Sorted {
             users: HashMap::new(),
             poison: Vec::new(),
@@ -555,8 +607,28 @@ async fn store_with_retry(
         .collect();
     let mut delays = hold_delays();
     let started = Instant::now();
+    // Stored, waiting for the replicas (`WXPUSH_REDIS_WAIT_REPLICAS`): not written again.
+    let mut stored: Option<Vec<StoreReport>> = None;
     loop {
-        match bank.store_batch(&requests).await {
+        let tried = match stored.take() {
+            None => bank.store_batch_applied(&requests).await,
+            Some(value) => bank.wait_replicas().await.map(|()| Applied {
+                value,
+                replicated: Ok(()),
+            }),
+        };
+        let tried = tried.and_then(|a| match a.replicated {
+            Ok(()) => Ok(a.value),
+            Err(short) => {
+                stored = Some(a.value);
+                Err(short.into())
+            }
+        });
+        if let Err(BankError::NotReplicated(short)) = &tried {
+            metrics::counter!(m::REDIS_NOT_REPLICATED, "role" => "ingest").increment(1);
+            tracing::debug!(error = %short, "stored, but not yet on the replicas asked for");
+        }
+        match tried {
             Ok(r) => return Ok(Some(r)),
             Err(e) if e.is_transient() => {
                 let Some(wait) = wait_before_retry(&mut delays, started.elapsed()) else {

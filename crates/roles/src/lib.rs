@@ -7,7 +7,8 @@
 //! - [`dispatch`]: campaigns → one send job per recipient.
 //! - [`send`]: send jobs → WeChat, one credential each; [`outcomes`] records what happened.
 //! - [`redelivery`]: the limit on how often one message may come back unsettled.
-//! - [`deps`]: connecting to Redis and RabbitMQ with one readable error line.
+//! - [`deps`]: connecting to Redis and RabbitMQ with one readable error line; [`durability`]:
+//!   what Redis's own settings let it lose, checked at start.
 //! - [`shutdown`]: the stop signal shared by a process's roles.
 //! - [`supervise`]: sessions restarted after a RabbitMQ or Redis outage; [`health`] is what
 //!   `/readyz` reports; [`metrics`] names what `/metrics` shows.
@@ -16,6 +17,7 @@
 
 pub mod deps;
 pub mod dispatch;
+pub mod durability;
 pub mod health;
 pub mod ingest;
 pub mod metrics;

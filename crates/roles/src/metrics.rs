@@ -24,6 +24,7 @@ pub const CONSUMING: &str = "wxpush_consuming";
 pub const DEPENDENCY_UP: &str = "wxpush_dependency_up";
 pub const SESSIONS_RESTARTED: &str = "wxpush_sessions_restarted_total";
 pub const RECONNECTS: &str = "wxpush_reconnects_total";
+pub const REDIS_NOT_REPLICATED: &str = "wxpush_redis_not_replicated_total";
 
 /// Counts a dead letter RabbitMQ refused (its dead-letter queue is full: `reject-publish`), so
 /// that an alert can fire; the message stays with the role, handed back, never dropped.
@@ -112,5 +113,10 @@ pub fn describe() {
     describe_counter!(
         RECONNECTS,
         "Connections re-opened after an outage, by dependency"
+    );
+    describe_counter!(
+        REDIS_NOT_REPLICATED,
+        "Writes fewer Redis replicas acknowledged than WXPUSH_REDIS_WAIT_REPLICAS asks, by \
+         role: their messages were not acknowledged (held or handed back)"
     );
 }

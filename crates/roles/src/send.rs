@@ -11,7 +11,9 @@
 //! 4. act on what the attempt came to ([`Disposition`]): acknowledge a settled job, re-publish
 //!    one to try again later to a delay queue (exponential backoff, so no worker sleeps on a
 //!    prefetch slot, within `WXPUSH_SEND_RETRY_FOR`), park one that must wait, dead-letter
-//!    one given up; log one line with the openId masked.
+//!    one given up; log one line with the openId masked. A claim or settle fewer Redis
+//!    replicas acknowledged than `WXPUSH_REDIS_WAIT_REPLICAS` asks is not acknowledged: the
+//!    job goes back to the queue, and the session waits for the replicas like for an outage.
 //!
 //! Each app of the install has its own token, rate limit and pause ([`AppFleet`]); nothing of
 //! one app is ever used for another's job.
@@ -472,6 +474,9 @@ impl Sender {
         let disposition = match self.process(valid).await {
             Ok(d) => d,
             Err(e) if e.is_recoverable() => {
+                if matches!(e, RoleError::Bank(wxpush_bank::BankError::NotReplicated(_))) {
+                    metrics::counter!(m::REDIS_NOT_REPLICATED, "role" => "send").increment(1);
+                }
                 tracing::debug!(error = %e, "send job handed back");
                 requeue(delivery).await;
                 return Err(e);

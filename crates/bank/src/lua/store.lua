@@ -1,7 +1,9 @@
 -- Store credentials for one user (wxpush-bank, store.lua).
 -- KEYS[1] the user's credential zset, KEYS[2] the user's index shard (same hash slot).
 -- ARGV[1] safety margin (s), ARGV[2] per-user cap, ARGV[3] openId (index member),
--- ARGV[4..] pairs of (expiry in Unix seconds, encoded member).
+-- ARGV[4] longest lifetime (s): no expiry is kept later than Redis's now + that (a client's
+-- clock, or the ingest host's, is never trusted further), ARGV[5..] pairs of (expiry in Unix
+-- seconds, encoded member).
 -- Scores: expiry > 0 for a usable credential; -expiry for a spent one, kept as a tombstone
 -- until it expires so that a re-sent old upload cannot store it again.
 -- Returns {added, already known (stored or spent), expired, dropped by the cap}.
@@ -11,11 +13,15 @@ local now = tonumber(redis.call('TIME')[1])
 local limit = now + tonumber(ARGV[1])
 local cap = tonumber(ARGV[2])
 local k, idx, who = KEYS[1], KEYS[2], ARGV[3]
+local ceiling = now + tonumber(ARGV[4])
 
 local added, offered, expired, top = 0, 0, 0, 0
 local batch = {}
-for i = 4, #ARGV, 2 do
+for i = 5, #ARGV, 2 do
   local exp = tonumber(ARGV[i])
+  if exp > ceiling then
+    exp = ceiling
+  end
   if exp <= limit then
     expired = expired + 1
   else

@@ -304,7 +304,31 @@ impl Sender {
     }
 
     /// The claim of the job's kind: a formId or prepayId use, or a consent for its template.
+    ///
+    /// A claim the replicas asked for did not acknowledge (`WXPUSH_REDIS_WAIT_REPLICAS`) was
+    /// applied all the same: whatever lease it took is released at once, no call made (the
+    /// doubt stays as this attempt knows it), and the error hands the job back.
     async fn claim(&self, a: &Attempt<'_>, mode: ClaimMode) -> Result<CampaignClaim, RoleError> {
+        match self.claim_once(a, mode).await {
+            Err(RoleError::Bank(wxpush_bank::BankError::NotReplicated(short))) => {
+                let release = Settle::Release {
+                    in_doubt: a.state.in_doubt,
+                    retry: false,
+                };
+                // Fenced: a no-op unless the claim took the lease. Its own WAIT falls short
+                // too, most likely; the release stands on the primary all the same.
+                let _ = self.settle(a, release).await;
+                Err(RoleError::Bank(short.into()))
+            }
+            other => other,
+        }
+    }
+
+    async fn claim_once(
+        &self,
+        a: &Attempt<'_>,
+        mode: ClaimMode,
+    ) -> Result<CampaignClaim, RoleError> {
         let job = &a.valid.job;
         let claim = match job.kind {
             JobKind::Template => {
