@@ -34,6 +34,7 @@ pub(crate) fn routes(access: ControlAccess) -> Router<FakeWeChat> {
         .route("/fake/token-outage", post(token_outage))
         .route("/fake/tokens/expire", post(expire_tokens))
         .route("/fake/tokens/revoke", post(revoke_tokens))
+        .route("/fake/secret", post(set_secret))
         .route("/fake/requests", get(requests))
         .route("/fake/stats", get(stats))
         .route("/fake/reset", post(reset))
@@ -197,6 +198,19 @@ async fn expire_tokens(State(fake): State<FakeWeChat>, body: Bytes) -> Answer {
 async fn revoke_tokens(State(fake): State<FakeWeChat>, body: Bytes) -> Answer {
     let n = fake.revoke_tokens(app_req(&body)?.app_id.as_deref())?;
     Ok(Json(json!({ "revoked": n })))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SecretReq {
+    app_id: Option<String>,
+    secret: String,
+}
+
+async fn set_secret(State(fake): State<FakeWeChat>, body: Bytes) -> Answer {
+    let r: SecretReq = parse(&body)?;
+    fake.set_secret(r.app_id.as_deref(), &r.secret)?;
+    Ok(Json(json!({})))
 }
 
 #[derive(Deserialize)]

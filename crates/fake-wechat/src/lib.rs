@@ -78,7 +78,9 @@
 //! | `tokenLatencyMs` | `0` | the token endpoints wait this long, *then* judge (issue the token) and answer (plus `latencyMs`); the wait runs on even if the caller leaves, so the token is issued all the same | a slow token service: with `POST /fake/tokens/revoke` (or `expire`) mid-campaign, the next fetch is slow, and a caller that gives up gets nothing while WeChat's side issued a token (a `/cgi-bin/token` one ends the previous token's life after the grace period) |
 //!
 //! Besides: a token outage (`POST /fake/token-outage`, [`FakeWeChat::token_outage`]) answers
-//! `-1` on both token endpoints for a while; [`FakeConfig::seed`] makes ids and fault rolls
+//! `-1` on both token endpoints for a while; a secret reset (`POST /fake/secret`,
+//! [`FakeWeChat::set_secret`]) makes both answer `40125` to the old secret (a rotated secret
+//! the senders do not have yet) until it is set back; [`FakeConfig::seed`] makes ids and fault rolls
 //! (busy, 500, lost reply, jitter) deterministic. `"reset"` needs the fake served by
 //! [`serve`] / [`FakeWeChat::start`] (their listener can cut a connection); a router from
 //! [`FakeWeChat::router`] served elsewhere answers HTTP 502 instead.
@@ -131,6 +133,7 @@
 //! | `POST /fake/token-outage` | `{"forMs"}` | `{}` |
 //! | `POST /fake/tokens/expire` | `{"appId"?}` or empty | `{"expired":n}` |
 //! | `POST /fake/tokens/revoke` | `{"appId"?}` or empty | `{"revoked":n}` |
+//! | `POST /fake/secret` | `{"appId"?, "secret"}` | `{}` |
 //! | `GET /fake/requests` | `?since=N` (index of the first record wanted) | `[`[`RequestRecord`]`, ..]` |
 //! | `GET /fake/stats` | | [`Stats`] |
 //! | `POST /fake/reset` | | `{}` (back to the start config) |
@@ -314,6 +317,14 @@ impl FakeWeChat {
     pub fn token_outage(&self, duration: Duration) {
         let ms = duration.as_millis() as u64;
         self.with(|s| s.token_outage(ms, now_ms()));
+    }
+
+    /// Gives the app (default app when `None`) a new secret, as resetting it in the mini
+    /// program's console does: token calls with the old one answer `40125` ("invalid
+    /// appsecret") from now on; tokens already issued are untouched (revoke them as well to
+    /// model a leaked secret). Setting the old secret back ends the refusals.
+    pub fn set_secret(&self, app_id: Option<&str>, secret: &str) -> Result<(), FakeError> {
+        self.with(|s| s.set_secret(app_id, secret))
     }
 
     /// Every access token issued so far (tests check none of them reached a log).

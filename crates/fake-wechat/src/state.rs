@@ -956,6 +956,12 @@ impl State {
         self.faults.token_latency_ms
     }
 
+    /// The app's secret from now on (token calls with another answer `40125`).
+    pub fn set_secret(&mut self, app_id: Option<&str>, secret: &str) -> Result<(), FakeError> {
+        self.app_mut(app_id)?.secret = secret.to_owned();
+        Ok(())
+    }
+
     pub fn token_outage(&mut self, for_ms: u64, now: u64) {
         self.token_fail_until_ms = now + for_ms;
     }

@@ -6,7 +6,9 @@
 //!                                    expires with the token (PEXPIRE)
 //! {ns}:token-lock:{<app>}   string  owner id of the one process refreshing the token (PX lease)
 //! {ns}:token-err:{<app>}    string  the last failed refresh, so the fleet does not hammer the
-//!                                    token endpoint (PX: a few seconds)
+//!                                    token endpoint: "<until ms>|<streak>|<failure>", asked
+//!                                    again after `until` (doubling with the streak, up to
+//!                                    5 min); PX: `until` plus 5 min, deleted by a new token
 //! {ns}:token-rejected:{<app>} string a stable token WeChat rejected while it was the shared one
 //!                                    (PX: the rest of that token's life)
 //! {ns}:token-force:{<app>}  zset    the fleet's `force_refresh: true` calls of the last 24 h,

@@ -28,7 +28,7 @@ mod token;
 
 pub use keys::Keys;
 pub use pause::{FleetPause, PauseSettings};
-pub use rate::{batch_for, capacity_for, Permit, RateLimiter, RateSettings};
+pub use rate::{batch_for, capacity_for, max_calls_per_second, Permit, RateLimiter, RateSettings};
 pub use token::{
     Invalidation, Token, TokenSettings, TokenStore, TokenStoreError, FORCE_REFRESH_PER_DAY,
     FORCE_REFRESH_SPACING,

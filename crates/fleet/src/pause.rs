@@ -1,7 +1,8 @@
 //! Stopping one app's sends fleet-wide: [`FleetPause`].
 //!
 //! After WeChat's daily-quota answer (45009) a sender calls [`FleetPause::pause_for`] with the
-//! configured cool-down; every process then sees [`FleetPause::paused_for`] answer `Some` until
+//! configured cool-down (and, for as long as the fleet will not ask again, after the token
+//! endpoint refused or failed, or WeChat refused a fresh token); every process then sees [`FleetPause::paused_for`] answer `Some` until
 //! it ends. The pause is one key holding its end (Redis clock) with a PX expiry, so it ends by
 //! itself; setting it has GT semantics (one script): a shorter pause never shortens a longer
 //! one. Answers are cached in-process for `cache_for` (default 200 ms), so checking before
@@ -92,7 +93,7 @@ impl FleetPause {
     /// already running. Returns how long the pause now lasts.
     pub async fn pause_for(&self, duration: Duration) -> Result<Duration, FleetError> {
         let sent = Instant::now();
-        let left_ms: i64 = self
+        let (left_ms, set): (i64, i64) = self
             .inner
             .scripts
             .pause
@@ -102,7 +103,11 @@ impl FleetPause {
             .await?;
         let left = Duration::from_millis(u64::try_from(left_ms).unwrap_or(0));
         self.set_known(sent, Some(sent + left));
-        tracing::warn!(app = %self.inner.app, pause = ?left, "sending paused fleet-wide");
+        if set == 1 {
+            tracing::warn!(app = %self.inner.app, pause = ?left, "sending paused fleet-wide");
+        } else {
+            tracing::debug!(app = %self.inner.app, pause = ?left, "sending already paused fleet-wide");
+        }
         Ok(left)
     }
 

@@ -10,16 +10,22 @@
 //! process sleeps that long before asking again (no busy loop); one task per process asks
 //! Redis at a time.
 //!
-//! # The bound
+//! # The bound ([`max_calls_per_second`], the one place it is computed)
 //!
-//! The bucket grants at most `capacity + rate × W` permits in any window of `W` seconds. A
-//! permit is used no earlier than Redis granted it and no later than `permit_max_age` after
-//! its reservation was sent, so the sends in a window of `W` come from grants in a window of
-//! `W + permit_max_age`. Hence, in **any 1-second window, fleet-wide sends ≤ rate × (1 +
-//! permit_max_age) + capacity**: with the defaults, rate × 1.05 + max(batch, rate / 20), i.e.
-//! **at most 10 % over the rate** (plus one permit at rates below 20/s). Over a long run of
-//! `D` seconds, sends ≤ rate × D + capacity. A fleet whose processes disagree on the rate gets
-//! the rate of whichever process asks at that moment.
+//! The bucket never holds more than `capacity` permits, so in any window of `L` seconds it
+//! grants at most `capacity + rate × L`. A permit is used no earlier than Redis granted it and
+//! its call starts no later than `permit_max_age` after its reservation was *sent* (the caller
+//! checks [`Permit::is_fresh`] just before the call; a stale permit is never used, the caller
+//! takes another). So the calls started in any 1-second window (sliding, not only aligned
+//! ones) come from grants in a window of `1 + permit_max_age` seconds, and, permits being
+//! whole, **in any 1-second window the fleet starts at most
+//! `floor(capacity + rate × (1 + permit_max_age))` calls**: with the defaults
+//! `floor(rate × 1.05 + capacity)`, `capacity` = `max(batch, rate / 20)` being the burst, i.e.
+//! at most about 10 % over the rate (22 at 20/s, 550 at 500/s, 5,500 at 5,000/s). WeChat sees
+//! each call later by its network delay; only the *spread* of that delay (a few ms between
+//! hosts in one region) can add to a window there. Over a long run of `D` seconds, calls ≤
+//! `rate × D + capacity`. A fleet whose processes disagree on the rate gets the rate of
+//! whichever process asks at that moment.
 //!
 //! This module must not decide what the rate is (the configuration does) nor send anything.
 
@@ -116,6 +122,20 @@ pub fn capacity_for(rate: u32) -> u32 {
     batch_for(rate).max(rate / 20)
 }
 
+/// The most calls the fleet starts in any 1-second window at `rate` per second (at least 1),
+/// burst included, when every call starts within `permit_max_age` of its permit's
+/// reservation: `floor(capacity + rate × (1 + permit_max_age))` (see the module
+/// documentation). The limiter, its docs and the tests all take the bound from here.
+pub fn max_calls_per_second(rate: u32, permit_max_age: Duration) -> u32 {
+    let rate = rate.max(1);
+    let age_us = u64::try_from(permit_max_age.as_micros()).unwrap_or(u64::MAX);
+    // In whole µs so the floor is exact: rate × (1 s + age) / 1 s.
+    let over_window =
+        u64::from(rate).saturating_mul(1_000_000u64.saturating_add(age_us)) / 1_000_000;
+    let bound = u64::from(capacity_for(rate)).saturating_add(over_window);
+    u32::try_from(bound).unwrap_or(u32::MAX)
+}
+
 impl RateLimiter {
     /// A limiter of `rate` sends per second (at least 1) for all processes together.
     pub fn new(
@@ -170,11 +190,10 @@ impl RateLimiter {
         capacity_for(self.rate())
     }
 
-    /// Most sends the fleet makes in any 1-second window (see the module documentation):
-    /// `rate × (1 + permit_max_age) + capacity`.
-    pub fn max_per_second(&self) -> f64 {
-        f64::from(self.rate()) * (1.0 + self.inner.settings.permit_max_age.as_secs_f64())
-            + f64::from(self.capacity())
+    /// Most calls the fleet starts in any 1-second window at this limiter's rate and
+    /// settings: [`max_calls_per_second`].
+    pub fn max_per_second(&self) -> u32 {
+        max_calls_per_second(self.rate(), self.inner.settings.permit_max_age)
     }
 
     /// Round trips to Redis so far (for benchmarks).
@@ -278,5 +297,18 @@ mod tests {
         assert_eq!((batch_for(500), capacity_for(500)), (5, 25));
         assert_eq!((batch_for(5000), capacity_for(5000)), (50, 250));
         assert_eq!((batch_for(100_000), capacity_for(100_000)), (50, 5000));
+    }
+
+    #[test]
+    fn the_bound_per_second() {
+        let age = RateSettings::default().permit_max_age;
+        assert_eq!(max_calls_per_second(1, age), 2);
+        assert_eq!(max_calls_per_second(20, age), 22);
+        assert_eq!(max_calls_per_second(40, age), 44);
+        assert_eq!(max_calls_per_second(200, age), 220);
+        assert_eq!(max_calls_per_second(500, age), 550);
+        assert_eq!(max_calls_per_second(5000, age), 5500);
+        assert_eq!(max_calls_per_second(20, Duration::ZERO), 21);
+        assert_eq!(max_calls_per_second(0, age), 2, "a rate of 0 is 1");
     }
 }

@@ -22,8 +22,15 @@
 //!
 //! A failed refresh is remembered in Redis and in-process (a refusal such as a wrong secret for
 //! `remember_refusal`, a transient failure for `remember_unavailable`), so the fleet asks the
-//! token endpoint at most once per that time. Transient failures are retried a few times with
-//! exponential backoff and jitter while holding the lock.
+//! token endpoint at most once per that time; failures in a row are remembered twice as long
+//! each time, up to `remember_max` (a streak in the same key, ended by the next token stored),
+//! so an endpoint that refuses or is down for hours is asked a few times an hour, not every
+//! few seconds. The error says how long the failure stays remembered
+//! ([`TokenStoreError::retry_in`]): the senders pause the app's sends that long. Transient
+//! failures are retried a few times with exponential backoff and jitter while holding the
+//! lock. Every fetch has a timeout (the client's token timeout, and the whole refresh at most
+//! 3/4 of the lock's lease); a process waiting for another's refresh gives up after about one
+//! lease, and its other tasks get that answer at once instead of waiting again in turn.
 //!
 //! Where a refresh fetches from is the app's [`TokenSource`] (contract §8.6): WeChat's
 //! `stable_token` (the default), its classic `/cgi-bin/token`, or the install's own token
@@ -82,6 +89,8 @@ pub struct TokenSettings {
     pub remember_refusal: Duration,
     /// How long a fetch that failed transiently after its retries is remembered. Default 1 s.
     pub remember_unavailable: Duration,
+    /// Failures in a row are remembered twice as long each time, up to this. Default 5 min.
+    pub remember_max: Duration,
     /// Retries of a transiently failing fetch (after the first try). Default 3.
     pub fetch_retries: usize,
     /// First retry delay (doubling, with jitter). Default 200 ms.
@@ -99,6 +108,7 @@ impl Default for TokenSettings {
             poll_interval: Duration::from_millis(50),
             remember_refusal: Duration::from_secs(10),
             remember_unavailable: Duration::from_secs(1),
+            remember_max: Duration::from_secs(300),
             fetch_retries: 3,
             retry_min_delay: Duration::from_millis(200),
             retry_max_delay: Duration::from_secs(2),
@@ -176,12 +186,14 @@ impl fmt::Debug for Token {
 #[derive(Debug, thiserror::Error)]
 pub enum TokenStoreError {
     /// WeChat refused to issue a token (bad appid or secret, IP not whitelisted, frozen
-    /// secret, ...): an operator must act. Not retried for `remember_refusal`.
+    /// secret, ...): an operator must act. Not asked again for `retry_in`.
     #[error("WeChat refused an access token for app {app}: {reason}")]
     Refused {
         app: AppId,
         #[source]
         reason: TokenError,
+        /// How long the fleet does not ask again.
+        retry_in: Duration,
     },
     /// The token endpoint failed transiently, also after retries: try again later.
     #[error("no access token for app {app} for now: {reason}")]
@@ -189,6 +201,8 @@ pub enum TokenStoreError {
         app: AppId,
         #[source]
         reason: TokenError,
+        /// How long the fleet does not ask again.
+        retry_in: Duration,
     },
     /// Another process held the refresh lock this long without storing a token.
     #[error("no access token for app {app}: waited {waited:?} for another process's refresh")]
@@ -205,6 +219,16 @@ impl From<redis::RedisError> for TokenStoreError {
 }
 
 impl TokenStoreError {
+    /// How long the fleet will not ask the token endpoint again after this failure (a refusal
+    /// or an endpoint failing, remembered fleet-wide); `None` for the other errors.
+    pub fn retry_in(&self) -> Option<Duration> {
+        match self {
+            TokenStoreError::Refused { retry_in, .. }
+            | TokenStoreError::Unavailable { retry_in, .. } => Some(*retry_in),
+            TokenStoreError::WaitTimedOut { .. } | TokenStoreError::Fleet(_) => None,
+        }
+    }
+
     /// True when trying again later may succeed (everything but a refusal, or a Redis
     /// failure that is not a connection problem).
     pub fn is_transient(&self) -> bool {
@@ -244,15 +268,18 @@ impl Failure {
         }
     }
 
-    fn to_error(&self, app: &AppId) -> TokenStoreError {
+    /// The error of this failure, remembered `retry_in` more.
+    fn to_error(&self, app: &AppId, retry_in: Duration) -> TokenStoreError {
         match self {
             Failure::Refused(e) => TokenStoreError::Refused {
                 app: app.clone(),
                 reason: e.clone(),
+                retry_in,
             },
             Failure::Unavailable(e) => TokenStoreError::Unavailable {
                 app: app.clone(),
                 reason: e.clone(),
+                retry_in,
             },
         }
     }
@@ -442,6 +469,18 @@ impl TokenStore {
         }
     }
 
+    /// Whether `token` is still this process's current token, as far as it knows without
+    /// asking Redis: false once it was invalidated here (WeChat refused it to another job)
+    /// or replaced by a newer one. For a caller that waited (for a rate permit, say) after
+    /// `get` and should not spend a call on a token known to be refused.
+    pub fn still_current(&self, token: &Token) -> bool {
+        let now = Instant::now();
+        self.lock_local()
+            .cached
+            .as_ref()
+            .is_some_and(|c| c.token == *token && now < c.usable_until)
+    }
+
     /// This process's copy of the token, if it is still usable.
     fn usable_cached(&self) -> Option<Token> {
         let now = Instant::now();
@@ -528,7 +567,7 @@ impl TokenStore {
         match &local.failure {
             Some((until, failure)) if now < *until => Some(match usable {
                 Some((token, _)) => Ok(token),
-                None => Err(failure.to_error(&self.inner.app)),
+                None => Err(failure.to_error(&self.inner.app, *until - now)),
             }),
             _ => None,
         }
@@ -599,7 +638,7 @@ impl TokenStore {
                             self.remember(&token, Instant::now() + ttl);
                             Ok(token)
                         }
-                        None => Err(failure.to_error(&inner.app)),
+                        None => Err(failure.to_error(&inner.app, ttl)),
                     };
                 }
                 "locked" => return self.refresh(&owner, current).await,
@@ -611,6 +650,13 @@ impl TokenStore {
                 }
             }
             if Instant::now() >= give_up {
+                // The tasks queued behind this one get the same answer at once, rather than
+                // each waiting as long again.
+                let failure = Failure::Unavailable(TokenError::Transient {
+                    code: None,
+                    reason: "another process's token refresh took too long".into(),
+                });
+                self.remember_failure(&failure, inner.settings.remember_unavailable);
                 return Err(TokenStoreError::WaitTimedOut {
                     app: inner.app.clone(),
                     waited: started.elapsed(),
@@ -702,7 +748,7 @@ impl TokenStore {
     ) -> Result<Token, TokenStoreError> {
         let inner = &self.inner;
         let failure = Failure::of(e);
-        let remember_for = match failure {
+        let first = match failure {
             Failure::Refused(_) => inner.settings.remember_refusal,
             Failure::Unavailable(_) => inner.settings.remember_unavailable,
         };
@@ -721,17 +767,29 @@ impl TokenStore {
             .key(&inner.error_key)
             .arg(owner)
             .arg(failure.encode())
-            .arg(millis(remember_for))
+            .arg(millis(first))
+            .arg(millis(inner.settings.remember_max.max(first)))
             .invoke_async(&mut inner.conn.clone())
             .await;
-        if let Err(e) = released {
-            // The lease frees the lock anyway.
-            tracing::warn!(app = %inner.app, error = %e, "cannot release the token refresh lock");
+        let remember_for = match released {
+            Ok(ms) => Duration::from_millis(u64::try_from(ms).unwrap_or(0)).max(first),
+            Err(e) => {
+                // The lease frees the lock anyway.
+                tracing::warn!(app = %inner.app, error = %e, "cannot release the token refresh lock");
+                first
+            }
+        };
+        if remember_for > first {
+            tracing::warn!(app = %inner.app, ask_again_in = ?remember_for, "the token endpoint failed again: asking it less often");
         }
         self.remember_failure(&failure, remember_for);
         match current {
-            Some(token) => Ok(token),
-            None => Err(failure.to_error(&inner.app)),
+            Some(token) => {
+                // Still usable: served from this process's cache until the fleet asks again.
+                self.remember(&token, Instant::now() + remember_for);
+                Ok(token)
+            }
+            None => Err(failure.to_error(&inner.app, remember_for)),
         }
     }
 

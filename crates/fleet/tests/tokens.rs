@@ -448,3 +448,109 @@ async fn a_token_service_that_refuses_or_is_down_is_remembered_like_wechat() {
     let e = s.get().await.unwrap_err();
     assert!(e.is_transient(), "{e:?}");
 }
+
+/// The failure's remaining wait, as the error tells it.
+fn retry_in(e: &TokenStoreError) -> Duration {
+    e.retry_in()
+        .expect("a refusal or failure says when to ask again")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_in_a_row_are_remembered_longer_each_time_fleet_wide_until_a_token_comes() {
+    let ns = TestNs::new("streak");
+    let fake = fake(7_200_000).await;
+    let settings = TokenSettings {
+        remember_refusal: Duration::from_millis(200),
+        remember_max: Duration::from_millis(700),
+        ..settings()
+    };
+    // Two processes: the streak and its wait are the fleet's, not one process's.
+    let a = store(&ns, &fake.base_url(), settings.clone()).await;
+    let b = store(&ns, &fake.base_url(), settings.clone()).await;
+    fake.set_secret(None, "a-secret-the-fleet-does-not-have")
+        .unwrap();
+    let mut waits = Vec::new();
+    for i in 0..4 {
+        let s = if i % 2 == 0 { &a } else { &b };
+        let e = s.get().await.unwrap_err();
+        assert!(matches!(e, TokenStoreError::Refused { .. }), "{e:?}");
+        let wait = retry_in(&e);
+        waits.push(wait);
+        // Asked again within the wait: the same refusal, nobody calls the endpoint.
+        let other = if i % 2 == 0 { &b } else { &a };
+        let again = other.get().await.unwrap_err();
+        assert!(retry_in(&again) <= wait, "{again:?}");
+        tokio::time::sleep(wait + Duration::from_millis(30)).await;
+    }
+    let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
+    // 200, 400, then the longest (700), however the fleet's processes took turns.
+    assert!((150..=200).contains(&ms[0]), "{ms:?}");
+    assert!((350..=400).contains(&ms[1]), "{ms:?}");
+    assert!((650..=700).contains(&ms[2]), "{ms:?}");
+    assert!((650..=700).contains(&ms[3]), "{ms:?}");
+    let asked = fake
+        .requests()
+        .iter()
+        .filter(|r| r.endpoint == Endpoint::Token)
+        .count();
+    assert_eq!(asked, 4, "one request per remembered refusal");
+
+    // A token ends the streak: the next refusal is remembered for the first wait again.
+    fake.set_secret(None, wxpush_fake_wechat::DEFAULT_SECRET)
+        .unwrap();
+    let token = a.get().await.unwrap();
+    fake.set_secret(None, "a-secret-the-fleet-does-not-have")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        a.invalidate(&token).await.unwrap(),
+        Invalidation::Invalidated
+    );
+    let e = b.get().await.unwrap_err();
+    assert!((150..=200).contains(&retry_in(&e).as_millis()), "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_queued_behind_a_refresh_that_never_ends_are_answered_at_once() {
+    let ns = TestNs::new("hung");
+    let fake = fake(7_200_000).await;
+    let lease = Duration::from_millis(500);
+    let s = store(
+        &ns,
+        &fake.base_url(),
+        TokenSettings {
+            lock_lease: lease,
+            ..settings()
+        },
+    )
+    .await;
+    // Another process holds the refresh lock and never publishes (hung, or gone with a
+    // longer lease than ours).
+    let lock = Keys::new(ns.ns.clone()).token_lock(&app());
+    let _: () = redis::cmd("SET")
+        .arg(&lock)
+        .arg("someone-else")
+        .arg("PX")
+        .arg(10_000)
+        .query_async(&mut conn().await)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.get().await })
+        })
+        .collect();
+    for t in tasks {
+        let e = t.await.unwrap().unwrap_err();
+        assert!(e.is_transient(), "{e:?}");
+    }
+    // One wait of about the lease for the first task; the seven behind it get its answer.
+    assert!(
+        started.elapsed() < lease * 3,
+        "jobs waited in turn: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(s.fetches(), 0, "nobody fetched under another's lock");
+}

@@ -128,8 +128,9 @@ enum Disposition {
         after: Duration,
         reason: String,
     },
-    /// Park it (no attempt counted): the fleet is paused, the minute quota is spent, the
-    /// token cannot be had, or another attempt at the same campaign and user is in flight.
+    /// Park it (no attempt counted, and the retry budget moved on by the wait): the fleet is
+    /// paused, the minute quota is spent, the token cannot be had, or another attempt at the
+    /// same campaign and user is in flight.
     Park { job: SendJob, after: Duration },
     /// The retry budget is spent: the recipient is settled with `outcome`, and the job goes
     /// to the dead-letter queue with this reason.
@@ -501,8 +502,12 @@ impl Sender {
                 metrics::counter!(m::SEND_OUTCOMES, "outcome" => "superseded").increment(1);
                 Ok(())
             }
-            Disposition::Park { job, after } => {
+            Disposition::Park { mut job, after } => {
                 metrics::counter!(m::JOBS_PARKED).increment(1);
+                // Waiting is not failing: the retry budget (`retryingSince`) moves on by the
+                // time the job spends parked.
+                let parked_ms = i64::from(delay_tier(after)) * 1000;
+                job.retrying_since = job.retrying_since.map(|s| s.saturating_add(parked_ms));
                 self.republish(self.app_of(valid), &job, after).await
             }
             Disposition::Retry {

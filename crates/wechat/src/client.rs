@@ -63,6 +63,7 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     request_timeout: std::time::Duration,
+    token_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for Client {
@@ -175,6 +176,7 @@ impl Client {
             http,
             base,
             request_timeout: config.request_timeout,
+            token_timeout: config.token_timeout,
         })
     }
 
@@ -205,7 +207,7 @@ impl Client {
         )?;
         let answer = self
             .call(
-                self.http.get(url),
+                self.http.get(url).timeout(self.token_timeout),
                 TOKEN_PATH,
                 &[secret.expose()],
                 Expect::Token,
@@ -233,7 +235,7 @@ impl Client {
         });
         let answer = self
             .call(
-                json_post(self.http.post(url), &body),
+                json_post(self.http.post(url).timeout(self.token_timeout), &body),
                 STABLE_TOKEN_PATH,
                 &[secret.expose()],
                 Expect::Token,
@@ -245,8 +247,8 @@ impl Client {
 
     /// `GET` the install's own token service (contract §8.6), which answers
     /// `{"access_token": "...", "expires_in": seconds}` as WeChat does (an `errcode` it relays
-    /// is read with WeChat's token table). Same timeouts, size bound and no redirects as the
-    /// WeChat calls; the URL's password and query never reach an error.
+    /// is read with WeChat's token table). The token timeout, and the same size bound and no
+    /// redirects as the WeChat calls; the URL's password and query never reach an error.
     pub async fn fetch_service_token(&self, url: &ServiceUrl) -> Result<AccessToken, TokenError> {
         let secrets = url.secret_parts();
         let parsed = reqwest::Url::parse(url.expose()).map_err(|e| TokenError::Other {
@@ -254,7 +256,12 @@ impl Client {
             errmsg: format!("bad token service URL {url}: {e}"),
         })?;
         let answer = self
-            .call(self.http.get(parsed), SERVICE_PATH, &secrets, Expect::Token)
+            .call(
+                self.http.get(parsed).timeout(self.token_timeout),
+                SERVICE_PATH,
+                &secrets,
+                Expect::Token,
+            )
             .await
             .map_err(token_error_from_outcome)?;
         token_from_answer(answer, SERVICE_PATH, &secrets)

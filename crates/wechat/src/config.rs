@@ -11,6 +11,10 @@ pub const DEFAULT_API_BASE: &str = "https://api.weixin.qq.com";
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Time allowed for a whole request, from sending to the last byte of the answer.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time allowed for a whole token request (`/cgi-bin/token`, `/cgi-bin/stable_token`, a token
+/// service): longer than a send's, since one token serves the whole fleet and a slow token
+/// endpoint must still be able to answer, but bounded, so a hung one holds nobody for long.
+pub const DEFAULT_TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How to reach WeChat.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +24,8 @@ pub struct ClientConfig {
     pub base_url: String,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// Time allowed for a whole token request ([`DEFAULT_TOKEN_TIMEOUT`]).
+    pub token_timeout: Duration,
     /// Idle keep-alive connections kept per host.
     pub pool_max_idle_per_host: usize,
     /// How long an idle keep-alive connection is kept.
@@ -32,6 +38,7 @@ impl Default for ClientConfig {
             base_url: DEFAULT_API_BASE.to_owned(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            token_timeout: DEFAULT_TOKEN_TIMEOUT,
             pool_max_idle_per_host: 256,
             pool_idle_timeout: Duration::from_secs(50),
         }

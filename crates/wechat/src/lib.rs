@@ -28,6 +28,7 @@ pub use client::{
 };
 pub use config::{
     ClientConfig, DEFAULT_API_BASE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_TOKEN_TIMEOUT,
 };
 pub use message::{Lang, MiniprogramState, SubscribeMessage, TemplateMessage, UnknownValue};
 pub use outcome::{classify_errcode, Outcome};

@@ -30,7 +30,9 @@ pub async fn start(config: FakeConfig) -> FakeHandle {
 
 pub fn client_with_timeout(h: &FakeHandle, timeout: Duration) -> Client {
     let mut c = ClientConfig::with_base_url(h.base_url());
+    // Sends and token requests alike.
     c.request_timeout = timeout;
+    c.token_timeout = timeout;
     Client::new(&c).expect("client builds")
 }
 

@@ -378,3 +378,33 @@ async fn token_latency_issues_the_token_only_when_answering_and_a_caller_that_ga
     let out = c.send_template(&s.token, &template("oUser1", &f[1])).await;
     assert!(out.is_sent(), "{out:?}");
 }
+
+#[tokio::test]
+async fn a_token_request_has_its_own_longer_timeout() {
+    let h = start(config()).await;
+    h.update_faults(|f| f.token_latency_ms = 600)
+        .expect("faults");
+    let mut cfg = wxpush_wechat::ClientConfig::with_base_url(h.base_url());
+    cfg.request_timeout = Duration::from_millis(200);
+    cfg.token_timeout = Duration::from_secs(3);
+    let c = wxpush_wechat::Client::new(&cfg).expect("client builds");
+    // Slower than a send may take, within the token timeout: the token comes.
+    let t = c.fetch_token(&app(), &secret()).await.expect("token");
+    assert!(!t.token.is_empty());
+    let t = c
+        .fetch_stable_token(&app(), &secret(), false)
+        .await
+        .expect("stable token");
+    assert!(!t.token.is_empty());
+    // A hung endpoint is given up after the token timeout, not waited for.
+    h.update_faults(|f| f.token_latency_ms = 10_000)
+        .expect("faults");
+    let started = std::time::Instant::now();
+    let e = c.fetch_token(&app(), &secret()).await.expect_err("gave up");
+    assert!(e.is_transient(), "{e:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -4,13 +4,17 @@
 //!
 //! Each turn of the loop, in this order:
 //! 1. the app's access token, then a rate permit: both in hand *before* the lease is taken,
-//!    so neither wait (a slow token endpoint, a low rate) eats into the lease (and a campaign
-//!    stopped meanwhile is not sent to);
+//!    so neither wait (a slow token endpoint, a low rate) eats into the lease, and the permit
+//!    last, so no permit waits on a token (permits collected during a token wait would all
+//!    be spent at once when it ends, past the rate). A campaign stopped meanwhile is not sent
+//!    to. Between the permit and the call there is only the claim's round trip;
 //! 2. the claim, under a lease whose owner is this attempt's fencing token (a new
 //!    credential, the one held, the same one renewed for another call, or the next one);
-//! 3. the fence on time: the call must end within the lease, so it is made only if it can
-//!    (started within `lease − WeChat's request timeout − a margin` of the claim, with a
-//!    permit still fresh); otherwise the lease is released and the turn starts again;
+//! 3. the fence on time: the call must end within the lease and keep the fleet's rate bound,
+//!    so it is made only if it can (started within `lease − WeChat's request timeout − a
+//!    margin` of the claim, with the permit still fresh: [`wxpush_fleet::Permit::is_fresh`]);
+//!    otherwise the lease is released and the turn starts again with a new permit (a stale
+//!    one is never used);
 //! 4. the call, and the table's step for WeChat's answer.
 //!
 //! Every step after the claim names the fencing token, and Redis refuses it once another
@@ -25,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 use wxpush_bank::{CampaignClaim, ClaimMode, Settle};
+use wxpush_broker::topology::DELAY_TIERS;
 use wxpush_domain::{AppId, Credential, JobKind, ValidJob};
 use wxpush_fleet::Token;
 use wxpush_wechat::{Outcome, SubscribeMessage, TemplateMessage};
@@ -45,8 +50,16 @@ const CALL_MARGIN: Duration = Duration::from_secs(2);
 /// How long a job waits before looking again at a lease another attempt holds.
 const BUSY_RECHECK: Duration = Duration::from_secs(5);
 
-/// How long a job waits when the token cannot be had, or is refused right after a refresh.
+/// How long a job waits (the app's sends pause that long, fleet-wide) when WeChat refuses a
+/// token right after its refresh, or when the token cannot be had for another reason than the
+/// endpoint's (Redis, another process's refresh taking too long).
 const TOKEN_WAIT: Duration = Duration::from_secs(15);
+
+/// The shortest fleet pause after the token endpoint failed (it may be remembered for less).
+const TOKEN_MIN_PAUSE: Duration = Duration::from_secs(1);
+
+/// How many permits an attempt leaves unused because its token was refused meanwhile.
+const MAX_TOKEN_SKIPS: u32 = 3;
 
 /// How many times in a row the fence may send an attempt back to its claim (a stalled
 /// process, a slow Redis) before the job is parked for a moment instead.
@@ -68,7 +81,7 @@ impl Sender {
         if let Some(wait) = fleet.pause.paused_for().await {
             return Ok(Disposition::Park {
                 job: job.clone(),
-                after: wait,
+                after: until_pause_ends(wait),
             });
         }
         if self.campaign_stopped(app, &job.campaign_id).await? {
@@ -83,31 +96,44 @@ impl Sender {
         };
         let mut mode = ClaimMode::Take;
         let mut fence_turns = 0;
+        let mut token_skips = 0;
         loop {
             // 1. The token, then the permit.
             let token = match fleet.tokens.get().await {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::debug!(error = %e, "no access token: the job waits");
-                    return self
-                        .wait(&a, mode != ClaimMode::Take, Until::TokenTrouble, fleet)
-                        .await;
+                    // Refused or failing (remembered fleet-wide for `retry_in`, longer each
+                    // time in a row): the app's sends pause that long, fleet-wide, so no job
+                    // asks again sooner and none spends an attempt or its retry budget.
+                    let after = match e.retry_in() {
+                        Some(wait) => {
+                            let left = fleet.pause.pause_for(wait.max(TOKEN_MIN_PAUSE)).await?;
+                            until_pause_ends(left)
+                        }
+                        None => TOKEN_WAIT,
+                    };
+                    return self.park(&a, mode != ClaimMode::Take, after).await;
                 }
             };
-            let permit = fleet.limiter.acquire().await?;
-            // Stopped (47003) while this job waited for its permit: no call, and what it
-            // holds goes back.
+            // Stopped (47003) meanwhile: no call, and what it holds goes back. Looked up
+            // here, before the permit (a Redis read at most once a second per campaign), and
+            // after it only in this process's cache: between the permit and its call there
+            // is nothing but the claim.
             if self.campaign_stopped(app, &job.campaign_id).await? {
-                if mode != ClaimMode::Take {
-                    let release = Settle::Release {
-                        in_doubt: a.state.in_doubt,
-                        retry: false,
-                    };
-                    if !self.settle(&a, release).await? {
-                        return Ok(Disposition::Superseded);
-                    }
-                }
-                return Ok(Disposition::Done(Recorded::Stopped));
+                return self.stopped(&a, mode).await;
+            }
+            let permit = fleet.limiter.acquire().await?;
+            if self.campaign_stop_seen(app, &job.campaign_id) {
+                return self.stopped(&a, mode).await;
+            }
+            // WeChat refused this token to another job while this one waited for its permit
+            // (a revoked token, say): the permit goes unused rather than on a call bound to
+            // answer 40001, and the turn starts again with the next token (a few times at
+            // most: a token this process never cached is then used as it is).
+            if token_skips < MAX_TOKEN_SKIPS && !fleet.tokens.still_current(&token) {
+                token_skips += 1;
+                continue;
             }
             // 2. The claim, under this attempt's lease.
             let claimed_at = Instant::now();
@@ -216,6 +242,21 @@ impl Sender {
                 }
             }
         }
+    }
+
+    /// The campaign was stopped (47003) before this attempt's call: what it holds (after a
+    /// first turn) goes back, and the recipient is settled `stopped`.
+    async fn stopped(&self, a: &Attempt<'_>, mode: ClaimMode) -> Result<Disposition, RoleError> {
+        if mode != ClaimMode::Take {
+            let release = Settle::Release {
+                in_doubt: a.state.in_doubt,
+                retry: false,
+            };
+            if !self.settle(a, release).await? {
+                return Ok(Disposition::Superseded);
+            }
+        }
+        Ok(Disposition::Done(Recorded::Stopped))
     }
 
     /// Settles the recipient of a job that is being dead-lettered unread for coming back too
@@ -453,11 +494,25 @@ impl Sender {
             Until::NextMinute => super::until_next_minute(),
             Until::FleetPause => {
                 tracing::warn!(cooldown = ?self.settings.quota_cooldown, "WeChat daily quota reached (45009): pausing the fleet");
-                fleet.pause.pause_for(self.settings.quota_cooldown).await?;
-                self.settings.quota_cooldown
+                let left = fleet.pause.pause_for(self.settings.quota_cooldown).await?;
+                until_pause_ends(left)
             }
-            Until::TokenTrouble => TOKEN_WAIT,
+            Until::TokenTrouble => {
+                tracing::debug!(pause = ?TOKEN_WAIT, "WeChat refused a freshly refreshed access token: pausing the app's sends");
+                until_pause_ends(fleet.pause.pause_for(TOKEN_WAIT).await?)
+            }
         };
+        self.park(a, holds, after).await
+    }
+
+    /// Parks the job for `after` without counting an attempt; `holds`: the attempt holds the
+    /// lease (released first, fenced).
+    async fn park(
+        &self,
+        a: &Attempt<'_>,
+        holds: bool,
+        after: Duration,
+    ) -> Result<Disposition, RoleError> {
         if holds {
             let release = Settle::Release {
                 in_doubt: a.state.in_doubt,
@@ -502,6 +557,20 @@ struct Attempt<'a> {
     quick: Box<dyn Iterator<Item = Duration> + Send + Sync>,
 }
 
+/// How long a job parks while the app's sends are paused for `left` more: the longest delay
+/// tier within it (at least the shortest), so the job looks again as the pause ends rather
+/// than up to a tier later (a park is rounded *up* to a tier); if the pause is still on then,
+/// it parks again for what is left, calling nothing.
+fn until_pause_ends(left: Duration) -> Duration {
+    let tier = DELAY_TIERS
+        .iter()
+        .rev()
+        .copied()
+        .find(|t| Duration::from_secs(u64::from(*t)) <= left)
+        .unwrap_or(DELAY_TIERS[0]);
+    Duration::from_secs(u64::from(tier))
+}
+
 /// The label of a claim's result, for [`m::CLAIMS`].
 fn claim_result(c: &CampaignClaim) -> &'static str {
     match c {
@@ -521,4 +590,20 @@ fn wrap_values(
     data.iter()
         .map(|(k, v)| (k.clone(), json!({ "value": v.value })))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_paused_job_looks_again_as_the_pause_ends() {
+        let secs = |s: u64| Duration::from_secs(s);
+        assert_eq!(until_pause_ends(Duration::from_millis(300)), secs(1));
+        assert_eq!(until_pause_ends(secs(1)), secs(1));
+        assert_eq!(until_pause_ends(Duration::from_millis(4900)), secs(2));
+        assert_eq!(until_pause_ends(secs(20)), secs(15));
+        assert_eq!(until_pause_ends(secs(3600)), secs(3600));
+        assert_eq!(until_pause_ends(secs(86_400)), secs(3600));
+    }
 }

@@ -118,7 +118,8 @@ pub enum Until {
     NextMinute,
     /// `45009`: the daily quota; the app's fleet pauses for the cool-down.
     FleetPause,
-    /// The token was refused again right after a refresh: a token problem, not the job's.
+    /// The token was refused again right after a refresh: a token problem, not the job's;
+    /// the app's fleet pauses 15 s.
     TokenTrouble,
 }
 
@@ -416,7 +417,9 @@ fn step_text(spend: Spend, step: &Step) -> String {
             Until::FleetPause => {
                 "pause the app's fleet for the cool-down, wait (not an attempt)".into()
             }
-            Until::TokenTrouble => "wait 15 s (not an attempt): a token problem".into(),
+            Until::TokenTrouble => {
+                "pause the app's sends 15 s, wait (not an attempt): a token problem".into()
+            }
         },
     }
 }

@@ -2,9 +2,10 @@
 //! the same way, so the first sender to meet it marks the campaign stopped, and every sender
 //! then settles the campaign's jobs as `stopped` without calling WeChat.
 //!
-//! This module owns the sender's reads of the stop flag (cached a second per campaign) and its
-//! one write, both through the campaign record ([`wxpush_bank::record`], which names the
-//! fields). It must not decide when a campaign is stopped (the decision table does).
+//! This module owns the sender's reads of the stop flag (cached a second per campaign; between
+//! a rate permit and its call only the cache is read) and its one write, both through the
+//! campaign record ([`wxpush_bank::record`], which names the fields). It must not decide when
+//! a campaign is stopped (the decision table does).
 
 use std::time::{Duration, Instant};
 
@@ -38,6 +39,17 @@ impl Sender {
             cache.insert(key, (Instant::now(), stopped));
         }
         Ok(stopped)
+    }
+
+    /// What this process last saw of the campaign's stop flag, without asking Redis (for the
+    /// moment between a rate permit and its call, where nothing but the claim may stand).
+    pub(super) fn campaign_stop_seen(&self, app: &AppId, campaign: &str) -> bool {
+        let key = self.bank.record(app, campaign).key().to_owned();
+        self.stopped
+            .lock()
+            .ok()
+            .and_then(|cache| cache.get(&key).map(|(_, stopped)| *stopped))
+            .unwrap_or(false)
     }
 
     /// Marks the campaign stopped (once) with the reason, for every sender and the status.
