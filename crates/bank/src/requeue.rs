@@ -66,19 +66,7 @@ impl Bank {
                 dropped += 1;
                 continue;
             };
-            pipe.add_command(
-                self.scripts
-                    .campaign_requeue
-                    .evalsha()
-                    .arg(3)
-                    .arg(self.keys.marks(app, &open_id))
-                    .arg(self.keys.campaign_counters(app, shard, campaign))
-                    .arg(&key)
-                    .arg(campaign)
-                    .arg(open_id.as_str())
-                    .arg("reset")
-                    .clone(),
-            );
+            pipe.add_command(self.requeue_call(app, shard, campaign, &open_id, "reset"));
             asked.push(open_id);
         }
         let answers: Vec<i64> = if asked.is_empty() && dropped == 0 {
@@ -115,28 +103,37 @@ impl Bank {
         if users.is_empty() {
             return Ok(());
         }
-        let key = self.keys.campaign_retryable(app, shard, campaign);
         let mut pipe = redis::pipe();
         for open_id in users {
-            pipe.add_command(
-                self.scripts
-                    .campaign_requeue
-                    .evalsha()
-                    .arg(3)
-                    .arg(self.keys.marks(app, open_id))
-                    .arg(self.keys.campaign_counters(app, shard, campaign))
-                    .arg(&key)
-                    .arg(campaign)
-                    .arg(open_id.as_str())
-                    .arg("published")
-                    .clone(),
-            );
+            pipe.add_command(self.requeue_call(app, shard, campaign, open_id, "published"));
         }
         let _: Vec<i64> = self
             .scripts
             .run_pipeline(&mut self.conn.clone(), &pipe)
             .await?;
         Ok(())
+    }
+
+    /// One call of `lua/campaign_requeue.lua` for `open_id`: `mode` is `reset` or `published`.
+    fn requeue_call(
+        &self,
+        app: &AppId,
+        shard: u16,
+        campaign: &str,
+        open_id: &OpenId,
+        mode: &str,
+    ) -> redis::Cmd {
+        self.scripts
+            .campaign_requeue
+            .evalsha()
+            .arg(3)
+            .arg(self.keys.marks(app, open_id))
+            .arg(self.keys.campaign_counters(app, shard, campaign))
+            .arg(self.keys.campaign_retryable(app, shard, campaign))
+            .arg(campaign)
+            .arg(open_id.as_str())
+            .arg(mode)
+            .clone()
     }
 }
 
