@@ -192,11 +192,7 @@ impl Sender {
                     waited_ms = claimed_at.elapsed().as_millis() as u64,
                     "too long since the claim (or the permit): not calling with this lease"
                 );
-                let release = Settle::Release {
-                    in_doubt: a.state.in_doubt,
-                    retry: false,
-                };
-                if !self.settle(&a, release).await? {
+                if !self.release(&a).await? {
                     return Ok(Disposition::Superseded);
                 }
                 if fence_turns >= MAX_FENCE_TURNS {
@@ -247,14 +243,8 @@ impl Sender {
     /// The campaign was stopped (47003) before this attempt's call: what it holds (after a
     /// first turn) goes back, and the recipient is settled `stopped`.
     async fn stopped(&self, a: &Attempt<'_>, mode: ClaimMode) -> Result<Disposition, RoleError> {
-        if mode != ClaimMode::Take {
-            let release = Settle::Release {
-                in_doubt: a.state.in_doubt,
-                retry: false,
-            };
-            if !self.settle(a, release).await? {
-                return Ok(Disposition::Superseded);
-            }
+        if mode != ClaimMode::Take && !self.release(a).await? {
+            return Ok(Disposition::Superseded);
         }
         Ok(Disposition::Done(Recorded::Stopped))
     }
@@ -311,13 +301,9 @@ impl Sender {
     async fn claim(&self, a: &Attempt<'_>, mode: ClaimMode) -> Result<CampaignClaim, RoleError> {
         match self.claim_once(a, mode).await {
             Err(RoleError::Bank(wxpush_bank::BankError::NotReplicated(short))) => {
-                let release = Settle::Release {
-                    in_doubt: a.state.in_doubt,
-                    retry: false,
-                };
                 // Fenced: a no-op unless the claim took the lease. Its own WAIT falls short
                 // too, most likely; the release stands on the primary all the same.
-                let _ = self.settle(a, release).await;
+                let _ = self.release(a).await;
                 Err(RoleError::Bank(short.into()))
             }
             other => other,
@@ -513,14 +499,8 @@ impl Sender {
         holds: bool,
         after: Duration,
     ) -> Result<Disposition, RoleError> {
-        if holds {
-            let release = Settle::Release {
-                in_doubt: a.state.in_doubt,
-                retry: false,
-            };
-            if !self.settle(a, release).await? {
-                return Ok(Disposition::Superseded);
-            }
+        if holds && !self.release(a).await? {
+            return Ok(Disposition::Superseded);
         }
         Ok(Disposition::Park {
             job: a.valid.job.clone(),
@@ -530,6 +510,16 @@ impl Sender {
 
     /// One settle of this attempt, fenced by its token: `false` when it was not applied (the
     /// lease was taken over).
+    /// Lets go of the lease without counting an attempt, the credential held for the next one
+    /// with the doubt as this attempt knows it; fenced like any settle (`false`: superseded).
+    async fn release(&self, a: &Attempt<'_>) -> Result<bool, RoleError> {
+        let release = Settle::Release {
+            in_doubt: a.state.in_doubt,
+            retry: false,
+        };
+        self.settle(a, release).await
+    }
+
     async fn settle(&self, a: &Attempt<'_>, how: Settle<'_>) -> Result<bool, RoleError> {
         let job = &a.valid.job;
         Ok(self
