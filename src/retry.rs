@@ -16,14 +16,11 @@
 
 use anyhow::{anyhow, bail, Context};
 use wxpush_bank::record::record_key;
+use wxpush_broker::publish::{batches_by_bytes, CONFIRM_BATCH_BYTES};
 use wxpush_broker::topology::Needs;
 use wxpush_broker::{Publisher, Topology};
 use wxpush_domain::{AppId, Config, SendJob};
 use wxpush_roles::Deps;
-
-/// Jobs are published and confirmed this many bytes at a time (a job may carry up to
-/// 256 KiB of data, a page of 1,000 of them would otherwise be held at once).
-const PUBLISH_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
 /// What one run did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -99,20 +96,17 @@ pub async fn retry(
                 .campaign_requeue_page(app, shard, id, cursor)
                 .await
                 .with_context(|| format!("cannot read campaign {id}'s dead-lettered recipients"))?;
-            let mut bodies: Vec<Vec<u8>> = Vec::new();
-            let mut bytes = 0;
-            for (i, user) in page.users.iter().enumerate() {
-                let body = template.for_recipient(user).to_json();
-                bytes += body.len();
-                bodies.push(body);
-                if bytes >= PUBLISH_CHUNK_BYTES || i + 1 == page.users.len() {
-                    publisher
-                        .publish_all("", bodies.iter().map(|b| (queue.as_str(), b.as_slice())))
-                        .await
-                        .context("cannot publish the jobs")?;
-                    bodies.clear();
-                    bytes = 0;
-                }
+            // A job may carry up to 256 KiB of data: a page of 1,000 is published a few MiB
+            // at a time.
+            let jobs = page
+                .users
+                .iter()
+                .map(|u| template.for_recipient(u).to_json());
+            for batch in batches_by_bytes(jobs, CONFIRM_BATCH_BYTES) {
+                publisher
+                    .publish_all("", batch.iter().map(|b| (queue.as_str(), b.as_slice())))
+                    .await
+                    .context("cannot publish the jobs")?;
             }
             deps.bank
                 .campaign_requeued(app, shard, id, &page.users)

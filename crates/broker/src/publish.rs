@@ -30,6 +30,31 @@ pub const HEADERS_DROPPED_HEADER: &str = "x-wxpush-original-headers-dropped";
 /// dead-lettered again for ever.
 pub const MAX_COPIED_HEADER_BYTES: usize = 16 * 1024;
 
+/// How many bytes of messages a role publishes before it waits for their confirms (and builds
+/// the next ones): a page of jobs that each carry 32 KiB of data would otherwise be held, and
+/// in flight, all at once.
+pub const CONFIRM_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// `bodies` in batches, each closed once it holds `limit` bytes or more (so at least one body,
+/// and at most one body past `limit`), built as they are taken: only one batch is held at once.
+pub fn batches_by_bytes(
+    bodies: impl Iterator<Item = Vec<u8>>,
+    limit: usize,
+) -> impl Iterator<Item = Vec<Vec<u8>>> {
+    let mut bodies = bodies.peekable();
+    std::iter::from_fn(move || {
+        bodies.peek()?;
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while bytes < limit {
+            let Some(body) = bodies.next() else { break };
+            bytes += body.len();
+            batch.push(body);
+        }
+        Some(batch)
+    })
+}
+
 /// A confirm-mode channel.
 pub struct Publisher {
     channel: Channel,
@@ -196,5 +221,20 @@ pub fn header_text(headers: &FieldTable, name: &str) -> Option<String> {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_close_once_they_reach_their_bytes() {
+        let bodies = [3usize, 3, 3, 10, 1].map(|n| vec![0u8; n]);
+        let sizes: Vec<Vec<usize>> = batches_by_bytes(bodies.into_iter(), 6)
+            .map(|b| b.iter().map(Vec::len).collect())
+            .collect();
+        assert_eq!(sizes, vec![vec![3, 3], vec![3, 10], vec![1]]);
+        assert_eq!(batches_by_bytes(std::iter::empty(), 6).count(), 0);
     }
 }

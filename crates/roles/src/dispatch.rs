@@ -57,6 +57,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use wxpush_bank::record::{CampaignRecord, Lease, Opened, PageInFlight, Resume, DISPATCH_LEASE};
 use wxpush_bank::{Bank, ReachableCursor};
+use wxpush_broker::publish::{batches_by_bytes, CONFIRM_BATCH_BYTES};
 use wxpush_broker::topology::Needs;
 use wxpush_broker::{BatchConsumer, Publisher, Topology};
 use wxpush_domain::campaign::{Audience, Campaign, CampaignKind, CampaignLimits};
@@ -65,9 +66,6 @@ use wxpush_domain::{parse_campaign, AppId, Apps, Config, OpenId};
 use crate::metrics as m;
 use crate::redelivery::{self, Redeliveries, REDELIVERED, REDELIVERY_LIMIT};
 use crate::{supervise, Deps, Health, RoleError, Session, Shutdown};
-
-/// Most bytes of jobs built and in flight at once while a page is published.
-const PUBLISH_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
 /// The source name of the dispatch role's dead letters (queue `<ns>.dead.dispatch`).
 pub const DEAD_LETTER_SOURCE: &str = "dispatch";
@@ -520,26 +518,19 @@ impl Dispatcher {
         next: &str,
         stats: &mut DispatchStats,
     ) -> Result<bool, RoleError> {
-        // Jobs are built and confirmed a few MiB at a time: a page of jobs that each carry
-        // 32 KiB of data would otherwise be 32 MiB at once.
+        // Jobs are built and confirmed a few MiB at a time.
         let queue = self.topology.send_queue_for(app);
-        let mut jobs = users.iter().filter_map(|u| c.job_for(u)).peekable();
-        let mut bodies: Vec<Vec<u8>> = Vec::new();
-        while jobs.peek().is_some() {
+        let jobs = users
+            .iter()
+            .filter_map(|u| c.job_for(u))
+            .map(|j| j.to_json());
+        for batch in batches_by_bytes(jobs, CONFIRM_BATCH_BYTES) {
             if owner.lost() {
                 return Ok(false);
             }
-            let mut bytes = 0;
-            while bytes < PUBLISH_CHUNK_BYTES {
-                let Some(job) = jobs.next() else { break };
-                let body = job.to_json();
-                bytes += body.len();
-                bodies.push(body);
-            }
             self.publisher
-                .publish_all("", bodies.iter().map(|b| (queue.as_str(), b.as_slice())))
+                .publish_all("", batch.iter().map(|b| (queue.as_str(), b.as_slice())))
                 .await?;
-            bodies.clear();
         }
         // Counts the confirmed page and moves the checkpoint past it in one step, forgetting
         // the page written ahead: a page is counted once even if a crash makes the next
