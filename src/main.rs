@@ -15,7 +15,7 @@ mod status;
 
 use clap::{Args, Parser, Subcommand};
 use wxpush_broker::Topology;
-use wxpush_domain::{Config, RawConfig, SecretUrl};
+use wxpush_domain::{AppId, Config, RawConfig, SecretUrl};
 use wxpush_roles::dispatch::{self, DispatchSettings};
 use wxpush_roles::ingest::{self, IngestSettings};
 use wxpush_roles::send::{self, SendParts, SendSettings, SendStats};
@@ -185,6 +185,29 @@ fn init_logging() -> anyhow::Result<()> {
 fn configured_apps(config: &Config) -> String {
     let ids: Vec<&str> = config.apps.iter().map(|a| a.id.as_str()).collect();
     format!("configured: {}", ids.join(", "))
+}
+
+/// Of the configured apps found holding campaign `id` (in configuration order), the one meant
+/// by a command given no `--app`: its index in `found`, or an error saying none holds it or
+/// asking for `--app` when several do.
+fn the_app_holding(config: &Config, id: &str, found: &[&AppId]) -> anyhow::Result<usize> {
+    match found.len() {
+        0 => Err(anyhow::anyhow!(
+            "no campaign {id} in namespace {} for any of the {} apps ({})",
+            config.namespace,
+            config.apps.len(),
+            configured_apps(config)
+        )),
+        1 => Ok(0),
+        _ => Err(anyhow::anyhow!(
+            "campaign {id} exists for several apps ({}): pass --app",
+            found
+                .iter()
+                .map(|a| a.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
 }
 
 fn config(common: &Common) -> anyhow::Result<Config> {

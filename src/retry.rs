@@ -15,7 +15,6 @@
 //! again (the bank's requeue script does) nor send anything itself (the senders do).
 
 use anyhow::{anyhow, bail, Context};
-use wxpush_bank::record::record_key;
 use wxpush_broker::publish::{batches_by_bytes, CONFIRM_BATCH_BYTES};
 use wxpush_broker::topology::Needs;
 use wxpush_broker::{Publisher, Topology};
@@ -172,30 +171,16 @@ async fn find_app(config: &Config, deps: &Deps, id: &str) -> anyhow::Result<AppI
     }
     let mut found = Vec::new();
     for app in config.apps.iter() {
-        let exists: bool = redis::cmd("EXISTS")
-            .arg(record_key(&config.namespace, &app.id, id))
-            .query_async(&mut deps.bank.connection())
+        let record = deps
+            .bank
+            .record(&app.id, id)
+            .snapshot()
             .await
             .with_context(|| format!("cannot read campaign {id}'s record"))?;
-        if exists {
-            found.push(app.id.clone());
+        if record.is_some() {
+            found.push(&app.id);
         }
     }
-    match found.len() {
-        0 => bail!(
-            "no campaign {id} in namespace {} for any of the {} apps ({})",
-            config.namespace,
-            config.apps.len(),
-            crate::configured_apps(config)
-        ),
-        1 => Ok(found.remove(0)),
-        _ => bail!(
-            "campaign {id} exists for several apps ({}): pass --app",
-            found
-                .iter()
-                .map(AppId::as_str)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
+    let i = crate::the_app_holding(config, id, &found)?;
+    Ok(found[i].clone())
 }

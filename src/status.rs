@@ -36,7 +36,7 @@ use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 use serde_json::{json, Value};
 use wxpush_bank::record::{self, field};
-use wxpush_domain::Config;
+use wxpush_domain::{AppId, Config};
 
 /// How often `--watch` redraws.
 const WATCH_EVERY: Duration = Duration::from_millis(500);
@@ -196,31 +196,15 @@ impl Reader {
                 found.push((app.id.clone(), s));
             }
         }
-        match found.len() {
-            0 if config.apps.len() == 1 => {
-                self.app = config.apps.default_id().clone();
-                self.read_required(id).await
-            }
-            0 => Err(anyhow!(
-                "no campaign {id} in namespace {} for any of the {} apps ({})",
-                self.ns,
-                config.apps.len(),
-                crate::configured_apps(config)
-            )),
-            1 => {
-                let (app, snapshot) = found.remove(0);
-                self.app = app;
-                Ok(snapshot)
-            }
-            _ => Err(anyhow!(
-                "campaign {id} exists for several apps ({}): pass --app",
-                found
-                    .iter()
-                    .map(|(a, _)| a.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
+        if found.is_empty() && config.apps.len() == 1 {
+            self.app = config.apps.default_id().clone();
+            return self.read_required(id).await;
         }
+        let apps: Vec<&AppId> = found.iter().map(|(a, _)| a).collect();
+        let i = crate::the_app_holding(config, id, &apps)?;
+        let (app, snapshot) = found.swap_remove(i);
+        self.app = app;
+        Ok(snapshot)
     }
 }
 
