@@ -84,19 +84,8 @@ impl Fleet {
 
     /// Consumers of `queue` now (0 when it does not exist).
     pub async fn consumers(&self, queue: &str) -> u32 {
-        let ch = self.deps.broker.channel().await.unwrap();
-        let declared = ch
-            .queue_declare(
-                queue.into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                lapin::types::FieldTable::default(),
-            )
-            .await;
-        let _ = ch.close(200, "ok".into()).await;
-        declared.map_or(0, |q| q.consumer_count())
+        let counts = self.deps.broker.queue_counts(queue).await.unwrap();
+        counts.map_or(0, |(_, consumers)| consumers)
     }
 
     pub fn kill(&mut self, i: usize) {

@@ -123,8 +123,14 @@ impl Broker {
     }
 
     /// Messages ready in `queue` (not counting unacknowledged ones), or `None` when the queue
-    /// does not exist. A passive declare on a channel of its own (a missing queue closes it).
+    /// does not exist.
     pub async fn queue_ready(&self, queue: &str) -> Result<Option<u32>, BrokerError> {
+        Ok(self.queue_counts(queue).await?.map(|(ready, _)| ready))
+    }
+
+    /// Messages ready in `queue` and its consumers, or `None` when the queue does not exist.
+    /// A passive declare on a channel of its own (a missing queue closes it).
+    pub async fn queue_counts(&self, queue: &str) -> Result<Option<(u32, u32)>, BrokerError> {
         let ch = self.channel().await?;
         let declared = ch
             .queue_declare(
@@ -139,7 +145,7 @@ impl Broker {
         match declared {
             Ok(q) => {
                 let _ = ch.close(200, "ok".into()).await;
-                Ok(Some(q.message_count()))
+                Ok(Some((q.message_count(), q.consumer_count())))
             }
             Err(_) => Ok(None),
         }
