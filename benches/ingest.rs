@@ -1,7 +1,8 @@
 //! Ingest throughput against the broker's own ceiling, measured in the same run.
 //!
 //! `cargo bench --bench ingest` (`-- --messages N`, `--batch B`, `--prefetch P` to change the
-//! load and the role's tuning; defaults are the role's defaults). For each scenario
+//! load and the role's tuning; defaults are the role's defaults; `--shape 1` or `--shape 10`
+//! runs one scenario only). For each scenario
 //! (1 formId per upload, 10 formIds per upload) it fills the ingest queue with N persistent
 //! uploads, then times the ingest role's own consume loop (`Ingest::consume`: parse, dead-letter, one
 //! pipelined Redis round trip per batch overlapping the next batch's reading, one multiple
@@ -20,7 +21,7 @@ use wxpush_broker::{BatchConsumer, Publisher};
 use wxpush_domain::{Credential, OpenId};
 use wxpush_roles::ingest::{Ingest, IngestSettings, IngestStats};
 use wxpush_roles::ShutdownTrigger;
-use wxpush_testkit::{bench_arg, form_id, now_ms, TestEnv};
+use wxpush_testkit::{bench_arg, cpu, form_id, now_ms, TestEnv};
 
 fn bodies(n: usize, per: u64, seed: u64) -> Vec<Vec<u8>> {
     let expire = now_ms() + 86_400_000;
@@ -102,7 +103,14 @@ async fn main() {
         "ratio",
         "bank alone fid/s"
     );
+    let mut conn = deps.bank.connection();
+    let mut cpu_lines = Vec::new();
+    // `--shape 1` or `--shape 10`: only that scenario (for a profiler); 0, the default: both.
+    let shape = bench_arg("--shape", 0) as u64;
     for (k, s) in scenarios.iter().enumerate() {
+        if shape != 0 && s.per != shape {
+            continue;
+        }
         let data = bodies(s.messages, s.per, (k as u64 + 1) << 40);
 
         // Ceiling: the same messages, a consumer that only acks, same prefetch and batching.
@@ -110,6 +118,7 @@ async fn main() {
         let mut bare = BatchConsumer::start(&deps.broker, &bare_queue, settings.prefetch, "bare")
             .await
             .unwrap();
+        let cpu0 = cpu::sample(&mut conn).await;
         let start = Instant::now();
         let mut got = 0;
         while got < s.messages {
@@ -122,6 +131,7 @@ async fn main() {
             b.ack().await.unwrap();
         }
         let bare_rate = s.messages as f64 / start.elapsed().as_secs_f64();
+        let bare_cpu = cpu0.until(&cpu::sample(&mut conn).await);
         let _ = bare.cancel().await;
         bare.close().await;
 
@@ -129,12 +139,14 @@ async fn main() {
         fill(&publisher, &topology.uploads_exchange(), "upload", &data).await;
         let ingest = Ingest::start(&deps, &topology, &settings).await.unwrap();
         let (_trigger, shutdown) = ShutdownTrigger::new();
+        let cpu0 = cpu::sample(&mut conn).await;
         let start = Instant::now();
         let stats: IngestStats = ingest
             .consume(shutdown, Some(s.messages as u64))
             .await
             .unwrap();
         let secs = start.elapsed().as_secs_f64();
+        let ingest_cpu = cpu0.until(&cpu::sample(&mut conn).await);
         assert_eq!(
             stats.store.added,
             s.messages as u64 * s.per,
@@ -186,10 +198,17 @@ async fn main() {
             100.0 * rate / bare_rate,
             bank_rate
         );
+        cpu_lines.push(format!(
+            "{:<24} cores used: bare {bare_cpu}; ingest {ingest_cpu}",
+            s.name
+        ));
         // Start the next scenario from an empty bank.
         env.cleanup();
         env.declare_ingest(&deps.broker).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for l in &cpu_lines {
+        println!("{l}");
     }
     println!("targets: ≥ 20,000 uploads/s (1 formId), ≥ 100,000 formIds/s (10 formIds), ≥ 70% of the bare ceiling");
     let _ = ch

@@ -6,6 +6,7 @@
 //! failed assertion. It also runs the real `wxpush` binary with that namespace.
 
 pub mod ceiling;
+pub mod cpu;
 pub mod fleet;
 pub mod private_redis;
 pub mod proxy;
