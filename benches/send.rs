@@ -15,7 +15,8 @@
 //!
 //! Printed: sends/s of both and the ratio (target ≥ 5,000/s and ≥ 70%), Redis round trips per
 //! sent message (target ≤ 3; from Redis's own command counts over the run, less the commands
-//! run inside our Lua scripts), token fetches per 10,000 sends.
+//! run inside our Lua scripts), token fetches per 10,000 sends, and the cores the benchmark's
+//! process (sender and fake WeChat), Redis and the broker used in each run.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -27,7 +28,7 @@ use wxpush_domain::{Credential, OpenId, SendJob};
 use wxpush_fake_wechat::{FakeApp, FakeConfig, FakeWeChat};
 use wxpush_roles::send::{SendParts, SendSettings, SendStats, Sender};
 use wxpush_roles::ShutdownTrigger;
-use wxpush_testkit::{bench_arg, now_ms, TestEnv, TEST_APP};
+use wxpush_testkit::{bench_arg, cpu, now_ms, TestEnv, TEST_APP};
 
 const SECRET: &str = "bench-secret";
 
@@ -74,7 +75,9 @@ async fn commandstats(conn: &mut redis::aio::ConnectionManager) -> BTreeMap<Stri
 
 #[tokio::main]
 async fn main() {
-    let n = bench_arg("--jobs", 20_000);
+    // 60,000 by default: at 20,000 the bare ceiling (a second or so) moved by 1.5× between
+    // runs on this machine, and the ratio with it.
+    let n = bench_arg("--jobs", 60_000);
     let concurrency = bench_arg("--concurrency", 64);
     let subscribe = bench_arg("--subscribe", 0) == 1;
     let mut env = TestEnv::new("bench_send");
@@ -158,9 +161,11 @@ async fn main() {
     let mut conn = deps.bank.connection();
     let before = commandstats(&mut conn).await;
     let (_trigger, shutdown) = ShutdownTrigger::new();
+    let cpu0 = cpu::sample(&mut conn).await;
     let start = Instant::now();
     let stats = sender.consume(shutdown, Some(n as u64)).await.unwrap();
     let secs = start.elapsed().as_secs_f64();
+    let wxpush_cpu = cpu0.until(&cpu::sample(&mut conn).await);
     let after = commandstats(&mut conn).await;
     let sent = SendStats::get(&stats.sent);
     assert_eq!(sent, n as u64, "every job sent");
@@ -186,6 +191,7 @@ async fn main() {
     let bare_users: Vec<OpenId> = (0..n)
         .map(|u| OpenId::new(&format!("oBenchBare{u:018}")).unwrap())
         .collect();
+    let cpu0 = cpu::sample(&mut conn).await;
     let bare_rate = wxpush_testkit::ceiling::bare_sender(
         &env,
         &deps,
@@ -196,6 +202,7 @@ async fn main() {
         concurrency,
     )
     .await;
+    let bare_cpu = cpu0.until(&cpu::sample(&mut conn).await);
 
     let kind = if subscribe {
         "subscribe (one consent each)"
@@ -224,6 +231,8 @@ async fn main() {
         "token fetches per 10,000 sends",
         token_fetches as f64 * 10_000.0 / n as f64
     );
+    println!("cores used, wxpush sender: {wxpush_cpu}");
+    println!("cores used, bare ceiling:  {bare_cpu}");
     println!("targets: ≥ 5,000 sends/s, ≥ 70% of the ceiling, ≤ 3 round trips per message");
     let mut per_command: Vec<(String, u64)> = after
         .keys()

@@ -356,7 +356,9 @@ async fn a_killed_dispatchers_campaign_is_taken_over_after_its_lease() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dispatcher_stopped_mid_campaign_hands_it_over_at_once() {
     let mut f = Fleet::new("camp_handover", 100_000, 50).await;
-    let reachable = f.users(0, 2000, 1).await;
+    // 6,000 users (120 pages): enough that the first dispatcher is still at it when the
+    // second has started and the SIGTERM comes, even on a fast machine.
+    let reachable = f.users(0, 6000, 1).await;
     let d1 = f.start("dispatch");
     f.publish_campaign(campaign("hand-over", json!({"all": true})))
         .await;
@@ -390,7 +392,7 @@ async fn a_dispatcher_stopped_mid_campaign_hands_it_over_at_once() {
     f.start("send");
     f.start("send");
     f.wait_complete("hand-over", Duration::from_secs(90)).await;
-    f.check("hand-over", &reachable, 2000).await;
+    f.check("hand-over", &reachable, 6000).await;
     f.stop_all();
 }
 

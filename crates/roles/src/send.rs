@@ -142,8 +142,20 @@ enum Disposition {
     Refuse { code: &'static str, reason: String },
 }
 
+/// The send role: its working parts behind one `Arc`, so that each job in hand runs as a
+/// task of its own (spread over the runtime's threads) holding a clone.
+#[derive(Clone)]
+pub struct Sender(Arc<SenderInner>);
+
+impl std::ops::Deref for Sender {
+    type Target = SenderInner;
+    fn deref(&self) -> &SenderInner {
+        &self.0
+    }
+}
+
 /// The send role's working parts.
-pub struct Sender {
+pub struct SenderInner {
     bank: Bank,
     broker: wxpush_broker::Broker,
     /// WeChat, and each app's token, rate limit and pause.
@@ -297,10 +309,13 @@ pub async fn run(
     supervise("send", deps, health, shutdown, |session| {
         let (parts, stats) = (parts.clone(), stats.clone());
         async move {
-            let mut sender = Sender::start(&session.deps, parts, topology, settings).await?;
-            sender.stats = stats;
+            let sender =
+                Sender::start_counting(&session.deps, parts, topology, settings, stats).await?;
             let r = sender.consume_session(&session, None).await;
-            sender.publisher.close().await;
+            // Every job's task has ended with the session: the parts are this one's alone.
+            if let Ok(inner) = Arc::try_unwrap(sender.0) {
+                inner.publisher.close().await;
+            }
             r.map(|_| ())
         }
     })
@@ -316,19 +331,30 @@ impl Sender {
         topology: &Topology,
         settings: &SendSettings,
     ) -> Result<Self, RoleError> {
+        Self::start_counting(deps, parts, topology, settings, Arc::default()).await
+    }
+
+    /// [`Sender::start`], counting into `stats` (which outlive a session).
+    async fn start_counting(
+        deps: &Deps,
+        parts: SendParts,
+        topology: &Topology,
+        settings: &SendSettings,
+        stats: Arc<SendStats>,
+    ) -> Result<Self, RoleError> {
         topology.declare(&deps.broker, Needs::Send).await?;
         let publisher = Publisher::open(&deps.broker, topology.clone()).await?;
-        Ok(Self {
+        Ok(Self(Arc::new(SenderInner {
             bank: deps.bank.clone(),
             broker: deps.broker.clone(),
             parts,
             publisher,
             topology: topology.clone(),
             settings: settings.clone(),
-            stats: Arc::new(SendStats::default()),
+            stats,
             stopped: Mutex::new(HashMap::new()),
             redeliveries: Redeliveries::new(&deps.bank),
-        })
+        })))
     }
 
     /// Consumes send jobs until `shutdown` fires (or, with `limit`, until that many jobs are
@@ -393,7 +419,23 @@ impl Sender {
                     .take_until(stop)
                     .for_each_concurrent(self.settings.concurrency, |d| async move {
                         let failed = match d {
-                            Ok(delivery) => self.handle(delivery).await.err(),
+                            // A task per job: the jobs in hand run on every thread of the
+                            // runtime, not all on this one. Each still ends (acknowledged,
+                            // handed back or dead-lettered) before the session does.
+                            Ok(delivery) => {
+                                let this = self.clone();
+                                match tokio::spawn(async move { this.handle(delivery).await }).await
+                                {
+                                    Ok(r) => r.err(),
+                                    // A panic goes on up, as it did before jobs had tasks.
+                                    // Cancelled: the runtime is ending (the job, never
+                                    // acknowledged, is the broker's again).
+                                    Err(e) => match e.try_into_panic() {
+                                        Ok(panic) => std::panic::resume_unwind(panic),
+                                        Err(_) => None,
+                                    },
+                                }
+                            }
                             Err(e) => Some(RoleError::Amqp(e)),
                         };
                         if let Some(e) = failed {

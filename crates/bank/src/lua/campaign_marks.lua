@@ -48,9 +48,17 @@ local function final_of(state)
   return outcome or string.sub(state, 2)
 end
 
+-- The prune marker '~ p' as this script last read or wrote it: its value, false when the
+-- field is absent, nil when not read yet (finish() then sets it only if absent, with HSETNX).
+-- Read in the same call as C's state, so a claim or settle spends no call of its own on it.
+local marker = nil
+
 -- Drops the final outcomes older than KEEP_DAYS (also those written before days were kept).
 local function prune(marks)
-  local p = tonumber(redis.call('HGET', marks, '~ p') or '')
+  if marker == nil then
+    marker = redis.call('HGET', marks, '~ p')
+  end
+  local p = tonumber(marker or '')
   if p then
     if p >= today - KEEP_DAYS then
       return
@@ -75,17 +83,27 @@ local function prune(marks)
     end
   end
   if oldest then
-    redis.call('HSET', marks, '~ p', oldest)
+    marker = tostring(oldest)
+    redis.call('HSET', marks, '~ p', marker)
   else
+    marker = false
     redis.call('HDEL', marks, '~ p')
   end
 end
 
 -- Records C's final outcome (the held credential forgotten) and counts it.
 local function finish(marks, counters, c, outcome)
-  redis.call('HSET', marks, c, '=' .. outcome .. '@' .. today)
+  local final = '=' .. outcome .. '@' .. today
+  if marker == false then
+    marker = tostring(today)
+    redis.call('HSET', marks, c, final, '~ p', marker)
+  else
+    redis.call('HSET', marks, c, final)
+    if marker == nil then
+      redis.call('HSETNX', marks, '~ p', today)
+    end
+  end
   redis.call('HDEL', marks, c .. ' o', c .. ' u', c .. ' e', c .. ' m', c .. ' d')
-  redis.call('HSETNX', marks, '~ p', today)
   redis.call('EXPIRE', marks, MARKS_TTL)
   count(counters, outcome)
 end
@@ -96,7 +114,9 @@ end
 -- Returns a reply for the caller to return, or nil to claim a new credential; on a resume it
 -- returns {'held', member, expiry, prior doubt, expired 0/1} and the lease is the caller's.
 local function lease(marks, counters, c, owner, lease_ms, mode, margin)
-  local state = redis.call('HGET', marks, c)
+  local got = redis.call('HMGET', marks, c, '~ p')
+  local state = got[1]
+  marker = got[2]
   local done = final_of(state)
   if done and mode ~= 'take' then
     -- Settled by another attempt, which took this one's lease over.
@@ -113,20 +133,21 @@ local function lease(marks, counters, c, owner, lease_ms, mode, margin)
     prune(marks)
     return nil
   end
-  local holder = redis.call('HGET', marks, c .. ' o')
+  local lease_now = redis.call('HMGET', marks, c .. ' o', c .. ' u', c .. ' m', c .. ' d', c .. ' e')
+  local holder = lease_now[1]
   if mode ~= 'take' and holder ~= owner then
     return {'superseded'}
   end
-  local till = tonumber(redis.call('HGET', marks, c .. ' u') or '0')
+  local till = tonumber(lease_now[2] or '0')
   if holder ~= owner and till > now_ms then
     return {'busy', till - now_ms}
   end
-  local held = redis.call('HGET', marks, c .. ' m')
+  local held = lease_now[3]
   if mode == 'next' or not held then
     return nil
   end
-  local doubt = redis.call('HGET', marks, c .. ' d') or '1'
-  local exp = tonumber(redis.call('HGET', marks, c .. ' e') or '0')
+  local doubt = lease_now[4] or '1'
+  local exp = tonumber(lease_now[5] or '0')
   local expired = (exp ~= 0 and exp <= now + margin) and '1' or '0'
   redis.call('HSET', marks, c .. ' o', owner, c .. ' u', now_ms + lease_ms, c .. ' d', '1')
   redis.call('EXPIRE', marks, MARKS_TTL)

@@ -19,9 +19,11 @@
 -- ARGV[7] openId, ARGV[8] safety margin (s), ARGV[9] the consent keys' TTL (s).
 -- Returns 1 if applied, 0 if not (the lease is another attempt's, or C is settled already).
 local marks, counters, c, owner, action = KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3]
-if redis.call('HGET', marks, c) ~= 'L' or redis.call('HGET', marks, c .. ' o') ~= owner then
+local got = redis.call('HMGET', marks, c, c .. ' o', '~ p')
+if got[1] ~= 'L' or got[2] ~= owner then
   return 0
 end
+marker = got[3]
 local who, margin, ttl = ARGV[7], tonumber(ARGV[8]), ARGV[9]
 
 -- The held credential back to the user (it was not used).
