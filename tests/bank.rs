@@ -316,6 +316,34 @@ async fn credentials_inside_the_safety_margin_count_as_expired() {
     assert!(bank.claim(&env.app, &who).await.unwrap().is_none());
 }
 
+/// A margin as long as the 7-day lifetime (a mistake, but one the configuration allows):
+/// every expiry is clamped to now + 7 days, which is inside the margin, so nothing is stored
+/// and every credential is reported expired, never stored with an expired score.
+#[tokio::test]
+async fn a_margin_past_the_lifetime_stores_nothing_and_says_so() {
+    let env = TestEnv::new("margin_lifetime");
+    let settings = BankSettings {
+        claim_margin_secs: 700_000,
+        ..BankSettings::default()
+    };
+    let bank = bank(&env, settings).await;
+    let who = user(4);
+    let far = now_s() + 10_000_000;
+    let r = bank
+        .store(
+            &env.app,
+            &who,
+            &[
+                Credential::form_id("far", far),
+                Credential::form_id("past", now_s() - 10),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.added, r.known, r.expired), (0, 0, 2), "{r:?}");
+    assert!(keys_with_ttl(&env).await.is_empty(), "no key written");
+}
+
 #[tokio::test]
 async fn a_credential_expiring_while_stored_is_dropped_on_claim() {
     let env = TestEnv::new("expire_lazy");

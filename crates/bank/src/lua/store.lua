@@ -51,9 +51,11 @@ if clean then
 else
   local batch = {}
   for i = 5, #ARGV, 2 do
-    local exp = tonumber(ARGV[i])
+    -- Judged after the clamp, as in the first pass (a margin as long as the lifetime makes
+    -- every clamped expiry an expired one).
+    local exp = math.min(tonumber(ARGV[i]), ceiling)
     if exp > limit then
-      batch[#batch + 1] = (exp > ceiling) and ceiling or ARGV[i]
+      batch[#batch + 1] = (exp == ceiling) and ceiling or ARGV[i]
       batch[#batch + 1] = ARGV[i + 1]
       if #batch >= 400 then
         added = added + redis.call('ZADD', k, 'NX', unpack(batch))
