@@ -249,6 +249,37 @@ async fn all_copies_taken(f: &Fleet) -> bool {
     .await
 }
 
+/// Users of the dispatcher take-over tests: 120 pages of 50, enough that the first dispatcher
+/// is still fanning out when the test acts on it, even on a fast machine.
+const TAKE_OVER_USERS: usize = 6000;
+
+/// Two dispatchers and two copies of campaign `id` over [`TAKE_OVER_USERS`] reachable users:
+/// the first is mid-fan-out (200 targeted or more) and holds the lease, the second waits beside
+/// it with the other copy. Returns the fleet, the reachable users and the two dispatchers.
+async fn two_dispatchers_mid_campaign(name: &str, id: &str) -> (Fleet, Vec<String>, usize, usize) {
+    let mut f = Fleet::new(name, 100_000, 50).await;
+    let reachable = f.users(0, TAKE_OVER_USERS, 1).await;
+    let d1 = f.start("dispatch");
+    f.publish_campaign(campaign(id, json!({"all": true}))).await;
+    f.publish_campaign(campaign(id, json!({"all": true}))).await;
+    let started = eventually(Duration::from_secs(30), || async {
+        f.snapshot(id).await.targeted().is_some_and(|t| t >= 200)
+    })
+    .await;
+    assert!(started);
+    let d2 = f.start("dispatch");
+    assert!(all_copies_taken(&f).await, "the second dispatcher waits");
+    (f, reachable, d1, d2)
+}
+
+/// Two senders send campaign `id` to the end: every reachable user gets it once.
+async fn send_it_all(f: &mut Fleet, id: &str, reachable: &[String]) {
+    f.start("send");
+    f.start("send");
+    f.wait_complete(id, Duration::from_secs(90)).await;
+    f.check(id, reachable, TAKE_OVER_USERS).await;
+}
+
 /// The token of the record's lease owner (raised by each take).
 async fn lease_owner(f: &Fleet, id: &str) -> u64 {
     f.snapshot(id)
@@ -312,23 +343,8 @@ async fn two_dispatchers_given_the_same_campaign_fan_it_out_once() {
 /// only once the killed one's lease has run out, then finishes it from the checkpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_dispatchers_campaign_is_taken_over_after_its_lease() {
-    let mut f = Fleet::new("camp_takeover", 100_000, 50).await;
-    let reachable = f.users(0, 2000, 1).await;
-    let d1 = f.start("dispatch");
-    f.publish_campaign(campaign("take-over", json!({"all": true})))
-        .await;
-    f.publish_campaign(campaign("take-over", json!({"all": true})))
-        .await;
-    let started = eventually(Duration::from_secs(30), || async {
-        f.snapshot("take-over")
-            .await
-            .targeted()
-            .is_some_and(|t| t >= 200)
-    })
-    .await;
-    assert!(started);
-    f.start("dispatch");
-    assert!(all_copies_taken(&f).await, "the second dispatcher waits");
+    let (mut f, reachable, d1, _) =
+        two_dispatchers_mid_campaign("camp_takeover", "take-over").await;
     f.kill(d1);
     let killed = f.snapshot("take-over").await;
     assert_eq!(killed.state(), Some(DISPATCHING), "{killed:?}");
@@ -344,10 +360,7 @@ async fn a_killed_dispatchers_campaign_is_taken_over_after_its_lease() {
         lease_until_ms(&after) - lease_ms >= lease_until_ms(&killed),
         "taken over only once the killed owner's lease ran out: {killed:?} {after:?}"
     );
-    f.start("send");
-    f.start("send");
-    f.wait_complete("take-over", Duration::from_secs(90)).await;
-    f.check("take-over", &reachable, 2000).await;
+    send_it_all(&mut f, "take-over", &reachable).await;
     f.stop_all();
 }
 
@@ -355,25 +368,8 @@ async fn a_killed_dispatchers_campaign_is_taken_over_after_its_lease() {
 /// back: a second one waiting beside it takes the campaign over at once, not a lease later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dispatcher_stopped_mid_campaign_hands_it_over_at_once() {
-    let mut f = Fleet::new("camp_handover", 100_000, 50).await;
-    // 6,000 users (120 pages): enough that the first dispatcher is still at it when the
-    // second has started and the SIGTERM comes, even on a fast machine.
-    let reachable = f.users(0, 6000, 1).await;
-    let d1 = f.start("dispatch");
-    f.publish_campaign(campaign("hand-over", json!({"all": true})))
-        .await;
-    f.publish_campaign(campaign("hand-over", json!({"all": true})))
-        .await;
-    let started = eventually(Duration::from_secs(30), || async {
-        f.snapshot("hand-over")
-            .await
-            .targeted()
-            .is_some_and(|t| t >= 200)
-    })
-    .await;
-    assert!(started);
-    f.start("dispatch");
-    assert!(all_copies_taken(&f).await, "the second dispatcher waits");
+    let (mut f, reachable, d1, _) =
+        two_dispatchers_mid_campaign("camp_handover", "hand-over").await;
     let stopping = std::time::Instant::now();
     let (code, _) = f.terminate(d1);
     assert_eq!(code, Some(0));
@@ -389,10 +385,7 @@ async fn a_dispatcher_stopped_mid_campaign_hands_it_over_at_once() {
         after < DISPATCH_LEASE * 3 / 5,
         "taken over {after:?} after the SIGTERM: the lease was not released"
     );
-    f.start("send");
-    f.start("send");
-    f.wait_complete("hand-over", Duration::from_secs(90)).await;
-    f.check("hand-over", &reachable, 6000).await;
+    send_it_all(&mut f, "hand-over", &reachable).await;
     f.stop_all();
 }
 
@@ -403,23 +396,8 @@ async fn a_dispatcher_stopped_mid_campaign_hands_it_over_at_once() {
 /// campaign with `targeted` exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dispatcher_stalled_past_its_lease_stops_without_writing() {
-    let mut f = Fleet::new("camp_stalled_dispatch", 100_000, 50).await;
-    let reachable = f.users(0, 2000, 1).await;
-    let d1 = f.start("dispatch");
-    f.publish_campaign(campaign("stalled", json!({"all": true})))
-        .await;
-    f.publish_campaign(campaign("stalled", json!({"all": true})))
-        .await;
-    let started = eventually(Duration::from_secs(30), || async {
-        f.snapshot("stalled")
-            .await
-            .targeted()
-            .is_some_and(|t| t >= 200)
-    })
-    .await;
-    assert!(started);
-    let d2 = f.start("dispatch");
-    assert!(all_copies_taken(&f).await, "the second dispatcher waits");
+    let (mut f, reachable, d1, d2) =
+        two_dispatchers_mid_campaign("camp_stalled_dispatch", "stalled").await;
     f.signal(d1, "STOP");
     let taken = eventually(DISPATCH_LEASE + Duration::from_secs(10), || async {
         lease_owner(&f, "stalled").await == 2
@@ -437,10 +415,7 @@ async fn a_dispatcher_stalled_past_its_lease_stops_without_writing() {
         before, after,
         "the woken dispatcher, its lease taken over, wrote nothing"
     );
-    f.start("send");
-    f.start("send");
-    f.wait_complete("stalled", Duration::from_secs(90)).await;
-    f.check("stalled", &reachable, 2000).await;
+    send_it_all(&mut f, "stalled", &reachable).await;
     assert!(
         f.running(d1),
         "the stalled dispatcher stopped its campaign, not itself"
