@@ -159,6 +159,19 @@ impl JobConsumer {
     }
 }
 
+/// Hands one delivery back to its queue (`basic.nack` with requeue), for another consumer or
+/// a later session.
+pub async fn hand_back(delivery: &Delivery) -> Result<(), lapin::Error> {
+    delivery
+        .acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+        .map(drop)
+}
+
 /// Resolves once `channel` is no longer open (its connection lost or the channel closed).
 /// An idle consumer is not always told when its connection dies; a role waiting for messages
 /// selects on this too, so it notices within a second and reconnects.

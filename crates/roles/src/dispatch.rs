@@ -54,9 +54,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::options::BasicAckOptions;
 use wxpush_bank::record::{CampaignRecord, Lease, Opened, PageInFlight, Resume, DISPATCH_LEASE};
 use wxpush_bank::{Bank, ReachableCursor};
+use wxpush_broker::consume::hand_back;
 use wxpush_broker::publish::{batches_by_bytes, CONFIRM_BATCH_BYTES};
 use wxpush_broker::topology::Needs;
 use wxpush_broker::{BatchConsumer, Publisher, Topology};
@@ -271,13 +272,7 @@ impl Dispatcher {
             let mut failed = None;
             for delivery in &batch.deliveries {
                 if let Err(e) = self.handle(delivery, stats, &shutdown).await {
-                    let _ = delivery
-                        .acker
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..Default::default()
-                        })
-                        .await;
+                    let _ = hand_back(delivery).await;
                     if e.is_recoverable() {
                         // RabbitMQ or Redis is gone: the supervisor waits for them.
                         failed = Some(e);
@@ -357,13 +352,7 @@ impl Dispatcher {
             Progress::Interrupted => {
                 tracing::info!(campaign = %campaign.campaign_id, "stopping mid-campaign: handed back at its checkpoint");
                 owner.release().await;
-                delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await?;
+                hand_back(delivery).await?;
             }
             Progress::LeaseLost => {
                 // The dispatcher that took the lease over holds a copy of the campaign of its
@@ -414,13 +403,7 @@ impl Dispatcher {
                     let pause = left.clamp(Duration::from_millis(50), HELD_POLL);
                     tokio::select! {
                         _ = shutdown.wait() => {
-                            delivery
-                                .acker
-                                .nack(BasicNackOptions {
-                                    requeue: true,
-                                    ..Default::default()
-                                })
-                                .await?;
+                            hand_back(delivery).await?;
                             return Ok(None);
                         }
                         _ = tokio::time::sleep(pause) => {}

@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use backon::BackoffBuilder;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::options::BasicAckOptions;
 use lapin::BasicProperties;
 use wxpush_bank::Bank;
 use wxpush_broker::topology::delay_tier;
@@ -720,15 +720,10 @@ fn attempt_owner() -> String {
     )
 }
 
-/// Hands a delivery back to the queue.
+/// Hands a delivery back to the queue (a failed hand-back: the channel is gone, and the
+/// broker requeues it with the channel).
 async fn requeue(delivery: &Delivery) {
-    let _ = delivery
-        .acker
-        .nack(BasicNackOptions {
-            requeue: true,
-            ..Default::default()
-        })
-        .await;
+    let _ = wxpush_broker::consume::hand_back(delivery).await;
 }
 
 /// Unix time now, in milliseconds (this process's clock: the retry budget's, which needs no
