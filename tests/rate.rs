@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde_json::json;
 use wxpush_fake_wechat::{Endpoint, RequestRecord};
 use wxpush_fleet::{capacity_for, max_calls_per_second, RateSettings};
-use wxpush_testkit::fleet::{campaign, fake_config, Fleet};
+use wxpush_testkit::fleet::{campaign, fake_config, tokens_issued, Fleet};
 use wxpush_testkit::{eventually, now_ms};
 
 const RATE: u32 = 20;
@@ -50,16 +50,6 @@ fn busiest_second(times: &[u64]) -> (usize, u64) {
         }
     }
     best
-}
-
-/// Tokens the fake issued (or answered) and when: `atMs` of each successful token call.
-fn tokens_issued(records: &[RequestRecord]) -> Vec<u64> {
-    records
-        .iter()
-        .filter(|r| matches!(r.endpoint, Endpoint::Token | Endpoint::StableToken))
-        .filter(|r| r.errcode == Some(0))
-        .map(|r| r.at_ms)
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

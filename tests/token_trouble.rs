@@ -9,18 +9,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use wxpush_fake_wechat::{Endpoint, RequestRecord};
-use wxpush_testkit::fleet::{campaign, fake_config, Fleet, SECRET};
+use wxpush_testkit::fleet::{campaign, fake_config, tokens_issued, Fleet, SECRET};
 use wxpush_testkit::{eventually, now_ms};
-
-/// Successful token calls, by `atMs`.
-fn tokens_issued(records: &[RequestRecord]) -> Vec<u64> {
-    records
-        .iter()
-        .filter(|r| matches!(r.endpoint, Endpoint::Token | Endpoint::StableToken))
-        .filter(|r| r.errcode == Some(0))
-        .map(|r| r.at_ms)
-        .collect()
-}
 
 async fn sleep_until(at_ms: u64) {
     tokio::time::sleep(Duration::from_millis(at_ms.saturating_sub(now_ms() as u64))).await;

@@ -11,7 +11,7 @@ use serde_json::json;
 use wxpush_bank::record::RecordSnapshot;
 use wxpush_broker::Publisher;
 use wxpush_domain::{Credential, OpenId};
-use wxpush_fake_wechat::{FakeApp, FakeConfig, FakeHandle, FakeWeChat};
+use wxpush_fake_wechat::{Endpoint, FakeApp, FakeConfig, FakeHandle, FakeWeChat, RequestRecord};
 use wxpush_roles::Deps;
 
 use crate::{eventually, now_ms, TestEnv, TEST_APP};
@@ -334,6 +334,16 @@ impl Drop for Fleet {
 }
 
 /// The fake WeChat's configuration for a fleet: the test app with its secret and template.
+/// Successful token calls the fake answered (`errcode` 0, classic or stable), by `atMs`.
+pub fn tokens_issued(records: &[RequestRecord]) -> Vec<u64> {
+    records
+        .iter()
+        .filter(|r| matches!(r.endpoint, Endpoint::Token | Endpoint::StableToken))
+        .filter(|r| r.errcode == Some(0))
+        .map(|r| r.at_ms)
+        .collect()
+}
+
 pub fn fake_config() -> FakeConfig {
     FakeConfig::with_apps(vec![FakeApp::new(TEST_APP, SECRET).with_templates([TPL])])
 }
