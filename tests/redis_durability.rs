@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use serde_json::json;
 use wxpush_domain::{Credential, OpenId, SendJob};
-use wxpush_fake_wechat::{FakeApp, FakeConfig, FakeWeChat};
+use wxpush_fake_wechat::{FakeApp, FakeConfig, FakeHandle, FakeWeChat};
 use wxpush_roles::ingest::{self, IngestSettings};
 use wxpush_roles::send::{self, SendParts, SendSettings};
-use wxpush_roles::{Health, ShutdownTrigger};
+use wxpush_roles::{Deps, Health, ShutdownTrigger};
 use wxpush_testkit::private_redis::PrivateRedis;
 use wxpush_testkit::{
     eventually, form_id, free_addr, http_get, now_ms, CapturedStderr, TestEnv, TEST_APP,
@@ -222,6 +222,61 @@ async fn uploads_are_acknowledged_only_once_a_replica_has_them() {
 const SECRET: &str = "test-secret-0123456789";
 const TPL: &str = "TPL_SIGNIN";
 
+/// A sending install on `master`, with `WXPUSH_REDIS_WAIT_REPLICAS=1` and `fake` as WeChat.
+fn send_env(name: &str, master: &PrivateRedis, fake: &FakeHandle) -> TestEnv {
+    let mut env = TestEnv::new(name);
+    env.set("WXPUSH_REDIS_URL", &master.url());
+    env.set("WXPUSH_REDIS_WAIT_REPLICAS", "1");
+    env.set("WXPUSH_WECHAT_API_BASE", &fake.base_url());
+    env.set("WXPUSH_APP_SECRET", SECRET);
+    env.set("WXPUSH_SEND_RATE", "1000");
+    env
+}
+
+/// Queues one template job of campaign `campaign` to `who` and starts the send role on it
+/// (WeChat calls time out after `call_timeout`). Returns the send queue, the trigger that
+/// stops the role, and its task.
+async fn send_one_job(
+    env: &TestEnv,
+    deps: &Deps,
+    campaign: &str,
+    who: &str,
+    call_timeout: Duration,
+) -> (
+    String,
+    ShutdownTrigger,
+    tokio::task::JoinHandle<Result<std::sync::Arc<send::SendStats>, wxpush_roles::RoleError>>,
+) {
+    let ch = deps.broker.channel().await.unwrap();
+    env.topology().declare_send(&ch).await.unwrap();
+    let _ = ch.close(200, "ok".into()).await;
+    let job: SendJob = serde_json::from_value(json!({
+        "campaignId": campaign, "openId": who, "templateId": TPL,
+        "page": "pages/signin/index", "data": {"keyword1": "Daily check-in"}
+    }))
+    .unwrap();
+    let p = wxpush_broker::Publisher::open(&deps.broker, env.topology())
+        .await
+        .unwrap();
+    let q = env.topology().send_queue();
+    p.publish_all("", [(q.as_str(), job.to_json().as_slice())])
+        .await
+        .unwrap();
+    p.close().await;
+
+    let parts = SendParts::connect(&env.config(), deps, call_timeout)
+        .await
+        .unwrap();
+    let settings = SendSettings::from_config(&env.config());
+    let (trigger, shutdown) = ShutdownTrigger::new();
+    let (d, t) = (deps.clone(), env.topology());
+    let role =
+        tokio::spawn(
+            async move { send::run(&d, parts, &t, &settings, &Health::new(), shutdown).await },
+        );
+    (q, trigger, role)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_settled_outcome_is_acknowledged_only_once_a_replica_has_it() {
     let master = PrivateRedis::start(&[]);
@@ -231,12 +286,7 @@ async fn a_settled_outcome_is_acknowledged_only_once_a_replica_has_it() {
     // Time to stop the replica between the claim and the settle.
     fake_config.faults.latency_ms = 3000;
     let fake = FakeWeChat::start(fake_config).await.expect("fake WeChat");
-    let mut env = TestEnv::new("durable_wait_send");
-    env.set("WXPUSH_REDIS_URL", &master.url());
-    env.set("WXPUSH_REDIS_WAIT_REPLICAS", "1");
-    env.set("WXPUSH_WECHAT_API_BASE", &fake.base_url());
-    env.set("WXPUSH_APP_SECRET", SECRET);
-    env.set("WXPUSH_SEND_RATE", "1000");
+    let env = send_env("durable_wait_send", &master, &fake);
     let deps = env.deps().await;
     let who = user(7);
     let ids = fake
@@ -250,33 +300,7 @@ async fn a_settled_outcome_is_acknowledged_only_once_a_replica_has_it() {
     let open_id = OpenId::new(&who).unwrap();
     deps.bank.store(&env.app, &open_id, &creds).await.unwrap();
 
-    let ch = deps.broker.channel().await.unwrap();
-    env.topology().declare_send(&ch).await.unwrap();
-    let _ = ch.close(200, "ok".into()).await;
-    let job: SendJob = serde_json::from_value(json!({
-        "campaignId": "cw", "openId": who, "templateId": TPL,
-        "page": "pages/signin/index", "data": {"keyword1": "Daily check-in"}
-    }))
-    .unwrap();
-    let p = wxpush_broker::Publisher::open(&deps.broker, env.topology())
-        .await
-        .unwrap();
-    let q = env.topology().send_queue();
-    p.publish_all("", [(q.as_str(), job.to_json().as_slice())].into_iter())
-        .await
-        .unwrap();
-    p.close().await;
-
-    let parts = SendParts::connect(&env.config(), &deps, Duration::from_secs(8))
-        .await
-        .unwrap();
-    let settings = SendSettings::from_config(&env.config());
-    let (trigger, shutdown) = ShutdownTrigger::new();
-    let (d, t) = (deps.clone(), env.topology());
-    let role =
-        tokio::spawn(
-            async move { send::run(&d, parts, &t, &settings, &Health::new(), shutdown).await },
-        );
+    let (q, trigger, role) = send_one_job(&env, &deps, "cw", &who, Duration::from_secs(8)).await;
     // The claim is made (and replicated) and the call is under way: the replica goes.
     let marks = deps.bank.keys().marks(&env.app, &open_id);
     let claimed = eventually(Duration::from_secs(10), || async {
@@ -401,12 +425,7 @@ async fn a_claim_no_replica_acknowledged_is_released_and_sent_once_it_is_back() 
     let fake_config =
         FakeConfig::with_apps(vec![FakeApp::new(TEST_APP, SECRET).with_templates([TPL])]);
     let fake = FakeWeChat::start(fake_config).await.expect("fake WeChat");
-    let mut env = TestEnv::new("durable_wait_claim");
-    env.set("WXPUSH_REDIS_URL", &master.url());
-    env.set("WXPUSH_REDIS_WAIT_REPLICAS", "1");
-    env.set("WXPUSH_WECHAT_API_BASE", &fake.base_url());
-    env.set("WXPUSH_APP_SECRET", SECRET);
-    env.set("WXPUSH_SEND_RATE", "1000");
+    let env = send_env("durable_wait_claim", &master, &fake);
     let deps = env.deps().await;
     let who = user(8);
     let ids = fake
@@ -417,34 +436,8 @@ async fn a_claim_no_replica_acknowledged_is_released_and_sent_once_it_is_back() 
     let open_id = OpenId::new(&who).unwrap();
     deps.bank.store(&env.app, &open_id, &creds).await.unwrap();
 
-    let ch = deps.broker.channel().await.unwrap();
-    env.topology().declare_send(&ch).await.unwrap();
-    let _ = ch.close(200, "ok".into()).await;
-    let job: SendJob = serde_json::from_value(json!({
-        "campaignId": "cp", "openId": who, "templateId": TPL,
-        "page": "pages/signin/index", "data": {"keyword1": "Daily check-in"}
-    }))
-    .unwrap();
     replica.stop();
-    let p = wxpush_broker::Publisher::open(&deps.broker, env.topology())
-        .await
-        .unwrap();
-    let q = env.topology().send_queue();
-    p.publish_all("", [(q.as_str(), job.to_json().as_slice())].into_iter())
-        .await
-        .unwrap();
-    p.close().await;
-
-    let parts = SendParts::connect(&env.config(), &deps, Duration::from_secs(5))
-        .await
-        .unwrap();
-    let settings = SendSettings::from_config(&env.config());
-    let (trigger, shutdown) = ShutdownTrigger::new();
-    let (d, t) = (deps.clone(), env.topology());
-    let role =
-        tokio::spawn(
-            async move { send::run(&d, parts, &t, &settings, &Health::new(), shutdown).await },
-        );
+    let (q, trigger, role) = send_one_job(&env, &deps, "cp", &who, Duration::from_secs(5)).await;
     let marks = deps.bank.keys().marks(&env.app, &open_id);
     let claimed = eventually(Duration::from_secs(10), || async {
         master.cmd_sync(&["HGET", &marks, "cp"]).as_deref() == Some("L")
