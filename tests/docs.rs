@@ -43,17 +43,21 @@ fn slug(heading: &str) -> String {
         .collect()
 }
 
-fn anchors(text: &str) -> BTreeSet<String> {
-    let mut seen = BTreeSet::new();
+/// The lines of a Markdown text outside its fenced code blocks.
+fn prose_lines(text: &str) -> impl Iterator<Item = &str> {
     let mut in_code = false;
-    for line in text.lines() {
+    text.lines().filter(move |line| {
         if line.trim_start().starts_with("```") {
             in_code = !in_code;
-            continue;
+            return false;
         }
-        if in_code {
-            continue;
-        }
+        !in_code
+    })
+}
+
+fn anchors(text: &str) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for line in prose_lines(text) {
         if let Some(h) = line.strip_prefix('#') {
             let h = h.trim_start_matches('#');
             let base = slug(h);
@@ -72,15 +76,7 @@ fn anchors(text: &str) -> BTreeSet<String> {
 /// `(target, anchor)` of every inline link `](...)` outside code blocks.
 fn links(text: &str) -> Vec<(String, Option<String>)> {
     let mut out = Vec::new();
-    let mut in_code = false;
-    for line in text.lines() {
-        if line.trim_start().starts_with("```") {
-            in_code = !in_code;
-            continue;
-        }
-        if in_code {
-            continue;
-        }
+    for line in prose_lines(text) {
         let mut rest = line;
         while let Some(i) = rest.find("](") {
             rest = &rest[i + 2..];
