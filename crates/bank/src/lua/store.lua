@@ -31,11 +31,11 @@ for i = 5, #ARGV, 2 do
   if exp <= limit then
     expired = expired + 1
     clean = false
-  elseif exp > top then
-    top, top_s = exp, ARGV[i]
-  end
-  if exp > limit then
+  else
     offered = offered + 1
+    if exp > top then
+      top, top_s = exp, ARGV[i]
+    end
   end
 end
 if top == ceiling then
