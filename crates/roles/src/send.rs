@@ -142,20 +142,8 @@ enum Disposition {
     Refuse { code: &'static str, reason: String },
 }
 
-/// The send role: its working parts behind one `Arc`, so that each job in hand runs as a
-/// task of its own (spread over the runtime's threads) holding a clone.
-#[derive(Clone)]
-pub struct Sender(Arc<SenderInner>);
-
-impl std::ops::Deref for Sender {
-    type Target = SenderInner;
-    fn deref(&self) -> &SenderInner {
-        &self.0
-    }
-}
-
 /// The send role's working parts.
-pub struct SenderInner {
+pub struct Sender {
     bank: Bank,
     broker: wxpush_broker::Broker,
     /// WeChat, and each app's token, rate limit and pause.
@@ -312,10 +300,7 @@ pub async fn run(
             let sender =
                 Sender::start_counting(&session.deps, parts, topology, settings, stats).await?;
             let r = sender.consume_session(&session, None).await;
-            // Every job's task has ended with the session: the parts are this one's alone.
-            if let Ok(inner) = Arc::try_unwrap(sender.0) {
-                inner.publisher.close().await;
-            }
+            sender.publisher.close().await;
             r.map(|_| ())
         }
     })
@@ -344,7 +329,7 @@ impl Sender {
     ) -> Result<Self, RoleError> {
         topology.declare(&deps.broker, Needs::Send).await?;
         let publisher = Publisher::open(&deps.broker, topology.clone()).await?;
-        Ok(Self(Arc::new(SenderInner {
+        Ok(Self {
             bank: deps.bank.clone(),
             broker: deps.broker.clone(),
             parts,
@@ -354,7 +339,7 @@ impl Sender {
             stats,
             stopped: Mutex::new(HashMap::new()),
             redeliveries: Redeliveries::new(&deps.bank),
-        })))
+        })
     }
 
     /// Consumes send jobs until `shutdown` fires (or, with `limit`, until that many jobs are
@@ -419,23 +404,7 @@ impl Sender {
                     .take_until(stop)
                     .for_each_concurrent(self.settings.concurrency, |d| async move {
                         let failed = match d {
-                            // A task per job: the jobs in hand run on every thread of the
-                            // runtime, not all on this one. Each still ends (acknowledged,
-                            // handed back or dead-lettered) before the session does.
-                            Ok(delivery) => {
-                                let this = self.clone();
-                                match tokio::spawn(async move { this.handle(delivery).await }).await
-                                {
-                                    Ok(r) => r.err(),
-                                    // A panic goes on up, as it did before jobs had tasks.
-                                    // Cancelled: the runtime is ending (the job, never
-                                    // acknowledged, is the broker's again).
-                                    Err(e) => match e.try_into_panic() {
-                                        Ok(panic) => std::panic::resume_unwind(panic),
-                                        Err(_) => None,
-                                    },
-                                }
-                            }
+                            Ok(delivery) => self.handle(delivery).await.err(),
                             Err(e) => Some(RoleError::Amqp(e)),
                         };
                         if let Some(e) = failed {

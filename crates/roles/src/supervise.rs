@@ -13,9 +13,7 @@
 //! safety net, one still running [`ABANDON_AFTER`] after its RabbitMQ connection died (stuck on
 //! a request the dead connection will never answer) is dropped, as if its process had been
 //! killed: what it held goes back to the queue with the connection, which the roles' guarantees
-//! already allow for (the fault suite kills roles at random). (The send role's jobs run as tasks
-//! of their own and go on to their next step, where fencing refuses them, as when a stopped
-//! process resumes; see docs/sending.md.)
+//! already allow for (the fault suite kills roles at random).
 //! This module must not know what a role does with its messages.
 
 use std::future::Future;
