@@ -273,7 +273,8 @@ async fn consents_accumulate_and_are_spent_one_per_campaign_and_template() {
         CampaignClaim::Held {
             credential: Credential::consent(A),
             in_doubt: true,
-            expired: false
+            expired: false,
+            taken_over: false
         }
     );
     assert_eq!(bank.consents_left(&env.app, &who, A).await.unwrap(), 1);
@@ -378,7 +379,8 @@ async fn a_release_without_doubt_gives_the_consent_back_one_in_doubt_keeps_it() 
         CampaignClaim::Held {
             credential: Credential::consent(A),
             in_doubt: true,
-            expired: false
+            expired: false,
+            taken_over: false
         }
     );
     assert!(
@@ -427,7 +429,8 @@ async fn a_release_without_doubt_gives_the_consent_back_one_in_doubt_keeps_it() 
         CampaignClaim::Held {
             credential: f,
             in_doubt: false,
-            expired: false
+            expired: false,
+            taken_over: false
         }
     );
 }
@@ -826,7 +829,8 @@ async fn a_stale_attempt_can_neither_settle_nor_claim_the_next_credential() {
         CampaignClaim::Held {
             credential: creds[0].clone(),
             in_doubt: true,
-            expired: false
+            expired: false,
+            taken_over: true
         }
     );
     // The stale attempt wakes: nothing it does is applied.
@@ -898,7 +902,8 @@ async fn a_held_credential_says_when_it_has_expired() {
         CampaignClaim::Held {
             credential: x.clone(),
             in_doubt: true,
-            expired: false
+            expired: false,
+            taken_over: false
         }
     );
     assert!(settle(&bank, &env, &who, "exp", "b", IN_DOUBT).await);
@@ -913,7 +918,8 @@ async fn a_held_credential_says_when_it_has_expired() {
         CampaignClaim::Held {
             credential: x,
             in_doubt: true,
-            expired: true
+            expired: true,
+            taken_over: false
         }
     );
 }

@@ -60,10 +60,13 @@ pub enum CampaignClaim {
     /// The credential an earlier call held. `in_doubt`: a call with it may have delivered the
     /// message (it timed out after sending, or its attempt died). `expired`: it expires
     /// within the safety margin (WeChat may refuse it as expired, whatever happened before).
+    /// `taken_over`: another attempt's lease on it ran out without that attempt releasing it
+    /// (its process stalled or died), rather than being released (a retry, the fence).
     Held {
         credential: Credential,
         in_doubt: bool,
         expired: bool,
+        taken_over: bool,
     },
 }
 
@@ -254,10 +257,11 @@ pub(crate) fn parse_campaign_claim(reply: &[Value]) -> Result<CampaignClaim, Ban
         ("superseded", [_]) => Ok(CampaignClaim::Superseded),
         ("none", [_]) => Ok(CampaignClaim::NoCredential),
         ("fresh", [_, m, e]) => Ok(CampaignClaim::Fresh(credential(m, e)?)),
-        ("held", [_, m, e, d, x]) => Ok(CampaignClaim::Held {
+        ("held", [_, m, e, d, x, t]) => Ok(CampaignClaim::Held {
             credential: credential(m, e)?,
             in_doubt: text(d).as_deref() != Some("0"),
             expired: text(x).as_deref() == Some("1"),
+            taken_over: text(t).as_deref() == Some("1"),
         }),
         _ => Err(BankError::Protocol(format!(
             "campaign claim returned {reply:?}"

@@ -7,7 +7,8 @@
 -- fencing token), ARGV[5] lease (ms), ARGV[6] mode: 'take', 'renew' or 'next' (see lease()).
 -- Counts: 'duplicate' when the campaign is already settled for the user, 'no_credential' when
 -- the user has none. Returns {'done', final outcome} | {'busy', ms left} | {'superseded'} |
---   {'none'} | {'fresh', member, expiry} | {'held', member, expiry, prior doubt, expired}
+--   {'none'} | {'fresh', member, expiry} |
+--   {'held', member, expiry, prior doubt, expired, taken over} (see lease())
 local k, idx, marks, counters = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local margin, who, c, owner = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 local reply = lease(marks, counters, c, owner, tonumber(ARGV[5]), ARGV[6], margin)

@@ -112,7 +112,8 @@ end
 -- credential; another attempt's lease must have run out), 'renew' (the same attempt calls
 -- again with its credential) or 'next' (the same attempt's credential was refused: another).
 -- Returns a reply for the caller to return, or nil to claim a new credential; on a resume it
--- returns {'held', member, expiry, prior doubt, expired 0/1} and the lease is the caller's.
+-- returns {'held', member, expiry, prior doubt, expired 0/1, taken over 0/1} and the lease is
+-- the caller's (taken over: another attempt's lease ran out unreleased).
 local function lease(marks, counters, c, owner, lease_ms, mode, margin)
   local got = redis.call('HMGET', marks, c, '~ p')
   local state = got[1]
@@ -149,9 +150,12 @@ local function lease(marks, counters, c, owner, lease_ms, mode, margin)
   local doubt = lease_now[4] or '1'
   local exp = tonumber(lease_now[5] or '0')
   local expired = (exp ~= 0 and exp <= now + margin) and '1' or '0'
+  -- Taken over: another attempt's lease ran out without being released (its process stalled
+  -- or died); a released lease has 'C u' 0.
+  local taken = (holder ~= owner and till > 0) and '1' or '0'
   redis.call('HSET', marks, c .. ' o', owner, c .. ' u', now_ms + lease_ms, c .. ' d', '1')
   redis.call('EXPIRE', marks, MARKS_TTL)
-  return {'held', held, tostring(exp), doubt, expired}
+  return {'held', held, tostring(exp), doubt, expired, taken}
 end
 
 -- Holds a new credential (member, expiry) for C under the caller's lease.

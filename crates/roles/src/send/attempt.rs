@@ -159,6 +159,7 @@ impl Sender {
                     credential,
                     in_doubt,
                     expired,
+                    ..
                 } => {
                     // Resumed by this attempt (a renewal), what it knows stands; else the
                     // marks tell what an earlier attempt left.
@@ -344,6 +345,15 @@ impl Sender {
             }
         };
         metrics::counter!(m::CLAIMS, "result" => claim_result(&claim)).increment(1);
+        if matches!(
+            claim,
+            CampaignClaim::Held {
+                taken_over: true,
+                ..
+            }
+        ) {
+            tracing::info!("took over a lease another attempt let run out (a sender stalled or died while holding it)");
+        }
         Ok(claim)
     }
 
@@ -565,6 +575,9 @@ fn until_pause_ends(left: Duration) -> Duration {
 fn claim_result(c: &CampaignClaim) -> &'static str {
     match c {
         CampaignClaim::Fresh(_) => "fresh",
+        CampaignClaim::Held {
+            taken_over: true, ..
+        } => "taken_over",
         CampaignClaim::Held { .. } => "held",
         CampaignClaim::Busy(_) => "busy",
         CampaignClaim::NoCredential => "no_credential",
