@@ -30,7 +30,6 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions};
-use lapin::types::FieldTable;
 use redis::aio::ConnectionManager;
 use serde_json::json;
 use wxpush_bank::StoreRequest;
@@ -295,7 +294,8 @@ fn per_sec(count: u64, ms: i64) -> f64 {
 // ---------------------------------------------------------------------------------------
 // Ceilings
 
-/// A bare durable queue named `<ns>.<suffix>` (not part of the topology: delete it after).
+/// A bare durable queue named `<ns>.<suffix>` (not part of the topology: delete it after),
+/// of the install's queue type.
 async fn bare_queue(env: &TestEnv, deps: &Deps, suffix: &str) -> (lapin::Channel, String) {
     let ch = deps.broker.channel().await.expect("channel");
     let q = format!("{}.{suffix}", env.ns);
@@ -305,7 +305,7 @@ async fn bare_queue(env: &TestEnv, deps: &Deps, suffix: &str) -> (lapin::Channel
             durable: true,
             ..Default::default()
         },
-        FieldTable::default(),
+        env.topology().type_args(),
     )
     .await
     .expect("declare bare queue");

@@ -14,7 +14,6 @@
 use std::time::{Duration, Instant};
 
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
 use serde_json::json;
 use wxpush_bank::StoreRequest;
 use wxpush_broker::{BatchConsumer, Publisher};
@@ -79,19 +78,22 @@ async fn main() {
         .unwrap();
     let bare_queue = format!("{}.bench-bare", env.ns);
     let ch = deps.broker.channel().await.unwrap();
+    // Of the install's queue type, as the ingest queue is.
     ch.queue_declare(
         bare_queue.as_str().into(),
         QueueDeclareOptions {
             durable: true,
             ..Default::default()
         },
-        FieldTable::default(),
+        topology.type_args(),
     )
     .await
     .unwrap();
     println!(
-        "ingest benchmark: prefetch {}, batches of up to {}, persistent messages, release build",
-        settings.prefetch, settings.batch_max
+        "ingest benchmark: prefetch {}, batches of up to {}, persistent messages, {} queues, release build",
+        settings.prefetch,
+        settings.batch_max,
+        topology.queue_type().as_str()
     );
     println!(
         "{:<24} {:>9} {:>14} {:>14} {:>16} {:>7} {:>16}",

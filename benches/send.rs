@@ -209,7 +209,10 @@ async fn main() {
     } else {
         "template (one formId each)"
     };
-    println!("send benchmark: {n} {kind} jobs, concurrency {concurrency}, fake WeChat in process answering at once, release build");
+    println!(
+        "send benchmark: {n} {kind} jobs, concurrency {concurrency}, {} queues, fake WeChat in process answering at once, release build",
+        env.topology().queue_type().as_str()
+    );
     println!(
         "{:<44} {:>10}",
         "wxpush sender (sends/s)",

@@ -19,8 +19,9 @@
 #
 # What `env` prints is how the roles will be configured for clusters: several comma-separated
 # URLs in WXPUSH_REDIS_URL (the cluster's seed nodes) and in WXPUSH_AMQP_URL (the broker's
-# nodes). The roles' cluster clients are not built yet (issue 13 is open): today a role given
-# these values refuses them at start, with one line, rather than run against one node of them.
+# nodes). The roles use the broker's nodes (quorum queues, reconnecting to the next node);
+# Redis Cluster is not supported yet: a role given several Redis URLs refuses them at start,
+# with one line, rather than run against one node of them.
 set -euo pipefail
 
 DIR=${WXPUSH_CLUSTER_DIR:-/tmp/wxpush-cluster}

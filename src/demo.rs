@@ -97,7 +97,7 @@ pub async fn run(common: &crate::Common, args: DemoArgs) -> anyhow::Result<()> {
                  scripts/services.sh"
             )
         })?;
-    let topology = Topology::with_apps(setup.config.namespace.clone(), &setup.config.apps);
+    let topology = Topology::for_config(&setup.config);
     let ns = setup.config.namespace.to_string();
     let mut redis = deps.bank.connection();
     claim_namespace(&deps, &topology, &mut redis, &ns).await?;

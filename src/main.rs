@@ -317,7 +317,7 @@ async fn run_roles(config: &Config, roles: Roles) -> anyhow::Result<()> {
     } else {
         None
     };
-    let topology = Topology::with_apps(config.namespace.clone(), &config.apps);
+    let topology = Topology::for_config(config);
     let (trigger, shutdown) = ShutdownTrigger::new();
     let trigger = std::sync::Arc::new(trigger);
     let on_signal = trigger.clone();

@@ -80,7 +80,7 @@ pub async fn retry(
     id: &str,
 ) -> anyhow::Result<RetryCounts> {
     let template = job_template(config, deps, app, id).await?;
-    let topology = Topology::with_apps(config.namespace.clone(), &config.apps);
+    let topology = Topology::for_config(config);
     // The send queues exist before anything is published to them (a message routed to no
     // queue would be confirmed and lost).
     topology.declare(&deps.broker, Needs::Dispatch).await?;

@@ -22,6 +22,38 @@ fn assert_one_line_failure(code: i32, stderr: &str, expect: &str) {
     assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"));
 }
 
+/// Several broker nodes, none answering: one line naming each node (never a password) with
+/// its reason, and a non-zero exit.
+#[test]
+fn no_listed_broker_node_answering_is_one_line_naming_each() {
+    let mut env = TestEnv::new("cli_amqp_nodes");
+    env.set(
+        "WXPUSH_AMQP_URL",
+        "amqp://guest:s3cr%2Fet@127.0.0.1:1/%2f,amqp://guest:s3cr%2Fet@127.0.0.1:2/%2f",
+    );
+    let (code, stderr) = run(&env, &["ingest"]);
+    assert_one_line_failure(
+        code,
+        &stderr,
+        "cannot reach RabbitMQ at amqp://127.0.0.1:1/%2f,amqp://127.0.0.1:2/%2f: no node answered (amqp://127.0.0.1:1/%2f: ",
+    );
+    assert!(stderr.contains("; amqp://127.0.0.1:2/%2f: "), "{stderr}");
+    assert!(!stderr.contains("s3cr"), "{stderr}");
+}
+
+/// Several Redis URLs (a Redis Cluster's seeds) are refused at start, in one line.
+#[test]
+fn several_redis_urls_are_refused_in_one_line() {
+    let mut env = TestEnv::new("cli_redis_nodes");
+    env.set(
+        "WXPUSH_REDIS_URL",
+        "redis://:pw@127.0.0.1:7000/0,redis://:pw@127.0.0.1:7001/0",
+    );
+    let (code, stderr) = run(&env, &["ingest"]);
+    assert_one_line_failure(code, &stderr, "Redis Cluster is not supported yet");
+    assert!(!stderr.contains(":pw@"), "{stderr}");
+}
+
 #[test]
 fn help_lists_every_role_of_the_contract() {
     let env = TestEnv::new("cli_help");

@@ -102,6 +102,15 @@ fn cluster_script_brings_both_clusters_up_and_down_beside_the_single_nodes() {
     assert!(env.contains("export WXPUSH_REDIS_URL="));
     assert!(env.contains("export WXPUSH_AMQP_URL="));
 
+    let amqp = env
+        .lines()
+        .find_map(|l| l.strip_prefix("export WXPUSH_AMQP_URL="))
+        .expect("the broker nodes")
+        .to_owned();
+    tokio::runtime::Runtime::new()
+        .expect("a runtime")
+        .block_on(ingest_rides_out_its_broker_node_stopping(&amqp, &node));
+
     // A second `up` finds both running and leaves them as they are (the same processes).
     let before: Vec<String> = (7000..=7005).map(process_id).collect();
     cluster("up");
@@ -122,4 +131,106 @@ fn cluster_script_brings_both_clusters_up_and_down_beside_the_single_nodes() {
     );
     assert!(answers(6379), "the single-node Redis still answers");
     assert!(answers(5672), "the single-node RabbitMQ still answers");
+}
+
+/// `wxpush ingest` on the broker cluster (its three nodes in `WXPUSH_AMQP_URL`, quorum queues,
+/// the single-node Redis): the node it is connected to (the first listed) stops; its quorum
+/// queue goes on on the other two, the role reconnects to the next node, and every upload,
+/// published before and after through another node, is stored.
+async fn ingest_rides_out_its_broker_node_stopping(amqp: &str, first_node: &str) {
+    use wxpush_testkit::{eventually, form_id, now_ms, terminate, TestEnv};
+    let urls: Vec<&str> = amqp.split(',').collect();
+    assert_eq!(urls.len(), 3, "{amqp}");
+    let mut env = TestEnv::new("cluster_ingest");
+    env.set("WXPUSH_AMQP_URL", amqp);
+    env.set(
+        "WXPUSH_LOG",
+        "warn,wxpush_roles=info,wxpush_roles::deps=info",
+    );
+    let bank = wxpush_bank::Bank::connect(
+        &wxpush_testkit::redis_url(),
+        env.ns.clone(),
+        wxpush_bank::BankSettings::from_config(&env.config()),
+    )
+    .await
+    .expect("the single-node Redis");
+    // Uploads go in through the third node, which stays up.
+    let publisher_broker =
+        wxpush_broker::Broker::connect(urls[2], "cluster-test", Duration::from_secs(10))
+            .await
+            .expect("the third node");
+    let topology = env.topology();
+    let ch = publisher_broker.channel().await.expect("channel");
+    topology
+        .declare_ingest(&ch)
+        .await
+        .expect("declare on the cluster");
+    let publisher = wxpush_broker::Publisher::open(&publisher_broker, topology.clone())
+        .await
+        .expect("publisher");
+    let upload = |u: usize| {
+        serde_json::json!({
+            "openId": format!("oClu{u:06}xxxxxxxxxxxxxxxxxxxx"),
+            "formIds": [{"formId": form_id(u as u64, 0), "expire": now_ms() + 86_400_000}],
+        })
+        .to_string()
+        .into_bytes()
+    };
+    let stored = |from: usize, to: usize| {
+        let bank = &bank;
+        let app = env.app.clone();
+        async move {
+            for u in from..to {
+                let who = wxpush_domain::OpenId::new(&format!("oClu{u:06}xxxxxxxxxxxxxxxxxxxx"))
+                    .expect("openId");
+                if bank.usable_count(&app, &who).await.unwrap_or(0) < 1 {
+                    return false;
+                }
+            }
+            true
+        }
+    };
+    let publish = |from: usize, to: usize| {
+        let bodies: Vec<Vec<u8>> = (from..to).map(upload).collect();
+        let (publisher, exchange) = (&publisher, topology.uploads_exchange());
+        async move {
+            publisher
+                .publish_all(&exchange, bodies.iter().map(|b| ("upload", b.as_slice())))
+                .await
+                .expect("publish uploads");
+        }
+    };
+
+    let role = env.spawn(&["ingest"]);
+    publish(0, 200).await;
+    assert!(
+        eventually(Duration::from_secs(30), || stored(0, 200)).await,
+        "stored through the first node"
+    );
+    let stop = Command::new("rabbitmqctl")
+        .args(["-q", "-n", first_node, "stop_app"])
+        .status()
+        .expect("rabbitmqctl stop_app");
+    assert!(stop.success(), "stop_app {first_node}");
+    publish(200, 400).await;
+    let after = eventually(Duration::from_secs(60), || stored(200, 400)).await;
+    let start = Command::new("rabbitmqctl")
+        .args(["-q", "-n", first_node, "start_app"])
+        .status()
+        .expect("rabbitmqctl start_app");
+    assert!(after, "stored after the role's node stopped");
+    assert!(start.success(), "start_app {first_node}");
+    terminate(&role);
+    let out = role.wait_with_output().expect("the role ends");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("connected to RabbitMQ") && log.contains(":5702"),
+        "the role moved to the second node: {log}"
+    );
+    publisher_broker.close().await;
+    println!(
+        "ingest on the broker cluster: 400 uploads stored, 200 of them after {first_node} (its \
+         node) stopped; it reconnected to the next node"
+    );
 }

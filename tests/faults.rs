@@ -222,6 +222,52 @@ async fn the_prefetch_is_back_after_a_reconnect() {
     f.stop_all();
 }
 
+/// Several broker nodes in `WXPUSH_AMQP_URL` (two proxies in front of the one broker stand for
+/// two nodes of a cluster, which share their queues): a role skips a node that does not answer,
+/// and when its node goes away (every connection closed, new ones refused) it reconnects to
+/// the next node of the list and goes on; nothing uploaded meanwhile is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_whose_broker_node_goes_away_moves_to_the_next_listed_node() {
+    let mut f = Fleet::new("fault_amqp_nodes", 100, 100).await;
+    let a = FaultProxy::start(target_of(&amqp_url())).await;
+    let b = FaultProxy::start(target_of(&amqp_url())).await;
+    let dead = amqp_url().replace("127.0.0.1:5672", "127.0.0.1:1");
+    let nodes = format!("{dead},{},{}", a.url(&amqp_url()), b.url(&amqp_url()));
+    let ingest = f.start_with(
+        "ingest",
+        &[
+            ("WXPUSH_AMQP_URL", nodes.as_str()),
+            ("WXPUSH_LOG", "warn,wxpush_roles=info"),
+        ],
+    );
+    let log = CapturedStderr::take(&mut f.children[ingest]);
+    f.env.declare_ingest(&f.deps.broker).await;
+    f.env
+        .publish_uploads(&f.deps.broker, &uploads(0, 100, 2))
+        .await;
+    assert!(
+        eventually(Duration::from_secs(30), || all_stored(&f, 0, 100, 2)).await,
+        "stored through the first node that answered: {}",
+        log.text()
+    );
+    assert!(a.accepted() >= 1, "connected through node a");
+    assert_eq!(b.accepted(), 0, "node b not used yet");
+
+    a.down();
+    f.env
+        .publish_uploads(&f.deps.broker, &uploads(100, 100, 2))
+        .await;
+    assert!(
+        eventually(Duration::from_secs(30), || all_stored(&f, 100, 100, 2)).await,
+        "stored after node a went away: {}",
+        log.text()
+    );
+    assert!(b.accepted() >= 1, "reconnected to node b: {}", log.text());
+    assert!(all_stored(&f, 0, 100, 2).await);
+    assert!(f.running(ingest), "{}", log.text());
+    f.stop_all();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_outage_pauses_every_role_which_then_resumes_on_its_own() {
     let mut f = Fleet::new("fault_redis", 150, 100).await;

@@ -310,3 +310,125 @@ async fn killing_ingest_mid_stream_loses_no_upload() {
         2
     );
 }
+
+/// A namespace whose queues an older wxpush declared classic: a role started with the default
+/// type (quorum) stops at once with one line and exit code 1 (RabbitMQ refuses a declaration
+/// of another type; the role does not retry it in a loop), and with
+/// `WXPUSH_QUEUE_TYPE=classic` it runs on those queues, storing what waited in them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_with_classic_queues_stops_a_quorum_role_with_one_line() {
+    let mut env = TestEnv::new("ingest_classic");
+    env.set("WXPUSH_QUEUE_TYPE", "classic");
+    let deps = env.deps().await;
+    env.declare_ingest(&deps.broker).await;
+    env.publish_uploads(&deps.broker, &[upload(0, 2)]).await;
+
+    let mut quorum = env.spawn_with(&["ingest"], &[("WXPUSH_QUEUE_TYPE", "quorum")]);
+    let mut exited = None;
+    for _ in 0..200 {
+        if let Ok(Some(status)) = quorum.try_wait() {
+            exited = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let Some(status) = exited else {
+        let _ = quorum.kill();
+        panic!("a quorum role on classic queues did not stop within 20 s");
+    };
+    let (_, stderr) = stderr_of(quorum);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("WXPUSH_QUEUE_TYPE"))
+        .unwrap_or_else(|| panic!("no line about the queue type: {stderr}"));
+    assert!(line.starts_with("wxpush: "), "{line}");
+    assert!(
+        line.contains("exist as classic queues")
+            && line.contains("WXPUSH_QUEUE_TYPE=classic")
+            && line.contains("docs/operations.md#quorum-queues"),
+        "{line}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("retrying"),
+        "{stderr}"
+    );
+    assert_eq!(stored_counts(&deps.bank, &env, 1).await, [0]);
+
+    let classic = env.spawn(&["ingest"]);
+    let stored = eventually(Duration::from_secs(20), || async {
+        stored_counts(&deps.bank, &env, 1).await == [2]
+    })
+    .await;
+    terminate(&classic);
+    let (status, stderr) = stderr_of(classic);
+    assert!(stored, "the classic role stored the upload: {stderr}");
+    assert!(status.success(), "{stderr}");
+}
+
+/// Quorum queues (the default): the ingest queue is one (a classic declaration of it is
+/// refused), and a message that keeps coming back unsettled past the queue's delivery limit,
+/// as one that crashes its consumer every time would, goes to the dead-letter queue with
+/// RabbitMQ's reason instead of being dropped or delivered for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_queue_dead_letters_a_message_past_its_delivery_limit() {
+    use lapin::options::{BasicGetOptions, BasicRejectOptions, QueueDeclareOptions};
+    let env = TestEnv::new("ingest_quorum");
+    let deps = env.deps().await;
+    env.declare_ingest(&deps.broker).await;
+    let queue = env.topology().ingest_queue();
+    let ch = deps.broker.channel().await.unwrap();
+    let classic = ch
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await;
+    let refused = classic.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(refused.contains("x-queue-type"), "{refused}");
+
+    let body = upload(0, 1);
+    env.publish_uploads(&deps.broker, std::slice::from_ref(&body))
+        .await;
+    let ch = deps.broker.channel().await.unwrap();
+    let mut deliveries = 0;
+    loop {
+        let got = ch
+            .basic_get(queue.as_str().into(), BasicGetOptions::default())
+            .await
+            .unwrap();
+        let Some(m) = got else { break };
+        deliveries += 1;
+        assert!(deliveries <= 60, "still delivered after 60 rejections");
+        m.delivery
+            .acker
+            .reject(BasicRejectOptions { requeue: true })
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        i64::from(deliveries),
+        wxpush_broker::topology::DELIVERY_LIMIT + 1,
+        "delivered up to the limit"
+    );
+    let dead = env.topology().dead_queue("ingest");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            env.queue_ready(&deps.broker, &dead).await == 1
+        })
+        .await,
+        "the message is in {dead}"
+    );
+    let m = ch
+        .basic_get(dead.as_str().into(), BasicGetOptions::default())
+        .await
+        .unwrap()
+        .expect("the dead letter");
+    let headers = format!("{:?}", m.delivery.properties.headers());
+    assert!(headers.contains("delivery_limit"), "{headers}");
+    assert_eq!(m.delivery.data, body, "the dead letter keeps the body");
+}

@@ -5,8 +5,7 @@
 //! outside the demo's namespace.
 
 use anyhow::{anyhow, bail, Context as _};
-use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use redis::aio::ConnectionManager;
 use wxpush_broker::Topology;
 use wxpush_roles::Deps;
@@ -63,27 +62,13 @@ pub(super) async fn claim_namespace(
     Ok(())
 }
 
-/// Whether a queue holds messages or has consumers. A durable queue without arguments is
-/// declared as the roles declare it (a passive declare of a missing queue would close the
-/// channel with an error); one declared here is deleted by the clean-up that follows.
+/// Whether a queue holds messages or has consumers (a passive declare: a missing queue is
+/// not in use, and one of any type or arguments is only looked at).
 async fn queue_in_use(deps: &Deps, queue: &str) -> anyhow::Result<Option<String>> {
-    let ch = deps.broker.channel().await?;
-    let declared = ch
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await;
-    let _ = ch.close(200, "ok".into()).await;
-    Ok(match declared {
-        Ok(q) if q.message_count() > 0 => Some(format!("{} messages", q.message_count())),
-        Ok(q) if q.consumer_count() > 0 => Some(format!("{} consumers", q.consumer_count())),
-        Ok(_) => None,
-        Err(_) => Some("declared with other arguments".into()),
+    Ok(match deps.broker.queue_counts(queue).await? {
+        Some((ready, _)) if ready > 0 => Some(format!("{ready} messages")),
+        Some((_, consumers)) if consumers > 0 => Some(format!("{consumers} consumers")),
+        _ => None,
     })
 }
 

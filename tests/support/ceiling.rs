@@ -5,7 +5,6 @@ use std::time::Instant;
 
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
 use serde_json::json;
 use wxpush_broker::{JobConsumer, Publisher};
 use wxpush_domain::{OpenId, SendJob};
@@ -29,13 +28,14 @@ pub async fn bare_sender(
     let ns = env.ns.to_string();
     let queue = format!("{ns}.bench-bare-send");
     let ch = deps.broker.channel().await.expect("channel");
+    // Of the install's queue type, as the send queue is.
     ch.queue_declare(
         queue.as_str().into(),
         QueueDeclareOptions {
             durable: true,
             ..Default::default()
         },
-        FieldTable::default(),
+        env.topology().type_args(),
     )
     .await
     .expect("declare the bare queue");

@@ -121,6 +121,11 @@ impl TestEnv {
         vars.insert("WXPUSH_APP_ID".into(), TEST_APP.into());
         // Many roles run at once on one machine: each serves its endpoints on a free port.
         vars.insert("WXPUSH_HTTP_ADDR".into(), "127.0.0.1:0".into());
+        // The suite and the benches run on quorum queues (the default) unless the process
+        // says otherwise: `WXPUSH_QUEUE_TYPE=classic cargo test` runs them on classic ones.
+        if let Ok(t) = std::env::var("WXPUSH_QUEUE_TYPE") {
+            vars.insert("WXPUSH_QUEUE_TYPE".into(), t);
+        }
         Self {
             ns: Namespace::new(&ns).expect("test namespace is valid"),
             app: AppId::new(TEST_APP).expect("test appid is valid"),
@@ -149,7 +154,7 @@ impl TestEnv {
     /// each app's send lane too.
     pub fn topology(&self) -> Topology {
         match RawConfig::from_map(&self.vars).validate() {
-            Ok(c) => Topology::with_apps(self.ns.clone(), &c.apps),
+            Ok(c) => Topology::for_config(&c),
             Err(_) => Topology::new(self.ns.clone()),
         }
     }

@@ -44,6 +44,23 @@ pub enum BrokerError {
     ConnectionLost,
     #[error("RabbitMQ did not answer within {}s: {what}", SETUP_TIMEOUT.as_secs())]
     TimedOut { what: &'static str },
+    #[error(
+        "the queues of namespace {namespace} exist as {other} queues, and WXPUSH_QUEUE_TYPE is \
+         {wanted}: set WXPUSH_QUEUE_TYPE={other} to keep using them, or move them to {wanted} \
+         queues (docs/operations.md#quorum-queues)"
+    )]
+    QueueType {
+        namespace: String,
+        wanted: &'static str,
+        other: &'static str,
+    },
+}
+
+impl BrokerError {
+    /// An error that no retry gets past (the broker's queues do not match the configuration).
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, BrokerError::QueueType { .. })
+    }
 }
 
 /// The longest a set-up request (channel, declarations, consumer, publisher) may take.

@@ -14,14 +14,32 @@
 //! it. The default app's jobs keep `<ns>.send`, so a single-app install (and the default app of
 //! any install) has exactly the topology above. Senders consume `<ns>.send` and every lane.
 //! Declaring is idempotent; every role declares what it needs on start.
+//!
+//! Every queue is a **quorum** queue by default (`WXPUSH_QUEUE_TYPE`, [`QueueType`]): replicated
+//! over the broker cluster's nodes, so losing a node loses no message. The work queues (ingest,
+//! dispatch, send and every lane) carry a delivery limit ([`DELIVERY_LIMIT`]) as the backstop
+//! for a message that crashes its consumer every time: past it RabbitMQ dead-letters the
+//! message to the source's dead-letter queue (never drops it). Messages move between queues
+//! (a delay tier back to its send queue, a work queue past its limit to its dead-letter queue)
+//! with at-least-once dead-lettering (`x-dead-letter-strategy: at-least-once`, which needs
+//! `x-overflow: reject-publish`). A queue that exists with another type (an install from before
+//! quorum queues) is not redeclared: the role stops with one line saying what to do
+//! ([`BrokerError::QueueType`]). With `classic`, every queue is declared exactly as before.
 //! This module must not consume or publish.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
-use wxpush_domain::{AppId, Apps, Namespace};
+use wxpush_domain::{AppId, Apps, Config, Namespace, QueueType};
 
 use crate::BrokerError;
+
+/// Deliveries of one message a quorum work queue allows before RabbitMQ dead-letters it: a
+/// backstop well above the roles' own limit (`REDELIVERY_LIMIT`, 20 deliveries counted in
+/// Redis, past which a role dead-letters the message itself with its reason). Quorum queues
+/// count every return (a `nack` or `reject` with requeue, a consumer's channel closing with
+/// the message unacknowledged), so hand-backs at shutdown and in outages count too.
+pub const DELIVERY_LIMIT: i64 = 50;
 
 /// Delay tiers for send retries, in seconds; a wanted delay is rounded up to a tier.
 pub const DELAY_TIERS: [u32; 8] = [1, 2, 5, 15, 60, 300, 900, 3600];
@@ -65,6 +83,7 @@ pub struct Topology {
     /// Dead-letter queues declared by an older wxpush, without a length limit, are kept as
     /// they are ([`Topology::declare`]).
     keep_dead_letter_queues: bool,
+    queue_type: QueueType,
 }
 
 impl Topology {
@@ -74,7 +93,26 @@ impl Topology {
             ns,
             lanes: Vec::new(),
             keep_dead_letter_queues: false,
+            queue_type: QueueType::default(),
         }
+    }
+
+    /// The topology a configuration describes: its namespace, apps and queue type.
+    pub fn for_config(c: &Config) -> Self {
+        Self::with_apps(c.namespace.clone(), &c.apps).with_queue_type(c.queue_type)
+    }
+
+    /// The same names, declared as queues of type `t`.
+    pub fn with_queue_type(self, t: QueueType) -> Self {
+        Self {
+            queue_type: t,
+            ..self
+        }
+    }
+
+    /// The type of the queues this topology declares.
+    pub fn queue_type(&self) -> QueueType {
+        self.queue_type
     }
 
     /// The topology of an install serving `apps`: with two or more, each app has a send lane.
@@ -88,6 +126,7 @@ impl Topology {
             ns,
             lanes,
             keep_dead_letter_queues: false,
+            queue_type: QueueType::default(),
         }
     }
 
@@ -196,6 +235,14 @@ impl Topology {
     /// warning saying how to add the limit, rather than failing the role on every start.
     pub async fn declare(&self, broker: &crate::Broker, needs: Needs) -> Result<(), BrokerError> {
         match self.declare_once(broker, needs).await {
+            Err(e) if is_other_queue_type(&e) => Err(BrokerError::QueueType {
+                namespace: self.ns.to_string(),
+                wanted: self.queue_type.as_str(),
+                other: match self.queue_type {
+                    QueueType::Quorum => "classic",
+                    QueueType::Classic => "quorum",
+                },
+            }),
             Err(e) if !self.keep_dead_letter_queues && self.is_unlimited_dead_letter_queue(&e) => {
                 tracing::warn!(
                     error = %e,
@@ -216,6 +263,7 @@ impl Topology {
     }
 
     /// Whether `e` is RabbitMQ refusing this namespace's dead-letter queue's arguments.
+    /// (Checked after [`is_other_queue_type`]: a queue of the other type differs in more.)
     fn is_unlimited_dead_letter_queue(&self, e: &BrokerError) -> bool {
         let text = e.to_string();
         text.contains("PRECONDITION_FAILED")
@@ -241,7 +289,11 @@ impl Topology {
     pub async fn declare_ingest(&self, ch: &Channel) -> Result<(), BrokerError> {
         self.declare_exchange(ch, &self.uploads_exchange(), ExchangeKind::Topic)
             .await?;
-        self.declare_queue(ch, &self.ingest_queue()).await?;
+        // Its dead-letter exchange first: a quorum work queue dead-letters to it.
+        self.declare_exchange(ch, &self.dead_exchange(), ExchangeKind::Direct)
+            .await?;
+        self.declare_work_queue(ch, &self.ingest_queue(), "ingest")
+            .await?;
         ch.queue_bind(
             self.ingest_queue().into(),
             self.uploads_exchange().into(),
@@ -255,6 +307,8 @@ impl Topology {
 
     /// Declares what the send role needs: every send queue with its delay tiers, dead letters.
     pub async fn declare_send(&self, ch: &Channel) -> Result<(), BrokerError> {
+        self.declare_exchange(ch, &self.dead_exchange(), ExchangeKind::Direct)
+            .await?;
         for lane in self.send_queues() {
             self.declare_send_lane(ch, &lane).await?;
         }
@@ -263,9 +317,10 @@ impl Topology {
 
     /// One send queue (`<ns>.send` or a lane) and its delay tiers, `<queue>.delay.<N>s`.
     async fn declare_send_lane(&self, ch: &Channel, queue: &str) -> Result<(), BrokerError> {
-        self.declare_queue(ch, queue).await?;
+        self.declare_work_queue(ch, queue, "send").await?;
         for tier in DELAY_TIERS {
-            let mut args = FieldTable::default();
+            let mut args = self.type_args();
+            self.moves_at_least_once(&mut args);
             args.insert(
                 "x-message-ttl".into(),
                 AMQPValue::LongLongInt(i64::from(tier) * 1000),
@@ -301,7 +356,10 @@ impl Topology {
     /// letters, and the send topology its jobs go to (so none is published to a missing queue).
     pub async fn declare_dispatch(&self, ch: &Channel) -> Result<(), BrokerError> {
         self.declare_campaigns(ch).await?;
-        self.declare_queue(ch, &self.dispatch_queue()).await?;
+        self.declare_exchange(ch, &self.dead_exchange(), ExchangeKind::Direct)
+            .await?;
+        self.declare_work_queue(ch, &self.dispatch_queue(), "dispatch")
+            .await?;
         ch.queue_bind(
             self.dispatch_queue().into(),
             self.campaigns_exchange().into(),
@@ -324,7 +382,7 @@ impl Topology {
         self.declare_exchange(ch, &self.dead_exchange(), ExchangeKind::Direct)
             .await?;
         let q = self.dead_queue(source);
-        let mut args = FieldTable::default();
+        let mut args = self.type_args();
         if !self.keep_dead_letter_queues {
             args.insert(
                 "x-max-length".into(),
@@ -380,18 +438,75 @@ impl Topology {
         Ok(())
     }
 
-    async fn declare_queue(&self, ch: &Channel, name: &str) -> Result<(), BrokerError> {
+    /// A queue a role consumes; quorum: with the delivery limit, past which RabbitMQ
+    /// dead-letters a message to `<ns>.dead.<source>` (at least once).
+    async fn declare_work_queue(
+        &self,
+        ch: &Channel,
+        name: &str,
+        source: &str,
+    ) -> Result<(), BrokerError> {
+        let mut args = self.type_args();
+        if self.queue_type == QueueType::Quorum {
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(DELIVERY_LIMIT),
+            );
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(self.dead_exchange().into()),
+            );
+            args.insert(
+                "x-dead-letter-routing-key".into(),
+                AMQPValue::LongString(source.into()),
+            );
+            self.moves_at_least_once(&mut args);
+        }
         ch.queue_declare(
             name.into(),
             QueueDeclareOptions {
                 durable: true,
                 ..Default::default()
             },
-            FieldTable::default(),
+            args,
         )
         .await?;
         Ok(())
     }
+
+    /// The arguments that make a queue of this topology's type (none for classic: declared
+    /// as before quorum queues were the default).
+    pub fn type_args(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        if self.queue_type == QueueType::Quorum {
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+        }
+        args
+    }
+
+    /// A quorum queue's dead-lettering made at-least-once (RabbitMQ keeps a message until the
+    /// target queue confirms it; it needs `reject-publish` overflow). Classic: unchanged.
+    fn moves_at_least_once(&self, args: &mut FieldTable) {
+        if self.queue_type == QueueType::Quorum {
+            args.insert(
+                "x-dead-letter-strategy".into(),
+                AMQPValue::LongString("at-least-once".into()),
+            );
+            args.insert(
+                "x-overflow".into(),
+                AMQPValue::LongString("reject-publish".into()),
+            );
+        }
+    }
+}
+
+/// Whether `e` is RabbitMQ refusing a declaration because the queue exists with another type.
+fn is_other_queue_type(e: &BrokerError) -> bool {
+    let text = e.to_string();
+    text.contains("PRECONDITION_FAILED") && text.contains("x-queue-type")
 }
 
 #[cfg(test)]

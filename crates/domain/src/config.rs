@@ -86,9 +86,9 @@ impl fmt::Display for Secret {
     }
 }
 
-/// A service URL that may hold a password (`WXPUSH_AMQP_URL`, `WXPUSH_REDIS_URL`). Printing it
-/// shows [`redact_url`]'s form; [`SecretUrl::expose`] gives the URL itself to the one place that
-/// connects.
+/// A service URL that may hold a password (`WXPUSH_AMQP_URL`, `WXPUSH_REDIS_URL`), or several
+/// separated by commas (a cluster's nodes, [`split_urls`]). Printing it shows [`redact_url`]'s
+/// form of each; [`SecretUrl::expose`] gives the URL itself to the one place that connects.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretUrl(String);
 
@@ -100,14 +100,43 @@ impl SecretUrl {
     pub fn expose(&self) -> &str {
         &self.0
     }
-    /// What an operator may see: scheme, host, port and path ([`redact_url`]).
+    /// What an operator may see: scheme, host, port and path ([`redact_url`]) of each URL.
     pub fn redacted(&self) -> String {
-        redact_url(&self.0)
+        split_urls(&self.0)
+            .into_iter()
+            .map(redact_url)
+            .collect::<Vec<_>>()
+            .join(",")
     }
-    /// The password, as written in the URL (percent-encoded or not), if there is one.
-    pub fn password(&self) -> Option<Secret> {
-        url_password(&self.0).map(Secret::new)
+    /// The passwords, as written in the URLs (percent-encoded or not).
+    pub fn passwords(&self) -> Vec<Secret> {
+        split_urls(&self.0)
+            .into_iter()
+            .filter_map(url_password)
+            .map(Secret::new)
+            .collect()
     }
+    /// Each URL of the list (one for a single node).
+    pub fn urls(&self) -> Vec<&str> {
+        split_urls(&self.0)
+    }
+}
+
+/// The URLs of a comma-separated list: split at each comma that a URL's scheme (`name://`)
+/// follows, so that a comma inside a password (allowed unencoded in a URL's userinfo) stays
+/// where it is. One URL gives itself.
+pub fn split_urls(list: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, _) in list.match_indices(',') {
+        let next = list[i + 1..].trim_start();
+        if i >= start && split_scheme(next).0.is_some() {
+            out.push(list[start..i].trim());
+            start = i + 1;
+        }
+    }
+    out.push(list[start..].trim());
+    out
 }
 
 impl fmt::Debug for SecretUrl {
@@ -168,6 +197,7 @@ pub struct RawConfig {
     pub token_source: Option<String>,
     pub redis_wait_replicas: Option<String>,
     pub redis_allow_eviction: Option<String>,
+    pub queue_type: Option<String>,
 }
 
 /// Every variable [`RawConfig::from_env`] reads, beside the field it fills.
@@ -200,6 +230,7 @@ pub const ENV_VARS: &[&str] = &[
     "WXPUSH_TEMPLATES_PER_USER",
     "WXPUSH_REDIS_WAIT_REPLICAS",
     "WXPUSH_REDIS_ALLOW_EVICTION",
+    "WXPUSH_QUEUE_TYPE",
 ];
 
 impl RawConfig {
@@ -240,6 +271,7 @@ impl RawConfig {
             templates_per_user: get(ENV_VARS[25]),
             redis_wait_replicas: get(ENV_VARS[26]),
             redis_allow_eviction: get(ENV_VARS[27]),
+            queue_type: get(ENV_VARS[28]),
         }
     }
 
@@ -254,7 +286,7 @@ impl RawConfig {
             [&self.amqp_url, &self.redis_url]
                 .into_iter()
                 .flatten()
-                .filter_map(SecretUrl::password),
+                .flat_map(SecretUrl::passwords),
         );
         if let Some(text) = self
             .config_file
@@ -281,6 +313,16 @@ impl RawConfig {
             &["redis", "rediss", "redis+unix", "unix"],
         )
         .map(SecretUrl)?;
+        if redis_url.urls().len() > 1 {
+            return Err(ConfigError::Invalid {
+                var: "WXPUSH_REDIS_URL",
+                reason: format!(
+                    "'{}' lists several nodes: Redis Cluster is not supported yet (one node, or \
+                     a primary with replicas behind one address; docs/operations.md#redis-for-production)",
+                    redis_url.redacted()
+                ),
+            });
+        }
         let wechat_api_base = url(
             "WXPUSH_WECHAT_API_BASE",
             self.wechat_api_base,
@@ -329,7 +371,18 @@ impl RawConfig {
             "WXPUSH_REDIS_ALLOW_EVICTION",
             self.redis_allow_eviction.as_deref(),
         )?;
+        let queue_type = match self.queue_type.as_deref().map(str::trim) {
+            None | Some("quorum") => QueueType::Quorum,
+            Some("classic") => QueueType::Classic,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    var: "WXPUSH_QUEUE_TYPE",
+                    reason: format!("'{other}' is not quorum or classic"),
+                })
+            }
+        };
         Ok(Config {
+            queue_type,
             redis_wait_replicas,
             redis_allow_eviction,
             http_addr,
@@ -488,6 +541,29 @@ pub struct Config {
     /// Start even when Redis's `maxmemory-policy` evicts keys (every bank key has a TTL, so
     /// any policy but `noeviction` can drop credentials and campaign marks).
     pub redis_allow_eviction: bool,
+    /// The type of every queue wxpush declares (`WXPUSH_QUEUE_TYPE`).
+    pub queue_type: QueueType,
+}
+
+/// The RabbitMQ queue type of every queue an install declares.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum QueueType {
+    /// Replicated (Raft) queues, RabbitMQ's choice for data safety: the default.
+    #[default]
+    Quorum,
+    /// Single-node queues, for an install whose queues were declared classic by an older
+    /// wxpush (or a broker older than 3.10).
+    Classic,
+}
+
+impl QueueType {
+    /// The value of `x-queue-type` (and of `WXPUSH_QUEUE_TYPE`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Quorum => "quorum",
+            QueueType::Classic => "classic",
+        }
+    }
 }
 
 /// Where a role serves its health and metrics endpoints.
@@ -507,8 +583,8 @@ impl Config {
     /// service's URL.
     pub fn secrets(&self) -> Vec<Secret> {
         let mut out: Vec<Secret> = self.apps.iter().filter_map(|a| a.secret.clone()).collect();
-        out.extend(self.amqp_url.password());
-        out.extend(self.redis_url.password());
+        out.extend(self.amqp_url.passwords());
+        out.extend(self.redis_url.passwords());
         // A token service's URL may carry a key (its password or query).
         for app in self.apps.iter() {
             if let crate::TokenSource::Service(url) = &app.token_source {
@@ -594,14 +670,16 @@ fn url(
     schemes: &[&str],
 ) -> Result<String, ConfigError> {
     let value = given.unwrap_or_else(|| default.to_owned());
-    let scheme = value.split_once("://").map(|(s, _)| s);
-    let ok = scheme.is_some_and(|s| schemes.contains(&s));
+    let ok = split_urls(&value).into_iter().all(|one| {
+        let scheme = one.split_once("://").map(|(s, _)| s);
+        scheme.is_some_and(|s| schemes.contains(&s))
+    });
     if !ok {
         return Err(ConfigError::Invalid {
             var,
             reason: format!(
-                "'{}' is not a {} URL",
-                redact_url(&value),
+                "'{}' is not a {} URL (or a comma-separated list of them)",
+                SecretUrl::new(value.as_str()).redacted(),
                 schemes
                     .iter()
                     .map(|s| format!("{s}://"))
@@ -1052,8 +1130,11 @@ mod tests {
         assert_eq!(url_password("redis://cache/0"), None);
         let url = SecretUrl::new("amqp://u:p%2Fa%40ss@mq/%2f");
         assert_eq!(
-            url.password().as_ref().map(Secret::expose),
-            Some("p%2Fa%40ss")
+            url.passwords()
+                .iter()
+                .map(Secret::expose)
+                .collect::<Vec<_>>(),
+            ["p%2Fa%40ss"]
         );
         assert_eq!(percent_decode("p%2Fa%40ss%2B%252F"), "p/a@ss+%2F");
     }
@@ -1151,6 +1232,44 @@ mod tests {
     }
 
     #[test]
+    fn a_comma_separated_list_is_several_urls_and_a_comma_in_a_password_is_not_a_split() {
+        let list = SecretUrl::new(
+            "amqp://u:p%2Fone@mq1:5701/%2f, amqp://u:two,three@mq2:5702/%2f,amqps://mq3/v",
+        );
+        assert_eq!(
+            list.urls(),
+            [
+                "amqp://u:p%2Fone@mq1:5701/%2f",
+                "amqp://u:two,three@mq2:5702/%2f",
+                "amqps://mq3/v"
+            ]
+        );
+        assert_eq!(
+            list.redacted(),
+            "amqp://mq1:5701/%2f,amqp://mq2:5702/%2f,amqps://mq3/v"
+        );
+        let passwords: Vec<String> = list
+            .passwords()
+            .iter()
+            .map(|p| p.expose().to_owned())
+            .collect();
+        assert_eq!(passwords, ["p%2Fone", "two,three"]);
+        assert_eq!(split_urls("redis://a:1"), ["redis://a:1"]);
+        // Each URL of a list is checked for its scheme.
+        let e = raw(&[
+            ("WXPUSH_APP_ID", "wx1"),
+            ("WXPUSH_AMQP_URL", "amqp://mq1/%2f,redis://:pw@mq2/0"),
+        ])
+        .validate()
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("amqp://mq1/%2f,redis://mq2/0"),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("pw"), "{e}");
+    }
+
+    #[test]
     fn each_url_keeps_to_its_own_schemes() {
         // A Redis URL is not an AMQP one, TLS or not, and the error lists every scheme.
         let e = raw(&[
@@ -1162,7 +1281,7 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "WXPUSH_AMQP_URL is invalid: 'rediss://cache.example/0' is not a amqp:// or amqps:// \
-             URL"
+             URL (or a comma-separated list of them)"
         );
         let e = raw(&[
             ("WXPUSH_APP_ID", "wx1"),

@@ -2,7 +2,10 @@
 //!
 //! [`Deps::connect`] reaches Redis (loading the bank's scripts) and RabbitMQ, failing fast with
 //! the URL as an operator may see it (scheme, host, port, path: `SecretUrl`'s `Display`) and
-//! the cause, the URL's password cut out of it. It must not declare topology or start consuming.
+//! the cause, the URL's password cut out of it. `WXPUSH_AMQP_URL` may list several broker nodes
+//! (comma-separated): a role connects to the first that answers, and after losing its
+//! connection tries the *next* node first ([`Deps::reconnect_broker`]), so a role whose node
+//! went away moves to another. It must not declare topology or start consuming.
 
 use std::time::Duration;
 
@@ -38,6 +41,48 @@ struct AmqpTarget {
     url: SecretUrl,
     name: String,
     ca_pem: Option<Vec<u8>>,
+    /// The index of the node to try first next time (the one after the last connected).
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl AmqpTarget {
+    /// Connects to the first node that answers, from [`AmqpTarget::next`] on, round the list.
+    async fn connect(&self) -> Result<Broker, DepsError> {
+        use std::sync::atomic::Ordering;
+        let urls = self.url.urls();
+        let first = self.next.load(Ordering::Relaxed) % urls.len().max(1);
+        let mut failures = Vec::new();
+        for k in 0..urls.len() {
+            let i = (first + k) % urls.len();
+            let ca = self.ca_pem.as_deref();
+            match Broker::connect_tls(urls[i], &self.name, Duration::from_secs(10), ca).await {
+                Ok(b) => {
+                    self.next.store(i + 1, Ordering::Relaxed);
+                    if urls.len() > 1 {
+                        tracing::info!(node = %wxpush_domain::config::redact_url(urls[i]), "connected to RabbitMQ");
+                    }
+                    return Ok(b);
+                }
+                Err(e) => failures.push(e),
+            }
+        }
+        if failures.len() == 1 {
+            return Err(failures.remove(0).into());
+        }
+        // Several nodes, none reachable: one line naming each with its reason.
+        let reasons: Vec<String> = failures
+            .iter()
+            .map(|e| match e {
+                wxpush_broker::BrokerError::Connect { url, reason } => format!("{url}: {reason}"),
+                other => other.to_string(),
+            })
+            .collect();
+        Err(wxpush_broker::BrokerError::Connect {
+            url: self.url.redacted(),
+            reason: format!("no node answered ({})", reasons.join("; ")),
+        }
+        .into())
+    }
 }
 
 impl Deps {
@@ -61,19 +106,18 @@ impl Deps {
             url: config.redis_url.redacted(),
             reason: scrub_url(&reason, config.redis_url.expose()),
         })?;
-        let broker = Broker::connect_tls(
-            config.amqp_url.expose(),
-            name,
-            Duration::from_secs(10),
-            ca.as_deref(),
-        )
-        .await?;
-        let amqp = Some(std::sync::Arc::new(AmqpTarget {
+        let target = AmqpTarget {
             url: config.amqp_url.clone(),
             name: name.to_owned(),
             ca_pem: ca,
-        }));
-        Ok(Self { bank, broker, amqp })
+            next: Default::default(),
+        };
+        let broker = target.connect().await?;
+        Ok(Self {
+            bank,
+            broker,
+            amqp: Some(std::sync::Arc::new(target)),
+        })
     }
 
     /// Connections made elsewhere (tests and benchmarks run one session, unsupervised);
@@ -87,13 +131,13 @@ impl Deps {
     }
 
     /// Opens a new RabbitMQ connection like the first one (after the first was lost), with
-    /// the same URL, name and extra CA certificates.
+    /// the same URLs, name and extra CA certificates: with several nodes, the one after the
+    /// node last connected is tried first.
     pub async fn reconnect_broker(&self) -> Result<Broker, DepsError> {
         let Some(t) = &self.amqp else {
             return Err(DepsError::NotReopenable);
         };
-        let ca = t.ca_pem.as_deref();
-        Ok(Broker::connect_tls(t.url.expose(), &t.name, Duration::from_secs(10), ca).await?)
+        t.connect().await
     }
 }
 

@@ -53,7 +53,8 @@ impl RoleError {
     /// Redis being unreachable. A Redis or script error that would recur is not.
     pub fn is_recoverable(&self) -> bool {
         match self {
-            RoleError::Broker(_) | RoleError::Amqp(_) => true,
+            RoleError::Broker(e) => !e.is_permanent(),
+            RoleError::Amqp(_) => true,
             RoleError::Bank(e) => e.is_transient(),
             RoleError::Redis(e) => wxpush_bank::redis_is_transient(e),
             RoleError::Fleet(e) => e.is_transient(),

@@ -5,10 +5,12 @@
 //! unsettled [`REDELIVERY_LIMIT`] times is dead-lettered with the reason `redelivered`
 //! instead of being processed once more, whatever kept it from settling: an error that recurs
 //! every time (a corrupted key, a script error), a crash, a connection the broker closed.
-//! The count comes from the broker where it keeps one (`x-delivery-count`, quorum queues),
-//! else from Redis: a counter per queue and body digest, raised only for a delivery the broker
-//! marks `redelivered` (a first delivery costs no round trip) and forgotten an hour after its
-//! last raise. Two messages with the same body share a counter, which only brings the limit
+//! The count is a counter in Redis per queue and body digest, raised only for a delivery the
+//! broker marks `redelivered` (a first delivery costs no round trip) and forgotten an hour
+//! after its last raise, or the broker's own count (`x-delivery-count`, quorum queues) when
+//! that is higher. Both, because the broker's count depends on its version: up to RabbitMQ 4.2
+//! a quorum queue counts every return, from 4.3 on a `basic.nack` with requeue (how the roles
+//! hand a message back) is not counted. Two messages with the same body share a counter, which only brings the limit
 //! closer for a body that keeps coming back. This module must not decide what to do with a
 //! message short of that: the roles do.
 
@@ -59,7 +61,7 @@ impl Redeliveries {
         let mut pipe = redis::pipe();
         let mut asked = Vec::new();
         for (i, d) in deliveries.iter().enumerate() {
-            if counts[i] == 0 {
+            if d.redelivered {
                 let key = self.key(queue, &d.data);
                 pipe.incr(&key, 1)
                     .expire(&key, WINDOW.as_secs() as i64)
@@ -71,7 +73,7 @@ impl Redeliveries {
             let seen: Vec<u32> = pipe.query_async(&mut self.conn.clone()).await?;
             for (i, n) in asked.into_iter().zip(seen) {
                 // The counter holds the redeliveries; the first delivery came before it.
-                counts[i] = n.saturating_add(1);
+                counts[i] = counts[i].max(n.saturating_add(1));
             }
         }
         Ok(counts)
@@ -85,7 +87,8 @@ impl Redeliveries {
 }
 
 /// The deliveries the broker counted (`x-delivery-count` is the number of earlier ones), 1
-/// for a delivery it does not mark redelivered, 0 when only Redis can tell.
+/// for a delivery it does not mark redelivered, 0 when only Redis can tell (a redelivered
+/// one is counted in Redis as well: [`Redeliveries::count`] takes the higher).
 fn from_broker(d: &Delivery) -> u32 {
     let header = d
         .properties
