@@ -63,12 +63,30 @@ pub(super) async fn claim_namespace(
 }
 
 /// Whether a queue holds messages or has consumers (a passive declare: a missing queue is
-/// not in use, and one of any type or arguments is only looked at).
+/// not in use, one of any type or arguments is only looked at, and one that cannot be looked
+/// at for another reason counts as in use).
 async fn queue_in_use(deps: &Deps, queue: &str) -> anyhow::Result<Option<String>> {
-    Ok(match deps.broker.queue_counts(queue).await? {
-        Some((ready, _)) if ready > 0 => Some(format!("{ready} messages")),
-        Some((_, consumers)) if consumers > 0 => Some(format!("{consumers} consumers")),
-        _ => None,
+    let ch = deps.broker.channel().await?;
+    let declared = ch
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await;
+    let _ = ch.close(200, "ok".into()).await;
+    Ok(match declared {
+        Ok(q) if q.message_count() > 0 => Some(format!("{} messages", q.message_count())),
+        Ok(q) if q.consumer_count() > 0 => Some(format!("{} consumers", q.consumer_count())),
+        Ok(_) => None,
+        Err(e) if e.to_string().contains("NOT_FOUND") => None,
+        Err(e) => Some(format!(
+            "could not be looked at: {}",
+            wxpush_domain::short_reason(&e.to_string())
+        )),
     })
 }
 

@@ -45,12 +45,14 @@ pub enum BrokerError {
     #[error("RabbitMQ did not answer within {}s: {what}", SETUP_TIMEOUT.as_secs())]
     TimedOut { what: &'static str },
     #[error(
-        "the queues of namespace {namespace} exist as {other} queues, and WXPUSH_QUEUE_TYPE is \
-         {wanted}: set WXPUSH_QUEUE_TYPE={other} to keep using them, or move them to {wanted} \
-         queues (docs/operations.md#quorum-queues)"
+        "the queues of namespace {namespace} exist with other arguments than {wanted} queues get \
+         (RabbitMQ refused {argument}; most likely they are {other} queues, from an older wxpush \
+         or WXPUSH_QUEUE_TYPE={other}): set WXPUSH_QUEUE_TYPE={other} to keep using them, or \
+         move them to {wanted} queues (docs/operations.md#quorum-queues)"
     )]
     QueueType {
         namespace: String,
+        argument: String,
         wanted: &'static str,
         other: &'static str,
     },
@@ -148,7 +150,13 @@ impl Broker {
     /// Messages ready in `queue` and its consumers, or `None` when the queue does not exist.
     /// A passive declare on a channel of its own (a missing queue closes it).
     pub async fn queue_counts(&self, queue: &str) -> Result<Option<(u32, u32)>, BrokerError> {
-        let ch = self.channel().await?;
+        // A channel closed by the broker for an earlier passive declare of a missing queue
+        // can hand its error to the next channel opened (lapin reuses the channel's id):
+        // one more try gets a clean one.
+        let ch = match self.channel().await {
+            Ok(ch) => ch,
+            Err(_) => self.channel().await?,
+        };
         let declared = ch
             .queue_declare(
                 queue.into(),

@@ -145,7 +145,16 @@ impl Publisher {
         let size = table_size(&original);
         let text = |s: &str| AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()));
         let mut headers = if size <= MAX_COPIED_HEADER_BYTES {
-            original
+            // Not the broker's delivery count: a dead letter replayed into a quorum queue would
+            // carry it on its first delivery there, and be taken for one that came back that
+            // many times.
+            let mut copied = FieldTable::default();
+            for (k, v) in original.inner() {
+                if k.as_str() != "x-delivery-count" {
+                    copied.insert(k.clone(), v.clone());
+                }
+            }
+            copied
         } else {
             let mut only_size = FieldTable::default();
             only_size.insert(

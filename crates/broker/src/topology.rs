@@ -37,8 +37,9 @@ use crate::BrokerError;
 /// Deliveries of one message a quorum work queue allows before RabbitMQ dead-letters it: a
 /// backstop well above the roles' own limit (`REDELIVERY_LIMIT`, 20 deliveries counted in
 /// Redis, past which a role dead-letters the message itself with its reason). Quorum queues
-/// count every return (a `nack` or `reject` with requeue, a consumer's channel closing with
-/// the message unacknowledged), so hand-backs at shutdown and in outages count too.
+/// up to RabbitMQ 4.2 count every return (a `nack` or `reject` with requeue, a consumer's
+/// channel closing with the message unacknowledged), so hand-backs at shutdown and in outages
+/// count too; 4.3 counts only a `reject` with requeue (docs/operations.md#quorum-queues).
 pub const DELIVERY_LIMIT: i64 = 50;
 
 /// Delay tiers for send retries, in seconds; a wanted delay is rounded up to a tier.
@@ -235,14 +236,6 @@ impl Topology {
     /// warning saying how to add the limit, rather than failing the role on every start.
     pub async fn declare(&self, broker: &crate::Broker, needs: Needs) -> Result<(), BrokerError> {
         match self.declare_once(broker, needs).await {
-            Err(e) if is_other_queue_type(&e) => Err(BrokerError::QueueType {
-                namespace: self.ns.to_string(),
-                wanted: self.queue_type.as_str(),
-                other: match self.queue_type {
-                    QueueType::Quorum => "classic",
-                    QueueType::Classic => "quorum",
-                },
-            }),
             Err(e) if !self.keep_dead_letter_queues && self.is_unlimited_dead_letter_queue(&e) => {
                 tracing::warn!(
                     error = %e,
@@ -256,14 +249,40 @@ impl Topology {
                     keep_dead_letter_queues: true,
                     ..self.clone()
                 };
-                kept.declare_once(broker, needs).await
+                kept.declare_once(broker, needs)
+                    .await
+                    .map_err(|e| self.mismatch(e))
             }
-            r => r,
+            r => r.map_err(|e| self.mismatch(e)),
         }
     }
 
-    /// Whether `e` is RabbitMQ refusing this namespace's dead-letter queue's arguments.
-    /// (Checked after [`is_other_queue_type`]: a queue of the other type differs in more.)
+    /// `e`, or, when RabbitMQ refused a queue of this namespace for arguments other than this
+    /// version gives it, [`BrokerError::QueueType`]: the likely cause is the other queue type
+    /// (RabbitMQ names the first argument that differs, which need not be `x-queue-type`: a
+    /// classic work queue has no dead-letter exchange, a quorum one has).
+    fn mismatch(&self, e: BrokerError) -> BrokerError {
+        let text = e.to_string();
+        let Some(arg) = inequivalent_arg(&text) else {
+            return e;
+        };
+        if !text.contains(&format!("'{}.", self.ns)) {
+            return e;
+        }
+        BrokerError::QueueType {
+            namespace: self.ns.to_string(),
+            argument: arg.to_owned(),
+            wanted: self.queue_type.as_str(),
+            other: match self.queue_type {
+                QueueType::Quorum => "classic",
+                QueueType::Classic => "quorum",
+            },
+        }
+    }
+
+    /// Whether `e` is RabbitMQ refusing this namespace's dead-letter queue's length limit (an
+    /// older wxpush's classic queue without one; with quorum queues wanted, the work queues,
+    /// declared first, are refused before it).
     fn is_unlimited_dead_letter_queue(&self, e: &BrokerError) -> bool {
         let text = e.to_string();
         text.contains("PRECONDITION_FAILED")
@@ -503,10 +522,14 @@ impl Topology {
     }
 }
 
-/// Whether `e` is RabbitMQ refusing a declaration because the queue exists with another type.
-fn is_other_queue_type(e: &BrokerError) -> bool {
-    let text = e.to_string();
-    text.contains("PRECONDITION_FAILED") && text.contains("x-queue-type")
+/// The argument RabbitMQ names when it refuses a declaration of an existing queue with other
+/// arguments (`PRECONDITION_FAILED - inequivalent arg 'x-…' for queue …`).
+fn inequivalent_arg(text: &str) -> Option<&str> {
+    if !text.contains("PRECONDITION_FAILED") {
+        return None;
+    }
+    let rest = &text[text.find("inequivalent arg '")? + "inequivalent arg '".len()..];
+    Some(&rest[..rest.find('\'')?])
 }
 
 #[cfg(test)]

@@ -136,6 +136,15 @@ pub fn split_urls(list: &str) -> Vec<&str> {
         }
     }
     out.push(list[start..].trim());
+    // A stray comma at the end (`a,b,`) or doubled (`a,,b`) is no node.
+    let mut out: Vec<&str> = out
+        .into_iter()
+        .map(|u| u.trim_end_matches(',').trim())
+        .filter(|u| !u.is_empty())
+        .collect();
+    if out.is_empty() {
+        out.push("");
+    }
     out
 }
 
@@ -1255,6 +1264,14 @@ mod tests {
             .collect();
         assert_eq!(passwords, ["p%2Fone", "two,three"]);
         assert_eq!(split_urls("redis://a:1"), ["redis://a:1"]);
+        assert_eq!(
+            split_urls("amqp://h1,amqp://h2, "),
+            ["amqp://h1", "amqp://h2"]
+        );
+        assert_eq!(
+            split_urls(",amqp://h1,,amqp://h2,"),
+            ["amqp://h1", "amqp://h2"]
+        );
         // Each URL of a list is checked for its scheme.
         let e = raw(&[
             ("WXPUSH_APP_ID", "wx1"),

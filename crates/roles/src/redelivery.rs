@@ -102,11 +102,12 @@ fn from_broker(d: &Delivery) -> u32 {
         Some(AMQPValue::ShortInt(n)) => u32::try_from(n).ok(),
         _ => None,
     };
-    match earlier {
-        Some(n) => n.saturating_add(1),
-        None if d.redelivered => 0,
-        None => 1,
+    // Only on a redelivery: a message published with the header (a dead letter replayed from
+    // an older wxpush's copy, say) is on its first delivery all the same.
+    if !d.redelivered {
+        return 1;
     }
+    earlier.map_or(0, |n| n.saturating_add(1))
 }
 
 /// The reason text of a message dead-lettered for coming back `n` times.

@@ -44,6 +44,10 @@ use tracing::Instrument;
 use crate::metrics as m;
 use crate::outcomes::Recorded;
 use crate::redelivery::{self, Redeliveries, REDELIVERED, REDELIVERY_LIMIT};
+
+/// Deliveries, from [`REDELIVERY_LIMIT`] on, on which a job dead-lettered for coming back too
+/// often still has its recipient settled first.
+const ABANDON_TRIES: u32 = 3;
 use crate::{supervise, Deps, Health, RoleError, Session, Shutdown};
 
 mod attempt;
@@ -444,9 +448,11 @@ impl Sender {
         if let Some(&n) = times.first().filter(|n| **n >= REDELIVERY_LIMIT) {
             let reason = redelivery::reason(n);
             // Its recipient still gets an outcome (counts add up, `campaign retry` lists it),
-            // settled without a call; tried on the limit's delivery only, so that a job whose
-            // settling crashes too is dead-lettered unread the next time.
-            if n == REDELIVERY_LIMIT {
+            // settled without a call; tried on the first few deliveries at the limit only
+            // (the broker's count may step over the limit itself: it also counts returns the
+            // role never saw, such as prefetched jobs handed back with a session), so that a
+            // job whose settling crashes too is soon dead-lettered unread.
+            if n < REDELIVERY_LIMIT + ABANDON_TRIES {
                 if let Ok(valid) = parse_job(&delivery.data) {
                     match self.abandon(&valid).await {
                         Ok(Some(outcome)) => {
