@@ -119,11 +119,14 @@ async fn the_binary_ingests_uploads_and_stops_cleanly_on_sigterm() {
     );
 }
 
-/// True once the ingest queue exists (the role has declared its topology).
+/// True once the role has declared its topology: its dead-letter queue, declared after the
+/// ingest queue is bound to the uploads exchange (an upload published to the exchange before
+/// the binding exists is routed nowhere; quorum queues take long enough to declare for a test
+/// to see that gap).
 async fn keys_or_queue_ready(env: &TestEnv, deps: &wxpush_roles::Deps) -> bool {
     matches!(
         deps.broker
-            .queue_ready(&env.topology().ingest_queue())
+            .queue_ready(&env.topology().dead_queue("ingest"))
             .await,
         Ok(Some(_))
     )

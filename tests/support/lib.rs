@@ -309,9 +309,11 @@ impl TestEnv {
                 return;
             };
             rt.block_on(async {
+                // (With several broker nodes listed, the first: they share their queues.)
+                let url = amqp_url();
+                let first = wxpush_domain::config::split_urls(&url)[0];
                 let Ok(broker) =
-                    Broker::connect(&amqp_url(), "wxpush-test-cleanup", Duration::from_secs(5))
-                        .await
+                    Broker::connect(first, "wxpush-test-cleanup", Duration::from_secs(5)).await
                 else {
                     return;
                 };
