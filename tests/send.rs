@@ -715,8 +715,9 @@ async fn an_outage_of_http_500s_loses_nobody_and_doubles_nobody() {
 /// A send job that came back unsettled 20 times (a sender crashing on it, or a recurring
 /// error) is dead-lettered unread, and its recipient still gets an outcome: settled as a spent
 /// retry budget would settle it (`dead_lettered`, the credential given back, listed for
-/// `campaign retry`), without a call. Only on the limit's own delivery: one that comes back
-/// once more (its settling crashed too) is dead-lettered without touching Redis.
+/// `campaign retry`), without a call. Only on the limit's delivery and the two after it (a
+/// broker's count can step over the limit): one that comes back later still (its settling
+/// crashed each time) is dead-lettered without touching Redis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_dead_lettered_for_redeliveries_still_settles_its_recipient() {
     let rig = Rig::default("send_redelivered").await;
@@ -729,26 +730,52 @@ async fn a_job_dead_lettered_for_redeliveries_still_settles_its_recipient() {
         .await
         .unwrap();
     let q = rig.env.topology().send_queue();
-    // The broker's count of earlier deliveries (a quorum queue's x-delivery-count): 19 makes
-    // this the 20th delivery, 20 the 21st.
-    for (who, earlier) in [(&limit, Some(19)), (&past, Some(20)), (&plain, None)] {
-        let mut headers = lapin::types::FieldTable::default();
-        if let Some(n) = earlier {
-            headers.insert(
-                "x-delivery-count".into(),
-                lapin::types::AMQPValue::LongInt(n),
-            );
-        }
-        p.publish(
-            "",
-            &q,
-            &job("c-red", who).to_json(),
-            lapin::BasicProperties::default().with_headers(headers),
-        )
-        .await
-        .unwrap();
+    for who in [&limit, &past, &plain] {
+        p.publish("", &q, &job("c-red", who).to_json(), Default::default())
+            .await
+            .unwrap();
     }
     p.close().await;
+    // Each job handed back once (redelivered from now on), then its count of deliveries so
+    // far set where the role keeps it (the broker's own count is 1): the next delivery of
+    // `limit` is its 20th, `past`'s its 23rd (past the deliveries that still settle the
+    // recipient), `plain`'s its 2nd.
+    let ch = rig.deps.broker.channel().await.unwrap();
+    let mut taken = Vec::new();
+    for _ in 0..3 {
+        // All three taken before any goes back (a quorum queue returns one to its head).
+        let m = ch
+            .basic_get(q.as_str().into(), Default::default())
+            .await
+            .unwrap()
+            .expect("a job");
+        taken.push(m);
+    }
+    for m in taken {
+        m.delivery
+            .acker
+            .reject(lapin::options::BasicRejectOptions { requeue: true })
+            .await
+            .unwrap();
+    }
+    let _ = ch.close(200, "ok".into()).await;
+    let mut redis = rig.deps.bank.connection();
+    for (who, earlier) in [(&limit, 18), (&past, 21)] {
+        // (The sender counts under its role's name, `send`, whichever send queue it was.)
+        let key = wxpush_roles::redelivery::counter_key(
+            &rig.env.ns,
+            "send",
+            &job("c-red", who).to_json(),
+        );
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg(earlier)
+            .arg("EX")
+            .arg(3600)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
     let (_, counts) = rig
         .run_until(settings(), "c-red", 2, Duration::from_secs(30))
         .await;
@@ -757,7 +784,7 @@ async fn a_job_dead_lettered_for_redeliveries_still_settles_its_recipient() {
     assert_eq!(
         final_count(&counts),
         2,
-        "the 21st delivery settles nobody: {counts:?}"
+        "the 23rd delivery settles nobody: {counts:?}"
     );
     assert_eq!(rig.left(&limit).await, 2, "its credential was given back");
     assert_eq!(rig.left(&past).await, 2, "untouched");

@@ -219,7 +219,9 @@ impl Fleet {
         self.counts(id)
             .await
             .iter()
-            .filter(|(k, _)| *k != "retried" && *k != "duplicate")
+            // Not outcomes: attempts scheduled again, duplicate jobs, and recipients queued
+            // again by `campaign retry` (whose new outcome is still to come).
+            .filter(|(k, _)| !matches!(k.as_str(), "retried" | "duplicate" | "requeued"))
             .map(|(_, v)| v)
             .sum()
     }

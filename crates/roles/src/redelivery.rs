@@ -80,10 +80,15 @@ impl Redeliveries {
     }
 
     fn key(&self, queue: &str, body: &[u8]) -> String {
-        let digest = Sha256::digest(body);
-        let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-        format!("{}:rd:{queue}:{hex}", self.ns)
+        counter_key(&self.ns, queue, body)
     }
+}
+
+/// The Redis key counting the redeliveries of `body` in `queue`: `<ns>:rd:<queue>:<digest>`.
+pub fn counter_key(ns: &Namespace, queue: &str, body: &[u8]) -> String {
+    let digest = Sha256::digest(body);
+    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{ns}:rd:{queue}:{hex}")
 }
 
 /// The deliveries the broker counted (`x-delivery-count` is the number of earlier ones), 1
