@@ -154,10 +154,13 @@ async fn ingest_works_over_amqps_and_rediss_with_the_ca_file() {
     .set("WXPUSH_TLS_CA_FILE", &ca.file_str());
     let mut child = Running::spawn(&env, &["ingest"]);
 
-    // Connected over both TLS URLs once it has declared its queue (or failed: say why).
+    // Connected over both TLS URLs once it has declared its topology (or failed: say why):
+    // its dead-letter queue, declared after the ingest queue is bound (an upload published
+    // before the binding is routed nowhere).
     let queue = env.topology().ingest_queue();
+    let declared = env.topology().dead_queue("ingest");
     let start = Instant::now();
-    while !matches!(deps.broker.queue_ready(&queue).await, Ok(Some(_))) {
+    while !matches!(deps.broker.queue_ready(&declared).await, Ok(Some(_))) {
         if child.has_exited() || start.elapsed() > Duration::from_secs(30) {
             let (status, stderr) = child.stop();
             panic!("ingest did not declare its queue ({status:?}): {stderr}");
