@@ -134,11 +134,19 @@ impl Broker {
         })
     }
 
+    /// A new channel. A channel the broker closed with an error (a passive declare of a
+    /// missing queue, a refused declaration) can hand that error to the next channel opened,
+    /// lapin reusing its id: while the connection is up, one more try gets a clean one.
     pub async fn channel(&self) -> Result<lapin::Channel, BrokerError> {
-        within("opening a channel", async {
-            Ok(self.conn.create_channel().await?)
-        })
-        .await
+        let open = || {
+            within("opening a channel", async {
+                Ok(self.conn.create_channel().await?)
+            })
+        };
+        match open().await {
+            Err(_) if self.is_connected() => open().await,
+            r => r,
+        }
     }
 
     /// Messages ready in `queue` (not counting unacknowledged ones), or `None` when the queue
@@ -150,13 +158,7 @@ impl Broker {
     /// Messages ready in `queue` and its consumers, or `None` when the queue does not exist.
     /// A passive declare on a channel of its own (a missing queue closes it).
     pub async fn queue_counts(&self, queue: &str) -> Result<Option<(u32, u32)>, BrokerError> {
-        // A channel closed by the broker for an earlier passive declare of a missing queue
-        // can hand its error to the next channel opened (lapin reuses the channel's id):
-        // one more try gets a clean one.
-        let ch = match self.channel().await {
-            Ok(ch) => ch,
-            Err(_) => self.channel().await?,
-        };
+        let ch = self.channel().await?;
         let declared = ch
             .queue_declare(
                 queue.into(),

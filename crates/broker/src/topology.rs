@@ -273,10 +273,7 @@ impl Topology {
             namespace: self.ns.to_string(),
             argument: arg.to_owned(),
             wanted: self.queue_type.as_str(),
-            other: match self.queue_type {
-                QueueType::Quorum => "classic",
-                QueueType::Classic => "quorum",
-            },
+            other: self.queue_type.other().as_str(),
         }
     }
 

@@ -129,17 +129,16 @@ pub fn split_urls(list: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let mut start = 0;
     for (i, _) in list.match_indices(',') {
-        let next = list[i + 1..].trim_start();
-        if i >= start && split_scheme(next).0.is_some() {
-            out.push(list[start..i].trim());
+        if split_scheme(list[i + 1..].trim_start()).0.is_some() {
+            out.push(&list[start..i]);
             start = i + 1;
         }
     }
-    out.push(list[start..].trim());
+    out.push(&list[start..]);
     // A stray comma at the end (`a,b,`) or doubled (`a,,b`) is no node.
     let mut out: Vec<&str> = out
         .into_iter()
-        .map(|u| u.trim_end_matches(',').trim())
+        .map(|u| u.trim().trim_end_matches(',').trim())
         .filter(|u| !u.is_empty())
         .collect();
     if out.is_empty() {
@@ -566,6 +565,14 @@ pub enum QueueType {
 }
 
 impl QueueType {
+    /// The other type (what an install's existing queues are when they are not this one).
+    pub fn other(self) -> Self {
+        match self {
+            QueueType::Quorum => QueueType::Classic,
+            QueueType::Classic => QueueType::Quorum,
+        }
+    }
+
     /// The value of `x-queue-type` (and of `WXPUSH_QUEUE_TYPE`).
     pub fn as_str(self) -> &'static str {
         match self {
