@@ -71,7 +71,7 @@ fn start_redis() -> PrivateRedis {
     }
 }
 
-async fn used_memory(conn: &mut redis::aio::ConnectionManager) -> i64 {
+async fn used_memory(conn: &mut wxpush_redis::Conn) -> i64 {
     let info: String = redis::cmd("INFO")
         .arg("memory")
         .query_async(conn)
@@ -305,7 +305,7 @@ async fn marks(bank: &Bank, app: &AppId, users: usize, now: i64) {
             }
         }
     };
-    let marks_bytes = |conn: &mut redis::aio::ConnectionManager| {
+    let marks_bytes = |conn: &mut wxpush_redis::Conn| {
         let keys: Vec<String> = ids.iter().map(|o| bank.keys().marks(app, o)).collect();
         let mut conn = conn.clone();
         async move {

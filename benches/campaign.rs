@@ -30,12 +30,12 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions};
-use redis::aio::ConnectionManager;
 use serde_json::json;
 use wxpush_bank::StoreRequest;
 use wxpush_broker::Publisher;
 use wxpush_domain::{Credential, OpenId, SendJob};
 use wxpush_fake_wechat::{FakeApp, FakeConfig, FakeHandle, FakeWeChat};
+use wxpush_redis::Conn;
 use wxpush_roles::Deps;
 use wxpush_testkit::{bench_arg, form_id, now_ms, peak_rss_kib, TestEnv, TEST_APP};
 
@@ -258,7 +258,7 @@ fn recipient_outcomes(c: &BTreeMap<String, String>) -> u64 {
 /// counters.
 async fn wait_outcomes(
     env: &TestEnv,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     id: &str,
     targeted: u64,
 ) -> BTreeMap<String, String> {

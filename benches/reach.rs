@@ -25,11 +25,11 @@
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
 use serde_json::Value;
 use wxpush_bank::keys::shard_of;
 use wxpush_bank::{Bank, BankSettings, Keys, StoreRequest, SHARDS};
 use wxpush_domain::{Credential, OpenId};
+use wxpush_redis::Conn;
 use wxpush_testkit::{bench_arg, form_id, now_ms, peak_rss_kib, redis_url, TestEnv};
 
 const DAY: i64 = 86_400;
@@ -349,7 +349,7 @@ fn check(j: &Value, e: &Expected) {
     }
 }
 
-async fn used_memory(conn: &mut ConnectionManager) -> i64 {
+async fn used_memory(conn: &mut Conn) -> i64 {
     let info: String = redis::cmd("INFO")
         .arg("memory")
         .query_async(conn)
@@ -363,7 +363,7 @@ async fn used_memory(conn: &mut ConnectionManager) -> i64 {
 
 /// One script per shard (KEYS[1] the index shard, ARGV[1] the shard's credential prefix),
 /// `IN_FLIGHT` at a time on one connection, as the forecast runs them.
-async fn per_shard_scripts(conn: &ConnectionManager, keys: &Keys, env: &TestEnv, body: &str) {
+async fn per_shard_scripts(conn: &Conn, keys: &Keys, env: &TestEnv, body: &str) {
     let script = redis::Script::new(&format!("#!lua flags=no-writes\n{body}"));
     script
         .load_async(&mut conn.clone())
@@ -390,7 +390,7 @@ async fn per_shard_scripts(conn: &ConnectionManager, keys: &Keys, env: &TestEnv,
 }
 
 /// `ZCARD` of every user key, in pipelines of 10,000, `IN_FLIGHT` pipelines at a time.
-async fn zcard_every_user(conn: &ConnectionManager, keys: &Keys, env: &TestEnv, n: usize) {
+async fn zcard_every_user(conn: &Conn, keys: &Keys, env: &TestEnv, n: usize) {
     let total: u64 = futures_util::stream::iter((0..n).step_by(10_000))
         .map(|s| {
             let mut conn = conn.clone();
@@ -409,7 +409,7 @@ async fn zcard_every_user(conn: &ConnectionManager, keys: &Keys, env: &TestEnv, 
     assert!(total >= n as u64, "every user key holds a credential");
 }
 
-async fn delete_namespace(conn: &mut ConnectionManager, keys: &Keys, env: &TestEnv, n: usize) {
+async fn delete_namespace(conn: &mut Conn, keys: &Keys, env: &TestEnv, n: usize) {
     for s in (0..n).step_by(10_000) {
         let mut pipe = redis::pipe();
         for i in s..(s + 10_000).min(n) {

@@ -53,7 +53,7 @@ const LUA_SOURCES: &[&str] = &[
 ];
 const TPL: &str = "TPL_BENCH";
 
-async fn commandstats(conn: &mut redis::aio::ConnectionManager) -> BTreeMap<String, u64> {
+async fn commandstats(conn: &mut wxpush_redis::Conn) -> BTreeMap<String, u64> {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(conn)

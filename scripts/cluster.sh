@@ -17,11 +17,9 @@
 # `rabbitmq` user (its Erlang cookie is the one every node shares), so `up` and `down` need
 # root or sudo, as installing the packages does.
 #
-# What `env` prints is how the roles will be configured for clusters: several comma-separated
-# URLs in WXPUSH_REDIS_URL (the cluster's seed nodes) and in WXPUSH_AMQP_URL (the broker's
-# nodes). The roles use the broker's nodes (quorum queues, reconnecting to the next node);
-# Redis Cluster is not supported yet: a role given several Redis URLs refuses them at start,
-# with one line, rather than run against one node of them.
+# What `env` prints is how the roles are configured for clusters: several comma-separated
+# URLs in WXPUSH_REDIS_URL (the Redis Cluster's seed nodes) and in WXPUSH_AMQP_URL (the
+# broker's nodes); see docs/operations.md#redis-cluster and #quorum-queues.
 set -euo pipefail
 
 DIR=${WXPUSH_CLUSTER_DIR:-/tmp/wxpush-cluster}

@@ -159,12 +159,16 @@ fn fail(e: &anyhow::Error) -> ExitCode {
 
 /// Logs to stderr, secrets scrubbed: human-readable by default, one JSON object per line with
 /// `WXPUSH_LOG_FORMAT=json`; the level and targets from `WXPUSH_LOG` (default `info`), other
-/// crates than wxpush's own never above INFO ([`ops::log_layer`]).
+/// crates than wxpush's own never above INFO ([`ops::log_layer`]). By default the Redis
+/// Cluster client's own warnings are left out (`redis::cluster_handling=error`): it warns once
+/// per node it cannot reach, which says again, in several lines, what the role reports itself
+/// (a start-up failure stays one line; a Redis error at work is logged by the role).
 fn init_logging() -> anyhow::Result<()> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("WXPUSH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("WXPUSH_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,redis::cluster_handling=error"));
     let json = match std::env::var("WXPUSH_LOG_FORMAT")
         .unwrap_or_default()
         .as_str()

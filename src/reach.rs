@@ -8,23 +8,25 @@
 //! template and by how many users. Formats: a small table, or one JSON object (`--json`,
 //! keys in docs/reach.md).
 //!
-//! How: the counting happens inside Redis, one read-only Lua script ([`SCRIPT`], flagged
-//! `no-writes`, so Redis itself refuses any write) per index shard `{ns}:u:{<app>.<shard>}`.
-//! The index scores each user with the expiry of their last usable credential, so the users
-//! reachable now and on day d are `ZCOUNT`s of the index; the script then walks the shard's
-//! entries scored after the margin and `ZCOUNT`s each user's zset: the usable credentials
-//! (messages now), and entries whose zset holds none (stale, not yet cleaned up by the bank)
-//! are taken off. It returns 18 numbers, plus the shard's consent totals
-//! (`{ns}:tc:{<app>.<shard>}`) and consent holders (`SCARD {ns}:t:{<app>.<shard>}:<template>`).
-//! Every key a script touches shares the shard's hash tag, so each runs in one cluster slot.
-//! A shard of more than [`PAGE`] entries is walked in several calls. [`IN_FLIGHT`] scripts are
-//! pipelined on the bank's multiplexed connection; the client keeps running totals only.
+//! How: shard by shard (index shard `{ns}:u:{<app>.<shard>}`), with the bank's key layout
+//! (`wxpush_bank::Keys`). The index scores each user with the expiry of their last usable
+//! credential, so the users reachable now and on day d are `ZCOUNT`s of the index, read in
+//! one pipeline with the first page of the shard's entries scored after the margin; then one
+//! read-only Lua script ([`SCRIPT`], flagged `no-writes`, so Redis itself refuses any write)
+//! gets that page's credential zsets **as KEYS** (a script must name every key it touches, as
+//! Redis Cluster requires) and `ZCOUNT`s each: the usable credentials (messages now), and
+//! entries whose zset holds none (stale, not yet cleaned up by the bank) are taken off. The
+//! shard's consent totals (`{ns}:tc:{<app>.<shard>}`) and consent holders
+//! (`SCARD {ns}:t:{<app>.<shard>}:<template>`) are read beside. Every key of a shard shares
+//! its hash tag, so each pipeline and script runs in one cluster slot. A shard of more than
+//! [`PAGE`] entries is walked in several pages. [`IN_FLIGHT`] shards are read at once on the
+//! bank's multiplexed connection; the client keeps running totals only.
 //! Every shard is counted at the same instant (Redis's `TIME`, read once), so the day
 //! boundaries are the same everywhere.
 //!
 //! This module must not write to Redis (no repair, no expiry, no lazy clean-up: a forecast
-//! changes nothing), must not decide who is messaged, and must not change the bank's layout;
-//! the key names it builds mirror `wxpush_bank::keys` (a unit test holds them to it).
+//! changes nothing), must not decide who is messaged, and must not build key names of its
+//! own: they are `wxpush_bank::Keys`'s.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -33,12 +35,11 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context};
 use clap::Args;
 use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
-use redis::Script;
 use serde_json::{json, Value};
 use wxpush_bank::{Bank, BankSettings, SHARDS};
 use wxpush_domain::campaign::MAX_TEMPLATE_ID_BYTES;
-use wxpush_domain::{AppId, Config, Namespace};
+use wxpush_domain::{AppId, Config};
+use wxpush_redis::Lua;
 
 /// Days ahead the forecast covers.
 pub const DAYS: usize = 7;
@@ -51,67 +52,30 @@ pub const IN_FLIGHT: usize = 2;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// The per-shard forecast script. KEYS[1] the index shard `{ns}:u:{app.shard}`, KEYS[2] the
-/// shard's consent totals `{ns}:tc:{app.shard}` (a hash: template → consents held).
-/// ARGV[1] the shard's credential key prefix `{ns}:c:{app.shard}:`, ARGV[2] its consent set
-/// prefix `{ns}:t:{app.shard}:`, ARGV[3] limit = now + margin (Unix s), ARGV[4] offset and
-/// ARGV[5] count of the page of index entries (those scored after the limit), ARGV[6] which
-/// consents to read: '' none (a later page), '*' every template, 't' followed by a template
-/// id for that one only.
-///
-/// Returns {{i0, .. i7, s0, .. s7, messages, entries walked}, {template, consents, holders,
-/// ..}}. On the first page (offset 0), i_d counts the index entries whose score (the expiry of
-/// the user's last usable credential) is after limit + d days, by `ZCOUNT` (O(log n), no walk);
-/// later pages return 0s there. Then each entry of the page is checked in the user's own zset:
-/// `ZCOUNT` of the credentials scored after the limit (tombstones are negative, so never) adds
-/// to messages; an entry whose zset holds none is stale (the bank removes such entries
-/// lazily), and s_d counts the stale ones whose score is after limit + d days, to be taken off
-/// i_d. Consent values are returned as stored (the client parses them).
+/// The forecast script for one page of one index shard. KEYS[1] the index shard
+/// `{ns}:u:{app.shard}`, KEYS[2..] the page's users' credential zsets; ARGV[1] limit = now +
+/// margin (Unix s), ARGV[2..] the page's openIds (as the index holds them), in KEYS' order.
+/// Returns 9 numbers: the page's usable credentials (messages now), then `stale[0..7]`: the
+/// page's users whose zset holds no usable credential although the index still scores them
+/// past day d's limit.
 pub const SCRIPT: &str = r"#!lua flags=no-writes
-local limit = tonumber(ARGV[3])
-local lo = '(' .. ARGV[3]
-local idx, prefix = KEYS[1], ARGV[1]
-local out = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
-if ARGV[4] == '0' then
-  for d = 0, 7 do
-    out[d + 1] = redis.call('ZCOUNT', idx, '(' .. (limit + d * 86400), '+inf')
-  end
-end
-local users = redis.call('ZRANGE', idx, lo, '+inf', 'BYSCORE', 'LIMIT', ARGV[4], ARGV[5])
-local messages = 0
-for i = 1, #users do
-  local n = redis.call('ZCOUNT', prefix .. users[i], lo, '+inf')
+local limit = tonumber(ARGV[1])
+local lo = '(' .. ARGV[1]
+local out = {0, 0, 0, 0, 0, 0, 0, 0, 0}
+for i = 2, #KEYS do
+  local n = redis.call('ZCOUNT', KEYS[i], lo, '+inf')
   if n > 0 then
-    messages = messages + n
+    out[1] = out[1] + n
   else
-    local top = tonumber(redis.call('ZSCORE', idx, users[i]))
+    local top = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[i]))
     if top and top > limit then
       for d = 0, 7 do
-        if top > limit + d * 86400 then out[9 + d] = out[9 + d] + 1 end
+        if top > limit + d * 86400 then out[2 + d] = out[2 + d] + 1 end
       end
     end
   end
 end
-out[17] = messages
-out[18] = #users
-local consents = {}
-local mode = ARGV[6]
-if mode == '*' then
-  local tc = redis.call('HGETALL', KEYS[2])
-  for i = 1, #tc, 2 do
-    consents[#consents + 1] = tc[i]
-    consents[#consents + 1] = tc[i + 1]
-    consents[#consents + 1] = tostring(redis.call('SCARD', ARGV[2] .. tc[i]))
-  end
-elseif mode ~= '' then
-  local t = string.sub(mode, 2)
-  local total = redis.call('HGET', KEYS[2], t)
-  local holders = redis.call('SCARD', ARGV[2] .. t)
-  if total or holders > 0 then
-    consents = {t, total or '0', tostring(holders)}
-  end
-end
-return {out, consents}
+return out
 ";
 
 /// `wxpush reach`'s options.
@@ -143,12 +107,11 @@ pub async fn run(common: &crate::Common, args: ReachArgs) -> anyhow::Result<()> 
     let app = app.unwrap_or_else(|| config.apps.default_id().clone());
     let started = Instant::now();
     let bank = connect(&config).await?;
-    let keys = ShardKeys::new(config.namespace.clone(), app.clone());
     let url = config.redis_url.redacted();
     // A forecast of nothing at all is most likely a typo (the app or the namespace): say so
     // rather than print a table of zeros. (`--app` may name an app this install does not
     // serve: its bank is read all the same when it holds anything.)
-    let stored = tokio::time::timeout(READ_TIMEOUT, anything_stored(bank.connection(), &keys))
+    let stored = tokio::time::timeout(READ_TIMEOUT, anything_stored(&bank, &app))
         .await
         .map_err(|_| anyhow!("no answer from Redis at {url} within {READ_TIMEOUT:?}"))?
         .with_context(|| format!("cannot read the bank of app {app} from Redis at {url}"))?;
@@ -166,12 +129,7 @@ pub async fn run(common: &crate::Common, args: ReachArgs) -> anyhow::Result<()> 
     }
     let forecast = tokio::time::timeout(
         READ_TIMEOUT,
-        forecast(
-            bank.connection(),
-            &keys,
-            config.claim_margin_secs,
-            template.as_deref(),
-        ),
+        forecast(&bank, &app, config.claim_margin_secs, template.as_deref()),
     )
     .await
     .map_err(|_| anyhow!("no forecast from Redis at {url} within {READ_TIMEOUT:?}"))?
@@ -195,17 +153,23 @@ pub async fn run(common: &crate::Common, args: ReachArgs) -> anyhow::Result<()> 
 }
 
 /// Whether the bank holds anything of the app: a user index shard or a consent totals shard
-/// (one pipelined round trip of `EXISTS`, one per key).
-async fn anything_stored(
-    mut conn: redis::aio::ConnectionManager,
-    keys: &ShardKeys,
-) -> redis::RedisResult<bool> {
-    let mut pipe = redis::pipe();
-    for shard in 0..SHARDS {
-        pipe.exists(keys.index(shard))
-            .exists(keys.consent_totals(shard));
-    }
-    let found: Vec<bool> = pipe.query_async(&mut conn).await?;
+/// (`EXISTS`, one per key, in the bank's batched reads).
+async fn anything_stored(bank: &Bank, app: &AppId) -> Result<bool, wxpush_bank::BankError> {
+    let keys = bank.keys();
+    let cmds = (0..SHARDS)
+        .flat_map(|shard| {
+            [
+                keys.index_shard(app, shard),
+                keys.consent_totals(app, shard),
+            ]
+        })
+        .map(|key| {
+            let mut cmd = redis::cmd("EXISTS");
+            cmd.arg(key);
+            cmd
+        })
+        .collect();
+    let found: Vec<bool> = bank.read_batch(cmds).await?;
     Ok(found.into_iter().any(|f| f))
 }
 
@@ -271,47 +235,6 @@ async fn connect(config: &Config) -> anyhow::Result<Bank> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Keys
-
-/// The keys of one shard of one app that the forecast reads. They mirror `wxpush_bank::keys`
-/// (the index and credential keys) and the consent layout (`t`, `tc`) of docs/reach.md.
-#[derive(Debug, Clone)]
-struct ShardKeys {
-    ns: Namespace,
-    app: AppId,
-}
-
-impl ShardKeys {
-    fn new(ns: Namespace, app: AppId) -> Self {
-        Self { ns, app }
-    }
-
-    fn tag(&self, shard: u16) -> String {
-        format!("{{{}.{}}}", self.app, shard)
-    }
-
-    /// `{ns}:u:{app.shard}`: the shard's index of users holding a usable credential.
-    fn index(&self, shard: u16) -> String {
-        format!("{}:u:{}", self.ns, self.tag(shard))
-    }
-
-    /// `{ns}:c:{app.shard}:`: a user's credential zset is this followed by the openId.
-    fn credential_prefix(&self, shard: u16) -> String {
-        format!("{}:c:{}:", self.ns, self.tag(shard))
-    }
-
-    /// `{ns}:tc:{app.shard}`: template → consents held by the shard's users.
-    fn consent_totals(&self, shard: u16) -> String {
-        format!("{}:tc:{}", self.ns, self.tag(shard))
-    }
-
-    /// `{ns}:t:{app.shard}:`: a template's set of consent holders is this followed by its id.
-    fn consent_prefix(&self, shard: u16) -> String {
-        format!("{}:t:{}:", self.ns, self.tag(shard))
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Counting
 
 /// What the forecast found, summed over the shards.
@@ -350,9 +273,6 @@ impl Forecast {
     }
 }
 
-/// One script reply: 18 numbers, then (template, consents, holders) triples, flat.
-type ShardReply = (Vec<i64>, Vec<Vec<u8>>);
-
 /// One shard's share of the forecast (the fields as in [`Forecast`]).
 #[derive(Debug, Default)]
 struct ShardTally {
@@ -365,25 +285,19 @@ struct ShardTally {
 }
 
 async fn forecast(
-    mut conn: ConnectionManager,
-    keys: &ShardKeys,
+    bank: &Bank,
+    app: &AppId,
     margin_secs: u32,
     template: Option<&str>,
 ) -> anyhow::Result<Forecast> {
-    let (at, _micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await?;
+    let at = wxpush_redis::time_ms(&mut bank.connection()).await? / 1000;
     let limit = at.saturating_add(i64::from(margin_secs));
-    let script = Script::new(SCRIPT);
-    script.load_async(&mut conn).await?;
-    let consent_mode = match template {
-        Some(t) => format!("t{t}"),
-        None => "*".to_owned(),
-    };
+    let script = Lua::new(SCRIPT);
+    wxpush_redis::load(&mut bank.connection(), &[&script]).await?;
     let mut shards = futures_util::stream::iter(0..SHARDS)
         .map(|shard| {
-            let conn = conn.clone();
             let script = &script;
-            let consent_mode = consent_mode.as_str();
-            async move { count_shard(conn, script, keys, shard, limit, consent_mode).await }
+            async move { count_shard(bank, app, script, shard, limit, template).await }
         })
         .buffer_unordered(IN_FLIGHT);
     let mut total = Forecast {
@@ -422,70 +336,144 @@ async fn forecast(
     Ok(total)
 }
 
-/// Runs the script over one shard, a page at a time.
+/// Counts one shard: its index counts and first page in one atomic pipeline, the script per
+/// page, then its consents.
 async fn count_shard(
-    mut conn: ConnectionManager,
-    script: &Script,
-    keys: &ShardKeys,
+    bank: &Bank,
+    app: &AppId,
+    script: &Lua,
     shard: u16,
     limit: i64,
-    consent_mode: &str,
+    template: Option<&str>,
 ) -> anyhow::Result<ShardTally> {
-    let (index, totals) = (keys.index(shard), keys.consent_totals(shard));
-    let (credentials, consents) = (keys.credential_prefix(shard), keys.consent_prefix(shard));
+    let keys = bank.keys();
+    let mut conn = bank.connection();
+    let index = keys.index_shard(app, shard);
+    let count = |n: &i64| u64::try_from(*n).unwrap_or(0);
     let mut tally = ShardTally::default();
     let mut offset = 0usize;
     loop {
-        let mode = if offset == 0 { consent_mode } else { "" };
-        let (hist, flat): ShardReply = script
-            .key(&index)
-            .key(&totals)
-            .arg(&credentials)
-            .arg(&consents)
-            .arg(limit)
+        let mut pipe = redis::pipe();
+        if offset == 0 {
+            pipe.atomic();
+            for d in 0..=DAYS as i64 {
+                pipe.cmd("ZCOUNT")
+                    .arg(&index)
+                    .arg(format!("({}", limit.saturating_add(d * 86_400)))
+                    .arg("+inf");
+            }
+        }
+        pipe.cmd("ZRANGE")
+            .arg(&index)
+            .arg(format!("({limit}"))
+            .arg("+inf")
+            .arg("BYSCORE")
+            .arg("LIMIT")
             .arg(offset)
-            .arg(PAGE)
-            .arg(mode)
-            .invoke_async(&mut conn)
-            .await?;
-        if hist.len() != 2 * (DAYS + 1) + 2 {
-            anyhow::bail!(
-                "the forecast script returned {} numbers, not 18",
-                hist.len()
+            .arg(PAGE);
+        let mut replies: Vec<redis::Value> =
+            wxpush_redis::run_pipeline(&mut conn, &pipe, &[]).await?;
+        let page = replies
+            .pop()
+            .ok_or_else(|| anyhow!("no page of the index was read"))?;
+        let users: Vec<String> = redis::FromRedisValue::from_redis_value(page)?;
+        if offset == 0 {
+            let counts: Vec<i64> =
+                redis::FromRedisValue::from_redis_value(redis::Value::Array(replies))?;
+            if counts.len() != DAYS + 1 {
+                anyhow::bail!("{} index counts read, not {}", counts.len(), DAYS + 1);
+            }
+            add(
+                &mut tally.index,
+                &counts.iter().map(count).collect::<Vec<_>>(),
             );
         }
-        let count = |n: &i64| u64::try_from(*n).unwrap_or(0);
-        let (index_counts, rest) = hist.split_at(DAYS + 1);
-        let (stale_counts, rest) = rest.split_at(DAYS + 1);
-        let [messages, walked] = rest else {
-            anyhow::bail!("the forecast script returned a broken histogram");
-        };
-        add(
-            &mut tally.index,
-            &index_counts.iter().map(count).collect::<Vec<_>>(),
-        );
-        add(
-            &mut tally.stale,
-            &stale_counts.iter().map(count).collect::<Vec<_>>(),
-        );
-        tally.messages = tally.messages.saturating_add(count(messages));
-        let walked = count(walked);
-        tally.index_entries = tally.index_entries.saturating_add(walked);
-        if flat.len() % 3 != 0 {
-            anyhow::bail!("the forecast script returned a broken consent list");
+        if !users.is_empty() {
+            let mut cmd = script.evalsha();
+            cmd.arg(1 + users.len()).arg(&index);
+            for u in &users {
+                cmd.arg(keys.credentials_in(app, shard, u));
+            }
+            cmd.arg(limit);
+            for u in &users {
+                cmd.arg(u);
+            }
+            let out: Vec<i64> = wxpush_redis::run(&mut conn, &cmd, &[script]).await?;
+            let [messages, stale @ ..] = out.as_slice() else {
+                anyhow::bail!("the forecast script returned nothing");
+            };
+            if stale.len() != DAYS + 1 {
+                anyhow::bail!("the forecast script returned {} numbers, not 9", out.len());
+            }
+            tally.messages = tally.messages.saturating_add(count(messages));
+            add(
+                &mut tally.stale,
+                &stale.iter().map(count).collect::<Vec<_>>(),
+            );
         }
-        for triple in flat.chunks_exact(3) {
-            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-            let holders = text(&triple[2]).parse::<u64>().unwrap_or(0);
-            tally
-                .consents
-                .push((text(&triple[0]), text(&triple[1]), holders));
-        }
-        if walked < PAGE as u64 {
-            return Ok(tally);
+        tally.index_entries = tally.index_entries.saturating_add(users.len() as u64);
+        if users.len() < PAGE {
+            break;
         }
         offset += PAGE;
     }
+    tally.consents = shard_consents(bank, app, shard, template).await?;
+    Ok(tally)
+}
+
+/// One shard's consents: (template, consents as stored, holders), for every template or the
+/// one asked for.
+async fn shard_consents(
+    bank: &Bank,
+    app: &AppId,
+    shard: u16,
+    template: Option<&str>,
+) -> anyhow::Result<Vec<(String, String, u64)>> {
+    let keys = bank.keys();
+    let mut conn = bank.connection();
+    let totals = keys.consent_totals(app, shard);
+    let held: Vec<(String, Option<String>)> = match template {
+        Some(t) => vec![(t.to_owned(), None)],
+        None => {
+            let all: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL")
+                .arg(&totals)
+                .query_async(&mut conn)
+                .await?;
+            all.into_iter()
+                .map(|(t, n)| {
+                    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+                    (text(t), Some(text(n)))
+                })
+                .collect()
+        }
+    };
+    if held.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for (t, _) in &held {
+        pipe.cmd("HGET").arg(&totals).arg(t);
+        pipe.cmd("SCARD").arg(keys.consent_index(app, shard, t));
+    }
+    let read: Vec<(Option<String>, u64)> = {
+        let flat: Vec<redis::Value> = wxpush_redis::run_pipeline(&mut conn, &pipe, &[]).await?;
+        flat.chunks(2)
+            .map(|pair| {
+                let total = redis::FromRedisValue::from_redis_value(pair[0].clone())?;
+                let holders = redis::FromRedisValue::from_redis_value(pair[1].clone())?;
+                Ok::<_, redis::ParsingError>((total, holders))
+            })
+            .collect::<Result<_, _>>()?
+    };
+    Ok(held
+        .into_iter()
+        .zip(read)
+        .filter_map(|((t, listed), (total, holders))| {
+            let total = total.or(listed);
+            (total.is_some() || holders > 0)
+                .then(|| (t, total.unwrap_or_else(|| "0".into()), holders))
+        })
+        .collect())
 }
 
 /// `sum[d] += n[d]`, saturating.
@@ -646,33 +634,6 @@ fn format_utc(secs: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wxpush_domain::OpenId;
-
-    fn keys() -> (ShardKeys, wxpush_bank::Keys, AppId) {
-        let ns = Namespace::new("wxpush").expect("namespace");
-        let app = AppId::new("wx1234567890abcdef").expect("app");
-        (
-            ShardKeys::new(ns.clone(), app.clone()),
-            wxpush_bank::Keys::new(ns),
-            app,
-        )
-    }
-
-    #[test]
-    fn keys_mirror_the_bank_layout() {
-        let (mine, bank, app) = keys();
-        for name in ["oUser1", "o{evil}:x", "oAbCdEfGhIjKlMnOpQrStUvWxYz0"] {
-            let user = OpenId::new(name).expect("openId");
-            let shard = wxpush_bank::keys::shard_of(&user);
-            assert_eq!(
-                format!("{}{}", mine.credential_prefix(shard), user),
-                bank.credentials(&app, &user)
-            );
-            assert_eq!(mine.index(shard), bank.index_of(&app, &user));
-        }
-        assert_eq!(mine.consent_totals(7), "wxpush:tc:{wx1234567890abcdef.7}");
-        assert_eq!(mine.consent_prefix(7), "wxpush:t:{wx1234567890abcdef.7}:");
-    }
 
     #[test]
     fn stale_entries_are_taken_off_the_index_counts() {

@@ -5,12 +5,13 @@
 //! `--app`, every app of the install is looked at: the one holding `ID` is shown, and if
 //! several do, the command asks for `--app` rather than pick one.
 //!
-//! Reads the two hashes of a campaign (their fields: docs/campaigns.md):
-//! `<ns>:camp:<app>:<id>`, written by the dispatcher (app, template, state, targeted, times), and
-//! `<ns>:cs:{<app>.<shard>}:<id>`, the outcome counters the senders' scripts keep beside each
-//! shard's users (summed here; see `wxpush_bank` campaign.rs). The record's field names are
-//! `wxpush_bank::record`'s. Both are read in one atomic round
-//! trip (MULTI/EXEC), so every figure shown belongs to the same moment. From them it derives
+//! Reads the two hashes of a campaign (their fields: docs/campaigns.md) through the bank
+//! ([`wxpush_bank::Bank::campaign_hashes`]): the record, written by the dispatcher (app,
+//! template, state, targeted, times), and the outcome counters the senders' scripts keep
+//! beside each shard's users (summed here; see `wxpush_bank` campaign.rs). The record's field
+//! names are `wxpush_bank::record`'s. On a single Redis node both are read in one atomic round
+//! trip (MULTI/EXEC), so every figure shown belongs to the same moment; on a Redis Cluster,
+//! shard by shard (what that means: the bank's doc). From them it derives
 //! what the contract promises a status shows: recipients targeted, sent, skipped for want of a
 //! credential, failed (by WeChat error code), and still pending
 //! (`pending = max(0, targeted - final outcomes)`, `complete = dispatched && pending == 0`).
@@ -32,10 +33,9 @@ use std::io::Write;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context};
-use redis::aio::MultiplexedConnection;
-use redis::AsyncConnectionConfig;
 use serde_json::{json, Value};
 use wxpush_bank::record::{self, field};
+use wxpush_bank::Bank;
 use wxpush_domain::{AppId, Config};
 
 /// How often `--watch` redraws.
@@ -85,69 +85,83 @@ pub async fn run(
 
 /// Reads a campaign's two hashes; reconnects after a failure.
 struct Reader {
-    client: redis::Client,
+    /// The Redis URL(s), as configured.
+    config_url: wxpush_domain::SecretUrl,
     /// The Redis URL with any password redacted, for errors.
     url: String,
+    ca_pem: Option<Vec<u8>>,
     ns: String,
-    keys: wxpush_bank::Keys,
+    namespace: wxpush_domain::Namespace,
     app: wxpush_domain::AppId,
-    conn: Option<MultiplexedConnection>,
+    bank: Option<Bank>,
 }
-
-/// The record, then the counters of every shard, field → raw value, as read in one round trip.
-type Hashes = Vec<HashMap<Vec<u8>, Vec<u8>>>;
 
 impl Reader {
     fn new(config: &Config) -> anyhow::Result<Self> {
-        let url = config.redis_url.redacted();
-        let client = redis::Client::open(config.redis_url.expose())
-            .map_err(|e| anyhow!("invalid Redis URL {url}: {e}"))?;
+        let ca_pem =
+            match &config.tls_ca_file {
+                Some(path) => Some(std::fs::read(path).map_err(|e| {
+                    anyhow!("cannot read WXPUSH_TLS_CA_FILE {}: {e}", path.display())
+                })?),
+                None => None,
+            };
         Ok(Self {
-            client,
-            url,
+            config_url: config.redis_url.clone(),
+            url: config.redis_url.redacted(),
+            ca_pem,
             ns: config.namespace.to_string(),
-            keys: wxpush_bank::Keys::new(config.namespace.clone()),
+            namespace: config.namespace.clone(),
             app: config.apps.default_id().clone(),
-            conn: None,
+            bank: None,
         })
     }
 
-    async fn connection(&mut self) -> anyhow::Result<MultiplexedConnection> {
-        if let Some(conn) = &self.conn {
-            return Ok(conn.clone());
+    /// The bank, connected once (its connection reconnects by itself).
+    async fn connection(&mut self) -> anyhow::Result<Bank> {
+        if let Some(bank) = &self.bank {
+            return Ok(bank.clone());
         }
-        let settings = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(REDIS_TIMEOUT))
-            .set_response_timeout(Some(REDIS_TIMEOUT));
-        let conn = tokio::time::timeout(
-            REDIS_TIMEOUT + Duration::from_secs(1),
-            self.client
-                .get_multiplexed_async_connection_with_config(&settings),
-        )
-        .await
-        .map_err(|_| anyhow!("cannot connect to Redis at {}: timed out", self.url))?
-        .map_err(|e| anyhow!("cannot connect to Redis at {}: {e}", self.url))?;
-        self.conn = Some(conn.clone());
-        Ok(conn)
+        let connecting = Bank::connect_tls(
+            self.config_url.expose(),
+            self.namespace.clone(),
+            Default::default(),
+            self.ca_pem.as_deref(),
+        );
+        let bank = tokio::time::timeout(REDIS_TIMEOUT * 2, connecting)
+            .await
+            .map_err(|_| anyhow!("cannot connect to Redis at {}: timed out", self.url))?
+            .map_err(|e| {
+                anyhow!(
+                    "cannot connect to Redis at {}: {}",
+                    self.url,
+                    self.scrub(&e)
+                )
+            })?;
+        self.bank = Some(bank.clone());
+        Ok(bank)
+    }
+
+    /// `e` with every configured Redis password masked.
+    fn scrub(&self, e: &dyn std::fmt::Display) -> String {
+        self.config_url
+            .urls()
+            .iter()
+            .fold(e.to_string(), |text, url| {
+                wxpush_domain::config::scrub_url(&text, url)
+            })
     }
 
     /// The campaign as it is now; `None` when neither hash exists.
     async fn read(&mut self, id: &str) -> anyhow::Result<Option<Snapshot>> {
-        let mut conn = self.connection().await?;
-        let camp_key = record::record_key(&self.ns, &self.app, id);
-        let mut pipe = redis::pipe();
-        pipe.atomic().cmd("HGETALL").arg(&camp_key);
-        for shard in 0..wxpush_bank::SHARDS {
-            pipe.cmd("HGETALL")
-                .arg(self.keys.campaign_counters(&self.app, shard, id));
-        }
-        let query = pipe.query_async::<Hashes>(&mut conn);
+        let bank = self.connection().await?;
+        let query = bank.campaign_hashes(&self.app, id);
         let result = match tokio::time::timeout(REDIS_TIMEOUT + Duration::from_secs(1), query).await
         {
             Ok(Ok(hashes)) => Ok(hashes),
             Ok(Err(e)) => Err(anyhow!(
-                "cannot read campaign {id} from Redis at {}: {e}",
-                self.url
+                "cannot read campaign {id} from Redis at {}: {}",
+                self.url,
+                self.scrub(&e)
             )),
             Err(_) => Err(anyhow!(
                 "cannot read campaign {id} from Redis at {}: timed out",
@@ -155,14 +169,10 @@ impl Reader {
             )),
         };
         let (camp, cs) = match result {
-            Ok(mut h) if !h.is_empty() => {
-                let camp = h.remove(0);
-                (camp, sum_shards(h))
-            }
-            Ok(_) => (HashMap::new(), HashMap::new()),
+            Ok((camp, shards)) => (camp, sum_shards(shards)),
             Err(e) => {
-                // Start afresh next time: a multiplexed connection does not reconnect.
-                self.conn = None;
+                // Start afresh next time.
+                self.bank = None;
                 return Err(e);
             }
         };

@@ -1,5 +1,5 @@
 //! `wxpush campaign status` against the real Redis: the test writes a campaign's two hashes as
-//! the dispatcher and the senders would (`<ns>:camp:<app>:<id>`, `<ns>:cs:{<app>.<shard>}:<id>`), runs the binary,
+//! the dispatcher and the senders would (`<ns>:camp:{<app>.<n>}:<id>`, `<ns>:cs:{<app>.<shard>}:<id>`), runs the binary,
 //! and checks the table, the JSON, `--watch` until completion or Ctrl-C, counters without a
 //! dispatch record, unknown campaigns and junk values.
 
@@ -9,16 +9,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use wxpush_bank::record::{self, field};
-use wxpush_testkit::{now_ms, redis_url, run, stderr, stdout, TestEnv};
+use wxpush_testkit::{now_ms, run, stderr, stdout, TestEnv};
 
 /// How long a `--watch` run may take before the test calls it hung.
 const GUARD: Duration = Duration::from_secs(8);
 
-fn conn() -> redis::Connection {
-    redis::Client::open(redis_url())
-        .expect("redis url")
-        .get_connection()
-        .expect("Redis is reachable (run scripts/services.sh)")
+fn conn() -> Box<dyn redis::ConnectionLike> {
+    wxpush_testkit::redis_nodes::sync_conn()
 }
 
 fn key(env: &TestEnv, hash: &str, id: &str) -> String {
@@ -36,7 +33,7 @@ fn hset(env: &TestEnv, hash: &str, id: &str, fields: &[(&str, String)]) {
     for (f, v) in fields {
         cmd.arg(*f).arg(v);
     }
-    let _: i64 = cmd.query(&mut conn()).expect("HSET");
+    let _: i64 = cmd.query(&mut *conn()).expect("HSET");
 }
 
 /// The dispatcher's record: dispatched, `targeted` jobs, started a minute ago.
@@ -323,7 +320,7 @@ fn watch_ends_when_the_campaign_completes() {
         .arg(key(&env, "cs", "live-1"))
         .arg("sent")
         .arg(1)
-        .query(&mut conn())
+        .query(&mut *conn())
         .unwrap();
     let (out, _) = wait_guarded(child, GUARD);
     assert!(out.status.success(), "stderr: {}", stderr(&out));
@@ -467,7 +464,7 @@ fn a_campaign_is_found_in_whichever_app_holds_it_and_two_apps_need_app() {
                 ],
             )
             .hset(&counters, "sent", targeted)
-            .query(&mut conn())
+            .query(&mut *conn())
             .unwrap();
     };
     in_b("only-b", "3");

@@ -41,17 +41,33 @@ fn no_listed_broker_node_answering_is_one_line_naming_each() {
     assert!(!stderr.contains("s3cr"), "{stderr}");
 }
 
-/// Several Redis URLs (a Redis Cluster's seeds) are refused at start, in one line.
+/// Several Redis URLs are a Redis Cluster's seed nodes: when none answers, one line names
+/// them (passwords masked) and the role exits 1; a socket among them is refused as such.
 #[test]
-fn several_redis_urls_are_refused_in_one_line() {
+fn several_redis_urls_are_cluster_seeds_and_failing_ones_are_one_line() {
     let mut env = TestEnv::new("cli_redis_nodes");
     env.set(
         "WXPUSH_REDIS_URL",
-        "redis://:pw@127.0.0.1:7000/0,redis://:pw@127.0.0.1:7001/0",
+        "redis://:pw@127.0.0.1:1/0,redis://:pw@127.0.0.1:2/0",
     );
     let (code, stderr) = run(&env, &["ingest"]);
-    assert_one_line_failure(code, &stderr, "Redis Cluster is not supported yet");
-    assert!(!stderr.contains(":pw@"), "{stderr}");
+    assert_one_line_failure(
+        code,
+        &stderr,
+        "cannot reach Redis at redis://127.0.0.1:1/0,redis://127.0.0.1:2/0: ",
+    );
+    assert!(!stderr.contains("pw"), "{stderr}");
+
+    env.set(
+        "WXPUSH_REDIS_URL",
+        "redis://127.0.0.1:7000/0,unix:///tmp/redis.sock",
+    );
+    let (code, stderr) = run(&env, &["ingest"]);
+    assert_one_line_failure(
+        code,
+        &stderr,
+        "redis:// or rediss:// addresses, not sockets",
+    );
 }
 
 #[test]

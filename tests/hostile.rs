@@ -22,7 +22,7 @@ use wxpush_domain::job::check_campaign_id;
 use wxpush_domain::{AppId, Credential, Namespace, OpenId, SendJob};
 use wxpush_fake_wechat::{FakeApp, FakeConfig, FakeWeChat};
 use wxpush_roles::Deps;
-use wxpush_testkit::{eventually, now_ms, redis_url, TestEnv, TEST_APP};
+use wxpush_testkit::{eventually, now_ms, TestEnv, TEST_APP};
 
 const DAY_MS: i64 = 86_400_000;
 const SECRET: &str = "hostile-test-secret";
@@ -234,35 +234,16 @@ fn assert_dead_letters(expected: &[Hostile], got: &[(Vec<u8>, String, String)]) 
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
-async fn redis_conn() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(redis_url())
-        .expect("redis url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis")
+async fn redis_conn() -> wxpush_redis::Conn {
+    wxpush_testkit::redis_nodes::conn().await
 }
 
-/// Every key matching `pattern` in the whole database, as raw bytes.
+/// Every key matching `pattern` in the whole database (every primary), as raw bytes.
 async fn scan(pattern: &str) -> Vec<Vec<u8>> {
-    let mut conn = redis_conn().await;
-    let mut out = Vec::new();
-    let mut cursor = 0u64;
-    loop {
-        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(5000)
-            .query_async(&mut conn)
-            .await
-            .expect("scan");
-        out.extend(keys);
-        if next == 0 {
-            return out;
-        }
-        cursor = next;
-    }
+    let pattern = pattern.to_owned();
+    tokio::task::spawn_blocking(move || wxpush_testkit::redis_nodes::scan(&pattern))
+        .await
+        .expect("scan")
 }
 
 /// A key of a documented pattern (docs/bank.md, docs/campaigns.md, docs/sending.md and the
@@ -277,7 +258,7 @@ enum DocKey {
     Marks(String),
     /// `{ns}:cs:{<app>.<shard>}:<campaignId>` (and `cu`, documented)
     Counters(String),
-    /// `{ns}:camp:<app>:<campaignId>`
+    /// `{ns}:camp:{<app>.<n>}:<campaignId>`
     Record(String),
     /// `{ns}:token|token-lock|token-err|rate|pause:{<app>}`
     Fleet(String),
@@ -335,9 +316,14 @@ fn classify(ns: &Namespace, app: &AppId, key: &[u8]) -> Option<DocKey> {
             Some(DocKey::Counters(id))
         }
         "camp" => {
-            let id = rest.strip_prefix(app.as_str())?.strip_prefix(':')?;
-            check_campaign_id(id).ok()?;
-            Some(DocKey::Record(id.to_owned()))
+            let (shard, Some(id)) = tagged(rest)? else {
+                return None;
+            };
+            check_campaign_id(&id).ok()?;
+            if shard != wxpush_bank::keys::shard_of_text(&id) {
+                return None;
+            }
+            Some(DocKey::Record(id))
         }
         "token" | "token-lock" | "token-err" | "token-rejected" | "token-force" | "rate"
         | "pause" => (rest == format!("{{{app}}}")).then(|| DocKey::Fleet(kind.to_owned())),

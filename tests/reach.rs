@@ -29,11 +29,8 @@ async fn bank(env: &TestEnv) -> Bank {
         .expect("Redis is reachable (run scripts/services.sh)")
 }
 
-fn conn() -> redis::Connection {
-    redis::Client::open(redis_url())
-        .expect("redis url")
-        .get_connection()
-        .expect("Redis is reachable (run scripts/services.sh)")
+fn conn() -> Box<dyn redis::ConnectionLike> {
+    wxpush_testkit::redis_nodes::sync_conn()
 }
 
 fn reach_json(env: &TestEnv, extra: &[&str]) -> Value {
@@ -96,7 +93,7 @@ fn add_consents(env: &TestEnv, app: &AppId, who: &OpenId, template: &str, n: i64
         .arg(template)
         .arg(n)
         .ignore()
-        .query(&mut c)
+        .query(&mut *c)
         .expect("write consents");
 }
 
@@ -196,7 +193,7 @@ async fn spent_credentials_and_those_inside_the_margin_do_not_count() {
         .arg(now + 4 * DAY)
         .arg(u4.as_str())
         .ignore()
-        .query(&mut conn())
+        .query(&mut *conn())
         .expect("write u4");
 
     let j = reach_json(&env, &[]);
@@ -261,7 +258,7 @@ async fn consents_are_summed_across_shards_and_template_filters() {
         .arg(format!("{}:tc:{tag}", env.ns))
         .arg("TPL_C")
         .arg("lots")
-        .query(&mut conn())
+        .query(&mut *conn())
         .expect("HSET");
     let j = reach_json(&env, &[]);
     assert_eq!(consents(&j)["TPL_C"], (0, 0));
@@ -447,7 +444,7 @@ async fn a_shard_bigger_than_a_page_is_counted_whole() {
                 .ignore();
             pipe.cmd("ZADD").arg(&index).arg(exp).arg(&who).ignore();
         }
-        let _: () = pipe.query(&mut c).expect("write a page of users");
+        let _: () = pipe.query(&mut *c).expect("write a page of users");
     }
     let _: () = redis::pipe()
         .cmd("HSET")
@@ -460,7 +457,7 @@ async fn a_shard_bigger_than_a_page_is_counted_whole() {
         .arg("oPage00000001")
         .arg("oPage00000002")
         .ignore()
-        .query(&mut c)
+        .query(&mut *c)
         .expect("write consents");
     let j = reach_json(&env, &[]);
     let lasting = (0..users).filter(|n| n % 3 == 0).count() as u64;

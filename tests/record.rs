@@ -282,3 +282,89 @@ async fn the_job_template_is_the_campaigns_job_without_a_recipient() {
         .unwrap();
     assert!(stop_only.job_template().await.is_err(), "unreadable");
 }
+
+/// A record left by a version before Redis Cluster support, at `{ns}:camp:<app>:<id>` (no hash
+/// tag of its own), is still the campaign's: `campaign status` reads it there, and on a single
+/// node the first operation moves it to the tagged key, TTL and all, so a dispatcher resumes it
+/// rather than start the campaign again and a stop flag stays. An id holding `{x}` does not
+/// choose the new key's slot.
+#[tokio::test]
+async fn a_record_at_the_key_of_older_versions_is_moved_on_first_use() {
+    let env = TestEnv::new("record_legacy");
+    let bank = bank(&env).await;
+    if bank.connection().is_cluster() {
+        // Older versions refused to run on a cluster: there is nothing to move there.
+        println!("skipped on a Redis Cluster: no record can be at the old key");
+        return;
+    }
+    let id = "old{x}";
+    let key = wxpush_bank::record::record_key(&env.ns, &env.app, id);
+    let legacy = wxpush_bank::record::legacy_record_key(&env.ns, &env.app, id);
+    assert_eq!(legacy, format!("{}:camp:{}:old{{x}}", env.ns, env.app));
+    let tag = &key[key.find('{').unwrap()..=key.find('}').unwrap()];
+    assert_eq!(
+        tag,
+        format!("{{{}.{}}}", env.app, wxpush_bank::keys::shard_of_text(id))
+    );
+    let mut conn = bank.connection();
+    let _: () = redis::pipe()
+        .cmd("HSET")
+        .arg(&legacy)
+        .arg(field::STATE)
+        .arg(DISPATCHED)
+        .arg(field::TARGETED)
+        .arg(3)
+        .arg(field::STOPPED_AT_MS)
+        .arg(1)
+        .arg(field::STOPPED_REASON)
+        .arg("stopped by the old version")
+        .ignore()
+        .cmd("EXPIRE")
+        .arg(&legacy)
+        .arg(1000)
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    // Status reads it where it is, and moves nothing (it is read-only).
+    let (record, _) = bank.campaign_hashes(&env.app, id).await.unwrap();
+    assert_eq!(
+        record.get(field::TARGETED.as_bytes()).map(Vec::as_slice),
+        Some(b"3".as_slice())
+    );
+    let exists: (bool, bool) = redis::pipe()
+        .exists(&legacy)
+        .exists(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(exists, (true, false));
+
+    // The first operation moves it: the stop flag is the old one, the TTL came along.
+    let r = bank.record(&env.app, id);
+    assert!(r.stopped().await.unwrap());
+    let exists: (bool, bool) = redis::pipe()
+        .exists(&legacy)
+        .exists(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(exists, (false, true));
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((900..=1000).contains(&ttl), "{ttl}");
+    assert!(
+        !r.stop("again").await.unwrap(),
+        "stopped once, by the old version"
+    );
+    let s = r.snapshot().await.unwrap().unwrap();
+    assert_eq!(
+        s.stopped_reason().as_deref(),
+        Some("stopped by the old version")
+    );
+    assert!(s.is_dispatched());
+}

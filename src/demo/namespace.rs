@@ -6,8 +6,8 @@
 
 use anyhow::{anyhow, bail, Context as _};
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-use redis::aio::ConnectionManager;
 use wxpush_broker::Topology;
+use wxpush_redis::Conn;
 use wxpush_roles::Deps;
 
 use super::DEFAULT_NAMESPACE;
@@ -22,7 +22,7 @@ pub(super) fn marker_key(ns: &str) -> String {
 pub(super) async fn claim_namespace(
     deps: &Deps,
     topology: &Topology,
-    redis: &mut ConnectionManager,
+    redis: &mut Conn,
     ns: &str,
 ) -> anyhow::Result<()> {
     let marked: bool = redis::cmd("EXISTS")
@@ -94,7 +94,7 @@ async fn queue_in_use(deps: &Deps, queue: &str) -> anyhow::Result<Option<String>
 pub(super) async fn wipe_namespace(
     deps: &Deps,
     topology: &Topology,
-    redis: &mut ConnectionManager,
+    redis: &mut Conn,
     ns: &str,
 ) -> anyhow::Result<()> {
     let mut ch = deps.broker.channel().await?;
@@ -140,11 +140,7 @@ pub(super) async fn wipe_namespace(
 
 /// Keys of the namespace, up to `limit`. Product code otherwise never SCANs (it is O(all
 /// keys)); here it walks only the demo's own namespace, once at the start and once at the end.
-async fn scan_keys(
-    redis: &mut ConnectionManager,
-    ns: &str,
-    limit: usize,
-) -> anyhow::Result<Vec<String>> {
+async fn scan_keys(redis: &mut Conn, ns: &str, limit: usize) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::new();
     let mut cursor = 0u64;
     loop {

@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
 use futures_util::stream::{self, StreamExt as _, TryStreamExt as _};
-use redis::aio::ConnectionManager;
 use serde_json::{json, Value};
 use wxpush_domain::{AppId, OpenId};
 use wxpush_fake_wechat::{FakeHandle, FakeWeChat};
+use wxpush_redis::Conn;
 use wxpush_roles::Deps;
 
 use super::{random_u64, unix_ms, Rng, OTHER_SUB_TEMPLATE, SUB_TEMPLATE};
@@ -335,7 +335,7 @@ impl Population {
         &self,
         deps: &Deps,
         app: &AppId,
-        redis: &mut ConnectionManager,
+        redis: &mut Conn,
     ) -> anyhow::Result<u64> {
         let mut total = 0;
         let with_ids: Vec<&DemoUser> = self.users.iter().filter(|u| u.reachable).collect();

@@ -39,19 +39,20 @@ pub async fn bare_sender(
     )
     .await
     .expect("declare the bare queue");
-    let mut conn = deps.bank.connection();
-    let mut pipe = redis::pipe();
+    let conn = deps.bank.connection();
+    let mut zadds = Vec::with_capacity(users.len());
     for u in users {
         let f = fake
             .issue_form_ids(None, u.as_str(), 1, None)
             .expect("issue a formId");
-        pipe.cmd("ZADD")
-            .arg(format!("{ns}:bare:{u}"))
-            .arg(1)
-            .arg(&f[0])
-            .ignore();
+        let mut cmd = redis::cmd("ZADD");
+        cmd.arg(format!("{ns}:bare:{u}")).arg(1).arg(&f[0]);
+        zadds.push(cmd);
     }
-    let _: () = pipe.query_async(&mut conn).await.expect("ZADD");
+    // One pipeline on a single node, one per slot on a cluster.
+    wxpush_redis::run_batch(&conn, zadds, None, &[])
+        .await
+        .expect("ZADD");
     let bodies: Vec<Vec<u8>> = users
         .iter()
         .map(|u| {

@@ -73,7 +73,7 @@ fn sum_named(comm: &str) -> Option<f64> {
 
 /// Reads the three now. Redis's figure is its own (`used_cpu_user + used_cpu_sys`, which
 /// counts every thread), so it is right for a Redis on another host too.
-pub async fn sample(conn: &mut redis::aio::ConnectionManager) -> CpuSample {
+pub async fn sample(conn: &mut wxpush_redis::Conn) -> CpuSample {
     let info: Option<String> = redis::cmd("INFO").arg("cpu").query_async(conn).await.ok();
     let redis = info.and_then(|i| {
         let field = |name: &str| -> Option<f64> {

@@ -10,6 +10,7 @@ pub mod cpu;
 pub mod fleet;
 pub mod private_redis;
 pub mod proxy;
+pub mod redis_nodes;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -280,24 +281,7 @@ impl TestEnv {
 
     /// Removes every key, queue and exchange of the namespace.
     pub fn cleanup(&self) {
-        let pattern = format!("{}:*", self.ns);
-        if let Ok(client) = redis::Client::open(redis_url()) {
-            if let Ok(mut conn) = client.get_connection() {
-                let keys: Vec<String> = redis::cmd("SCAN")
-                    .cursor_arg(0)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(10_000)
-                    .clone()
-                    .iter(&mut conn)
-                    .map(|it| it.filter_map(Result::ok).collect())
-                    .unwrap_or_default();
-                for chunk in keys.chunks(1000) {
-                    let _: Result<i64, _> = redis::cmd("UNLINK").arg(chunk).query(&mut conn);
-                }
-            }
-        }
+        redis_nodes::delete_matching(&format!("{}:*", self.ns));
         let topology = self.topology();
         let ns = self.ns.to_string();
         // Drop may run inside a tokio runtime: do the AMQP part on a thread of its own.
@@ -414,38 +398,24 @@ where
     }
 }
 
-/// Every key of the namespace with its TTL in seconds (-1: none).
+/// Every key of the namespace with its TTL in seconds (-1: none), on every primary.
 pub async fn keys_with_ttl(env: &TestEnv) -> Vec<(String, i64)> {
-    let client = redis::Client::open(redis_url()).expect("redis url");
-    let mut conn = client
-        .get_multiplexed_async_connection()
+    let pattern = format!("{}:*", env.ns);
+    let keys = tokio::task::spawn_blocking(move || redis_nodes::scan(&pattern))
         .await
-        .expect("redis");
+        .expect("scan");
+    let mut conn = redis_nodes::conn().await;
     let mut out = Vec::new();
-    let mut cursor = 0u64;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{}:*", env.ns))
-            .arg("COUNT")
-            .arg(1000)
+    for k in keys {
+        let k = String::from_utf8_lossy(&k).into_owned();
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(&k)
             .query_async(&mut conn)
             .await
-            .expect("scan");
-        for k in keys {
-            let ttl: i64 = redis::cmd("TTL")
-                .arg(&k)
-                .query_async(&mut conn)
-                .await
-                .expect("ttl");
-            out.push((k, ttl));
-        }
-        if next == 0 {
-            return out;
-        }
-        cursor = next;
+            .expect("ttl");
+        out.push((k, ttl));
     }
+    out
 }
 
 /// A loopback address with a port free right now (for `WXPUSH_HTTP_ADDR` in tests that must

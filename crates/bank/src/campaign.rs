@@ -193,19 +193,21 @@ impl Bank {
     }
 
     /// A campaign's outcome counters, summed over the shards (`last_at_ms`: the latest), in
-    /// one pipelined round trip. Empty if nothing was recorded.
+    /// one pipelined round trip (on a cluster, one per shard, concurrently). Empty if nothing
+    /// was recorded.
     pub async fn campaign_counters(
         &self,
         app: &AppId,
         campaign: &str,
     ) -> Result<std::collections::BTreeMap<String, i64>, BankError> {
-        let mut pipe = redis::pipe();
-        for shard in 0..crate::SHARDS {
-            pipe.cmd("HGETALL")
-                .arg(self.keys.campaign_counters(app, shard, campaign));
-        }
-        let shards: Vec<std::collections::HashMap<String, i64>> =
-            pipe.query_async(&mut self.conn.clone()).await?;
+        let cmds = (0..crate::SHARDS)
+            .map(|shard| {
+                let mut cmd = redis::cmd("HGETALL");
+                cmd.arg(self.keys.campaign_counters(app, shard, campaign));
+                cmd
+            })
+            .collect();
+        let shards: Vec<std::collections::HashMap<String, i64>> = self.read_batch(cmds).await?;
         let mut total = std::collections::BTreeMap::new();
         for shard in shards {
             for (field, n) in shard {

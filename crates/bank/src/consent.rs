@@ -171,13 +171,14 @@ impl Bank {
     /// Consents held for `template`, summed over the shards' totals, in one pipelined round
     /// trip.
     pub async fn consent_total(&self, app: &AppId, template: &str) -> Result<u64, BankError> {
-        let mut pipe = redis::pipe();
-        for shard in 0..SHARDS {
-            pipe.cmd("HGET")
-                .arg(self.keys.consent_totals(app, shard))
-                .arg(template);
-        }
-        let shards: Vec<Option<i64>> = pipe.query_async(&mut self.conn.clone()).await?;
+        let cmds = (0..SHARDS)
+            .map(|shard| {
+                let mut cmd = redis::cmd("HGET");
+                cmd.arg(self.keys.consent_totals(app, shard)).arg(template);
+                cmd
+            })
+            .collect();
+        let shards: Vec<Option<i64>> = self.read_batch(cmds).await?;
         Ok(shards.into_iter().flatten().map(crate::non_negative).sum())
     }
 

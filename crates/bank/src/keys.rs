@@ -14,8 +14,8 @@
 //!                                          consent for that template
 //! {ns}:tc:{<app>.<shard>}           hash  consent totals: templateId → consents held by the
 //!                                          shard's users
-//! {ns}:camp:<app>:<campaign>        hash  the campaign's record (its key and fields are
-//!                                          `record.rs`'s)
+//! {ns}:camp:{<app>.<n>}:<campaign>  hash  the campaign's record (its key and fields are
+//!                                          `record.rs`'s; `<n>`: the campaign id's shard)
 //! ```
 //!
 //! A user's keys and their index shards share the hash tag `{<app>.<shard>}`, so every script
@@ -34,8 +34,13 @@ pub const SHARDS: u16 = 1024;
 
 /// Which index shard a user belongs to: FNV-1a of the openId, stable across versions.
 pub fn shard_of(open_id: &OpenId) -> u16 {
+    shard_of_text(open_id.as_str())
+}
+
+/// FNV-1a of `text`, modulo [`SHARDS`]: [`shard_of`] for any text (a campaign id).
+pub fn shard_of_text(text: &str) -> u16 {
     let mut h: u32 = 0x811c_9dc5;
-    for b in open_id.as_str().bytes() {
+    for b in text.bytes() {
         h ^= u32::from(b);
         h = h.wrapping_mul(0x0100_0193);
     }
@@ -59,13 +64,13 @@ impl Keys {
 
     /// One user's credential zset.
     pub fn credentials(&self, app: &AppId, open_id: &OpenId) -> String {
-        format!(
-            "{}:c:{{{}.{}}}:{}",
-            self.ns,
-            app,
-            shard_of(open_id),
-            open_id
-        )
+        self.credentials_in(app, shard_of(open_id), open_id.as_str())
+    }
+
+    /// The credential zset of `user` as index shard `shard` lists them (the text as the index
+    /// holds it, not checked: for readers walking an index).
+    pub fn credentials_in(&self, app: &AppId, shard: u16, user: &str) -> String {
+        format!("{}:c:{{{}.{}}}:{}", self.ns, app, shard, user)
     }
 
     /// One user's campaign marks (same slot as their credentials).
@@ -146,6 +151,7 @@ mod tests {
         };
         assert_eq!(tag(&c), tag(&i));
         assert!(c.ends_with(":o{evil}:x"));
+        assert_eq!(c, keys.credentials_in(&app, shard_of(&user), "o{evil}:x"));
         assert!(shard_of(&user) < SHARDS);
     }
 

@@ -46,13 +46,11 @@ pub mod record;
 mod requeue;
 mod scripts;
 
-use std::time::Duration;
-
 use std::collections::BTreeMap;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, Value};
 use wxpush_domain::{check_template_id, AppId, Credential, CredentialKind, Namespace, OpenId};
+use wxpush_redis::Conn;
 
 pub use campaign::{CampaignClaim, ClaimMode, Settle};
 pub use consent::CONSENT_TTL_SECS;
@@ -108,23 +106,9 @@ impl BankError {
     }
 }
 
-/// True when a Redis error may go away by itself (Redis down, timed out, loading, failing
-/// over), so the command is worth retrying later. Shared by every crate that talks to Redis.
-pub fn redis_is_transient(e: &redis::RedisError) -> bool {
-    e.is_io_error()
-        || e.is_timeout()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || matches!(
-            e.kind(),
-            redis::ErrorKind::Server(
-                redis::ServerErrorKind::BusyLoading
-                    | redis::ServerErrorKind::TryAgain
-                    | redis::ServerErrorKind::ClusterDown
-                    | redis::ServerErrorKind::MasterDown
-            )
-        )
-}
+/// True when a Redis error may go away by itself: `wxpush_redis::is_transient`, under its
+/// old name.
+pub use wxpush_redis::is_transient as redis_is_transient;
 
 /// Tunables of the bank (from the configuration).
 #[derive(Debug, Clone, Copy)]
@@ -223,7 +207,7 @@ pub struct Claimed {
 /// A handle on the bank. Cheap to clone; clones share one multiplexed connection.
 #[derive(Clone)]
 pub struct Bank {
-    conn: ConnectionManager,
+    conn: Conn,
     keys: Keys,
     settings: BankSettings,
     scripts: &'static scripts::Scripts,
@@ -231,7 +215,9 @@ pub struct Bank {
 
 impl Bank {
     /// Connects to Redis (failing fast when it is unreachable) and loads the scripts.
-    /// A `rediss://` URL trusts the system's certificate store; see [`Bank::connect_tls`].
+    /// `redis_url` is one URL, or several separated by commas (a Redis Cluster's seed nodes;
+    /// one URL of a cluster is enough, see `wxpush_redis::connect`). A `rediss://` URL trusts
+    /// the system's certificate store; see [`Bank::connect_tls`].
     pub async fn connect(
         redis_url: &str,
         ns: Namespace,
@@ -249,26 +235,19 @@ impl Bank {
         settings: BankSettings,
         ca_pem: Option<&[u8]>,
     ) -> Result<Self, BankError> {
-        let mut client = redis::Client::open(redis_url).map_err(BankError::Connect)?;
-        if let Some(pem) = ca_pem {
-            let info = client.get_connection_info();
-            if matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
-                let certs = redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem.to_vec()),
-                };
-                client = redis::Client::build_with_tls(info.clone(), certs)
-                    .map_err(BankError::Connect)?;
-            }
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(3)))
-            .set_response_timeout(Some(Duration::from_secs(10)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_with_config(client, config)
+        let urls = wxpush_domain::split_urls(redis_url);
+        let conn = wxpush_redis::connect(&urls, ca_pem)
             .await
             .map_err(BankError::Connect)?;
+        Self::with_connection(conn, ns, settings).await
+    }
+
+    /// A bank on a connection made already (scripts loaded here).
+    pub async fn with_connection(
+        conn: Conn,
+        ns: Namespace,
+        settings: BankSettings,
+    ) -> Result<Self, BankError> {
         let bank = Self {
             conn,
             keys: Keys::new(ns),
@@ -288,7 +267,7 @@ impl Bank {
     }
 
     /// The connection, for callers that need plain commands beside the bank's.
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> Conn {
         self.conn.clone()
     }
 
@@ -296,6 +275,14 @@ impl Bank {
     /// as many replicas acknowledge this connection's writes so far (`WAIT`, in the same
     /// pipeline): a role cannot acknowledge anything while they do not.
     pub async fn ping(&self) -> Result<(), BankError> {
+        if self.conn.is_cluster() {
+            // Single commands: the cluster client sends PING and WAIT to every primary (the
+            // fewest acknowledgements count), where a keyless pipeline would reach one node.
+            let _: Value = redis::cmd("PING")
+                .query_async(&mut self.conn.clone())
+                .await?;
+            return self.wait_replicas().await;
+        }
         let mut pipe = redis::pipe();
         pipe.cmd("PING");
         scripts::add_wait(&mut pipe, self.settings.wait_replicas);
@@ -305,14 +292,21 @@ impl Bank {
     }
 
     /// Waits (`WAIT`, up to [`WAIT_TIMEOUT_MS`]) for the replicas asked for to acknowledge
-    /// every write made on the bank's connection so far; `Ok` at once when none are asked for.
+    /// every write made on the bank's connection so far (on a cluster: on every primary, the
+    /// fewest acknowledgements counting); `Ok` at once when none are asked for.
     pub async fn wait_replicas(&self) -> Result<(), BankError> {
         if self.settings.wait_replicas == 0 {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
-        scripts::add_wait(&mut pipe, self.settings.wait_replicas);
-        let mut replies: Vec<Value> = pipe.query_async(&mut self.conn.clone()).await?;
+        let mut replies: Vec<Value> = if self.conn.is_cluster() {
+            let mut cmd = redis::cmd("WAIT");
+            cmd.arg(self.settings.wait_replicas).arg(WAIT_TIMEOUT_MS);
+            vec![cmd.query_async(&mut self.conn.clone()).await?]
+        } else {
+            let mut pipe = redis::pipe();
+            scripts::add_wait(&mut pipe, self.settings.wait_replicas);
+            pipe.query_async(&mut self.conn.clone()).await?
+        };
         scripts::check_wait(&mut replies, self.settings.wait_replicas)??;
         Ok(())
     }
@@ -348,8 +342,7 @@ impl Bank {
         &self,
         requests: &[StoreRequest<'_>],
     ) -> Result<Applied<Vec<StoreReport>>, BankError> {
-        let mut pipe = redis::pipe();
-        let mut commands = 0usize;
+        let mut cmds = Vec::new();
         // For each request: whether its zset store and its consent store are in the pipeline.
         let mut plan = Vec::with_capacity(requests.len());
         for r in requests {
@@ -384,33 +377,23 @@ impl Bank {
                 }
             }
             if in_zset {
-                pipe.add_command(cmd);
-                commands += 1;
+                cmds.push(cmd);
             }
             if !consents.is_empty() {
-                pipe.add_command(self.store_consents_cmd(r.app, r.open_id, &consents));
-                commands += 1;
+                cmds.push(self.store_consents_cmd(r.app, r.open_id, &consents));
             }
             plan.push((in_zset, !consents.is_empty()));
         }
-        if commands == 0 {
+        if cmds.is_empty() {
             return Ok(Applied {
                 value: vec![StoreReport::default(); requests.len()],
                 replicated: Ok(()),
             });
         }
-        scripts::add_wait(&mut pipe, self.settings.wait_replicas);
-        let mut replies: Vec<Value> = self
+        let (replies, replicated) = self
             .scripts
-            .run_pipeline(&mut self.conn.clone(), &pipe)
+            .run_batch(&self.conn, cmds, self.settings.wait_replicas)
             .await?;
-        let replicated = scripts::check_wait(&mut replies, self.settings.wait_replicas)?;
-        if replies.len() != commands {
-            return Err(BankError::Protocol(format!(
-                "{} replies for {commands} store scripts",
-                replies.len(),
-            )));
-        }
         let mut replies = replies.into_iter();
         let mut next = || {
             replies
@@ -500,6 +483,22 @@ impl Bank {
         Ok(released == 1)
     }
 
+    /// Reads with one command per shard (or user), in one round trip on a single node and one
+    /// per slot on a cluster ([`wxpush_redis::run_batch`]), each reply converted to `T`.
+    pub async fn read_batch<T: FromRedisValue>(
+        &self,
+        cmds: Vec<redis::Cmd>,
+    ) -> Result<Vec<T>, BankError> {
+        let batch = wxpush_redis::run_batch(&self.conn, cmds, None, &[]).await?;
+        batch
+            .replies
+            .into_iter()
+            .map(|v| {
+                T::from_redis_value(v).map_err(|e| BankError::Protocol(format!("a reply: {e}")))
+            })
+            .collect()
+    }
+
     /// Redis's clock, in Unix milliseconds (`TIME`): the one clock every script uses.
     pub async fn now_ms(&self) -> Result<i64, BankError> {
         let (secs, micros): (i64, i64) = redis::cmd("TIME")
@@ -560,7 +559,7 @@ fn parse_claim(reply: &[Value]) -> Result<Option<Claimed>, BankError> {
 }
 
 /// Redis's clock, in Unix seconds.
-pub(crate) async fn redis_time(conn: &mut ConnectionManager) -> Result<i64, BankError> {
+pub(crate) async fn redis_time(conn: &mut Conn) -> Result<i64, BankError> {
     let (secs, _micros): (i64, i64) = redis::cmd("TIME").query_async(conn).await?;
     Ok(secs)
 }

@@ -1,4 +1,4 @@
-//! A campaign's record, `{ns}:camp:<app>:<campaignId>`: its dispatch state, the lease of the
+//! A campaign's record, `{ns}:camp:{<app>.<n>}:<campaignId>`: its dispatch state, the lease of the
 //! one dispatcher fanning it out, the stop flag, and what `campaign status` shows. Every field
 //! name is here ([`field`]); the Lua scripts get them from [`with_prelude`], and dispatch, send,
 //! status, the demo, the benchmarks and the tests read and write the record only through this
@@ -30,7 +30,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use redis::Value;
+use redis::{Cmd, FromRedisValue, Value};
 use wxpush_domain::campaign::{Audience, Campaign};
 use wxpush_domain::{AppId, OpenId, SendJob};
 
@@ -104,11 +104,27 @@ pub const DISPATCH_LEASE: Duration = Duration::from_secs(10);
 /// How long a campaign's record is kept after it is created, and after it is dispatched.
 pub const RECORD_TTL_SECS: i64 = 30 * 24 * 3600;
 
-/// The key of a campaign's record, `{ns}:camp:<app>:<campaignId>`: two apps may each run a
-/// campaign of the same id. (An appId has no `:`, so no id of one app reaches another's key.)
+/// The key of a campaign's record, `{ns}:camp:{<app>.<n>}:<campaignId>`: two apps may each
+/// run a campaign of the same id. The hash tag comes before the id, so an id holding `{x}`
+/// cannot choose the key's Redis Cluster slot; `<n>` spreads an app's records over
+/// [`crate::SHARDS`] slots (FNV-1a of the id, as users are spread).
 pub fn record_key(ns: impl std::fmt::Display, app: &AppId, campaign_id: &str) -> String {
+    let n = crate::keys::shard_of_text(campaign_id);
+    format!("{ns}:camp:{{{app}.{n}}}:{campaign_id}")
+}
+
+/// Where versions before Redis Cluster support kept the record: `{ns}:camp:<app>:<id>`, with
+/// no hash tag of its own. On a single node, the first operation on a record moves one found
+/// there to [`record_key`] (`RENAME`, in the operation's round trip); on a cluster there is
+/// none to move (those versions refused to run on one).
+pub fn legacy_record_key(ns: impl std::fmt::Display, app: &AppId, campaign_id: &str) -> String {
     format!("{ns}:camp:{app}:{campaign_id}")
 }
+
+/// Moves a record from its legacy key (KEYS[2]) to its key (KEYS[1]) unless it is there
+/// already. Sent as `EVAL` (tiny, cached by Redis), first in the operation's pipeline.
+const MIGRATE: &str = "if redis.call('EXISTS', KEYS[1]) == 0 and \
+redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[1]) end return 0";
 
 /// A record script's source with the prelude naming the fields (`F.<name>`) and states
 /// (`S.dispatching`, `S.dispatched`) first.
@@ -257,20 +273,108 @@ pub struct CampaignRecord {
     bank: Bank,
     app: AppId,
     key: String,
+    /// [`legacy_record_key`], on a single node only.
+    legacy: Option<String>,
 }
 
+/// A campaign's two hashes as `wxpush campaign status` reads them, raw: the record's fields,
+/// then each shard's outcome counters ([`crate::SHARDS`] of them, in shard order).
+pub type CampaignHashes = (
+    std::collections::HashMap<Vec<u8>, Vec<u8>>,
+    Vec<std::collections::HashMap<Vec<u8>, Vec<u8>>>,
+);
+
 impl Bank {
+    /// Reads a campaign's record and outcome counters, read-only (a record at its
+    /// [`legacy_record_key`] is read there, not moved). On a single node, in one atomic round
+    /// trip (MULTI/EXEC): every figure belongs to the same moment. On a cluster, the record
+    /// and each shard's counters are read apart (concurrently, one slot each): each shard's
+    /// counters are consistent in themselves (one `HGETALL`, one script's writes at a time),
+    /// but two shards may be read a few milliseconds apart, so a total can hold a send that
+    /// a `targeted` read just before does not count yet (status clamps what goes below zero).
+    pub async fn campaign_hashes(
+        &self,
+        app: &AppId,
+        campaign_id: &str,
+    ) -> Result<CampaignHashes, BankError> {
+        type Hash = std::collections::HashMap<Vec<u8>, Vec<u8>>;
+        let ns = self.keys.namespace();
+        let key = record_key(ns, app, campaign_id);
+        let shards = (0..crate::SHARDS).map(|shard| {
+            let mut cmd = redis::cmd("HGETALL");
+            cmd.arg(self.keys.campaign_counters(app, shard, campaign_id));
+            cmd
+        });
+        if self.conn.is_cluster() {
+            let mut cmd = redis::cmd("HGETALL");
+            cmd.arg(&key);
+            let record: Hash = cmd.query_async(&mut self.connection()).await?;
+            let counters: Vec<Hash> = self.read_batch(shards.collect()).await?;
+            return Ok((record, counters));
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("HGETALL").arg(&key);
+        pipe.cmd("HGETALL")
+            .arg(legacy_record_key(ns, app, campaign_id));
+        for cmd in shards {
+            pipe.add_command(cmd);
+        }
+        let mut hashes: Vec<Hash> = self
+            .scripts
+            .run_pipeline_single_node(&mut self.connection(), &pipe)
+            .await?;
+        if hashes.len() != 2 + usize::from(crate::SHARDS) {
+            return Err(BankError::Protocol(format!(
+                "{} hashes read for a campaign",
+                hashes.len()
+            )));
+        }
+        let counters = hashes.split_off(2);
+        let legacy = hashes.pop().unwrap_or_default();
+        let record = hashes.pop().filter(|h| !h.is_empty()).unwrap_or(legacy);
+        Ok((record, counters))
+    }
+
     /// The record of `app`'s campaign `campaign_id`.
     pub fn record(&self, app: &AppId, campaign_id: &str) -> CampaignRecord {
         CampaignRecord {
             bank: self.clone(),
             app: app.clone(),
             key: record_key(self.keys.namespace(), app, campaign_id),
+            legacy: (!self.conn.is_cluster())
+                .then(|| legacy_record_key(self.keys.namespace(), app, campaign_id)),
         }
     }
 }
 
 impl CampaignRecord {
+    /// Runs `cmd` (a record script or a read of the record), on a single node after moving a
+    /// record left at its legacy key, in the same round trip.
+    async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BankError> {
+        let mut conn = self.bank.connection();
+        let Some(legacy) = &self.legacy else {
+            return self.bank.scripts.run(&mut conn, cmd).await;
+        };
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVAL")
+            .arg(MIGRATE)
+            .arg(2)
+            .arg(&self.key)
+            .arg(legacy)
+            .ignore();
+        pipe.add_command(cmd.clone());
+        let mut replies: Vec<Value> = self
+            .bank
+            .scripts
+            .run_pipeline_single_node(&mut conn, &pipe)
+            .await?;
+        let reply = replies
+            .pop()
+            .ok_or_else(|| BankError::Protocol("a record reply is missing".into()))?;
+        T::from_redis_value(reply).map_err(|e| BankError::Protocol(format!("a record reply: {e}")))
+    }
+
     /// The record's Redis key.
     pub fn key(&self) -> &str {
         &self.key
@@ -298,11 +402,7 @@ impl CampaignRecord {
             .arg(audience)
             .arg(c.rejected_recipients.len())
             .arg(job.to_json());
-        let reply: Vec<Value> = self
-            .bank
-            .scripts
-            .run(&mut self.bank.connection(), &cmd)
-            .await?;
+        let reply: Vec<Value> = self.query(&cmd).await?;
         let text = |v: &Value| -> Option<String> {
             match v {
                 Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
@@ -363,11 +463,7 @@ impl CampaignRecord {
         for a in args {
             cmd.arg(a);
         }
-        let done: i64 = self
-            .bank
-            .scripts
-            .run(&mut self.bank.connection(), &cmd)
-            .await?;
+        let done: i64 = self.query(&cmd).await?;
         Ok(done == 1)
     }
 
@@ -420,30 +516,23 @@ impl CampaignRecord {
     pub async fn stop(&self, reason: &str) -> Result<bool, BankError> {
         let mut cmd = self.bank.scripts.record_stop.evalsha();
         cmd.arg(1).arg(&self.key).arg(reason).arg(RECORD_TTL_SECS);
-        let first: i64 = self
-            .bank
-            .scripts
-            .run(&mut self.bank.connection(), &cmd)
-            .await?;
+        let first: i64 = self.query(&cmd).await?;
         Ok(first == 1)
     }
 
     /// Whether the campaign was stopped.
     pub async fn stopped(&self) -> Result<bool, BankError> {
-        let stopped: bool = redis::cmd("HEXISTS")
-            .arg(&self.key)
-            .arg(field::STOPPED_AT_MS)
-            .query_async(&mut self.bank.connection())
-            .await?;
+        let mut cmd = redis::cmd("HEXISTS");
+        cmd.arg(&self.key).arg(field::STOPPED_AT_MS);
+        let stopped: bool = self.query(&cmd).await?;
         Ok(stopped)
     }
 
     /// The record as it is now; `None` when there is none.
     pub async fn snapshot(&self) -> Result<Option<RecordSnapshot>, BankError> {
-        let fields: BTreeMap<String, String> = redis::cmd("HGETALL")
-            .arg(&self.key)
-            .query_async(&mut self.bank.connection())
-            .await?;
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(&self.key);
+        let fields: BTreeMap<String, String> = self.query(&cmd).await?;
         Ok((!fields.is_empty()).then(|| RecordSnapshot::from_fields(fields)))
     }
 
@@ -452,11 +541,9 @@ impl CampaignRecord {
     /// or the field is missing (a campaign recorded by an older version). A field that does not
     /// parse is an error ([`BankError::Protocol`]).
     pub async fn job_template(&self) -> Result<Option<SendJob>, BankError> {
-        let job: Option<String> = redis::cmd("HGET")
-            .arg(&self.key)
-            .arg(field::JOB)
-            .query_async(&mut self.bank.connection())
-            .await?;
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(&self.key).arg(field::JOB);
+        let job: Option<String> = self.query(&cmd).await?;
         job.map(|j| parse_job_template(&j)).transpose()
     }
 }

@@ -27,12 +27,14 @@ impl Bank {
         app: &AppId,
         campaign: &str,
     ) -> Result<u64, BankError> {
-        let mut pipe = redis::pipe();
-        for shard in 0..SHARDS {
-            pipe.cmd("SCARD")
-                .arg(self.keys.campaign_retryable(app, shard, campaign));
-        }
-        let counts: Vec<u64> = pipe.query_async(&mut self.conn.clone()).await?;
+        let cmds = (0..SHARDS)
+            .map(|shard| {
+                let mut cmd = redis::cmd("SCARD");
+                cmd.arg(self.keys.campaign_retryable(app, shard, campaign));
+                cmd
+            })
+            .collect();
+        let counts: Vec<u64> = self.read_batch(cmds).await?;
         Ok(counts.iter().sum())
     }
 

@@ -1,17 +1,17 @@
 //! The bank's Lua scripts (`lua/*.lua`) and how they are run.
 //!
-//! Scripts are sent by SHA (`EVALSHA`), also inside pipelines, where redis-rs does not load
-//! them on its own; on `NOSCRIPT` (a restarted or flushed Redis) they are loaded and the
-//! command or pipeline is sent once more, which is safe because every bank script is
-//! idempotent or atomic. With replicas asked for (`WXPUSH_REDIS_WAIT_REPLICAS`), a write is
+//! Scripts are sent by SHA (`EVALSHA`), also inside pipelines, through `wxpush-redis`, which
+//! loads them all and sends the command or pipeline once more on `NOSCRIPT` (a restarted or
+//! flushed node, a newly promoted replica): safe because every bank script is idempotent or
+//! atomic, and a missing script did not run. With replicas asked for (`WXPUSH_REDIS_WAIT_REPLICAS`), a write is
 //! followed by `WAIT` in the same pipeline (no extra round trip), and a shortfall is reported
 //! apart from the write's reply ([`Applied`]). This module must not decide what the scripts
 //! mean.
 
 use std::sync::OnceLock;
 
-use redis::aio::ConnectionManager;
-use redis::{Cmd, FromRedisValue, Pipeline, RedisError, Script, Value};
+use redis::{Cmd, FromRedisValue, Pipeline, Value};
+use wxpush_redis::{Conn, Lua};
 
 use crate::{BankError, NotReplicated};
 
@@ -65,24 +65,7 @@ pub(crate) fn check_wait(
     }
 }
 
-pub(crate) struct BankScript {
-    script: Script,
-}
-
-impl BankScript {
-    fn new(source: &str) -> Self {
-        Self {
-            script: Script::new(source),
-        }
-    }
-
-    /// `EVALSHA <sha>`; the caller adds the key count, keys and arguments.
-    pub(crate) fn evalsha(&self) -> Cmd {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.script.get_hash());
-        cmd
-    }
-}
+pub(crate) type BankScript = Lua;
 
 pub(crate) struct Scripts {
     pub(crate) store: BankScript,
@@ -102,50 +85,43 @@ pub(crate) struct Scripts {
 pub(crate) fn get() -> &'static Scripts {
     static SCRIPTS: OnceLock<Scripts> = OnceLock::new();
     SCRIPTS.get_or_init(|| Scripts {
-        store: BankScript::new(include_str!("lua/store.lua")),
-        claim: BankScript::new(include_str!("lua/claim.lua")),
-        release: BankScript::new(include_str!("lua/release.lua")),
-        campaign_claim: BankScript::new(concat!(
+        store: Lua::new(include_str!("lua/store.lua")),
+        claim: Lua::new(include_str!("lua/claim.lua")),
+        release: Lua::new(include_str!("lua/release.lua")),
+        campaign_claim: Lua::new(concat!(
             include_str!("lua/campaign_marks.lua"),
             include_str!("lua/campaign_claim.lua")
         )),
-        campaign_settle: BankScript::new(concat!(
+        campaign_settle: Lua::new(concat!(
             include_str!("lua/campaign_marks.lua"),
             include_str!("lua/campaign_settle.lua")
         )),
-        store_consents: BankScript::new(include_str!("lua/store_consents.lua")),
-        clear_consents: BankScript::new(include_str!("lua/clear_consents.lua")),
-        campaign_claim_consent: BankScript::new(concat!(
+        store_consents: Lua::new(include_str!("lua/store_consents.lua")),
+        clear_consents: Lua::new(include_str!("lua/clear_consents.lua")),
+        campaign_claim_consent: Lua::new(concat!(
             include_str!("lua/campaign_marks.lua"),
             include_str!("lua/campaign_claim_consent.lua")
         )),
-        campaign_requeue: BankScript::new(concat!(
+        campaign_requeue: Lua::new(concat!(
             include_str!("lua/campaign_marks.lua"),
             include_str!("lua/campaign_requeue.lua")
         )),
         // The record's field names come from record.rs (`crate::record::lua_prelude`).
-        record_open: BankScript::new(&crate::record::with_prelude(include_str!(
+        record_open: Lua::new(&crate::record::with_prelude(include_str!(
             "lua/record_open.lua"
         ))),
-        record_write: BankScript::new(&crate::record::with_prelude(include_str!(
+        record_write: Lua::new(&crate::record::with_prelude(include_str!(
             "lua/record_write.lua"
         ))),
-        record_stop: BankScript::new(&crate::record::with_prelude(include_str!(
+        record_stop: Lua::new(&crate::record::with_prelude(include_str!(
             "lua/record_stop.lua"
         ))),
     })
 }
 
-fn is_noscript(e: &RedisError) -> bool {
-    matches!(
-        e.kind(),
-        redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
-    )
-}
-
 impl Scripts {
-    pub(crate) async fn load_all(&self, conn: &mut ConnectionManager) -> Result<(), BankError> {
-        for s in [
+    fn all(&self) -> [&Lua; 12] {
+        [
             &self.store,
             &self.claim,
             &self.release,
@@ -158,30 +134,25 @@ impl Scripts {
             &self.record_open,
             &self.record_write,
             &self.record_stop,
-        ] {
-            s.script.prepare_invoke().load_async(conn).await?;
-        }
-        Ok(())
+        ]
+    }
+
+    pub(crate) async fn load_all(&self, conn: &mut Conn) -> Result<(), BankError> {
+        Ok(wxpush_redis::load(conn, &self.all()).await?)
     }
 
     pub(crate) async fn run<T: FromRedisValue>(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut Conn,
         cmd: &Cmd,
     ) -> Result<T, BankError> {
-        match cmd.query_async(conn).await {
-            Err(e) if is_noscript(&e) => {
-                self.load_all(conn).await?;
-                Ok(cmd.query_async(conn).await?)
-            }
-            other => Ok(other?),
-        }
+        Ok(wxpush_redis::run(conn, cmd, &self.all()).await?)
     }
 
     /// Runs one script command followed by `WAIT` for `wanted` replicas, in one pipeline.
     pub(crate) async fn run_applied<T: FromRedisValue>(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut Conn,
         cmd: &Cmd,
         wanted: u32,
     ) -> Result<Applied<T>, BankError> {
@@ -205,17 +176,47 @@ impl Scripts {
         Ok(Applied { value, replicated })
     }
 
-    pub(crate) async fn run_pipeline<T: FromRedisValue>(
+    /// Runs many one-slot commands ([`wxpush_redis::run_batch`]), each pipeline sent ending
+    /// with `WAIT` for `wanted` replicas; the replies in order, and whether every pipeline's
+    /// `WAIT` was met (the fewest acknowledgements count).
+    pub(crate) async fn run_batch(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &Conn,
+        cmds: Vec<Cmd>,
+        wanted: u32,
+    ) -> Result<(Vec<Value>, Result<(), NotReplicated>), BankError> {
+        let wait = (wanted > 0).then(|| {
+            let mut cmd = redis::cmd("WAIT");
+            cmd.arg(wanted).arg(WAIT_TIMEOUT_MS);
+            cmd
+        });
+        let batch = wxpush_redis::run_batch(conn, cmds, wait.as_ref(), &self.all()).await?;
+        let mut replicated = Ok(());
+        for tail in batch.tails {
+            if let Err(short) = check_wait(&mut vec![tail], wanted)? {
+                replicated = match replicated {
+                    Err(NotReplicated { acked, .. }) if acked <= short.acked => replicated,
+                    _ => Err(short),
+                };
+            }
+        }
+        Ok((batch.replies, replicated))
+    }
+
+    /// [`Scripts::run_pipeline`] across slots, on a single node only.
+    pub(crate) async fn run_pipeline_single_node<T: FromRedisValue>(
+        &self,
+        conn: &mut Conn,
         pipe: &Pipeline,
     ) -> Result<T, BankError> {
-        match pipe.query_async(conn).await {
-            Err(e) if is_noscript(&e) => {
-                self.load_all(conn).await?;
-                Ok(pipe.query_async(conn).await?)
-            }
-            other => Ok(other?),
-        }
+        Ok(wxpush_redis::run_pipeline_single_node(conn, pipe, &self.all()).await?)
+    }
+
+    pub(crate) async fn run_pipeline<T: FromRedisValue>(
+        &self,
+        conn: &mut Conn,
+        pipe: &Pipeline,
+    ) -> Result<T, BankError> {
+        Ok(wxpush_redis::run_pipeline(conn, pipe, &self.all()).await?)
     }
 }

@@ -321,12 +321,17 @@ impl RawConfig {
             &["redis", "rediss", "redis+unix", "unix"],
         )
         .map(SecretUrl)?;
-        if redis_url.urls().len() > 1 {
+        if redis_url.urls().len() > 1
+            && redis_url
+                .urls()
+                .iter()
+                .any(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
+        {
             return Err(ConfigError::Invalid {
                 var: "WXPUSH_REDIS_URL",
                 reason: format!(
-                    "'{}' lists several nodes: Redis Cluster is not supported yet (one node, or \
-                     a primary with replicas behind one address; docs/operations.md#redis-for-production)",
+                    "'{}' lists several nodes (a Redis Cluster's seed nodes), and those are \
+                     redis:// or rediss:// addresses, not sockets",
                     redis_url.redacted()
                 ),
             });

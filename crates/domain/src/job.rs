@@ -222,12 +222,10 @@ impl JobError {
 }
 
 /// A campaign id is used in Redis key names and as a campaign-mark field: printable ASCII
-/// without spaces, at most 128 bytes. It always ends its key (`{ns}:camp:<app>:<id>`, and after the
-/// hash tag in `{ns}:cs:{<app>.<shard>}:<id>`), so two ids never give the same key; and as
-/// it holds no space, the mark fields `"<id>"` and `"<id> o"` of two ids never meet. In
-/// `{ns}:camp:<app>:<id>`, a `{…}` in the id picks that key's cluster slot, which is harmless: the
-/// dispatcher writes the record alone (single-key commands, a MULTI on that key alone), and
-/// `campaign status` reads it beside the 1024 counter shards, which span many slots anyway.
+/// without spaces, at most 128 bytes. It always ends its key, after the key's hash tag
+/// (`{ns}:camp:{<app>.<n>}:<id>`, `{ns}:cs:{<app>.<shard>}:<id>`), so two ids never give the
+/// same key and a `{…}` in an id never picks a key's cluster slot; and as it holds no space,
+/// the mark fields `"<id>"` and `"<id> o"` of two ids never meet.
 pub fn check_campaign_id(id: &str) -> Result<(), NameError> {
     // The openId rule is the same one; reuse its checks and messages.
     OpenId::new(id).map(|_| ()).map_err(|e| match e {

@@ -23,7 +23,7 @@ pub use campaign::{
     parse_campaign, Audience, Campaign, CampaignError, CampaignKind, CampaignLimits,
     RejectedRecipient, RejectedRecipients,
 };
-pub use config::{Config, ConfigError, QueueType, RawConfig, Secret, SecretUrl};
+pub use config::{split_urls, Config, ConfigError, QueueType, RawConfig, Secret, SecretUrl};
 pub use credential::{
     check_template_id, Consent, Credential, CredentialKind, NEVER_EXPIRES, PREPAY_USES,
 };

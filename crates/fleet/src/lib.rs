@@ -47,7 +47,7 @@ impl FleetError {
     /// True when retrying later may succeed (Redis down, timed out, loading, failing over).
     pub fn is_transient(&self) -> bool {
         match self {
-            FleetError::Redis(e) => wxpush_bank::redis_is_transient(e),
+            FleetError::Redis(e) => wxpush_redis::is_transient(e),
             FleetError::Protocol(_) => false,
         }
     }

@@ -12,8 +12,8 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use redis::aio::ConnectionManager;
 use wxpush_domain::{AppId, Namespace};
+use wxpush_redis::Conn;
 
 use crate::keys::Keys;
 use crate::scripts::{self, Scripts};
@@ -43,7 +43,7 @@ struct Known {
 }
 
 struct Inner {
-    conn: ConnectionManager,
+    conn: Conn,
     key: String,
     app: AppId,
     settings: PauseSettings,
@@ -66,12 +66,7 @@ impl std::fmt::Debug for FleetPause {
 }
 
 impl FleetPause {
-    pub fn new(
-        conn: ConnectionManager,
-        ns: Namespace,
-        app: AppId,
-        settings: PauseSettings,
-    ) -> Self {
+    pub fn new(conn: Conn, ns: Namespace, app: AppId, settings: PauseSettings) -> Self {
         let key = Keys::new(ns).pause(&app);
         Self {
             inner: Arc::new(Inner {

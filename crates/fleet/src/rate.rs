@@ -33,8 +33,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
 use wxpush_domain::{AppId, Namespace};
+use wxpush_redis::Conn;
 
 use crate::keys::Keys;
 use crate::scripts::{self, Scripts};
@@ -68,7 +68,7 @@ struct Permits {
 }
 
 struct Inner {
-    conn: ConnectionManager,
+    conn: Conn,
     key: String,
     app: AppId,
     rate: AtomicU32,
@@ -138,13 +138,7 @@ pub fn max_calls_per_second(rate: u32, permit_max_age: Duration) -> u32 {
 
 impl RateLimiter {
     /// A limiter of `rate` sends per second (at least 1) for all processes together.
-    pub fn new(
-        conn: ConnectionManager,
-        ns: Namespace,
-        app: AppId,
-        rate: u32,
-        settings: RateSettings,
-    ) -> Self {
+    pub fn new(conn: Conn, ns: Namespace, app: AppId, rate: u32, settings: RateSettings) -> Self {
         let key = Keys::new(ns).rate(&app);
         Self {
             inner: Arc::new(Inner {

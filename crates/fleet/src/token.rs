@@ -52,8 +52,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
-use redis::aio::ConnectionManager;
 use wxpush_domain::{AppId, Namespace, Secret, TokenSource};
+use wxpush_redis::Conn;
 use wxpush_wechat::{AccessToken, Client, TokenError, MAX_TOKEN_LIFETIME_SECS};
 
 use crate::keys::Keys;
@@ -355,7 +355,7 @@ struct Local {
 }
 
 struct Inner {
-    conn: ConnectionManager,
+    conn: Conn,
     token_key: String,
     lock_key: String,
     error_key: String,
@@ -397,7 +397,7 @@ impl TokenStore {
     /// The shared token of `app`, fetched from `source` (`secret` is WeChat's app secret; a
     /// token service source does not use it).
     pub fn new(
-        conn: ConnectionManager,
+        conn: Conn,
         ns: Namespace,
         client: Client,
         app: AppId,

@@ -104,7 +104,11 @@ impl Deps {
         .and_then(|r| r.map_err(|e| root_cause(&e)))
         .map_err(|reason| DepsError::Redis {
             url: config.redis_url.redacted(),
-            reason: scrub_url(&reason, config.redis_url.expose()),
+            reason: config
+                .redis_url
+                .urls()
+                .iter()
+                .fold(reason, |text, url| scrub_url(&text, url)),
         })?;
         let target = AmqpTarget {
             url: config.amqp_url.clone(),

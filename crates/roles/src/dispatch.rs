@@ -4,7 +4,7 @@
 //! 1. parse and validate it ([`wxpush_domain::parse_campaign`]); a bad one is dead-lettered
 //!    to `<ns>.dead.dispatch` with its reason; one naming an app the install does not serve
 //!    too (`unknown_app`);
-//! 2. open its record ([`wxpush_bank::record`], `{ns}:camp:<app>:<id>`) and take its dispatch
+//! 2. open its record ([`wxpush_bank::record`], `{ns}:camp:{<app>.<n>}:<id>`) and take its dispatch
 //!    lease: a campaign already dispatched is a no-op; one being dispatched resumes from its
 //!    checkpoint; one whose lease another live dispatcher holds is waited for (below);
 //! 3. stream the audience a page at a time (the bank's index of reachable users — for a

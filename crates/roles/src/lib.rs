@@ -56,7 +56,7 @@ impl RoleError {
             RoleError::Broker(e) => !e.is_permanent(),
             RoleError::Amqp(_) => true,
             RoleError::Bank(e) => e.is_transient(),
-            RoleError::Redis(e) => wxpush_bank::redis_is_transient(e),
+            RoleError::Redis(e) => wxpush_redis::is_transient(e),
             RoleError::Fleet(e) => e.is_transient(),
         }
     }

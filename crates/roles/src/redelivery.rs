@@ -18,10 +18,10 @@ use std::time::Duration;
 
 use lapin::message::Delivery;
 use lapin::types::AMQPValue;
-use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
 use wxpush_bank::Bank;
 use wxpush_domain::Namespace;
+use wxpush_redis::Conn;
 
 use crate::RoleError;
 
@@ -38,7 +38,7 @@ const WINDOW: Duration = Duration::from_secs(3600);
 /// Counts deliveries of messages that come back.
 #[derive(Clone)]
 pub struct Redeliveries {
-    conn: ConnectionManager,
+    conn: Conn,
     ns: Namespace,
 }
 

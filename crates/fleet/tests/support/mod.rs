@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use wxpush_domain::{AppId, Namespace, Secret, TokenSource};
 use wxpush_fake_wechat::{FakeConfig, FakeHandle, FakeWeChat, DEFAULT_APP_ID, DEFAULT_SECRET};
 use wxpush_fleet::{TokenSettings, TokenStore};
@@ -81,12 +80,9 @@ impl Drop for TestNs {
 }
 
 /// A connection of its own, as a separate process would have.
-pub async fn conn() -> ConnectionManager {
-    let client = redis::Client::open(redis_url()).unwrap();
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(3)))
-        .set_response_timeout(Some(Duration::from_secs(10)));
-    ConnectionManager::new_with_config(client, config)
+pub async fn conn() -> wxpush_redis::Conn {
+    let url = redis_url();
+    wxpush_redis::connect(&wxpush_domain::split_urls(&url), None)
         .await
         .unwrap()
 }

@@ -1,0 +1,173 @@
+//! The connection: a single Redis node or a Redis Cluster, behind one cloneable handle.
+//!
+//! [`connect`] decides which: several URLs are a cluster's seed nodes (any one that answers
+//! is enough to learn the slot map); one URL is a single node unless that node reports
+//! `cluster_enabled:1` (`INFO cluster`), so a managed cluster's one configuration endpoint
+//! works as it is. TLS (`rediss://`) is the same for both: rustls, the system's certificate
+//! store, or only the CA given (`WXPUSH_TLS_CA_FILE`) when there is one; on a cluster, the
+//! first seed's scheme applies to every node the cluster names (redis-rs refuses seeds that
+//! mix schemes, passwords or users).
+//!
+//! Client issues guarded against here (redis-rs 1.8):
+//! - connecting can hang when a node accepts TCP and never answers (a stopped process, a
+//!   half-open proxy): every connect is bounded by a timeout of our own around the crate's;
+//! - when every pooled connection of the cluster client goes stale at once (all nodes
+//!   restarted), the first command fails with an I/O error (BrokenPipe) before the client
+//!   reconnects: that is [`crate::is_transient`], and the roles retry it like Redis being
+//!   down, handing the message back.
+//!
+//! This module must not run application commands.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+
+/// How long one node may take to accept a connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one command may take to be answered.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A multiplexed connection to Redis: a single node, or a Redis Cluster. Cheap to clone;
+/// clones share the connection(s). Commands and pipelines go through
+/// [`redis::aio::ConnectionLike`] either way; on a cluster each goes to the primary of its
+/// keys' slot, so a pipeline or script must keep to one slot.
+#[derive(Clone)]
+pub enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    /// True for a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Conn::Cluster(_))
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+fn timed_out(what: &str) -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("{what}: no answer in {} s", CONNECT_TIMEOUT.as_secs() * 2),
+    ))
+}
+
+/// Bounds `fut` by twice [`CONNECT_TIMEOUT`] (see the module comment: a connect can hang).
+async fn bounded<T>(
+    what: &str,
+    fut: impl std::future::Future<Output = RedisResult<T>>,
+) -> RedisResult<T> {
+    match tokio::time::timeout(CONNECT_TIMEOUT * 2, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(timed_out(what)),
+    }
+}
+
+/// Connects to Redis at `urls` (one node, or a cluster's seed nodes), failing fast when
+/// nothing answers. `ca_pem` (PEM) replaces the system's certificate store for `rediss://`;
+/// it is unused for `redis://`.
+pub async fn connect(urls: &[&str], ca_pem: Option<&[u8]>) -> RedisResult<Conn> {
+    match urls {
+        [] => Err(RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "no Redis URL",
+        ))),
+        [url] => {
+            let single = connect_single(url, ca_pem).await?;
+            if reports_cluster(&mut single.clone()).await {
+                tracing::info!("Redis reports cluster mode: using the cluster client");
+                connect_cluster(urls, ca_pem).await
+            } else {
+                Ok(Conn::Single(single))
+            }
+        }
+        seeds => connect_cluster(seeds, ca_pem).await,
+    }
+}
+
+async fn connect_single(url: &str, ca_pem: Option<&[u8]>) -> RedisResult<ConnectionManager> {
+    let mut client = redis::Client::open(url)?;
+    if let Some(pem) = ca_pem {
+        let info = client.get_connection_info();
+        if matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+            let certs = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.to_vec()),
+            };
+            client = redis::Client::build_with_tls(info.clone(), certs)?;
+        }
+    }
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(2));
+    bounded(
+        "connecting to Redis",
+        ConnectionManager::new_with_config(client, config),
+    )
+    .await
+}
+
+/// Whether the node says it is part of a cluster. A node that refuses `INFO` (some managed
+/// services rename it) is taken as a single node.
+async fn reports_cluster(conn: &mut ConnectionManager) -> bool {
+    let info: RedisResult<String> = redis::cmd("INFO").arg("cluster").query_async(conn).await;
+    match info {
+        Ok(text) => text.lines().any(|l| l.trim() == "cluster_enabled:1"),
+        Err(e) => {
+            tracing::debug!(error = %e, "INFO cluster refused: taking Redis as a single node");
+            false
+        }
+    }
+}
+
+async fn connect_cluster(seeds: &[&str], ca_pem: Option<&[u8]>) -> RedisResult<Conn> {
+    let mut builder = ClusterClientBuilder::new(seeds.iter().map(|s| s.to_string()))
+        .connection_timeout(CONNECT_TIMEOUT)
+        .response_timeout(RESPONSE_TIMEOUT);
+    let tls = seeds.first().is_some_and(|s| s.starts_with("rediss://"));
+    if let (Some(pem), true) = (ca_pem, tls) {
+        builder = builder.certs(redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.to_vec()),
+        });
+    }
+    let client = builder.build()?;
+    let conn = bounded(
+        "connecting to the Redis Cluster",
+        client.get_async_connection(),
+    )
+    .await?;
+    Ok(Conn::Cluster(conn))
+}
