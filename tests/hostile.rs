@@ -329,7 +329,8 @@ fn classify(ns: &Namespace, app: &AppId, key: &[u8]) -> Option<DocKey> {
         | "pause" => (rest == format!("{{{app}}}")).then(|| DocKey::Fleet(kind.to_owned())),
         // Redelivery counts (docs/operations.md#poison): a role's queue and a body digest.
         "rd" => {
-            let (queue, digest) = rest.split_once(':')?;
+            let (queue, tagged) = rest.split_once(':')?;
+            let digest = tagged.strip_prefix('{')?.strip_suffix('}')?;
             let ok = ["ingest", "dispatch", "send"].contains(&queue)
                 && digest.len() == 24
                 && digest.bytes().all(|b| b.is_ascii_hexdigit());

@@ -32,14 +32,17 @@ fn upload(n: usize, count: u64) -> Vec<u8> {
 
 /// Credentials stored for each of `users` (ZCARD of their keys).
 async fn stored_counts(bank: &Bank, env: &TestEnv, users: usize) -> Vec<u64> {
-    let mut pipe = redis::pipe();
-    for n in 0..users {
-        pipe.cmd("ZCARD").arg(
-            bank.keys()
-                .credentials(&env.app, &OpenId::new(&user(n)).unwrap()),
-        );
-    }
-    pipe.query_async(&mut bank.connection()).await.unwrap()
+    let cmds = (0..users)
+        .map(|n| {
+            let mut cmd = redis::cmd("ZCARD");
+            cmd.arg(
+                bank.keys()
+                    .credentials(&env.app, &OpenId::new(&user(n)).unwrap()),
+            );
+            cmd
+        })
+        .collect();
+    bank.read_batch(cmds).await.unwrap()
 }
 
 /// Every key of the bank in the namespace with its members and scores (the redelivery counts,

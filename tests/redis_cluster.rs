@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use wxpush_testkit::fleet::{campaign, Fleet};
-use wxpush_testkit::{eventually, redis_nodes};
+use wxpush_testkit::{eventually, redis_nodes, CapturedStderr};
 
 /// `CLUSTER NODES` of the first seed that answers.
 fn cluster_nodes() -> String {
@@ -77,8 +77,18 @@ fn signal(pid: &str, sig: &str) {
     assert!(ok, "kill {sig} {pid}");
 }
 
+/// Users sent the campaign's message so far (an error while Redis recovers: asked again).
+async fn sent(f: &Fleet) -> Result<i64, String> {
+    wxpush_roles::outcomes::read(&f.deps.bank, &f.env.app, "fo")
+        .await
+        .map(|c| c.get("sent").copied().unwrap_or(0))
+        .map_err(|e| e.to_string())
+}
+
 /// Runs a campaign to 600 users (two formIds each) with two senders and a dispatcher, freezes
-/// the primary of the first user's slot once a quarter are sent, thaws it 12 s later. Returns
+/// the primary of the first user's slot once a quarter are sent, thaws it 12 s later (it
+/// rejoins as a replica of the promoted one; with `WAIT`, writes to those slots wait for it).
+/// Returns
 /// (users messaged twice, seconds from the freeze to the promotion, seconds from the
 /// promotion to the first message WeChat accepted for a user whose keys that primary held).
 async fn failover_mid_campaign(name: &str, wait_replicas: bool) -> (usize, f64, f64) {
@@ -106,9 +116,17 @@ async fn failover_mid_campaign(name: &str, wait_replicas: bool) -> (usize, f64, 
         })
         .collect();
     let slot = slots[0];
-    f.start("dispatch");
-    f.start("send");
-    f.start("send");
+    let vars = [("WXPUSH_LOG", "warn,wxpush_roles=info")];
+    let roles = [
+        f.start_with("dispatch", &vars),
+        f.start_with("send", &vars),
+        f.start_with("send", &vars),
+    ];
+    let logs: Vec<_> = roles
+        .iter()
+        .map(|&i| CapturedStderr::take(&mut f.children[i]))
+        .collect();
+    let all_logs = || logs.iter().map(|l| l.text()).collect::<Vec<_>>().join("\n");
     f.publish_campaign(campaign("fo", json!({"all": true})))
         .await;
     let quarter = eventually(Duration::from_secs(60), || async {
@@ -133,6 +151,14 @@ async fn failover_mid_campaign(name: &str, wait_replicas: bool) -> (usize, f64, 
     let pid = pid_of(&victim);
     let frozen = Instant::now();
     signal(&pid, "-STOP");
+    // Thawed 12 s after the freeze whatever happens meanwhile (it comes back as a replica).
+    let thaw = {
+        let pid = pid.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(12));
+            signal(&pid, "-CONT");
+        })
+    };
     let promoted = eventually(Duration::from_secs(30), || async {
         primary_of(&cluster_nodes(), slot).is_some_and(|p| p != victim)
     })
@@ -152,19 +178,47 @@ async fn failover_mid_campaign(name: &str, wait_replicas: bool) -> (usize, f64, 
     })
     .await;
     let to_resume = frozen.elapsed().as_secs_f64() - to_promotion;
-    let rest = Duration::from_secs(12).saturating_sub(frozen.elapsed());
-    tokio::time::sleep(rest).await;
-    signal(&pid, "-CONT");
+    thaw.join().expect("the thaw");
     assert!(
         promoted,
         "the replica of {victim} was not promoted within 30 s"
     );
     assert!(
         resumed,
-        "no user of the failed-over primary was messaged within 60 s of the promotion"
+        "no user of the failed-over primary was messaged within 60 s of the promotion: {:?}\n{}",
+        sent(&f).await,
+        all_logs()
     );
 
-    f.wait_complete("fo", Duration::from_secs(180)).await;
+    // Complete: every recipient has an outcome (reads that fail while Redis recovers are
+    // asked again).
+    let complete = eventually(Duration::from_secs(180), || async {
+        let record = f.deps.bank.record(&f.env.app, "fo").snapshot().await;
+        let outcomes = wxpush_roles::outcomes::read(&f.deps.bank, &f.env.app, "fo").await;
+        match (record, outcomes) {
+            (Ok(Some(r)), Ok(c)) => {
+                let finished: i64 = c
+                    .iter()
+                    .filter(|(k, _)| {
+                        !matches!(
+                            k.as_str(),
+                            "retried" | "duplicate" | "requeued" | "last_at_ms"
+                        )
+                    })
+                    .map(|(_, v)| *v)
+                    .sum();
+                r.is_dispatched() && finished >= r.targeted().unwrap_or(0) as i64
+            }
+            _ => false,
+        }
+    })
+    .await;
+    assert!(
+        complete,
+        "the campaign did not complete: {:?}\n{}",
+        sent(&f).await,
+        all_logs()
+    );
     let per_user = f.accepted_per_user();
     let twice = per_user.values().filter(|&&n| n > 1).count();
     for who in &reachable {

@@ -14,14 +14,24 @@
 //! - when every pooled connection of the cluster client goes stale at once (all nodes
 //!   restarted), the first command fails with an I/O error (BrokenPipe) before the client
 //!   reconnects: that is [`crate::is_transient`], and the roles retry it like Redis being
-//!   down, handing the message back.
+//!   down, handing the message back;
+//! - **hit here:** the cluster client refreshes its slot map only when a node answers `MOVED`,
+//!   `ASK` or `READONLY`. A primary that stops answering (frozen, cut off, its host gone
+//!   without a reset) only times out, so after its replica is promoted every command for its
+//!   slots still goes to it and times out, until it comes back (tests/redis_cluster.rs, a
+//!   primary frozen past its failover: 10 s timeouts for as long as it stayed frozen). The
+//!   crate has no call to refresh the map, so [`Conn`] builds a new cluster connection (a
+//!   fresh slot map from the nodes that answer) in the background after a command fails with
+//!   a timeout or an I/O error, at most once per [`REBUILD_EVERY`], and the commands after it
+//!   use that one.
 //!
 //! This module must not run application commands.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClientBuilder;
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 
@@ -29,6 +39,8 @@ use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long one command may take to be answered.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A cluster connection is rebuilt at most this often (see the module comment).
+pub const REBUILD_EVERY: Duration = Duration::from_secs(2);
 
 /// A multiplexed connection to Redis: a single node, or a Redis Cluster. Cheap to clone;
 /// clones share the connection(s). Commands and pipelines go through
@@ -37,7 +49,77 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub enum Conn {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(Cluster),
+}
+
+/// A Redis Cluster connection that is rebuilt when a node stops answering.
+#[derive(Clone)]
+pub struct Cluster {
+    shared: Arc<ClusterShared>,
+}
+
+struct ClusterShared {
+    client: ClusterClient,
+    current: RwLock<ClusterConnection>,
+    /// When the last rebuild started; `None` before the first.
+    rebuilt_at: Mutex<Option<Instant>>,
+}
+
+impl Cluster {
+    fn current(&self) -> ClusterConnection {
+        match self.shared.current.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// After a failed command: a new connection in the background, unless one was started
+    /// within [`REBUILD_EVERY`].
+    fn rebuild_after(&self, e: &RedisError) {
+        let stalled = e.is_timeout()
+            || e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || matches!(
+                e.kind(),
+                redis::ErrorKind::Server(
+                    redis::ServerErrorKind::ClusterDown | redis::ServerErrorKind::MasterDown
+                )
+            );
+        if !stalled {
+            return;
+        }
+        {
+            let Ok(mut at) = self.shared.rebuilt_at.lock() else {
+                return;
+            };
+            if at.is_some_and(|t| t.elapsed() < REBUILD_EVERY) {
+                return;
+            }
+            *at = Some(Instant::now());
+        }
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            match bounded(
+                "reconnecting to the Redis Cluster",
+                shared.client.get_async_connection(),
+            )
+            .await
+            {
+                Ok(fresh) => {
+                    if let Ok(mut current) = shared.current.write() {
+                        *current = fresh;
+                    }
+                    tracing::info!(
+                        "Redis Cluster connection rebuilt after a node stopped answering"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot rebuild the Redis Cluster connection yet")
+                }
+            }
+        });
+    }
 }
 
 impl Conn {
@@ -51,7 +133,17 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => {
+                let cluster = c.clone();
+                Box::pin(async move {
+                    let mut conn = cluster.current();
+                    let reply = conn.req_packed_command(cmd).await;
+                    if let Err(e) = &reply {
+                        cluster.rebuild_after(e);
+                    }
+                    reply
+                })
+            }
         }
     }
 
@@ -63,14 +155,24 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => {
+                let cluster = c.clone();
+                Box::pin(async move {
+                    let mut conn = cluster.current();
+                    let reply = conn.req_packed_commands(pipeline, offset, count).await;
+                    if let Err(e) = &reply {
+                        cluster.rebuild_after(e);
+                    }
+                    reply
+                })
+            }
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
+            Conn::Cluster(c) => c.current().get_db(),
         }
     }
 }
@@ -169,5 +271,11 @@ async fn connect_cluster(seeds: &[&str], ca_pem: Option<&[u8]>) -> RedisResult<C
         client.get_async_connection(),
     )
     .await?;
-    Ok(Conn::Cluster(conn))
+    Ok(Conn::Cluster(Cluster {
+        shared: Arc::new(ClusterShared {
+            client,
+            current: RwLock::new(conn),
+            rebuilt_at: Mutex::new(None),
+        }),
+    }))
 }

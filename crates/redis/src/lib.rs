@@ -21,7 +21,7 @@
 mod conn;
 mod script;
 
-pub use conn::{connect, Conn, CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
+pub use conn::{connect, Cluster, Conn, CONNECT_TIMEOUT, REBUILD_EVERY, RESPONSE_TIMEOUT};
 pub use script::{
     check_one_slot, load, run, run_batch, run_pipeline, run_pipeline_single_node, Batch, Lua,
 };

@@ -58,20 +58,30 @@ impl Redeliveries {
         deliveries: &[&Delivery],
     ) -> Result<Vec<u32>, RoleError> {
         let mut counts: Vec<u32> = deliveries.iter().map(|d| from_broker(d)).collect();
-        let mut pipe = redis::pipe();
+        let mut cmds = Vec::new();
         let mut asked = Vec::new();
         for (i, d) in deliveries.iter().enumerate() {
             if d.redelivered {
                 let key = self.key(queue, &d.data);
-                pipe.incr(&key, 1)
-                    .expire(&key, WINDOW.as_secs() as i64)
-                    .ignore();
+                let mut incr = redis::cmd("INCR");
+                incr.arg(&key);
+                let mut expire = redis::cmd("EXPIRE");
+                expire.arg(&key).arg(WINDOW.as_secs());
+                cmds.extend([incr, expire]);
                 asked.push(i);
             }
         }
         if !asked.is_empty() {
-            let seen: Vec<u32> = pipe.query_async(&mut self.conn.clone()).await?;
-            for (i, n) in asked.into_iter().zip(seen) {
+            // One pipeline on a single node; one per key's slot on a cluster.
+            let batch = wxpush_redis::run_batch(&self.conn, cmds, None, &[]).await?;
+            for (i, reply) in asked.into_iter().zip(batch.replies.into_iter().step_by(2)) {
+                let n: u32 = redis::FromRedisValue::from_redis_value(reply).map_err(|e| {
+                    RoleError::Redis(redis::RedisError::from((
+                        redis::ErrorKind::UnexpectedReturnType,
+                        "a redelivery count",
+                        e.to_string(),
+                    )))
+                })?;
                 // The counter holds the redeliveries; the first delivery came before it.
                 counts[i] = counts[i].max(n.saturating_add(1));
             }
@@ -84,11 +94,13 @@ impl Redeliveries {
     }
 }
 
-/// The Redis key counting the redeliveries of `body` in `queue`: `<ns>:rd:<queue>:<digest>`.
+/// The Redis key counting the redeliveries of `body` in `queue`: `<ns>:rd:<queue>:{<digest>}`
+/// (the digest is the hash tag: counters spread over a cluster's slots, each counter's
+/// commands in one).
 pub fn counter_key(ns: &Namespace, queue: &str, body: &[u8]) -> String {
     let digest = Sha256::digest(body);
     let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{ns}:rd:{queue}:{hex}")
+    format!("{ns}:rd:{queue}:{{{hex}}}")
 }
 
 /// The deliveries the broker counted (`x-delivery-count` is the number of earlier ones), 1
