@@ -53,12 +53,18 @@ const LUA_SOURCES: &[&str] = &[
 ];
 const TPL: &str = "TPL_BENCH";
 
+/// Calls per command, summed over every primary.
 async fn commandstats(conn: &mut wxpush_redis::Conn) -> BTreeMap<String, u64> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .expect("INFO");
+    let nodes = wxpush_testkit::redis_nodes::info_per_node(conn, "commandstats").await;
+    assert!(!nodes.is_empty(), "INFO commandstats answered");
+    let mut total = BTreeMap::new();
+    for (name, calls) in nodes.iter().flat_map(|info| parse_commandstats(info)) {
+        *total.entry(name).or_insert(0) += calls;
+    }
+    total
+}
+
+fn parse_commandstats(info: &str) -> Vec<(String, u64)> {
     info.lines()
         .filter_map(|l| {
             let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;

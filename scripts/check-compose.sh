@@ -3,7 +3,7 @@
 # without WXPUSH_APP_ID, WXPUSH_APP_SECRET or WXPUSH_WECHAT_API_BASE it refuses, naming the
 # one missing; with them, or with deploy/demo.env, it resolves, and the demo points the roles
 # at the fake. Uses `docker compose` (v2) or `docker-compose`; where neither is installed it
-# says so and exits 0 (tests/deploy_manifests.rs checks the file's text in any case).
+# says so and exits 0 (tests/e2e/deploy_manifests.rs checks the file's text in any case).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -27,7 +27,7 @@ esac
 profile=(--release)
 [ "${WXPUSH_SOAK_PROFILE:-release}" = debug ] && profile=()
 run() {
-  cargo test "${profile[@]}" --locked --test faults "$1" -- --ignored --exact --nocapture "${@:2}"
+  cargo test "${profile[@]}" --locked --test e2e "faults::$1" -- --ignored --exact --nocapture "${@:2}"
 }
 case "$which" in
   roles) run soak_roles_killed_at_random "$@" ;;

@@ -40,10 +40,10 @@ if [ $# -eq 0 ]; then
     (
       eval "$(scripts/cluster.sh env)"
       echo "test: on the clusters: WXPUSH_REDIS_URL=$WXPUSH_REDIS_URL WXPUSH_AMQP_URL=(3 nodes)" >&2
-      cargo test --locked --test campaign --test ingest --test faults
-      cargo test --locked --test redis_cluster -- --ignored --test-threads 1 --nocapture
+      cargo test --locked --test e2e -- campaign:: ingest:: faults::
+      cargo test --locked --test e2e -- --ignored --test-threads 1 --nocapture redis_cluster::
     )
-    cargo test --locked --test cluster_script -- --ignored
+    cargo test --locked --test e2e -- --ignored cluster_script::
     trap - EXIT
   else
     echo "test: the cluster suites and scripts/cluster.sh not tried: they need root or passwordless sudo" >&2

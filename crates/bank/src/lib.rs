@@ -254,7 +254,15 @@ impl Bank {
             settings,
             scripts: scripts::get(),
         };
-        bank.scripts.load_all(&mut bank.conn.clone()).await?;
+        match bank.scripts.load_all(&mut bank.conn.clone()).await {
+            Ok(()) => {}
+            // On a cluster the load goes to every node, replicas included, and fails while
+            // one does not answer; a script missing on a primary is loaded there on first use.
+            Err(e) if bank.conn.is_cluster() => {
+                tracing::debug!(error = %e, "scripts not loaded on every cluster node yet");
+            }
+            Err(e) => return Err(e),
+        }
         Ok(bank)
     }
 
@@ -264,6 +272,12 @@ impl Bank {
 
     pub fn settings(&self) -> BankSettings {
         self.settings
+    }
+
+    /// Which connection the bank's commands go out on ([`wxpush_redis::Conn::generation`]):
+    /// a write whose `WAIT` fell short on another generation must be written again.
+    pub fn connection_generation(&self) -> u64 {
+        self.conn.generation()
     }
 
     /// The connection, for callers that need plain commands beside the bank's.

@@ -15,7 +15,7 @@
 //!   harmless: an openId or campaign id is always the last part of its key, after a fixed
 //!   prefix and after the key's hash tag (`{<app>.<shard>}`) where it has one, so two
 //!   different ids never give the same key and an id cannot change a key's slot; and no key
-//!   is ever looked up by a glob pattern built from one. `tests/hostile.rs` checks this
+//!   is ever looked up by a glob pattern built from one. `tests/e2e/hostile.rs` checks this
 //!   against the real key builders and Redis.
 
 use std::fmt;

@@ -18,15 +18,17 @@
 //! - **hit here:** the cluster client refreshes its slot map only when a node answers `MOVED`,
 //!   `ASK` or `READONLY`. A primary that stops answering (frozen, cut off, its host gone
 //!   without a reset) only times out, so after its replica is promoted every command for its
-//!   slots still goes to it and times out, until it comes back (tests/redis_cluster.rs, a
+//!   slots still goes to it and times out, until it comes back (tests/e2e/redis_cluster.rs, a
 //!   primary frozen past its failover: 10 s timeouts for as long as it stayed frozen). The
 //!   crate has no call to refresh the map, so [`Conn`] builds a new cluster connection (a
 //!   fresh slot map from the nodes that answer) in the background after a command fails with
 //!   a timeout or an I/O error, at most once per [`REBUILD_EVERY`], and the commands after it
-//!   use that one.
+//!   use that one. A rebuild installs its connection only if no newer one did, and an error
+//!   from a connection already replaced starts none.
 //!
 //! This module must not run application commands.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -60,22 +62,43 @@ pub struct Cluster {
 
 struct ClusterShared {
     client: ClusterClient,
-    current: RwLock<ClusterConnection>,
+    /// The connection in use and its generation (1 for the first, +1 per rebuild).
+    current: RwLock<(ClusterConnection, u64)>,
+    /// Generations started so far (a rebuild installs its own only if it is newer).
+    started: AtomicU64,
     /// When the last rebuild started; `None` before the first.
     rebuilt_at: Mutex<Option<Instant>>,
 }
 
 impl Cluster {
-    fn current(&self) -> ClusterConnection {
+    /// Sends `cmd` where `routing` says (a `SCRIPT LOAD` to one slot's primary).
+    pub async fn route(
+        &self,
+        cmd: Cmd,
+        routing: redis::cluster_routing::RoutingInfo,
+    ) -> RedisResult<Value> {
+        let (mut conn, used) = self.current();
+        let reply = conn.route_command(cmd, routing).await;
+        if let Err(e) = &reply {
+            self.rebuild_after(e, used);
+        }
+        reply
+    }
+
+    fn current(&self) -> (ClusterConnection, u64) {
         match self.shared.current.read() {
             Ok(c) => c.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
-    /// After a failed command: a new connection in the background, unless one was started
-    /// within [`REBUILD_EVERY`].
-    fn rebuild_after(&self, e: &RedisError) {
+    /// After a command sent on generation `used` failed: a new connection in the background,
+    /// unless `used` is not the current one any more (its error says nothing of the new one)
+    /// or a rebuild started within [`REBUILD_EVERY`].
+    fn rebuild_after(&self, e: &RedisError, used: u64) {
+        if used != self.current().1 {
+            return;
+        }
         let stalled = e.is_timeout()
             || e.is_io_error()
             || e.is_connection_dropped()
@@ -99,6 +122,7 @@ impl Cluster {
             *at = Some(Instant::now());
         }
         let shared = self.shared.clone();
+        let generation = shared.started.fetch_add(1, Ordering::SeqCst) + 1;
         tokio::spawn(async move {
             match bounded(
                 "reconnecting to the Redis Cluster",
@@ -107,8 +131,11 @@ impl Cluster {
             .await
             {
                 Ok(fresh) => {
+                    // A slower, older rebuild never replaces a newer one's slot map.
                     if let Ok(mut current) = shared.current.write() {
-                        *current = fresh;
+                        if current.1 < generation {
+                            *current = (fresh, generation);
+                        }
                     }
                     tracing::info!(
                         "Redis Cluster connection rebuilt after a node stopped answering"
@@ -127,6 +154,18 @@ impl Conn {
     pub fn is_cluster(&self) -> bool {
         matches!(self, Conn::Cluster(_))
     }
+
+    /// Which connection commands go out on now: it changes when a cluster connection is
+    /// rebuilt. A `WAIT` counts the writes of its own connection only, so a write made on an
+    /// older generation cannot be confirmed by a `WAIT` on this one: write it again. (Always
+    /// 0 on a single node, whose `ConnectionManager` reconnects without saying so: see
+    /// docs/operations.md#redis-for-production.)
+    pub fn generation(&self) -> u64 {
+        match self {
+            Conn::Single(_) => 0,
+            Conn::Cluster(c) => c.current().1,
+        }
+    }
 }
 
 impl ConnectionLike for Conn {
@@ -136,10 +175,10 @@ impl ConnectionLike for Conn {
             Conn::Cluster(c) => {
                 let cluster = c.clone();
                 Box::pin(async move {
-                    let mut conn = cluster.current();
+                    let (mut conn, used) = cluster.current();
                     let reply = conn.req_packed_command(cmd).await;
                     if let Err(e) = &reply {
-                        cluster.rebuild_after(e);
+                        cluster.rebuild_after(e, used);
                     }
                     reply
                 })
@@ -158,10 +197,10 @@ impl ConnectionLike for Conn {
             Conn::Cluster(c) => {
                 let cluster = c.clone();
                 Box::pin(async move {
-                    let mut conn = cluster.current();
+                    let (mut conn, used) = cluster.current();
                     let reply = conn.req_packed_commands(pipeline, offset, count).await;
                     if let Err(e) = &reply {
-                        cluster.rebuild_after(e);
+                        cluster.rebuild_after(e, used);
                     }
                     reply
                 })
@@ -172,7 +211,7 @@ impl ConnectionLike for Conn {
     fn get_db(&self) -> i64 {
         match self {
             Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.current().get_db(),
+            Conn::Cluster(c) => c.current().0.get_db(),
         }
     }
 }
@@ -255,9 +294,14 @@ async fn reports_cluster(conn: &mut ConnectionManager) -> bool {
 }
 
 async fn connect_cluster(seeds: &[&str], ca_pem: Option<&[u8]>) -> RedisResult<Conn> {
+    // Few retries inside the client: a command whose reply was lost is sent again by it
+    // (its own retries are not idempotent for every script, e.g. a claim would find its own
+    // mark), and the roles retry what fails anyway, handing messages back. MOVED and ASK
+    // redirects share this budget; 3 is plenty for a slot that moved once.
     let mut builder = ClusterClientBuilder::new(seeds.iter().map(|s| s.to_string()))
         .connection_timeout(CONNECT_TIMEOUT)
-        .response_timeout(RESPONSE_TIMEOUT);
+        .response_timeout(RESPONSE_TIMEOUT)
+        .retries(3);
     let tls = seeds.first().is_some_and(|s| s.starts_with("rediss://"));
     if let (Some(pem), true) = (ca_pem, tls) {
         builder = builder.certs(redis::TlsCertificates {
@@ -274,7 +318,8 @@ async fn connect_cluster(seeds: &[&str], ca_pem: Option<&[u8]>) -> RedisResult<C
     Ok(Conn::Cluster(Cluster {
         shared: Arc::new(ClusterShared {
             client,
-            current: RwLock::new(conn),
+            current: RwLock::new((conn, 1)),
+            started: AtomicU64::new(1),
             rebuilt_at: Mutex::new(None),
         }),
     }))

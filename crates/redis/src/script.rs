@@ -5,8 +5,8 @@
 //! caller builds `EVALSHA` commands ([`Lua::evalsha`]) and runs them through [`run`] or
 //! [`run_pipeline`]: on `NOSCRIPT` (a node restarted or flushed, a replica just promoted that
 //! never saw the script, a node added to the cluster) every script of the caller's set is
-//! loaded (`SCRIPT LOAD`, which the cluster client sends to every node) and the command or
-//! pipeline sent once more. That is safe only because the callers' scripts are idempotent or
+//! loaded where the command went (`SCRIPT LOAD`; on a cluster, on its slot's primary only) and
+//! the command or pipeline sent once more. That is safe only because the callers' scripts are idempotent or
 //! refused whole on `NOSCRIPT`: a script that is missing did not run.
 //!
 //! Debug builds check ([`check_one_slot`]) that every command or pipeline sent here touches
@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 
 use redis::aio::ConnectionLike;
-use redis::cluster_routing::Slot;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
 use redis::{Arg, Cmd, FromRedisValue, Pipeline, RedisResult, Script, Value};
 
 use crate::Conn;
@@ -24,12 +24,14 @@ use crate::Conn;
 /// One Lua script, known by its SHA1.
 pub struct Lua {
     script: Script,
+    source: String,
 }
 
 impl Lua {
     pub fn new(source: &str) -> Self {
         Self {
             script: Script::new(source),
+            source: source.to_owned(),
         }
     }
 
@@ -46,7 +48,8 @@ impl Lua {
     }
 }
 
-/// Loads every script of `set` (on a cluster: on every node).
+/// Loads every script of `set` (on a cluster: on every node, which fails while one does not
+/// answer; a role's start-up load is best effort there, see `wxpush_bank`).
 pub async fn load<C: ConnectionLike + Send>(conn: &mut C, set: &[&Lua]) -> RedisResult<()> {
     for lua in set {
         lua.script.prepare_invoke().load_async(conn).await?;
@@ -61,37 +64,76 @@ fn is_noscript(e: &redis::RedisError) -> bool {
     )
 }
 
-/// Runs `cmd` (an `EVALSHA` of one of `set`'s scripts, or any command), loading `set` and
-/// sending it once more on `NOSCRIPT`.
-pub async fn run<T: FromRedisValue, C: ConnectionLike + Send>(
-    conn: &mut C,
-    cmd: &Cmd,
-    set: &[&Lua],
-) -> RedisResult<T> {
+/// Runs `cmd` (an `EVALSHA` of one of `set`'s scripts, or any command); on `NOSCRIPT`, loads
+/// `set` where the command went ([`reload`]) and sends it once more.
+pub async fn run<T: FromRedisValue>(conn: &mut Conn, cmd: &Cmd, set: &[&Lua]) -> RedisResult<T> {
     debug_assert_one_slot(std::iter::once(cmd));
     match cmd.query_async(conn).await {
         Err(e) if is_noscript(&e) => {
-            load(conn, set).await?;
+            reload(conn, std::iter::once(cmd), set).await?;
             cmd.query_async(conn).await
         }
         other => other,
     }
 }
 
-/// Runs `pipe`, loading `set` and sending the pipeline once more on `NOSCRIPT`.
-pub async fn run_pipeline<T: FromRedisValue, C: ConnectionLike + Send>(
-    conn: &mut C,
+/// Runs `pipe`; on `NOSCRIPT`, loads `set` where it went and sends it once more.
+pub async fn run_pipeline<T: FromRedisValue>(
+    conn: &mut Conn,
     pipe: &Pipeline,
     set: &[&Lua],
 ) -> RedisResult<T> {
     debug_assert_one_slot(pipe.cmd_iter());
-    match pipe.query_async(conn).await {
-        Err(e) if is_noscript(&e) => {
-            load(conn, set).await?;
-            pipe.query_async(conn).await
+    send(conn, pipe, set).await
+}
+
+/// Loads `set` where `cmds` go: on a single node, there; on a cluster, on the primary of
+/// their slot only (`SCRIPT LOAD` to every node, the cluster client's default, fails as long
+/// as any node, a replica included, does not answer), or on every node when they name no key.
+async fn reload<'a>(
+    conn: &mut Conn,
+    cmds: impl IntoIterator<Item = &'a Cmd>,
+    set: &[&Lua],
+) -> RedisResult<()> {
+    let key = cmds
+        .into_iter()
+        .flat_map(keys_of)
+        .next()
+        .map(<[u8]>::to_vec);
+    match (conn, key) {
+        (Conn::Cluster(cluster), Some(key)) => {
+            let route = Route::new(slot_of(&key), SlotAddr::Master);
+            for lua in set {
+                let mut load = redis::cmd("SCRIPT");
+                load.arg("LOAD").arg(&lua.source);
+                cluster
+                    .route(
+                        load,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                    )
+                    .await?;
+            }
+            Ok(())
         }
-        other => other,
+        (conn, _) => load(conn, set).await,
     }
+}
+
+/// The Redis Cluster slot of `key`: CRC16 (XMODEM) of its hash tag, or of the whole key when
+/// it has none, modulo 16384, as Redis computes it.
+pub fn slot_of(key: &[u8]) -> u16 {
+    let tagged = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            rest.iter()
+                .position(|&b| b == b'}')
+                .filter(|&close| close > 0)
+                .map(|close| &rest[..close])
+        })
+        .unwrap_or(key);
+    crc16::State::<crc16::XMODEM>::calculate(tagged) % 16384
 }
 
 /// What [`run_batch`] got back: each command's reply, in the order given, and the tail's
@@ -104,8 +146,12 @@ pub struct Batch {
 
 /// Runs many commands (each touching one slot, as a script does) in as few round trips as
 /// the deployment allows: one pipeline on a single node; on a cluster, one pipeline per hash
-/// slot, sent concurrently (a cluster refuses a pipeline across slots). `tail` (a `WAIT`) ends
-/// every pipeline sent. `NOSCRIPT` is handled as in [`run_pipeline`], per pipeline.
+/// slot, sent concurrently (a cluster refuses a pipeline across slots). `tail` (a `WAIT`)
+/// ends the single node's pipeline; on a cluster it is sent once, alone, after every
+/// pipeline answered: the cluster client sends a `WAIT` to every primary and keeps the
+/// fewest acknowledgements. (One `WAIT` per slot pipeline would block each node's one shared
+/// connection once per slot, up to a second each while a replica lags.) `NOSCRIPT` is
+/// handled as in [`run_pipeline`], per pipeline.
 pub async fn run_batch(
     conn: &Conn,
     cmds: Vec<Cmd>,
@@ -158,24 +204,33 @@ pub async fn run_batch(
                 group.1.push(cmd);
             }
             let sends = groups.into_values().map(|(at, cmds)| {
-                let sent = cmds.len();
-                let pipe = pipeline(cmds);
+                let mut pipe = redis::pipe();
+                for c in cmds {
+                    pipe.add_command(c);
+                }
                 let mut conn = conn.clone();
                 async move {
                     let replies: Vec<Value> = run_pipeline(&mut conn, &pipe, set).await?;
-                    let (replies, tail) = split(replies, sent)?;
-                    Ok::<_, redis::RedisError>((at, replies, tail))
+                    if replies.len() != at.len() {
+                        return Err(redis::RedisError::from((
+                            redis::ErrorKind::UnexpectedReturnType,
+                            "a pipeline's replies do not match its commands",
+                        )));
+                    }
+                    Ok::<_, redis::RedisError>((at, replies))
                 }
             });
             let mut out = Batch {
                 replies: vec![Value::Nil; count],
                 tails: Vec::new(),
             };
-            for (at, replies, tail) in futures_util::future::try_join_all(sends).await? {
+            for (at, replies) in futures_util::future::try_join_all(sends).await? {
                 for (i, r) in at.into_iter().zip(replies) {
                     out.replies[i] = r;
                 }
-                out.tails.extend(tail);
+            }
+            if let Some(t) = tail {
+                out.tails.push(t.query_async(&mut conn.clone()).await?);
             }
             Ok(out)
         }
@@ -200,7 +255,7 @@ pub async fn run_pipeline_single_node<T: FromRedisValue>(
 async fn send<T: FromRedisValue>(conn: &mut Conn, pipe: &Pipeline, set: &[&Lua]) -> RedisResult<T> {
     match pipe.query_async(conn).await {
         Err(e) if is_noscript(&e) => {
-            load(conn, set).await?;
+            reload(conn, pipe.cmd_iter(), set).await?;
             pipe.query_async(conn).await
         }
         other => other,
@@ -274,6 +329,18 @@ pub fn check_one_slot<'a>(cmds: impl IntoIterator<Item = &'a Cmd>) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slots_are_redis_own() {
+        // As `CLUSTER KEYSLOT` answers on Redis 7.
+        assert_eq!(slot_of(b"foo"), 12182);
+        assert_eq!(slot_of(b"{a}scratch"), 15495);
+        assert_eq!(slot_of(b"{a}scratch"), slot_of(b"a"));
+        // An empty tag is no tag: the whole key counts.
+        assert_ne!(slot_of(b"{}foo"), slot_of(b""));
+        assert_eq!(slot_of(b"x{a}y{b}"), slot_of(b"a"));
+        assert_eq!(Slot::for_key("ns:c:{app.7}:oA"), Slot::for_key("app.7"));
+    }
 
     #[test]
     fn keys_sharing_a_hash_tag_pass_and_keys_in_two_slots_are_named() {

@@ -607,20 +607,25 @@ async fn store_with_retry(
         .collect();
     let mut delays = hold_delays();
     let started = Instant::now();
-    // Stored, waiting for the replicas (`WXPUSH_REDIS_WAIT_REPLICAS`): not written again.
-    let mut stored: Option<Vec<StoreReport>> = None;
+    // Stored, waiting for the replicas (`WXPUSH_REDIS_WAIT_REPLICAS`): not written again,
+    // unless the connection it was written on was replaced since (a `WAIT` counts its own
+    // connection's writes only, so one on a new connection would confirm nothing).
+    let mut stored: Option<(Vec<StoreReport>, u64)> = None;
     loop {
+        let generation = bank.connection_generation();
         let tried = match stored.take() {
-            None => bank.store_batch_applied(&requests).await,
-            Some(value) => bank.wait_replicas().await.map(|()| Applied {
-                value,
-                replicated: Ok(()),
-            }),
+            Some((value, written_on)) if written_on == generation => {
+                bank.wait_replicas().await.map(|()| Applied {
+                    value,
+                    replicated: Ok(()),
+                })
+            }
+            _ => bank.store_batch_applied(&requests).await,
         };
         let tried = tried.and_then(|a| match a.replicated {
             Ok(()) => Ok(a.value),
             Err(short) => {
-                stored = Some(a.value);
+                stored = Some((a.value, generation));
                 Err(short.into())
             }
         });

@@ -94,6 +94,26 @@ pub async fn conn() -> wxpush_redis::Conn {
     wxpush_redis::connect(&seeds, None).await.expect("redis")
 }
 
+/// `INFO <section>` of every primary: one text on a single node; on a cluster the client
+/// asks each primary and gets a map of node to text.
+pub async fn info_per_node(conn: &mut wxpush_redis::Conn, section: &str) -> Vec<String> {
+    let reply: redis::RedisResult<redis::Value> =
+        redis::cmd("INFO").arg(section).query_async(conn).await;
+    let text = |v: &redis::Value| -> Option<String> {
+        match v {
+            redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            redis::Value::VerbatimString { text, .. } => Some(text.clone()),
+            redis::Value::SimpleString(s) => Some(s.clone()),
+            _ => None,
+        }
+    };
+    match reply {
+        Ok(redis::Value::Map(nodes)) => nodes.iter().filter_map(|(_, v)| text(v)).collect(),
+        Ok(v) => text(&v).into_iter().collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
 /// Every key matching `pattern`, on every primary, as raw bytes.
 pub fn scan(pattern: &str) -> Vec<Vec<u8>> {
     let mut out = Vec::new();

@@ -1,9 +1,13 @@
-//! Test kit for wxpush's end-to-end tests and benchmarks (not part of the product).
+//! Test kit for wxpush's end-to-end tests (`tests/e2e`) and benchmarks (`benches/`): a crate of
+//! its own, a dev-dependency of the root package only, so its TLS proxy's crates (rcgen,
+//! tokio-rustls) are never dependencies of the `wxpush` binary. Not part of the product.
 //!
 //! [`TestEnv`] gives each test its own namespace on the machine's real Redis and RabbitMQ
 //! (`WXPUSH_REDIS_URL`, `WXPUSH_AMQP_URL`, or the defaults), so tests run in parallel, and
 //! removes every key, queue and exchange of that namespace when dropped, even after a
-//! failed assertion. It also runs the real `wxpush` binary with that namespace.
+//! failed assertion. It also runs the real `wxpush` binary with that namespace (the one cargo
+//! built beside the running test, [`wxpush_bin`]). Every helper works on one Redis node or a
+//! Redis Cluster ([`redis_nodes`]).
 
 pub mod ceiling;
 pub mod cpu;

@@ -1278,7 +1278,7 @@ async fn one_poison_message_never_knocks_a_role_off_the_broker() {
     .await;
 
     // Ingest: heavy headers. (A delivery count in a published message's headers is not the
-    // broker's: on a first delivery it is ignored, tests/ingest.rs
+    // broker's: on a first delivery it is ignored, tests/e2e/ingest.rs
     // `a_replayed_message_carrying_a_delivery_count_is_a_first_delivery`; the count of real
     // redeliveries is checked by the corrupted keys above.)
     let uploads = env.topology().uploads_exchange();

@@ -261,3 +261,55 @@ async fn a_primary_failing_over_mid_campaign_without_wait_is_reported() {
          replication: what the primary acknowledged in its last instant may be lost)"
     );
 }
+
+/// Scripts flushed from every node (a restart without data, a new node) are loaded again on
+/// first use, on the primary that lacks them: a store, a claim and a batch across many slots
+/// work as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the Redis Cluster of scripts/cluster.sh; run by scripts/test.sh"]
+async fn scripts_flushed_from_every_node_are_loaded_again_where_needed() {
+    assert!(redis_nodes::is_cluster(), "not a Redis Cluster");
+    let env = wxpush_testkit::TestEnv::new("rc_noscript");
+    let bank = wxpush_bank::Bank::connect(
+        &wxpush_testkit::redis_url(),
+        env.ns.clone(),
+        Default::default(),
+    )
+    .await
+    .expect("bank");
+    let now = wxpush_testkit::now_ms() / 1000;
+    let users: Vec<wxpush_domain::OpenId> = (0..50)
+        .map(|n| wxpush_domain::OpenId::new(&format!("oNoScript{n:04}")).expect("openId"))
+        .collect();
+    let creds = |n: usize| {
+        vec![wxpush_domain::Credential::form_id(
+            format!("fid{n}"),
+            now + 3600,
+        )]
+    };
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut *redis_nodes::sync_conn())
+        .expect("SCRIPT FLUSH on every node");
+    let all: Vec<Vec<wxpush_domain::Credential>> = (0..users.len()).map(creds).collect();
+    let requests: Vec<wxpush_bank::StoreRequest<'_>> = users
+        .iter()
+        .zip(&all)
+        .map(|(open_id, credentials)| wxpush_bank::StoreRequest {
+            app: &env.app,
+            open_id,
+            credentials,
+        })
+        .collect();
+    let reports = bank
+        .store_batch(&requests)
+        .await
+        .expect("a batch over many slots");
+    assert_eq!(reports.iter().map(|r| r.added).sum::<u64>(), 50);
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut *redis_nodes::sync_conn())
+        .expect("SCRIPT FLUSH again");
+    let claimed = bank.claim(&env.app, &users[7]).await.expect("a claim");
+    assert_eq!(claimed.map(|c| c.credential.value), Some("fid7".to_owned()));
+}

@@ -1,5 +1,5 @@
 //! TLS for the end-to-end tests: a throwaway certificate authority and a TLS-terminating TCP
-//! proxy in front of the machine's plain RabbitMQ or Redis (tests/tls.rs).
+//! proxy in front of the machine's plain RabbitMQ or Redis (tests/e2e/tls.rs).
 //!
 //! [`TestCa`] generates a CA and writes its certificate to a temporary PEM file (for
 //! `WXPUSH_TLS_CA_FILE`, removed on drop). [`TestCa::proxy`] starts a [`TlsProxy`] on

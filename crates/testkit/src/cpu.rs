@@ -72,10 +72,11 @@ fn sum_named(comm: &str) -> Option<f64> {
 }
 
 /// Reads the three now. Redis's figure is its own (`used_cpu_user + used_cpu_sys`, which
-/// counts every thread), so it is right for a Redis on another host too.
+/// counts every thread), so it is right for a Redis on another host too; on a Redis Cluster,
+/// the sum over its primaries (replicas are left out).
 pub async fn sample(conn: &mut wxpush_redis::Conn) -> CpuSample {
-    let info: Option<String> = redis::cmd("INFO").arg("cpu").query_async(conn).await.ok();
-    let redis = info.and_then(|i| {
+    let nodes = crate::redis_nodes::info_per_node(conn, "cpu").await;
+    let per_node = nodes.iter().map(|i| {
         let field = |name: &str| -> Option<f64> {
             i.lines()
                 .find_map(|l| l.strip_prefix(name))
@@ -83,6 +84,11 @@ pub async fn sample(conn: &mut wxpush_redis::Conn) -> CpuSample {
         };
         Some(field("used_cpu_user:")? + field("used_cpu_sys:")?)
     });
+    let redis = if nodes.is_empty() {
+        None
+    } else {
+        per_node.sum::<Option<f64>>()
+    };
     CpuSample {
         at: Instant::now(),
         me: proc_cpu("self"),

@@ -2,7 +2,7 @@
 //! injected between them (a TCP proxy the test controls), into them (SIGKILL, SIGTERM) and
 //! into WeChat (the fake's faults). Every test ends with the campaign checks: no user got two
 //! messages, every reachable user got one, the counts add up, no upload was lost. Each prints
-//! what it measured (`cargo test --test faults -- --nocapture` shows it).
+//! what it measured (`cargo test --test e2e faults:: -- --nocapture` shows it).
 //!
 //! The machine's shared RabbitMQ and Redis are never stopped: outages are the proxy's.
 
@@ -800,7 +800,7 @@ fn signal(f: &Fleet, i: usize, signal: &str) {
 /// ends `superseded` in the resumed sender (its own metrics): its stale attempt's next step
 /// (the settle or release after its call timed out) was refused. Without the settle's owner
 /// check that step goes through and this fails; the claim's owner check is not on this path
-/// (`tests/kinds.rs` checks both in Redis).
+/// (`tests/e2e/kinds.rs` checks both in Redis).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_stopped_past_its_leases_is_fenced_when_it_resumes() {
     let mut f = Fleet::new("fault_sigstop", 40, 100).await;

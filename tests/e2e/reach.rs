@@ -380,7 +380,7 @@ async fn the_table_shows_the_numbers() {
     // A user with a credential and no consent: the consents row says none.
     let other = TestEnv::new("reach_table_no_consent");
     let creds = [Credential::form_id(form_id(7, 1), now_s() + 3600)];
-    crate::bank(&other)
+    self::bank(&other)
         .await
         .store(&other.app, &user(1), &creds)
         .await

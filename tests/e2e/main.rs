@@ -1,0 +1,33 @@
+//! wxpush's end-to-end tests, one module per concern, in one test binary (one link instead of
+//! one per file on a 2-core machine). Each drives the real Redis and RabbitMQ (or the clusters
+//! `WXPUSH_REDIS_URL` and `WXPUSH_AMQP_URL` point at) and, most of them, the real `wxpush`
+//! binary, through the test kit (`crates/testkit`). Run one module with
+//! `cargo test --test e2e <module>::`.
+
+mod apps;
+mod bank;
+mod campaign;
+mod campaign_status;
+mod cli;
+mod cluster_script;
+mod consent_caps;
+mod demo;
+mod deploy_manifests;
+mod docs;
+mod faults;
+mod hostile;
+mod ingest;
+mod kinds;
+mod memory;
+mod rate;
+mod reach;
+mod record;
+mod redis_cluster;
+mod redis_durability;
+mod secrets;
+mod send;
+mod subscribe;
+mod subscribe_limits;
+mod tls;
+mod token_source;
+mod token_trouble;
