@@ -1,6 +1,7 @@
 //! `scripts/cluster.sh` does what it says: `up` starts a 6-node Redis Cluster (3 primaries, 3
-//! replicas, every slot served) and a 3-node RabbitMQ cluster on their own ports, a second `up`
-//! changes nothing, `env` prints only `export WXPUSH_...=value` lines and the node line,
+//! replicas, every slot served) and a 3-node RabbitMQ cluster on their own ports (on which
+//! `wxpush ingest` rides out its node stopping, and a campaign the send queue's leader and the
+//! roles' node stopping in turn), a second `up` changes nothing, `env` prints only `export WXPUSH_...=value` lines and the node line,
 //! and `down` stops every one of them and removes their data while the machine's single-node
 //! Redis and RabbitMQ go on answering.
 //!
@@ -110,6 +111,14 @@ fn cluster_script_brings_both_clusters_up_and_down_beside_the_single_nodes() {
     tokio::runtime::Runtime::new()
         .expect("a runtime")
         .block_on(ingest_rides_out_its_broker_node_stopping(&amqp, &node));
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(
+            a_campaign_rides_out_the_send_queue_leader_and_the_roles_node_stopping(&amqp, &node),
+        );
 
     // A second `up` finds both running and leaves them as they are (the same processes).
     let before: Vec<String> = (7000..=7005).map(process_id).collect();
@@ -233,4 +242,118 @@ async fn ingest_rides_out_its_broker_node_stopping(amqp: &str, first_node: &str)
         "ingest on the broker cluster: 400 uploads stored, 200 of them after {first_node} (its \
          node) stopped; it reconnected to the next node"
     );
+}
+
+/// The quorum send queue's leader (`rabbitmqctl list_queues name leader`), asked of `node`.
+fn leader_of(node: &str, queue: &str) -> String {
+    let out = Command::new("rabbitmqctl")
+        .args([
+            "-q",
+            "-n",
+            node,
+            "list_queues",
+            "name",
+            "leader",
+            "--formatter",
+            "json",
+        ])
+        .output()
+        .expect("rabbitmqctl list_queues");
+    let queues: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("list_queues as JSON");
+    queues
+        .as_array()
+        .and_then(|qs| qs.iter().find(|q| q["name"] == queue))
+        .and_then(|q| q["leader"].as_str())
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no leader for {queue}: {queues}"))
+}
+
+fn rabbit_app(node: &str, action: &str) {
+    let ok = Command::new("rabbitmqctl")
+        .args(["-q", "-n", node, action])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "rabbitmqctl -n {node} {action}");
+}
+
+/// A campaign on the broker cluster (every role given the three nodes, the first listed
+/// being the one they connect to; quorum queues; the single-node Redis): the node leading the
+/// send queue stops mid-campaign, then, once it is back, the node the roles are connected to
+/// (the same one if it led). The queue's leadership moves to a live node, the roles reconnect
+/// to the next node listed, and the campaign completes: every user messaged once, nobody
+/// twice, no formId used twice.
+async fn a_campaign_rides_out_the_send_queue_leader_and_the_roles_node_stopping(
+    amqp: &str,
+    first_node: &str,
+) {
+    use wxpush_testkit::eventually;
+    use wxpush_testkit::fleet::{campaign, Fleet};
+    let mut f = Fleet::new("cluster_campaign", 150, 100).await;
+    f.env.set("WXPUSH_AMQP_URL", amqp);
+    f.deps = f.env.deps().await;
+    let reachable = f.users(0, 600, 2).await;
+    let vars = [(
+        "WXPUSH_LOG",
+        "warn,wxpush_roles::deps=info,wxpush_roles::supervise=info",
+    )];
+    f.start_with("dispatch", &vars);
+    f.start_with("send", &vars);
+    f.start_with("send", &vars);
+    f.publish_campaign(campaign("leader", serde_json::json!({"all": true})))
+        .await;
+    let sent = |f: &Fleet| {
+        let (bank, app) = (f.deps.bank.clone(), f.env.app.clone());
+        async move {
+            wxpush_roles::outcomes::read(&bank, &app, "leader")
+                .await
+                .map(|c| c.get("sent").copied().unwrap_or(0))
+                .unwrap_or(0)
+        }
+    };
+    let queue = f.env.topology().send_queue();
+    let leader = leader_of(first_node, &queue);
+    let mut stopped = vec![leader.clone()];
+    if leader != first_node {
+        stopped.push(first_node.to_owned());
+    }
+    let mut at = 0;
+    for (i, node) in stopped.iter().enumerate() {
+        at += 120;
+        assert!(
+            eventually(Duration::from_secs(60), || async { sent(&f).await >= at }).await,
+            "{at} sent before stopping {node}"
+        );
+        rabbit_app(node, "stop_app");
+        let during = sent(&f).await;
+        let moved_on = eventually(Duration::from_secs(60), || async {
+            sent(&f).await >= during + 60
+        })
+        .await;
+        rabbit_app(node, "start_app");
+        assert!(
+            moved_on,
+            "the campaign went on while {node} was stopped ({} of {})",
+            i + 1,
+            stopped.len()
+        );
+        let ask = if node == first_node {
+            stopped[0].as_str()
+        } else {
+            first_node
+        };
+        println!(
+            "broker node {node} stopped mid-campaign; send queue led by {} after",
+            leader_of(ask, &queue)
+        );
+    }
+    f.wait_complete("leader", Duration::from_secs(180)).await;
+    f.check("leader", &reachable, 600).await;
+    let mut seen = std::collections::HashSet::new();
+    for r in f.fake.requests() {
+        if let (Some(0), Some(id)) = (r.errcode, r.form_id) {
+            assert!(seen.insert(id.clone()), "formId {id} accepted twice");
+        }
+    }
+    f.stop_all();
 }

@@ -734,8 +734,8 @@ fn compose_requires_the_real_wechat_settings_and_defaults_none_of_them() {
 
 #[test]
 fn compose_runs_the_fake_only_in_the_demo_profile_and_the_demo_env_points_at_it() {
-    let compose = repo_file("docker-compose.yml");
-    let entries = entries(&[compose]);
+    let compose = repo_file("docker-compose.yml").text;
+    let entries = entries(&[repo_file("docker-compose.yml")]);
     let services: Vec<&str> = entries
         .iter()
         .filter(|e| e.path.len() == 1 && e.path[0] == "services")
@@ -762,9 +762,45 @@ fn compose_runs_the_fake_only_in_the_demo_profile_and_the_demo_env_points_at_it(
                 Some("[\"demo\"]"),
                 "{s}: only in profile demo"
             );
+        } else if profiles.as_deref() == Some("[\"cluster\"]") {
+            // The clusters' nodes, never a role or the fake.
+            assert!(
+                s.starts_with("redis-node-")
+                    || s.starts_with("rabbitmq-")
+                    || *s == "redis-cluster-init",
+                "{s}: only the clusters' services are in profile cluster"
+            );
         } else {
             assert_eq!(profiles, None, "{s} must run without a profile");
         }
+    }
+    // Profile cluster: the nodes deploy/cluster.env points the roles at exist, and the roles
+    // read the URLs it sets.
+    let cluster_env = repo_file("deploy/cluster.env").text;
+    assert!(cluster_env.contains("COMPOSE_PROFILES=cluster"));
+    for node in [
+        "rabbitmq-1",
+        "rabbitmq-2",
+        "rabbitmq-3",
+        "redis-node-1",
+        "redis-node-2",
+        "redis-node-3",
+    ] {
+        assert!(services.contains(&node), "no service {node}");
+        assert!(
+            cluster_env.contains(&format!("{node}:")),
+            "cluster.env does not use {node}"
+        );
+    }
+    for var in ["COMPOSE_WXPUSH_AMQP_URL", "COMPOSE_WXPUSH_REDIS_URL"] {
+        assert!(
+            cluster_env.contains(&format!("{var}=")),
+            "cluster.env sets {var}"
+        );
+        assert!(
+            compose.contains(&format!("${{{var}:-")),
+            "the roles' environment reads {var}"
+        );
     }
     for role in ["ingest", "dispatch", "send"] {
         assert!(
