@@ -116,44 +116,20 @@ pub async fn info_per_node(conn: &mut wxpush_redis::Conn, section: &str) -> Vec<
 
 /// Every key matching `pattern`, on every primary, as raw bytes.
 pub fn scan(pattern: &str) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    for node in primaries() {
-        let Ok(mut conn) = redis::Client::open(node.as_str()).and_then(|c| c.get_connection())
-        else {
-            continue;
-        };
-        let keys: Vec<Vec<u8>> = redis::cmd("SCAN")
-            .cursor_arg(0)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(10_000)
-            .clone()
-            .iter(&mut conn)
-            .map(|it| it.filter_map(Result::ok).collect())
-            .unwrap_or_default();
-        out.extend(keys);
-    }
-    out
+    primaries()
+        .iter()
+        .filter_map(|node| node_scan(node, pattern))
+        .flat_map(|(_, keys)| keys)
+        .collect()
 }
 
-/// Deletes every key matching `pattern`, on every primary (best effort: for clean-ups).
+/// Deletes every key matching `pattern`, on every primary (best effort: for clean-ups), one
+/// `UNLINK` per key (a multi-key `UNLINK` across slots is refused even on one node).
 pub fn delete_matching(pattern: &str) {
     for node in primaries() {
-        let Ok(mut conn) = redis::Client::open(node.as_str()).and_then(|c| c.get_connection())
-        else {
+        let Some((mut conn, keys)) = node_scan(&node, pattern) else {
             continue;
         };
-        let keys: Vec<Vec<u8>> = redis::cmd("SCAN")
-            .cursor_arg(0)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(10_000)
-            .clone()
-            .iter(&mut conn)
-            .map(|it| it.filter_map(Result::ok).collect())
-            .unwrap_or_default();
         for chunk in keys.chunks(1000) {
             let mut pipe = redis::pipe();
             for k in chunk {
@@ -162,6 +138,25 @@ pub fn delete_matching(pattern: &str) {
             let _: Result<(), _> = pipe.query(&mut conn);
         }
     }
+}
+
+/// The keys of one node matching `pattern` (`SCAN`), with the connection that found them;
+/// `None` when the node does not answer.
+fn node_scan(node: &str, pattern: &str) -> Option<(redis::Connection, Vec<Vec<u8>>)> {
+    let mut conn = redis::Client::open(node)
+        .and_then(|c| c.get_connection())
+        .ok()?;
+    let keys: Vec<Vec<u8>> = redis::cmd("SCAN")
+        .cursor_arg(0)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(10_000)
+        .clone()
+        .iter(&mut conn)
+        .map(|it| it.filter_map(Result::ok).collect())
+        .unwrap_or_default();
+    Some((conn, keys))
 }
 
 #[cfg(test)]
