@@ -70,30 +70,29 @@ impl Keys {
     /// The credential zset of `user` as index shard `shard` lists them (the text as the index
     /// holds it, not checked: for readers walking an index).
     pub fn credentials_in(&self, app: &AppId, shard: u16, user: &str) -> String {
-        format!("{}:c:{{{}.{}}}:{}", self.ns, app, shard, user)
+        self.key("c", app, shard, Some(user))
+    }
+
+    /// `{ns}:<kind>:{<app>.<shard>}[:<rest>]` ([`wxpush_redis::tagged`]).
+    fn key(&self, kind: &str, app: &AppId, shard: u16, rest: Option<&str>) -> String {
+        wxpush_redis::tagged(&self.ns, kind, format_args!("{app}.{shard}"), rest)
     }
 
     /// One user's campaign marks (same slot as their credentials).
     pub fn marks(&self, app: &AppId, open_id: &OpenId) -> String {
-        format!(
-            "{}:m:{{{}.{}}}:{}",
-            self.ns,
-            app,
-            shard_of(open_id),
-            open_id
-        )
+        self.key("m", app, shard_of(open_id), Some(open_id.as_str()))
     }
 
     /// A campaign's outcome counters for the users of one shard (same slot as their marks).
     pub fn campaign_counters(&self, app: &AppId, shard: u16, campaign: &str) -> String {
-        format!("{}:cs:{{{}.{}}}:{}", self.ns, app, shard, campaign)
+        self.key("cs", app, shard, Some(campaign))
     }
 
     /// The index shard holding `open_id`.
     /// `{ns}:cr:{<app>.<shard>}:<campaign>`: the shard's users whose outcome for the campaign
     /// was `dead_lettered` (certainly not delivered): what `wxpush campaign retry` sends again.
     pub fn campaign_retryable(&self, app: &AppId, shard: u16, campaign: &str) -> String {
-        format!("{}:cr:{{{}.{}}}:{}", self.ns, app, shard, campaign)
+        self.key("cr", app, shard, Some(campaign))
     }
 
     pub fn index_of(&self, app: &AppId, open_id: &OpenId) -> String {
@@ -102,18 +101,12 @@ impl Keys {
 
     /// Index shard number `shard` of `app`.
     pub fn index_shard(&self, app: &AppId, shard: u16) -> String {
-        format!("{}:u:{{{}.{}}}", self.ns, app, shard)
+        self.key("u", app, shard, None)
     }
 
     /// One user's subscribe consents (same slot as their credentials).
     pub fn consents(&self, app: &AppId, open_id: &OpenId) -> String {
-        format!(
-            "{}:s:{{{}.{}}}:{}",
-            self.ns,
-            app,
-            shard_of(open_id),
-            open_id
-        )
+        self.key("s", app, shard_of(open_id), Some(open_id.as_str()))
     }
 
     /// The consent index shard of `template` holding `open_id`.
@@ -124,12 +117,12 @@ impl Keys {
     /// Consent index shard number `shard` of `template`: the shard's users holding a consent
     /// for it.
     pub fn consent_index(&self, app: &AppId, shard: u16, template: &str) -> String {
-        format!("{}:t:{{{}.{}}}:{}", self.ns, app, shard, template)
+        self.key("t", app, shard, Some(template))
     }
 
     /// The consent totals of shard `shard`: template → consents its users hold.
     pub fn consent_totals(&self, app: &AppId, shard: u16) -> String {
-        format!("{}:tc:{{{}.{}}}", self.ns, app, shard)
+        self.key("tc", app, shard, None)
     }
 }
 

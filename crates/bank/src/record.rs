@@ -110,7 +110,7 @@ pub const RECORD_TTL_SECS: i64 = 30 * 24 * 3600;
 /// [`crate::SHARDS`] slots (FNV-1a of the id, as users are spread).
 pub fn record_key(ns: impl std::fmt::Display, app: &AppId, campaign_id: &str) -> String {
     let n = crate::keys::shard_of_text(campaign_id);
-    format!("{ns}:camp:{{{app}.{n}}}:{campaign_id}")
+    wxpush_redis::tagged(ns, "camp", format_args!("{app}.{n}"), Some(campaign_id))
 }
 
 /// Where versions before Redis Cluster support kept the record: `{ns}:camp:<app>:<id>`, with

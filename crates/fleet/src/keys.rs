@@ -41,7 +41,7 @@ impl Keys {
     }
 
     fn key(&self, kind: &str, app: &AppId) -> String {
-        format!("{}:{}:{{{}}}", self.ns, kind, app)
+        wxpush_redis::tagged(&self.ns, kind, app, None)
     }
 
     /// The shared access token of `app`.

@@ -13,17 +13,22 @@
 //!   and the command sent once more. Many one-slot commands go as one pipeline on a single
 //!   node and as one pipeline per slot on a cluster ([`run_batch`]). Debug builds check that each script call and each
 //!   pipeline touches one hash slot, as Redis Cluster requires.
+//! - **the key shape** ([`tagged`]): `<ns>:<kind>:{<tag>}[:<rest>]`, the hash tag before any
+//!   outsider's part;
 //! - **transient errors** ([`is_transient`]) and **Redis's clock** ([`time_ms`]).
 //!
 //! This crate must not know any key layout or what a script means: the bank and the fleet
-//! own theirs (each key of theirs carries a hash tag, so one script's keys share a slot).
+//! own theirs, built with [`tagged`] (so one script's keys share a slot).
 
 mod conn;
+mod key;
 mod script;
 
 pub use conn::{connect, Cluster, Conn, CONNECT_TIMEOUT, REBUILD_EVERY, RESPONSE_TIMEOUT};
+pub use key::tagged;
 pub use script::{
-    check_one_slot, load, run, run_batch, run_pipeline, run_pipeline_single_node, Batch, Lua,
+    check_one_slot, load, run, run_batch, run_pipeline, run_pipeline_single_node, slot_of, Batch,
+    Lua,
 };
 
 /// True when a Redis error may go away by itself (Redis down, timed out, loading, failing

@@ -100,7 +100,7 @@ impl Redeliveries {
 pub fn counter_key(ns: &Namespace, queue: &str, body: &[u8]) -> String {
     let digest = Sha256::digest(body);
     let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{ns}:rd:{queue}:{{{hex}}}")
+    wxpush_redis::tagged(ns, &format!("rd:{queue}"), hex, None)
 }
 
 /// The deliveries the broker counted (`x-delivery-count` is the number of earlier ones), 1
