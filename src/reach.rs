@@ -47,27 +47,28 @@ pub const DAYS: usize = 7;
 /// A few milliseconds of Redis time: Redis serves other clients between two calls.
 pub const PAGE: usize = 2000;
 /// Shard scripts in flight at once on the one connection (pipelined).
-pub const IN_FLIGHT: usize = 2;
+pub const IN_FLIGHT: usize = 4;
 /// Connecting, and the whole forecast, give up after these.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The forecast script for one page of one index shard. KEYS[1] the index shard
 /// `{ns}:u:{app.shard}`, KEYS[2..] the page's users' credential zsets; ARGV[1] limit = now +
-/// margin (Unix s), ARGV[2..] the page's openIds (as the index holds them), in KEYS' order.
+/// margin (Unix s), ARGV[2] the prefix of those keys before the openId (the index's member).
 /// Returns 9 numbers: the page's usable credentials (messages now), then `stale[0..7]`: the
 /// page's users whose zset holds no usable credential although the index still scores them
 /// past day d's limit.
 pub const SCRIPT: &str = r"#!lua flags=no-writes
 local limit = tonumber(ARGV[1])
 local lo = '(' .. ARGV[1]
+local skip = #ARGV[2] + 1
 local out = {0, 0, 0, 0, 0, 0, 0, 0, 0}
 for i = 2, #KEYS do
   local n = redis.call('ZCOUNT', KEYS[i], lo, '+inf')
   if n > 0 then
     out[1] = out[1] + n
   else
-    local top = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[i]))
+    local top = tonumber(redis.call('ZSCORE', KEYS[1], string.sub(KEYS[i], skip)))
     if top and top > limit then
       for d = 0, 7 do
         if top > limit + d * 86400 then out[2 + d] = out[2 + d] + 1 end
@@ -394,10 +395,9 @@ async fn count_shard(
             for u in &users {
                 cmd.arg(keys.credentials_in(app, shard, u));
             }
-            cmd.arg(limit);
-            for u in &users {
-                cmd.arg(u);
-            }
+            // The prefix of the shard's credential keys: the script takes each openId back
+            // from its key rather than receive it twice.
+            cmd.arg(limit).arg(keys.credentials_in(app, shard, ""));
             let out: Vec<i64> = wxpush_redis::run(&mut conn, &cmd, &[script]).await?;
             let [messages, stale @ ..] = out.as_slice() else {
                 anyhow::bail!("the forecast script returned nothing");

@@ -10,11 +10,12 @@
 //!
 //! Client issues guarded against here (redis-rs 1.8):
 //! - connecting can hang when a node accepts TCP and never answers (a stopped process, a
-//!   half-open proxy): every connect is bounded by a timeout of our own around the crate's;
+//!   half-open proxy): every connect is bounded by a timeout of our own around the crate's
+//!   (not hit in our runs: a frozen seed made connects fail at the crate's own 3 s);
 //! - when every pooled connection of the cluster client goes stale at once (all nodes
 //!   restarted), the first command fails with an I/O error (BrokenPipe) before the client
 //!   reconnects: that is [`crate::is_transient`], and the roles retry it like Redis being
-//!   down, handing the message back;
+//!   down, handing the message back (not hit in our runs either);
 //! - **hit here:** the cluster client refreshes its slot map only when a node answers `MOVED`,
 //!   `ASK` or `READONLY`. A primary that stops answering (frozen, cut off, its host gone
 //!   without a reset) only times out, so after its replica is promoted every command for its
@@ -24,7 +25,8 @@
 //!   fresh slot map from the nodes that answer) in the background after a command fails with
 //!   a timeout or an I/O error, at most once per [`REBUILD_EVERY`], and the commands after it
 //!   use that one. A rebuild installs its connection only if no newer one did, and an error
-//!   from a connection already replaced starts none.
+//!   from a connection already replaced starts none. A rebuild learns the slot map from the
+//!   seeds given: with one seed that is the frozen node, it cannot (list several seeds).
 //!
 //! This module must not run application commands.
 
