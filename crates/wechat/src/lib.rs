@@ -18,6 +18,7 @@ mod client;
 mod config;
 mod message;
 mod outcome;
+pub mod push_crypto;
 mod redact;
 mod token;
 #[cfg(test)]
