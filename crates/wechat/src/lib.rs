@@ -19,6 +19,7 @@ mod config;
 mod message;
 mod outcome;
 pub mod push_crypto;
+pub mod push_event;
 mod redact;
 mod token;
 #[cfg(test)]
