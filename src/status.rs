@@ -134,21 +134,11 @@ impl Reader {
                 anyhow!(
                     "cannot connect to Redis at {}: {}",
                     self.url,
-                    self.scrub(&e)
+                    self.config_url.scrub(&e.to_string())
                 )
             })?;
         self.bank = Some(bank.clone());
         Ok(bank)
-    }
-
-    /// `e` with every configured Redis password masked.
-    fn scrub(&self, e: &dyn std::fmt::Display) -> String {
-        self.config_url
-            .urls()
-            .iter()
-            .fold(e.to_string(), |text, url| {
-                wxpush_domain::config::scrub_url(&text, url)
-            })
     }
 
     /// The campaign as it is now; `None` when neither hash exists.
@@ -161,7 +151,7 @@ impl Reader {
             Ok(Err(e)) => Err(anyhow!(
                 "cannot read campaign {id} from Redis at {}: {}",
                 self.url,
-                self.scrub(&e)
+                self.config_url.scrub(&e.to_string())
             )),
             Err(_) => Err(anyhow!(
                 "cannot read campaign {id} from Redis at {}: timed out",

@@ -200,14 +200,8 @@ impl Bank {
         app: &AppId,
         campaign: &str,
     ) -> Result<std::collections::BTreeMap<String, i64>, BankError> {
-        let cmds = (0..crate::SHARDS)
-            .map(|shard| {
-                let mut cmd = redis::cmd("HGETALL");
-                cmd.arg(self.keys.campaign_counters(app, shard, campaign));
-                cmd
-            })
-            .collect();
-        let shards: Vec<std::collections::HashMap<String, i64>> = self.read_batch(cmds).await?;
+        let shards: Vec<std::collections::HashMap<String, i64>> =
+            self.read_batch(self.counter_reads(app, campaign)).await?;
         let mut total = std::collections::BTreeMap::new();
         for shard in shards {
             for (field, n) in shard {
@@ -220,6 +214,19 @@ impl Bank {
             }
         }
         Ok(total)
+    }
+}
+
+impl Bank {
+    /// `HGETALL` of each shard's outcome counters of `campaign`, in shard order.
+    pub(crate) fn counter_reads(&self, app: &AppId, campaign: &str) -> Vec<redis::Cmd> {
+        (0..crate::SHARDS)
+            .map(|shard| {
+                let mut cmd = redis::cmd("HGETALL");
+                cmd.arg(self.keys.campaign_counters(app, shard, campaign));
+                cmd
+            })
+            .collect()
     }
 }
 

@@ -309,19 +309,12 @@ impl Bank {
     /// every write made on the bank's connection so far (on a cluster: on every primary, the
     /// fewest acknowledgements counting); `Ok` at once when none are asked for.
     pub async fn wait_replicas(&self) -> Result<(), BankError> {
-        if self.settings.wait_replicas == 0 {
+        // One command: on a cluster, the client sends it to every primary.
+        let Some(wait) = scripts::wait_cmd(self.settings.wait_replicas) else {
             return Ok(());
-        }
-        let mut replies: Vec<Value> = if self.conn.is_cluster() {
-            let mut cmd = redis::cmd("WAIT");
-            cmd.arg(self.settings.wait_replicas).arg(WAIT_TIMEOUT_MS);
-            vec![cmd.query_async(&mut self.conn.clone()).await?]
-        } else {
-            let mut pipe = redis::pipe();
-            scripts::add_wait(&mut pipe, self.settings.wait_replicas);
-            pipe.query_async(&mut self.conn.clone()).await?
         };
-        scripts::check_wait(&mut replies, self.settings.wait_replicas)??;
+        let reply: Value = wait.query_async(&mut self.conn.clone()).await?;
+        scripts::check_wait(&mut vec![reply], self.settings.wait_replicas)??;
         Ok(())
     }
 

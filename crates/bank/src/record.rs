@@ -300,16 +300,12 @@ impl Bank {
         type Hash = std::collections::HashMap<Vec<u8>, Vec<u8>>;
         let ns = self.keys.namespace();
         let key = record_key(ns, app, campaign_id);
-        let shards = (0..crate::SHARDS).map(|shard| {
-            let mut cmd = redis::cmd("HGETALL");
-            cmd.arg(self.keys.campaign_counters(app, shard, campaign_id));
-            cmd
-        });
+        let shards = self.counter_reads(app, campaign_id);
         if self.conn.is_cluster() {
             let mut cmd = redis::cmd("HGETALL");
             cmd.arg(&key);
             let record: Hash = cmd.query_async(&mut self.connection()).await?;
-            let counters: Vec<Hash> = self.read_batch(shards.collect()).await?;
+            let counters: Vec<Hash> = self.read_batch(shards).await?;
             return Ok((record, counters));
         }
         let mut pipe = redis::pipe();

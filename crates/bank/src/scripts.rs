@@ -35,10 +35,19 @@ impl<T> Applied<T> {
     }
 }
 
-/// Appends `WAIT wanted timeout` to `pipe` (nothing when `wanted` is 0).
+/// `WAIT wanted timeout`; `None` when `wanted` is 0.
+pub(crate) fn wait_cmd(wanted: u32) -> Option<Cmd> {
+    (wanted > 0).then(|| {
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(wanted).arg(WAIT_TIMEOUT_MS);
+        cmd
+    })
+}
+
+/// Appends [`wait_cmd`] to `pipe` (nothing when `wanted` is 0).
 pub(crate) fn add_wait(pipe: &mut Pipeline, wanted: u32) {
-    if wanted > 0 {
-        pipe.cmd("WAIT").arg(wanted).arg(WAIT_TIMEOUT_MS);
+    if let Some(wait) = wait_cmd(wanted) {
+        pipe.add_command(wait);
     }
 }
 
@@ -176,30 +185,18 @@ impl Scripts {
         Ok(Applied { value, replicated })
     }
 
-    /// Runs many one-slot commands ([`wxpush_redis::run_batch`]), each pipeline sent ending
-    /// with `WAIT` for `wanted` replicas; the replies in order, and whether every pipeline's
-    /// `WAIT` was met (the fewest acknowledgements count).
+    /// Runs many one-slot commands ([`wxpush_redis::run_batch`]) followed by `WAIT` for
+    /// `wanted` replicas (on a cluster, once, on every primary); the replies in order, and
+    /// whether the `WAIT` was met.
     pub(crate) async fn run_batch(
         &self,
         conn: &Conn,
         cmds: Vec<Cmd>,
         wanted: u32,
     ) -> Result<(Vec<Value>, Result<(), NotReplicated>), BankError> {
-        let wait = (wanted > 0).then(|| {
-            let mut cmd = redis::cmd("WAIT");
-            cmd.arg(wanted).arg(WAIT_TIMEOUT_MS);
-            cmd
-        });
+        let wait = wait_cmd(wanted);
         let batch = wxpush_redis::run_batch(conn, cmds, wait.as_ref(), &self.all()).await?;
-        let mut replicated = Ok(());
-        for tail in batch.tails {
-            if let Err(short) = check_wait(&mut vec![tail], wanted)? {
-                replicated = match replicated {
-                    Err(NotReplicated { acked, .. }) if acked <= short.acked => replicated,
-                    _ => Err(short),
-                };
-            }
-        }
+        let replicated = check_wait(&mut batch.tail.into_iter().collect(), wanted)?;
         Ok((batch.replies, replicated))
     }
 

@@ -120,6 +120,13 @@ impl SecretUrl {
     pub fn urls(&self) -> Vec<&str> {
         split_urls(&self.0)
     }
+    /// `text` with every URL of the list, and every form of their passwords, masked
+    /// ([`scrub_url`] for each).
+    pub fn scrub(&self, text: &str) -> String {
+        self.urls()
+            .into_iter()
+            .fold(text.to_owned(), |text, url| scrub_url(&text, url))
+    }
 }
 
 /// The URLs of a comma-separated list: split at each comma that a URL's scheme (`name://`)

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 
 use redis::aio::ConnectionLike;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Arg, Cmd, FromRedisValue, Pipeline, RedisResult, Script, Value};
 
 use crate::Conn;
@@ -136,12 +136,18 @@ pub fn slot_of(key: &[u8]) -> u16 {
     crc16::State::<crc16::XMODEM>::calculate(tagged) % 16384
 }
 
-/// What [`run_batch`] got back: each command's reply, in the order given, and the tail's
-/// reply once per pipeline sent (one on a single node; one per slot on a cluster).
+/// What [`run_batch`] got back: each command's reply, in the order given, and the tail's.
 #[derive(Debug, Default)]
 pub struct Batch {
     pub replies: Vec<Value>,
-    pub tails: Vec<Value>,
+    pub tail: Option<Value>,
+}
+
+fn mismatched() -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        "a pipeline's replies do not match its commands",
+    ))
 }
 
 /// Runs many commands (each touching one slot, as a script does) in as few round trips as
@@ -162,7 +168,7 @@ pub async fn run_batch(
         return Ok(Batch::default());
     }
     let count = cmds.len();
-    let pipeline = |cmds: Vec<Cmd>| {
+    if !conn.is_cluster() {
         let mut pipe = redis::pipe();
         for c in cmds {
             pipe.add_command(c);
@@ -170,71 +176,44 @@ pub async fn run_batch(
         if let Some(t) = tail {
             pipe.add_command(t.clone());
         }
-        pipe
-    };
-    let split =
-        |mut replies: Vec<Value>, sent: usize| -> RedisResult<(Vec<Value>, Option<Value>)> {
-            let tail_reply = if tail.is_some() { replies.pop() } else { None };
-            if replies.len() != sent {
-                return Err(redis::RedisError::from((
-                    redis::ErrorKind::UnexpectedReturnType,
-                    "a pipeline's replies do not match its commands",
-                )));
-            }
-            Ok((replies, tail_reply))
-        };
-    match conn {
-        Conn::Single(_) => {
-            let pipe = pipeline(cmds);
-            let replies: Vec<Value> = send(&mut conn.clone(), &pipe, set).await?;
-            let (replies, tail) = split(replies, count)?;
-            Ok(Batch {
-                replies,
-                tails: tail.into_iter().collect(),
-            })
+        let mut replies: Vec<Value> = send(&mut conn.clone(), &pipe, set).await?;
+        let tail = if tail.is_some() { replies.pop() } else { None };
+        if replies.len() != count {
+            return Err(mismatched());
         }
-        Conn::Cluster(_) => {
-            let mut groups: HashMap<Slot, (Vec<usize>, Vec<Cmd>)> = HashMap::new();
-            for (i, cmd) in cmds.into_iter().enumerate() {
-                let slot = keys_of(&cmd).first().map(Slot::for_key);
-                // A keyless command goes with the first group (or alone).
-                let slot = slot.unwrap_or(Slot::for_key(b""));
-                let group = groups.entry(slot).or_default();
-                group.0.push(i);
-                group.1.push(cmd);
+        return Ok(Batch { replies, tail });
+    }
+    // A command naming no key goes with the keys in slot 0's group.
+    let mut groups: HashMap<u16, (Vec<usize>, Pipeline)> = HashMap::new();
+    for (i, cmd) in cmds.into_iter().enumerate() {
+        let slot = keys_of(&cmd).first().map_or(0, |k| slot_of(k));
+        let (at, pipe) = groups
+            .entry(slot)
+            .or_insert_with(|| (Vec::new(), redis::pipe()));
+        at.push(i);
+        pipe.add_command(cmd);
+    }
+    let sends = groups.into_values().map(|(at, pipe)| {
+        let mut conn = conn.clone();
+        async move {
+            let replies: Vec<Value> = run_pipeline(&mut conn, &pipe, set).await?;
+            if replies.len() != at.len() {
+                return Err(mismatched());
             }
-            let sends = groups.into_values().map(|(at, cmds)| {
-                let mut pipe = redis::pipe();
-                for c in cmds {
-                    pipe.add_command(c);
-                }
-                let mut conn = conn.clone();
-                async move {
-                    let replies: Vec<Value> = run_pipeline(&mut conn, &pipe, set).await?;
-                    if replies.len() != at.len() {
-                        return Err(redis::RedisError::from((
-                            redis::ErrorKind::UnexpectedReturnType,
-                            "a pipeline's replies do not match its commands",
-                        )));
-                    }
-                    Ok::<_, redis::RedisError>((at, replies))
-                }
-            });
-            let mut out = Batch {
-                replies: vec![Value::Nil; count],
-                tails: Vec::new(),
-            };
-            for (at, replies) in futures_util::future::try_join_all(sends).await? {
-                for (i, r) in at.into_iter().zip(replies) {
-                    out.replies[i] = r;
-                }
-            }
-            if let Some(t) = tail {
-                out.tails.push(t.query_async(&mut conn.clone()).await?);
-            }
-            Ok(out)
+            Ok::<_, redis::RedisError>((at, replies))
+        }
+    });
+    let mut replies = vec![Value::Nil; count];
+    for (at, got) in futures_util::future::try_join_all(sends).await? {
+        for (i, r) in at.into_iter().zip(got) {
+            replies[i] = r;
         }
     }
+    let tail = match tail {
+        Some(t) => Some(t.query_async(&mut conn.clone()).await?),
+        None => None,
+    };
+    Ok(Batch { replies, tail })
 }
 
 /// [`run_pipeline`] across slots, which only a single node accepts (a migration from a key
@@ -306,10 +285,10 @@ fn keys_of(cmd: &Cmd) -> Vec<&[u8]> {
 /// Checks that the keys of `cmds` all hash to one Redis Cluster slot; the error names two
 /// keys that do not.
 pub fn check_one_slot<'a>(cmds: impl IntoIterator<Item = &'a Cmd>) -> Result<(), String> {
-    let mut first: Option<(&[u8], Slot)> = None;
+    let mut first: Option<(&[u8], u16)> = None;
     for cmd in cmds {
         for key in keys_of(cmd) {
-            let slot = Slot::for_key(key);
+            let slot = slot_of(key);
             match first {
                 None => first = Some((key, slot)),
                 Some((k, s)) if s != slot => {
@@ -339,7 +318,7 @@ mod tests {
         // An empty tag is no tag: the whole key counts.
         assert_ne!(slot_of(b"{}foo"), slot_of(b""));
         assert_eq!(slot_of(b"x{a}y{b}"), slot_of(b"a"));
-        assert_eq!(Slot::for_key("ns:c:{app.7}:oA"), Slot::for_key("app.7"));
+        assert_eq!(slot_of(b"ns:c:{app.7}:oA"), slot_of(b"app.7"));
     }
 
     #[test]

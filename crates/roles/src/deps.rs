@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use wxpush_bank::{Bank, BankSettings};
 use wxpush_broker::Broker;
-use wxpush_domain::config::{scrub_url, SecretUrl};
+use wxpush_domain::config::SecretUrl;
 use wxpush_domain::Config;
 
 /// A dependency that cannot be reached.
@@ -104,11 +104,7 @@ impl Deps {
         .and_then(|r| r.map_err(|e| root_cause(&e)))
         .map_err(|reason| DepsError::Redis {
             url: config.redis_url.redacted(),
-            reason: config
-                .redis_url
-                .urls()
-                .iter()
-                .fold(reason, |text, url| scrub_url(&text, url)),
+            reason: config.redis_url.scrub(&reason),
         })?;
         let target = AmqpTarget {
             url: config.amqp_url.clone(),
