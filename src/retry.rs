@@ -133,7 +133,8 @@ pub async fn retry(
 }
 
 /// The campaign's job template from its record; an error a user can act on when there is no
-/// record, when the campaign was stopped (its data refused by WeChat: sending again would be
+/// record, when its recipients carried data of their own (contract 8.1: the template lacks
+/// it, and a job made from it would send the campaign's data alone), when the campaign was stopped (its data refused by WeChat: sending again would be
 /// refused again), or when it was dispatched by a version that kept no template.
 async fn job_template(
     config: &Config,
@@ -154,6 +155,9 @@ async fn job_template(
             crate::configured_apps(config)
         );
     };
+    if record.text(wxpush_bank::record::field::AUDIENCE) == Some("recipients") {
+        bail!("campaign {id} carries data of each recipient's own, which its record does not keep: it cannot be retried from the record; publish the dead-lettered recipients again in a campaign under a new id");
+    }
     if let Some(reason) = record.stopped_reason() {
         bail!("campaign {id} was stopped ({reason}): its message would be refused again; publish a corrected campaign under a new id");
     }

@@ -283,6 +283,10 @@ struct Snapshot {
     dead_lettered: u64,
     /// Subscribe sends whose outcome WeChat left unknown (not resent).
     unknown: u64,
+    /// Recipients whose own data was refused at dispatch (contract 8.1): not sent.
+    invalid_data: u64,
+    /// A campaign sent in parts: (received, dispatched, parts).
+    parts: Option<(u64, u64, u64)>,
     /// Why the campaign was stopped (its data refused by WeChat, `47003`), if it was: the
     /// jobs still queued then are not sent.
     stopped_reason: Option<String>,
@@ -332,6 +336,14 @@ impl Snapshot {
                         .and_then(|j| j.as_array().map(|a| a.len() as u64))
                 })
             });
+            let count = |f: &str| camp.get(f).and_then(|v| v.trim().parse::<u64>().ok());
+            s.parts = count(field::PARTS).map(|n| {
+                (
+                    count(field::PARTS_RECEIVED).unwrap_or(0),
+                    count(field::PARTS_DISPATCHED).unwrap_or(0),
+                    n,
+                )
+            });
             s.started_at_ms = camp
                 .get(field::STARTED_AT_MS)
                 .and_then(|v| parse_time(&mut s.warnings, "camp", field::STARTED_AT_MS, v));
@@ -346,6 +358,7 @@ impl Snapshot {
                 "no_credential" => &mut s.no_credential,
                 "dead_lettered" => &mut s.dead_lettered,
                 "unknown" => &mut s.unknown,
+                "invalid_data" => &mut s.invalid_data,
                 "duplicate" => &mut s.duplicate,
                 "retried" => &mut s.retried,
                 "requeued" => &mut s.requeued,
@@ -393,6 +406,7 @@ impl Snapshot {
             self.failed_total(),
             self.dead_lettered,
             self.unknown,
+            self.invalid_data,
         ]
         .iter()
         .fold(0u64, |a, n| a.saturating_add(*n))
@@ -489,6 +503,10 @@ impl Snapshot {
             "failed": { "total": self.failed_total(), "by_code": by_code },
             "dead_lettered": self.dead_lettered,
             "unknown": self.unknown,
+            "invalid_data": self.invalid_data,
+            "parts": self.parts.map(|(received, dispatched, total)| json!({
+                "received": received, "dispatched": dispatched, "total": total
+            })),
             "stopped_reason": self.stopped_reason,
             "duplicate": self.duplicate,
             "retried": self.retried,
@@ -530,6 +548,12 @@ impl Snapshot {
                 "unknown (no dispatch record)".to_owned()
             },
         );
+        if let Some((received, dispatched, total)) = self.parts {
+            row(
+                "parts",
+                format!("received {received}/{total}, dispatched {dispatched}/{total}"),
+            );
+        }
         row("targeted", or_unknown(self.targeted));
         row("recipients", or_unknown(self.recipients()));
         if let Some(n) = self.rejected_recipients.filter(|n| *n > 0) {
@@ -549,6 +573,9 @@ impl Snapshot {
         row("dead-lettered", self.dead_lettered.to_string());
         if self.unknown > 0 {
             row("unknown (subscribe, not resent)", self.unknown.to_string());
+        }
+        if self.invalid_data > 0 {
+            row("invalid data (not sent)", self.invalid_data.to_string());
         }
         if let Some(reason) = &self.stopped_reason {
             row("stopped", reason.clone());

@@ -869,6 +869,9 @@ async fn hostile_send_jobs_are_dead_lettered_with_their_code_and_send_goes_on() 
         kind: wxpush_domain::job::JobKind::Template,
         miniprogram_state: None,
         lang: None,
+        invalid: None,
+        single: false,
+        receipts: false,
     };
     let plain_id = format!("{m}-send");
     let odd_id = format!("{m}:{{x}}*?[a]\\");

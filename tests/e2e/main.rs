@@ -19,6 +19,7 @@ mod hostile;
 mod ingest;
 mod kinds;
 mod memory;
+mod personal;
 mod rate;
 mod reach;
 mod record;

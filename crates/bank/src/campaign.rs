@@ -186,7 +186,59 @@ impl Bank {
     }
 }
 
+/// What [`Bank::campaign_outcome`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Marked {
+    /// The outcome is recorded and counted.
+    Recorded,
+    /// The recipient was settled already, with this outcome (counted `duplicate`).
+    Done(String),
+    /// Another job's attempt holds the recipient's lease: look again after this long.
+    Busy(Duration),
+}
+
 impl Bank {
+    /// Records `outcome` for `campaign`'s recipient `open_id` without claiming or spending
+    /// anything (`invalid_data`, contract 8.1): settled and counted once, like every outcome.
+    pub async fn campaign_outcome(
+        &self,
+        app: &AppId,
+        open_id: &OpenId,
+        campaign: &str,
+        outcome: &str,
+    ) -> Result<Marked, BankError> {
+        let mut cmd = self.scripts.campaign_outcome.evalsha();
+        cmd.arg(2)
+            .arg(self.keys.marks(app, open_id))
+            .arg(self.counters_of(app, open_id, campaign))
+            .arg(campaign)
+            .arg(outcome);
+        let reply: Vec<Value> = self
+            .scripts
+            .run_applied(&mut self.conn.clone(), &cmd, self.settings.wait_replicas)
+            .await?
+            .replicated()?;
+        let text = |v: Option<&Value>| match v {
+            Some(Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+            Some(Value::SimpleString(s)) => Some(s.clone()),
+            _ => None,
+        };
+        match text(reply.first()).as_deref() {
+            Some("recorded") => Ok(Marked::Recorded),
+            Some("done") => Ok(Marked::Done(text(reply.get(1)).unwrap_or_default())),
+            Some("busy") => {
+                let ms = match reply.get(1) {
+                    Some(Value::Int(n)) => u64::try_from(*n).unwrap_or(1000),
+                    _ => 1000,
+                };
+                Ok(Marked::Busy(Duration::from_millis(ms)))
+            }
+            _ => Err(BankError::Protocol(format!(
+                "campaign_outcome returned {reply:?}"
+            ))),
+        }
+    }
+
     fn counters_of(&self, app: &AppId, open_id: &OpenId, campaign: &str) -> String {
         self.keys
             .campaign_counters(app, crate::keys::shard_of(open_id), campaign)

@@ -52,7 +52,7 @@ use redis::{FromRedisValue, Value};
 use wxpush_domain::{check_template_id, AppId, Credential, CredentialKind, Namespace, OpenId};
 use wxpush_redis::Conn;
 
-pub use campaign::{CampaignClaim, ClaimMode, Settle};
+pub use campaign::{CampaignClaim, ClaimMode, Marked, Settle};
 pub use consent::CONSENT_TTL_SECS;
 pub use durability::{Durability, Setting};
 pub use keys::{Keys, SHARDS};

@@ -19,6 +19,13 @@
 //!   the owner token and is refused (`false`, nothing written) once another dispatcher took the
 //!   lease over or the campaign is dispatched. A dispatcher whose write is refused stops. (An
 //!   owner whose lease expired while nobody took it over still writes: nobody else can have.)
+//! - **parts** (contract 8.1, [`Bank::record_for`]): a campaign sent in parts has one record
+//!   per part (`<record key> part <k>`, [`part_record_key`]) holding that part's dispatch
+//!   state, lease and checkpoint, so each part is dispatched (and resumed, and idempotent) on
+//!   its own; the campaign's record beside it (same hash slot: every part script writes both)
+//!   holds what status shows: `parts`, `parts_received`, `parts_dispatched`, the `targeted`
+//!   of all parts, and `dispatched` once every part is. A campaign sent whole and one in parts
+//!   under the same id do not mix ([`Opened::Conflict`]).
 //! - **stop** ([`CampaignRecord::stop`], [`CampaignRecord::stopped`]): the flag a sender sets
 //!   when WeChat refuses a campaign's data (`47003`).
 //! - **snapshot** ([`CampaignRecord::snapshot`], [`RecordSnapshot`]) and the send-job template
@@ -31,7 +38,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use redis::{Cmd, FromRedisValue, Value};
-use wxpush_domain::campaign::{Audience, Campaign};
+use wxpush_domain::campaign::{Audience, Campaign, Part};
 use wxpush_domain::{AppId, OpenId, SendJob};
 
 use crate::{Bank, BankError, ReachableCursor};
@@ -69,9 +76,16 @@ pub mod field {
     pub const LEASE_OWNER: &str = "lease_owner";
     /// When the lease ends (Unix ms, Redis's clock; 0 once released or finished).
     pub const LEASE_UNTIL_MS: &str = "lease_until_ms";
+    /// A campaign sent in parts: how many parts it has (the first part's word), on the
+    /// campaign's record; each part's own record holds its dispatch state.
+    pub const PARTS: &str = "parts";
+    /// Parts whose message reached a dispatcher (each counted once: field `part <k>`).
+    pub const PARTS_RECEIVED: &str = "parts_received";
+    /// Parts whose every job is published.
+    pub const PARTS_DISPATCHED: &str = "parts_dispatched";
 
     /// Every field, with its name in the scripts' `F` table.
-    pub(crate) const ALL: [(&str, &str); 17] = [
+    pub(crate) const ALL: [(&str, &str); 20] = [
         ("app", APP),
         ("kind", KIND),
         ("template_id", TEMPLATE_ID),
@@ -89,6 +103,9 @@ pub mod field {
         ("job", JOB),
         ("lease_owner", LEASE_OWNER),
         ("lease_until_ms", LEASE_UNTIL_MS),
+        ("parts", PARTS),
+        ("parts_received", PARTS_RECEIVED),
+        ("parts_dispatched", PARTS_DISPATCHED),
     ];
 }
 
@@ -111,6 +128,19 @@ pub const RECORD_TTL_SECS: i64 = 30 * 24 * 3600;
 pub fn record_key(ns: impl std::fmt::Display, app: &AppId, campaign_id: &str) -> String {
     let n = crate::keys::shard_of_text(campaign_id);
     wxpush_redis::tagged(ns, "camp", format_args!("{app}.{n}"), Some(campaign_id))
+}
+
+/// The record of part `index` of a campaign sent in parts (contract 8.1): the campaign's
+/// [`record_key`] and ` part <index>` (a campaign id holds no space, so no campaign's record
+/// has this key), in the same hash slot, so one script writes a part's record and the
+/// campaign's together.
+pub fn part_record_key(
+    ns: impl std::fmt::Display,
+    app: &AppId,
+    campaign_id: &str,
+    index: u32,
+) -> String {
+    format!("{} part {index}", record_key(ns, app, campaign_id))
 }
 
 /// Where versions before Redis Cluster support kept the record: `{ns}:camp:<app>:<id>`, with
@@ -199,8 +229,11 @@ pub enum Opened {
         created: bool,
         resume: Resume,
     },
-    /// Every job of the campaign is published: nothing to do.
+    /// Every job of the campaign (of this part, for a part) is published: nothing to do.
     Dispatched,
+    /// The campaign was sent whole and this message is a part of it, or the other way round:
+    /// the message is refused (`part_conflict`).
+    Conflict,
     /// Another dispatcher holds the lease, for `left` more unless it renews it.
     Held { left: Duration },
 }
@@ -256,6 +289,18 @@ impl RecordSnapshot {
         self.number(field::DISPATCHED_AT_MS)
     }
 
+    /// A campaign sent in parts: (parts received, parts dispatched, parts), each received
+    /// part counted once; `None` for a campaign sent whole.
+    pub fn parts(&self) -> Option<(u32, u32, u32)> {
+        let n = |f| self.text(f).and_then(|v| v.trim().parse().ok());
+        let parts = n(field::PARTS)?;
+        Some((
+            n(field::PARTS_RECEIVED).unwrap_or(0),
+            n(field::PARTS_DISPATCHED).unwrap_or(0),
+            parts,
+        ))
+    }
+
     /// Why the campaign was stopped (`"stopped"` if no reason was kept), if it was.
     pub fn stopped_reason(&self) -> Option<String> {
         self.fields.contains_key(field::STOPPED_AT_MS).then(|| {
@@ -275,6 +320,9 @@ pub struct CampaignRecord {
     key: String,
     /// [`legacy_record_key`], on a single node only.
     legacy: Option<String>,
+    /// A part's record: which part, and the campaign's record (whose counts, stop flag and
+    /// job template the part shares).
+    part: Option<(Part, String)>,
 }
 
 /// A campaign's two hashes as `wxpush campaign status` reads them, raw: the record's fields,
@@ -340,6 +388,23 @@ impl Bank {
             key: record_key(self.keys.namespace(), app, campaign_id),
             legacy: (!self.conn.is_cluster())
                 .then(|| legacy_record_key(self.keys.namespace(), app, campaign_id)),
+            part: None,
+        }
+    }
+
+    /// The record a dispatcher of campaign `c` works on: the campaign's, or for a campaign
+    /// sent in parts, its part's (with the campaign's record beside it).
+    pub fn record_for(&self, app: &AppId, c: &Campaign) -> CampaignRecord {
+        let Some(part) = c.part else {
+            return self.record(app, &c.campaign_id);
+        };
+        let ns = self.keys.namespace();
+        CampaignRecord {
+            bank: self.clone(),
+            app: app.clone(),
+            key: part_record_key(ns, app, &c.campaign_id, part.index),
+            legacy: None,
+            part: Some((part, record_key(ns, app, &c.campaign_id))),
         }
     }
 }
@@ -371,9 +436,15 @@ impl CampaignRecord {
         T::from_redis_value(reply).map_err(|e| BankError::Protocol(format!("a record reply: {e}")))
     }
 
-    /// The record's Redis key.
+    /// The record's Redis key (a part's own, for a part).
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// The campaign's record: this one, or for a part, the campaign's (its counts, stop flag
+    /// and job template).
+    fn main_key(&self) -> &str {
+        self.part.as_ref().map_or(&self.key, |(_, main)| main)
     }
 
     /// Opens campaign `c` (of this record's app) for dispatch under a lease of `lease`: creates
@@ -384,12 +455,14 @@ impl CampaignRecord {
         let audience = match c.audience {
             Audience::All => "all",
             Audience::OpenIds(_) => "list",
+            Audience::Recipients(_) => "recipients",
         };
         let mut job = c.job_template();
         job.app_id = Some(self.app.to_string());
         let mut cmd = self.bank.scripts.record_open.evalsha();
-        cmd.arg(1)
+        cmd.arg(2)
             .arg(&self.key)
+            .arg(self.main_key())
             .arg(millis(lease))
             .arg(RECORD_TTL_SECS)
             .arg(self.app.as_str())
@@ -398,6 +471,10 @@ impl CampaignRecord {
             .arg(audience)
             .arg(c.rejected_recipients.len())
             .arg(job.to_json());
+        match &self.part {
+            Some((p, _)) => cmd.arg(p.index).arg(p.count),
+            None => cmd.arg(0).arg(0),
+        };
         let reply: Vec<Value> = self.query(&cmd).await?;
         let text = |v: &Value| -> Option<String> {
             match v {
@@ -421,6 +498,7 @@ impl CampaignRecord {
         };
         match reply.as_slice() {
             [tag] if text(tag).as_deref() == Some("dispatched") => Ok(Opened::Dispatched),
+            [tag] if text(tag).as_deref() == Some("conflict") => Ok(Opened::Conflict),
             [tag, left] if text(tag).as_deref() == Some("held") => {
                 let left = text(left).and_then(|l| l.parse::<u64>().ok()).unwrap_or(0);
                 Ok(Opened::Held {
@@ -451,8 +529,9 @@ impl CampaignRecord {
 
     async fn write(&self, lease: &Lease, op: &str, args: &[String]) -> Result<bool, BankError> {
         let mut cmd = self.bank.scripts.record_write.evalsha();
-        cmd.arg(1)
+        cmd.arg(2)
             .arg(&self.key)
+            .arg(self.main_key())
             .arg(&lease.token)
             .arg(millis(lease.duration))
             .arg(op);
@@ -511,7 +590,10 @@ impl CampaignRecord {
     /// Marks the campaign stopped with `reason`, once: `true` when this call stopped it.
     pub async fn stop(&self, reason: &str) -> Result<bool, BankError> {
         let mut cmd = self.bank.scripts.record_stop.evalsha();
-        cmd.arg(1).arg(&self.key).arg(reason).arg(RECORD_TTL_SECS);
+        cmd.arg(1)
+            .arg(self.main_key())
+            .arg(reason)
+            .arg(RECORD_TTL_SECS);
         let first: i64 = self.query(&cmd).await?;
         Ok(first == 1)
     }
@@ -519,15 +601,15 @@ impl CampaignRecord {
     /// Whether the campaign was stopped.
     pub async fn stopped(&self) -> Result<bool, BankError> {
         let mut cmd = redis::cmd("HEXISTS");
-        cmd.arg(&self.key).arg(field::STOPPED_AT_MS);
+        cmd.arg(self.main_key()).arg(field::STOPPED_AT_MS);
         let stopped: bool = self.query(&cmd).await?;
         Ok(stopped)
     }
 
-    /// The record as it is now; `None` when there is none.
+    /// The campaign's record as it is now; `None` when there is none.
     pub async fn snapshot(&self) -> Result<Option<RecordSnapshot>, BankError> {
         let mut cmd = redis::cmd("HGETALL");
-        cmd.arg(&self.key);
+        cmd.arg(self.main_key());
         let fields: BTreeMap<String, String> = self.query(&cmd).await?;
         Ok((!fields.is_empty()).then(|| RecordSnapshot::from_fields(fields)))
     }
@@ -538,7 +620,7 @@ impl CampaignRecord {
     /// parse is an error ([`BankError::Protocol`]).
     pub async fn job_template(&self) -> Result<Option<SendJob>, BankError> {
         let mut cmd = redis::cmd("HGET");
-        cmd.arg(&self.key).arg(field::JOB);
+        cmd.arg(self.main_key()).arg(field::JOB);
         let job: Option<String> = self.query(&cmd).await?;
         job.map(|j| parse_job_template(&j)).transpose()
     }

@@ -86,6 +86,7 @@ pub(crate) struct Scripts {
     pub(crate) clear_consents: BankScript,
     pub(crate) campaign_claim_consent: BankScript,
     pub(crate) campaign_requeue: BankScript,
+    pub(crate) campaign_outcome: BankScript,
     pub(crate) record_open: BankScript,
     pub(crate) record_write: BankScript,
     pub(crate) record_stop: BankScript,
@@ -115,6 +116,10 @@ pub(crate) fn get() -> &'static Scripts {
             include_str!("lua/campaign_marks.lua"),
             include_str!("lua/campaign_requeue.lua")
         )),
+        campaign_outcome: Lua::new(concat!(
+            include_str!("lua/campaign_marks.lua"),
+            include_str!("lua/campaign_outcome.lua")
+        )),
         // The record's field names come from record.rs (`crate::record::lua_prelude`).
         record_open: Lua::new(&crate::record::with_prelude(include_str!(
             "lua/record_open.lua"
@@ -129,7 +134,7 @@ pub(crate) fn get() -> &'static Scripts {
 }
 
 impl Scripts {
-    fn all(&self) -> [&Lua; 12] {
+    fn all(&self) -> [&Lua; 13] {
         [
             &self.store,
             &self.claim,
@@ -140,6 +145,7 @@ impl Scripts {
             &self.clear_consents,
             &self.campaign_claim_consent,
             &self.campaign_requeue,
+            &self.campaign_outcome,
             &self.record_open,
             &self.record_write,
             &self.record_stop,

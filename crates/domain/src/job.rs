@@ -16,6 +16,10 @@
 //! `{"value": ...}` for WeChat). `kind` absent means `template`, so jobs published before
 //! subscribe messages existed still parse.
 //!
+//! A recipient of a personalised campaign (contract 8.1) whose own data the dispatcher refused
+//! gets a job of `"kind": "invalid"` with the reason in `invalid` and no data: the sender
+//! records `invalid_data` for them through the same marks as every outcome.
+//!
 //! `appId` is optional (the install's app when absent); `attempt` (retries so far) is set by
 //! the senders when they re-publish a job for a later retry. The credential an attempt holds
 //! is kept in the bank's campaign marks, not in the job. This module owns the format and its
@@ -79,7 +83,26 @@ pub struct SendJob {
     /// Subscribe jobs: `zh_CN` (WeChat's default), `en_US`, `zh_HK`, `zh_TW`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lang: Option<String>,
+    /// [`JobKind::Invalid`] jobs: why the recipient's data was refused (contract 8.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invalid: Option<String>,
+    /// A single message's job (contract 8.2): `campaignId` holds its messageId.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub single: bool,
+    /// A receipt is published for the recipient's outcome (contract 8.3): always for a single
+    /// message, for a campaign's recipients when the campaign asks (`"receipts": true`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub receipts: bool,
 }
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// What a single message's id is prefixed with where the campaign marks and counters name it
+/// ([`SendJob::mark_id`]): a character no campaign id holds (they are ASCII), so a message and a
+/// campaign of the same id never share a user's mark.
+pub const SINGLE_MARK: char = '\u{2709}';
 
 /// One data field of a message: its `value`, and the other fields the campaign gave beside it
 /// (`color`, or any other), passed to WeChat as they came.
@@ -172,6 +195,11 @@ pub enum JobKind {
     Template,
     /// One consent for the job's template; `/cgi-bin/message/subscribe/send`.
     Subscribe,
+    /// A recipient of a personalised campaign whose own data the dispatcher refused
+    /// (contract 8.1): the sender records `invalid_data` for them, spends nothing and calls
+    /// nothing. The job carries no data, only the reason (`invalid`). A sender older than
+    /// this kind refuses the job as malformed rather than sending it without its data.
+    Invalid,
 }
 
 impl JobKind {
@@ -271,6 +299,16 @@ pub fn parse_job(body: &[u8]) -> Result<ValidJob, JobError> {
 }
 
 impl SendJob {
+    /// The id the campaign marks know the job's recipient under: the campaign id, or for a
+    /// single message [`SINGLE_MARK`] and its messageId.
+    pub fn mark_id(&self) -> std::borrow::Cow<'_, str> {
+        if self.single {
+            format!("{SINGLE_MARK}{}", self.campaign_id).into()
+        } else {
+            self.campaign_id.as_str().into()
+        }
+    }
+
     /// A campaign's job template ([`crate::Campaign::job_template`]) made into the first
     /// attempt of one recipient's job.
     pub fn for_recipient(&self, open_id: &OpenId) -> SendJob {

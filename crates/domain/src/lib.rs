@@ -12,6 +12,7 @@ pub mod campaign;
 pub mod config;
 pub mod credential;
 pub mod job;
+pub mod message;
 pub mod names;
 pub mod reason;
 pub mod subscribe_data;
@@ -27,7 +28,8 @@ pub use config::{split_urls, Config, ConfigError, QueueType, RawConfig, Secret, 
 pub use credential::{
     check_template_id, Consent, Credential, CredentialKind, NEVER_EXPIRES, PREPAY_USES,
 };
-pub use job::{parse_job, DataItem, JobError, JobKind, SendJob, ValidJob};
+pub use job::{parse_job, DataItem, JobError, JobKind, SendJob, ValidJob, SINGLE_MARK};
+pub use message::{parse_message, MessageError};
 pub use names::{AppId, NameError, Namespace, OpenId};
 pub use reason::{short_reason, MAX_REASON_BYTES};
 pub use subscribe_data::{validate_subscribe_data, DataError};

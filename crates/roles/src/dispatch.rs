@@ -62,7 +62,7 @@ use wxpush_broker::publish::{batches_by_bytes, CONFIRM_BATCH_BYTES};
 use wxpush_broker::topology::Needs;
 use wxpush_broker::{BatchConsumer, Publisher, Topology};
 use wxpush_domain::campaign::{Audience, Campaign, CampaignKind, CampaignLimits};
-use wxpush_domain::{parse_campaign, AppId, Apps, Config, OpenId};
+use wxpush_domain::{parse_campaign, AppId, Apps, Config, SendJob};
 
 use crate::metrics as m;
 use crate::redelivery::{self, Redeliveries, REDELIVERED, REDELIVERY_LIMIT};
@@ -315,7 +315,7 @@ impl Dispatcher {
         let app = app.id.clone();
         // Every job names its app, so it is sent for that app even if the default changes.
         campaign.app_id = Some(app.clone());
-        let record = self.bank.record(&app, &campaign.campaign_id);
+        let record = self.bank.record_for(&app, &campaign);
         let Some((lease, created, resume)) = self
             .take_lease(&record, &campaign, delivery, stats, shutdown)
             .await?
@@ -388,8 +388,14 @@ impl Dispatcher {
                     created,
                     resume,
                 } => return Ok(Some((lease, created, resume))),
+                Opened::Conflict => {
+                    let reason = "the campaign was sent whole and in parts under one campaignId";
+                    self.reject(delivery, stats, "part_conflict", reason)
+                        .await?;
+                    return Ok(None);
+                }
                 Opened::Dispatched => {
-                    tracing::info!(campaign = %campaign.campaign_id, "campaign already dispatched: nothing to do");
+                    tracing::info!(campaign = %campaign.campaign_id, part = campaign.part.map(|p| p.index), "campaign already dispatched: nothing to do");
                     stats.already_dispatched += 1;
                     delivery.acker.ack(BasicAckOptions::default()).await?;
                     return Ok(None);
@@ -432,8 +438,28 @@ impl Dispatcher {
                         return Ok(Progress::Interrupted);
                     }
                     let end = (at + page).min(list.len());
+                    let jobs = list[at..end].iter().map(|u| c.job_for_user(u));
                     if !self
-                        .publish_page(c, app, owner, &list[at..end], &end.to_string(), stats)
+                        .publish_page(app, owner, jobs, &end.to_string(), stats)
+                        .await?
+                    {
+                        return Ok(Progress::LeaseLost);
+                    }
+                    at = end;
+                }
+            }
+            // Each recipient's job carries its own data (or, refused, the reason), made as
+            // its page is published: what is held is the message and one page of jobs.
+            Audience::Recipients(list) => {
+                let mut at: usize = resume.cursor.parse().unwrap_or(0);
+                while at < list.len() {
+                    if shutdown.is_triggered() {
+                        return Ok(Progress::Interrupted);
+                    }
+                    let end = (at + page).min(list.len());
+                    let jobs = list[at..end].iter().map(|r| c.job_for_recipient(r));
+                    if !self
+                        .publish_page(app, owner, jobs, &end.to_string(), stats)
                         .await?
                     {
                         return Ok(Progress::LeaseLost);
@@ -446,10 +472,8 @@ impl Dispatcher {
                 if let Some(p) = resume.in_flight {
                     // The page the last dispatcher was publishing: the same users again.
                     tracing::info!(campaign = %c.campaign_id, users = p.users.len(), "publishing again the page a stopped dispatcher was publishing");
-                    if !self
-                        .publish_page(c, app, owner, &p.users, &p.next, stats)
-                        .await?
-                    {
+                    let jobs = p.users.iter().map(|u| c.job_for_user(u));
+                    if !self.publish_page(app, owner, jobs, &p.next, stats).await? {
                         return Ok(Progress::LeaseLost);
                     }
                     at = parse_index_cursor(&p.next);
@@ -475,8 +499,9 @@ impl Dispatcher {
                     {
                         return Ok(Progress::LeaseLost);
                     }
+                    let jobs = ahead.users.iter().map(|u| c.job_for_user(u));
                     if !self
-                        .publish_page(c, app, owner, &ahead.users, &ahead.next, stats)
+                        .publish_page(app, owner, jobs, &ahead.next, stats)
                         .await?
                     {
                         return Ok(Progress::LeaseLost);
@@ -494,19 +519,19 @@ impl Dispatcher {
     /// checkpoint is refused).
     async fn publish_page(
         &self,
-        c: &Campaign,
         app: &AppId,
         owner: &Owner,
-        users: &[OpenId],
+        jobs: impl Iterator<Item = SendJob>,
         next: &str,
         stats: &mut DispatchStats,
     ) -> Result<bool, RoleError> {
         // Jobs are built and confirmed a few MiB at a time.
         let queue = self.topology.send_queue_for(app);
-        let jobs = users
-            .iter()
-            .filter_map(|u| c.job_for(u))
-            .map(|j| j.to_json());
+        let mut published = 0usize;
+        let jobs = jobs.map(|j| {
+            published += 1;
+            j.to_json()
+        });
         for batch in batches_by_bytes(jobs, CONFIRM_BATCH_BYTES) {
             if owner.lost() {
                 return Ok(false);
@@ -520,13 +545,13 @@ impl Dispatcher {
         // dispatcher publish it again. Refused if another dispatcher took the lease over.
         if !owner
             .record
-            .checkpoint(&owner.lease, users.len(), next)
+            .checkpoint(&owner.lease, published, next)
             .await?
         {
             return Ok(false);
         }
-        stats.jobs_published += users.len() as u64;
-        metrics::counter!(m::JOBS_PUBLISHED).increment(users.len() as u64);
+        stats.jobs_published += published as u64;
+        metrics::counter!(m::JOBS_PUBLISHED).increment(published as u64);
         Ok(true)
     }
 

@@ -5,7 +5,8 @@
 //! recipient, so each recipient is counted once whatever crashes: `sent`, `sent_unconfirmed`,
 //! `no_credential`, `failed:<errcode>`, `dead_lettered`, `unknown` (a subscribe send WeChat
 //! may or may not have delivered, never resent), `stopped` (not tried: the campaign's data was
-//! refused, `47003`) (recipient outcomes), `duplicate` (a
+//! refused, `47003`), `invalid_data` (not tried: the recipient's own data was refused at
+//! dispatch, contract 8.1) (recipient outcomes), `duplicate` (a
 //! job for a recipient already settled), `retried` (a failed attempt scheduled again), and
 //! `last_at_ms` (when the last outcome was counted). Kept 30 days after their last update.
 //! This module must not decide outcomes.
@@ -36,6 +37,8 @@ pub enum Recorded {
     /// Not tried: WeChat refused the campaign's data (`47003`) for another recipient, so the
     /// campaign was stopped rather than failing every user the same way.
     Stopped,
+    /// Not tried: the recipient's own data (contract 8.1) was refused at dispatch.
+    InvalidData,
     /// The job found the campaign already settled for this recipient, with this outcome.
     Duplicate(String),
 }
@@ -51,6 +54,7 @@ impl Recorded {
             Recorded::DeadLettered => "dead_lettered".into(),
             Recorded::Unknown => "unknown".into(),
             Recorded::Stopped => "stopped".into(),
+            Recorded::InvalidData => "invalid_data".into(),
             Recorded::Duplicate(_) => "duplicate".into(),
         }
     }

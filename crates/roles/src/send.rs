@@ -108,6 +108,8 @@ pub struct SendStats {
     pub unknown: AtomicU64,
     /// Attempts whose lease another attempt took over: stopped without acting.
     pub superseded: AtomicU64,
+    /// Recipients whose own data was refused at dispatch (contract 8.1): recorded, not sent.
+    pub invalid_data: AtomicU64,
     pub wechat_calls: AtomicU64,
     pub failed_by_code: Mutex<HashMap<i64, u64>>,
 }
@@ -659,6 +661,7 @@ impl Sender {
             Recorded::DeadLettered => SendStats::add(&s.dead_lettered),
             Recorded::Unknown => SendStats::add(&s.unknown),
             Recorded::Stopped => {}
+            Recorded::InvalidData => SendStats::add(&s.invalid_data),
             Recorded::Failed(code) => {
                 SendStats::add(&s.failed);
                 if let Ok(mut m) = s.failed_by_code.lock() {

@@ -2,15 +2,37 @@
 -- record.rs comes first: F, the field names, and S, the states).
 -- One script: a record is created with all its fields, its state and its lease in one step,
 -- so no crash leaves a record without a state.
--- KEYS[1] the record. ARGV[1] lease (ms), ARGV[2] the record's lifetime (s), ARGV[3] app,
--- ARGV[4] kind, ARGV[5] template id, ARGV[6] audience, ARGV[7] rejected recipients,
--- ARGV[8] the send-job template (JSON).
--- Returns {'dispatched'} | {'held', ms left} | {'new', token} |
+-- KEYS[1] the record (a part's, for a campaign sent in parts), KEYS[2] the campaign's record
+-- (the same key for a campaign sent whole). ARGV[1] lease (ms), ARGV[2] the record's lifetime
+-- (s), ARGV[3] app, ARGV[4] kind, ARGV[5] template id, ARGV[6] audience, ARGV[7] rejected
+-- recipients, ARGV[8] the send-job template (JSON), ARGV[9] the part (0: sent whole),
+-- ARGV[10] parts.
+-- Returns {'dispatched'} | {'held', ms left} | {'new', token} | {'conflict'} |
 --   {'resume', token, cursor, page or nil, page_next or nil}
-local key = KEYS[1]
+local key, main = KEYS[1], KEYS[2]
 local lease, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local part = tonumber(ARGV[9])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- A campaign is sent whole or in parts, never both under one id.
+local main_state, main_parts = unpack(redis.call('HMGET', main, F.state, F.parts))
+if (part > 0 and main_state and not main_parts) or (part == 0 and main_parts) then
+  return {'conflict'}
+end
+if part > 0 then
+  -- The campaign's record: created by its first part to arrive, each part counted once.
+  if not main_state then
+    redis.call('HSETNX', main, F.started_at_ms, now)
+    redis.call('HSET', main, F.app, ARGV[3], F.kind, ARGV[4], F.template_id, ARGV[5],
+      F.audience, ARGV[6], F.state, S.dispatching, F.parts, ARGV[10], F.job, ARGV[8])
+    redis.call('HSETNX', main, F.targeted, 0)
+    redis.call('EXPIRE', main, ttl)
+  end
+  if redis.call('HSETNX', main, 'part ' .. part, 1) == 1 then
+    redis.call('HINCRBY', main, F.parts_received, 1)
+    redis.call('HINCRBY', main, F.rejected_recipients, tonumber(ARGV[7]))
+  end
+end
 local state = redis.call('HGET', key, F.state)
 if state == S.dispatched then
   return {'dispatched'}

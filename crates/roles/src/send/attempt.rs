@@ -28,7 +28,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
-use wxpush_bank::{CampaignClaim, ClaimMode, Settle};
+use wxpush_bank::{CampaignClaim, ClaimMode, Marked, Settle};
 use wxpush_broker::topology::DELAY_TIERS;
 use wxpush_domain::{AppId, Credential, JobKind, ValidJob};
 use wxpush_fleet::Token;
@@ -78,6 +78,9 @@ impl Sender {
             });
         };
         let job = &valid.job;
+        if job.kind == JobKind::Invalid {
+            return self.invalid(app, valid).await;
+        }
         if let Some(wait) = fleet.pause.paused_for().await {
             return Ok(Disposition::Park {
                 job: job.clone(),
@@ -241,6 +244,28 @@ impl Sender {
         }
     }
 
+    /// A recipient whose own data the dispatcher refused: `invalid_data`, settled and counted
+    /// once like every outcome, nothing claimed or called.
+    async fn invalid(&self, app: &AppId, valid: &ValidJob) -> Result<Disposition, RoleError> {
+        let job = &valid.job;
+        let marked = self
+            .bank
+            .campaign_outcome(app, &valid.open_id, &job.campaign_id, "invalid_data")
+            .await?;
+        Ok(match marked {
+            Marked::Recorded => {
+                let reason = job.invalid.as_deref().unwrap_or("");
+                tracing::info!(reason = %wxpush_domain::short_reason(reason), "recipient's data refused at dispatch");
+                Disposition::Done(Recorded::InvalidData)
+            }
+            Marked::Done(earlier) => Disposition::Done(Recorded::Duplicate(earlier)),
+            Marked::Busy(left) => Disposition::Park {
+                job: job.clone(),
+                after: left.clamp(Duration::from_secs(1), BUSY_RECHECK),
+            },
+        })
+    }
+
     /// The campaign was stopped (47003) before this attempt's call: what it holds (after a
     /// first turn) goes back, and the recipient is settled `stopped`.
     async fn stopped(&self, a: &Attempt<'_>, mode: ClaimMode) -> Result<Disposition, RoleError> {
@@ -260,6 +285,12 @@ impl Sender {
         let Some((app, _)) = self.parts.resolve(valid.app_id.as_ref()) else {
             return Ok(None);
         };
+        if valid.job.kind == JobKind::Invalid {
+            return match self.invalid(app, valid).await? {
+                Disposition::Done(outcome) => Ok(Some(outcome)),
+                _ => Ok(None),
+            };
+        }
         let a = Attempt {
             valid,
             app,
@@ -343,6 +374,8 @@ impl Sender {
                     )
                     .await?
             }
+            // Never reached: process() and abandon() record an invalid job without a claim.
+            JobKind::Invalid => CampaignClaim::Superseded,
         };
         metrics::counter!(m::CLAIMS, "result" => claim_result(&claim)).increment(1);
         if matches!(
@@ -388,6 +421,12 @@ impl Sender {
                 let send = self.parts.wechat.send_subscribe(token.expose(), &message);
                 self.call_wechat("subscribe", a.app, send).await
             }
+            // Never reached (an invalid job claims nothing, so it gets no credential to call
+            // with); if it were, nothing is sent and nothing may have been.
+            JobKind::Invalid => Outcome::Transient {
+                code: None,
+                reason: "a job whose data was refused is never sent".into(),
+            },
         }
     }
 

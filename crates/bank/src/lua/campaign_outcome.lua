@@ -1,0 +1,25 @@
+-- Record an outcome for one campaign's recipient without claiming anything (wxpush-bank,
+-- campaign_outcome.lua; campaign_marks.lua comes first). Used for a recipient whose own data
+-- the dispatcher refused ('invalid_data', contract 8.1): nothing is spent or called, but the
+-- recipient is settled and counted once, as every other outcome is.
+-- KEYS[1] the user's campaign marks, KEYS[2] the campaign's outcome counters for this shard
+-- (one hash slot). ARGV[1] campaignId, ARGV[2] the outcome.
+-- Returns {'done', earlier outcome} (already settled: counted 'duplicate') |
+--   {'busy', ms} (another job's attempt holds it: look again later) | {'recorded'}
+local marks, counters, c = KEYS[1], KEYS[2], ARGV[1]
+local got = redis.call('HMGET', marks, c, '~ p', c .. ' u')
+marker = got[2]
+local done = final_of(got[1])
+if done then
+  count(counters, 'duplicate')
+  return {'done', done}
+end
+if got[1] == 'L' then
+  -- Another job for this recipient (the same user in two parts, say) holds a lease, maybe a
+  -- credential: that job settles it (or resumes it, if its attempt died); this one looks again.
+  local till = tonumber(got[3] or '0')
+  return {'busy', math.max(till - now_ms, 1000)}
+end
+prune(marks)
+finish(marks, counters, c, ARGV[2])
+return {'recorded'}
