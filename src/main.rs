@@ -7,6 +7,7 @@
 use std::process::ExitCode;
 
 mod demo;
+mod message;
 mod ops;
 mod probe;
 mod reach;
@@ -69,6 +70,11 @@ enum Command {
         #[command(subcommand)]
         command: CampaignCommand,
     },
+    /// What became of a single message (contract 8.2)
+    Message {
+        #[command(subcommand)]
+        command: MessageCommand,
+    },
     /// Reach forecast: users reachable now and on each of the next 7 days, consents per template
     Reach(reach::ReachArgs),
     /// The fake WeChat API server, for development and tests
@@ -98,6 +104,21 @@ struct MockArgs {
     /// on a loopback --listen address and refused (403) on any other
     #[arg(long, env = "WXPUSH_MOCK_CONTROL_TOKEN", hide_env_values = true)]
     control_token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum MessageCommand {
+    /// Print a single message's outcome, from its receipts (kept 9 days)
+    Status {
+        /// The message's id (its messageId)
+        id: String,
+        /// The message's app (default: whichever configured app has a message of that id)
+        #[arg(long = "app")]
+        app: Option<String>,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -248,6 +269,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dispatch => run_roles(&config(&cli.common)?, Roles::DISPATCH).await,
         Command::Send => run_roles(&config(&cli.common)?, Roles::SEND).await,
         Command::All => run_roles(&config(&cli.common)?, Roles::ALL).await,
+        Command::Message {
+            command: MessageCommand::Status { id, app, json },
+        } => message::status(&config(&cli.common)?, &id, app.as_deref(), json).await,
         Command::Campaign {
             command:
                 CampaignCommand::Status {

@@ -83,8 +83,9 @@ pub async fn run(
 // ---------------------------------------------------------------------------------------------
 // Reading
 
-/// Reads a campaign's two hashes; reconnects after a failure.
-struct Reader {
+/// Reads a campaign's two hashes; reconnects after a failure. (`wxpush message status`
+/// connects through it too.)
+pub(crate) struct Reader {
     /// The Redis URL(s), as configured.
     config_url: wxpush_domain::SecretUrl,
     /// The Redis URL with any password redacted, for errors.
@@ -97,7 +98,7 @@ struct Reader {
 }
 
 impl Reader {
-    fn new(config: &Config) -> anyhow::Result<Self> {
+    pub(crate) fn new(config: &Config) -> anyhow::Result<Self> {
         let ca_pem =
             match &config.tls_ca_file {
                 Some(path) => Some(std::fs::read(path).map_err(|e| {
@@ -117,7 +118,7 @@ impl Reader {
     }
 
     /// The bank, connected once (its connection reconnects by itself).
-    async fn connection(&mut self) -> anyhow::Result<Bank> {
+    pub(crate) async fn connection(&mut self) -> anyhow::Result<Bank> {
         if let Some(bank) = &self.bank {
             return Ok(bank.clone());
         }

@@ -312,12 +312,31 @@ fn classify(ns: &Namespace, app: &AppId, key: &[u8]) -> Option<DocKey> {
             let (_, Some(id)) = tagged(rest)? else {
                 return None;
             };
-            check_campaign_id(&id).ok()?;
+            // The single messages' counters (docs/sending.md), or a campaign's.
+            if id != wxpush_domain::SINGLE_MARK.to_string() {
+                check_campaign_id(&id).ok()?;
+            }
             Some(DocKey::Counters(id))
         }
+        // Receipts (docs/bank.md): a shard's outbox; msgids and message outcomes by day.
+        "ob" => match tagged(rest)? {
+            (_, None) => Some(DocKey::Fleet(kind.to_owned())),
+            _ => None,
+        },
+        "rm" | "ms" => match tagged(rest)? {
+            (_, Some(day)) if day.parse::<u32>().is_ok() => Some(DocKey::Fleet(kind.to_owned())),
+            _ => None,
+        },
+        "receipts" => (rest == "sweep").then(|| DocKey::Fleet(kind.to_owned())),
         "camp" => {
             let (shard, Some(id)) = tagged(rest)? else {
                 return None;
+            };
+            // A part's record is its campaign's key and ` part <k>` (docs/campaigns.md).
+            let id = match id.split_once(" part ") {
+                Some((id, k)) if k.parse::<u32>().is_ok() => id.to_owned(),
+                Some(_) => return None,
+                None => id,
             };
             check_campaign_id(&id).ok()?;
             if shard != wxpush_bank::keys::shard_of_text(&id) {

@@ -37,7 +37,7 @@
 use std::time::Duration;
 
 use redis::Value;
-use wxpush_domain::{AppId, Credential, OpenId};
+use wxpush_domain::{AppId, Credential, OpenId, SINGLE_MARK};
 
 use crate::keys::shard_of;
 use crate::{member, Bank, BankError};
@@ -102,7 +102,40 @@ pub enum Settle<'a> {
     Release { in_doubt: bool, retry: bool },
 }
 
+/// A receipt wanted for a recipient's outcome (contract 8.3), written by the script that settles
+/// the outcome into the shard's outbox ([`crate::keys::Keys::receipt_outbox`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt<'a> {
+    /// The receipt's fields as JSON text without its closing brace
+    /// (`{"messageId":...,"campaignId":...,"appId":...,"openId":...,"templateId":...`); the
+    /// script adds `outcome`, `errcode`, `msgid` and `at`.
+    pub fields: &'a str,
+    /// The msgid WeChat gave a sent message, at the settle that records it.
+    pub msgid: Option<i64>,
+}
+
 impl Bank {
+    /// A script's receipt keys (the outbox and today's msgid map of the user's shard), which
+    /// every campaign script taking a receipt has last among its keys.
+    pub(crate) fn receipt_keys(&self, app: &AppId, open_id: &OpenId) -> [String; 2] {
+        let shard = shard_of(open_id);
+        [
+            self.keys.receipt_outbox(app, shard),
+            self.keys.receipt_msgids(app, shard, unix_day()),
+        ]
+    }
+
+    /// A script's receipt arguments, last among its arguments: `''` when none is wanted.
+    pub(crate) fn receipt_args(receipt: Option<Receipt<'_>>) -> [String; 2] {
+        match receipt {
+            Some(r) => [
+                r.fields.to_owned(),
+                r.msgid.map(|m| m.to_string()).unwrap_or_default(),
+            ],
+            None => [String::new(), String::new()],
+        }
+    }
+
     /// Claims (or resumes, renews, replaces) the credential for `campaign`'s message to
     /// `open_id`, leased to `owner` (the attempt's fencing token) for `lease`.
     pub async fn campaign_claim(
@@ -114,18 +147,36 @@ impl Bank {
         lease: Duration,
         mode: ClaimMode,
     ) -> Result<CampaignClaim, BankError> {
+        self.campaign_claim_with(app, open_id, campaign, owner, lease, mode, None)
+            .await
+    }
+
+    /// [`Bank::campaign_claim`], with the receipt a `no_credential` outcome is recorded with.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn campaign_claim_with(
+        &self,
+        app: &AppId,
+        open_id: &OpenId,
+        campaign: &str,
+        owner: &str,
+        lease: Duration,
+        mode: ClaimMode,
+        receipt: Option<Receipt<'_>>,
+    ) -> Result<CampaignClaim, BankError> {
         let mut cmd = self.scripts.campaign_claim.evalsha();
-        cmd.arg(4)
+        cmd.arg(6)
             .arg(self.keys.credentials(app, open_id))
             .arg(self.keys.index_of(app, open_id))
             .arg(self.keys.marks(app, open_id))
             .arg(self.counters_of(app, open_id, campaign))
+            .arg(&self.receipt_keys(app, open_id)[..])
             .arg(self.settings.claim_margin_secs)
             .arg(open_id.as_str())
             .arg(campaign)
             .arg(owner)
             .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX))
-            .arg(mode.arg());
+            .arg(mode.arg())
+            .arg(&Self::receipt_args(receipt)[..]);
         let reply: Vec<Value> = self
             .scripts
             .run_applied(&mut self.conn.clone(), &cmd, self.settings.wait_replicas)
@@ -148,6 +199,22 @@ impl Bank {
         owner: &str,
         settle: Settle<'_>,
     ) -> Result<bool, BankError> {
+        self.campaign_settle_with(app, open_id, campaign, template, owner, settle, None)
+            .await
+    }
+
+    /// [`Bank::campaign_settle`], with the receipt a final outcome is recorded with.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn campaign_settle_with(
+        &self,
+        app: &AppId,
+        open_id: &OpenId,
+        campaign: &str,
+        template: &str,
+        owner: &str,
+        settle: Settle<'_>,
+        receipt: Option<Receipt<'_>>,
+    ) -> Result<bool, BankError> {
         let flag = |b: bool| if b { "1" } else { "0" };
         let (action, doubt, retried, give_back) = match settle {
             Settle::Final { outcome, give_back } => {
@@ -159,7 +226,7 @@ impl Bank {
         };
         let shard = shard_of(open_id);
         let mut cmd = self.scripts.campaign_settle.evalsha();
-        cmd.arg(8)
+        cmd.arg(10)
             .arg(self.keys.marks(app, open_id))
             .arg(self.counters_of(app, open_id, campaign))
             .arg(self.keys.credentials(app, open_id))
@@ -168,6 +235,7 @@ impl Bank {
             .arg(self.keys.consent_totals(app, shard))
             .arg(self.keys.consent_index(app, shard, template))
             .arg(self.keys.campaign_retryable(app, shard, campaign))
+            .arg(&self.receipt_keys(app, open_id)[..])
             .arg(campaign)
             .arg(owner)
             .arg(&action)
@@ -176,7 +244,8 @@ impl Bank {
             .arg(give_back)
             .arg(open_id.as_str())
             .arg(self.settings.claim_margin_secs)
-            .arg(crate::CONSENT_TTL_SECS);
+            .arg(crate::CONSENT_TTL_SECS)
+            .arg(&Self::receipt_args(receipt)[..]);
         let applied: i64 = self
             .scripts
             .run_applied(&mut self.conn.clone(), &cmd, self.settings.wait_replicas)
@@ -206,13 +275,16 @@ impl Bank {
         open_id: &OpenId,
         campaign: &str,
         outcome: &str,
+        receipt: Option<Receipt<'_>>,
     ) -> Result<Marked, BankError> {
         let mut cmd = self.scripts.campaign_outcome.evalsha();
-        cmd.arg(2)
+        cmd.arg(4)
             .arg(self.keys.marks(app, open_id))
             .arg(self.counters_of(app, open_id, campaign))
+            .arg(&self.receipt_keys(app, open_id)[..])
             .arg(campaign)
-            .arg(outcome);
+            .arg(outcome)
+            .arg(&Self::receipt_args(receipt)[..]);
         let reply: Vec<Value> = self
             .scripts
             .run_applied(&mut self.conn.clone(), &cmd, self.settings.wait_replicas)
@@ -239,9 +311,18 @@ impl Bank {
         }
     }
 
-    fn counters_of(&self, app: &AppId, open_id: &OpenId, campaign: &str) -> String {
-        self.keys
-            .campaign_counters(app, crate::keys::shard_of(open_id), campaign)
+    /// The outcome counters a recipient of `campaign` is counted in, in the user's slot. Single
+    /// messages (their mark id starts with [`SINGLE_MARK`]) share one set per app and shard:
+    /// counters of their own would be a key per message.
+    pub(crate) fn counters_of(&self, app: &AppId, open_id: &OpenId, campaign: &str) -> String {
+        let shard = crate::keys::shard_of(open_id);
+        if campaign.starts_with(SINGLE_MARK) {
+            let mut all = [0u8; 4];
+            return self
+                .keys
+                .campaign_counters(app, shard, SINGLE_MARK.encode_utf8(&mut all));
+        }
+        self.keys.campaign_counters(app, shard, campaign)
     }
 
     /// A campaign's outcome counters, summed over the shards (`last_at_ms`: the latest), in
@@ -328,4 +409,12 @@ pub(crate) fn parse_campaign_claim(reply: &[Value]) -> Result<CampaignClaim, Ban
             "campaign claim returned {reply:?}"
         ))),
     }
+}
+
+/// Today, in Unix days (this machine's clock: the msgid maps are looked up on either side of it).
+pub(crate) fn unix_day() -> i64 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    i64::try_from(secs / 86_400).unwrap_or(0)
 }

@@ -89,20 +89,40 @@ impl Bank {
         lease: Duration,
         mode: crate::ClaimMode,
     ) -> Result<CampaignClaim, BankError> {
+        self.campaign_claim_consent_with(app, open_id, campaign, template, owner, lease, mode, None)
+            .await
+    }
+
+    /// [`Bank::campaign_claim_consent`], with the receipt a `no_credential` outcome is
+    /// recorded with.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn campaign_claim_consent_with(
+        &self,
+        app: &AppId,
+        open_id: &OpenId,
+        campaign: &str,
+        template: &str,
+        owner: &str,
+        lease: Duration,
+        mode: crate::ClaimMode,
+        receipt: Option<crate::Receipt<'_>>,
+    ) -> Result<CampaignClaim, BankError> {
         let shard = shard_of(open_id);
         let mut cmd = self.scripts.campaign_claim_consent.evalsha();
-        cmd.arg(5)
+        cmd.arg(7)
             .arg(self.keys.consents(app, open_id))
             .arg(self.keys.consent_index(app, shard, template))
             .arg(self.keys.consent_totals(app, shard))
             .arg(self.keys.marks(app, open_id))
-            .arg(self.keys.campaign_counters(app, shard, campaign))
+            .arg(self.counters_of(app, open_id, campaign))
+            .arg(&self.receipt_keys(app, open_id)[..])
             .arg(open_id.as_str())
             .arg(campaign)
             .arg(owner)
             .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX))
             .arg(template)
-            .arg(mode.arg());
+            .arg(mode.arg())
+            .arg(&Self::receipt_args(receipt)[..]);
         let reply: Vec<Value> = self
             .scripts
             .run_applied(&mut self.conn.clone(), &cmd, self.settings.wait_replicas)

@@ -88,6 +88,26 @@ impl Keys {
         self.key("cs", app, shard, Some(campaign))
     }
 
+    /// `{ns}:ob:{<app>.<shard>}`: the shard's receipt outbox (contract 8.3), a zset of receipts
+    /// (JSON) by the time they were settled (ms), written by the script that settles the
+    /// outcome, emptied once they are published.
+    pub fn receipt_outbox(&self, app: &AppId, shard: u16) -> String {
+        self.key("ob", app, shard, None)
+    }
+
+    /// `{ns}:ms:{<app>.<n>}:<day>`: the outcomes of the single messages whose receipts were
+    /// published that day (Unix days), `n` the [`shard_of_text`] of their messageId: what
+    /// `wxpush message status` reads (kept 9 days).
+    pub fn message_status(&self, app: &AppId, n: u16, day: i64) -> String {
+        self.key("ms", app, n, Some(&day.to_string()))
+    }
+
+    /// `{ns}:rm:{<app>.<shard>}:<day>`: the shard's msgids of that day (Unix days), each with
+    /// its receipt's fields, so that WeChat's delivery event can be matched (kept 3 days).
+    pub fn receipt_msgids(&self, app: &AppId, shard: u16, day: i64) -> String {
+        self.key("rm", app, shard, Some(&day.to_string()))
+    }
+
     /// The index shard holding `open_id`.
     /// `{ns}:cr:{<app>.<shard>}:<campaign>`: the shard's users whose outcome for the campaign
     /// was `dead_lettered` (certainly not delivered): what `wxpush campaign retry` sends again.

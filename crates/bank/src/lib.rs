@@ -42,6 +42,7 @@ mod durability;
 pub mod keys;
 pub mod member;
 mod reachable;
+mod receipts;
 pub mod record;
 mod requeue;
 mod scripts;
@@ -52,7 +53,7 @@ use redis::{FromRedisValue, Value};
 use wxpush_domain::{check_template_id, AppId, Credential, CredentialKind, Namespace, OpenId};
 use wxpush_redis::Conn;
 
-pub use campaign::{CampaignClaim, ClaimMode, Marked, Settle};
+pub use campaign::{CampaignClaim, ClaimMode, Marked, Receipt, Settle};
 pub use consent::CONSENT_TTL_SECS;
 pub use durability::{Durability, Setting};
 pub use keys::{Keys, SHARDS};

@@ -87,6 +87,7 @@ pub(crate) struct Scripts {
     pub(crate) campaign_claim_consent: BankScript,
     pub(crate) campaign_requeue: BankScript,
     pub(crate) campaign_outcome: BankScript,
+    pub(crate) receipt_delivery: BankScript,
     pub(crate) record_open: BankScript,
     pub(crate) record_write: BankScript,
     pub(crate) record_stop: BankScript,
@@ -120,6 +121,7 @@ pub(crate) fn get() -> &'static Scripts {
             include_str!("lua/campaign_marks.lua"),
             include_str!("lua/campaign_outcome.lua")
         )),
+        receipt_delivery: Lua::new(include_str!("lua/receipt_delivery.lua")),
         // The record's field names come from record.rs (`crate::record::lua_prelude`).
         record_open: Lua::new(&crate::record::with_prelude(include_str!(
             "lua/record_open.lua"
@@ -134,7 +136,7 @@ pub(crate) fn get() -> &'static Scripts {
 }
 
 impl Scripts {
-    fn all(&self) -> [&Lua; 13] {
+    fn all(&self) -> [&Lua; 14] {
         [
             &self.store,
             &self.claim,
@@ -146,6 +148,7 @@ impl Scripts {
             &self.campaign_claim_consent,
             &self.campaign_requeue,
             &self.campaign_outcome,
+            &self.receipt_delivery,
             &self.record_open,
             &self.record_write,
             &self.record_stop,

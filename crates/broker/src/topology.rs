@@ -60,6 +60,9 @@ fn delay_of(send_queue: &str, tier_secs: u32) -> String {
     format!("{send_queue}.delay.{tier_secs}s")
 }
 
+/// Every source of dead letters (queue `<ns>.dead.<source>`).
+pub const DEAD_LETTER_SOURCES: [&str; 4] = ["ingest", "dispatch", "send", "messages"];
+
 /// What a role needs declared before it starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Needs {
@@ -84,6 +87,9 @@ pub struct Topology {
     /// Dead-letter queues declared by an older wxpush, without a length limit, are kept as
     /// they are ([`Topology::declare`]).
     keep_dead_letter_queues: bool,
+    /// With [`Topology::keep_dead_letter_queues`]: the dead-letter queues that were not there
+    /// (a source newer than the older wxpush), declared with this version's limits.
+    missing_dead_letter_queues: Vec<String>,
     queue_type: QueueType,
 }
 
@@ -94,6 +100,7 @@ impl Topology {
             ns,
             lanes: Vec::new(),
             keep_dead_letter_queues: false,
+            missing_dead_letter_queues: Vec::new(),
             queue_type: QueueType::default(),
         }
     }
@@ -127,6 +134,7 @@ impl Topology {
             ns,
             lanes,
             keep_dead_letter_queues: false,
+            missing_dead_letter_queues: Vec::new(),
             queue_type: QueueType::default(),
         }
     }
@@ -178,6 +186,22 @@ impl Topology {
         format!("{}.ingest", self.ns)
     }
 
+    /// Where single messages are published (contract 8.2; topic: bound with `#`).
+    pub fn messages_exchange(&self) -> String {
+        format!("{}.messages", self.ns)
+    }
+
+    /// The senders' queue of single messages (bound to [`Topology::messages_exchange`]).
+    pub fn messages_queue(&self) -> String {
+        format!("{}.messages.send", self.ns)
+    }
+
+    /// Where receipts are published (contract 8.3; topic, routing key
+    /// `<message|campaign>.<outcome>`; consumers bind queues of their own).
+    pub fn receipts_exchange(&self) -> String {
+        format!("{}.receipts", self.ns)
+    }
+
     /// Queue the dispatch role consumes (bound to the campaigns exchange with `#`).
     pub fn dispatch_queue(&self) -> String {
         format!("{}.dispatch", self.ns)
@@ -209,6 +233,8 @@ impl Topology {
             self.uploads_exchange(),
             self.campaigns_exchange(),
             self.dead_exchange(),
+            self.messages_exchange(),
+            self.receipts_exchange(),
         ]
     }
 
@@ -221,6 +247,8 @@ impl Topology {
             self.dead_queue("send"),
             self.dispatch_queue(),
             self.dead_queue("dispatch"),
+            self.messages_queue(),
+            self.dead_queue("messages"),
         ];
         q.extend(DELAY_TIERS.iter().map(|t| self.delay_queue(*t)));
         for lane in self.send_queues().into_iter().skip(1) {
@@ -245,8 +273,15 @@ impl Topology {
                      delete it once empty so that it is declared again (docs/operations.md)",
                     self.ns
                 );
+                let mut missing = Vec::new();
+                for source in DEAD_LETTER_SOURCES {
+                    if !self.queue_exists(broker, &self.dead_queue(source)).await? {
+                        missing.push(source.to_owned());
+                    }
+                }
                 let kept = Self {
                     keep_dead_letter_queues: true,
+                    missing_dead_letter_queues: missing,
                     ..self.clone()
                 };
                 kept.declare_once(broker, needs)
@@ -254,6 +289,28 @@ impl Topology {
                     .map_err(|e| self.mismatch(e))
             }
             r => r.map_err(|e| self.mismatch(e)),
+        }
+    }
+
+    /// Whether queue `name` exists (a passive declare, on a channel of its own: RabbitMQ closes
+    /// the channel of one that fails).
+    async fn queue_exists(&self, broker: &crate::Broker, name: &str) -> Result<bool, BrokerError> {
+        let ch = broker.channel().await?;
+        let found = ch
+            .queue_declare(
+                name.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        let _ = ch.close(200, "checked".into()).await;
+        match found {
+            Ok(_) => Ok(true),
+            Err(e) if e.to_string().contains("NOT_FOUND") => Ok(false),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -328,7 +385,23 @@ impl Topology {
         for lane in self.send_queues() {
             self.declare_send_lane(ch, &lane).await?;
         }
-        self.declare_dead_letters(ch, "send").await
+        self.declare_dead_letters(ch, "send").await?;
+        // Single messages (8.2), consumed by the senders directly, and their receipts (8.3).
+        self.declare_exchange(ch, &self.messages_exchange(), ExchangeKind::Topic)
+            .await?;
+        self.declare_work_queue(ch, &self.messages_queue(), "messages")
+            .await?;
+        ch.queue_bind(
+            self.messages_queue().into(),
+            self.messages_exchange().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        self.declare_dead_letters(ch, "messages").await?;
+        self.declare_exchange(ch, &self.receipts_exchange(), ExchangeKind::Topic)
+            .await
     }
 
     /// One send queue (`<ns>.send` or a lane) and its delay tiers, `<queue>.delay.<N>s`.
@@ -399,7 +472,9 @@ impl Topology {
             .await?;
         let q = self.dead_queue(source);
         let mut args = self.type_args();
-        if !self.keep_dead_letter_queues {
+        let keep = self.keep_dead_letter_queues
+            && !self.missing_dead_letter_queues.iter().any(|m| m == source);
+        if !keep {
             args.insert(
                 "x-max-length".into(),
                 AMQPValue::LongLongInt(DEAD_LETTER_MAX_MESSAGES),
@@ -418,7 +493,7 @@ impl Topology {
             QueueDeclareOptions {
                 durable: true,
                 // An older queue without the limit: only checked to be there.
-                passive: self.keep_dead_letter_queues,
+                passive: keep,
                 ..Default::default()
             },
             args,

@@ -22,6 +22,7 @@ pub mod health;
 pub mod ingest;
 pub mod metrics;
 pub mod outcomes;
+pub mod receipts;
 pub mod redelivery;
 pub mod send;
 pub mod shutdown;

@@ -25,6 +25,7 @@ pub const DEPENDENCY_UP: &str = "wxpush_dependency_up";
 pub const SESSIONS_RESTARTED: &str = "wxpush_sessions_restarted_total";
 pub const RECONNECTS: &str = "wxpush_reconnects_total";
 pub const REDIS_NOT_REPLICATED: &str = "wxpush_redis_not_replicated_total";
+pub const RECEIPTS_PUBLISHED: &str = "wxpush_receipts_published_total";
 
 /// Counts a dead letter RabbitMQ refused (its dead-letter queue is full: `reject-publish`), so
 /// that an alert can fire; the message stays with the role, handed back, never dropped.
@@ -43,6 +44,10 @@ pub fn count_refused_dead_letter(source: &'static str, e: &wxpush_broker::Broker
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(CONSUMED, "Messages taken from a queue, by queue");
+    describe_counter!(
+        RECEIPTS_PUBLISHED,
+        "Receipts published to <ns>.receipts (confirmed), from the outboxes"
+    );
     describe_counter!(
         UPLOADS_STORED,
         "Upload messages whose credentials are in the bank"

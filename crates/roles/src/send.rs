@@ -33,7 +33,7 @@ use wxpush_bank::Bank;
 use wxpush_broker::topology::delay_tier;
 use wxpush_broker::topology::Needs;
 use wxpush_broker::{JobConsumer, Publisher, Topology};
-use wxpush_domain::{parse_job, AppId, Config, SendJob, ValidJob};
+use wxpush_domain::{parse_job, parse_message, AppId, Config, SendJob, ValidJob};
 use wxpush_fleet::{
     FleetPause, PauseSettings, RateLimiter, RateSettings, TokenSettings, TokenStore,
 };
@@ -52,10 +52,39 @@ use crate::{supervise, Deps, Health, RoleError, Session, Shutdown};
 
 mod attempt;
 pub mod decide;
+use crate::receipts;
 mod stop;
 
 /// The source name of the send role's dead letters (queue `<ns>.dead.send`).
 pub const DEAD_LETTER_SOURCE: &str = "send";
+/// The source name of single messages' dead letters (queue `<ns>.dead.messages`).
+pub const MESSAGES_DEAD_LETTER_SOURCE: &str = "messages";
+
+/// Which queue a delivery came from: a send job (`<ns>.send` and its lanes) or a single message
+/// (`<ns>.messages.send`, contract 8.2), read into the send job it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Job,
+    Message,
+}
+
+impl Source {
+    /// The queue's name in metrics and redelivery counts.
+    fn queue(self) -> &'static str {
+        match self {
+            Source::Job => "send",
+            Source::Message => "messages",
+        }
+    }
+
+    /// The delivery as a send job, or the dead-letter code and reason.
+    fn parse(self, body: &[u8]) -> Result<ValidJob, (&'static str, String)> {
+        match self {
+            Source::Job => parse_job(body).map_err(|e| (e.code(), e.to_string())),
+            Source::Message => parse_message(body).map_err(|e| (e.code(), e.to_string())),
+        }
+    }
+}
 
 /// Tunables of the send role.
 #[derive(Debug, Clone)]
@@ -161,6 +190,9 @@ pub struct Sender {
     /// Campaign records looked up for a stop (47003), and when: `(checked_at, stopped)`.
     stopped: Mutex<HashMap<String, (std::time::Instant, bool)>>,
     redeliveries: Redeliveries,
+    /// Where a settle with a receipt is announced, and the drainer publishing it.
+    outbox: receipts::Outbox,
+    drainer: tokio::sync::Mutex<receipts::Drainer>,
 }
 
 /// One app's share of the fleet's state, all of it kept in Redis under the app's own keys:
@@ -335,6 +367,8 @@ impl Sender {
     ) -> Result<Self, RoleError> {
         topology.declare(&deps.broker, Needs::Send).await?;
         let publisher = Publisher::open(&deps.broker, topology.clone()).await?;
+        let apps = parts.apps.iter().map(|(id, _)| id.clone()).collect();
+        let (outbox, drainer) = receipts::outbox(&deps.bank, topology, apps);
         Ok(Self {
             bank: deps.bank.clone(),
             broker: deps.broker.clone(),
@@ -345,6 +379,8 @@ impl Sender {
             stats,
             stopped: Mutex::new(HashMap::new()),
             redeliveries: Redeliveries::new(&deps.bank),
+            outbox,
+            drainer: tokio::sync::Mutex::new(drainer),
         })
     }
 
@@ -373,8 +409,12 @@ impl Sender {
         let mut consumers = Vec::new();
         for queue in self.topology.send_queues() {
             let c = JobConsumer::start(&self.broker, &queue, prefetch, "wxpush-send").await?;
-            consumers.push((queue, c));
+            consumers.push((queue, c, Source::Job));
         }
+        // Single messages (contract 8.2): their own queue, consumer and `concurrency`.
+        let queue = self.topology.messages_queue();
+        let c = JobConsumer::start(&self.broker, &queue, prefetch, "wxpush-send").await?;
+        consumers.push((queue, c, Source::Message));
         session.consuming();
         let settled = AtomicU64::new(0);
         let failure: Mutex<Option<RoleError>> = Mutex::new(None);
@@ -385,7 +425,7 @@ impl Sender {
             }
             let _ = done_tx.send(true);
         };
-        let runs = consumers.into_iter().map(|(queue, c)| {
+        let runs = consumers.into_iter().map(|(queue, c, source)| {
             let JobConsumer { channel, consumer } = c;
             let (mut shutdown, mut done_rx) = (session.shutdown.clone(), done_rx.clone());
             let (settled, done_tx, fail) = (&settled, &done_tx, &fail);
@@ -410,7 +450,7 @@ impl Sender {
                     .take_until(stop)
                     .for_each_concurrent(self.settings.concurrency, |d| async move {
                         let failed = match d {
-                            Ok(delivery) => self.handle(delivery).await.err(),
+                            Ok(delivery) => self.handle(delivery, source).await.err(),
                             Err(e) => Some(RoleError::Amqp(e)),
                         };
                         if let Some(e) = failed {
@@ -433,20 +473,46 @@ impl Sender {
                 wxpush_broker::consume::stop_consuming(&channel, tag).await;
             }
         });
-        futures_util::future::join_all(runs).await;
+        // Receipts (contract 8.3) go out beside the jobs, with the session's publisher.
+        let drain = {
+            let (fail, shutdown, done_rx) = (&fail, session.shutdown.clone(), done_rx.clone());
+            async move {
+                if let Err(e) = self.drain_receipts(shutdown, done_rx).await {
+                    fail(e);
+                }
+            }
+        };
+        let all_runs = futures_util::future::join_all(runs);
+        tokio::join!(all_runs, drain);
         match failure.into_inner().ok().flatten() {
             Some(e) => Err(e),
             None => Ok(self.stats.clone()),
         }
     }
 
+    /// Publishes receipts ([`receipts::Drainer`]) until `shutdown` fires or `done` turns true.
+    async fn drain_receipts(
+        &self,
+        shutdown: Shutdown,
+        mut done: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), RoleError> {
+        let mut drainer = self.drainer.lock().await;
+        tokio::select! {
+            r = drainer.run(&self.publisher, shutdown) => r,
+            _ = done.wait_for(|d| *d) => Ok(()),
+        }
+    }
+
     /// Handles one delivery from start to acknowledgement. `Err` (the job handed back) when
     /// RabbitMQ or Redis failed under it in a way a later session may get past.
-    async fn handle(&self, delivery: Delivery) -> Result<(), RoleError> {
+    async fn handle(&self, delivery: Delivery, source: Source) -> Result<(), RoleError> {
         SendStats::add(&self.stats.jobs);
-        metrics::counter!(m::CONSUMED, "queue" => "send").increment(1);
+        metrics::counter!(m::CONSUMED, "queue" => source.queue()).increment(1);
         // (A Redis error here hands the job back with the session, like any other.)
-        let times = self.redeliveries.count("send", &[&delivery]).await?;
+        let times = self
+            .redeliveries
+            .count(source.queue(), &[&delivery])
+            .await?;
         if let Some(&n) = times.first().filter(|n| **n >= REDELIVERY_LIMIT) {
             let reason = redelivery::reason(n);
             // Its recipient still gets an outcome (counts add up, `campaign retry` lists it),
@@ -455,7 +521,7 @@ impl Sender {
             // role never saw, such as prefetched jobs handed back with a session), so that a
             // job whose settling crashes too is soon dead-lettered unread.
             if n < REDELIVERY_LIMIT + ABANDON_TRIES {
-                if let Ok(valid) = parse_job(&delivery.data) {
+                if let Ok(valid) = source.parse(&delivery.data) {
                     match self.abandon(&valid).await {
                         Ok(Some(outcome)) => {
                             tracing::info!(outcome = %outcome.field(), "recipient of a send job dead-lettered for redeliveries settled")
@@ -468,15 +534,15 @@ impl Sender {
                 }
             }
             tracing::warn!(code = REDELIVERED, %reason, "send job dead-lettered");
-            self.dead_letter(&delivery, REDELIVERED, &reason).await;
+            self.dead_letter_from(source, &delivery, REDELIVERED, &reason)
+                .await;
             return Ok(());
         }
-        let valid = match parse_job(&delivery.data) {
+        let valid = match source.parse(&delivery.data) {
             Ok(v) => v,
-            Err(e) => {
-                let text = e.to_string();
-                tracing::warn!(code = e.code(), reason = %wxpush_domain::short_reason(&text), "send job dead-lettered");
-                self.dead_letter(&delivery, e.code(), &e.to_string()).await;
+            Err((code, text)) => {
+                tracing::warn!(code, reason = %wxpush_domain::short_reason(&text), "send job dead-lettered");
+                self.dead_letter_from(source, &delivery, code, &text).await;
                 return Ok(());
             }
         };
@@ -508,6 +574,15 @@ impl Sender {
                 return Ok(());
             }
         };
+        if valid.job.receipts
+            && matches!(
+                disposition,
+                Disposition::Done(_) | Disposition::GiveUp { .. }
+            )
+        {
+            // Its receipt is in the outbox (written by the settle): out it goes.
+            self.outbox.settled(self.app_of(valid), &valid.open_id);
+        }
         let settled = match disposition {
             Disposition::Done(outcome) => {
                 // Already counted by the bank's script that settled it.
@@ -616,26 +691,37 @@ impl Sender {
     }
 
     async fn dead_letter(&self, delivery: &Delivery, code: &str, reason: &str) {
+        self.dead_letter_from(Source::Job, delivery, code, reason)
+            .await
+    }
+
+    /// Dead-letters a delivery of `source`'s queue to its dead-letter queue
+    /// (`<ns>.dead.send` or `<ns>.dead.messages`).
+    async fn dead_letter_from(
+        &self,
+        source: Source,
+        delivery: &Delivery,
+        code: &str,
+        reason: &str,
+    ) {
+        let (dead, queue) = match source {
+            Source::Job => (DEAD_LETTER_SOURCE, self.topology.send_queue()),
+            Source::Message => (MESSAGES_DEAD_LETTER_SOURCE, self.topology.messages_queue()),
+        };
         let sent = self
             .publisher
-            .dead_letter(
-                DEAD_LETTER_SOURCE,
-                &self.topology.send_queue(),
-                delivery,
-                code,
-                reason,
-            )
+            .dead_letter(dead, &queue, delivery, code, reason)
             .await;
         match sent {
             Ok(()) => {
                 SendStats::add(&self.stats.dead_lettered);
-                metrics::counter!(m::DEAD_LETTERED, "source" => DEAD_LETTER_SOURCE, "reason" => code.to_owned())
+                metrics::counter!(m::DEAD_LETTERED, "source" => dead, "reason" => code.to_owned())
                     .increment(1);
                 let _ = delivery.acker.ack(BasicAckOptions::default()).await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not dead-letter a send job; handing it back");
-                m::count_refused_dead_letter(DEAD_LETTER_SOURCE, &e);
+                m::count_refused_dead_letter(dead, &e);
                 // Not at once: a full dead-letter queue refuses the next try as well.
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 requeue(delivery).await;

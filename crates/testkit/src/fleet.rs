@@ -186,6 +186,69 @@ impl Fleet {
         p.close().await;
     }
 
+    /// Publishes single messages (contract 8.2) to `<ns>.messages`, confirmed, declaring the
+    /// send topology first (the senders' queue is bound to the exchange).
+    pub async fn publish_messages(&self, messages: &[serde_json::Value]) {
+        let ch = self.deps.broker.channel().await.unwrap();
+        self.env.topology().declare_send(&ch).await.unwrap();
+        let _ = ch.close(200, "ok".into()).await;
+        let p = Publisher::open(&self.deps.broker, self.env.topology())
+            .await
+            .unwrap();
+        for m in messages {
+            p.publish(
+                &self.env.topology().messages_exchange(),
+                "message",
+                m.to_string().as_bytes(),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        }
+        p.close().await;
+    }
+
+    /// A queue of this test's own bound to `<ns>.receipts` (every routing key), gone with the
+    /// tap's channel: what the receipts' consumers would see.
+    pub async fn tap_receipts(&self) -> ReceiptTap {
+        use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+        let ch = self.deps.broker.channel().await.unwrap();
+        let exchange = self.env.topology().receipts_exchange();
+        ch.exchange_declare(
+            exchange.as_str().into(),
+            lapin::ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        let queue = format!("{}.test.receipts", self.env.ns);
+        ch.queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        ch.queue_bind(
+            queue.as_str().into(),
+            exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        ReceiptTap { ch, queue }
+    }
+
     pub async fn hash(&self, key: String) -> BTreeMap<String, String> {
         redis::cmd("HGETALL")
             .arg(key)
@@ -354,4 +417,31 @@ pub fn campaign(id: &str, audience: serde_json::Value) -> serde_json::Value {
     json!({"campaignId": id, "templateId": TPL, "page": "pages/signin/index?from=push",
            "keywords": "Daily check-in,Tap to keep your streak",
            "emphasisKeyword": "keyword1.DATA", "audience": audience})
+}
+
+/// Receipts as a consumer sees them ([`Fleet::tap_receipts`]).
+pub struct ReceiptTap {
+    ch: lapin::Channel,
+    queue: String,
+}
+
+impl ReceiptTap {
+    /// Every receipt waiting: (routing key, receipt).
+    pub async fn take(&self) -> Vec<(String, serde_json::Value)> {
+        let mut out = Vec::new();
+        while let Some(m) = self
+            .ch
+            .basic_get(
+                self.queue.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+        {
+            let body: serde_json::Value =
+                serde_json::from_slice(&m.delivery.data).expect("a receipt is JSON");
+            out.push((m.delivery.routing_key.to_string(), body));
+        }
+        out
+    }
 }

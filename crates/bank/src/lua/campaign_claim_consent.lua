@@ -7,12 +7,14 @@
 -- counters for this shard (all five in one hash slot).
 -- ARGV[1] openId, ARGV[2] campaignId, ARGV[3] owner (fencing token), ARGV[4] lease (ms),
 -- ARGV[5] templateId, ARGV[6] mode ('take', 'renew' or 'next').
+-- KEYS[6], KEYS[7], ARGV[7], ARGV[8]: the receipt's (see receipt_args()).
 -- While a consent is held, 'C m' is 's' followed by the template id and 'C e' is 0. A consent
 -- given back by campaign_settle.lua (a release without doubt) leaves C in state L without
 -- 'C m': the next attempt takes a consent afresh.
 -- Returns as campaign_claim.lua ({'fresh', member, 0}; a held consent's expiry is 0).
 local s, idx, tc, marks, counters = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local who, c, owner, lease_ms, template = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+receipt_args(6, 7)
 local reply = lease(marks, counters, c, owner, lease_ms, ARGV[6], 0)
 if reply then
   return reply

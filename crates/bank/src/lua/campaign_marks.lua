@@ -91,6 +91,44 @@ local function prune(marks)
   end
 end
 
+-- Receipts (contract 8.3): set by receipt_args() when the job asks for one, so that finish()
+-- writes the outcome's receipt into the shard's outbox in the same step that settles it.
+local receipt = nil
+
+-- Reads a script's receipt arguments: KEYS[k] the shard's receipt outbox (a zset, Redis time
+-- in ms → receipt JSON), KEYS[k + 1] the shard's msgid map of the day (msgid → the receipt's
+-- fields, for WeChat's delivery events); ARGV[a] the receipt's fields as JSON text without its
+-- closing brace ('' when no receipt is wanted), ARGV[a + 1] the msgid WeChat gave ('' if none).
+local function receipt_args(k, a)
+  if ARGV[a] and ARGV[a] ~= '' then
+    receipt = {outbox = KEYS[k], msgids = KEYS[k + 1], base = ARGV[a], msgid = ARGV[a + 1] or ''}
+  end
+end
+
+-- The receipt of an outcome: `failed:<code>` is `failed` with that errcode, `dead_lettered`
+-- (transient failures past the retry budget) `failed` without one, `sent` has errcode 0 and
+-- the msgid WeChat gave; the others have no errcode (WeChat did not answer one).
+local function write_receipt(outcome)
+  local name, code, msgid = outcome, 'null', 'null'
+  local failed = string.match(outcome, '^failed:(%-?%d+)$')
+  if failed then
+    name, code = 'failed', failed
+  elseif outcome == 'dead_lettered' then
+    name = 'failed'
+  elseif outcome == 'sent' then
+    code = '0'
+    if string.match(receipt.msgid, '^%d+$') then
+      msgid = receipt.msgid
+    end
+  end
+  redis.call('ZADD', receipt.outbox, now_ms, receipt.base .. ',"outcome":"' .. name ..
+    '","errcode":' .. code .. ',"msgid":' .. msgid .. ',"at":' .. now_ms .. '}')
+  if msgid ~= 'null' then
+    redis.call('HSET', receipt.msgids, msgid, receipt.base)
+    redis.call('EXPIRE', receipt.msgids, 259200)
+  end
+end
+
 -- Records C's final outcome (the held credential forgotten) and counts it.
 local function finish(marks, counters, c, outcome)
   local final = '=' .. outcome .. '@' .. today
@@ -106,6 +144,9 @@ local function finish(marks, counters, c, outcome)
   redis.call('HDEL', marks, c .. ' o', c .. ' u', c .. ' e', c .. ' m', c .. ' d')
   redis.call('EXPIRE', marks, MARKS_TTL)
   count(counters, outcome)
+  if receipt then
+    write_receipt(outcome)
+  end
 end
 
 -- The lease part of a claim, common to both kinds. mode: 'take' (start, or resume a held

@@ -3,10 +3,12 @@
 -- the dispatcher refused ('invalid_data', contract 8.1): nothing is spent or called, but the
 -- recipient is settled and counted once, as every other outcome is.
 -- KEYS[1] the user's campaign marks, KEYS[2] the campaign's outcome counters for this shard
--- (one hash slot). ARGV[1] campaignId, ARGV[2] the outcome.
+-- (one hash slot). ARGV[1] campaignId, ARGV[2] the outcome. KEYS[3], KEYS[4], ARGV[3],
+-- ARGV[4]: the receipt's (see receipt_args()).
 -- Returns {'done', earlier outcome} (already settled: counted 'duplicate') |
 --   {'busy', ms} (another job's attempt holds it: look again later) | {'recorded'}
 local marks, counters, c = KEYS[1], KEYS[2], ARGV[1]
+receipt_args(3, 3)
 local got = redis.call('HMGET', marks, c, '~ p', c .. ' u')
 marker = got[2]
 local done = final_of(got[1])

@@ -17,8 +17,10 @@
 --       without doubt it goes back to the user's count and the next attempt takes one afresh,
 --       because a consent has no identity WeChat checks.
 -- ARGV[7] openId, ARGV[8] safety margin (s), ARGV[9] the consent keys' TTL (s).
+-- KEYS[9], KEYS[10], ARGV[10], ARGV[11]: the receipt's (see receipt_args()).
 -- Returns 1 if applied, 0 if not (the lease is another attempt's, or C is settled already).
 local marks, counters, c, owner, action = KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3]
+receipt_args(9, 10)
 local got = redis.call('HMGET', marks, c, c .. ' o', '~ p')
 if got[1] ~= 'L' or got[2] ~= owner then
   return 0
@@ -69,7 +71,9 @@ if ARGV[6] == '1' then
   give_back()
 end
 local outcome = string.sub(action, 2)
-if outcome == 'dead_lettered' then
+-- (A single message, its id marked by a first byte over 127, is listed nowhere: `campaign
+-- retry` is for campaigns.)
+if outcome == 'dead_lettered' and string.byte(c, 1) < 128 then
   redis.call('SADD', KEYS[8], who)
   redis.call('EXPIRE', KEYS[8], MARKS_TTL)
 end

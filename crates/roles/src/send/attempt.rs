@@ -28,7 +28,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
-use wxpush_bank::{CampaignClaim, ClaimMode, Marked, Settle};
+use wxpush_bank::{CampaignClaim, ClaimMode, Marked, Receipt, Settle};
 use wxpush_broker::topology::DELAY_TIERS;
 use wxpush_domain::{AppId, Credential, JobKind, ValidJob};
 use wxpush_fleet::Token;
@@ -87,12 +87,14 @@ impl Sender {
                 after: until_pause_ends(wait),
             });
         }
-        if self.campaign_stopped(app, &job.campaign_id).await? {
+        if self.campaign_stopped(app, job).await? {
             return Ok(Disposition::Done(Recorded::Stopped));
         }
         let mut a = Attempt {
             valid,
             app,
+            receipt: crate::receipts::fields(job, app, &valid.open_id),
+            msgid: None,
             owner: super::attempt_owner(),
             state: State::new(self.settings.quick_retries),
             quick: Box::new(self.quick_retries()),
@@ -123,11 +125,11 @@ impl Sender {
             // here, before the permit (a Redis read at most once a second per campaign), and
             // after it only in this process's cache: between the permit and its call there
             // is nothing but the claim.
-            if self.campaign_stopped(app, &job.campaign_id).await? {
+            if self.campaign_stopped(app, job).await? {
                 return self.stopped(&a, mode).await;
             }
             let permit = fleet.limiter.acquire().await?;
-            if self.campaign_stop_seen(app, &job.campaign_id) {
+            if self.campaign_stop_seen(app, job) {
                 return self.stopped(&a, mode).await;
             }
             // WeChat refused this token to another job while this one waited for its permit
@@ -210,6 +212,9 @@ impl Sender {
             }
             // 4. The call, and what its answer means.
             let outcome = self.call(&a, &token, &credential).await;
+            if let Outcome::Sent { msgid } = &outcome {
+                a.msgid = *msgid;
+            }
             match decide::decide(spend, &outcome, &a.state) {
                 Step::Finish(outcome, after) => return self.finish(&a, outcome, after).await,
                 Step::Resend { in_doubt } => {
@@ -248,9 +253,14 @@ impl Sender {
     /// once like every outcome, nothing claimed or called.
     async fn invalid(&self, app: &AppId, valid: &ValidJob) -> Result<Disposition, RoleError> {
         let job = &valid.job;
+        let fields = crate::receipts::fields(job, app, &valid.open_id);
+        let receipt = fields.as_deref().map(|fields| Receipt {
+            fields,
+            msgid: None,
+        });
         let marked = self
             .bank
-            .campaign_outcome(app, &valid.open_id, &job.campaign_id, "invalid_data")
+            .campaign_outcome(app, &valid.open_id, &job.mark_id(), "invalid_data", receipt)
             .await?;
         Ok(match marked {
             Marked::Recorded => {
@@ -294,6 +304,8 @@ impl Sender {
         let a = Attempt {
             valid,
             app,
+            receipt: crate::receipts::fields(&valid.job, app, &valid.open_id),
+            msgid: None,
             owner: super::attempt_owner(),
             state: State::new(0),
             quick: Box::new(std::iter::empty()),
@@ -351,26 +363,28 @@ impl Sender {
         let claim = match job.kind {
             JobKind::Template => {
                 self.bank
-                    .campaign_claim(
+                    .campaign_claim_with(
                         a.app,
                         &a.valid.open_id,
-                        &job.campaign_id,
+                        &job.mark_id(),
                         &a.owner,
                         CAMPAIGN_LEASE,
                         mode,
+                        a.receipt(),
                     )
                     .await?
             }
             JobKind::Subscribe => {
                 self.bank
-                    .campaign_claim_consent(
+                    .campaign_claim_consent_with(
                         a.app,
                         &a.valid.open_id,
-                        &job.campaign_id,
+                        &job.mark_id(),
                         &job.template_id,
                         &a.owner,
                         CAMPAIGN_LEASE,
                         mode,
+                        a.receipt(),
                     )
                     .await?
             }
@@ -456,11 +470,11 @@ impl Sender {
                     .await?;
             }
             After::StopCampaign(reason) => {
-                self.stop_campaign(a.app, &job.campaign_id, &reason).await?;
+                self.stop_campaign(a.app, job, &reason).await?;
             }
             After::GiveBackAndStop(reason) => {
                 SendStats::add(&self.stats.credentials_released);
-                self.stop_campaign(a.app, &job.campaign_id, &reason).await?;
+                self.stop_campaign(a.app, job, &reason).await?;
             }
         }
         Ok(Disposition::Done(outcome))
@@ -573,13 +587,14 @@ impl Sender {
         let job = &a.valid.job;
         Ok(self
             .bank
-            .campaign_settle(
+            .campaign_settle_with(
                 a.app,
                 &a.valid.open_id,
-                &job.campaign_id,
+                &job.mark_id(),
                 &job.template_id,
                 &a.owner,
                 how,
+                a.receipt(),
             )
             .await?)
     }
@@ -589,11 +604,25 @@ impl Sender {
 struct Attempt<'a> {
     valid: &'a ValidJob,
     app: &'a AppId,
+    /// The fields of the job's receipts, if it asks for them (contract 8.3).
+    receipt: Option<String>,
+    /// The msgid WeChat gave this attempt's send.
+    msgid: Option<i64>,
     /// The fencing token: unique to this attempt, the owner of its lease.
     owner: String,
     state: State,
     /// The waits before quick resends.
     quick: Box<dyn Iterator<Item = Duration> + Send + Sync>,
+}
+
+impl Attempt<'_> {
+    /// The receipt its settle writes (with the msgid WeChat gave, once it gave one).
+    fn receipt(&self) -> Option<Receipt<'_>> {
+        self.receipt.as_deref().map(|fields| Receipt {
+            fields,
+            msgid: self.msgid,
+        })
+    }
 }
 
 /// How long a job parks while the app's sends are paused for `left` more: the longest delay

@@ -2,6 +2,9 @@
 //! the same way, so the first sender to meet it marks the campaign stopped, and every sender
 //! then settles the campaign's jobs as `stopped` without calling WeChat.
 //!
+//! A single message (contract 8.2) has no campaign: it is never stopped nor stops anything, and
+//! costs no read of a flag.
+//!
 //! This module owns the sender's reads of the stop flag (cached a second per campaign; between
 //! a rate permit and its call only the cache is read) and its one write, both through the
 //! campaign record ([`wxpush_bank::record`], which names the fields). It must not decide when
@@ -9,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use wxpush_domain::AppId;
+use wxpush_domain::{AppId, SendJob};
 
 use super::Sender;
 use crate::RoleError;
@@ -23,8 +26,12 @@ impl Sender {
     pub(super) async fn campaign_stopped(
         &self,
         app: &AppId,
-        campaign: &str,
+        job: &SendJob,
     ) -> Result<bool, RoleError> {
+        if job.single {
+            return Ok(false);
+        }
+        let campaign = &job.campaign_id;
         let record = self.bank.record(app, campaign);
         let key = record.key().to_owned();
         if let Ok(cache) = self.stopped.lock() {
@@ -43,7 +50,11 @@ impl Sender {
 
     /// What this process last saw of the campaign's stop flag, without asking Redis (for the
     /// moment between a rate permit and its call, where nothing but the claim may stand).
-    pub(super) fn campaign_stop_seen(&self, app: &AppId, campaign: &str) -> bool {
+    pub(super) fn campaign_stop_seen(&self, app: &AppId, job: &SendJob) -> bool {
+        if job.single {
+            return false;
+        }
+        let campaign = &job.campaign_id;
         let key = self.bank.record(app, campaign).key().to_owned();
         self.stopped
             .lock()
@@ -56,9 +67,14 @@ impl Sender {
     pub(super) async fn stop_campaign(
         &self,
         app: &AppId,
-        campaign: &str,
+        job: &SendJob,
         reason: &str,
     ) -> Result<(), RoleError> {
+        if job.single {
+            // A single message's data concerns it alone: its outcome (failed:47003) is all.
+            return Ok(());
+        }
+        let campaign = job.campaign_id.as_str();
         let record = self.bank.record(app, campaign);
         let key = record.key().to_owned();
         // The time and the reason in one step, once (the first sender's reason is kept).

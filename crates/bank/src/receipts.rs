@@ -1,0 +1,188 @@
+//! The receipt outboxes (contract 8.3): `{ns}:ob:{<app>.<shard>}`, one zset per shard of users,
+//! receipt JSON by the time it was settled (Redis ms). The campaign scripts write a receipt in
+//! the step that settles its outcome ([`crate::Receipt`]); this module reads pages of an outbox,
+//! removes what was published, finds outboxes holding receipts left behind, takes the fleet's
+//! sweep lease, and writes the receipts of WeChat's delivery events (matched by msgid in the
+//! user's shard, `{ns}:rm:{<app>.<shard>}:<day>`).
+//!
+//! This module must not publish anything (the roles' drainer does) nor decide outcomes.
+
+use std::time::Duration;
+
+use redis::Value;
+use wxpush_domain::{AppId, OpenId};
+
+use crate::campaign::unix_day;
+use crate::keys::{shard_of, shard_of_text};
+use crate::{Bank, BankError, SHARDS};
+
+/// How long `wxpush message status` can tell a single message's outcome: 9 days, past the
+/// 8 days of its idempotency (contract 8.2).
+pub const MESSAGE_STATUS_DAYS: i64 = 9;
+
+/// A single message's receipt's place in the status index: its messageId, and the field (the
+/// id for the send's outcome, `"<id> d"` for a delivery event's). `None` for a campaign's.
+fn status_field(receipt: &str) -> Option<(String, String)> {
+    let v: serde_json::Value = serde_json::from_str(receipt).ok()?;
+    let id = v.get("messageId")?.as_str()?.to_owned();
+    let delivery = matches!(
+        v.get("outcome").and_then(|o| o.as_str()),
+        Some("delivered" | "delivery_failed")
+    );
+    let field = if delivery {
+        format!("{id} d")
+    } else {
+        id.clone()
+    };
+    Some((id, field))
+}
+
+impl Bank {
+    /// The oldest `n` receipts of one outbox (JSON), oldest first.
+    pub async fn receipt_outbox_page(
+        &self,
+        app: &AppId,
+        shard: u16,
+        n: usize,
+    ) -> Result<Vec<String>, BankError> {
+        let mut cmd = redis::cmd("ZRANGE");
+        cmd.arg(self.keys.receipt_outbox(app, shard))
+            .arg(0)
+            .arg(n.saturating_sub(1));
+        self.scripts.run(&mut self.connection(), &cmd).await
+    }
+
+    /// Removes published receipts from their outbox, and keeps the single messages' among them
+    /// for `wxpush message status` ([`MESSAGE_STATUS_DAYS`] days, under their messageId; a
+    /// delivery event's receipt beside the send's). In one round trip on a single node.
+    pub async fn receipt_outbox_remove(
+        &self,
+        app: &AppId,
+        shard: u16,
+        receipts: &[String],
+    ) -> Result<(), BankError> {
+        if receipts.is_empty() {
+            return Ok(());
+        }
+        let mut cmds = Vec::new();
+        let mut zrem = redis::cmd("ZREM");
+        zrem.arg(self.keys.receipt_outbox(app, shard)).arg(receipts);
+        cmds.push(zrem);
+        let day = unix_day();
+        for r in receipts {
+            let Some((id, field)) = status_field(r) else {
+                continue;
+            };
+            let key = self.keys.message_status(app, shard_of_text(&id), day);
+            let mut hset = redis::cmd("HSET");
+            hset.arg(&key).arg(field).arg(r);
+            let mut expire = redis::cmd("EXPIRE");
+            expire.arg(&key).arg(MESSAGE_STATUS_DAYS * 86_400);
+            cmds.push(hset);
+            cmds.push(expire);
+        }
+        let (_, replicated) = self.scripts.run_batch(&self.conn, cmds, 0).await?;
+        Ok(replicated?)
+    }
+
+    /// What is kept of single message `id`: its receipts (JSON) from the newest day's on, the
+    /// send's outcome first, then the delivery event's; empty when none was published within
+    /// [`MESSAGE_STATUS_DAYS`] days.
+    pub async fn message_status(&self, app: &AppId, id: &str) -> Result<Vec<String>, BankError> {
+        let n = shard_of_text(id);
+        let today = unix_day();
+        let mut cmds = Vec::new();
+        for day in (today - MESSAGE_STATUS_DAYS..=today + 1).rev() {
+            let mut cmd = redis::cmd("HMGET");
+            cmd.arg(self.keys.message_status(app, n, day))
+                .arg(id)
+                .arg(format!("{id} d"));
+            cmds.push(cmd);
+        }
+        let found: Vec<Vec<Option<String>>> = self.read_batch(cmds).await?;
+        Ok(found
+            .into_iter()
+            .find(|f| f.iter().any(Option::is_some))
+            .map(|f| f.into_iter().flatten().collect())
+            .unwrap_or_default())
+    }
+
+    /// The shards of `app` whose outbox holds a receipt settled more than `older` ago (one
+    /// `ZRANGE BYSCORE` per shard, in one round trip on a single node).
+    pub async fn receipt_outboxes_stale(
+        &self,
+        app: &AppId,
+        older: Duration,
+    ) -> Result<Vec<u16>, BankError> {
+        let before = self
+            .now_ms()
+            .await?
+            .saturating_sub(i64::try_from(older.as_millis()).unwrap_or(i64::MAX));
+        let cmds = (0..SHARDS)
+            .map(|shard| {
+                let mut cmd = redis::cmd("ZRANGE");
+                cmd.arg(self.keys.receipt_outbox(app, shard))
+                    .arg("-inf")
+                    .arg(before)
+                    .arg("BYSCORE")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(1);
+                cmd
+            })
+            .collect();
+        let found: Vec<Vec<String>> = self.read_batch(cmds).await?;
+        Ok(found
+            .iter()
+            .zip(0..SHARDS)
+            .filter(|(f, _)| !f.is_empty())
+            .map(|(_, shard)| shard)
+            .collect())
+    }
+
+    /// Takes the fleet's receipt sweep for `lease` (`SET NX PX`): `false` when another process
+    /// swept within it.
+    pub async fn take_receipt_sweep(&self, lease: Duration) -> Result<bool, BankError> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(format!("{}:receipts:sweep", self.keys.namespace()))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX));
+        let taken: Value = self.scripts.run(&mut self.connection(), &cmd).await?;
+        Ok(!matches!(taken, Value::Nil))
+    }
+
+    /// Writes the receipt of WeChat's delivery event for `msgid`, a message to `open_id`
+    /// (`delivered`, else `delivery_failed`) into the user's shard's outbox, if the message had
+    /// receipts and was sent within the last two days; the msgid is forgotten with it, so a push
+    /// WeChat retries writes nothing more. Returns whether a receipt was written.
+    pub async fn delivery_receipt(
+        &self,
+        app: &AppId,
+        open_id: &OpenId,
+        msgid: i64,
+        delivered: bool,
+    ) -> Result<bool, BankError> {
+        let shard = shard_of(open_id);
+        let today = unix_day();
+        let mut cmd = self.scripts.receipt_delivery.evalsha();
+        cmd.arg(4)
+            .arg(self.keys.receipt_outbox(app, shard))
+            .arg(self.keys.receipt_msgids(app, shard, today))
+            .arg(self.keys.receipt_msgids(app, shard, today - 1))
+            .arg(self.keys.receipt_msgids(app, shard, today + 1))
+            .arg(msgid)
+            .arg(if delivered {
+                "delivered"
+            } else {
+                "delivery_failed"
+            });
+        let written: i64 = self
+            .scripts
+            .run_applied(&mut self.conn.clone(), &cmd, self.settings.wait_replicas)
+            .await?
+            .replicated()?;
+        Ok(written == 1)
+    }
+}
