@@ -44,6 +44,7 @@ const LUA_SOURCES: &[&str] = &[
     include_str!("../crates/bank/src/lua/store_consents.lua"),
     include_str!("../crates/bank/src/lua/clear_consents.lua"),
     include_str!("../crates/bank/src/lua/campaign_outcome.lua"),
+    include_str!("../crates/bank/src/lua/consent_lib.lua"),
     include_str!("../crates/bank/src/lua/receipt_delivery.lua"),
     include_str!("../crates/fleet/src/lua/pause.lua"),
     include_str!("../crates/fleet/src/lua/rate.lua"),

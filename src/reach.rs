@@ -16,8 +16,10 @@
 //! gets that page's credential zsets **as KEYS** (a script must name every key it touches, as
 //! Redis Cluster requires) and `ZCOUNT`s each: the usable credentials (messages now), and
 //! entries whose zset holds none (stale, not yet cleaned up by the bank) are taken off. The
-//! shard's consent totals (`{ns}:tc:{<app>.<shard>}`) and consent holders
-//! (`SCARD {ns}:t:{<app>.<shard>}:<template>`) are read beside. Every key of a shard shares
+//! shard's consent totals (`{ns}:tc:{<app>.<shard>}`) and consent holders (`HGET` of the
+//! holders hash `{ns}:th:{<app>.<shard>}`, plus `SCARD {ns}:t:{<app>.<shard>}:<template>` of
+//! the users the bank has not yet moved out of the layout before consent buckets) are read
+//! beside. Every key of a shard shares
 //! its hash tag, so each pipeline and script runs in one cluster slot. A shard of more than
 //! [`PAGE`] entries is walked in several pages. [`IN_FLIGHT`] shards are read at once on the
 //! bank's multiplexed connection; the client keeps running totals only.
@@ -450,18 +452,23 @@ async fn shard_consents(
     if held.is_empty() {
         return Ok(Vec::new());
     }
+    let holders_hash = keys.consent_holders(app, shard);
     let mut pipe = redis::pipe();
     for (t, _) in &held {
         pipe.cmd("HGET").arg(&totals).arg(t);
-        pipe.cmd("SCARD").arg(keys.consent_index(app, shard, t));
+        pipe.cmd("HGET").arg(&holders_hash).arg(t);
+        pipe.cmd("SCARD")
+            .arg(keys.legacy_consent_index(app, shard, t));
     }
     let read: Vec<(Option<String>, u64)> = {
         let flat: Vec<redis::Value> = wxpush_redis::run_pipeline(&mut conn, &pipe, &[]).await?;
-        flat.chunks(2)
-            .map(|pair| {
-                let total = redis::FromRedisValue::from_redis_value(pair[0].clone())?;
-                let holders = redis::FromRedisValue::from_redis_value(pair[1].clone())?;
-                Ok::<_, redis::ParsingError>((total, holders))
+        flat.chunks(3)
+            .map(|three| {
+                let total = redis::FromRedisValue::from_redis_value(three[0].clone())?;
+                let holders: Option<u64> =
+                    redis::FromRedisValue::from_redis_value(three[1].clone())?;
+                let old: u64 = redis::FromRedisValue::from_redis_value(three[2].clone())?;
+                Ok::<_, redis::ParsingError>((total, holders.unwrap_or(0).saturating_add(old)))
             })
             .collect::<Result<_, _>>()?
     };

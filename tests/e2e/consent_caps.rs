@@ -52,60 +52,83 @@ async fn offer(
 
 /// One user's consents as the bank holds them (template → count).
 async fn held(bank: &Bank, env: &TestEnv, who: &OpenId) -> BTreeMap<String, i64> {
-    redis::cmd("HGETALL")
-        .arg(bank.keys().consents(&env.app, who))
-        .query_async(&mut bank.connection())
+    bank.consents_of(&env.app, who)
         .await
         .unwrap()
+        .into_iter()
+        .map(|(t, n)| (t, n as i64))
+        .collect()
 }
 
-/// Checks that `users` are the only consent holders of the namespace and that the three
-/// structures agree: a template's index shard lists exactly the users holding ≥ 1 for it (and
-/// no index key exists for a template nobody holds), and each shard's total is the sum of its
-/// users' counts.
+/// Checks that `users` are the only consent holders of the namespace and that the bank's
+/// structures agree: a template's walk finds exactly the users holding ≥ 1 for it (and no
+/// template nobody holds has holders), each shard's total is the sum of its users' counts, and
+/// its holders the number of its users holding ≥ 1.
 async fn check_exact(bank: &Bank, env: &TestEnv, users: &[OpenId]) {
     let mut conn = bank.connection();
     let mut totals: BTreeMap<(u16, String), i64> = BTreeMap::new();
     let mut members: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut counted: BTreeMap<(u16, String), i64> = BTreeMap::new();
     for who in users {
         for (t, n) in held(bank, env, who).await {
             assert!(n >= 1, "{who} holds {n} for {t}");
             let shard = shard_of(who);
             *totals.entry((shard, t.clone())).or_default() += n;
-            members
-                .entry(bank.keys().consent_index(&env.app, shard, &t))
-                .or_default()
-                .insert(who.to_string());
+            *counted.entry((shard, t.clone())).or_default() += 1;
+            members.entry(t).or_default().insert(who.to_string());
         }
     }
     let mut shards: Vec<u16> = users.iter().map(shard_of).collect();
     shards.sort();
     shards.dedup();
     for shard in shards {
-        let stored: BTreeMap<String, i64> = redis::cmd("HGETALL")
+        let (stored, holders): (BTreeMap<String, i64>, BTreeMap<String, i64>) = redis::pipe()
+            .cmd("HGETALL")
             .arg(bank.keys().consent_totals(&env.app, shard))
+            .cmd("HGETALL")
+            .arg(bank.keys().consent_holders(&env.app, shard))
             .query_async(&mut conn)
             .await
             .unwrap();
-        let want: BTreeMap<String, i64> = totals
-            .iter()
-            .filter(|((s, _), _)| *s == shard)
-            .map(|((_, t), n)| (t.clone(), *n))
-            .collect();
-        assert_eq!(stored, want, "totals of shard {shard}");
+        let of_shard = |m: &BTreeMap<(u16, String), i64>| -> BTreeMap<String, i64> {
+            m.iter()
+                .filter(|((s, _), _)| *s == shard)
+                .map(|((_, t), n)| (t.clone(), *n))
+                .collect()
+        };
+        assert_eq!(stored, of_shard(&totals), "totals of shard {shard}");
+        assert_eq!(holders, of_shard(&counted), "holders of shard {shard}");
     }
-    let mut got: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    // Every template any shard's dictionary knows: its walk finds exactly its holders.
+    let mut known: BTreeSet<String> = BTreeSet::new();
     for (k, _) in keys_with_ttl(env).await {
-        if k.starts_with(&format!("{}:t:", env.ns)) {
-            let m: BTreeSet<String> = redis::cmd("SMEMBERS")
+        if k.starts_with(&format!("{}:tn:", env.ns)) {
+            let names: BTreeMap<String, String> = redis::cmd("HGETALL")
                 .arg(&k)
                 .query_async(&mut conn)
                 .await
                 .unwrap();
-            got.insert(k, m);
+            known.extend(names.into_keys().filter(|f| !f.starts_with(' ')));
+        }
+        assert!(
+            !k.starts_with(&format!("{}:t:", env.ns)) && !k.starts_with(&format!("{}:s:", env.ns)),
+            "a key of the layout before buckets: {k}"
+        );
+    }
+    let mut got: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for t in known {
+        let mut walked = BTreeSet::new();
+        let mut at = Some(wxpush_bank::ReachableCursor::default());
+        while let Some(c) = at {
+            let page = bank.consent_page(&env.app, &t, c, 100).await.unwrap();
+            walked.extend(page.users.iter().map(|u| u.to_string()));
+            at = page.next;
+        }
+        if !walked.is_empty() {
+            got.insert(t, walked);
         }
     }
-    assert_eq!(got, members, "the consent index");
+    assert_eq!(got, members, "the walks of every template");
 }
 
 #[tokio::test]

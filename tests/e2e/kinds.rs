@@ -471,33 +471,33 @@ async fn clearing_removes_a_templates_consents_and_updates_index_and_totals() {
     assert!(!totals.contains_key(A), "{totals:?}");
 }
 
-/// Reads every user's consents, every index shard and every totals hash of the namespace and
-/// checks they agree: a user is in a template's index exactly when they hold ≥ 1 consent for
-/// it, each shard's total is the sum of its users' counts, and no count is 0 or negative.
+/// Reads every user's consents, every shard's totals and holders hashes and the walk of
+/// every template and checks they agree: the walk finds a user exactly when they hold ≥ 1
+/// consent for the template, each shard's total is the sum of its users' counts and its
+/// holders the number of its users holding ≥ 1, and no count is 0 or negative.
 async fn check_exact(bank: &Bank, env: &TestEnv, users: &[OpenId], templates: &[&str]) {
     let mut conn = bank.connection();
     let mut expected_totals: BTreeMap<(u16, String), i64> = BTreeMap::new();
-    let mut holders: BTreeMap<(u16, String), BTreeSet<String>> = BTreeMap::new();
+    let mut holders: BTreeMap<(u16, String), BTreeSet<OpenId>> = BTreeMap::new();
     for who in users {
-        let held: HashMap<String, i64> = redis::cmd("HGETALL")
-            .arg(bank.keys().consents(&env.app, who))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let held = bank.consents_of(&env.app, who).await.unwrap();
         for (t, n) in held {
             assert!(n >= 1, "{who} holds {n} for {t}");
             *expected_totals
                 .entry((shard_of(who), t.clone()))
-                .or_default() += n;
+                .or_default() += n as i64;
             holders
                 .entry((shard_of(who), t))
                 .or_default()
-                .insert(who.to_string());
+                .insert(who.clone());
         }
     }
     for shard in 0..SHARDS {
-        let totals: BTreeMap<String, i64> = redis::cmd("HGETALL")
+        let (totals, counted): (BTreeMap<String, i64>, BTreeMap<String, i64>) = redis::pipe()
+            .cmd("HGETALL")
             .arg(bank.keys().consent_totals(&env.app, shard))
+            .cmd("HGETALL")
+            .arg(bank.keys().consent_holders(&env.app, shard))
             .query_async(&mut conn)
             .await
             .unwrap();
@@ -508,17 +508,26 @@ async fn check_exact(bank: &Bank, env: &TestEnv, users: &[OpenId], templates: &[
                 want,
                 "totals of {t} in shard {shard}"
             );
-            let index: BTreeSet<String> = redis::cmd("SMEMBERS")
-                .arg(bank.keys().consent_index(&env.app, shard, t))
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            let want = holders
-                .get(&(shard, t.to_string()))
-                .cloned()
-                .unwrap_or_default();
-            assert_eq!(index, want, "index of {t} in shard {shard}");
+            let want = holders.get(&(shard, t.to_string())).map(|h| h.len() as i64);
+            assert_eq!(
+                counted.get(*t).copied(),
+                want,
+                "holders of {t} in shard {shard}"
+            );
         }
+    }
+    for t in templates {
+        let want: BTreeSet<OpenId> = holders
+            .iter()
+            .filter(|((_, name), _)| name == t)
+            .flat_map(|(_, h)| h.iter().cloned())
+            .collect();
+        assert_eq!(index_users(bank, env, t).await, want, "the walk of {t}");
+        assert_eq!(
+            bank.consent_holders(&env.app, t).await.unwrap(),
+            want.len() as u64,
+            "holders of {t}"
+        );
     }
 }
 
@@ -685,10 +694,10 @@ async fn every_key_has_a_ttl() {
     let ttl = CONSENT_TTL_SECS as i64;
     for (k, t) in &keys {
         assert!(*t > 0, "{k} has no TTL ({t})");
-        for p in ["c", "u", "m", "cs", "s", "t", "tc"] {
+        for p in ["c", "u", "m", "cs", "sb", "tn", "th", "tc"] {
             if k.starts_with(&prefix(p)) {
                 kinds.insert(p);
-                if matches!(p, "s" | "t" | "tc") {
+                if matches!(p, "sb" | "tn" | "th" | "tc") {
                     assert!(*t > ttl - 60 && *t <= ttl, "{k}: TTL {t}");
                 }
             }
@@ -696,7 +705,7 @@ async fn every_key_has_a_ttl() {
     }
     assert_eq!(
         kinds.len(),
-        7,
+        8,
         "every kind of key was seen: {kinds:?} in {keys:?}"
     );
 }

@@ -10,6 +10,7 @@ mod campaign;
 mod campaign_status;
 mod cli;
 mod cluster_script;
+mod consent_buckets;
 mod consent_caps;
 mod demo;
 mod deploy_manifests;

@@ -1,9 +1,10 @@
 //! `wxpush reach` against the real Redis: credentials stored with `Bank::store` (and spent with
-//! `Bank::claim`) as the roles would, consents written with plain commands in the layout of
-//! docs/reach.md (`{ns}:t:{app.shard}:<template>` sets, `{ns}:tc:{app.shard}` hashes); the real
-//! binary is run and its JSON and table checked: the exact per-day histogram, tombstones and
-//! the claim margin, consents summed across shards, `--template`, `--app`, shards bigger than
-//! one script page, and an unreachable Redis.
+//! `Bank::claim`) as the roles would, consents written with plain commands in the layout
+//! before consent buckets (`{ns}:t:{app.shard}:<template>` sets, `{ns}:tc:{app.shard}`
+//! hashes, which docs/reach.md says are still counted) and stored through the bank into consent
+//! buckets; the real binary is run and its JSON and table checked: the exact per-day histogram,
+//! tombstones and the claim margin, consents summed across shards and both layouts,
+//! `--template`, `--app`, shards bigger than one script page, and an unreachable Redis.
 
 use std::collections::HashMap;
 
@@ -214,6 +215,49 @@ async fn spent_credentials_and_those_inside_the_margin_do_not_count() {
     // u0 lasts 2 days and an hour: past the margin at day 1, not at day 2.
     assert_eq!(days(&j), [2, 1, 1, 1, 0, 0, 0], "{j}");
     assert_eq!(j["stale_index_entries"], 1, "{j}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consents_in_buckets_and_in_the_old_layout_are_counted_together() {
+    let env = TestEnv::new("reach_buckets");
+    let app = env.app.clone();
+    let bank = bank(&env).await;
+    // 30 users through the bank: 2 for TPL_A each, 1 for TPL_B every third; 5 more in the old
+    // layout, 1 for TPL_A each; one consent for TPL_A spent by a campaign.
+    let users: Vec<OpenId> = (0..35).map(user).collect();
+    for (i, u) in users[..30].iter().enumerate() {
+        let mut creds = vec![Credential::consent("TPL_A"), Credential::consent("TPL_A")];
+        if i % 3 == 0 {
+            creds.push(Credential::consent("TPL_B"));
+        }
+        bank.store(&app, u, &creds).await.expect("store");
+    }
+    for u in &users[30..] {
+        add_consents(&env, &app, u, "TPL_A", 1);
+    }
+    let claim = bank
+        .campaign_claim_consent(
+            &app,
+            &users[0],
+            "c",
+            "TPL_A",
+            "w",
+            std::time::Duration::from_secs(30),
+            wxpush_bank::ClaimMode::Take,
+        )
+        .await
+        .expect("claim");
+    assert!(
+        matches!(claim, wxpush_bank::CampaignClaim::Fresh(_)),
+        "{claim:?}"
+    );
+    let j = reach_json(&env, &[]);
+    let c = consents(&j);
+    assert_eq!(c["TPL_A"], (30 * 2 + 5 - 1, 35), "{j}");
+    assert_eq!(c["TPL_B"], (10, 10), "{j}");
+    assert_eq!(j["consents"]["total"], 64 + 10);
+    let j = reach_json(&env, &["--template", "TPL_A"]);
+    assert_eq!(consents(&j)["TPL_A"], (64, 35), "{j}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

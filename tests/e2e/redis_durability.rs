@@ -379,10 +379,11 @@ async fn a_batch_waiting_for_a_replica_is_not_written_again() {
     env.declare_ingest(&deps.broker).await;
     let queue = env.topology().ingest_queue();
     let who = user(9);
-    let consents = deps
-        .bank
-        .keys()
-        .consents(&env.app, &OpenId::new(&who).unwrap());
+    // The shard's total of the template: this user's count (the namespace holds no other).
+    let consents = deps.bank.keys().consent_totals(
+        &env.app,
+        wxpush_bank::keys::shard_of(&OpenId::new(&who).unwrap()),
+    );
     let count = |r: &PrivateRedis| {
         r.cmd_sync(&["HGET", &consents, "TPL_DURABLE"])
             .and_then(|n| n.parse::<u64>().ok())

@@ -187,7 +187,7 @@ impl Bank {
 
     /// Ends an attempt at `campaign`'s message to `open_id` (claimed by either
     /// [`Bank::campaign_claim`] or [`Bank::campaign_claim_consent`]; `template` is the job's,
-    /// whose consent a subscribe job holds). One script call. Returns whether it was applied:
+    /// unused since consent buckets: the marks name the held consent's template). One script call. Returns whether it was applied:
     /// `false` when `owner` no longer holds the lease (another attempt took it over) or the
     /// campaign is settled already, and then nothing changed.
     pub async fn campaign_settle(
@@ -195,11 +195,11 @@ impl Bank {
         app: &AppId,
         open_id: &OpenId,
         campaign: &str,
-        template: &str,
+        _template: &str,
         owner: &str,
         settle: Settle<'_>,
     ) -> Result<bool, BankError> {
-        self.campaign_settle_with(app, open_id, campaign, template, owner, settle, None)
+        self.campaign_settle_with(app, open_id, campaign, _template, owner, settle, None)
             .await
     }
 
@@ -210,7 +210,7 @@ impl Bank {
         app: &AppId,
         open_id: &OpenId,
         campaign: &str,
-        template: &str,
+        _template: &str,
         owner: &str,
         settle: Settle<'_>,
         receipt: Option<Receipt<'_>>,
@@ -226,15 +226,17 @@ impl Bank {
         };
         let shard = shard_of(open_id);
         let mut cmd = self.scripts.campaign_settle.evalsha();
-        cmd.arg(10)
+        cmd.arg(12)
             .arg(self.keys.marks(app, open_id))
             .arg(self.counters_of(app, open_id, campaign))
             .arg(self.keys.credentials(app, open_id))
             .arg(self.keys.index_of(app, open_id))
-            .arg(self.keys.consents(app, open_id))
+            .arg(self.keys.consent_bucket(app, open_id))
             .arg(self.keys.consent_totals(app, shard))
-            .arg(self.keys.consent_index(app, shard, template))
+            .arg(self.keys.consent_numbers(app, shard))
             .arg(self.keys.campaign_retryable(app, shard, campaign))
+            .arg(self.keys.consent_holders(app, shard))
+            .arg(self.keys.legacy_consents(app, open_id))
             .arg(&self.receipt_keys(app, open_id)[..])
             .arg(campaign)
             .arg(owner)
@@ -246,11 +248,7 @@ impl Bank {
             .arg(self.settings.claim_margin_secs)
             .arg(crate::CONSENT_TTL_SECS)
             .arg(&Self::receipt_args(receipt)[..]);
-        let applied: i64 = self
-            .scripts
-            .run_applied(&mut self.conn.clone(), &cmd, self.settings.wait_replicas)
-            .await?
-            .replicated()?;
+        let applied = self.run_settle(app, open_id, &cmd).await?;
         Ok(applied == 1)
     }
 }

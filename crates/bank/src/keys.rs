@@ -8,12 +8,19 @@
 //! {ns}:m:{<app>.<shard>}:<openId>   hash  the user's campaign marks: which campaigns reached
 //!                                          them, and the credential held for one in progress
 //! {ns}:cs:{<app>.<shard>}:<campaign> hash  a campaign's outcome counters for this shard's users
-//! {ns}:s:{<app>.<shard>}:<openId>   hash  the user's subscribe consents: templateId → consents
-//!                                          left (≥ 1; a field reaching 0 is deleted)
-//! {ns}:t:{<app>.<shard>}:<templateId> set  consent index shard: the shard's users holding ≥ 1
-//!                                          consent for that template
+//! {ns}:sb:{<app>.<shard>}:<bucket>  hash  consent bucket (one of CONSENT_BUCKETS per shard):
+//!                                          openId → the user's consent counts, written with
+//!                                          the shard's template numbers (`consent.rs`)
+//! {ns}:tn:{<app>.<shard>}           hash  template dictionary: templateId → number,
+//!                                          " <number>" → templateId, " #" → last number
+//! {ns}:th:{<app>.<shard>}           hash  consent holders: templateId → users of the shard's
+//!                                          buckets holding ≥ 1 consent for it
 //! {ns}:tc:{<app>.<shard>}           hash  consent totals: templateId → consents held by the
 //!                                          shard's users
+//! {ns}:s:{<app>.<shard>}:<openId>   hash  (before buckets) one user's consents, moved into a
+//!                                          bucket by the user's next consent write
+//! {ns}:t:{<app>.<shard>}:<templateId> set (before buckets) the not yet moved users holding
+//!                                          ≥ 1 consent for that template
 //! {ns}:camp:{<app>.<n>}:<campaign>  hash  the campaign's record (its key and fields are
 //!                                          `record.rs`'s; `<n>`: the campaign id's shard)
 //! ```
@@ -39,12 +46,26 @@ pub fn shard_of(open_id: &OpenId) -> u16 {
 
 /// FNV-1a of `text`, modulo [`SHARDS`]: [`shard_of`] for any text (a campaign id).
 pub fn shard_of_text(text: &str) -> u16 {
+    (fnv1a(text) % u32::from(SHARDS)) as u16
+}
+
+/// Consent buckets per index shard: a shard's consent holders are spread over this many
+/// hashes, so each stays in Redis's compact listpack encoding (at most 512 fields by default)
+/// up to about 4 million consent holders per app. Fixed: changing it would orphan consents.
+pub const CONSENT_BUCKETS: u16 = 8;
+
+/// Which consent bucket of its shard holds `open_id`: the FNV-1a bits above the shard's.
+pub fn bucket_of(open_id: &OpenId) -> u16 {
+    ((fnv1a(open_id.as_str()) / u32::from(SHARDS)) % u32::from(CONSENT_BUCKETS)) as u16
+}
+
+fn fnv1a(text: &str) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
     for b in text.bytes() {
         h ^= u32::from(b);
         h = h.wrapping_mul(0x0100_0193);
     }
-    (h % u32::from(SHARDS)) as u16
+    h
 }
 
 /// Builds the keys of one namespace.
@@ -124,25 +145,44 @@ impl Keys {
         self.key("u", app, shard, None)
     }
 
-    /// One user's subscribe consents (same slot as their credentials).
-    pub fn consents(&self, app: &AppId, open_id: &OpenId) -> String {
-        self.key("s", app, shard_of(open_id), Some(open_id.as_str()))
+    /// The consent bucket holding `open_id`'s consents (same slot as their credentials):
+    /// `{ns}:sb:{<app>.<shard>}:<bucket>`, openId → the user's counts (see `consent.rs`).
+    pub fn consent_bucket(&self, app: &AppId, open_id: &OpenId) -> String {
+        self.consent_bucket_in(app, shard_of(open_id), bucket_of(open_id))
     }
 
-    /// The consent index shard of `template` holding `open_id`.
-    pub fn consent_index_of(&self, app: &AppId, open_id: &OpenId, template: &str) -> String {
-        self.consent_index(app, shard_of(open_id), template)
+    /// Consent bucket number `bucket` (< [`CONSENT_BUCKETS`]) of shard `shard`.
+    pub fn consent_bucket_in(&self, app: &AppId, shard: u16, bucket: u16) -> String {
+        self.key("sb", app, shard, Some(&bucket.to_string()))
     }
 
-    /// Consent index shard number `shard` of `template`: the shard's users holding a consent
-    /// for it.
-    pub fn consent_index(&self, app: &AppId, shard: u16, template: &str) -> String {
-        self.key("t", app, shard, Some(template))
+    /// The template dictionary of shard `shard`: templateId → the short number the shard's
+    /// buckets write it as, `" <number>"` → templateId, and `" #"` → the last number given.
+    pub fn consent_numbers(&self, app: &AppId, shard: u16) -> String {
+        self.key("tn", app, shard, None)
+    }
+
+    /// The consent holders of shard `shard`: templateId → how many of its users (in the
+    /// buckets) hold ≥ 1 consent for it.
+    pub fn consent_holders(&self, app: &AppId, shard: u16) -> String {
+        self.key("th", app, shard, None)
     }
 
     /// The consent totals of shard `shard`: template → consents its users hold.
     pub fn consent_totals(&self, app: &AppId, shard: u16) -> String {
         self.key("tc", app, shard, None)
+    }
+
+    /// The layout before consent buckets: one user's consent hash (template → count). Only
+    /// read, and moved into the buckets on the user's first consent write (`consent.rs`).
+    pub fn legacy_consents(&self, app: &AppId, open_id: &OpenId) -> String {
+        self.key("s", app, shard_of(open_id), Some(open_id.as_str()))
+    }
+
+    /// The layout before consent buckets: index shard number `shard` of `template`, the
+    /// shard's not yet moved users holding a consent for it.
+    pub fn legacy_consent_index(&self, app: &AppId, shard: u16, template: &str) -> String {
+        self.key("t", app, shard, Some(template))
     }
 }
 
@@ -175,12 +215,26 @@ mod tests {
         let user = OpenId::new("oLvT05Abc").unwrap();
         let shard = shard_of(&user);
         let tag = format!("{{wx1234567890abcdef.{shard}}}");
+        let bucket = bucket_of(&user);
+        assert!(bucket < CONSENT_BUCKETS);
         assert_eq!(
-            keys.consents(&app, &user),
+            keys.consent_bucket(&app, &user),
+            format!("wxpush:sb:{tag}:{bucket}")
+        );
+        assert_eq!(
+            keys.consent_numbers(&app, shard),
+            format!("wxpush:tn:{tag}")
+        );
+        assert_eq!(
+            keys.consent_holders(&app, shard),
+            format!("wxpush:th:{tag}")
+        );
+        assert_eq!(
+            keys.legacy_consents(&app, &user),
             format!("wxpush:s:{tag}:oLvT05Abc")
         );
         assert_eq!(
-            keys.consent_index_of(&app, &user, "TPL:{x}"),
+            keys.legacy_consent_index(&app, shard, "TPL:{x}"),
             format!("wxpush:t:{tag}:TPL:{{x}}")
         );
         assert_eq!(keys.consent_totals(&app, shard), format!("wxpush:tc:{tag}"));

@@ -3,8 +3,8 @@
 //! Three kinds of credential live in it (see `docs/bank.md`):
 //! - **formIds** and **prepayId uses** (three per prepayId, sharing its expiry) in one zset per
 //!   user, scored by expiry, spent soonest-to-expire first as one pool by template messages;
-//! - **subscribe consents**, counted per user and template in a hash, with a per-template
-//!   index of the users holding one and per-shard totals (`consent.rs`).
+//! - **subscribe consents**, counted per user and template in a field of the user's shard's
+//!   consent bucket, with per-shard totals and holder counts (`consent.rs`).
 //!
 //! The bank owns these operations and the guarantees behind them:
 //! - **store** ([`Bank::store_batch`]): adds credentials, once each (a formId or prepayId use
@@ -390,7 +390,7 @@ impl Bank {
             if !consents.is_empty() {
                 cmds.push(self.store_consents_cmd(r.app, r.open_id, &consents));
             }
-            plan.push((in_zset, !consents.is_empty()));
+            plan.push((in_zset, consents));
         }
         if cmds.is_empty() {
             return Ok(Applied {
@@ -398,7 +398,7 @@ impl Bank {
                 replicated: Ok(()),
             });
         }
-        let (replies, replicated) = self
+        let (replies, mut replicated) = self
             .scripts
             .run_batch(&self.conn, cmds, self.settings.wait_replicas)
             .await?;
@@ -409,7 +409,10 @@ impl Bank {
                 .ok_or_else(|| BankError::Protocol("a store reply is missing".into()))
         };
         let mut reports = Vec::with_capacity(requests.len());
-        for (in_zset, with_consents) in plan {
+        // Users whose consents are still in the layout before buckets: stored once moved.
+        let mut to_move = Vec::new();
+        for (i, (in_zset, consents)) in plan.iter().enumerate() {
+            let in_zset = *in_zset;
             let mut report = StoreReport::default();
             if in_zset {
                 match Vec::<i64>::from_redis_value(next()?).as_deref() {
@@ -422,10 +425,23 @@ impl Bank {
                     other => return Err(BankError::Protocol(format!("store returned {other:?}"))),
                 }
             }
-            if with_consents {
-                (report.consents, report.consents_capped) = consent::parse_store_consents(next()?)?;
+            if !consents.is_empty() {
+                match consent::parse_store_consents(next()?)? {
+                    Some(stored) => (report.consents, report.consents_capped) = stored,
+                    None => to_move.push(i),
+                }
             }
             reports.push(report);
+        }
+        for i in to_move {
+            let (r, consents) = (&requests[i], &plan[i].1);
+            let again = self
+                .store_consents_again(r.app, r.open_id, consents)
+                .await?;
+            (reports[i].consents, reports[i].consents_capped) = again.value;
+            if replicated.is_ok() {
+                replicated = again.replicated;
+            }
         }
         Ok(Applied {
             value: reports,

@@ -85,6 +85,8 @@ pub(crate) struct Scripts {
     pub(crate) store_consents: BankScript,
     pub(crate) clear_consents: BankScript,
     pub(crate) campaign_claim_consent: BankScript,
+    pub(crate) consent_migrate: BankScript,
+    pub(crate) consent_page: BankScript,
     pub(crate) campaign_requeue: BankScript,
     pub(crate) campaign_outcome: BankScript,
     pub(crate) receipt_delivery: BankScript,
@@ -105,14 +107,27 @@ pub(crate) fn get() -> &'static Scripts {
         )),
         campaign_settle: Lua::new(concat!(
             include_str!("lua/campaign_marks.lua"),
+            include_str!("lua/consent_lib.lua"),
             include_str!("lua/campaign_settle.lua")
         )),
-        store_consents: Lua::new(include_str!("lua/store_consents.lua")),
-        clear_consents: Lua::new(include_str!("lua/clear_consents.lua")),
+        store_consents: Lua::new(concat!(
+            include_str!("lua/consent_lib.lua"),
+            include_str!("lua/store_consents.lua")
+        )),
+        clear_consents: Lua::new(concat!(
+            include_str!("lua/consent_lib.lua"),
+            include_str!("lua/clear_consents.lua")
+        )),
         campaign_claim_consent: Lua::new(concat!(
             include_str!("lua/campaign_marks.lua"),
+            include_str!("lua/consent_lib.lua"),
             include_str!("lua/campaign_claim_consent.lua")
         )),
+        consent_migrate: Lua::new(concat!(
+            include_str!("lua/consent_lib.lua"),
+            include_str!("lua/consent_migrate.lua")
+        )),
+        consent_page: Lua::new(include_str!("lua/consent_page.lua")),
         campaign_requeue: Lua::new(concat!(
             include_str!("lua/campaign_marks.lua"),
             include_str!("lua/campaign_requeue.lua")
@@ -136,7 +151,7 @@ pub(crate) fn get() -> &'static Scripts {
 }
 
 impl Scripts {
-    fn all(&self) -> [&Lua; 14] {
+    fn all(&self) -> [&Lua; 16] {
         [
             &self.store,
             &self.claim,
@@ -146,6 +161,8 @@ impl Scripts {
             &self.store_consents,
             &self.clear_consents,
             &self.campaign_claim_consent,
+            &self.consent_migrate,
+            &self.consent_page,
             &self.campaign_requeue,
             &self.campaign_outcome,
             &self.receipt_delivery,

@@ -1,11 +1,12 @@
 -- Settle one campaign's message to one user (wxpush-bank, campaign_settle.lua;
--- campaign_marks.lua comes first). Every settle is fenced: it does nothing unless the caller
+-- campaign_marks.lua and consent_lib.lua come first). Every settle is fenced: it does nothing unless the caller
 -- still holds the lease (its owner token is the campaign's 'C o'), so an attempt that stalled
 -- past its lease and was taken over can never settle, release or give back anything.
 -- KEYS[1] the user's campaign marks, KEYS[2] the campaign's outcome counters for this shard,
 -- KEYS[3] the user's credential zset, KEYS[4] the user's index shard, KEYS[5] the user's
--- consent hash, KEYS[6] the shard's consent totals, KEYS[7] the consent index shard of the
--- job's template, KEYS[8] the campaign's retryable users of this shard (all in one hash slot).
+-- consent bucket, KEYS[6] the shard's consent totals, KEYS[7] the shard's template dictionary,
+-- KEYS[8] the campaign's retryable users of this shard, KEYS[9] the shard's consent holders,
+-- KEYS[10] the user's consent hash of the layout before buckets (all in one hash slot).
 -- ARGV[1] campaignId, ARGV[2] owner, ARGV[3] action:
 --   '=<outcome>' (e.g. '=sent', '=failed:40037'): the campaign is done for this user; with
 --       ARGV[6] '1' the held credential goes back to the user (WeChat did not use it: a
@@ -17,10 +18,14 @@
 --       without doubt it goes back to the user's count and the next attempt takes one afresh,
 --       because a consent has no identity WeChat checks.
 -- ARGV[7] openId, ARGV[8] safety margin (s), ARGV[9] the consent keys' TTL (s).
--- KEYS[9], KEYS[10], ARGV[10], ARGV[11]: the receipt's (see receipt_args()).
--- Returns 1 if applied, 0 if not (the lease is another attempt's, or C is settled already).
+-- KEYS[11], KEYS[12], ARGV[10], ARGV[11]: the receipt's (see receipt_args()).
+-- Returns 1 if applied, 0 if not (the lease is another attempt's, or C is settled already),
+-- or 'migrate' (nothing changed) while the user's consents are in the layout before buckets.
 local marks, counters, c, owner, action = KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3]
-receipt_args(9, 10)
+receipt_args(11, 10)
+if redis.call('EXISTS', KEYS[10]) == 1 then
+  return 'migrate'
+end
 local got = redis.call('HMGET', marks, c, c .. ' o', '~ p')
 if got[1] ~= 'L' or got[2] ~= owner then
   return 0
@@ -36,12 +41,20 @@ local function give_back()
   end
   if string.sub(held, 1, 1) == 's' then
     local template = string.sub(held, 2)
-    redis.call('HINCRBY', KEYS[5], template, 1)
+    local num = c_number(KEYS[7], template, true)
+    local counts = c_decode(redis.call('HGET', KEYS[5], who))
+    local had = counts[num] or 0
+    counts[num] = had + 1
+    c_save(KEYS[5], who, counts)
     redis.call('HINCRBY', KEYS[6], template, 1)
-    redis.call('SADD', KEYS[7], who)
-    redis.call('EXPIRE', KEYS[5], ttl)
-    redis.call('EXPIRE', KEYS[6], ttl)
-    redis.call('EXPIRE', KEYS[7], ttl)
+    if had == 0 then
+      redis.call('HINCRBY', KEYS[9], template, 1)
+    end
+    for k = 5, 9 do
+      if k ~= 8 then
+        redis.call('EXPIRE', KEYS[k], ttl)
+      end
+    end
   else
     -- As release.lua: only the tombstone of exactly that credential, only while usable.
     local exp = tonumber(redis.call('HGET', marks, c .. ' e') or '0')
