@@ -119,6 +119,18 @@ impl Bank {
         open_id: &OpenId,
         template: &str,
     ) -> Result<u64, BankError> {
+        let cmd = self.clear_consents_cmd(app, open_id, template);
+        let removed: i64 = self.scripts.run(&mut self.conn.clone(), &cmd).await?;
+        Ok(crate::non_negative(removed))
+    }
+
+    /// `clear_consents.lua` for one user and template (reply: how many were removed).
+    pub(crate) fn clear_consents_cmd(
+        &self,
+        app: &AppId,
+        open_id: &OpenId,
+        template: &str,
+    ) -> redis::Cmd {
         let shard = shard_of(open_id);
         let mut cmd = self.scripts.clear_consents.evalsha();
         cmd.arg(3)
@@ -127,8 +139,7 @@ impl Bank {
             .arg(self.keys.consent_totals(app, shard))
             .arg(open_id.as_str())
             .arg(template);
-        let removed: i64 = self.scripts.run(&mut self.conn.clone(), &cmd).await?;
-        Ok(crate::non_negative(removed))
+        cmd
     }
 
     /// Gives `open_id` back one consent for `template` that WeChat did not use, after the

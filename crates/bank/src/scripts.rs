@@ -89,6 +89,10 @@ pub(crate) struct Scripts {
     pub(crate) record_open: BankScript,
     pub(crate) record_write: BankScript,
     pub(crate) record_stop: BankScript,
+    /// `store_consents.lua` applied once per WeChat event (`crate::events`).
+    pub(crate) event_store_consents: BankScript,
+    /// `clear_consents.lua` applied once per WeChat event (`crate::events`).
+    pub(crate) event_clear_consents: BankScript,
 }
 
 pub(crate) fn get() -> &'static Scripts {
@@ -125,11 +129,17 @@ pub(crate) fn get() -> &'static Scripts {
         record_stop: Lua::new(&crate::record::with_prelude(include_str!(
             "lua/record_stop.lua"
         ))),
+        event_store_consents: Lua::new(&crate::events::once_per_event(include_str!(
+            "lua/store_consents.lua"
+        ))),
+        event_clear_consents: Lua::new(&crate::events::once_per_event(include_str!(
+            "lua/clear_consents.lua"
+        ))),
     })
 }
 
 impl Scripts {
-    fn all(&self) -> [&Lua; 12] {
+    fn all(&self) -> [&Lua; 14] {
         [
             &self.store,
             &self.claim,
@@ -143,6 +153,8 @@ impl Scripts {
             &self.record_open,
             &self.record_write,
             &self.record_stop,
+            &self.event_store_consents,
+            &self.event_clear_consents,
         ]
     }
 
