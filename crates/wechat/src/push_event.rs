@@ -414,3 +414,144 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::push_crypto::PushCipher;
+    use proptest::prelude::*;
+
+    fn item() -> impl Strategy<Value = (String, bool, Option<i64>)> {
+        (
+            "[A-Za-z0-9_-]{1,40}",
+            any::<bool>(),
+            proptest::option::of(0i64..4),
+        )
+    }
+
+    fn json_body(
+        who: &str,
+        at: i64,
+        items: &[(String, bool, Option<i64>)],
+        as_array: bool,
+    ) -> String {
+        let list: Vec<serde_json::Value> = items
+            .iter()
+            .map(|(t, ok, scene)| {
+                let mut v = serde_json::json!({"TemplateId": t,
+                    "SubscribeStatusString": if *ok { "accept" } else { "reject" }});
+                if let Some(s) = scene {
+                    v["PopupScene"] = serde_json::json!(s.to_string());
+                }
+                v
+            })
+            .collect();
+        let list = match list.as_slice() {
+            [one] if !as_array => one.clone(),
+            _ => serde_json::Value::Array(list),
+        };
+        serde_json::json!({"ToUserName": "gh_1", "FromUserName": who, "CreateTime": at,
+            "MsgType": "event", "Event": "subscribe_msg_popup_event", "List": list})
+        .to_string()
+    }
+
+    fn xml_body(who: &str, at: i64, items: &[(String, bool, Option<i64>)]) -> String {
+        let mut lists = String::new();
+        for (t, ok, scene) in items {
+            lists.push_str(&format!(
+                "<List><TemplateId><![CDATA[{t}]]></TemplateId><SubscribeStatusString>\
+                 <![CDATA[{}]]></SubscribeStatusString>",
+                if *ok { "accept" } else { "reject" }
+            ));
+            if let Some(s) = scene {
+                lists.push_str(&format!("<PopupScene>{s}</PopupScene>"));
+            }
+            lists.push_str("</List>");
+        }
+        format!(
+            "<xml><ToUserName><![CDATA[gh_1]]></ToUserName><FromUserName><![CDATA[{who}]]>\
+             </FromUserName><CreateTime>{at}</CreateTime><MsgType><![CDATA[event]]></MsgType>\
+             <Event><![CDATA[subscribe_msg_popup_event]]></Event><SubscribeMsgPopupEvent>\
+             {lists}</SubscribeMsgPopupEvent></xml>"
+        )
+    }
+
+    fn expected(items: &[(String, bool, Option<i64>)]) -> PushEventKind {
+        PushEventKind::Popup(
+            items
+                .iter()
+                .map(|(t, ok, scene)| Consent {
+                    template_id: t.clone(),
+                    accepted: *ok,
+                    scene: *scene,
+                })
+                .collect(),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
+
+        /// Any bytes at all: an event or an error, never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_json(&body);
+            let _ = parse_xml(&body);
+            let _ = envelope(&body, true);
+            let _ = envelope(&body, false);
+        }
+
+        /// Text shaped like a push, cut or spliced anywhere: never a panic.
+        #[test]
+        fn damaged_pushes_never_panic(
+            items in proptest::collection::vec(item(), 1..4),
+            cut in any::<prop::sample::Index>(),
+            junk in "[<>{}\\[\\]\"&;/A-Za-z0-9 ]{0,12}",
+        ) {
+            for body in [json_body("oA", 1, &items, false), xml_body("oA", 1, &items)] {
+                let at = cut.index(body.len() + 1);
+                let at = (0..=at).rev().find(|i| body.is_char_boundary(*i)).unwrap_or(0);
+                let damaged = format!("{}{junk}{}", &body[..at], &body[at..]);
+                let truncated = &body[..at];
+                for b in [damaged.as_bytes(), truncated.as_bytes()] {
+                    let _ = parse_json(b);
+                    let _ = parse_xml(b);
+                }
+            }
+        }
+
+        /// A popup of one item or several reads back the same in JSON (List an object or an
+        /// array) and in XML.
+        #[test]
+        fn popups_read_back_in_json_and_xml(
+            who in "o[A-Za-z0-9_-]{5,30}",
+            at in 0i64..4_000_000_000,
+            items in proptest::collection::vec(item(), 1..6),
+            as_array in any::<bool>(),
+        ) {
+            let want = expected(&items);
+            let j = parse_json(json_body(&who, at, &items, as_array).as_bytes()).unwrap();
+            prop_assert_eq!(&j.kind, &want);
+            prop_assert_eq!(j.create_time, at);
+            prop_assert_eq!(&j.open_id, &who);
+            let x = parse_xml(xml_body(&who, at, &items).as_bytes()).unwrap();
+            prop_assert_eq!(&x.kind, &want);
+            prop_assert_eq!(x.create_time, at);
+        }
+
+        /// Sealed and opened again, whatever the message; arbitrary `Encrypt` text opens to an
+        /// error, never a panic.
+        #[test]
+        fn the_envelope_round_trips_and_never_panics(
+            message in proptest::collection::vec(any::<u8>(), 0..300),
+            random in any::<[u8; 16]>(),
+            junk in "[A-Za-z0-9+/=]{0,200}",
+        ) {
+            let cipher = PushCipher::new("abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG").unwrap();
+            let sealed = cipher.seal(&message, "wx1", random);
+            prop_assert_eq!(cipher.open(&sealed, "wx1").unwrap(), message);
+            prop_assert!(cipher.open(&sealed, "wx2").is_err());
+            let _ = cipher.open(&junk, "wx1");
+        }
+    }
+}
