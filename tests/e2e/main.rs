@@ -14,6 +14,7 @@ mod consent_caps;
 mod demo;
 mod deploy_manifests;
 mod docs;
+mod events;
 mod faults;
 mod hostile;
 mod ingest;

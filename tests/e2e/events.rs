@@ -1,0 +1,391 @@
+//! WeChat's message push end to end (contract §8.4): the real `wxpush events` process, the real
+//! Redis, pushes made by the fake WeChat as WeChat makes them (signed; sealed with the
+//! EncodingAESKey in secure mode; JSON or XML; `List` one object or an array; retried), and
+//! the consents they carry spent by the real `wxpush dispatch` and `wxpush send`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::json;
+use wxpush_domain::OpenId;
+use wxpush_fake_wechat::{push_event, PushFormat, PushItem, PushKind, PushSpec};
+use wxpush_testkit::fleet::Fleet;
+use wxpush_testkit::{eventually, free_addr, http_get, http_post_json, TEST_APP};
+use wxpush_wechat::push_crypto::signature;
+
+const TOKEN: &str = "pushTok3n";
+const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+const TPL: &str = "TPL_ORDER_SHIPPED";
+const TPL_B: &str = "TPL_APPOINTMENT";
+
+fn user(n: usize) -> String {
+    format!("oEvt{n:06}xxxxxxxxxxxxxxxxxx")
+}
+
+/// A fleet whose app has a push token (and, `secure`, an EncodingAESKey) and the consent
+/// source given, with `wxpush events` started on a free port: the fleet and the events
+/// process's push and metrics addresses.
+async fn fleet(name: &str, secure: bool, source: &str) -> (Fleet, SocketAddr, SocketAddr) {
+    let mut f = Fleet::new(name, 100_000, 100).await;
+    f.env.set("WXPUSH_PUSH_TOKEN", TOKEN);
+    if secure {
+        f.env.set("WXPUSH_ENCODING_AES_KEY", AES_KEY);
+    }
+    f.env.set("WXPUSH_CONSENT_SOURCE", source);
+    let (events, metrics) = (free_addr(), free_addr());
+    f.start_with(
+        "events",
+        &[
+            ("WXPUSH_EVENTS_ADDR", &events.to_string()),
+            ("WXPUSH_HTTP_ADDR", &metrics.to_string()),
+        ],
+    );
+    let up = eventually(Duration::from_secs(30), || async {
+        http_get(events, "/wechat/x").await.is_some()
+    })
+    .await;
+    assert!(up, "wxpush events listens");
+    (f, events, metrics)
+}
+
+fn spec(events: SocketAddr, kind: PushKind, who: &str, items: &[(&str, &str)]) -> PushSpec {
+    PushSpec {
+        url: format!("http://{events}/wechat/{TEST_APP}"),
+        app_id: TEST_APP.into(),
+        token: TOKEN.into(),
+        encoding_aes_key: None,
+        format: PushFormat::Json,
+        kind,
+        open_id: who.into(),
+        items: items
+            .iter()
+            .map(|(t, s)| PushItem {
+                template_id: (*t).into(),
+                status: Some((*s).into()),
+                ..PushItem::default()
+            })
+            .collect(),
+        create_time: None,
+        list_as_array: false,
+        times: 1,
+        same_nonce: false,
+        timestamp_offset_secs: 0,
+        sign_with: None,
+    }
+}
+
+async fn consents(f: &Fleet, who: &str, template: &str) -> u64 {
+    f.deps
+        .bank
+        .consents_left(&f.env.app, &OpenId::new(who).unwrap(), template)
+        .await
+        .unwrap()
+}
+
+/// The value of `metric{labels}` on `/metrics` (0 when absent).
+async fn metric(addr: SocketAddr, metric: &str, labels: &str) -> u64 {
+    let (_, body) = http_get(addr, "/metrics").await.unwrap_or_default();
+    let prefix = format!("{metric}{{{labels}}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+fn now() -> String {
+    (wxpush_testkit::now_ms() / 1000).to_string()
+}
+
+/// A raw signed POST (a body of our choosing).
+async fn raw_post(addr: SocketAddr, query: &str, body: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /wechat/{TEST_APP}?{query} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: \
+         application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let _ = s.write_all(body).await;
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw).await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_is_signed_fresh_and_new_or_refused_and_never_stored() {
+    let (mut f, events, metrics) = fleet("ev_sign", false, "events").await;
+    let who = user(1);
+
+    // The server check: echostr echoed only under the right signature.
+    let (t, n) = (now(), "4242");
+    let sig = signature(&[TOKEN, &t, n]);
+    let check = format!("/wechat/{TEST_APP}?signature={sig}&timestamp={t}&nonce={n}&echostr=e1");
+    assert_eq!(http_get(events, &check).await, Some((200, "e1".into())));
+    let forged = signature(&["other", &t, n]);
+    let bad = format!("/wechat/{TEST_APP}?signature={forged}&timestamp={t}&nonce={n}&echostr=e1");
+    assert_eq!(http_get(events, &bad).await.unwrap().0, 403);
+    let missing = format!("/wechat/{TEST_APP}?timestamp={t}&nonce={n}&echostr=e1");
+    assert_eq!(http_get(events, &missing).await.unwrap().0, 400);
+    assert_eq!(
+        http_get(events, &check.replace(TEST_APP, "wxunknown0000001"))
+            .await
+            .unwrap()
+            .0,
+        404
+    );
+
+    // A forged push, a stale one, one without its signature: refused, nothing stored.
+    let mut forged = spec(events, PushKind::Popup, &who, &[(TPL, "accept")]);
+    forged.sign_with = Some("n0tTheToken".into());
+    assert_eq!(push_event(&forged).await.unwrap().statuses, [403]);
+    let mut stale = spec(events, PushKind::Popup, &who, &[(TPL, "accept")]);
+    stale.timestamp_offset_secs = -600;
+    assert_eq!(push_event(&stale).await.unwrap().statuses, [403]);
+    let unsigned = raw_post(events, &format!("timestamp={t}&nonce=77"), b"{}").await;
+    assert_eq!(unsigned.0, 400);
+    assert_eq!(
+        consents(&f, &who, TPL).await,
+        0,
+        "nothing refused is stored"
+    );
+
+    // A replay of one request (same nonce, timestamp and signature): refused the second time.
+    let mut replayed = spec(events, PushKind::Popup, &who, &[(TPL, "accept")]);
+    replayed.times = 2;
+    replayed.same_nonce = true;
+    let report = push_event(&replayed).await.unwrap();
+    assert_eq!(report.statuses, [200, 409], "{report:?}");
+    assert_eq!(report.bodies[0], "success");
+    assert_eq!(consents(&f, &who, TPL).await, 1);
+
+    // Too large a body: 413 (signed, so only its size is at fault).
+    let (t2, n2) = (now(), "5151");
+    let sig2 = signature(&[TOKEN, &t2, n2]);
+    let big = vec![b' '; 70 * 1024];
+    let (status, _) = raw_post(
+        events,
+        &format!("signature={sig2}&timestamp={t2}&nonce={n2}"),
+        &big,
+    )
+    .await;
+    assert_eq!(status, 413);
+
+    // Counted, by why.
+    for (result, at_least) in [
+        ("bad_signature", 2),
+        ("stale_timestamp", 1),
+        ("missing_signature", 2),
+        ("replayed_nonce", 1),
+        ("too_large", 1),
+        ("unknown_app", 1),
+        ("ok", 1),
+        ("server_check", 1),
+    ] {
+        let n = metric(
+            metrics,
+            "wxpush_event_requests_total",
+            &format!("result=\"{result}\""),
+        )
+        .await;
+        assert!(n >= at_least, "{result}: {n}");
+    }
+    f.stop_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_mode_pushes_in_xml_and_json_give_consents_a_campaign_spends() {
+    let (mut f, events, metrics) = fleet("ev_secure", true, "events").await;
+    let fake = f.fake.fake();
+    fake.add_template(None, TPL).unwrap();
+    let users: Vec<String> = (0..4).map(user).collect();
+    for (i, who) in users.iter().enumerate() {
+        // WeChat's side holds the consent the popup reports.
+        fake.register_user(None, who).unwrap();
+        fake.grant_consents(None, who, TPL, 1).unwrap();
+        let mut s = spec(
+            events,
+            PushKind::Popup,
+            who,
+            &[(TPL, "accept"), (TPL_B, "reject")],
+        );
+        s.encoding_aes_key = Some(AES_KEY.into());
+        s.format = if i % 2 == 0 {
+            PushFormat::Xml
+        } else {
+            PushFormat::Json
+        };
+        // WeChat retries a push it got no answer for: the same event, new nonces.
+        s.times = if i == 0 { 3 } else { 1 };
+        let report = push_event(&s).await.unwrap();
+        assert!(report.statuses.iter().all(|s| *s == 200), "{report:?}");
+    }
+    for who in &users {
+        assert_eq!(consents(&f, who, TPL).await, 1, "{who}: one consent");
+        assert_eq!(
+            consents(&f, who, TPL_B).await,
+            0,
+            "{who}: a reject adds none"
+        );
+    }
+    assert_eq!(
+        metric(
+            metrics,
+            "wxpush_events_total",
+            "event=\"popup\",result=\"repeated\""
+        )
+        .await,
+        2,
+        "the two retries were recognised"
+    );
+
+    // One object List, and several accepts in an array.
+    let mut one = spec(events, PushKind::Popup, &user(9), &[(TPL_B, "accept")]);
+    one.encoding_aes_key = Some(AES_KEY.into());
+    one.list_as_array = true;
+    assert_eq!(push_event(&one).await.unwrap().statuses, [200]);
+    assert_eq!(consents(&f, &user(9), TPL_B).await, 1);
+
+    // Sealed for another app: refused.
+    let mut other = spec(events, PushKind::Popup, &user(8), &[(TPL, "accept")]);
+    other.encoding_aes_key = Some(AES_KEY.into());
+    other.app_id = "wxsomeoneelse0001".into();
+    assert_eq!(push_event(&other).await.unwrap().statuses, [403]);
+    assert_eq!(consents(&f, &user(8), TPL).await, 0);
+
+    // A sent event is answered (receipts are not built yet) and counted.
+    let mut sent = spec(events, PushKind::Sent, &users[0], &[]);
+    sent.encoding_aes_key = Some(AES_KEY.into());
+    sent.items = vec![PushItem {
+        template_id: TPL.into(),
+        msg_id: Some("2209153400".into()),
+        error_code: Some(0),
+        ..PushItem::default()
+    }];
+    assert_eq!(push_event(&sent).await.unwrap().statuses, [200]);
+
+    // The consents the events brought are spent by a subscribe campaign.
+    f.start("dispatch");
+    f.start("send");
+    f.publish_campaign(
+        json!({"campaignId": "ev-1", "kind": "subscribe", "templateId": TPL,
+        "data": {"thing1": {"value": "Your order shipped"}},
+        "audience": {"openIds": users}}),
+    )
+    .await;
+    f.wait_complete("ev-1", Duration::from_secs(60)).await;
+    let delivered = f.delivered_per_user();
+    for who in &users {
+        assert_eq!(delivered.get(who), Some(&1), "{who} got the message");
+        assert_eq!(consents(&f, who, TPL).await, 0, "{who}'s consent spent");
+    }
+    f.stop_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_client_popups_are_ignored_and_a_reject_clears_consents() {
+    let (mut f, events, metrics) = fleet("ev_client", false, "client").await;
+    let who = user(2);
+    f.deps
+        .bank
+        .store(
+            &f.env.app,
+            &OpenId::new(&who).unwrap(),
+            &[
+                wxpush_domain::Credential::consent(TPL),
+                wxpush_domain::Credential::consent(TPL),
+                wxpush_domain::Credential::consent(TPL_B),
+            ],
+        )
+        .await
+        .unwrap();
+    // Under "client", a popup's accept is the upload's to bring: ignored, counted.
+    let popup = spec(events, PushKind::Popup, &who, &[(TPL, "accept")]);
+    assert_eq!(push_event(&popup).await.unwrap().statuses, [200]);
+    assert_eq!(consents(&f, &who, TPL).await, 2);
+    assert_eq!(
+        metric(
+            metrics,
+            "wxpush_events_total",
+            "event=\"popup\",result=\"ignored_consent_source\""
+        )
+        .await,
+        1
+    );
+    // A change's reject clears under either setting; XML, retried: once.
+    let mut change = spec(events, PushKind::Change, &who, &[(TPL, "reject")]);
+    change.format = PushFormat::Xml;
+    change.times = 2;
+    assert_eq!(push_event(&change).await.unwrap().statuses, [200, 200]);
+    assert_eq!(consents(&f, &who, TPL).await, 0, "cleared");
+    assert_eq!(consents(&f, &who, TPL_B).await, 1, "other templates kept");
+    assert_eq!(
+        metric(
+            metrics,
+            "wxpush_events_total",
+            "event=\"change\",result=\"repeated\""
+        )
+        .await,
+        1
+    );
+    // The fake's control call pushes the same way.
+    let mut via_control = spec(events, PushKind::Change, &who, &[(TPL_B, "reject")]);
+    via_control.list_as_array = true;
+    let (status, body) = http_post_json(
+        f.fake.addr(),
+        "/fake/push",
+        &serde_json::to_value(&via_control).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"statuses\":[200]"), "{body}");
+    assert_eq!(consents(&f, &who, TPL_B).await, 0);
+    f.stop_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_events_ingest_ignores_uploaded_subscriptions_and_counts_them() {
+    let mut f = Fleet::new("ev_ingest", 100_000, 100).await;
+    f.env.set("WXPUSH_PUSH_TOKEN", TOKEN);
+    f.env.set("WXPUSH_CONSENT_SOURCE", "events");
+    let metrics = free_addr();
+    f.start_with("ingest", &[("WXPUSH_HTTP_ADDR", &metrics.to_string())]);
+    let who = user(3);
+    let upload = json!({"openId": who, "formIds": [{"formId": "f-evt-1", "expire": wxpush_testkit::now_ms() + 3_600_000}],
+        "subscriptions": {"errMsg": "requestSubscribeMessage:ok", TPL: "accept", TPL_B: "accept"}});
+    f.env.declare_ingest(&f.deps.broker).await;
+    f.env
+        .publish_uploads(&f.deps.broker, &[upload.to_string().into_bytes()])
+        .await;
+    let stored = eventually(Duration::from_secs(30), || async {
+        f.deps
+            .bank
+            .usable_count(&f.env.app, &OpenId::new(&who).unwrap())
+            .await
+            .unwrap_or(0)
+            == 1
+    })
+    .await;
+    assert!(stored, "the upload's formId is stored");
+    assert_eq!(consents(&f, &who, TPL).await, 0);
+    assert_eq!(consents(&f, &who, TPL_B).await, 0);
+    let counted = eventually(Duration::from_secs(10), || async {
+        metric(
+            metrics,
+            "wxpush_credentials_stored_total",
+            "result=\"consent_ignored\"",
+        )
+        .await
+            == 2
+    })
+    .await;
+    assert!(counted, "the two ignored consents are counted");
+    f.stop_all();
+}
