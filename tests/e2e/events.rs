@@ -10,7 +10,7 @@ use serde_json::json;
 use wxpush_domain::OpenId;
 use wxpush_fake_wechat::{push_event, PushFormat, PushItem, PushKind, PushSpec};
 use wxpush_testkit::fleet::Fleet;
-use wxpush_testkit::{eventually, free_addr, http_get, http_post_json, TEST_APP};
+use wxpush_testkit::{eventually, free_addr, http_get, http_post_json, CapturedStderr, TEST_APP};
 use wxpush_wechat::push_crypto::signature;
 
 const TOKEN: &str = "pushTok3n";
@@ -26,6 +26,18 @@ fn user(n: usize) -> String {
 /// source given, with `wxpush events` started on a free port: the fleet and the events
 /// process's push and metrics addresses.
 async fn fleet(name: &str, secure: bool, source: &str) -> (Fleet, SocketAddr, SocketAddr) {
+    let (f, events, metrics, _) = fleet_with(name, secure, source, &[]).await;
+    (f, events, metrics)
+}
+
+/// [`fleet`], the events process started with `vars` besides; its stderr, collected as it
+/// is written.
+async fn fleet_with(
+    name: &str,
+    secure: bool,
+    source: &str,
+    vars: &[(&str, &str)],
+) -> (Fleet, SocketAddr, SocketAddr, CapturedStderr) {
     let mut f = Fleet::new(name, 100_000, 100).await;
     f.env.set("WXPUSH_PUSH_TOKEN", TOKEN);
     if secure {
@@ -33,19 +45,20 @@ async fn fleet(name: &str, secure: bool, source: &str) -> (Fleet, SocketAddr, So
     }
     f.env.set("WXPUSH_CONSENT_SOURCE", source);
     let (events, metrics) = (free_addr(), free_addr());
-    f.start_with(
-        "events",
-        &[
-            ("WXPUSH_EVENTS_ADDR", &events.to_string()),
-            ("WXPUSH_HTTP_ADDR", &metrics.to_string()),
-        ],
-    );
+    let (events_s, metrics_s) = (events.to_string(), metrics.to_string());
+    let mut all = vec![
+        ("WXPUSH_EVENTS_ADDR", events_s.as_str()),
+        ("WXPUSH_HTTP_ADDR", metrics_s.as_str()),
+    ];
+    all.extend_from_slice(vars);
+    let i = f.start_with("events", &all);
+    let log = CapturedStderr::take(&mut f.children[i]);
     let up = eventually(Duration::from_secs(30), || async {
         http_get(events, "/wechat/x").await.is_some()
     })
     .await;
-    assert!(up, "wxpush events listens");
-    (f, events, metrics)
+    assert!(up, "wxpush events listens: {}", log.text());
+    (f, events, metrics, log)
 }
 
 fn spec(events: SocketAddr, kind: PushKind, who: &str, items: &[(&str, &str)]) -> PushSpec {
@@ -388,4 +401,166 @@ async fn under_events_ingest_ignores_uploaded_subscriptions_and_counts_them() {
     .await;
     assert!(counted, "the two ignored consents are counted");
     f.stop_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_redis_does_not_answer_pushes_get_503_and_the_retry_is_stored_once() {
+    if wxpush_testkit::redis_nodes::is_cluster() {
+        println!("skipped on a Redis Cluster (a proxy in front of a seed is bypassed)");
+        return;
+    }
+    use wxpush_testkit::proxy::{target_of, FaultProxy};
+    let redis = wxpush_testkit::redis_url();
+    let proxy = FaultProxy::start(target_of(&redis)).await;
+    let via = proxy.url(&redis);
+    let (mut f, events, _, _) = fleet_with(
+        "ev_redis_down",
+        true,
+        "events",
+        &[("WXPUSH_REDIS_URL", &via)],
+    )
+    .await;
+    let who = user(5);
+    let mut s = spec(events, PushKind::Popup, &who, &[(TPL, "accept")]);
+    s.encoding_aes_key = Some(AES_KEY.into());
+    s.create_time = Some(wxpush_testkit::now_ms() / 1000);
+    proxy.down();
+    proxy.cut();
+    let started = std::time::Instant::now();
+    let report = push_event(&s).await.unwrap();
+    assert_eq!(report.statuses, [503], "{report:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered within WeChat's 5 s: {:?}",
+        started.elapsed()
+    );
+    proxy.up();
+    // WeChat retries the same event (new nonce): stored once, however often it comes.
+    let stored = eventually(Duration::from_secs(30), || async {
+        push_event(&s).await.unwrap().statuses == [200]
+    })
+    .await;
+    assert!(stored, "the retry is stored once Redis answers");
+    s.times = 2;
+    assert_eq!(push_event(&s).await.unwrap().statuses, [200, 200]);
+    assert_eq!(consents(&f, &who, TPL).await, 1);
+    f.stop_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_push_setting_is_one_line_and_the_secrets_reach_no_output_even_at_trace() {
+    // A key of the wrong length, a consent source that needs a token: one line, exit 1,
+    // never the value.
+    let mut env = wxpush_testkit::TestEnv::new("ev_config");
+    env.set("WXPUSH_PUSH_TOKEN", TOKEN);
+    env.set("WXPUSH_ENCODING_AES_KEY", &AES_KEY[..40]);
+    let out = env.command(&["events"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err.trim(),
+        "wxpush: WXPUSH_ENCODING_AES_KEY is invalid: is not 43 characters of base64 (it has 40 \
+         characters)"
+    );
+    let mut env = wxpush_testkit::TestEnv::new("ev_config2");
+    env.set("WXPUSH_CONSENT_SOURCE", "events");
+    let out = env.command(&["events"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("wxpush: WXPUSH_CONSENT_SOURCE is invalid: \"events\" needs a push_token"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // `wxpush events` with no app holding a push token does not start.
+    let env = wxpush_testkit::TestEnv::new("ev_config3");
+    let out = env.command(&["events"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no configured app has a push_token"), "{err}");
+
+    // At trace, with good, forged and sealed pushes: neither secret in any output.
+    let (mut f, events, metrics, log) =
+        fleet_with("ev_trace", true, "events", &[("WXPUSH_LOG", "trace")]).await;
+    let mut good = spec(events, PushKind::Popup, &user(6), &[(TPL, "accept")]);
+    good.encoding_aes_key = Some(AES_KEY.into());
+    good.format = PushFormat::Xml;
+    assert_eq!(push_event(&good).await.unwrap().statuses, [200]);
+    let mut forged = good.clone();
+    forged.sign_with = Some("n0tTheToken".into());
+    assert_eq!(push_event(&forged).await.unwrap().statuses, [403]);
+    let (_, page) = http_get(metrics, "/metrics").await.unwrap();
+    f.stop_all();
+    let text = log.text();
+    assert!(text.contains("serving WeChat's message push"), "{text}");
+    for (what, secret) in [("the token", TOKEN), ("the key", AES_KEY)] {
+        assert!(!text.contains(secret), "{what} in the log");
+        assert!(!page.contains(secret), "{what} in /metrics");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bank_applies_an_event_once_and_marks_it_in_the_same_script() {
+    use std::collections::BTreeMap;
+    use wxpush_bank::EventApplied;
+    let env = wxpush_testkit::TestEnv::new("ev_bank");
+    let deps = env.deps().await;
+    let (bank, app) = (&deps.bank, &env.app);
+    let who = OpenId::new(&user(7)).unwrap();
+    let accepts = BTreeMap::from([(TPL, 1u64), (TPL_B, 2u64)]);
+    assert_eq!(
+        bank.event_add_consents(app, &who, "100:popup", &accepts)
+            .await
+            .unwrap(),
+        EventApplied::Applied { changed: 3 }
+    );
+    assert_eq!(
+        bank.event_add_consents(app, &who, "100:popup", &accepts)
+            .await
+            .unwrap(),
+        EventApplied::Repeated
+    );
+    // Another event of the same user is another change.
+    assert_eq!(
+        bank.event_add_consents(app, &who, "101:popup", &accepts)
+            .await
+            .unwrap(),
+        EventApplied::Applied { changed: 3 }
+    );
+    assert_eq!(bank.consents_left(app, &who, TPL_B).await.unwrap(), 4);
+    assert_eq!(
+        bank.event_clear_consents(app, &who, "102:change", TPL_B)
+            .await
+            .unwrap(),
+        EventApplied::Applied { changed: 4 }
+    );
+    assert_eq!(
+        bank.event_clear_consents(app, &who, "102:change", TPL_B)
+            .await
+            .unwrap(),
+        EventApplied::Repeated
+    );
+    assert_eq!(bank.consents_left(app, &who, TPL).await.unwrap(), 2);
+    // The marks live at least the contract's 10 minutes, and not for ever.
+    let mut conn = redis::Client::open(wxpush_testkit::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(bank.keys().event_mark(app, &who, "100:popup"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((600..=3600).contains(&ttl), "{ttl}");
+    // A bad template is refused before anything is sent.
+    let bad = BTreeMap::from([("TPL BAD", 1u64)]);
+    assert!(bank
+        .event_add_consents(app, &who, "103:popup", &bad)
+        .await
+        .is_err());
+    assert!(bank.remember_push_nonce(app, "n-1").await.unwrap());
+    assert!(!bank.remember_push_nonce(app, "n-1").await.unwrap());
+    bank.forget_push_nonce(app, "n-1").await.unwrap();
+    assert!(bank.remember_push_nonce(app, "n-1").await.unwrap());
 }

@@ -424,36 +424,45 @@ async fn handle(
     } else {
         parse(&body, xml)
     };
-    // Signed: from here on the nonce is spent, whatever the body holds.
-    match served.bank.remember_push_nonce(&app.config.id, nonce).await {
-        Ok(true) => {}
-        Ok(false) => return refuse(Refused::Replayed),
-        Err(e) => {
-            tracing::warn!(error = %e, "Redis did not answer: the push is refused with 503 for WeChat to retry");
-            return refuse(Refused::Unavailable);
+    // Signed: from here on the nonce is spent, whatever the body holds. Everything that
+    // talks to Redis is bounded by ANSWER_WITHIN as a whole (WeChat waits 5 s).
+    let bank = &served.bank;
+    let work = async {
+        match bank.remember_push_nonce(&app.config.id, nonce).await {
+            Ok(true) => {}
+            Ok(false) => return Err(ApplyError::Replayed),
+            Err(e) => return Err(ApplyError::Bank(e)),
         }
-    }
-    let event = match event {
-        Ok(e) => e,
-        Err(r) => return refuse(r),
+        let event = event.map_err(|_| ApplyError::BadBody)?;
+        apply(&served, &app.config, &event).await
     };
-    let work = apply(&served, &app.config, &event);
     let failed = match tokio::time::timeout(ANSWER_WITHIN, work).await {
         Ok(Ok(())) => return success(),
-        Ok(Err(ApplyError::BadUser)) => return refuse(Refused::BadBody),
+        Ok(Err(ApplyError::Replayed)) => return refuse(Refused::Replayed),
+        Ok(Err(ApplyError::BadBody)) => return refuse(Refused::BadBody),
         Ok(Err(ApplyError::Bank(e))) => e.to_string(),
         Err(_) => format!("not done within {} ms", ANSWER_WITHIN.as_millis()),
     };
-    tracing::warn!(error = %failed, "a push could not be applied: refused with 503 for WeChat to retry");
-    // WeChat's retry may come with the same nonce: it must not be taken for a replay.
-    let _ = served.bank.forget_push_nonce(&app.config.id, nonce).await;
+    tracing::warn!(
+        error = %failed,
+        "a push could not be stored: refused with 503 for WeChat to retry"
+    );
+    // WeChat's retry may come with the same nonce: it must not be taken for a replay. In the
+    // background, so that the answer is not held up by a Redis that does not answer.
+    let (bank, id, nonce) = (bank.clone(), app.config.id.clone(), nonce.to_owned());
+    tokio::spawn(async move {
+        let forget = bank.forget_push_nonce(&id, &nonce);
+        let _ = tokio::time::timeout(Duration::from_secs(10), forget).await;
+    });
     refuse(Refused::Unavailable)
 }
 
 #[derive(Debug)]
 enum ApplyError {
-    /// The sender is not a valid openId.
-    BadUser,
+    /// The nonce was seen already.
+    Replayed,
+    /// The body (or its sender, not a valid openId) cannot be read.
+    BadBody,
     Bank(BankError),
 }
 
@@ -477,7 +486,7 @@ fn count_applied(event: &'static str, applied: EventApplied) {
 
 /// What one signed event does to the bank (see the module's docs). `Ok` once it is stored.
 async fn apply(served: &Served, app: &AppConfig, event: &PushEvent) -> Result<(), ApplyError> {
-    let user = || OpenId::new(&event.open_id).map_err(|_| ApplyError::BadUser);
+    let user = || OpenId::new(&event.open_id).map_err(|_| ApplyError::BadBody);
     match &event.kind {
         PushEventKind::Popup(items) => {
             if app.consent_source != ConsentSource::Events {
