@@ -197,7 +197,9 @@ fn nonce() -> String {
 /// The query string and body of one attempt.
 fn signed_request(spec: &PushSpec, plain: &str, cipher: Option<&PushCipher>) -> (String, String) {
     let token = spec.sign_with.as_deref().unwrap_or(&spec.token);
-    let timestamp = (now_secs() + spec.timestamp_offset_secs).to_string();
+    let timestamp = now_secs()
+        .saturating_add(spec.timestamp_offset_secs)
+        .to_string();
     let nonce = nonce();
     let sig = signature(&[token, &timestamp, &nonce]);
     let mut query = format!(

@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -327,7 +328,7 @@ fn check_signature<'q>(
         return Err(Refused::MissingSignature);
     }
     let at: i64 = timestamp.parse().map_err(|_| Refused::StaleTimestamp)?;
-    if (now_secs() - at).abs() > TIMESTAMP_WINDOW_SECS {
+    if now_secs().saturating_sub(at).saturating_abs() > TIMESTAMP_WINDOW_SECS {
         return Err(Refused::StaleTimestamp);
     }
     if !signatures_match(sig, &signature(&[token, timestamp, nonce])) {
@@ -366,7 +367,7 @@ fn parse(body: &[u8], xml: bool) -> Result<PushEvent, Refused> {
 async fn handle(
     State(served): State<Served>,
     Path(appid): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
     method: Method,
     headers: HeaderMap,
     body: Body,
@@ -379,6 +380,10 @@ async fn handle(
     };
     let Some(token) = app.config.push_token.as_ref() else {
         return refuse(Refused::NotFound);
+    };
+    // A query that does not even decode carries no signature.
+    let Ok(Query(query)) = query else {
+        return refuse(Refused::MissingSignature);
     };
     let (timestamp, nonce) = match check_signature(&query, token.expose()) {
         Ok(t) => t,
@@ -607,6 +612,17 @@ mod tests {
             ),
             Err(Refused::StaleTimestamp)
         );
+        for extreme in [i64::MIN, i64::MAX] {
+            let t = extreme.to_string();
+            let sig = signature(&["tok3n", &t, "n1"]);
+            assert_eq!(
+                check_signature(
+                    &q(&[("signature", &sig), ("timestamp", &t), ("nonce", "n1")]),
+                    "tok3n"
+                ),
+                Err(Refused::StaleTimestamp)
+            );
+        }
         let long = "n".repeat(65);
         assert_eq!(
             check_signature(

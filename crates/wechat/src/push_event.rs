@@ -269,11 +269,84 @@ fn json(body: &[u8]) -> Result<Raw, PushParseError> {
     })
 }
 
+/// Deepest element nesting read: WeChat's pushes nest 4 deep. quick-xml's serde reader
+/// recurses into nested elements, so deeper input (64 KiB holds thousands of levels) would
+/// overflow the stack: it is refused before it is read.
+pub const MAX_XML_DEPTH: usize = 32;
+
+/// Whether `text`'s elements nest at most `max` deep. Tags are read with their quoted
+/// attribute values, comments, CDATA sections and processing instructions skipped, so no
+/// text inside them counts; anything unterminated ends the scan (the parser refuses it).
+fn xml_depth_within(text: &[u8], max: usize) -> bool {
+    fn find(text: &[u8], from: usize, what: &[u8]) -> Option<usize> {
+        text.get(from..)?
+            .windows(what.len())
+            .position(|w| w == what)
+            .map(|p| from + p)
+    }
+    let mut depth = 0usize;
+    let mut i = 0;
+    while let Some(lt) = text
+        .get(i..)
+        .and_then(|t| t.iter().position(|b| *b == b'<'))
+    {
+        i += lt;
+        let rest = &text[i..];
+        let skip_to = |end: &[u8]| find(text, i, end).map(|e| e + end.len());
+        let next = if rest.starts_with(b"<![CDATA[") {
+            skip_to(b"]]>")
+        } else if rest.starts_with(b"<!--") {
+            skip_to(b"-->")
+        } else if rest.starts_with(b"<?") || rest.starts_with(b"<!") {
+            skip_to(b">")
+        } else {
+            // A start or end tag: up to its '>' outside quotes.
+            let mut quote = None;
+            let mut end = None;
+            for (k, &b) in rest.iter().enumerate().skip(1) {
+                match (quote, b) {
+                    (Some(q), _) if b == q => quote = None,
+                    (Some(_), _) => {}
+                    (None, b'"' | b'\'') => quote = Some(b),
+                    (None, b'>') => {
+                        end = Some(k);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            let Some(end) = end else {
+                return true;
+            };
+            if rest.starts_with(b"</") {
+                depth = depth.saturating_sub(1);
+            } else if rest[end - 1] != b'/' {
+                depth += 1;
+                if depth > max {
+                    return false;
+                }
+            }
+            Some(i + end + 1)
+        };
+        match next {
+            Some(n) => i = n,
+            None => return true,
+        }
+    }
+    true
+}
+
 fn xml(body: &[u8]) -> Result<Raw, PushParseError> {
     let text = std::str::from_utf8(body).map_err(|_| PushParseError::Syntax {
         format: "XML",
         reason: "not UTF-8".into(),
     })?;
+    if !xml_depth_within(body, MAX_XML_DEPTH) {
+        return Err(PushParseError::Syntax {
+            format: "XML",
+            reason: format!("elements nest deeper than {MAX_XML_DEPTH}"),
+        });
+    }
     quick_xml::de::from_str(text).map_err(|e| PushParseError::Syntax {
         format: "XML",
         reason: e.to_string(),
@@ -487,6 +560,50 @@ mod properties {
                 })
                 .collect(),
         )
+    }
+
+    #[test]
+    fn nesting_is_counted_outside_quotes_comments_and_cdata() {
+        assert!(xml_depth_within(b"<a><b/><c></c></a>", 2));
+        assert!(!xml_depth_within(b"<a><b><c></c></b></a>", 2));
+        // A '>' or '/>' inside an attribute's quotes does not end the tag.
+        assert!(!xml_depth_within(b"<a x=\"/>\"><a y='/>'><a>", 2));
+        // Tags inside CDATA or a comment are text.
+        assert!(xml_depth_within(
+            b"<a><![CDATA[<b><c><d>]]><!-- <e><f> --></a>",
+            1
+        ));
+        assert!(xml_depth_within(
+            b"<?xml version=\"1.0\"?><!DOCTYPE x><a></a>",
+            1
+        ));
+        assert!(
+            xml_depth_within(b"<a><b", 1),
+            "unterminated: left to the parser"
+        );
+    }
+
+    /// Deep nesting (what 64 KiB can hold) is an error or an event, not a stack overflow.
+    #[test]
+    fn deeply_nested_bodies_do_not_overflow_the_stack() {
+        let depth = 64 * 1024 / 7;
+        for inner in ["a", "List", "SubscribeMsgPopupEvent"] {
+            let xml = format!(
+                "<xml><FromUserName>oA</FromUserName><{inner}>{}{}</{inner}></xml>",
+                "<a>".repeat(depth),
+                "</a>".repeat(depth)
+            );
+            let _ = parse_xml(xml.as_bytes());
+            let _ = envelope(xml.as_bytes(), true);
+        }
+        let json = format!("{{\"List\":{}{}}}", "[".repeat(depth), "]".repeat(depth));
+        let _ = parse_json(json.as_bytes());
+        let json = format!(
+            "{{\"x\":{}1{}}}",
+            "{\"a\":".repeat(depth),
+            "}".repeat(depth)
+        );
+        let _ = parse_json(json.as_bytes());
     }
 
     proptest! {
