@@ -2,7 +2,7 @@
 //! message push's nonces remembered for replay protection.
 //!
 //! An event is applied through the very scripts uploads and WeChat's `43101` use
-//! (`store_consents.lua`, `clear_consents.lua`), each wrapped by [`once_per_event`] into a
+//! (`store_consents.lua`, `clear_consents.lua`), each wrapped by `once_per_event` into a
 //! script that first looks for the event's mark (`{ns}:ev:{<app>.<shard>}:<openId>:<event>`,
 //! in the user's slot), runs the wrapped script only when there is none, and then sets the
 //! mark, all in one script run: Redis runs it whole or not at all, so no crash of the caller

@@ -138,6 +138,7 @@
 //! | `GET /fake/requests` | `?since=N` (index of the first record wanted) | `[`[`RequestRecord`]`, ..]` |
 //! | `GET /fake/stats` | | [`Stats`] |
 //! | `POST /fake/reset` | | `{}` (back to the start config) |
+//! | `POST /fake/push` | [`PushSpec`]: `{"url", "appId", "token", "encodingAesKey"?, "format"? (`json` \| `xml`), "kind" (`popup` \| `change` \| `sent`), "openId", "items": [{"templateId", "status"?, "msgId"?, "errorCode"?}], "createTime"?, "listAsArray"?, "times"? (1), "sameNonce"?, "timestampOffsetSecs"?, "signWith"?}` | [`PushReport`]: `{"statuses":[..], "bodies":[..]}`, one per attempt |
 //!
 //! Errors answer 400 (404 for an unknown app) with `{"error": "..."}`.
 //!

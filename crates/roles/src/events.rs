@@ -15,7 +15,7 @@
 //!    (403);
 //! 4. the nonce remembered in Redis (`SET NX EX`, [`wxpush_bank::PUSH_NONCE_TTL_SECS`]): seen
 //!    already, the request is a replay (409);
-//! 5. the event applied ([`apply`]) and only then `success` answered. A popup's accepts add
+//! 5. the event applied (`apply`) and only then `success` answered. A popup's accepts add
 //!    consents when the app's `consent_source` is `events` (else they are counted and
 //!    ignored); a change's rejects clear the user's consents for the template under either
 //!    setting; a sent event goes to the [`SentEvents`] seam (receipts, not built yet). Each
