@@ -265,6 +265,11 @@ async fn secure_mode_pushes_in_xml_and_json_give_consents_a_campaign_spends() {
     assert_eq!(push_event(&one).await.unwrap().statuses, [200]);
     assert_eq!(consents(&f, &user(9), TPL_B).await, 1);
 
+    // With a key configured, a plain push (its body covered by no signature) is refused.
+    let plain = spec(events, PushKind::Popup, &user(8), &[(TPL, "accept")]);
+    assert_eq!(push_event(&plain).await.unwrap().statuses, [403]);
+    assert_eq!(consents(&f, &user(8), TPL).await, 0);
+
     // Sealed for another app: refused.
     let mut other = spec(events, PushKind::Popup, &user(8), &[(TPL, "accept")]);
     other.encoding_aes_key = Some(AES_KEY.into());

@@ -12,7 +12,8 @@
 //!    bytes (413), JSON or XML by `Content-Type` or its first byte; in secure mode
 //!    (`encrypt_type=aes`) `msg_signature` over the token, timestamp, nonce and `Encrypt`
 //!    (403), then opened with the app's EncodingAESKey, whose plaintext must name the app
-//!    (403);
+//!    (403). An app with an EncodingAESKey takes sealed pushes only (403): a plain body is
+//!    covered by no signature;
 //! 4. the nonce remembered in Redis (`SET NX EX`, [`wxpush_bank::PUSH_NONCE_TTL_SECS`]): seen
 //!    already, the request is a replay (409);
 //! 5. the event applied (`apply`) and only then `success` answered. A popup's accepts add
@@ -254,6 +255,7 @@ enum Refused {
     OtherApp,
     Replayed,
     BadBody,
+    PlainWithKey,
     Unavailable,
 }
 
@@ -270,6 +272,7 @@ impl Refused {
             Refused::OtherApp => "other_app",
             Refused::Replayed => "replayed_nonce",
             Refused::BadBody => "bad_body",
+            Refused::PlainWithKey => "plain_with_key",
             Refused::Unavailable => "unavailable",
         }
     }
@@ -280,9 +283,10 @@ impl Refused {
             Refused::MissingSignature | Refused::BadEnvelope | Refused::BadBody => {
                 StatusCode::BAD_REQUEST
             }
-            Refused::StaleTimestamp | Refused::BadSignature | Refused::OtherApp => {
-                StatusCode::FORBIDDEN
-            }
+            Refused::StaleTimestamp
+            | Refused::BadSignature
+            | Refused::OtherApp
+            | Refused::PlainWithKey => StatusCode::FORBIDDEN,
             Refused::SecureModeOff => StatusCode::BAD_REQUEST,
             Refused::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Refused::Replayed => StatusCode::CONFLICT,
@@ -397,12 +401,28 @@ async fn handle(
         metrics::counter!(m::EVENT_REQUESTS, "result" => "server_check").increment(1);
         return ([(header::CONTENT_TYPE, "text/plain")], echo.clone()).into_response();
     }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > BODY_LIMIT) {
+        return refuse(Refused::TooLarge);
+    }
     let body = match axum::body::to_bytes(body, BODY_LIMIT).await {
         Ok(b) => b,
-        Err(_) => return refuse(Refused::TooLarge),
+        // Without a length (chunked), only going past the limit fails; with one, the body
+        // broke off.
+        Err(_) if declared.is_none() => return refuse(Refused::TooLarge),
+        Err(_) => return refuse(Refused::BadBody),
     };
     let xml = is_xml(&headers, &body);
-    let event = if query.get("encrypt_type").map(String::as_str) == Some("aes") {
+    let sealed = query.get("encrypt_type").map(String::as_str) == Some("aes");
+    if !sealed && app.cipher.is_some() {
+        // With an EncodingAESKey, WeChat seals every push (secure or compatible mode): a
+        // plain one, whose body no signature covers, is not WeChat's.
+        return refuse(Refused::PlainWithKey);
+    }
+    let event = if sealed {
         let Some(cipher) = app.cipher.as_ref() else {
             return refuse(Refused::SecureModeOff);
         };

@@ -121,8 +121,8 @@ pub fn describe() {
         EVENT_REQUESTS,
         "Requests to the message push endpoint (wxpush events), by result: ok, server_check, \
          or why it was refused (bad_signature, missing_signature, stale_timestamp, \
-         replayed_nonce, too_large, unknown_app, bad_envelope, other_app, bad_body, \
-         unavailable, ...)"
+         replayed_nonce, too_large, unknown_app, plain_with_key, bad_envelope, other_app, \
+         bad_body, unavailable, ...)"
     );
     describe_counter!(
         EVENTS,
