@@ -190,6 +190,17 @@ async fn every_request_is_signed_fresh_and_new_or_refused_and_never_stored() {
     .await;
     assert_eq!(status, 413);
 
+    // Ready while it listens and Redis answers.
+    let ready = eventually(Duration::from_secs(10), || async {
+        http_get(metrics, "/readyz")
+            .await
+            .is_some_and(|(status, body)| {
+                status == 200 && body.contains("\"consuming\":{\"events\":true}")
+            })
+    })
+    .await;
+    assert!(ready, "{:?}", http_get(metrics, "/readyz").await);
+
     // Counted, by why.
     for (result, at_least) in [
         ("bad_signature", 2),
@@ -568,4 +579,21 @@ async fn the_bank_applies_an_event_once_and_marks_it_in_the_same_script() {
     assert!(!bank.remember_push_nonce(app, "n-1").await.unwrap());
     bank.forget_push_nonce(app, "n-1").await.unwrap();
     assert!(bank.remember_push_nonce(app, "n-1").await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wxpush_all_serves_the_message_push_when_an_app_has_a_push_token() {
+    let mut f = Fleet::new("ev_all", 100_000, 100).await;
+    f.env.set("WXPUSH_PUSH_TOKEN", TOKEN);
+    let events = free_addr();
+    f.start_with("all", &[("WXPUSH_EVENTS_ADDR", &events.to_string())]);
+    let (t, n) = (now(), "9090");
+    let sig = signature(&[TOKEN, &t, n]);
+    let check = format!("/wechat/{TEST_APP}?signature={sig}&timestamp={t}&nonce={n}&echostr=hi");
+    let answered = eventually(Duration::from_secs(30), || async {
+        http_get(events, &check).await == Some((200, "hi".into()))
+    })
+    .await;
+    assert!(answered, "wxpush all answers the server check");
+    f.stop_all();
 }
