@@ -18,6 +18,7 @@ use clap::{Args, Parser, Subcommand};
 use wxpush_broker::Topology;
 use wxpush_domain::{AppId, Config, RawConfig, SecretUrl};
 use wxpush_roles::dispatch::{self, DispatchSettings};
+use wxpush_roles::events::{self, EventsSettings};
 use wxpush_roles::ingest::{self, IngestSettings};
 use wxpush_roles::send::{self, SendParts, SendSettings, SendStats};
 use wxpush_roles::{Deps, Health, ShutdownTrigger};
@@ -63,7 +64,11 @@ enum Command {
     Dispatch,
     /// Sender worker: claim a credential, call WeChat, record the outcome
     Send,
-    /// All roles in one process (small installs, development)
+    /// WeChat's message push (consent and delivery events) on WXPUSH_EVENTS_ADDR,
+    /// /wechat/<appid> for each app with a push_token
+    Events,
+    /// All roles in one process (small installs, development); events too when an app has a
+    /// push_token
     All,
     /// Campaign progress and outcome counts
     Campaign {
@@ -268,7 +273,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ingest => run_roles(&config(&cli.common)?, Roles::INGEST).await,
         Command::Dispatch => run_roles(&config(&cli.common)?, Roles::DISPATCH).await,
         Command::Send => run_roles(&config(&cli.common)?, Roles::SEND).await,
-        Command::All => run_roles(&config(&cli.common)?, Roles::ALL).await,
+        Command::Events => run_roles(&config(&cli.common)?, Roles::EVENTS).await,
+        Command::All => {
+            let config = config(&cli.common)?;
+            let roles = Roles {
+                events: EventsSettings::any(&config),
+                ..Roles::ALL
+            };
+            run_roles(&config, roles).await
+        }
         Command::Message {
             command: MessageCommand::Status { id, app, json },
         } => message::status(&config(&cli.common)?, &id, app.as_deref(), json).await,
@@ -300,6 +313,7 @@ struct Roles {
     ingest: bool,
     dispatch: bool,
     send: bool,
+    events: bool,
     name: &'static str,
 }
 
@@ -308,25 +322,36 @@ impl Roles {
         ingest: true,
         dispatch: false,
         send: false,
+        events: false,
         name: "wxpush ingest",
     };
     const DISPATCH: Roles = Roles {
         ingest: false,
         dispatch: true,
         send: false,
+        events: false,
         name: "wxpush dispatch",
     };
     const SEND: Roles = Roles {
         ingest: false,
         dispatch: false,
         send: true,
+        events: false,
         name: "wxpush send",
     };
     const ALL: Roles = Roles {
         ingest: true,
         dispatch: true,
         send: true,
+        events: false,
         name: "wxpush all",
+    };
+    const EVENTS: Roles = Roles {
+        ingest: false,
+        dispatch: false,
+        send: false,
+        events: true,
+        name: "wxpush events",
     };
 }
 
@@ -338,6 +363,11 @@ async fn run_roles(config: &Config, roles: Roles) -> anyhow::Result<()> {
     if roles.send {
         SendParts::check(config)?;
     }
+    let events_settings = if roles.events {
+        Some(EventsSettings::from_config(config)?)
+    } else {
+        None
+    };
     let metrics = ops::install_metrics()?;
     let deps = Deps::connect(config, roles.name).await?;
     let parts = if roles.send {
@@ -419,11 +449,39 @@ async fn run_roles(config: &Config, roles: Roles) -> anyhow::Result<()> {
             );
         })
     };
+    let events_task = match events_settings {
+        Some(settings) => {
+            // Delivery events become receipts, published by this process's own drainer.
+            let apps = config.apps.iter().map(|a| a.id.clone()).collect();
+            let (outbox, drainer) = wxpush_roles::receipts::outbox(&deps.bank, &topology, apps);
+            tokio::spawn(wxpush_roles::receipts::publish_until(
+                deps.clone(),
+                drainer,
+                shutdown.clone(),
+            ));
+            let sent = std::sync::Arc::new(wxpush_roles::receipts::ReceiptSentEvents {
+                bank: deps.bank.clone(),
+                outbox,
+            });
+            let (_, task) =
+                events::run(deps.bank.clone(), settings, sent, &health, shutdown.clone()).await?;
+            Some(task)
+        }
+        None => None,
+    };
+    let events_role = async {
+        if let Some(task) = events_task {
+            // The server ends with the shutdown; a panic in it is not a role error to restart.
+            let _ = task.await;
+        }
+        Ok::<(), wxpush_roles::RoleError>(())
+    };
     let all = async {
         tokio::join!(
             async { stop_all(ingest_role.await) },
             async { stop_all(dispatch_role.await) },
-            async { stop_all(send_role.await) }
+            async { stop_all(send_role.await) },
+            async { stop_all(events_role.await) }
         )
     };
     let mut stopping = shutdown.clone();
@@ -432,7 +490,7 @@ async fn run_roles(config: &Config, roles: Roles) -> anyhow::Result<()> {
         stopping.wait().await;
         tokio::time::sleep(grace).await;
     };
-    let (a, b, c) = tokio::select! {
+    let (a, b, c, d) = tokio::select! {
         r = all => r,
         () = deadline => {
             if failed.load(std::sync::atomic::Ordering::Relaxed) {
@@ -449,6 +507,7 @@ async fn run_roles(config: &Config, roles: Roles) -> anyhow::Result<()> {
     a?;
     b?;
     c?;
+    d?;
     Ok(())
 }
 

@@ -15,6 +15,7 @@ mod consent_caps;
 mod demo;
 mod deploy_manifests;
 mod docs;
+mod events;
 mod faults;
 mod hostile;
 mod ingest;

@@ -288,6 +288,20 @@ impl Bank {
         open_id: &OpenId,
         template: &str,
     ) -> Result<u64, BankError> {
+        let cmd = self.clear_consents_cmd(app, open_id, template);
+        // Not waited for (as before buckets): a clear lost in a failover only leaves stale
+        // consents, which the next send's 43101 clears again.
+        let removed = run_clear(self, app, open_id, &cmd).await?;
+        Ok(crate::non_negative(removed))
+    }
+
+    /// `clear_consents.lua` for one user and template (reply: how many were removed).
+    pub(crate) fn clear_consents_cmd(
+        &self,
+        app: &AppId,
+        open_id: &OpenId,
+        template: &str,
+    ) -> redis::Cmd {
         let shard = shard_of(open_id);
         let mut cmd = self.scripts.clear_consents.evalsha();
         cmd.arg(5)
@@ -298,10 +312,7 @@ impl Bank {
             .arg(self.keys.legacy_consents(app, open_id))
             .arg(open_id.as_str())
             .arg(template);
-        // Not waited for (as before buckets): a clear lost in a failover only leaves stale
-        // consents, which the next send's 43101 clears again.
-        let removed = run_clear(self, app, open_id, &cmd).await?;
-        Ok(crate::non_negative(removed))
+        cmd
     }
 
     /// Gives `open_id` back one consent for `template` that WeChat did not use, after the

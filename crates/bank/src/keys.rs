@@ -21,6 +21,10 @@
 //!                                          bucket by the user's next consent write
 //! {ns}:t:{<app>.<shard>}:<templateId> set (before buckets) the not yet moved users holding
 //!                                          ≥ 1 consent for that template
+//! {ns}:ev:{<app>.<shard>}:<openId>:<event> string  a WeChat push event applied for the
+//!                                          user (`events.rs`; lives an hour)
+//! {ns}:pn:{<app>.<n>}:<nonce>       string  a message push nonce seen (`<n>`: the nonce's
+//!                                          shard; lives 15 minutes)
 //! {ns}:camp:{<app>.<n>}:<campaign>  hash  the campaign's record (its key and fields are
 //!                                          `record.rs`'s; `<n>`: the campaign id's shard)
 //! ```
@@ -166,6 +170,22 @@ impl Keys {
     /// buckets) hold ≥ 1 consent for it.
     pub fn consent_holders(&self, app: &AppId, shard: u16) -> String {
         self.key("th", app, shard, None)
+    }
+
+    /// The mark of one WeChat push event applied for `open_id` (same slot as their consents):
+    /// `event` is the event's own key (its time and type, and a template where it matters).
+    pub fn event_mark(&self, app: &AppId, open_id: &OpenId, event: &str) -> String {
+        self.key(
+            "ev",
+            app,
+            shard_of(open_id),
+            Some(&format!("{}:{event}", open_id.as_str())),
+        )
+    }
+
+    /// A message push nonce seen for `app`, spread over the shards by the nonce.
+    pub fn push_nonce(&self, app: &AppId, nonce: &str) -> String {
+        self.key("pn", app, shard_of_text(nonce), Some(nonce))
     }
 
     /// The consent totals of shard `shard`: template → consents its users hold.

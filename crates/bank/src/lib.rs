@@ -39,6 +39,7 @@
 mod campaign;
 mod consent;
 mod durability;
+pub mod events;
 pub mod keys;
 pub mod member;
 mod reachable;
@@ -56,6 +57,7 @@ use wxpush_redis::Conn;
 pub use campaign::{CampaignClaim, ClaimMode, Marked, Receipt, Settle};
 pub use consent::CONSENT_TTL_SECS;
 pub use durability::{Durability, Setting};
+pub use events::{EventApplied, EVENT_MARK_TTL_SECS, PUSH_NONCE_TTL_SECS};
 pub use keys::{Keys, SHARDS};
 pub use reachable::{ReachableCursor, ReachablePage};
 pub use requeue::{RequeuePage, REQUEUE_PAGE};

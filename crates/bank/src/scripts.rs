@@ -93,6 +93,10 @@ pub(crate) struct Scripts {
     pub(crate) record_open: BankScript,
     pub(crate) record_write: BankScript,
     pub(crate) record_stop: BankScript,
+    /// `store_consents.lua` applied once per WeChat event (`crate::events`).
+    pub(crate) event_store_consents: BankScript,
+    /// `clear_consents.lua` applied once per WeChat event (`crate::events`).
+    pub(crate) event_clear_consents: BankScript,
 }
 
 pub(crate) fn get() -> &'static Scripts {
@@ -147,11 +151,19 @@ pub(crate) fn get() -> &'static Scripts {
         record_stop: Lua::new(&crate::record::with_prelude(include_str!(
             "lua/record_stop.lua"
         ))),
+        event_store_consents: Lua::new(&crate::events::once_per_event(concat!(
+            include_str!("lua/consent_lib.lua"),
+            include_str!("lua/store_consents.lua")
+        ))),
+        event_clear_consents: Lua::new(&crate::events::once_per_event(concat!(
+            include_str!("lua/consent_lib.lua"),
+            include_str!("lua/clear_consents.lua")
+        ))),
     })
 }
 
 impl Scripts {
-    fn all(&self) -> [&Lua; 16] {
+    fn all(&self) -> [&Lua; 18] {
         [
             &self.store,
             &self.claim,
@@ -169,6 +181,8 @@ impl Scripts {
             &self.record_open,
             &self.record_write,
             &self.record_stop,
+            &self.event_store_consents,
+            &self.event_clear_consents,
         ]
     }
 

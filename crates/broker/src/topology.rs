@@ -435,6 +435,13 @@ impl Topology {
         Ok(())
     }
 
+    /// Declares the receipts exchange (a role publishing receipts without the send topology:
+    /// `wxpush events`).
+    pub async fn declare_receipts(&self, ch: &Channel) -> Result<(), BrokerError> {
+        self.declare_exchange(ch, &self.receipts_exchange(), ExchangeKind::Topic)
+            .await
+    }
+
     /// Declares the campaigns exchange (what the marketing system needs).
     pub async fn declare_campaigns(&self, ch: &Channel) -> Result<(), BrokerError> {
         self.declare_exchange(ch, &self.campaigns_exchange(), ExchangeKind::Topic)

@@ -13,7 +13,13 @@
 //! send_rate = 200                  # this app's own ceiling; WXPUSH_SEND_RATE when absent
 //! token_source = "stable"          # or "classic", or the URL of the install's token service
 //! templates = ["TPL_A", "TPL_B"]   # the app's subscribe templates; any template when absent
+//! push_token = "..."               # the message push's Token (contract §8.4; `wxpush events`)
+//! encoding_aes_key = "..."         # its EncodingAESKey, 43 characters (secure mode)
+//! consent_source = "client"        # or "events": where the app's consents come from
 //! ```
+//!
+//! The single app's `WXPUSH_PUSH_TOKEN`, `WXPUSH_ENCODING_AES_KEY` and `WXPUSH_CONSENT_SOURCE`
+//! meet the file as `WXPUSH_TOKEN_SOURCE` does.
 //!
 //! How the two sources meet ([`Apps::build`]): the variables' app joins the file's list (its
 //! secret and `WXPUSH_TOKEN_SOURCE` fill in what the file leaves out; two different secrets or
@@ -39,6 +45,81 @@ use crate::token_source::TokenSource;
 /// The variable giving the single app's token source.
 pub const TOKEN_SOURCE_VAR: &str = "WXPUSH_TOKEN_SOURCE";
 
+/// The variable giving the single app's message push Token (contract §8.4).
+pub const PUSH_TOKEN_VAR: &str = "WXPUSH_PUSH_TOKEN";
+
+/// The variable giving the single app's message push EncodingAESKey (secure mode).
+pub const ENCODING_AES_KEY_VAR: &str = "WXPUSH_ENCODING_AES_KEY";
+
+/// The variable giving the single app's consent source (`client` or `events`).
+pub const CONSENT_SOURCE_VAR: &str = "WXPUSH_CONSENT_SOURCE";
+
+/// Where an app's subscribe consents come from (contract §8.4): one source only, so that one
+/// tap is never two consents.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ConsentSource {
+    /// The `subscriptions` of the client's uploads (the default); popup events are ignored.
+    #[default]
+    Client,
+    /// WeChat's `subscribe_msg_popup_event`s (`wxpush events`); uploads' `subscriptions` are
+    /// ignored.
+    Events,
+}
+
+impl ConsentSource {
+    /// `client` or `events`; the error never quotes what was given (it may be a secret
+    /// pasted in the wrong place).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "client" => Ok(Self::Client),
+            "events" => Ok(Self::Events),
+            _ => Err("is not \"client\" or \"events\"".to_owned()),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Events => "events",
+        }
+    }
+}
+
+impl std::fmt::Display for ConsentSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Checks a message push Token as WeChat's console allows it: 3 to 32 letters or digits.
+/// Never quotes it.
+pub fn check_push_token(token: &str) -> Result<(), String> {
+    if !(3..=32).contains(&token.len()) || !token.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(format!(
+            "is not 3 to 32 letters or digits (WeChat's rule for the Token; it has {} \
+             characters)",
+            token.chars().count()
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an EncodingAESKey: 43 characters of base64 (WeChat's console makes them so). Never
+/// quotes it.
+pub fn check_encoding_aes_key(key: &str) -> Result<(), String> {
+    if key.len() != 43
+        || !key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+    {
+        return Err(format!(
+            "is not 43 characters of base64 (it has {} characters)",
+            key.chars().count()
+        ));
+    }
+    Ok(())
+}
+
 /// The variable naming the several-apps file.
 pub const CONFIG_FILE_VAR: &str = "WXPUSH_CONFIG";
 
@@ -55,9 +136,30 @@ pub struct AppConfig {
     /// The app's subscribe-message template ids (`templates` in the file): consents for any
     /// other template are dropped at ingest. `None`: every template is accepted.
     pub templates: Option<BTreeSet<String>>,
+    /// The message push's Token (`push_token`): `wxpush events` serves the app only with it.
+    pub push_token: Option<Secret>,
+    /// The message push's EncodingAESKey (`encoding_aes_key`, 43 characters, checked), for
+    /// secure mode.
+    pub encoding_aes_key: Option<Secret>,
+    /// Where the app's consents come from (`consent_source`, `client` unless configured).
+    pub consent_source: ConsentSource,
 }
 
 impl AppConfig {
+    /// An app with only its id, secret and rate given, everything else as by default.
+    pub fn new(id: AppId, secret: Option<Secret>, send_rate: u32) -> Self {
+        Self {
+            id,
+            secret,
+            send_rate,
+            token_source: TokenSource::Stable,
+            templates: None,
+            push_token: None,
+            encoding_aes_key: None,
+            consent_source: ConsentSource::Client,
+        }
+    }
+
     /// Whether a consent for `template` is kept for this app: it is one of the app's
     /// `templates`, or the app lists none.
     pub fn accepts_template(&self, template: &str) -> bool {
@@ -80,10 +182,16 @@ pub struct VarApp {
     pub secret: Option<Secret>,
     /// `WXPUSH_TOKEN_SOURCE`, unparsed.
     pub token_source: Option<String>,
+    /// `WXPUSH_PUSH_TOKEN`.
+    pub push_token: Option<Secret>,
+    /// `WXPUSH_ENCODING_AES_KEY`.
+    pub encoding_aes_key: Option<Secret>,
+    /// `WXPUSH_CONSENT_SOURCE`, unparsed.
+    pub consent_source: Option<String>,
 }
 
 /// Keys of the apps file whose values are secrets ([`file_secrets`]).
-pub const SECRET_KEYS: &[&str] = &["secret"];
+pub const SECRET_KEYS: &[&str] = &["secret", "push_token", "encoding_aes_key"];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -103,19 +211,16 @@ struct FileApp {
     send_rate: Option<u32>,
     token_source: Option<String>,
     templates: Option<Vec<String>>,
+    push_token: Option<Secret>,
+    encoding_aes_key: Option<Secret>,
+    consent_source: Option<String>,
 }
 
 impl Apps {
     /// One app, from the single-app variables (and tests), its token from `stable_token`.
     pub fn single(id: AppId, secret: Option<Secret>, send_rate: u32) -> Self {
         Self {
-            list: vec![AppConfig {
-                id,
-                secret,
-                send_rate,
-                token_source: TokenSource::Stable,
-                templates: None,
-            }],
+            list: vec![AppConfig::new(id, secret, send_rate)],
         }
     }
 
@@ -148,6 +253,30 @@ impl Apps {
                 })
             })
             .transpose()?;
+        let var_consent = vars
+            .consent_source
+            .as_deref()
+            .map(|s| {
+                ConsentSource::parse(s).map_err(|e| ConfigError::Invalid {
+                    var: CONSENT_SOURCE_VAR,
+                    reason: format!("'{}' {e}", s.trim()),
+                })
+            })
+            .transpose()?;
+        let var_push_token = vars.push_token.filter(|s| !s.expose().is_empty());
+        if let Some(t) = &var_push_token {
+            check_push_token(t.expose()).map_err(|reason| ConfigError::Invalid {
+                var: PUSH_TOKEN_VAR,
+                reason,
+            })?;
+        }
+        let var_aes_key = vars.encoding_aes_key.filter(|s| !s.expose().is_empty());
+        if let Some(k) = &var_aes_key {
+            check_encoding_aes_key(k.expose()).map_err(|reason| ConfigError::Invalid {
+                var: ENCODING_AES_KEY_VAR,
+                reason,
+            })?;
+        }
         let Some((path, text)) = file else {
             let Some(id) = var_id else {
                 return Err(ConfigError::Missing {
@@ -157,7 +286,21 @@ impl Apps {
                 });
             };
             let mut single = Self::single(id, var_secret, send_rate);
-            single.list[0].token_source = var_source.unwrap_or_default();
+            let app = &mut single.list[0];
+            app.token_source = var_source.unwrap_or_default();
+            app.push_token = var_push_token;
+            app.encoding_aes_key = var_aes_key;
+            app.consent_source = var_consent.unwrap_or_default();
+            if let Err((key, reason)) = check_push_keys(app) {
+                let var = match key {
+                    "consent_source" => CONSENT_SOURCE_VAR,
+                    _ => ENCODING_AES_KEY_VAR,
+                };
+                return Err(ConfigError::Invalid {
+                    var,
+                    reason: format!("{reason} ({PUSH_TOKEN_VAR})"),
+                });
+            }
             return Ok(single);
         };
         if var_source.is_some() && var_id.is_none() {
@@ -169,6 +312,25 @@ impl Apps {
                 ),
             });
         }
+        for (given, var, key) in [
+            (var_push_token.is_some(), PUSH_TOKEN_VAR, "push_token"),
+            (
+                var_aes_key.is_some(),
+                ENCODING_AES_KEY_VAR,
+                "encoding_aes_key",
+            ),
+            (var_consent.is_some(), CONSENT_SOURCE_VAR, "consent_source"),
+        ] {
+            if given && var_id.is_none() {
+                return Err(ConfigError::Invalid {
+                    var,
+                    reason: format!(
+                        "it is WXPUSH_APP_ID's app's, which is not set; with {CONFIG_FILE_VAR} \
+                         give each app its own {key}"
+                    ),
+                });
+            }
+        }
         let invalid = |reason: String| ConfigError::Invalid {
             var: CONFIG_FILE_VAR,
             reason: format!("{path}: {reason}"),
@@ -178,6 +340,8 @@ impl Apps {
         let mut list: Vec<AppConfig> = Vec::with_capacity(parsed.apps.len() + 1);
         // Whether the file gave each listed app a token_source.
         let mut sourced: Vec<bool> = Vec::with_capacity(parsed.apps.len());
+        // Whether the file gave each listed app a consent_source.
+        let mut consent_sourced: Vec<bool> = Vec::with_capacity(parsed.apps.len());
         let mut flagged: Vec<AppId> = Vec::new();
         for (i, a) in parsed.apps.into_iter().enumerate() {
             let id = AppId::new(&a.appid).map_err(|e| invalid(format!("apps[{i}].appid: {e}")))?;
@@ -204,14 +368,36 @@ impl Apps {
                     template_list(list).map_err(|e| invalid(format!("apps[{i}].templates{e}")))
                 })
                 .transpose()?;
+            let push_token = a.push_token.filter(|s| !s.expose().is_empty());
+            if let Some(t) = &push_token {
+                check_push_token(t.expose())
+                    .map_err(|e| invalid(format!("apps[{i}].push_token: {e}")))?;
+            }
+            let encoding_aes_key = a.encoding_aes_key.filter(|s| !s.expose().is_empty());
+            if let Some(k) = &encoding_aes_key {
+                check_encoding_aes_key(k.expose())
+                    .map_err(|e| invalid(format!("apps[{i}].encoding_aes_key: {e}")))?;
+            }
+            let consent_source = a
+                .consent_source
+                .as_deref()
+                .map(|s| {
+                    ConsentSource::parse(s)
+                        .map_err(|e| invalid(format!("apps[{i}].consent_source: {e}")))
+                })
+                .transpose()?;
             list.push(AppConfig {
                 id,
                 secret: a.secret.filter(|s| !s.expose().is_empty()),
                 send_rate: a.send_rate.unwrap_or(send_rate),
                 token_source: token_source.unwrap_or_default(),
                 templates,
+                push_token,
+                encoding_aes_key,
+                consent_source: consent_source.unwrap_or_default(),
             });
             sourced.push(a.token_source.is_some());
+            consent_sourced.push(a.consent_source.is_some());
         }
         if let Some(id) = &var_id {
             match list.iter().position(|a| a.id == *id) {
@@ -237,15 +423,54 @@ impl Apps {
                         (false, Some(v)) => listed.token_source = v.clone(),
                         _ => {}
                     }
+                    for (field, given, key, var) in [
+                        (
+                            &mut listed.push_token,
+                            &var_push_token,
+                            "push_token",
+                            PUSH_TOKEN_VAR,
+                        ),
+                        (
+                            &mut listed.encoding_aes_key,
+                            &var_aes_key,
+                            "encoding_aes_key",
+                            ENCODING_AES_KEY_VAR,
+                        ),
+                    ] {
+                        match (&*field, given) {
+                            (Some(a), Some(b)) if a != b => {
+                                return Err(invalid(format!(
+                                    "{id} has a different {key} in {var}; keep one"
+                                )))
+                            }
+                            (None, Some(s)) => *field = Some(s.clone()),
+                            _ => {}
+                        }
+                    }
+                    match (consent_sourced[at], var_consent) {
+                        (true, Some(v)) if v != listed.consent_source => {
+                            return Err(invalid(format!(
+                                "{id} has consent_source = \"{}\" but {CONSENT_SOURCE_VAR} \
+                                 says \"{v}\"; keep one",
+                                listed.consent_source
+                            )))
+                        }
+                        (false, Some(v)) => listed.consent_source = v,
+                        _ => {}
+                    }
                 }
                 None => list.push(AppConfig {
-                    id: id.clone(),
-                    secret: var_secret,
-                    send_rate,
                     token_source: var_source.unwrap_or_default(),
-                    templates: None,
+                    push_token: var_push_token,
+                    encoding_aes_key: var_aes_key,
+                    consent_source: var_consent.unwrap_or_default(),
+                    ..AppConfig::new(id.clone(), var_secret, send_rate)
                 }),
             }
+        }
+        for app in &list {
+            check_push_keys(app)
+                .map_err(|(key, reason)| invalid(format!("{}: {key}: {reason}", app.id)))?;
         }
         if list.is_empty() {
             return Err(invalid(
@@ -334,6 +559,30 @@ impl Apps {
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
     }
+}
+
+/// What an app's message push settings need of each other: secure mode's key and events as
+/// the consent source both need the push Token (without it `wxpush events` cannot check a
+/// request, so no event would ever arrive). The error: the key at fault and why.
+fn check_push_keys(app: &AppConfig) -> Result<(), (&'static str, String)> {
+    if app.push_token.is_some() {
+        return Ok(());
+    }
+    if app.encoding_aes_key.is_some() {
+        return Err((
+            "encoding_aes_key",
+            "is set without a push_token: secure mode signs with the Token too".to_owned(),
+        ));
+    }
+    if app.consent_source == ConsentSource::Events {
+        return Err((
+            "consent_source",
+            "\"events\" needs a push_token: without one `wxpush events` cannot check WeChat's \
+             requests, and no consent would arrive"
+                .to_owned(),
+        ));
+    }
+    Ok(())
 }
 
 /// An app's `templates`, each a valid template id, none twice, at least one. The error is
@@ -521,7 +770,7 @@ mod tests {
         VarApp {
             id: id.map(str::to_owned),
             secret: secret.map(Secret::new),
-            token_source: None,
+            ..VarApp::default()
         }
     }
 
@@ -933,5 +1182,162 @@ mod tests {
             ["98765", "unterminated"]
         );
         assert!(secrets(&format!("[[apps]]\nappid = \"{A}\"\n")).is_empty());
+    }
+
+    const KEY43: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+
+    #[test]
+    fn push_settings_per_app_and_from_the_single_apps_variables() {
+        let apps = build(
+            None,
+            None,
+            &format!(
+                "default = \"{A}\"\n[[apps]]\nappid = \"{A}\"\npush_token = \"tok3n\"\n\
+                 encoding_aes_key = \"{KEY43}\"\nconsent_source = \"events\"\n\
+                 [[apps]]\nappid = \"{B}\"\n"
+            ),
+        )
+        .unwrap();
+        let a = apps.default_app();
+        assert_eq!(a.push_token.as_ref().map(Secret::expose), Some("tok3n"));
+        assert_eq!(a.encoding_aes_key.as_ref().map(Secret::expose), Some(KEY43));
+        assert_eq!(a.consent_source, ConsentSource::Events);
+        let b = apps.get(&AppId::new(B).unwrap()).unwrap();
+        assert_eq!(b.push_token, None);
+        assert_eq!(b.consent_source, ConsentSource::Client, "client by default");
+        assert!(
+            !format!("{apps:?}").contains("tok3n"),
+            "Debug hides the token"
+        );
+        assert!(!format!("{apps:?}").contains(KEY43), "Debug hides the key");
+
+        let single = Apps::build(
+            VarApp {
+                push_token: Some(Secret::new("tok3n")),
+                encoding_aes_key: Some(Secret::new(KEY43)),
+                consent_source: Some("events".into()),
+                ..vars(Some(A), None)
+            },
+            None,
+            5,
+        )
+        .unwrap();
+        assert_eq!(single.default_app().consent_source, ConsentSource::Events);
+        assert_eq!(
+            single.default_app().push_token.as_ref().map(Secret::expose),
+            Some("tok3n")
+        );
+        // The variables fill in the file's app, or disagree with it.
+        let filled = Apps::build(
+            VarApp {
+                push_token: Some(Secret::new("tok3n")),
+                ..vars(Some(A), None)
+            },
+            Some(("/f.toml", &format!("[[apps]]\nappid = \"{A}\"\n"))),
+            5,
+        )
+        .unwrap();
+        assert!(filled.default_app().push_token.is_some());
+        let e = Apps::build(
+            VarApp {
+                consent_source: Some("client".into()),
+                ..vars(Some(A), None)
+            },
+            Some((
+                "/f.toml",
+                &format!(
+                    "[[apps]]\nappid = \"{A}\"\npush_token = \"tok3n\"\n\
+                     consent_source = \"events\"\n"
+                ),
+            )),
+            5,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("consent_source = \"events\" but WXPUSH_CONSENT_SOURCE"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_push_settings_are_one_line_never_quoting_the_secret() {
+        let cases = [
+            (
+                "push_token = \"s3cr3t\"\nencoding_aes_key = \"s3cr3tTooShort\"".to_owned(),
+                "apps[0].encoding_aes_key: is not 43 characters of base64 (it has 14 characters)",
+            ),
+            (
+                format!(
+                    "push_token = \"s3cr3t\"\nencoding_aes_key = \"{}!\"",
+                    &KEY43[..42]
+                ),
+                "apps[0].encoding_aes_key: is not 43 characters of base64",
+            ),
+            (
+                "push_token = \"s3cr3t token\"".to_owned(),
+                "apps[0].push_token: is not 3 to 32 letters or digits",
+            ),
+            (
+                format!("encoding_aes_key = \"{KEY43}\""),
+                "wx1234567890abcdef: encoding_aes_key: is set without a push_token",
+            ),
+            (
+                "consent_source = \"events\"".to_owned(),
+                "wx1234567890abcdef: consent_source: \"events\" needs a push_token",
+            ),
+            (
+                "consent_source = \"s3cr3t\"".to_owned(),
+                "apps[0].consent_source: is not \"client\" or \"events\"",
+            ),
+        ];
+        for (line, expected) in cases {
+            let e = build(None, None, &format!("[[apps]]\nappid = \"{A}\"\n{line}\n")).unwrap_err();
+            assert!(e.contains(expected), "{e:?} lacks {expected:?}");
+            assert!(!e.contains('\n') && !e.contains("s3cr3t"), "{e:?}");
+        }
+        let single = |v: VarApp| Apps::build(v, None, 5).unwrap_err().to_string();
+        let e = single(VarApp {
+            encoding_aes_key: Some(Secret::new("s3cr3t")),
+            push_token: Some(Secret::new("tok3n")),
+            ..vars(Some(A), None)
+        });
+        assert!(
+            e.starts_with("WXPUSH_ENCODING_AES_KEY is invalid: is not 43"),
+            "{e}"
+        );
+        let e = single(VarApp {
+            consent_source: Some("events".into()),
+            ..vars(Some(A), None)
+        });
+        assert!(
+            e.starts_with("WXPUSH_CONSENT_SOURCE is invalid: \"events\" needs"),
+            "{e}"
+        );
+        let e = Apps::build(
+            VarApp {
+                push_token: Some(Secret::new("tok3n")),
+                ..vars(None, None)
+            },
+            Some(("/f.toml", &format!("[[apps]]\nappid = \"{A}\"\n"))),
+            5,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("WXPUSH_PUSH_TOKEN is invalid: it is WXPUSH_APP_ID's app's"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_push_secrets_of_a_file_go_to_the_scrubber() {
+        let found: Vec<String> = file_secrets(&format!(
+            "[[apps]]\nappid = \"{A}\"\npush_token = \"tok3n\"\nencoding_aes_key = \"{KEY43}\"\n"
+        ))
+        .iter()
+        .map(|s| s.expose().to_owned())
+        .collect();
+        assert!(found.contains(&"tok3n".to_owned()) && found.contains(&KEY43.to_owned()));
     }
 }

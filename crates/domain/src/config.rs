@@ -13,7 +13,10 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::apps::{Apps, VarApp, CONFIG_FILE_VAR, TOKEN_SOURCE_VAR};
+use crate::apps::{
+    Apps, VarApp, CONFIG_FILE_VAR, CONSENT_SOURCE_VAR, ENCODING_AES_KEY_VAR, PUSH_TOKEN_VAR,
+    TOKEN_SOURCE_VAR,
+};
 use crate::names::Namespace;
 use crate::upload::UploadLimits;
 
@@ -213,6 +216,14 @@ pub struct RawConfig {
     pub redis_wait_replicas: Option<String>,
     pub redis_allow_eviction: Option<String>,
     pub queue_type: Option<String>,
+    /// The single app's message push Token (contract §8.4).
+    pub push_token: Option<Secret>,
+    /// The single app's message push EncodingAESKey.
+    pub encoding_aes_key: Option<Secret>,
+    /// The single app's consent source, unparsed.
+    pub consent_source: Option<String>,
+    /// Where `wxpush events` listens, unparsed.
+    pub events_addr: Option<String>,
 }
 
 /// Every variable [`RawConfig::from_env`] reads, beside the field it fills.
@@ -246,7 +257,17 @@ pub const ENV_VARS: &[&str] = &[
     "WXPUSH_REDIS_WAIT_REPLICAS",
     "WXPUSH_REDIS_ALLOW_EVICTION",
     "WXPUSH_QUEUE_TYPE",
+    PUSH_TOKEN_VAR,
+    ENCODING_AES_KEY_VAR,
+    CONSENT_SOURCE_VAR,
+    EVENTS_ADDR_VAR,
 ];
+
+/// Where `wxpush events` listens (contract §8.4).
+pub const EVENTS_ADDR_VAR: &str = "WXPUSH_EVENTS_ADDR";
+
+/// `wxpush events`'s address unless `WXPUSH_EVENTS_ADDR` says otherwise.
+pub const DEFAULT_EVENTS_ADDR: &str = "0.0.0.0:8090";
 
 impl RawConfig {
     /// Reads the `WXPUSH_*` variables of the process environment.
@@ -287,6 +308,10 @@ impl RawConfig {
             redis_wait_replicas: get(ENV_VARS[26]),
             redis_allow_eviction: get(ENV_VARS[27]),
             queue_type: get(ENV_VARS[28]),
+            push_token: get(ENV_VARS[29]).map(Secret::new),
+            encoding_aes_key: get(ENV_VARS[30]).map(Secret::new),
+            consent_source: get(ENV_VARS[31]),
+            events_addr: get(ENV_VARS[32]),
         }
     }
 
@@ -297,6 +322,8 @@ impl RawConfig {
     /// cannot be read gives none (validation then fails without quoting it).
     pub fn secrets(&self) -> Vec<Secret> {
         let mut out: Vec<Secret> = self.app_secret.iter().cloned().collect();
+        out.extend(self.push_token.iter().cloned());
+        out.extend(self.encoding_aes_key.iter().cloned());
         out.extend(
             [&self.amqp_url, &self.redis_url]
                 .into_iter()
@@ -370,11 +397,27 @@ impl RawConfig {
                 id: self.app_id,
                 secret: self.app_secret,
                 token_source: self.token_source,
+                push_token: self.push_token,
+                encoding_aes_key: self.encoding_aes_key,
+                consent_source: self.consent_source,
             },
             file.as_ref().map(|(p, t)| (*p, t.as_str())),
             send_rate,
         )?;
         let http_addr = http_addr(self.http_addr)?;
+        let events_addr = {
+            let given = self.events_addr.as_deref().map(str::trim);
+            given
+                .unwrap_or(DEFAULT_EVENTS_ADDR)
+                .parse::<std::net::SocketAddr>()
+                .map_err(|_| ConfigError::Invalid {
+                    var: EVENTS_ADDR_VAR,
+                    reason: format!(
+                        "'{}' is not an address and port (like {DEFAULT_EVENTS_ADDR})",
+                        given.unwrap_or_default()
+                    ),
+                })?
+        };
         let user_cap = number("WXPUSH_USER_CAP", self.user_cap, DEFAULT_USER_CAP, 1)?;
         let tls_ca_file = self.tls_ca_file.map(std::path::PathBuf::from);
         let redis_wait_replicas =
@@ -402,6 +445,7 @@ impl RawConfig {
             }
         };
         Ok(Config {
+            events_addr,
             queue_type,
             redis_wait_replicas,
             redis_allow_eviction,
@@ -563,6 +607,8 @@ pub struct Config {
     pub redis_allow_eviction: bool,
     /// The type of every queue wxpush declares (`WXPUSH_QUEUE_TYPE`).
     pub queue_type: QueueType,
+    /// Where `wxpush events` listens (`WXPUSH_EVENTS_ADDR`, contract §8.4).
+    pub events_addr: std::net::SocketAddr,
 }
 
 /// The RabbitMQ queue type of every queue an install declares.
@@ -610,7 +656,13 @@ impl Config {
     /// passwords of the two URLs (as written in them) and what may be a key in a token
     /// service's URL.
     pub fn secrets(&self) -> Vec<Secret> {
-        let mut out: Vec<Secret> = self.apps.iter().filter_map(|a| a.secret.clone()).collect();
+        let mut out: Vec<Secret> = self
+            .apps
+            .iter()
+            .flat_map(|a| [&a.secret, &a.push_token, &a.encoding_aes_key])
+            .flatten()
+            .cloned()
+            .collect();
         out.extend(self.amqp_url.passwords());
         out.extend(self.redis_url.passwords());
         // A token service's URL may carry a key (its password or query).

@@ -38,6 +38,7 @@ pub(crate) fn routes(access: ControlAccess) -> Router<FakeWeChat> {
         .route("/fake/requests", get(requests))
         .route("/fake/stats", get(stats))
         .route("/fake/reset", post(reset))
+        .route("/fake/push", post(push))
         .route_layer(middleware::from_fn_with_state(access, access::guard));
     Router::new()
         .route(
@@ -230,4 +231,12 @@ async fn stats(State(fake): State<FakeWeChat>) -> Response {
 async fn reset(State(fake): State<FakeWeChat>) -> Json<Value> {
     fake.reset();
     Json(json!({}))
+}
+
+/// `POST /fake/push`: WeChat's message push of one event to the URL given
+/// ([`crate::push::PushSpec`]), signed, encrypted in secure mode, sent `times` times.
+async fn push(body: Bytes) -> Answer {
+    let spec: crate::push::PushSpec = parse(&body)?;
+    let report = crate::push::push_event(&spec).await?;
+    Ok(Json(json!(report)))
 }

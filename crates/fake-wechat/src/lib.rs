@@ -2,7 +2,8 @@
 //! depends on (see `/work/shared/WECHAT.md`) so that tests against it prove something.
 //!
 //! This crate owns the fake's server, state and control API. It must not be used by production
-//! code paths, must not reach the network beyond its own listener, and must not log per request
+//! code paths, must not reach the network beyond its own listener and the message push URLs a
+//! control call names (`POST /fake/push`, [`push_event`]), and must not log per request
 //! above debug level (it has to keep up with ≥ 10,000 sends/s on 2 cores).
 //!
 //! # Running it
@@ -137,6 +138,7 @@
 //! | `GET /fake/requests` | `?since=N` (index of the first record wanted) | `[`[`RequestRecord`]`, ..]` |
 //! | `GET /fake/stats` | | [`Stats`] |
 //! | `POST /fake/reset` | | `{}` (back to the start config) |
+//! | `POST /fake/push` | [`PushSpec`]: `{"url", "appId", "token", "encodingAesKey"?, "format"? (`json` \| `xml`), "kind" (`popup` \| `change` \| `sent`), "openId", "items": [{"templateId", "status"?, "msgId"?, "errorCode"?}], "createTime"?, "listAsArray"?, "times"? (1), "sameNonce"?, "timestampOffsetSecs"?, "signWith"?}` | [`PushReport`]: `{"statuses":[..], "bodies":[..]}`, one per attempt |
 //!
 //! Errors answer 400 (404 for an unknown app) with `{"error": "..."}`.
 //!
@@ -151,6 +153,7 @@ mod control;
 mod http;
 mod ids;
 pub mod limits;
+pub mod push;
 mod record;
 mod state;
 
@@ -167,6 +170,7 @@ use tokio::task::JoinHandle;
 
 pub use access::ControlAccess;
 pub use config::{FakeApp, FakeConfig, Faults, LostReplyMode, DEFAULT_APP_ID, DEFAULT_SECRET};
+pub use push::{push_event, PushFormat, PushItem, PushKind, PushReport, PushSpec};
 pub use record::{Endpoint, RequestRecord, Stats};
 pub use state::FakeError;
 

@@ -4,7 +4,9 @@
 //! 1. parse and validate every upload ([`wxpush_domain::parse_upload`]) at Redis's time (read
 //!    with `TIME` at most once a second, carried forward by the monotonic clock meanwhile:
 //!    never this host's wall clock), and drop the consents for templates its app does not list
-//!    (`templates` in `WXPUSH_CONFIG`), counted as `unknown_template`;
+//!    (`templates` in `WXPUSH_CONFIG`), counted as `unknown_template`, and every consent of an
+//!    app whose consents come from WeChat's events (`consent_source = "events"`, contract
+//!    §8.4), counted as `consent_ignored`;
 //! 2. dead-letter each poison message with its reason (confirmed before going on);
 //! 3. store every good upload's credentials in one pipelined Redis round trip, retrying
 //!    for up to 5 s (`REDIS_HOLD`) while Redis is unreachable and holding the batch
@@ -32,7 +34,8 @@ use wxpush_bank::{Applied, Bank, BankError, StoreReport, StoreRequest};
 use wxpush_broker::topology::Needs;
 use wxpush_broker::{Batch, BatchConsumer, Broker, Delivery, Publisher, Topology};
 use wxpush_domain::{
-    parse_upload, AppId, Apps, Config, Credential, OpenId, PoisonReason, UploadLimits,
+    parse_upload, AppId, Apps, Config, ConsentSource, Credential, OpenId, PoisonReason,
+    UploadLimits,
 };
 
 use crate::metrics as m;
@@ -92,6 +95,9 @@ pub struct IngestStats {
     /// Subscribe consents dropped because their app lists its `templates` and theirs is not
     /// one of them (not stored).
     pub unknown_template: u64,
+    /// Subscribe consents ignored because their app takes its consents from WeChat's events
+    /// (`consent_source = "events"`, contract §8.4; not stored).
+    pub consents_ignored: u64,
     /// Poison messages sent to the dead-letter queue, by reason code.
     pub dead_lettered: HashMap<&'static str, u64>,
 }
@@ -109,6 +115,7 @@ impl IngestStats {
         self.rejected_entries += o.rejected_entries;
         self.expired_on_arrival += o.expired_on_arrival;
         self.unknown_template += o.unknown_template;
+        self.consents_ignored += o.consents_ignored;
         for (code, n) in o.dead_lettered {
             *self.dead_lettered.entry(code).or_default() += n;
         }
@@ -176,6 +183,7 @@ struct InFlight {
     expired_on_arrival: u64,
     capped: u64,
     unknown_template: u64,
+    consents_ignored: u64,
 }
 
 /// The ingest role's working parts, exposed so tests can drive one step at a time.
@@ -241,6 +249,8 @@ struct Sorted<'a> {
     capped: u64,
     /// Consents dropped before the bank: their template is not one of their app's `templates`.
     unknown_template: u64,
+    /// Consents dropped before the bank: their app's consents come from WeChat's events.
+    consents_ignored: u64,
 }
 
 impl Ingest {
@@ -349,6 +359,7 @@ impl Ingest {
                 expired_on_arrival,
                 capped,
                 unknown_template,
+                consents_ignored,
             } = self.sort(&batch, &times, received_at_ms);
             metrics::counter!(m::CONSUMED, "queue" => "ingest").increment(batch.len() as u64);
             if let Err(e) = self.dead_letter_poison(&poison, stats).await {
@@ -368,6 +379,7 @@ impl Ingest {
                 expired_on_arrival,
                 capped,
                 unknown_template,
+                consents_ignored,
             };
             if let Some(prev) = in_flight.replace(next) {
                 match self.finish(prev, stats).await {
@@ -439,10 +451,12 @@ impl Ingest {
         }
         count_capped(f.capped);
         count_unknown_template(f.unknown_template);
+        count_consents_ignored(f.consents_ignored);
         // Last, so that a scrape counting the uploads stored sees what became of their entries.
         metrics::counter!(m::UPLOADS_STORED).increment(f.batch.len() as u64);
         stats.store.capped += f.capped;
         stats.unknown_template += f.unknown_template;
+        stats.consents_ignored += f.consents_ignored;
         stats.rejected_entries += f.rejected_entries;
         stats.expired_on_arrival += f.expired_on_arrival;
         stats.messages += f.batch.len() as u64;
@@ -475,6 +489,7 @@ impl Ingest {
         }
         stats.store.capped += sorted.capped;
         stats.unknown_template += sorted.unknown_template;
+        stats.consents_ignored += sorted.consents_ignored;
         stats.rejected_entries += sorted.rejected_entries;
         stats.expired_on_arrival += sorted.expired_on_arrival;
         Ok(true)
@@ -518,6 +533,7 @@ impl Ingest {
             expired_on_arrival: 0,
             capped: 0,
             unknown_template: 0,
+            consents_ignored: 0,
         };
         let cap = self.settings.limits.max_kept;
         for (i, d) in batch.deliveries.iter().enumerate() {
@@ -537,6 +553,13 @@ impl Ingest {
             );
             match parsed {
                 Ok((app, mut u)) => {
+                    // An app whose consents come from WeChat's events (contract §8.4) takes
+                    // none from uploads: one tap is never two consents.
+                    if app.consent_source == ConsentSource::Events {
+                        sorted.consents_ignored +=
+                            u.consents.iter().map(|c| u64::from(c.count)).sum::<u64>();
+                        u.consents.clear();
+                    }
                     // Consents for templates the app does not list go no further.
                     u.consents.retain(|c| {
                         let known = app.accepts_template(&c.template_id);
@@ -684,6 +707,10 @@ fn count_capped(n: u64) {
 }
 
 /// Consents dropped before the bank: their template is not one of their app's `templates`.
+fn count_consents_ignored(n: u64) {
+    metrics::counter!(m::CREDENTIALS_STORED, "result" => "consent_ignored").increment(n);
+}
+
 fn count_unknown_template(n: u64) {
     metrics::counter!(m::CREDENTIALS_STORED, "result" => "unknown_template").increment(n);
 }

@@ -6,6 +6,7 @@
 //! - [`ingest`]: credential uploads → the bank.
 //! - [`dispatch`]: campaigns → one send job per recipient.
 //! - [`send`]: send jobs → WeChat, one credential each; [`outcomes`] records what happened.
+//! - [`events`]: WeChat's message push (consent and delivery events) → the bank.
 //! - [`redelivery`]: the limit on how often one message may come back unsettled.
 //! - [`deps`]: connecting to Redis and RabbitMQ with one readable error line; [`durability`]:
 //!   what Redis's own settings let it lose, checked at start.
@@ -18,6 +19,7 @@
 pub mod deps;
 pub mod dispatch;
 pub mod durability;
+pub mod events;
 pub mod health;
 pub mod ingest;
 pub mod metrics;

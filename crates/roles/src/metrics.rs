@@ -26,6 +26,9 @@ pub const SESSIONS_RESTARTED: &str = "wxpush_sessions_restarted_total";
 pub const RECONNECTS: &str = "wxpush_reconnects_total";
 pub const REDIS_NOT_REPLICATED: &str = "wxpush_redis_not_replicated_total";
 pub const RECEIPTS_PUBLISHED: &str = "wxpush_receipts_published_total";
+pub const EVENT_REQUESTS: &str = "wxpush_event_requests_total";
+pub const EVENTS: &str = "wxpush_events_total";
+pub const EVENT_DELIVERIES: &str = "wxpush_event_deliveries_total";
 
 /// Counts a dead letter RabbitMQ refused (its dead-letter queue is full: `reject-publish`), so
 /// that an alert can fire; the message stays with the role, handed back, never dropped.
@@ -118,6 +121,22 @@ pub fn describe() {
     describe_counter!(
         RECONNECTS,
         "Connections re-opened after an outage, by dependency"
+    );
+    describe_counter!(
+        EVENT_REQUESTS,
+        "Requests to the message push endpoint (wxpush events), by result: ok, server_check, \
+         or why it was refused (bad_signature, missing_signature, stale_timestamp, \
+         replayed_nonce, too_large, unknown_app, plain_with_key, bad_envelope, other_app, \
+         bad_body, unavailable, ...)"
+    );
+    describe_counter!(
+        EVENTS,
+        "WeChat push events signed and read, by event (popup, change, sent, other) and result \
+         (applied, repeated: a retried push, ignored_consent_source, unknown_template, ...)"
+    );
+    describe_counter!(
+        EVENT_DELIVERIES,
+        "Subscribe message deliveries WeChat reported (subscribe_msg_sent_event), by outcome"
     );
     describe_counter!(
         REDIS_NOT_REPLICATED,

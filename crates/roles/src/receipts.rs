@@ -195,6 +195,75 @@ impl Drainer {
     }
 }
 
+/// Publishes receipts through a publisher of its own until `shutdown` fires, opening it again
+/// after a broker or Redis failure (for a role without a sender session: `wxpush events`).
+pub async fn publish_until(deps: crate::Deps, mut drainer: Drainer, shutdown: Shutdown) {
+    let mut stop = shutdown.clone();
+    loop {
+        let ran = async {
+            let ch = deps.broker.channel().await?;
+            let declared = drainer.topology.declare_receipts(&ch).await;
+            let _ = ch.close(200, "declared".into()).await;
+            declared?;
+            let publisher = Publisher::open(&deps.broker, drainer.topology.clone()).await?;
+            let r = drainer.run(&publisher, shutdown.clone()).await;
+            publisher.close().await;
+            r
+        };
+        match ran.await {
+            Ok(()) => return,
+            Err(e) => tracing::warn!(error = %e, "receipts not published for now; trying again"),
+        }
+        tokio::select! {
+            _ = stop.wait() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// WeChat's `subscribe_msg_sent_event` ([`crate::events::SentEvents`]) as receipts: the msgid
+/// is matched in the user's shard and a `delivered` or `delivery_failed` receipt written to its
+/// outbox ([`Bank::delivery_receipt`]), then published. A message that asked for no receipt, or
+/// a push WeChat retries (the msgid is forgotten once matched), writes nothing.
+pub struct ReceiptSentEvents {
+    pub bank: Bank,
+    pub outbox: Outbox,
+}
+
+impl crate::events::SentEvents for ReceiptSentEvents {
+    fn delivered<'a>(
+        &'a self,
+        app: &'a AppId,
+        open_id: &'a OpenId,
+        _create_time: i64,
+        delivery: &'a wxpush_wechat::push_event::Delivery,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), wxpush_bank::BankError>> {
+        Box::pin(async move {
+            let delivered = delivery.error_code == 0;
+            let outcome = if delivered {
+                "delivered"
+            } else {
+                "delivery_failed"
+            };
+            let matched = match delivery.msg_id.trim().parse::<i64>() {
+                Ok(msgid) => {
+                    self.bank
+                        .delivery_receipt(app, open_id, msgid, delivered)
+                        .await?
+                }
+                Err(_) => false,
+            };
+            if matched {
+                self.outbox.settled(app, open_id);
+            }
+            metrics::counter!(m::EVENT_DELIVERIES, "outcome" => outcome, "matched" => if matched { "yes" } else { "no" })
+                .increment(1);
+            tracing::debug!(app = %app, msg_id = %delivery.msg_id, outcome, matched, "subscribe message delivery reported by WeChat");
+            Ok(())
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

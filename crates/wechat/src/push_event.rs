@@ -269,11 +269,84 @@ fn json(body: &[u8]) -> Result<Raw, PushParseError> {
     })
 }
 
+/// Deepest element nesting read: WeChat's pushes nest 4 deep. quick-xml's serde reader
+/// recurses into nested elements, so deeper input (64 KiB holds thousands of levels) would
+/// overflow the stack: it is refused before it is read.
+pub const MAX_XML_DEPTH: usize = 32;
+
+/// Whether `text`'s elements nest at most `max` deep. Tags are read with their quoted
+/// attribute values, comments, CDATA sections and processing instructions skipped, so no
+/// text inside them counts; anything unterminated ends the scan (the parser refuses it).
+fn xml_depth_within(text: &[u8], max: usize) -> bool {
+    fn find(text: &[u8], from: usize, what: &[u8]) -> Option<usize> {
+        text.get(from..)?
+            .windows(what.len())
+            .position(|w| w == what)
+            .map(|p| from + p)
+    }
+    let mut depth = 0usize;
+    let mut i = 0;
+    while let Some(lt) = text
+        .get(i..)
+        .and_then(|t| t.iter().position(|b| *b == b'<'))
+    {
+        i += lt;
+        let rest = &text[i..];
+        let skip_to = |end: &[u8]| find(text, i, end).map(|e| e + end.len());
+        let next = if rest.starts_with(b"<![CDATA[") {
+            skip_to(b"]]>")
+        } else if rest.starts_with(b"<!--") {
+            skip_to(b"-->")
+        } else if rest.starts_with(b"<?") || rest.starts_with(b"<!") {
+            skip_to(b">")
+        } else {
+            // A start or end tag: up to its '>' outside quotes.
+            let mut quote = None;
+            let mut end = None;
+            for (k, &b) in rest.iter().enumerate().skip(1) {
+                match (quote, b) {
+                    (Some(q), _) if b == q => quote = None,
+                    (Some(_), _) => {}
+                    (None, b'"' | b'\'') => quote = Some(b),
+                    (None, b'>') => {
+                        end = Some(k);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            let Some(end) = end else {
+                return true;
+            };
+            if rest.starts_with(b"</") {
+                depth = depth.saturating_sub(1);
+            } else if rest[end - 1] != b'/' {
+                depth += 1;
+                if depth > max {
+                    return false;
+                }
+            }
+            Some(i + end + 1)
+        };
+        match next {
+            Some(n) => i = n,
+            None => return true,
+        }
+    }
+    true
+}
+
 fn xml(body: &[u8]) -> Result<Raw, PushParseError> {
     let text = std::str::from_utf8(body).map_err(|_| PushParseError::Syntax {
         format: "XML",
         reason: "not UTF-8".into(),
     })?;
+    if !xml_depth_within(body, MAX_XML_DEPTH) {
+        return Err(PushParseError::Syntax {
+            format: "XML",
+            reason: format!("elements nest deeper than {MAX_XML_DEPTH}"),
+        });
+    }
     quick_xml::de::from_str(text).map_err(|e| PushParseError::Syntax {
         format: "XML",
         reason: e.to_string(),
@@ -412,5 +485,190 @@ mod tests {
             parse_json(br#"{"ToUserName":"gh_1","CreateTime":1}"#),
             Err(PushParseError::Missing("FromUserName"))
         );
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::push_crypto::PushCipher;
+    use proptest::prelude::*;
+
+    fn item() -> impl Strategy<Value = (String, bool, Option<i64>)> {
+        (
+            "[A-Za-z0-9_-]{1,40}",
+            any::<bool>(),
+            proptest::option::of(0i64..4),
+        )
+    }
+
+    fn json_body(
+        who: &str,
+        at: i64,
+        items: &[(String, bool, Option<i64>)],
+        as_array: bool,
+    ) -> String {
+        let list: Vec<serde_json::Value> = items
+            .iter()
+            .map(|(t, ok, scene)| {
+                let mut v = serde_json::json!({"TemplateId": t,
+                    "SubscribeStatusString": if *ok { "accept" } else { "reject" }});
+                if let Some(s) = scene {
+                    v["PopupScene"] = serde_json::json!(s.to_string());
+                }
+                v
+            })
+            .collect();
+        let list = match list.as_slice() {
+            [one] if !as_array => one.clone(),
+            _ => serde_json::Value::Array(list),
+        };
+        serde_json::json!({"ToUserName": "gh_1", "FromUserName": who, "CreateTime": at,
+            "MsgType": "event", "Event": "subscribe_msg_popup_event", "List": list})
+        .to_string()
+    }
+
+    fn xml_body(who: &str, at: i64, items: &[(String, bool, Option<i64>)]) -> String {
+        let mut lists = String::new();
+        for (t, ok, scene) in items {
+            lists.push_str(&format!(
+                "<List><TemplateId><![CDATA[{t}]]></TemplateId><SubscribeStatusString>\
+                 <![CDATA[{}]]></SubscribeStatusString>",
+                if *ok { "accept" } else { "reject" }
+            ));
+            if let Some(s) = scene {
+                lists.push_str(&format!("<PopupScene>{s}</PopupScene>"));
+            }
+            lists.push_str("</List>");
+        }
+        format!(
+            "<xml><ToUserName><![CDATA[gh_1]]></ToUserName><FromUserName><![CDATA[{who}]]>\
+             </FromUserName><CreateTime>{at}</CreateTime><MsgType><![CDATA[event]]></MsgType>\
+             <Event><![CDATA[subscribe_msg_popup_event]]></Event><SubscribeMsgPopupEvent>\
+             {lists}</SubscribeMsgPopupEvent></xml>"
+        )
+    }
+
+    fn expected(items: &[(String, bool, Option<i64>)]) -> PushEventKind {
+        PushEventKind::Popup(
+            items
+                .iter()
+                .map(|(t, ok, scene)| Consent {
+                    template_id: t.clone(),
+                    accepted: *ok,
+                    scene: *scene,
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn nesting_is_counted_outside_quotes_comments_and_cdata() {
+        assert!(xml_depth_within(b"<a><b/><c></c></a>", 2));
+        assert!(!xml_depth_within(b"<a><b><c></c></b></a>", 2));
+        // A '>' or '/>' inside an attribute's quotes does not end the tag.
+        assert!(!xml_depth_within(b"<a x=\"/>\"><a y='/>'><a>", 2));
+        // Tags inside CDATA or a comment are text.
+        assert!(xml_depth_within(
+            b"<a><![CDATA[<b><c><d>]]><!-- <e><f> --></a>",
+            1
+        ));
+        assert!(xml_depth_within(
+            b"<?xml version=\"1.0\"?><!DOCTYPE x><a></a>",
+            1
+        ));
+        assert!(
+            xml_depth_within(b"<a><b", 1),
+            "unterminated: left to the parser"
+        );
+    }
+
+    /// Deep nesting (what 64 KiB can hold) is an error or an event, not a stack overflow.
+    #[test]
+    fn deeply_nested_bodies_do_not_overflow_the_stack() {
+        let depth = 64 * 1024 / 7;
+        for inner in ["a", "List", "SubscribeMsgPopupEvent"] {
+            let xml = format!(
+                "<xml><FromUserName>oA</FromUserName><{inner}>{}{}</{inner}></xml>",
+                "<a>".repeat(depth),
+                "</a>".repeat(depth)
+            );
+            let _ = parse_xml(xml.as_bytes());
+            let _ = envelope(xml.as_bytes(), true);
+        }
+        let json = format!("{{\"List\":{}{}}}", "[".repeat(depth), "]".repeat(depth));
+        let _ = parse_json(json.as_bytes());
+        let json = format!(
+            "{{\"x\":{}1{}}}",
+            "{\"a\":".repeat(depth),
+            "}".repeat(depth)
+        );
+        let _ = parse_json(json.as_bytes());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
+
+        /// Any bytes at all: an event or an error, never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_json(&body);
+            let _ = parse_xml(&body);
+            let _ = envelope(&body, true);
+            let _ = envelope(&body, false);
+        }
+
+        /// Text shaped like a push, cut or spliced anywhere: never a panic.
+        #[test]
+        fn damaged_pushes_never_panic(
+            items in proptest::collection::vec(item(), 1..4),
+            cut in any::<prop::sample::Index>(),
+            junk in "[<>{}\\[\\]\"&;/A-Za-z0-9 ]{0,12}",
+        ) {
+            for body in [json_body("oA", 1, &items, false), xml_body("oA", 1, &items)] {
+                let at = cut.index(body.len() + 1);
+                let at = (0..=at).rev().find(|i| body.is_char_boundary(*i)).unwrap_or(0);
+                let damaged = format!("{}{junk}{}", &body[..at], &body[at..]);
+                let truncated = &body[..at];
+                for b in [damaged.as_bytes(), truncated.as_bytes()] {
+                    let _ = parse_json(b);
+                    let _ = parse_xml(b);
+                }
+            }
+        }
+
+        /// A popup of one item or several reads back the same in JSON (List an object or an
+        /// array) and in XML.
+        #[test]
+        fn popups_read_back_in_json_and_xml(
+            who in "o[A-Za-z0-9_-]{5,30}",
+            at in 0i64..4_000_000_000,
+            items in proptest::collection::vec(item(), 1..6),
+            as_array in any::<bool>(),
+        ) {
+            let want = expected(&items);
+            let j = parse_json(json_body(&who, at, &items, as_array).as_bytes()).unwrap();
+            prop_assert_eq!(&j.kind, &want);
+            prop_assert_eq!(j.create_time, at);
+            prop_assert_eq!(&j.open_id, &who);
+            let x = parse_xml(xml_body(&who, at, &items).as_bytes()).unwrap();
+            prop_assert_eq!(&x.kind, &want);
+            prop_assert_eq!(x.create_time, at);
+        }
+
+        /// Sealed and opened again, whatever the message; arbitrary `Encrypt` text opens to an
+        /// error, never a panic.
+        #[test]
+        fn the_envelope_round_trips_and_never_panics(
+            message in proptest::collection::vec(any::<u8>(), 0..300),
+            random in any::<[u8; 16]>(),
+            junk in "[A-Za-z0-9+/=]{0,200}",
+        ) {
+            let cipher = PushCipher::new("abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG").unwrap();
+            let sealed = cipher.seal(&message, "wx1", random);
+            prop_assert_eq!(cipher.open(&sealed, "wx1").unwrap(), message);
+            prop_assert!(cipher.open(&sealed, "wx2").is_err());
+            let _ = cipher.open(&junk, "wx1");
+        }
     }
 }
