@@ -1,8 +1,10 @@
 //! `wxpush message status ID [--app APPID] [--json]` (contract 8.2): what became of a single
-//! message, from what its published receipts left in Redis (`{ns}:ms:{<app>.<n>}:<day>`, kept
-//! 9 days): its outcome, WeChat's errcode and msgid, when, and WeChat's delivery event if one
-//! came. A message not sent yet, still being sent, or whose receipt is not out yet has none:
-//! the command says so and exits 1, like `campaign status` for an unknown campaign.
+//! message, from what the senders and its published receipts left in Redis
+//! (`{ns}:ms:{<app>.<n>}:<day>`, kept 9 days): the user it was sent to, its outcome, WeChat's
+//! errcode and msgid, when, and WeChat's delivery event if one came. A message a sender took
+//! but whose receipt is not out yet is `pending`; one no sender took yet (or older than 9
+//! days) is unknown: the command says so and exits 1, like `campaign status` for an unknown
+//! campaign.
 //!
 //! This module only reads; it must not change anything.
 
@@ -31,18 +33,18 @@ pub async fn status(
     let bank = Reader::new(config)?.connection().await?;
     let mut found = Vec::new();
     for app in &apps {
-        let receipts = bank
+        let status = bank
             .message_status(app, id)
             .await
             .map_err(|e| anyhow!("cannot read message {id}'s status: {e}"))?;
-        if !receipts.is_empty() {
-            found.push((app.clone(), receipts));
+        if status != wxpush_bank::MessageStatus::default() {
+            found.push((app.clone(), status));
         }
     }
-    let (app, receipts) = match found.len() {
+    let (app, status) = match found.len() {
         0 => {
             return Err(anyhow!(
-                "no outcome of message {id} in namespace {} ({}): not sent yet, still being sent, or more than 9 days ago",
+                "no message {id} in namespace {} ({}): no sender took it yet, or it was more than 9 days ago",
                 config.namespace,
                 crate::configured_apps(config)
             ))
@@ -56,23 +58,23 @@ pub async fn status(
             ));
         }
     };
-    let parsed: Vec<Value> = receipts
-        .iter()
-        .filter_map(|r| serde_json::from_str(r).ok())
-        .collect();
-    let send = parsed
-        .iter()
-        .find(|r| !matches!(r["outcome"].as_str(), Some("delivered" | "delivery_failed")));
-    let delivery = parsed
-        .iter()
-        .find(|r| matches!(r["outcome"].as_str(), Some("delivered" | "delivery_failed")));
+    let parse = |r: &Option<String>| -> Option<Value> {
+        r.as_deref().and_then(|r| serde_json::from_str(r).ok())
+    };
+    let (send, delivery) = (parse(&status.outcome), parse(&status.delivery));
+    let (send, delivery) = (send.as_ref(), delivery.as_ref());
+    let user = status
+        .open_id
+        .clone()
+        .map(Value::String)
+        .or_else(|| send.or(delivery).map(|r| r["openId"].clone()));
     if json {
         let out = json!({
             "messageId": id,
             "appId": app.as_str(),
-            "openId": send.or(delivery).map(|r| r["openId"].clone()),
+            "openId": user,
             "templateId": send.or(delivery).map(|r| r["templateId"].clone()),
-            "outcome": send.map(|r| r["outcome"].clone()),
+            "outcome": send.map_or_else(|| json!("pending"), |r| r["outcome"].clone()),
             "errcode": send.map(|r| r["errcode"].clone()),
             "msgid": send.map(|r| r["msgid"].clone()),
             "at": send.map(|r| r["at"].clone()),
@@ -95,9 +97,18 @@ pub async fn status(
     let rows = [
         ("message", id.to_owned()),
         ("app", app.to_string()),
-        ("user", text(send.or(delivery), "openId")),
+        (
+            "user",
+            user.as_ref()
+                .and_then(Value::as_str)
+                .unwrap_or("-")
+                .to_owned(),
+        ),
         ("template", text(send.or(delivery), "templateId")),
-        ("outcome", text(send, "outcome")),
+        (
+            "outcome",
+            send.map_or_else(|| "pending".to_owned(), |_| text(send, "outcome")),
+        ),
         ("errcode", text(send, "errcode")),
         ("msgid", text(send, "msgid")),
         ("at", at(send)),

@@ -195,6 +195,19 @@ async fn a_campaign_in_parts_counts_every_part_and_reaches_each_user_once() {
             json!(format!("Hello {who}"))
         );
     }
+    // A part that disagrees with the others (another number of parts) is refused.
+    let mut odd = part(1);
+    odd["parts"] = json!(4);
+    f.publish_campaign(odd).await;
+    let seen = std::sync::Mutex::new(Vec::new());
+    let refused = eventually(Duration::from_secs(30), || async {
+        let got = f.env.drain_dead_letters(&f.deps.broker, "dispatch").await;
+        let mut seen = seen.lock().unwrap();
+        seen.extend(got.into_iter().map(|(_, code, _)| code));
+        seen.iter().any(|c| c == "part_conflict")
+    })
+    .await;
+    assert!(refused, "a disagreeing part is refused");
     // A part again after the end: nothing new.
     f.publish_campaign(part(1)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -141,5 +141,21 @@ async fn a_bad_message_is_dead_lettered_with_its_reason_and_the_rest_go_on() {
     let sent = eventually(Duration::from_secs(30), || async { delivered(&f) == 1 }).await;
     assert!(sent);
     assert_eq!(f.delivered_per_user().get(&users[1]), Some(&1));
+    // The same messageId for another user: refused, nothing sent (one message per messageId).
+    f.publish_messages(&[template_message("good", &users[0])])
+        .await;
+    let seen = std::sync::Mutex::new(Vec::new());
+    let reused = eventually(Duration::from_secs(30), || async {
+        let got = f.env.drain_dead_letters(&f.deps.broker, "messages").await;
+        let mut seen = seen.lock().unwrap();
+        seen.extend(got.into_iter().map(|(_, code, _)| code));
+        seen.iter().any(|c| c == "message_id_reused")
+    })
+    .await;
+    assert!(reused);
+    assert_eq!(f.delivered_per_user().get(&users[0]), None);
+    let status = wxpush_testkit::run(&f.env, &["message", "status", "good", "--json"]);
+    let v: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(v["openId"], json!(users[1]), "bound to its first user");
     f.stop_all();
 }

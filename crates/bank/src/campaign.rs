@@ -262,6 +262,9 @@ pub enum Marked {
     Done(String),
     /// Another job's attempt holds the recipient's lease: look again after this long.
     Busy(Duration),
+    /// Another job's lease on the recipient ran out: that job's copy (or `campaign retry`)
+    /// owns the recipient, not this one.
+    Superseded,
 }
 
 impl Bank {
@@ -295,6 +298,7 @@ impl Bank {
         };
         match text(reply.first()).as_deref() {
             Some("recorded") => Ok(Marked::Recorded),
+            Some("superseded") => Ok(Marked::Superseded),
             Some("done") => Ok(Marked::Done(text(reply.get(1)).unwrap_or_default())),
             Some("busy") => {
                 let ms = match reply.get(1) {

@@ -37,6 +37,17 @@ fn status_field(receipt: &str) -> Option<(String, String)> {
     Some((id, field))
 }
 
+/// What [`Bank::message_status`] found of a single message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageStatus {
+    /// The openId its messageId is bound to.
+    pub open_id: Option<String>,
+    /// The receipt of its send's outcome (JSON).
+    pub outcome: Option<String>,
+    /// The receipt of WeChat's delivery event (JSON).
+    pub delivery: Option<String>,
+}
+
 impl Bank {
     /// The oldest `n` receipts of one outbox (JSON), oldest first.
     pub async fn receipt_outbox_page(
@@ -85,26 +96,57 @@ impl Bank {
         Ok(replicated?)
     }
 
-    /// What is kept of single message `id`: its receipts (JSON) from the newest day's on, the
-    /// send's outcome first, then the delivery event's; empty when none was published within
-    /// [`MESSAGE_STATUS_DAYS`] days.
-    pub async fn message_status(&self, app: &AppId, id: &str) -> Result<Vec<String>, BankError> {
+    /// Binds single message `id` to `open_id` for [`MESSAGE_STATUS_DAYS`] days (at most one
+    /// WeChat message per messageId and app): the openId it is bound to, `open_id` itself when
+    /// it is this user's (bound now or before). One script in the id's slot.
+    pub async fn bind_message(
+        &self,
+        app: &AppId,
+        id: &str,
+        open_id: &OpenId,
+    ) -> Result<String, BankError> {
+        let n = shard_of_text(id);
+        let today = unix_day();
+        let days: Vec<i64> = (today - (MESSAGE_STATUS_DAYS - 1)..=today + 1)
+            .rev()
+            .collect();
+        let mut cmd = self.scripts.message_bind.evalsha();
+        cmd.arg(days.len());
+        for day in days {
+            cmd.arg(self.keys.message_status(app, n, day));
+        }
+        cmd.arg(id)
+            .arg(open_id.as_str())
+            .arg(MESSAGE_STATUS_DAYS * 86_400);
+        self.scripts
+            .run_applied(&mut self.conn.clone(), &cmd, self.settings.wait_replicas)
+            .await?
+            .replicated()
+    }
+
+    /// What is kept of single message `id` over the last [`MESSAGE_STATUS_DAYS`] days: the
+    /// user it is bound to ([`Bank::bind_message`]; `None` when no sender took it yet), the
+    /// receipt of its send's outcome and the one of WeChat's delivery event (JSON), each the
+    /// newest kept.
+    pub async fn message_status(&self, app: &AppId, id: &str) -> Result<MessageStatus, BankError> {
         let n = shard_of_text(id);
         let today = unix_day();
         let mut cmds = Vec::new();
         for day in (today - MESSAGE_STATUS_DAYS..=today + 1).rev() {
             let mut cmd = redis::cmd("HMGET");
             cmd.arg(self.keys.message_status(app, n, day))
+                .arg(format!("{id} u"))
                 .arg(id)
                 .arg(format!("{id} d"));
             cmds.push(cmd);
         }
         let found: Vec<Vec<Option<String>>> = self.read_batch(cmds).await?;
-        Ok(found
-            .into_iter()
-            .find(|f| f.iter().any(Option::is_some))
-            .map(|f| f.into_iter().flatten().collect())
-            .unwrap_or_default())
+        let newest = |i: usize| found.iter().find_map(|f| f.get(i).cloned().flatten());
+        Ok(MessageStatus {
+            open_id: newest(0),
+            outcome: newest(1),
+            delivery: newest(2),
+        })
     }
 
     /// The shards of `app` whose outbox holds a receipt settled more than `older` ago (one
@@ -154,7 +196,8 @@ impl Bank {
     }
 
     /// Writes the receipt of WeChat's delivery event for `msgid`, a message to `open_id`
-    /// (`delivered`, else `delivery_failed`) into the user's shard's outbox, if the message had
+    /// (`delivered` when `errcode`, WeChat's `ErrorCode`, is 0, else `delivery_failed`; the
+    /// receipt's `errcode` is it) into the user's shard's outbox, if the message had
     /// receipts and was sent within the last two days; the msgid is forgotten with it, so a push
     /// WeChat retries writes nothing more. Returns whether a receipt was written.
     pub async fn delivery_receipt(
@@ -162,7 +205,7 @@ impl Bank {
         app: &AppId,
         open_id: &OpenId,
         msgid: i64,
-        delivered: bool,
+        errcode: i64,
     ) -> Result<bool, BankError> {
         let shard = shard_of(open_id);
         let today = unix_day();
@@ -173,11 +216,12 @@ impl Bank {
             .arg(self.keys.receipt_msgids(app, shard, today - 1))
             .arg(self.keys.receipt_msgids(app, shard, today + 1))
             .arg(msgid)
-            .arg(if delivered {
+            .arg(if errcode == 0 {
                 "delivered"
             } else {
                 "delivery_failed"
-            });
+            })
+            .arg(errcode);
         let written: i64 = self
             .scripts
             .run_applied(&mut self.conn.clone(), &cmd, self.settings.wait_replicas)

@@ -90,6 +90,7 @@ pub(crate) struct Scripts {
     pub(crate) campaign_requeue: BankScript,
     pub(crate) campaign_outcome: BankScript,
     pub(crate) receipt_delivery: BankScript,
+    pub(crate) message_bind: BankScript,
     pub(crate) record_open: BankScript,
     pub(crate) record_write: BankScript,
     pub(crate) record_stop: BankScript,
@@ -141,6 +142,7 @@ pub(crate) fn get() -> &'static Scripts {
             include_str!("lua/campaign_outcome.lua")
         )),
         receipt_delivery: Lua::new(include_str!("lua/receipt_delivery.lua")),
+        message_bind: Lua::new(include_str!("lua/message_bind.lua")),
         // The record's field names come from record.rs (`crate::record::lua_prelude`).
         record_open: Lua::new(&crate::record::with_prelude(include_str!(
             "lua/record_open.lua"
@@ -163,7 +165,7 @@ pub(crate) fn get() -> &'static Scripts {
 }
 
 impl Scripts {
-    fn all(&self) -> [&Lua; 18] {
+    fn all(&self) -> [&Lua; 19] {
         [
             &self.store,
             &self.claim,
@@ -178,6 +180,7 @@ impl Scripts {
             &self.campaign_requeue,
             &self.campaign_outcome,
             &self.receipt_delivery,
+            &self.message_bind,
             &self.record_open,
             &self.record_write,
             &self.record_stop,

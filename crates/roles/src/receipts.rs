@@ -37,6 +37,8 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
 pub const STALE_AFTER: Duration = Duration::from_secs(3);
 /// Receipts published per confirmation round.
 const BATCH: usize = 200;
+/// Outboxes drained at once (each a read, a confirmed publish and a removal).
+const IN_FLIGHT: usize = 16;
 
 /// The fields of `job`'s receipts (JSON without its closing brace, see
 /// [`wxpush_bank::Receipt`]), if it asks for receipts.
@@ -136,9 +138,7 @@ impl Drainer {
                     while let Ok(more) = self.rx.try_recv() {
                         shards.insert(more);
                     }
-                    for (app, shard) in shards {
-                        self.drain(publisher, &app, shard).await?;
-                    }
+                    self.drain_all(publisher, shards).await?;
                 }
                 _ = sweep.tick() => self.sweep(publisher).await?,
             }
@@ -177,6 +177,23 @@ impl Drainer {
         }
     }
 
+    /// Drains the outboxes of `shards`, [`IN_FLIGHT`] at a time; the receipts published.
+    pub async fn drain_all(
+        &self,
+        publisher: &Publisher,
+        shards: impl IntoIterator<Item = (AppId, u16)>,
+    ) -> Result<usize, RoleError> {
+        use futures_util::StreamExt;
+        let mut drains = futures_util::stream::iter(shards)
+            .map(|(app, shard)| async move { self.drain(publisher, &app, shard).await })
+            .buffer_unordered(IN_FLIGHT);
+        let mut published = 0;
+        while let Some(n) = drains.next().await {
+            published += n?;
+        }
+        Ok(published)
+    }
+
     /// One process of the fleet at a time (a lease of [`SWEEP_EVERY`]): every outbox of every
     /// app holding a receipt older than [`STALE_AFTER`] is drained.
     async fn sweep(&self, publisher: &Publisher) -> Result<(), RoleError> {
@@ -184,11 +201,13 @@ impl Drainer {
             return Ok(());
         }
         for app in &self.apps {
-            for shard in self.bank.receipt_outboxes_stale(app, STALE_AFTER).await? {
-                let n = self.drain(publisher, app, shard).await?;
-                if n > 0 {
-                    tracing::info!(app = %app, shard, receipts = n, "published receipts left in an outbox");
-                }
+            let stale = self.bank.receipt_outboxes_stale(app, STALE_AFTER).await?;
+            let shards = stale.len();
+            let n = self
+                .drain_all(publisher, stale.into_iter().map(|s| (app.clone(), s)))
+                .await?;
+            if n > 0 {
+                tracing::info!(app = %app, shards, receipts = n, "published receipts left in outboxes");
             }
         }
         Ok(())
@@ -248,7 +267,7 @@ impl crate::events::SentEvents for ReceiptSentEvents {
             let matched = match delivery.msg_id.trim().parse::<i64>() {
                 Ok(msgid) => {
                     self.bank
-                        .delivery_receipt(app, open_id, msgid, delivered)
+                        .delivery_receipt(app, open_id, msgid, delivery.error_code)
                         .await?
                 }
                 Err(_) => false,

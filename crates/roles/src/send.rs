@@ -552,10 +552,17 @@ impl Sender {
             user = %valid.open_id.masked(),
             attempt = valid.job.attempt
         );
-        self.handle_valid(&delivery, &valid).instrument(span).await
+        self.handle_valid(&delivery, &valid, source)
+            .instrument(span)
+            .await
     }
 
-    async fn handle_valid(&self, delivery: &Delivery, valid: &ValidJob) -> Result<(), RoleError> {
+    async fn handle_valid(
+        &self,
+        delivery: &Delivery,
+        valid: &ValidJob,
+        source: Source,
+    ) -> Result<(), RoleError> {
         let disposition = match self.process(valid).await {
             Ok(d) => d,
             Err(e) if e.is_recoverable() => {
@@ -618,12 +625,13 @@ impl Sender {
             Disposition::GiveUp { outcome, reason } => {
                 tracing::warn!(%outcome, %reason, "send outcome");
                 self.count(&outcome);
-                self.dead_letter(delivery, "gave_up", &reason).await;
+                self.dead_letter_from(source, delivery, "gave_up", &reason)
+                    .await;
                 return Ok(());
             }
             Disposition::Refuse { code, reason } => {
                 tracing::warn!(code, reason = %wxpush_domain::short_reason(&reason), "send job dead-lettered");
-                self.dead_letter(delivery, code, &reason).await;
+                self.dead_letter_from(source, delivery, code, &reason).await;
                 return Ok(());
             }
         };
@@ -684,15 +692,19 @@ impl Sender {
         after: Duration,
     ) -> Result<(), RoleError> {
         let queue = self.topology.delay_queue_for(app, delay_tier(after));
+        // It comes back for the app it was resolved to now (a single message may name none),
+        // whatever the default is then.
+        let body = if job.app_id.is_none() {
+            let mut pinned = job.clone();
+            pinned.app_id = Some(app.to_string());
+            pinned.to_json()
+        } else {
+            job.to_json()
+        };
         self.publisher
-            .publish("", &queue, &job.to_json(), BasicProperties::default())
+            .publish("", &queue, &body, BasicProperties::default())
             .await?;
         Ok(())
-    }
-
-    async fn dead_letter(&self, delivery: &Delivery, code: &str, reason: &str) {
-        self.dead_letter_from(Source::Job, delivery, code, reason)
-            .await
     }
 
     /// Dead-letters a delivery of `source`'s queue to its dead-letter queue

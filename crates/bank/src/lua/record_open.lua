@@ -15,8 +15,14 @@ local part = tonumber(ARGV[9])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- A campaign is sent whole or in parts, never both under one id.
-local main_state, main_parts = unpack(redis.call('HMGET', main, F.state, F.parts))
+local main_state, main_parts, main_kind, main_template =
+  unpack(redis.call('HMGET', main, F.state, F.parts, F.kind, F.template_id))
 if (part > 0 and main_state and not main_parts) or (part == 0 and main_parts) then
+  return {'conflict'}
+end
+-- The parts of one campaign agree on its template, kind and number of parts.
+if part > 0 and main_parts and (main_parts ~= ARGV[10] or main_kind ~= ARGV[4]
+    or main_template ~= ARGV[5]) then
   return {'conflict'}
 end
 if part > 0 then
@@ -27,6 +33,10 @@ if part > 0 then
       F.audience, ARGV[6], F.state, S.dispatching, F.parts, ARGV[10], F.job, ARGV[8])
     redis.call('HSETNX', main, F.targeted, 0)
     redis.call('EXPIRE', main, ttl)
+  end
+  -- One personalised part makes the campaign's jobs not rebuildable from its template.
+  if ARGV[6] == 'recipients' then
+    redis.call('HSET', main, F.audience, ARGV[6])
   end
   if redis.call('HSETNX', main, 'part ' .. part, 1) == 1 then
     redis.call('HINCRBY', main, F.parts_received, 1)

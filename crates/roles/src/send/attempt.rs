@@ -78,17 +78,34 @@ impl Sender {
             });
         };
         let job = &valid.job;
+        if self.campaign_stopped(app, job).await? {
+            return Ok(Disposition::Done(Recorded::Stopped));
+        }
         if job.kind == JobKind::Invalid {
             return self.invalid(app, valid).await;
+        }
+        if job.single {
+            // At most one WeChat message per messageId and app: the id is bound to its first
+            // user, and the same id for another user is refused, nothing sent.
+            let bound = self
+                .bank
+                .bind_message(app, &job.campaign_id, &valid.open_id)
+                .await?;
+            if bound != valid.open_id.as_str() {
+                return Ok(Disposition::Refuse {
+                    code: "message_id_reused",
+                    reason: format!(
+                        "messageId {} was sent to another user of app {app}",
+                        job.campaign_id
+                    ),
+                });
+            }
         }
         if let Some(wait) = fleet.pause.paused_for().await {
             return Ok(Disposition::Park {
                 job: job.clone(),
                 after: until_pause_ends(wait),
             });
-        }
-        if self.campaign_stopped(app, job).await? {
-            return Ok(Disposition::Done(Recorded::Stopped));
         }
         let mut a = Attempt {
             valid,
@@ -273,6 +290,7 @@ impl Sender {
                 job: job.clone(),
                 after: left.clamp(Duration::from_secs(1), BUSY_RECHECK),
             },
+            Marked::Superseded => Disposition::Superseded,
         })
     }
 
