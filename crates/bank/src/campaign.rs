@@ -36,7 +36,7 @@
 
 use std::time::Duration;
 
-use redis::Value;
+use redis::{FromRedisValue, Value};
 use wxpush_domain::{AppId, Credential, OpenId, SINGLE_MARK};
 
 use crate::keys::shard_of;
@@ -147,11 +147,15 @@ impl Bank {
         lease: Duration,
         mode: ClaimMode,
     ) -> Result<CampaignClaim, BankError> {
-        self.campaign_claim_with(app, open_id, campaign, owner, lease, mode, None)
+        self.campaign_claim_with(app, open_id, campaign, owner, lease, mode, None, None)
             .await
+            .map(|(claim, _)| claim)
     }
 
-    /// [`Bank::campaign_claim`], with the receipt a `no_credential` outcome is recorded with.
+    /// [`Bank::campaign_claim`], with the receipt a `no_credential` outcome is recorded with,
+    /// and, for a single message (`bind`: its messageId), [`Bank::bind_message`] in the same
+    /// round trip: the claim, and the openId the id is bound to (`None` without `bind`). A
+    /// claim made for an id bound to another user must be settled by the caller (nothing sent).
     #[allow(clippy::too_many_arguments)]
     pub async fn campaign_claim_with(
         &self,
@@ -162,7 +166,8 @@ impl Bank {
         lease: Duration,
         mode: ClaimMode,
         receipt: Option<Receipt<'_>>,
-    ) -> Result<CampaignClaim, BankError> {
+        bind: Option<&str>,
+    ) -> Result<(CampaignClaim, Option<String>), BankError> {
         let mut cmd = self.scripts.campaign_claim.evalsha();
         cmd.arg(6)
             .arg(self.keys.credentials(app, open_id))
@@ -177,12 +182,21 @@ impl Bank {
             .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX))
             .arg(mode.arg())
             .arg(&Self::receipt_args(receipt)[..]);
-        let reply: Vec<Value> = self
-            .scripts
-            .run_applied(&mut self.conn.clone(), &cmd, self.settings.wait_replicas)
-            .await?
-            .replicated()?;
-        parse_campaign_claim(&reply)
+        let (applied, bound) = match bind {
+            Some(id) => {
+                let (applied, bound) = self.run_with_binding(app, open_id, id, &cmd).await?;
+                (applied, Some(bound))
+            }
+            None => (
+                self.scripts
+                    .run_applied(&mut self.conn.clone(), &cmd, self.settings.wait_replicas)
+                    .await?,
+                None,
+            ),
+        };
+        let reply = Vec::<Value>::from_redis_value(applied.replicated()?)
+            .map_err(|e| BankError::Protocol(format!("campaign_claim: {e}")))?;
+        Ok((parse_campaign_claim(&reply)?, bound))
     }
 
     /// Ends an attempt at `campaign`'s message to `open_id` (claimed by either

@@ -219,12 +219,15 @@ impl Bank {
         lease: Duration,
         mode: crate::ClaimMode,
     ) -> Result<CampaignClaim, BankError> {
-        self.campaign_claim_consent_with(app, open_id, campaign, template, owner, lease, mode, None)
-            .await
+        self.campaign_claim_consent_with(
+            app, open_id, campaign, template, owner, lease, mode, None, None,
+        )
+        .await
+        .map(|(claim, _)| claim)
     }
 
     /// [`Bank::campaign_claim_consent`], with the receipt a `no_credential` outcome is
-    /// recorded with.
+    /// recorded with and a single message's binding, as [`Bank::campaign_claim_with`].
     #[allow(clippy::too_many_arguments)]
     pub async fn campaign_claim_consent_with(
         &self,
@@ -236,7 +239,8 @@ impl Bank {
         lease: Duration,
         mode: crate::ClaimMode,
         receipt: Option<crate::Receipt<'_>>,
-    ) -> Result<CampaignClaim, BankError> {
+        bind: Option<&str>,
+    ) -> Result<(CampaignClaim, Option<String>), BankError> {
         let shard = shard_of(open_id);
         let mut cmd = self.scripts.campaign_claim_consent.evalsha();
         cmd.arg(9)
@@ -255,13 +259,23 @@ impl Bank {
             .arg(template)
             .arg(mode.arg())
             .arg(&Self::receipt_args(receipt)[..]);
-        let reply = self
-            .run_consent_write(app, open_id, &cmd)
-            .await?
-            .replicated()?;
-        let reply = Vec::<Value>::from_redis_value(reply)
+        let (applied, bound) = match bind {
+            Some(id) => {
+                let (applied, bound) = self.run_with_binding(app, open_id, id, &cmd).await?;
+                // Bound already: a claim that asks to move the user's consents runs again
+                // alone once they are moved.
+                let applied = if wants_migration(&applied.value) {
+                    self.run_consent_write(app, open_id, &cmd).await?
+                } else {
+                    applied
+                };
+                (applied, Some(bound))
+            }
+            None => (self.run_consent_write(app, open_id, &cmd).await?, None),
+        };
+        let reply = Vec::<Value>::from_redis_value(applied.replicated()?)
             .map_err(|e| BankError::Protocol(format!("campaign_claim_consent: {e}")))?;
-        parse_campaign_claim(&reply)
+        Ok((parse_campaign_claim(&reply)?, bound))
     }
 
     /// `campaign_settle.lua`, run again after moving the user's consents out of the old

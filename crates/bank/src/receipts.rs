@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use redis::Value;
+use redis::{FromRedisValue, Value};
 use wxpush_domain::{AppId, OpenId};
 
 use crate::campaign::unix_day;
@@ -105,6 +105,44 @@ impl Bank {
         id: &str,
         open_id: &OpenId,
     ) -> Result<String, BankError> {
+        let cmd = self.bind_message_cmd(app, id, open_id);
+        self.scripts
+            .run_applied(&mut self.conn.clone(), &cmd, self.settings.wait_replicas)
+            .await?
+            .replicated()
+    }
+
+    /// A claim (`cmd`, in the user's slot) sent with [`Bank::bind_message`] for single message
+    /// `id` in the same round trip (one pipeline on a single node; the two slots at once on a
+    /// cluster): the claim's reply, and the openId the id is bound to.
+    pub(crate) async fn run_with_binding(
+        &self,
+        app: &AppId,
+        open_id: &OpenId,
+        id: &str,
+        cmd: &redis::Cmd,
+    ) -> Result<(crate::Applied<Value>, String), BankError> {
+        let bind = self.bind_message_cmd(app, id, open_id);
+        let (mut replies, replicated) = self
+            .scripts
+            .run_batch(&self.conn, vec![bind, cmd.clone()], self.settings.wait_replicas)
+            .await?;
+        let (Some(claim), Some(bound), true) = (replies.pop(), replies.pop(), replies.is_empty())
+        else {
+            return Err(BankError::Protocol("a bound claim's replies are missing".into()));
+        };
+        let bound = String::from_redis_value(bound)
+            .map_err(|e| BankError::Protocol(format!("message_bind: {e}")))?;
+        Ok((
+            crate::Applied {
+                value: claim,
+                replicated,
+            },
+            bound,
+        ))
+    }
+
+    fn bind_message_cmd(&self, app: &AppId, id: &str, open_id: &OpenId) -> redis::Cmd {
         let n = shard_of_text(id);
         let today = unix_day();
         let days: Vec<i64> = (today - (MESSAGE_STATUS_DAYS - 1)..=today + 1)
@@ -118,10 +156,7 @@ impl Bank {
         cmd.arg(id)
             .arg(open_id.as_str())
             .arg(MESSAGE_STATUS_DAYS * 86_400);
-        self.scripts
-            .run_applied(&mut self.conn.clone(), &cmd, self.settings.wait_replicas)
-            .await?
-            .replicated()
+        cmd
     }
 
     /// What is kept of single message `id` over the last [`MESSAGE_STATUS_DAYS`] days: the

@@ -25,6 +25,7 @@
 //! This module must not decide what an answer means (the table does) nor touch RabbitMQ (the
 //! caller settles the delivery from the [`Disposition`]).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
@@ -84,23 +85,6 @@ impl Sender {
         if job.kind == JobKind::Invalid {
             return self.invalid(app, valid).await;
         }
-        if job.single {
-            // At most one WeChat message per messageId and app: the id is bound to its first
-            // user, and the same id for another user is refused, nothing sent.
-            let bound = self
-                .bank
-                .bind_message(app, &job.campaign_id, &valid.open_id)
-                .await?;
-            if bound != valid.open_id.as_str() {
-                return Ok(Disposition::Refuse {
-                    code: "message_id_reused",
-                    reason: format!(
-                        "messageId {} was sent to another user of app {app}",
-                        job.campaign_id
-                    ),
-                });
-            }
-        }
         if let Some(wait) = fleet.pause.paused_for().await {
             return Ok(Disposition::Park {
                 job: job.clone(),
@@ -112,6 +96,7 @@ impl Sender {
             app,
             receipt: crate::receipts::fields(job, app, &valid.open_id),
             msgid: None,
+            reused: AtomicBool::new(false),
             owner: super::attempt_owner(),
             state: State::new(self.settings.quick_retries),
             quick: Box::new(self.quick_retries()),
@@ -168,6 +153,17 @@ impl Sender {
                         job: job.clone(),
                         after: left.clamp(Duration::from_secs(1), BUSY_RECHECK),
                     })
+                }
+                CampaignClaim::Superseded if a.reused.load(Ordering::Relaxed) => {
+                    // At most one WeChat message per messageId and app: the id is bound to
+                    // its first user, and the same id for another is refused, nothing sent.
+                    return Ok(Disposition::Refuse {
+                        code: "message_id_reused",
+                        reason: format!(
+                            "messageId {} was sent to another user of app {app}",
+                            job.campaign_id
+                        ),
+                    });
                 }
                 CampaignClaim::Superseded => return Ok(Disposition::Superseded),
                 CampaignClaim::NoCredential => {
@@ -324,6 +320,7 @@ impl Sender {
             app,
             receipt: crate::receipts::fields(&valid.job, app, &valid.open_id),
             msgid: None,
+            reused: AtomicBool::new(false),
             owner: super::attempt_owner(),
             state: State::new(0),
             quick: Box::new(std::iter::empty()),
@@ -378,7 +375,9 @@ impl Sender {
         mode: ClaimMode,
     ) -> Result<CampaignClaim, RoleError> {
         let job = &a.valid.job;
-        let claim = match job.kind {
+        // A single message's first claim binds its id to its user in the same round trip.
+        let bind = (job.single && mode == ClaimMode::Take).then_some(job.campaign_id.as_str());
+        let (claim, bound) = match job.kind {
             JobKind::Template => {
                 self.bank
                     .campaign_claim_with(
@@ -389,6 +388,7 @@ impl Sender {
                         CAMPAIGN_LEASE,
                         mode,
                         a.receipt(),
+                        bind,
                     )
                     .await?
             }
@@ -403,12 +403,36 @@ impl Sender {
                         CAMPAIGN_LEASE,
                         mode,
                         a.receipt(),
+                        bind,
                     )
                     .await?
             }
             // Never reached: process() and abandon() record an invalid job without a claim.
-            JobKind::Invalid => CampaignClaim::Superseded,
+            JobKind::Invalid => (CampaignClaim::Superseded, None),
         };
+        if bound.is_some_and(|b| b != a.valid.open_id.as_str()) {
+            // The id is another user's: what this claim took goes back, settled without a
+            // receipt (the message was not this user's to have), and the attempt stops.
+            if matches!(claim, CampaignClaim::Fresh(_) | CampaignClaim::Held { .. }) {
+                let reused = Settle::Final {
+                    outcome: "message_id_reused",
+                    give_back: true,
+                };
+                self.bank
+                    .campaign_settle_with(
+                        a.app,
+                        &a.valid.open_id,
+                        &job.mark_id(),
+                        &job.template_id,
+                        &a.owner,
+                        reused,
+                        None,
+                    )
+                    .await?;
+            }
+            a.reused.store(true, Ordering::Relaxed);
+            return Ok(CampaignClaim::Superseded);
+        }
         metrics::counter!(m::CLAIMS, "result" => claim_result(&claim)).increment(1);
         if matches!(
             claim,
@@ -626,6 +650,8 @@ struct Attempt<'a> {
     receipt: Option<String>,
     /// The msgid WeChat gave this attempt's send.
     msgid: Option<i64>,
+    /// A single message whose id the claim found bound to another user (nothing sent).
+    reused: AtomicBool,
     /// The fencing token: unique to this attempt, the owner of its lease.
     owner: String,
     state: State,
