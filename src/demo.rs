@@ -1,17 +1,25 @@
 //! `wxpush demo`: the one-command showcase (contract sections 1 and 7).
 //!
 //! It runs the whole fleet on this machine against an in-process fake WeChat: `ingest`,
-//! `dispatch` and K `send` processes (children of this same binary), uploads a generated
-//! population of users (formIds, and answers to a subscribe prompt) through the real upload
-//! path (`<ns>.formids`), then publishes two campaigns to `<ns>.campaigns`, one after the
-//! other: a formId campaign to every user, and a subscribe campaign to every user holding a
-//! consent. It shows their progress and ends with a report of both side by side and the
-//! delivery checks (nobody messaged twice, no formId accepted twice, no consent spent beyond
-//! one per user, everyone reachable messaged once, the counts add up).
+//! `dispatch`, K `send` processes and `events` (children of this same binary), uploads a
+//! generated population of users (formIds, and answers to a subscribe prompt) through the
+//! real upload path (`<ns>.formids`), then publishes two campaigns to `<ns>.campaigns`, one
+//! after the other: a formId campaign to every user, and a subscribe campaign to every user
+//! holding a consent. Its third act ships orders for a second app whose consents come from
+//! WeChat's events (`consent_source = "events"`, secure mode, in a `WXPUSH_CONFIG` file the
+//! demo writes; the first app stays `client`, so acts one and two keep their uploads): popup
+//! events pushed by the fake to `wxpush events`, one single message per order (`<ns>.messages`)
+//! with the user's own order number, delivery events, and the receipts counted from a queue
+//! of the demo's own on `<ns>.receipts`. It shows the progress and ends with a report of the
+//! campaigns side by side, the orders, and the delivery checks (nobody messaged twice, no
+//! formId accepted twice, no consent spent beyond one per user, everyone reachable messaged
+//! once, the counts add up; each order sent at most once with its own number, every message
+//! with its receipt, the delivered receipts WeChat's deliveries).
 //!
-//! This module owns the demo's orchestration; its parts are `population` (the users and their
-//! uploads), `fleet` (the role processes), `campaign` (the campaign messages and following
-//! them), `checks`, `report` and `namespace` (claiming and cleaning up). It uses its own
+//! This module owns the demo's orchestration and its configuration (the second app's file,
+//! deleted at the end); its parts are `population` (the users and their uploads), `fleet`
+//! (the role processes), `campaign` (the campaign messages and following them), `orders`
+//! (act three), `checks`, `report` and `namespace` (claiming and cleaning up). It uses its own
 //! namespace (`wxpush-demo` unless one is given) and deletes that namespace's keys, queues
 //! and exchanges at the start and at the end (unless `--keep`). It must not touch anything
 //! outside that namespace: it refuses a namespace that holds data it did not create (for
@@ -22,6 +30,7 @@ mod campaign;
 mod checks;
 mod fleet;
 mod namespace;
+mod orders;
 mod population;
 mod report;
 
@@ -55,6 +64,8 @@ const TEMPLATE: &str = "TPL_DEMO";
 /// The subscribe template users are asked about, the fake knows, and the subscribe campaign
 /// uses.
 const SUB_TEMPLATE: &str = "TPL_ORDER_SHIPPED";
+/// The demo's second app, for the third act (its consents come from WeChat's events).
+const ORDERS_APP_ID: &str = "wxdemoorders0000";
 /// Another subscribe template, sometimes asked about beside [`SUB_TEMPLATE`] and always
 /// declined (so no consent for it is ever stored).
 const OTHER_SUB_TEMPLATE: &str = "TPL_SIGNIN_REMINDER";
@@ -66,8 +77,10 @@ const MAX_LIST_CAMPAIGN_BYTES: usize = 900 * 1024;
 /// How long roles get to stop after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(30);
 
-/// Run everything locally (ingest, dispatch, senders, a fake WeChat), send a formId campaign
-/// and a subscribe campaign to a generated population, and check that nobody got two messages.
+/// Run everything locally (ingest, dispatch, senders, events, a fake WeChat), send a formId
+/// campaign and a subscribe campaign to a generated population, ship orders as single
+/// messages to users whose consents came from WeChat's events, and check that nobody got two
+/// messages and every message has its receipt.
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Users to generate (about 50% with several formIds, 25% with one, 15% with only expired
@@ -129,6 +142,7 @@ struct Setup {
     config: Config,
     secret: String,
     rate: u32,
+    orders: OrdersApp,
 }
 
 impl Setup {
@@ -141,8 +155,15 @@ impl Setup {
             .or(raw.redis_url);
         raw.namespace = Some(given(&common.namespace).unwrap_or_else(|| DEFAULT_NAMESPACE.into()));
         raw.app_id = Some(given(&common.app_id).unwrap_or_else(|| DEFAULT_APP_ID.into()));
-        // The demo runs one app of its own: an install's WXPUSH_CONFIG is not its business.
-        raw.config_file = None;
+        // The demo runs apps of its own: an install's WXPUSH_CONFIG is not its business. Its
+        // second app (act three) is in a file the demo writes.
+        let orders = OrdersApp::new(raw.app_id.as_deref())?;
+        raw.config_file = Some(orders.file.display().to_string());
+        // The first app's consents come from uploads (acts one and two); whatever message push
+        // an install set up is not the demo's.
+        raw.push_token = None;
+        raw.encoding_aes_key = None;
+        raw.consent_source = None;
         // Senders call the in-process fake; whatever WeChat is configured is not used.
         raw.wechat_api_base = None;
         let rate = match args.rate {
@@ -156,7 +177,77 @@ impl Setup {
             config,
             secret: format!("demo{:016x}{:012x}", random_u64(), random_u64() >> 16),
             rate,
+            orders,
         })
+    }
+}
+
+/// The demo's second app (act three): consents from WeChat's events (`consent_source =
+/// "events"`), message push in secure mode. It lives in a `WXPUSH_CONFIG` file the demo
+/// writes (owner-only) into a directory of its own, deleted when this is dropped; the first
+/// app stays the variables' (`WXPUSH_APP_ID`, the default, `consent_source = "client"`).
+struct OrdersApp {
+    id: AppId,
+    secret: String,
+    push_token: String,
+    aes_key: String,
+    dir: std::path::PathBuf,
+    file: std::path::PathBuf,
+}
+
+impl OrdersApp {
+    fn new(first_app: Option<&str>) -> anyhow::Result<Self> {
+        if first_app == Some(ORDERS_APP_ID) {
+            bail!("the demo's second app is {ORDERS_APP_ID}: choose another --app-id");
+        }
+        let id = AppId::new(ORDERS_APP_ID)?;
+        let secret = format!("orders{:016x}", random_u64());
+        let push_token = format!("demo{:016x}", random_u64());
+        // 43 letters and digits.
+        let aes_key: String = format!(
+            "{:016x}{:016x}{:016x}",
+            random_u64(),
+            random_u64(),
+            random_u64()
+        )[..43]
+            .to_owned();
+        let dir = std::env::temp_dir().join(format!(
+            "wxpush-demo-config-{}-{:08x}",
+            std::process::id(),
+            random_u64() as u32
+        ));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let file = dir.join("apps.toml");
+        let text = format!(
+            "# Written by wxpush demo for its third act; deleted when it ends.\n\
+             [[apps]]\nappid = \"{id}\"\nsecret = \"{secret}\"\n\
+             templates = [\"{SUB_TEMPLATE}\"]\npush_token = \"{push_token}\"\n\
+             encoding_aes_key = \"{aes_key}\"\nconsent_source = \"events\"\n"
+        );
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let written = options
+            .open(&file)
+            .and_then(|mut f| f.write_all(text.as_bytes()));
+        let app = Self {
+            id,
+            secret,
+            push_token,
+            aes_key,
+            dir,
+            file,
+        };
+        written.with_context(|| format!("cannot write {}", app.file.display()))?;
+        Ok(app)
+    }
+}
+
+impl Drop for OrdersApp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -169,9 +260,11 @@ async fn demo(
     let ns = setup.config.namespace.to_string();
     let app = setup.config.apps.default_id().clone();
     let users = args.users as usize;
-    let mut fake_config =
-        FakeConfig::with_apps(vec![FakeApp::new(app.as_str(), setup.secret.clone())
-            .with_templates([TEMPLATE, SUB_TEMPLATE])]);
+    let mut fake_config = FakeConfig::with_apps(vec![
+        FakeApp::new(app.as_str(), setup.secret.clone()).with_templates([TEMPLATE, SUB_TEMPLATE]),
+        FakeApp::new(setup.orders.id.as_str(), setup.orders.secret.clone())
+            .with_templates([SUB_TEMPLATE]),
+    ]);
     fake_config.max_recorded_requests = fake_config.max_recorded_requests.max(users * 4);
     let fake = FakeWeChat::start(fake_config)
         .await
@@ -192,14 +285,16 @@ async fn demo(
     let logs = std::env::temp_dir().join(format!("wxpush-demo-{}-{ns}", std::process::id()));
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
     let mut fleet = Fleet::new(logs.clone());
-    let env = role_env(setup, &fake.base_url());
+    let events_addr = free_port()?;
+    let env = role_env(setup, &fake.base_url(), events_addr);
     fleet.spawn("ingest", &["ingest"], &env)?;
     fleet.spawn("dispatch", &["dispatch"], &env)?;
     for k in 1..=args.senders {
         fleet.spawn(&format!("send-{k}"), &["send"], &env)?;
     }
+    fleet.spawn("events", &["events"], &env)?;
     eprintln!(
-        "demo: started ingest, dispatch and {} sender{} (logs in {})",
+        "demo: started ingest, dispatch, {} sender{} and events on {events_addr} (logs in {})",
         args.senders,
         if args.senders == 1 { "" } else { "s" },
         logs.display()
@@ -218,6 +313,18 @@ async fn demo(
     let subscribe_progress =
         campaign::send(deps, setup, topology, &subscribe_plan, &mut fleet).await?;
 
+    // Act three: orders ship to the second app's users, whose consents came from WeChat.
+    let orders = orders::run(
+        deps,
+        topology,
+        &setup.orders,
+        &fake,
+        events_addr,
+        users,
+        &mut fleet,
+    )
+    .await?;
+
     // Stop the fleet, then judge what WeChat saw and what the bank and WeChat hold.
     let exits = fleet.stop_all();
     let requests = fake.requests();
@@ -228,8 +335,13 @@ async fn demo(
         bank: population.bank_consents_left(deps, &app).await?,
         wechat,
     };
-    let form_id_wechat = Deliveries::of(&requests, Endpoint::TemplateSend, TEMPLATE);
-    let subscribe_wechat = Deliveries::of(&requests, Endpoint::SubscribeSend, SUB_TEMPLATE);
+    let form_id_wechat = Deliveries::of(&requests, app.as_str(), Endpoint::TemplateSend, TEMPLATE);
+    let subscribe_wechat = Deliveries::of(
+        &requests,
+        app.as_str(),
+        Endpoint::SubscribeSend,
+        SUB_TEMPLATE,
+    );
     let checks = vec![
         (
             format!("formId campaign ({TEMPLATE})"),
@@ -250,6 +362,13 @@ async fn demo(
                 &left,
             ),
         ),
+        (
+            format!(
+                "orders shipped ({SUB_TEMPLATE}, single messages, app {})",
+                orders.app
+            ),
+            checks::orders(&orders),
+        ),
         ("fleet".to_owned(), vec![checks::fleet(&exits, &logs)]),
     ];
 
@@ -265,6 +384,7 @@ async fn demo(
             shown(&subscribe_plan, &subscribe_progress, &subscribe_wechat),
         ],
         token_fetches,
+        orders: &orders,
         checks: &checks,
     }
     .render();
@@ -374,18 +494,26 @@ fn shown<'a>(plan: &'a Plan, progress: &'a Progress, wechat: &'a Deliveries) -> 
 }
 
 /// The environment of the role processes.
-fn role_env(setup: &Setup, api_base: &str) -> Vec<(&'static str, String)> {
+fn role_env(
+    setup: &Setup,
+    api_base: &str,
+    events_addr: std::net::SocketAddr,
+) -> Vec<(&'static str, String)> {
     let c = &setup.config;
     vec![
         ("WXPUSH_NAMESPACE", c.namespace.to_string()),
         ("WXPUSH_APP_ID", c.apps.default_id().to_string()),
-        // Empty counts as unset: the roles serve the demo's app only.
-        ("WXPUSH_CONFIG", String::new()),
+        // The second app (act three); the first is the variables'.
+        ("WXPUSH_CONFIG", setup.orders.file.display().to_string()),
         ("WXPUSH_APP_SECRET", setup.secret.clone()),
         ("WXPUSH_WECHAT_API_BASE", api_base.to_owned()),
         ("WXPUSH_REDIS_URL", c.redis_url.expose().to_owned()),
         ("WXPUSH_AMQP_URL", c.amqp_url.expose().to_owned()),
         ("WXPUSH_SEND_RATE", setup.rate.to_string()),
+        ("WXPUSH_PUSH_TOKEN", String::new()),
+        ("WXPUSH_ENCODING_AES_KEY", String::new()),
+        ("WXPUSH_CONSENT_SOURCE", String::new()),
+        ("WXPUSH_EVENTS_ADDR", events_addr.to_string()),
         ("WXPUSH_LOG", "warn".into()),
         ("WXPUSH_LOG_FORMAT", String::new()),
         ("WXPUSH_HTTP_ADDR", "127.0.0.1:0".into()),
@@ -408,6 +536,13 @@ async fn stop_requested() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// A free port on loopback (for `wxpush events`).
+fn free_port() -> anyhow::Result<std::net::SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .context("cannot find a free port for wxpush events")?;
+    Ok(listener.local_addr()?)
 }
 
 fn unix_ms() -> i64 {

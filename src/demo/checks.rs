@@ -4,8 +4,10 @@
 //! For the formId campaign: nobody messaged twice, no formId accepted twice, everyone with a
 //! usable formId messaged once, the outcomes add up. For the subscribe campaign: nobody got
 //! two subscribe messages, everyone holding a consent got one, no consent was spent beyond
-//! one per user (the bank's count and WeChat's agree, user by user), the outcomes add up. And
-//! every role stopped cleanly.
+//! one per user (the bank's count and WeChat's agree, user by user), the outcomes add up. For
+//! the orders (act three): the consents came from WeChat's events, each order reached WeChat
+//! at most once with its user's own order number, every message has its receipt, and the
+//! delivered receipts are WeChat's deliveries. And every role stopped cleanly.
 //!
 //! This module owns those judgments. It must not read anything itself (it is given the
 //! records) nor print (the report does).
@@ -17,6 +19,7 @@ use std::process::ExitStatus;
 use wxpush_fake_wechat::{Endpoint, RequestRecord};
 
 use super::campaign::{Plan, Progress};
+use super::orders::{Act, Popup, Shopper};
 use super::population::{Answer, Population};
 use super::{fmt_n, fmt_secs, STOP_GRACE};
 
@@ -41,15 +44,23 @@ pub(super) struct Deliveries {
 }
 
 impl Deliveries {
-    /// The sends to `endpoint` with `template` among the fake's records.
-    pub(super) fn of(requests: &[RequestRecord], endpoint: Endpoint, template: &str) -> Self {
+    /// The sends of `app` to `endpoint` with `template` among the fake's records.
+    pub(super) fn of(
+        requests: &[RequestRecord],
+        app: &str,
+        endpoint: Endpoint,
+        template: &str,
+    ) -> Self {
         let mut d = Deliveries {
             calls: 0,
             per_user: HashMap::new(),
             per_form_id: HashMap::new(),
         };
         for r in requests {
-            if r.endpoint != endpoint || r.template_id.as_deref() != Some(template) {
+            if r.endpoint != endpoint
+                || r.template_id.as_deref() != Some(template)
+                || r.app_id.as_deref() != Some(app)
+            {
                 continue;
             }
             let Some(to) = r.touser.as_deref() else {
@@ -289,4 +300,204 @@ pub(super) fn fleet(exits: &[(String, Option<ExitStatus>)], logs: &Path) -> Chec
             ),
         )
     }
+}
+
+/// The third act's checks: the consents came from WeChat's events, each order reached WeChat
+/// at most once and carried its user's own order number, every message has its outcome
+/// receipt, and the delivered receipts are WeChat's deliveries, once each.
+pub(super) fn orders(act: &Act) -> Vec<Check> {
+    let mut out = Vec::new();
+    let by_user: HashMap<&str, &Shopper> = act
+        .shoppers
+        .iter()
+        .map(|s| (s.open_id.as_str(), s))
+        .collect();
+    let by_message: HashMap<&str, &Shopper> = act
+        .shoppers
+        .iter()
+        .map(|s| (s.message_id.as_str(), s))
+        .collect();
+    let accepted = act.shoppers.iter().filter(|s| s.popup.accepted()).count();
+    let others = act.shoppers.len() - accepted;
+    let pushed_twice = act
+        .shoppers
+        .iter()
+        .filter(|s| s.popup == Popup::AcceptedPushedTwice)
+        .count();
+
+    // Consents: one per acceptance, however often WeChat pushed it; none otherwise.
+    let (mut one, mut none) = (0usize, 0usize);
+    for (s, n) in act.shoppers.iter().zip(&act.consents) {
+        if s.popup.accepted() && *n == 1 {
+            one += 1;
+        } else if !s.popup.accepted() && *n == 0 {
+            none += 1;
+        }
+    }
+    out.push(check(
+        one == accepted && none == others && act.consents.len() == act.shoppers.len(),
+        format!(
+            "the consents came from WeChat's popup events: 1 in the bank for {} of {} who \
+             accepted ({} pushed twice, counted once), 0 for {} of {} who declined or were \
+             never asked",
+            fmt_n(one as u64),
+            users(accepted),
+            fmt_n(pushed_twice as u64),
+            fmt_n(none as u64),
+            users(others)
+        ),
+    ));
+
+    // WeChat's side: deliveries per user (one order, one messageId each).
+    let mut delivered: HashMap<&str, u64> = HashMap::new();
+    let (mut own, mut wrong) = (0usize, 0usize);
+    let mut msgids: HashMap<&str, i64> = HashMap::new();
+    for r in act.sends.iter().filter(|r| r.delivered) {
+        let Some(to) = r.touser.as_deref() else {
+            wrong += 1;
+            continue;
+        };
+        *delivered.entry(to).or_default() += 1;
+        let value = r
+            .data
+            .as_ref()
+            .and_then(|d| d["character_string1"]["value"].as_str());
+        match (by_user.get(to), value) {
+            (Some(s), Some(v)) if s.order == v => {
+                own += 1;
+                if let Some(id) = r.msgid {
+                    msgids.insert(s.message_id.as_str(), id);
+                }
+            }
+            _ => wrong += 1,
+        }
+    }
+    let twice = delivered.values().filter(|&&n| n > 1).count();
+    let strangers = delivered
+        .keys()
+        .filter(|u| !by_user.get(**u).is_some_and(|s| s.popup.accepted()))
+        .count();
+    let republished = act.shoppers.iter().filter(|s| s.twice).count();
+    let total: u64 = delivered.values().sum();
+    out.push(check(
+        twice == 0 && strangers == 0 && delivered.len() == accepted,
+        format!(
+            "each order reached WeChat at most once: {} messages delivered for {} orders \
+             published {} times ({} twice); {} messageIds delivered twice, {} to users without \
+             a consent",
+            fmt_n(total),
+            fmt_n(act.shoppers.len() as u64),
+            fmt_n(act.published),
+            fmt_n(republished as u64),
+            twice,
+            strangers
+        ),
+    ));
+    out.push(check(
+        wrong == 0 && own as u64 == total,
+        format!(
+            "each user saw their own order number ({} of {} messages; {} with another's or \
+             none)",
+            fmt_n(own as u64),
+            fmt_n(total),
+            wrong
+        ),
+    ));
+
+    // Receipts: each message's outcome, and WeChat's deliveries.
+    let mut outcome: HashMap<&str, HashSet<&str>> = HashMap::new();
+    let mut delivered_receipts: HashMap<&str, Vec<Option<i64>>> = HashMap::new();
+    let mut foreign = 0usize;
+    // Receipts are at least once: how many came again, and for messages published once.
+    let mut copies: HashMap<(&str, &str), u64> = HashMap::new();
+    for (key, r) in &act.receipts {
+        if let Some(id) = r["messageId"].as_str() {
+            *copies.entry((key.as_str(), id)).or_default() += 1;
+        }
+    }
+    let again: Vec<&str> = copies
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|((_, id), _)| *id)
+        .collect();
+    let again_once = again
+        .iter()
+        .filter(|id| by_message.get(**id).is_some_and(|s| !s.twice))
+        .count();
+    for (key, r) in &act.receipts {
+        let Some(id) = r["messageId"]
+            .as_str()
+            .filter(|id| by_message.contains_key(id))
+        else {
+            foreign += 1;
+            continue;
+        };
+        if key == "message.delivered" {
+            delivered_receipts
+                .entry(id)
+                .or_default()
+                .push(r["msgid"].as_i64());
+        } else {
+            outcome.entry(id).or_default().insert(key.as_str());
+        }
+    }
+    let (mut sent, mut no_credential, mut other) = (0usize, 0usize, 0usize);
+    for s in &act.shoppers {
+        let expected = if s.popup.accepted() {
+            "message.sent"
+        } else {
+            "message.no_credential"
+        };
+        match outcome.get(s.message_id.as_str()) {
+            Some(keys) if keys.len() == 1 && keys.contains(expected) => {
+                if s.popup.accepted() {
+                    sent += 1;
+                } else {
+                    no_credential += 1;
+                }
+            }
+            _ => other += 1,
+        }
+    }
+    out.push(check(
+        other == 0 && foreign == 0,
+        format!(
+            "every message has its receipt: message.sent for {} of {} who accepted, \
+             message.no_credential for {} of {} without a consent ({} missing or another \
+             outcome, {} receipts for no order; {} came twice, as at-least-once allows, {} of \
+             them for a message published once)",
+            fmt_n(sent as u64),
+            users(accepted),
+            fmt_n(no_credential as u64),
+            users(others),
+            other,
+            foreign,
+            again.len(),
+            again_once
+        ),
+    ));
+    // Each delivered message has its `delivered` receipt with WeChat's msgid; a receipt may
+    // come twice (at least once), never with another msgid or for a message not delivered.
+    let matching = delivered_receipts
+        .iter()
+        .filter(|(id, got)| {
+            let want = msgids.get(**id).copied();
+            want.is_some() && got.iter().all(|m| *m == want)
+        })
+        .count();
+    let delivered_total: usize = delivered_receipts.values().map(Vec::len).sum();
+    out.push(check(
+        matching as u64 == total && delivered_receipts.len() as u64 == total,
+        format!(
+            "delivered receipts match WeChat's deliveries: {} of {} with the msgid WeChat gave \
+             ({} delivered receipts for {} messages; the {} delivery events WeChat pushed twice \
+             were matched once)",
+            fmt_n(matching as u64),
+            fmt_n(total),
+            fmt_n(delivered_total as u64),
+            fmt_n(delivered_receipts.len() as u64),
+            act.sent_pushed_twice
+        ),
+    ));
+    out
 }

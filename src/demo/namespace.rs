@@ -90,7 +90,8 @@ async fn queue_in_use(deps: &Deps, queue: &str) -> anyhow::Result<Option<String>
     })
 }
 
-/// Deletes the namespace's queues, exchanges and keys (the marker last).
+/// Deletes the namespace's queues (the demo's receipts queue included), exchanges and keys
+/// (the marker last).
 pub(super) async fn wipe_namespace(
     deps: &Deps,
     topology: &Topology,
@@ -98,7 +99,10 @@ pub(super) async fn wipe_namespace(
     ns: &str,
 ) -> anyhow::Result<()> {
     let mut ch = deps.broker.channel().await?;
-    for q in topology.all_queues() {
+    // The roles' queues, and the demo's own on the receipts (act three).
+    let mut queues = topology.all_queues();
+    queues.push(super::orders::tap_queue(ns));
+    for q in queues {
         if ch
             .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
             .await

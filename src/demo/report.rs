@@ -1,6 +1,7 @@
 //! The demo's report: the generated users and their uploads, what ingest made of them, the
 //! two campaigns side by side (outcomes, elapsed time, messages per second, what WeChat
-//! accepted), the checks, and how to run the same roles for real.
+//! accepted), the orders of act three (consents from WeChat's events, single messages, the
+//! receipts by routing key), the checks, and how to run the same roles for real.
 //!
 //! This module owns the report's text. It must not judge anything (the checks do) nor read
 //! anything (it is given what it shows).
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use super::campaign::{Plan, Progress, Which};
 use super::checks::{Check, Deliveries};
+use super::orders::{by_key, Act, Popup};
 use super::population::{Answer, Kind, Population};
 use super::{fmt_n, fmt_secs, per_sec, SUB_TEMPLATE, TEMPLATE};
 
@@ -29,6 +31,7 @@ pub(super) struct Report<'a> {
     pub ingested_in: Duration,
     pub campaigns: [Shown<'a>; 2],
     pub token_fetches: u64,
+    pub orders: &'a Act,
     /// The checks, by what they are about.
     pub checks: &'a [(String, Vec<Check>)],
 }
@@ -42,6 +45,7 @@ impl Report<'_> {
         let mut out = String::new();
         self.population_part(&mut out);
         self.campaigns_part(&mut out);
+        self.orders_part(&mut out);
         self.checks_part(&mut out);
         closing(&mut out);
         out
@@ -194,6 +198,82 @@ impl Report<'_> {
             self.token_fetches,
             if self.token_fetches == 1 { "" } else { "es" }
         );
+    }
+
+    fn orders_part(&self, w: &mut String) {
+        let a = self.orders;
+        let _ = writeln!(
+            w,
+            "\nOrders shipped (app {}: consent_source = \"events\", message push in secure \
+             mode; one single message per order to <ns>.messages)",
+            a.app
+        );
+        let count = |p: &dyn Fn(Popup) -> bool| {
+            fmt_n(a.shoppers.iter().filter(|s| p(s.popup)).count() as u64)
+        };
+        let republished = a.shoppers.iter().filter(|s| s.twice).count() as u64;
+        let accepted_sends = a.sends.iter().filter(|r| r.errcode == Some(0)).count() as u64;
+        let mut row = |label: &str, value: String, note: String| {
+            let _ = writeln!(w, "  {label:<LABEL$}{value:>COLUMN$}  {note}");
+        };
+        row(
+            "shoppers",
+            fmt_n(a.shoppers.len() as u64),
+            format!("asked to subscribe to {SUB_TEMPLATE} in the app"),
+        );
+        row(
+            "accepted (popup event)",
+            count(&|p| p.accepted()),
+            format!(
+                "{} of them pushed twice by WeChat",
+                count(&|p| p == Popup::AcceptedPushedTwice)
+            ),
+        );
+        row(
+            "declined (popup event)",
+            count(&|p| p == Popup::Declined),
+            String::new(),
+        );
+        row(
+            "never asked",
+            count(&|p| p == Popup::NeverAsked),
+            String::new(),
+        );
+        row(
+            "messages published",
+            fmt_n(a.published),
+            format!(
+                "{} orders, {} published twice, over {}",
+                fmt_n(a.shoppers.len() as u64),
+                fmt_n(republished),
+                fmt_secs(a.shipped_in)
+            ),
+        );
+        row(
+            "WeChat send calls",
+            fmt_n(a.sends.len() as u64),
+            String::new(),
+        );
+        row("WeChat accepted", fmt_n(accepted_sends), String::new());
+        row(
+            "delivery events pushed",
+            fmt_n(a.sent_pushes),
+            format!("{} pushed twice by WeChat", a.sent_pushed_twice),
+        );
+        let _ = writeln!(
+            w,
+            "  receipts on <ns>.receipts, by routing key (at least once: one may come twice)"
+        );
+        for (key, (n, messages)) in by_key(&a.receipts) {
+            let _ = writeln!(
+                w,
+                "    {key:<width$}{:>COLUMN$}  for {} message{}",
+                fmt_n(n),
+                fmt_n(messages),
+                if messages == 1 { "" } else { "s" },
+                width = LABEL - 2
+            );
+        }
     }
 
     fn checks_part(&self, w: &mut String) {

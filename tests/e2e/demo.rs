@@ -1,7 +1,8 @@
-//! `wxpush demo` end to end: the real binary runs ingest, dispatch and two senders as child
-//! processes against a fake WeChat, sends a formId campaign and a subscribe campaign to 300
-//! generated users, reports both, and must pass every one of its checks and leave its
-//! namespace empty.
+//! `wxpush demo` end to end: the real binary runs ingest, dispatch, two senders and events as
+//! child processes against a fake WeChat, sends a formId campaign and a subscribe campaign to
+//! 300 generated users, ships 100 orders as single messages to a second app's users whose
+//! consents came from WeChat's events (act three), reports it all, and must pass every one of
+//! its checks and leave its namespace empty (keys, queues and exchanges).
 
 use std::io::Read;
 use std::process::{ExitStatus, Stdio};
@@ -91,19 +92,72 @@ async fn the_demo_passes_its_checks_and_cleans_up() {
         "✓ no user got two subscribe messages",
         "✓ every user holding a consent got exactly one subscribe message",
         "✓ no consent was spent beyond one per user, and the bank and WeChat agree",
-        "roles stopped cleanly",
+        "✓ the consents came from WeChat's popup events",
+        "✓ each order reached WeChat at most once",
+        "✓ each user saw their own order number",
+        "✓ every message has its receipt",
+        "✓ delivered receipts match WeChat's deliveries",
+        "✓ all 5 roles stopped cleanly",
     ] {
         assert!(stdout.contains(check), "{check:?} missing:\n{stdout}");
     }
+    // Act three: the orders, and the receipts counted by routing key.
+    for shown in [
+        "Orders shipped (app wxdemoorders0000: consent_source = \"events\"",
+        "  shoppers                           100",
+        "messages published",
+        "100 orders, 20 published twice",
+        "delivery events pushed",
+    ] {
+        assert!(stdout.contains(shown), "{shown:?} missing:\n{stdout}");
+    }
+    let receipts = |key: &str| -> (u64, u64) {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{key} ")))
+            .unwrap_or_else(|| panic!("no {key} receipts line:\n{stdout}"));
+        let n: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|w| w.replace(',', "").parse().ok())
+            .collect();
+        (n[0], n[1])
+    };
+    let (sent, sent_messages) = receipts("message.sent");
+    let (none, none_messages) = receipts("message.no_credential");
+    let (delivered, delivered_messages) = receipts("message.delivered");
+    assert_eq!(sent_messages + none_messages, 100, "{stdout}");
+    // Receipts are at least once: one may come twice.
+    assert!(
+        sent >= sent_messages && none >= none_messages && delivered >= delivered_messages,
+        "{stdout}"
+    );
+    assert_eq!(
+        delivered_messages, sent_messages,
+        "one message delivered per message sent: {stdout}"
+    );
+    assert!(
+        !stderr.contains("could not delete"),
+        "the demo cleaned up: {stderr}"
+    );
     assert_eq!(
         stdout.matches("✓ outcomes add up").count(),
         2,
         "both campaigns' outcomes add up:\n{stdout}"
     );
     assert!(!stdout.contains('✗'), "{stdout}");
-    // Without --keep the demo deletes its namespace.
+    // Without --keep the demo deletes its namespace: keys, and queues (act three's too).
     let left = keys_with_ttl(&env).await;
     assert!(left.is_empty(), "keys left behind: {left:?}");
+    let deps = env.deps().await;
+    for queue in [
+        format!("{}.messages.send", env.ns),
+        format!("{}.demo.receipts", env.ns),
+        format!("{}.send", env.ns),
+    ] {
+        let counts = deps.broker.queue_counts(&queue).await.expect("RabbitMQ");
+        assert!(counts.is_none(), "queue {queue} left behind: {counts:?}");
+    }
+    deps.broker.close().await;
 }
 
 /// The commands the demo ends with, pasted into a shell as a new user would: the fake WeChat
