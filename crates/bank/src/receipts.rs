@@ -125,11 +125,17 @@ impl Bank {
         let bind = self.bind_message_cmd(app, id, open_id);
         let (mut replies, replicated) = self
             .scripts
-            .run_batch(&self.conn, vec![bind, cmd.clone()], self.settings.wait_replicas)
+            .run_batch(
+                &self.conn,
+                vec![bind, cmd.clone()],
+                self.settings.wait_replicas,
+            )
             .await?;
         let (Some(claim), Some(bound), true) = (replies.pop(), replies.pop(), replies.is_empty())
         else {
-            return Err(BankError::Protocol("a bound claim's replies are missing".into()));
+            return Err(BankError::Protocol(
+                "a bound claim's replies are missing".into(),
+            ));
         };
         let bound = String::from_redis_value(bound)
             .map_err(|e| BankError::Protocol(format!("message_bind: {e}")))?;
