@@ -27,7 +27,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked "$@"
 
 # On clusters (issue 13): scripts/cluster.sh brings up a 6-node Redis Cluster and a 3-node
-# RabbitMQ cluster beside the single nodes; the campaign, ingest and fault suites run again
+# RabbitMQ cluster beside the single nodes; the campaign, ingest and fault suites (and the
+# personalised campaigns, single messages, receipts and consent buckets) run again
 # with the roles pointed at them (the test kit follows WXPUSH_REDIS_URL and WXPUSH_AMQP_URL),
 # then the failover tests (a Redis primary frozen mid-campaign, with and without WAIT), then
 # the script's own test, which ends by taking both clusters down. Its RabbitMQ nodes run as
@@ -40,7 +41,7 @@ if [ $# -eq 0 ]; then
     (
       eval "$(scripts/cluster.sh env)"
       echo "test: on the clusters: WXPUSH_REDIS_URL=$WXPUSH_REDIS_URL WXPUSH_AMQP_URL=(3 nodes)" >&2
-      cargo test --locked --test e2e -- campaign:: ingest:: faults::
+      cargo test --locked --test e2e -- campaign:: ingest:: faults:: personal:: single:: receipts:: consent_buckets:: subscribe::
       cargo test --locked --test e2e -- --ignored --test-threads 1 --nocapture redis_cluster::
     )
     cargo test --locked --test e2e -- --ignored cluster_script::
