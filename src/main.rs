@@ -6,6 +6,7 @@
 
 use std::process::ExitCode;
 
+mod control;
 mod demo;
 mod message;
 mod ops;
@@ -15,6 +16,7 @@ mod retry;
 mod status;
 
 use clap::{Args, Parser, Subcommand};
+use wxpush_bank::record::Control;
 use wxpush_broker::Topology;
 use wxpush_domain::{AppId, Config, RawConfig, SecretUrl};
 use wxpush_roles::dispatch::{self, DispatchSettings};
@@ -141,6 +143,30 @@ enum CampaignCommand {
         /// Show a live progress bar with rate and ETA until the campaign ends
         #[arg(long)]
         watch: bool,
+    },
+    /// Pause the campaign fleet-wide: its jobs are parked, spending nothing, until `resume`
+    Pause {
+        /// The campaign's id
+        id: String,
+        /// The campaign's app (default: whichever configured app has a campaign of that id)
+        #[arg(long = "app")]
+        app: Option<String>,
+    },
+    /// Resume a paused campaign
+    Resume {
+        /// The campaign's id
+        id: String,
+        /// The campaign's app (default: whichever configured app has a campaign of that id)
+        #[arg(long = "app")]
+        app: Option<String>,
+    },
+    /// Cancel the campaign: its recipients not yet sent are recorded `cancelled`, nothing spent
+    Cancel {
+        /// The campaign's id
+        id: String,
+        /// The campaign's app (default: whichever configured app has a campaign of that id)
+        #[arg(long = "app")]
+        app: Option<String>,
     },
     /// Send the campaign again to its dead-lettered recipients (an outage outlasted
     /// WXPUSH_SEND_RETRY_FOR), and to nobody else
@@ -282,6 +308,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             run_roles(&config, roles).await
         }
+        Command::Campaign {
+            command: CampaignCommand::Pause { id, app },
+        } => control::run(&config(&cli.common)?, &id, app.as_deref(), Control::Pause).await,
+        Command::Campaign {
+            command: CampaignCommand::Resume { id, app },
+        } => control::run(&config(&cli.common)?, &id, app.as_deref(), Control::Resume).await,
+        Command::Campaign {
+            command: CampaignCommand::Cancel { id, app },
+        } => control::run(&config(&cli.common)?, &id, app.as_deref(), Control::Cancel).await,
         Command::Message {
             command: MessageCommand::Status { id, app, json },
         } => message::status(&config(&cli.common)?, &id, app.as_deref(), json).await,

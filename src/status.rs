@@ -286,6 +286,11 @@ struct Snapshot {
     unknown: u64,
     /// Recipients whose own data was refused at dispatch (contract 8.1): not sent.
     invalid_data: u64,
+    /// Recipients not sent because an operator cancelled the campaign (contract 8.5).
+    cancelled: u64,
+    /// An operator paused it (and has not resumed it) / cancelled it.
+    paused: bool,
+    cancelled_by_operator: bool,
     /// A campaign sent in parts: (received, dispatched, parts).
     parts: Option<(u64, u64, u64)>,
     /// Why the campaign was stopped (its data refused by WeChat, `47003`), if it was: the
@@ -320,6 +325,8 @@ impl Snapshot {
         s.kind = text(field::KIND);
         s.audience = text(field::AUDIENCE);
         s.record_state = text(field::STATE);
+        s.paused = camp.contains_key(field::PAUSED_AT_MS);
+        s.cancelled_by_operator = camp.contains_key(field::CANCELLED_AT_MS);
         if camp.contains_key(field::STOPPED_AT_MS) {
             s.stopped_reason =
                 Some(text(field::STOPPED_REASON).unwrap_or_else(|| "stopped".into()));
@@ -360,6 +367,7 @@ impl Snapshot {
                 "dead_lettered" => &mut s.dead_lettered,
                 "unknown" => &mut s.unknown,
                 "invalid_data" => &mut s.invalid_data,
+                "cancelled" => &mut s.cancelled,
                 "duplicate" => &mut s.duplicate,
                 "retried" => &mut s.retried,
                 "requeued" => &mut s.requeued,
@@ -408,6 +416,7 @@ impl Snapshot {
             self.dead_lettered,
             self.unknown,
             self.invalid_data,
+            self.cancelled,
         ]
         .iter()
         .fold(0u64, |a, n| a.saturating_add(*n))
@@ -440,6 +449,10 @@ impl Snapshot {
             "stopped"
         } else if self.complete() {
             "complete"
+        } else if self.cancelled_by_operator {
+            "cancelled"
+        } else if self.paused {
+            "paused"
         } else {
             self.record_state.as_deref().unwrap_or("unknown")
         }
@@ -505,6 +518,9 @@ impl Snapshot {
             "dead_lettered": self.dead_lettered,
             "unknown": self.unknown,
             "invalid_data": self.invalid_data,
+            "cancelled": self.cancelled,
+            "paused": self.paused,
+            "cancelled_by_operator": self.cancelled_by_operator,
             "parts": self.parts.map(|(received, dispatched, total)| json!({
                 "received": received, "dispatched": dispatched, "total": total
             })),
@@ -577,6 +593,9 @@ impl Snapshot {
         }
         if self.invalid_data > 0 {
             row("invalid data (not sent)", self.invalid_data.to_string());
+        }
+        if self.cancelled > 0 || self.cancelled_by_operator {
+            row("cancelled (not sent)", self.cancelled.to_string());
         }
         if let Some(reason) = &self.stopped_reason {
             row("stopped", reason.clone());

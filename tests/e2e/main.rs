@@ -12,6 +12,7 @@ mod cli;
 mod cluster_script;
 mod consent_buckets;
 mod consent_caps;
+mod control;
 mod demo;
 mod deploy_manifests;
 mod docs;

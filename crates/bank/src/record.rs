@@ -83,9 +83,13 @@ pub mod field {
     pub const PARTS_RECEIVED: &str = "parts_received";
     /// Parts whose every job is published.
     pub const PARTS_DISPATCHED: &str = "parts_dispatched";
+    /// Set while an operator has the campaign paused (Unix ms, Redis's clock).
+    pub const PAUSED_AT_MS: &str = "paused_at_ms";
+    /// Set once an operator cancelled the campaign (Unix ms, Redis's clock).
+    pub const CANCELLED_AT_MS: &str = "cancelled_at_ms";
 
     /// Every field, with its name in the scripts' `F` table.
-    pub(crate) const ALL: [(&str, &str); 20] = [
+    pub(crate) const ALL: [(&str, &str); 22] = [
         ("app", APP),
         ("kind", KIND),
         ("template_id", TEMPLATE_ID),
@@ -106,7 +110,38 @@ pub mod field {
         ("parts", PARTS),
         ("parts_received", PARTS_RECEIVED),
         ("parts_dispatched", PARTS_DISPATCHED),
+        ("paused_at_ms", PAUSED_AT_MS),
+        ("cancelled_at_ms", CANCELLED_AT_MS),
     ];
+}
+
+/// An operator's action on a campaign (contract 8.5, `lua/record_control.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Pause,
+    Resume,
+    Cancel,
+}
+
+impl Control {
+    fn arg(self) -> &'static str {
+        match self {
+            Control::Pause => "pause",
+            Control::Resume => "resume",
+            Control::Cancel => "cancel",
+        }
+    }
+}
+
+/// The flags senders obey ([`CampaignRecord::flags`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flags {
+    /// WeChat refused the campaign's data (47003).
+    pub stopped: bool,
+    /// An operator paused it.
+    pub paused: bool,
+    /// An operator cancelled it.
+    pub cancelled: bool,
 }
 
 /// The state of a campaign being fanned out.
@@ -596,6 +631,31 @@ impl CampaignRecord {
             .arg(RECORD_TTL_SECS);
         let first: i64 = self.query(&cmd).await?;
         Ok(first == 1)
+    }
+
+    /// An operator's action ([`Control`]): `None` when there is no such campaign, else whether
+    /// it changed anything.
+    pub async fn control(&self, action: Control) -> Result<Option<bool>, BankError> {
+        let mut cmd = self.bank.scripts.record_control.evalsha();
+        cmd.arg(1).arg(self.main_key()).arg(action.arg());
+        let changed: i64 = self.query(&cmd).await?;
+        Ok((changed >= 0).then_some(changed == 1))
+    }
+
+    /// What the senders obey: the stop flag, the pause, the cancel (one read).
+    pub async fn flags(&self) -> Result<Flags, BankError> {
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.main_key())
+            .arg(field::STOPPED_AT_MS)
+            .arg(field::PAUSED_AT_MS)
+            .arg(field::CANCELLED_AT_MS);
+        let got: Vec<Option<String>> = self.query(&cmd).await?;
+        let set = |i: usize| got.get(i).is_some_and(Option::is_some);
+        Ok(Flags {
+            stopped: set(0),
+            paused: set(1),
+            cancelled: set(2),
+        })
     }
 
     /// Whether the campaign was stopped.

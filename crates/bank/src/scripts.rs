@@ -94,6 +94,7 @@ pub(crate) struct Scripts {
     pub(crate) record_open: BankScript,
     pub(crate) record_write: BankScript,
     pub(crate) record_stop: BankScript,
+    pub(crate) record_control: BankScript,
     /// `store_consents.lua` applied once per WeChat event (`crate::events`).
     pub(crate) event_store_consents: BankScript,
     /// `clear_consents.lua` applied once per WeChat event (`crate::events`).
@@ -153,6 +154,9 @@ pub(crate) fn get() -> &'static Scripts {
         record_stop: Lua::new(&crate::record::with_prelude(include_str!(
             "lua/record_stop.lua"
         ))),
+        record_control: Lua::new(&crate::record::with_prelude(include_str!(
+            "lua/record_control.lua"
+        ))),
         event_store_consents: Lua::new(&crate::events::once_per_event(concat!(
             include_str!("lua/consent_lib.lua"),
             include_str!("lua/store_consents.lua")
@@ -165,7 +169,7 @@ pub(crate) fn get() -> &'static Scripts {
 }
 
 impl Scripts {
-    fn all(&self) -> [&Lua; 19] {
+    fn all(&self) -> [&Lua; 20] {
         [
             &self.store,
             &self.claim,
@@ -184,6 +188,7 @@ impl Scripts {
             &self.record_open,
             &self.record_write,
             &self.record_stop,
+            &self.record_control,
             &self.event_store_consents,
             &self.event_clear_consents,
         ]

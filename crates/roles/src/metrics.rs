@@ -16,6 +16,7 @@ pub const WECHAT_SECONDS: &str = "wxpush_wechat_call_duration_seconds";
 pub use wxpush_fleet::metrics::{RATE_LIMIT_WAITS, RATE_LIMIT_WAIT_MS, TOKEN_REFRESHES};
 pub const JOBS_RETRIED: &str = "wxpush_jobs_retried_total";
 pub const JOBS_PARKED: &str = "wxpush_jobs_parked_total";
+pub const JOBS_PARKED_PAUSED: &str = "wxpush_jobs_parked_paused_total";
 pub const SEND_OUTCOMES: &str = "wxpush_send_outcomes_total";
 pub const SEND_FENCED: &str = "wxpush_send_fenced_total";
 pub const JOBS_PUBLISHED: &str = "wxpush_campaign_jobs_published_total";
@@ -47,6 +48,10 @@ pub fn count_refused_dead_letter(source: &'static str, e: &wxpush_broker::Broker
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(CONSUMED, "Messages taken from a queue, by queue");
+    describe_counter!(
+        JOBS_PARKED_PAUSED,
+        "Send jobs parked because an operator paused their campaign"
+    );
     describe_counter!(
         RECEIPTS_PUBLISHED,
         "Receipts published to <ns>.receipts (confirmed), from the outboxes"

@@ -39,6 +39,8 @@ pub enum Recorded {
     Stopped,
     /// Not tried: the recipient's own data (contract 8.1) was refused at dispatch.
     InvalidData,
+    /// Not sent: an operator cancelled the campaign (contract 8.5); nothing spent.
+    Cancelled,
     /// The job found the campaign already settled for this recipient, with this outcome.
     Duplicate(String),
 }
@@ -55,6 +57,7 @@ impl Recorded {
             Recorded::Unknown => "unknown".into(),
             Recorded::Stopped => "stopped".into(),
             Recorded::InvalidData => "invalid_data".into(),
+            Recorded::Cancelled => "cancelled".into(),
             Recorded::Duplicate(_) => "duplicate".into(),
         }
     }

@@ -139,6 +139,8 @@ pub struct SendStats {
     pub superseded: AtomicU64,
     /// Recipients whose own data was refused at dispatch (contract 8.1): recorded, not sent.
     pub invalid_data: AtomicU64,
+    /// Recipients not sent because an operator cancelled the campaign (contract 8.5).
+    pub cancelled: AtomicU64,
     pub wechat_calls: AtomicU64,
     pub failed_by_code: Mutex<HashMap<i64, u64>>,
 }
@@ -188,7 +190,7 @@ pub struct Sender {
     settings: SendSettings,
     pub stats: Arc<SendStats>,
     /// Campaign records looked up for a stop (47003), and when: `(checked_at, stopped)`.
-    stopped: Mutex<HashMap<String, (std::time::Instant, bool)>>,
+    stopped: Mutex<HashMap<String, (std::time::Instant, wxpush_bank::record::Flags)>>,
     redeliveries: Redeliveries,
     /// Where a settle with a receipt is announced, and the drainer publishing it.
     outbox: receipts::Outbox,
@@ -760,6 +762,7 @@ impl Sender {
             Recorded::Unknown => SendStats::add(&s.unknown),
             Recorded::Stopped => {}
             Recorded::InvalidData => SendStats::add(&s.invalid_data),
+            Recorded::Cancelled => SendStats::add(&s.cancelled),
             Recorded::Failed(code) => {
                 SendStats::add(&s.failed);
                 if let Ok(mut m) = s.failed_by_code.lock() {

@@ -62,6 +62,10 @@ const TOKEN_MIN_PAUSE: Duration = Duration::from_secs(1);
 /// How many permits an attempt leaves unused because its token was refused meanwhile.
 const MAX_TOKEN_SKIPS: u32 = 3;
 
+/// How long a paused campaign's job parks before it looks again (a delay tier): resumed, its
+/// jobs go on within this.
+const CAMPAIGN_PAUSE_RECHECK: Duration = Duration::from_secs(5);
+
 /// How many times in a row the fence may send an attempt back to its claim (a stalled
 /// process, a slow Redis) before the job is parked for a moment instead.
 const MAX_FENCE_TURNS: u32 = 5;
@@ -79,11 +83,22 @@ impl Sender {
             });
         };
         let job = &valid.job;
-        if self.campaign_stopped(app, job).await? {
+        let flags = self.campaign_flags(app, job).await?;
+        if flags.stopped {
             return Ok(Disposition::Done(Recorded::Stopped));
         }
+        if flags.cancelled {
+            return self.unsent(app, valid, Recorded::Cancelled).await;
+        }
+        if flags.paused {
+            metrics::counter!(m::JOBS_PARKED_PAUSED).increment(1);
+            return Ok(Disposition::Park {
+                job: job.clone(),
+                after: CAMPAIGN_PAUSE_RECHECK,
+            });
+        }
         if job.kind == JobKind::Invalid {
-            return self.invalid(app, valid).await;
+            return self.unsent(app, valid, Recorded::InvalidData).await;
         }
         if let Some(wait) = fleet.pause.paused_for().await {
             return Ok(Disposition::Park {
@@ -127,12 +142,16 @@ impl Sender {
             // here, before the permit (a Redis read at most once a second per campaign), and
             // after it only in this process's cache: between the permit and its call there
             // is nothing but the claim.
-            if self.campaign_stopped(app, job).await? {
-                return self.stopped(&a, mode).await;
+            let flags = self.campaign_flags(app, job).await?;
+            if let Some(d) = self.obey(&a, mode, flags).await? {
+                return Ok(d);
             }
             let permit = fleet.limiter.acquire().await?;
-            if self.campaign_stop_seen(app, job) {
-                return self.stopped(&a, mode).await;
+            if let Some(d) = self
+                .obey(&a, mode, self.campaign_flags_seen(app, job))
+                .await?
+            {
+                return Ok(d);
             }
             // WeChat refused this token to another job while this one waited for its permit
             // (a revoked token, say): the permit goes unused rather than on a call bound to
@@ -262,9 +281,56 @@ impl Sender {
         }
     }
 
-    /// A recipient whose own data the dispatcher refused: `invalid_data`, settled and counted
-    /// once like every outcome, nothing claimed or called.
-    async fn invalid(&self, app: &AppId, valid: &ValidJob) -> Result<Disposition, RoleError> {
+    /// What a flag seen inside the attempt's loop means: stopped (47003), what it holds goes
+    /// back and the recipient is `stopped`; paused, what it holds goes back (its doubt kept)
+    /// and the job parks; cancelled, before any call the recipient is `cancelled` (a credential
+    /// held goes back), after a call that may have delivered the attempt goes on (it may have
+    /// been sent: not this cancel's to undo). `None`: go on.
+    async fn obey(
+        &self,
+        a: &Attempt<'_>,
+        mode: ClaimMode,
+        flags: wxpush_bank::record::Flags,
+    ) -> Result<Option<Disposition>, RoleError> {
+        if flags.stopped {
+            return self.stopped(a, mode).await.map(Some);
+        }
+        if flags.paused {
+            metrics::counter!(m::JOBS_PARKED_PAUSED).increment(1);
+            if mode != ClaimMode::Take && !self.release(a).await? {
+                return Ok(Some(Disposition::Superseded));
+            }
+            return Ok(Some(Disposition::Park {
+                job: a.valid.job.clone(),
+                after: CAMPAIGN_PAUSE_RECHECK,
+            }));
+        }
+        if flags.cancelled {
+            if mode == ClaimMode::Take {
+                return self
+                    .unsent(a.app, a.valid, Recorded::Cancelled)
+                    .await
+                    .map(Some);
+            }
+            if !a.state.in_doubt {
+                return self
+                    .finish(a, Recorded::Cancelled, After::GiveBack)
+                    .await
+                    .map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// A recipient recorded without a claim or a call: `invalid_data` (the dispatcher refused
+    /// their own data) or `cancelled` (an operator cancelled the campaign), settled and counted
+    /// once like every outcome, with its receipt.
+    async fn unsent(
+        &self,
+        app: &AppId,
+        valid: &ValidJob,
+        outcome: Recorded,
+    ) -> Result<Disposition, RoleError> {
         let job = &valid.job;
         let fields = crate::receipts::fields(job, app, &valid.open_id);
         let receipt = fields.as_deref().map(|fields| Receipt {
@@ -273,13 +339,20 @@ impl Sender {
         });
         let marked = self
             .bank
-            .campaign_outcome(app, &valid.open_id, &job.mark_id(), "invalid_data", receipt)
+            .campaign_outcome(
+                app,
+                &valid.open_id,
+                &job.mark_id(),
+                &outcome.field(),
+                receipt,
+            )
             .await?;
         Ok(match marked {
             Marked::Recorded => {
-                let reason = job.invalid.as_deref().unwrap_or("");
-                tracing::info!(reason = %wxpush_domain::short_reason(reason), "recipient's data refused at dispatch");
-                Disposition::Done(Recorded::InvalidData)
+                if let Some(reason) = job.invalid.as_deref() {
+                    tracing::info!(reason = %wxpush_domain::short_reason(reason), "recipient's data refused at dispatch");
+                }
+                Disposition::Done(outcome)
             }
             Marked::Done(earlier) => Disposition::Done(Recorded::Duplicate(earlier)),
             Marked::Busy(left) => Disposition::Park {
@@ -310,7 +383,7 @@ impl Sender {
             return Ok(None);
         };
         if valid.job.kind == JobKind::Invalid {
-            return match self.invalid(app, valid).await? {
+            return match self.unsent(app, valid, Recorded::InvalidData).await? {
                 Disposition::Done(outcome) => Ok(Some(outcome)),
                 _ => Ok(None),
             };

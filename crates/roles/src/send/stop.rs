@@ -1,6 +1,9 @@
 //! A campaign stopped by WeChat's refusal of its data (`47003`): every recipient would fail
 //! the same way, so the first sender to meet it marks the campaign stopped, and every sender
-//! then settles the campaign's jobs as `stopped` without calling WeChat.
+//! then settles the campaign's jobs as `stopped` without calling WeChat. The same read brings
+//! an operator's pause and cancel (contract 8.5, `wxpush campaign pause|resume|cancel`): a
+//! paused campaign's jobs are parked, spending nothing; a cancelled one's recipients not yet
+//! sent are recorded `cancelled`.
 //!
 //! A single message (contract 8.2) has no campaign: it is never stopped nor stops anything, and
 //! costs no read of a flag.
@@ -12,6 +15,7 @@
 
 use std::time::{Duration, Instant};
 
+use wxpush_bank::record::Flags;
 use wxpush_domain::{AppId, SendJob};
 
 use super::Sender;
@@ -21,46 +25,45 @@ use crate::RoleError;
 const STOP_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 impl Sender {
-    /// True when the campaign was stopped (by any sender), looked up at most once a second
-    /// per campaign.
-    pub(super) async fn campaign_stopped(
+    /// The campaign's flags (stopped by WeChat's 47003, paused or cancelled by an operator),
+    /// looked up at most once a second per campaign (one `HMGET`); stopped and cancelled
+    /// stay once seen. A single message has none.
+    pub(super) async fn campaign_flags(
         &self,
         app: &AppId,
         job: &SendJob,
-    ) -> Result<bool, RoleError> {
+    ) -> Result<Flags, RoleError> {
         if job.single {
-            return Ok(false);
+            return Ok(Flags::default());
         }
-        let campaign = &job.campaign_id;
-        let record = self.bank.record(app, campaign);
+        let record = self.bank.record(app, &job.campaign_id);
         let key = record.key().to_owned();
         if let Ok(cache) = self.stopped.lock() {
-            if let Some((at, stopped)) = cache.get(&key) {
-                if *stopped || at.elapsed() < STOP_CHECK_EVERY {
-                    return Ok(*stopped);
+            if let Some((at, flags)) = cache.get(&key) {
+                if flags.stopped || flags.cancelled || at.elapsed() < STOP_CHECK_EVERY {
+                    return Ok(*flags);
                 }
             }
         }
-        let stopped = record.stopped().await?;
+        let flags = record.flags().await?;
         if let Ok(mut cache) = self.stopped.lock() {
-            cache.insert(key, (Instant::now(), stopped));
+            cache.insert(key, (Instant::now(), flags));
         }
-        Ok(stopped)
+        Ok(flags)
     }
 
-    /// What this process last saw of the campaign's stop flag, without asking Redis (for the
+    /// What this process last saw of the campaign's flags, without asking Redis (for the
     /// moment between a rate permit and its call, where nothing but the claim may stand).
-    pub(super) fn campaign_stop_seen(&self, app: &AppId, job: &SendJob) -> bool {
+    pub(super) fn campaign_flags_seen(&self, app: &AppId, job: &SendJob) -> Flags {
         if job.single {
-            return false;
+            return Flags::default();
         }
-        let campaign = &job.campaign_id;
-        let key = self.bank.record(app, campaign).key().to_owned();
+        let key = self.bank.record(app, &job.campaign_id).key().to_owned();
         self.stopped
             .lock()
             .ok()
-            .and_then(|cache| cache.get(&key).map(|(_, stopped)| *stopped))
-            .unwrap_or(false)
+            .and_then(|cache| cache.get(&key).map(|(_, flags)| *flags))
+            .unwrap_or_default()
     }
 
     /// Marks the campaign stopped (once) with the reason, for every sender and the status.
@@ -87,7 +90,17 @@ impl Sender {
             );
         }
         if let Ok(mut cache) = self.stopped.lock() {
-            cache.insert(key, (Instant::now(), true));
+            let flags = cache.get(&key).map(|(_, f)| *f).unwrap_or_default();
+            cache.insert(
+                key,
+                (
+                    Instant::now(),
+                    Flags {
+                        stopped: true,
+                        ..flags
+                    },
+                ),
+            );
         }
         Ok(())
     }

@@ -1,0 +1,99 @@
+//! An operator's campaign control (contract 8.5, issue 15 item 2) end to end, separate
+//! processes: `wxpush campaign pause` stops new WeChat calls for the campaign fleet-wide within
+//! a second and `resume` lets it complete, every user once; `cancel` records the recipients not
+//! yet sent as `cancelled`, spending nothing, and the counts still add up.
+
+use std::time::Duration;
+
+use serde_json::json;
+use wxpush_domain::OpenId;
+use wxpush_fake_wechat::Endpoint;
+use wxpush_testkit::eventually;
+use wxpush_testkit::fleet::{campaign, Fleet};
+
+fn sends(f: &Fleet) -> usize {
+    f.fake
+        .requests()
+        .iter()
+        .filter(|r| r.endpoint == Endpoint::TemplateSend)
+        .count()
+}
+
+fn control(f: &Fleet, action: &str, id: &str) {
+    let out = wxpush_testkit::run(&f.env, &["campaign", action, id]);
+    assert!(out.status.success(), "{}", wxpush_testkit::stderr(&out));
+    let text = wxpush_testkit::stdout(&out);
+    assert!(text.contains(id), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_campaign_calls_wechat_no_more_until_resumed() {
+    // 60 sends a second: 300 users take about 5 s.
+    let mut f = Fleet::new("control_pause", 60, 50).await;
+    let users = f.users(0, 300, 1).await;
+    f.start("dispatch");
+    f.start("send");
+    f.start("send");
+    f.publish_campaign(campaign("paused-1", json!({"all": true})))
+        .await;
+    let started = eventually(Duration::from_secs(60), || async { sends(&f) >= 90 }).await;
+    assert!(started);
+    control(&f, "pause", "paused-1");
+    // Obeyed within a second; calls already under way finish.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let at_pause = sends(&f);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(sends(&f), at_pause, "no WeChat call while paused");
+    assert!(at_pause < 300, "paused before the end: {at_pause}");
+    let status = wxpush_testkit::run(&f.env, &["campaign", "status", "paused-1", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(v["state"], "paused", "{v}");
+    control(&f, "resume", "paused-1");
+    f.wait_complete("paused-1", Duration::from_secs(90)).await;
+    f.check("paused-1", &users, 300).await;
+    f.stop_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_campaign_records_the_rest_cancelled_and_spends_nothing() {
+    let mut f = Fleet::new("control_cancel", 60, 50).await;
+    let users = f.users(0, 300, 1).await;
+    f.start("dispatch");
+    f.start("send");
+    f.publish_campaign(campaign("cancel-1", json!({"all": true})))
+        .await;
+    let half = eventually(Duration::from_secs(60), || async { sends(&f) >= 150 }).await;
+    assert!(half);
+    control(&f, "cancel", "cancel-1");
+    f.wait_complete("cancel-1", Duration::from_secs(90)).await;
+    let c = f.counts("cancel-1").await;
+    let sent = c.get("sent").copied().unwrap_or(0);
+    let cancelled = c.get("cancelled").copied().unwrap_or(0);
+    assert!(cancelled > 0 && sent >= 150, "{c:?}");
+    assert_eq!(sent + cancelled, 300, "the counts add up: {c:?}");
+    assert_eq!(f.snapshot("cancel-1").await.targeted(), Some(300));
+    let per_user = f.accepted_per_user();
+    assert!(per_user.values().all(|&n| n == 1));
+    // The cancelled users' formIds are still theirs.
+    let mut kept = 0;
+    for who in &users {
+        if !per_user.contains_key(who) {
+            let left = f
+                .deps
+                .bank
+                .usable_count(&f.env.app, &OpenId::new(who).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(left, 1, "{who}'s formId untouched");
+            kept += 1;
+        }
+    }
+    assert_eq!(kept as u64, cancelled);
+    // Cancelled is final: pause and resume change nothing.
+    let out = wxpush_testkit::run(&f.env, &["campaign", "pause", "cancel-1"]);
+    assert!(wxpush_testkit::stdout(&out).contains("nothing to do"));
+    let none = wxpush_testkit::run(&f.env, &["campaign", "cancel", "no-such-campaign"]);
+    assert!(!none.status.success());
+    assert_eq!(wxpush_testkit::stderr(&none).trim_end().lines().count(), 1);
+    f.stop_all();
+}
