@@ -97,3 +97,77 @@ async fn a_cancelled_campaign_records_the_rest_cancelled_and_spends_nothing() {
     assert_eq!(wxpush_testkit::stderr(&none).trim_end().lines().count(), 1);
     f.stop_all();
 }
+
+/// A recipient whose earlier attempt let its lease go holding a credential (a sender's fence,
+/// or a death after it) when the campaign is cancelled: the next copy of its job resumes that
+/// credential, gives it back and records `cancelled`; nothing is sent, the counts add up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_gives_back_the_credential_an_earlier_attempt_held() {
+    use wxpush_bank::record::Control;
+    use wxpush_bank::{CampaignClaim, ClaimMode, Settle};
+    let mut f = Fleet::new("control_held", 100_000, 10).await;
+    let users = f.users(0, 1, 1).await;
+    let who = OpenId::new(&users[0]).unwrap();
+    let body = campaign("held-1", json!({"openIds": [users[0]]})).to_string();
+    let c = wxpush_domain::parse_campaign(body.as_bytes(), Default::default()).unwrap();
+    let record = f.deps.bank.record(&f.env.app, "held-1");
+    record.open(&c, Duration::from_secs(10)).await.unwrap();
+    let bank = f.deps.bank.clone();
+    let claim = bank
+        .campaign_claim(
+            &f.env.app,
+            &who,
+            "held-1",
+            "gone",
+            Duration::from_secs(10),
+            ClaimMode::Take,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(claim, CampaignClaim::Fresh(_)), "{claim:?}");
+    let release = Settle::Release {
+        in_doubt: false,
+        retry: false,
+    };
+    assert!(bank
+        .campaign_settle(&f.env.app, &who, "held-1", "", "gone", release)
+        .await
+        .unwrap());
+    assert_eq!(
+        bank.usable_count(&f.env.app, &who).await.unwrap(),
+        0,
+        "held"
+    );
+    assert_eq!(record.control(Control::Cancel).await.unwrap(), Some(true));
+    // The job's copy comes back to a sender.
+    let mut job = c.job_for_user(&who);
+    job.app_id = Some(f.env.app.to_string());
+    let topology = f.env.topology();
+    let ch = f.deps.broker.channel().await.unwrap();
+    topology.declare_send(&ch).await.unwrap();
+    let p = wxpush_broker::Publisher::open(&f.deps.broker, topology.clone())
+        .await
+        .unwrap();
+    p.publish(
+        "",
+        &topology.send_queue(),
+        &job.to_json(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    p.close().await;
+    f.start("send");
+    let done = eventually(Duration::from_secs(30), || async {
+        f.counts("held-1").await.get("cancelled") == Some(&1)
+    })
+    .await;
+    assert!(done, "{:?}", f.counts("held-1").await);
+    assert_eq!(
+        bank.usable_count(&f.env.app, &who).await.unwrap(),
+        1,
+        "given back"
+    );
+    assert_eq!(sends(&f), 0, "nothing sent");
+    f.stop_all();
+}

@@ -87,8 +87,15 @@ impl Sender {
         if flags.stopped {
             return Ok(Disposition::Done(Recorded::Stopped));
         }
+        // Cancelled: recorded `cancelled` at once, unless an earlier attempt's lease ran out on
+        // the recipient (it died holding a credential): then this one resumes that credential
+        // below and cancels with it (or, in doubt, goes on).
+        let mut resume_to_cancel = false;
         if flags.cancelled {
-            return self.unsent(app, valid, Recorded::Cancelled).await;
+            match self.unsent(app, valid, Recorded::Cancelled).await? {
+                Disposition::Superseded => resume_to_cancel = true,
+                d => return Ok(d),
+            }
         }
         if flags.paused {
             metrics::counter!(m::JOBS_PARKED_PAUSED).increment(1);
@@ -112,6 +119,7 @@ impl Sender {
             receipt: crate::receipts::fields(job, app, &valid.open_id),
             msgid: None,
             reused: AtomicBool::new(false),
+            cancelling: resume_to_cancel,
             owner: super::attempt_owner(),
             state: State::new(self.settings.quick_retries),
             quick: Box::new(self.quick_retries()),
@@ -188,9 +196,15 @@ impl Sender {
                 CampaignClaim::NoCredential => {
                     return Ok(Disposition::Done(Recorded::NoCredential))
                 }
+                CampaignClaim::Fresh(_) if a.cancelling => {
+                    return self.finish(&a, Recorded::Cancelled, After::GiveBack).await;
+                }
                 CampaignClaim::Fresh(c) => {
                     a.state.in_doubt = false;
                     c
+                }
+                CampaignClaim::Held { in_doubt, .. } if a.cancelling && !in_doubt => {
+                    return self.finish(&a, Recorded::Cancelled, After::GiveBack).await;
                 }
                 CampaignClaim::Held {
                     credential,
@@ -305,7 +319,7 @@ impl Sender {
                 after: CAMPAIGN_PAUSE_RECHECK,
             }));
         }
-        if flags.cancelled {
+        if flags.cancelled && !a.cancelling {
             if mode == ClaimMode::Take {
                 return self
                     .unsent(a.app, a.valid, Recorded::Cancelled)
@@ -394,6 +408,7 @@ impl Sender {
             receipt: crate::receipts::fields(&valid.job, app, &valid.open_id),
             msgid: None,
             reused: AtomicBool::new(false),
+            cancelling: false,
             owner: super::attempt_owner(),
             state: State::new(0),
             quick: Box::new(std::iter::empty()),
@@ -725,6 +740,9 @@ struct Attempt<'a> {
     msgid: Option<i64>,
     /// A single message whose id the claim found bound to another user (nothing sent).
     reused: AtomicBool,
+    /// The campaign is cancelled and this attempt resumes a credential a dead attempt held,
+    /// to give it back and record `cancelled` (or, in doubt, to go on).
+    cancelling: bool,
     /// The fencing token: unique to this attempt, the owner of its lease.
     owner: String,
     state: State,
