@@ -44,7 +44,7 @@ pub mod keys;
 pub mod member;
 mod reachable;
 mod receipts;
-pub use receipts::{MessageStatus, MESSAGE_STATUS_DAYS};
+pub use receipts::{MessageStatus, ReceiptHead, MESSAGE_STATUS_DAYS};
 pub mod record;
 mod requeue;
 mod scripts;

@@ -20,16 +20,43 @@ use crate::{Bank, BankError, SHARDS};
 /// 8 days of its idempotency (contract 8.2).
 pub const MESSAGE_STATUS_DAYS: i64 = 9;
 
+/// What a receipt says of itself, read from its JSON: the single message it is for (`None`: a
+/// campaign's recipient) and its outcome (`unknown` when unreadable). The one reading of a
+/// receipt's kind, for its routing key and its place in the status index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptHead {
+    pub message_id: Option<String>,
+    pub outcome: String,
+}
+
+impl ReceiptHead {
+    pub fn of(receipt: &str) -> Self {
+        let v: serde_json::Value = serde_json::from_str(receipt).unwrap_or_default();
+        Self {
+            message_id: v
+                .get("messageId")
+                .and_then(|m| m.as_str())
+                .map(str::to_owned),
+            outcome: v
+                .get("outcome")
+                .and_then(|o| o.as_str())
+                .unwrap_or("unknown")
+                .to_owned(),
+        }
+    }
+
+    /// A receipt of WeChat's delivery event (not of the send's outcome).
+    pub fn is_delivery(&self) -> bool {
+        matches!(self.outcome.as_str(), "delivered" | "delivery_failed")
+    }
+}
+
 /// A single message's receipt's place in the status index: its messageId, and the field (the
 /// id for the send's outcome, `"<id> d"` for a delivery event's). `None` for a campaign's.
 fn status_field(receipt: &str) -> Option<(String, String)> {
-    let v: serde_json::Value = serde_json::from_str(receipt).ok()?;
-    let id = v.get("messageId")?.as_str()?.to_owned();
-    let delivery = matches!(
-        v.get("outcome").and_then(|o| o.as_str()),
-        Some("delivered" | "delivery_failed")
-    );
-    let field = if delivery {
+    let head = ReceiptHead::of(receipt);
+    let id = head.message_id.clone()?;
+    let field = if head.is_delivery() {
         format!("{id} d")
     } else {
         id.clone()

@@ -65,17 +65,13 @@ pub fn fields(job: &SendJob, app: &AppId, open_id: &OpenId) -> Option<String> {
 
 /// A receipt's routing key: `message.<outcome>` or `campaign.<outcome>`.
 pub fn routing_key(receipt: &str) -> String {
-    let v: Value = serde_json::from_str(receipt).unwrap_or(Value::Null);
-    let kind = if v.get("messageId").is_some_and(|m| !m.is_null()) {
+    let head = wxpush_bank::ReceiptHead::of(receipt);
+    let kind = if head.message_id.is_some() {
         "message"
     } else {
         "campaign"
     };
-    let outcome = v
-        .get("outcome")
-        .and_then(Value::as_str)
-        .unwrap_or("unknown");
-    format!("{kind}.{outcome}")
+    format!("{kind}.{}", head.outcome)
 }
 
 /// Where a process says it settled an outcome with a receipt: its [`Drainer`] publishes that
