@@ -1061,8 +1061,8 @@ impl<'de> serde::de::Visitor<'de> for AudienceSeed {
             match key.as_ref() {
                 // The last of a key given twice counts, as for every other field.
                 "all" => all = Some(map.next_value::<Value>()?),
-                "openIds" => open_ids = map.next_value_seed(ListSeed(self.0))?,
-                "recipients" => recipients = map.next_value_seed(RecipientsSeed(self.0))?,
+                "openIds" => open_ids = map.next_value_seed(ListSeed::new(self.0))?,
+                "recipients" => recipients = map.next_value_seed(ListSeed::new(self.0))?,
                 _ => {
                     map.next_value::<serde::de::IgnoredAny>()?;
                 }
@@ -1101,21 +1101,57 @@ impl<'de> serde::de::Visitor<'de> for AudienceSeed {
     }
 }
 
-/// Reads `audience.openIds` (at most `.0` entries kept).
-struct ListSeed(usize);
+/// Reads `audience.openIds` or `audience.recipients` (at most `.0` entries kept), each entry
+/// checked as it is read ([`ListEntry`]): a refused one is counted with its reason, past the
+/// limit the rest is counted and nothing kept.
+struct ListSeed<T>(usize, std::marker::PhantomData<T>);
 
-impl<'de> serde::de::DeserializeSeed<'de> for ListSeed {
-    type Value = Option<ReadList>;
+impl<T> ListSeed<T> {
+    fn new(max: usize) -> Self {
+        Self(max, std::marker::PhantomData)
+    }
+}
+
+/// What one list entry is read as, and how it is checked.
+trait ListEntry: Sized {
+    /// The entry as read from the list (without building more than the check needs).
+    type Read: for<'de> serde::Deserialize<'de>;
+    /// The kept entry, or why it is refused.
+    fn check(read: Self::Read) -> Result<Self, String>;
+}
+
+/// An `audience.openIds` entry: a string that is an openId.
+impl ListEntry for OpenId {
+    type Read = Entry;
+    fn check(read: Entry) -> Result<Self, String> {
+        match read {
+            Entry::Checked(r) => r.map_err(|e| e.to_string()),
+            Entry::Other => Err("not a string".into()),
+        }
+    }
+}
+
+/// An `audience.recipients` entry: its text kept as it came, once its `openId` is checked (an
+/// entry that is not an object with a valid `openId` is refused as a bad `openIds` entry is).
+impl ListEntry for Recipient {
+    type Read = Box<RawValue>;
+    fn check(read: Box<RawValue>) -> Result<Self, String> {
+        recipient_of(&read).map(|open_id| Recipient::new(open_id, Box::<str>::from(read)))
+    }
+}
+
+impl<'de, T: ListEntry> serde::de::DeserializeSeed<'de> for ListSeed<T> {
+    type Value = Option<ReadList<T>>;
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for ListSeed {
-    type Value = Option<ReadList>;
+impl<'de, T: ListEntry> serde::de::Visitor<'de> for ListSeed<T> {
+    type Value = Option<ReadList<T>>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("an array of openIds")
+        f.write_str("an array")
     }
 
     fn visit_unit<E>(self) -> Result<Self::Value, E> {
@@ -1126,7 +1162,7 @@ impl<'de> serde::de::Visitor<'de> for ListSeed {
         let mut open_ids = Vec::new();
         let mut rejected = RejectedRecipients::default();
         let mut index = 0;
-        while let Some(entry) = seq.next_element::<Entry>()? {
+        while let Some(entry) = seq.next_element::<T::Read>()? {
             if index >= self.0 {
                 // Over the limit: count the rest, keep nothing.
                 while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
@@ -1134,89 +1170,13 @@ impl<'de> serde::de::Visitor<'de> for ListSeed {
                 }
                 return Ok(Some(ReadList::TooMany { len: index + 1 }));
             }
-            match entry {
-                Entry::Checked(Ok(id)) => open_ids.push(id),
-                Entry::Checked(Err(e)) => rejected.push(index, || e.to_string()),
-                Entry::Other => rejected.push(index, || "not a string".into()),
-            }
-            index += 1;
-        }
-        Ok(Some(ReadList::Entries { open_ids, rejected }))
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        while map
-            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
-            .is_some()
-        {}
-        Ok(Some(ReadList::NotArray))
-    }
-
-    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(Some(ReadList::NotArray))
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(Some(ReadList::NotArray))
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(Some(ReadList::NotArray))
-    }
-
-    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(Some(ReadList::NotArray))
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(Some(ReadList::NotArray))
-    }
-}
-
-/// Reads `audience.recipients` (at most `.0` entries kept): each entry's text is kept as it
-/// came, once its `openId` is checked; an entry that is not an object with a valid `openId`
-/// is counted as rejected, as a bad `openIds` entry is.
-struct RecipientsSeed(usize);
-
-impl<'de> serde::de::DeserializeSeed<'de> for RecipientsSeed {
-    type Value = Option<ReadList<Recipient>>;
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for RecipientsSeed {
-    type Value = Option<ReadList<Recipient>>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("an array of recipients")
-    }
-
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut list = Vec::new();
-        let mut rejected = RejectedRecipients::default();
-        let mut index = 0;
-        while let Some(entry) = seq.next_element::<Box<RawValue>>()? {
-            if index >= self.0 {
-                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
-                    index += 1;
-                }
-                return Ok(Some(ReadList::TooMany { len: index + 1 }));
-            }
-            match recipient_of(&entry) {
-                Ok(open_id) => list.push(Recipient::new(open_id, Box::<str>::from(entry))),
+            match T::check(entry) {
+                Ok(kept) => open_ids.push(kept),
                 Err(why) => rejected.push(index, || why),
             }
             index += 1;
         }
-        Ok(Some(ReadList::Entries {
-            open_ids: list,
-            rejected,
-        }))
+        Ok(Some(ReadList::Entries { open_ids, rejected }))
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
