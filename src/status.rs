@@ -288,6 +288,8 @@ struct Snapshot {
     invalid_data: u64,
     /// Recipients not sent because an operator cancelled the campaign (contract 8.5).
     cancelled: u64,
+    /// Recipients not sent because they were at the app's frequency cap (contract 8.5).
+    capped: u64,
     /// An operator paused it (and has not resumed it) / cancelled it.
     paused: bool,
     cancelled_by_operator: bool,
@@ -368,6 +370,7 @@ impl Snapshot {
                 "unknown" => &mut s.unknown,
                 "invalid_data" => &mut s.invalid_data,
                 "cancelled" => &mut s.cancelled,
+                "capped" => &mut s.capped,
                 "duplicate" => &mut s.duplicate,
                 "retried" => &mut s.retried,
                 "requeued" => &mut s.requeued,
@@ -417,6 +420,7 @@ impl Snapshot {
             self.unknown,
             self.invalid_data,
             self.cancelled,
+            self.capped,
         ]
         .iter()
         .fold(0u64, |a, n| a.saturating_add(*n))
@@ -519,6 +523,7 @@ impl Snapshot {
             "unknown": self.unknown,
             "invalid_data": self.invalid_data,
             "cancelled": self.cancelled,
+            "capped": self.capped,
             "paused": self.paused,
             "cancelled_by_operator": self.cancelled_by_operator,
             "parts": self.parts.map(|(received, dispatched, total)| json!({
@@ -596,6 +601,9 @@ impl Snapshot {
         }
         if self.cancelled > 0 || self.cancelled_by_operator {
             row("cancelled (not sent)", self.cancelled.to_string());
+        }
+        if self.capped > 0 {
+            row("capped (frequency cap, not sent)", self.capped.to_string());
         }
         if let Some(reason) = &self.stopped_reason {
             row("stopped", reason.clone());

@@ -8,6 +8,7 @@ mod apps;
 mod bank;
 mod campaign;
 mod campaign_status;
+mod cap;
 mod cli;
 mod cluster_script;
 mod consent_buckets;

@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use std::fmt;
 
 use crate::apps::{
-    Apps, VarApp, CONFIG_FILE_VAR, CONSENT_SOURCE_VAR, ENCODING_AES_KEY_VAR, PUSH_TOKEN_VAR,
-    TOKEN_SOURCE_VAR,
+    Apps, VarApp, CAP_SINGLES_VAR, CAP_VAR, CONFIG_FILE_VAR, CONSENT_SOURCE_VAR,
+    ENCODING_AES_KEY_VAR, PUSH_TOKEN_VAR, TOKEN_SOURCE_VAR,
 };
 use crate::names::Namespace;
 use crate::upload::UploadLimits;
@@ -224,6 +224,10 @@ pub struct RawConfig {
     pub consent_source: Option<String>,
     /// Where `wxpush events` listens, unparsed.
     pub events_addr: Option<String>,
+    /// The frequency cap of every app that states none, unparsed.
+    pub cap: Option<String>,
+    /// Whether single messages count toward it, unparsed.
+    pub cap_singles: Option<String>,
 }
 
 /// Every variable [`RawConfig::from_env`] reads, beside the field it fills.
@@ -261,6 +265,8 @@ pub const ENV_VARS: &[&str] = &[
     ENCODING_AES_KEY_VAR,
     CONSENT_SOURCE_VAR,
     EVENTS_ADDR_VAR,
+    CAP_VAR,
+    CAP_SINGLES_VAR,
 ];
 
 /// Where `wxpush events` listens (contract §8.4).
@@ -312,6 +318,8 @@ impl RawConfig {
             encoding_aes_key: get(ENV_VARS[30]).map(Secret::new),
             consent_source: get(ENV_VARS[31]),
             events_addr: get(ENV_VARS[32]),
+            cap: get(ENV_VARS[33]),
+            cap_singles: get(ENV_VARS[34]),
         }
     }
 
@@ -400,6 +408,14 @@ impl RawConfig {
                 push_token: self.push_token,
                 encoding_aes_key: self.encoding_aes_key,
                 consent_source: self.consent_source,
+                cap: self
+                    .cap
+                    .map(|c| number(CAP_VAR, Some(c), 1u32, 1u32))
+                    .transpose()?,
+                cap_singles: self
+                    .cap_singles
+                    .map(|c| flag(CAP_SINGLES_VAR, Some(&c)))
+                    .transpose()?,
             },
             file.as_ref().map(|(p, t)| (*p, t.as_str())),
             send_rate,
@@ -1110,6 +1126,56 @@ mod tests {
             .unwrap();
         assert!(!format!("{c:?}").contains("s3cr3t"));
         assert_eq!(c.apps.default_id().as_str(), "wx1");
+    }
+
+    #[test]
+    fn the_frequency_cap_comes_from_each_app_or_the_variables() {
+        let path = std::env::temp_dir().join(format!("wxpush-cap-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "[[apps]]\nappid = \"wxa\"\ndefault = true\n\
+             max_campaign_messages_per_user_per_day = 3\ncap_single_messages = true\n\
+             [[apps]]\nappid = \"wxb\"\n",
+        )
+        .unwrap();
+        let file = path.to_string_lossy().into_owned();
+        let caps = |vars: &[(&str, &str)]| {
+            let mut all = vec![("WXPUSH_CONFIG", file.as_str())];
+            all.extend_from_slice(vars);
+            raw(&all).validate().map(|c| {
+                c.apps
+                    .iter()
+                    .map(|a| (a.frequency_cap.per_day, a.frequency_cap.singles))
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(caps(&[]).unwrap(), [(Some(3), true), (None, false)]);
+        assert_eq!(
+            caps(&[(CAP_VAR, "2"), (CAP_SINGLES_VAR, "0")]).unwrap(),
+            [(Some(3), true), (Some(2), false)]
+        );
+        let zero = caps(&[(CAP_VAR, "0")]).unwrap_err().to_string();
+        assert!(zero.contains(CAP_VAR) && zero.contains("minimum"), "{zero}");
+        let nonsense = caps(&[(CAP_SINGLES_VAR, "often")]).unwrap_err().to_string();
+        assert!(nonsense.contains(CAP_SINGLES_VAR), "{nonsense}");
+        std::fs::write(
+            &path,
+            "[[apps]]\nappid = \"wxa\"\nmax_campaign_messages_per_user_per_day = 0\n",
+        )
+        .unwrap();
+        let e = caps(&[]).unwrap_err().to_string();
+        std::fs::remove_file(&path).unwrap();
+        assert!(e.contains("max_campaign_messages_per_user_per_day"), "{e}");
+        // The single app, from the variables alone.
+        let single = raw(&[("WXPUSH_APP_ID", "wxs"), (CAP_VAR, "5")])
+            .validate()
+            .unwrap();
+        assert_eq!(single.apps.default_app().frequency_cap.per_day, Some(5));
+        assert!(!single.apps.default_app().frequency_cap.singles);
+        assert_eq!(
+            single.apps.default_app().frequency_cap.for_message(true),
+            None
+        );
     }
 
     #[test]

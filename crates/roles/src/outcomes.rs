@@ -41,6 +41,8 @@ pub enum Recorded {
     InvalidData,
     /// Not sent: an operator cancelled the campaign (contract 8.5); nothing spent.
     Cancelled,
+    /// Not sent: the user is at the app's frequency cap (contract 8.5); nothing spent.
+    Capped,
     /// The job found the campaign already settled for this recipient, with this outcome.
     Duplicate(String),
 }
@@ -58,6 +60,7 @@ impl Recorded {
             Recorded::Stopped => "stopped".into(),
             Recorded::InvalidData => "invalid_data".into(),
             Recorded::Cancelled => "cancelled".into(),
+            Recorded::Capped => "capped".into(),
             Recorded::Duplicate(_) => "duplicate".into(),
         }
     }

@@ -141,6 +141,8 @@ pub struct SendStats {
     pub invalid_data: AtomicU64,
     /// Recipients not sent because an operator cancelled the campaign (contract 8.5).
     pub cancelled: AtomicU64,
+    /// Recipients not sent because they were at the app's frequency cap (contract 8.5).
+    pub capped: AtomicU64,
     pub wechat_calls: AtomicU64,
     pub failed_by_code: Mutex<HashMap<i64, u64>>,
 }
@@ -204,6 +206,8 @@ pub struct AppFleet {
     pub tokens: TokenStore,
     pub limiter: RateLimiter,
     pub pause: FleetPause,
+    /// Its frequency cap (configuration; counted by the claim scripts, in each user's slot).
+    pub cap: wxpush_domain::FrequencyCap,
 }
 
 /// What the send role needs beside Redis and RabbitMQ: WeChat, and each app's [`AppFleet`].
@@ -266,6 +270,7 @@ impl SendParts {
                     app.id.clone(),
                     PauseSettings::default(),
                 ),
+                cap: app.frequency_cap,
             };
             apps.push((app.id.clone(), fleet));
         }
@@ -763,6 +768,7 @@ impl Sender {
             Recorded::Stopped => {}
             Recorded::InvalidData => SendStats::add(&s.invalid_data),
             Recorded::Cancelled => SendStats::add(&s.cancelled),
+            Recorded::Capped => SendStats::add(&s.capped),
             Recorded::Failed(code) => {
                 SendStats::add(&s.failed);
                 if let Ok(mut m) = s.failed_by_code.lock() {
