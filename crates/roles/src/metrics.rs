@@ -17,6 +17,7 @@ pub use wxpush_fleet::metrics::{RATE_LIMIT_WAITS, RATE_LIMIT_WAIT_MS, TOKEN_REFR
 pub const JOBS_RETRIED: &str = "wxpush_jobs_retried_total";
 pub const JOBS_PARKED: &str = "wxpush_jobs_parked_total";
 pub const JOBS_PARKED_PAUSED: &str = "wxpush_jobs_parked_paused_total";
+pub const CAMPAIGN_CONTROLS_SEEN: &str = "wxpush_campaign_controls_seen_total";
 pub const SEND_OUTCOMES: &str = "wxpush_send_outcomes_total";
 pub const SEND_FENCED: &str = "wxpush_send_fenced_total";
 pub const JOBS_PUBLISHED: &str = "wxpush_campaign_jobs_published_total";
@@ -51,6 +52,10 @@ pub fn describe() {
     describe_counter!(
         JOBS_PARKED_PAUSED,
         "Send jobs parked because an operator paused their campaign"
+    );
+    describe_counter!(
+        CAMPAIGN_CONTROLS_SEEN,
+        "Operators' campaign controls (paused, resumed, cancelled) as this process first saw them"
     );
     describe_counter!(
         RECEIPTS_PUBLISHED,
