@@ -447,6 +447,22 @@ impl Snapshot {
                     && self.pending() == Some(0)))
     }
 
+    /// Still waiting for its `sendAt` (scheduled, or paused then): the time, and how far off.
+    fn waiting_for_its_time(&self) -> Option<String> {
+        let t = self.send_at_ms?;
+        if self.record_state.as_deref() != Some(record::SCHEDULED) || self.cancelled_by_operator {
+            return None;
+        }
+        Some(match t.saturating_sub(self.at_ms) {
+            left if left > 0 => format!(
+                "{} ({t}), in {}",
+                iso_utc(t),
+                format_duration(left as f64 / 1000.0)
+            ),
+            _ => format!("{} ({t}), due", iso_utc(t)),
+        })
+    }
+
     /// An operator cancelled it before its `sendAt`: nothing was, or will be, fanned out.
     fn cancelled_while_scheduled(&self) -> bool {
         self.cancelled_by_operator && self.record_state.as_deref() == Some(record::SCHEDULED)
@@ -582,17 +598,10 @@ impl Snapshot {
             },
         );
         if let Some(t) = self.send_at_ms {
-            let when = if self.record_state.as_deref() == Some(record::SCHEDULED)
-                && !self.cancelled_by_operator
-            {
-                match t.saturating_sub(self.at_ms) {
-                    left if left > 0 => format!(", in {}", format_duration(left as f64 / 1000.0)),
-                    _ => ", due".to_owned(),
-                }
-            } else {
-                String::new()
-            };
-            row("send at", format!("{} ({t}){when}", iso_utc(t)));
+            let when = self
+                .waiting_for_its_time()
+                .unwrap_or_else(|| format!("{} ({t})", iso_utc(t)));
+            row("send at", when);
         }
         if let Some((received, dispatched, total)) = self.parts {
             row(
@@ -776,6 +785,9 @@ impl Live {
     }
 
     fn bar(&self, s: &Snapshot) -> String {
+        if let Some(when) = s.waiting_for_its_time() {
+            return format!("{}: sends at {when}", s.state());
+        }
         let done = s.final_outcomes();
         let mut line = match s.targeted {
             Some(t) => {
@@ -1111,6 +1123,10 @@ mod tests {
         assert_eq!(j["send_at"], "2025-12-05T16:00:05.250Z");
         assert_eq!(j["state"], "scheduled");
         assert!(j["started_at_ms"].is_null());
+        assert_eq!(
+            Live::default().bar(&s),
+            "scheduled: sends at 2025-12-05T16:00:05.250Z (1764950405250), in 5.2s"
+        );
         let table = s.table();
         assert!(
             table.contains("2025-12-05T16:00:05.250Z (1764950405250), in 5.2s\n"),
@@ -1123,6 +1139,7 @@ mod tests {
         assert_eq!(s.state(), "cancelled");
         assert!(s.complete());
         assert!(!s.table().contains(", due"));
+        assert_eq!(s.waiting_for_its_time(), None);
         // Paused before its time: paused (the time still shown).
         let mut paused = camp.clone();
         paused.insert(field::PAUSED_AT_MS.into(), at.to_string());

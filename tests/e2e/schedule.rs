@@ -3,7 +3,7 @@
 //! before, once per user, its dispatcher SIGTERMed and another started while it waits (twice);
 //! status shows it `scheduled` with its time; a scheduled campaign cancelled is never sent (status `cancelled`); one paused
 //! past its time is held until resumed; a later-due campaign published first does not hold an
-//! earlier one back. And the record's side alone (no processes): scheduled, cancelled, paused,
+//! earlier one back; a campaign in parts waits as one. And the record's side alone (no processes): scheduled, cancelled, paused,
 //! parts that disagree on `sendAt`; bad `sendAt`s dead-lettered `invalid_send_at`.
 
 use std::time::Duration;
@@ -324,6 +324,38 @@ async fn a_campaign_due_later_published_first_does_not_hold_back_an_earlier_one(
         dead.iter().any(|(_, _, r)| r.contains("366 days")),
         "{dead:?}"
     );
+    f.stop_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_in_parts_waits_for_its_time_as_one() {
+    let mut f = Fleet::new("sched_parts", 1000, 50).await;
+    let users = f.users(0, 20, 1).await;
+    start_dispatcher(&mut f).await;
+    f.start("send");
+    let send_at = now_ms() + 3000;
+    for (n, slice) in [(1, &users[..10]), (2, &users[10..])] {
+        let mut c = scheduled("sched-parts", json!({ "openIds": slice }), send_at);
+        c["part"] = json!(n);
+        c["parts"] = json!(2);
+        f.publish_campaign(c).await;
+    }
+    let mut v = Value::Null;
+    let both = eventually(Duration::from_secs(2), || {
+        v = status(&f, "sched-parts");
+        let ok = v["state"] == "scheduled" && v["parts"]["received"] == 2;
+        async move { ok }
+    })
+    .await;
+    assert!(both, "{v}");
+    assert_eq!(v["send_at_ms"], send_at, "{v}");
+    f.wait_complete("sched-parts", Duration::from_secs(60))
+        .await;
+    let earliest = sends(&f).iter().map(|(t, _)| *t).min().unwrap();
+    assert!(earliest >= send_at, "{} ms early", send_at - earliest);
+    f.check("sched-parts", &users, 20).await;
+    let v = status(&f, "sched-parts");
+    assert_eq!(v["parts"]["dispatched"], 2, "{v}");
     f.stop_all();
 }
 
