@@ -182,6 +182,7 @@ async fn a_scheduled_campaign_cancelled_before_its_time_is_never_sent() {
     wait_state(&f, "sched-c", "scheduled", Duration::from_secs(3)).await;
     let out = wxpush_testkit::run(&f.env, &["campaign", "cancel", "sched-c"]);
     assert!(out.status.success(), "{}", wxpush_testkit::stderr(&out));
+    assert!(now_ms() < send_at, "cancelled before its time");
     let text = wxpush_testkit::stdout(&out);
     assert!(text.contains("nothing will be sent"), "{text}");
     let v = status(&f, "sched-c");
@@ -243,11 +244,12 @@ async fn a_scheduled_campaign_paused_past_its_time_waits_for_resume() {
     let users = f.users(0, 10, 1).await;
     start_dispatcher(&mut f).await;
     f.start("send");
-    let send_at = now_ms() + 3000;
+    let send_at = now_ms() + 4000;
     f.publish_campaign(scheduled("sched-p", json!({"all": true}), send_at))
         .await;
-    wait_state(&f, "sched-p", "scheduled", Duration::from_secs(2)).await;
+    wait_state(&f, "sched-p", "scheduled", Duration::from_secs(3)).await;
     let out = wxpush_testkit::run(&f.env, &["campaign", "pause", "sched-p"]);
+    assert!(now_ms() < send_at, "paused before its time");
     assert!(wxpush_testkit::stdout(&out).contains("held at its time until resumed"));
     // Its time passes: held, nothing fanned out.
     tokio::time::sleep(Duration::from_millis(
