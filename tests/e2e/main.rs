@@ -30,6 +30,7 @@ mod receipts;
 mod record;
 mod redis_cluster;
 mod redis_durability;
+mod schedule;
 mod secrets;
 mod send;
 mod single;
