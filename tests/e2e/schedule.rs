@@ -66,8 +66,11 @@ async fn start_dispatcher_with(f: &mut Fleet, vars: &[(&str, &str)]) -> usize {
 async fn wait_state(f: &Fleet, id: &str, state: &str, guard: Duration) -> Value {
     let mut last = Value::Null;
     let seen = eventually(guard, || {
-        last = status(f, id);
-        let ok = last["state"] == state;
+        // Not known yet (the dispatcher has not opened its record): the command says so and
+        // fails; look again.
+        let out = wxpush_testkit::run(&f.env, &["campaign", "status", id, "--json"]);
+        last = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let ok = out.status.success() && last["state"] == state;
         async move { ok }
     })
     .await;
