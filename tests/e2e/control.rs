@@ -178,3 +178,45 @@ async fn a_cancel_gives_back_the_credential_an_earlier_attempt_held() {
     assert_eq!(sends(&f), 0, "nothing sent");
     f.stop_all();
 }
+
+/// Cancelled while the dispatcher is still fanning it out: the dispatcher publishes no more
+/// jobs (it reads the cancel before each page) and marks the campaign dispatched with what it
+/// published; the senders record those not yet sent `cancelled`; the counts add up to
+/// `targeted`, and every user not sent keeps the formId.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_cancelled_mid_fan_out_publishes_no_more_jobs() {
+    // One user a page: fanning 3,000 users out takes far longer than the cancel does.
+    let mut f = Fleet::new("control_fanout", 50, 1).await;
+    let users = f.users(0, 3000, 1).await;
+    f.start("dispatch");
+    f.start("send");
+    f.publish_campaign(campaign("fanout-1", json!({"all": true})))
+        .await;
+    let started = eventually(Duration::from_secs(60), || async { sends(&f) >= 10 }).await;
+    assert!(started);
+    control(&f, "cancel", "fanout-1");
+    f.wait_complete("fanout-1", Duration::from_secs(120)).await;
+    let targeted = f.snapshot("fanout-1").await.targeted().unwrap_or(0);
+    assert!(targeted < 3000, "the fan-out stopped: {targeted}");
+    let c = f.counts("fanout-1").await;
+    let sent = c.get("sent").copied().unwrap_or(0);
+    let cancelled = c.get("cancelled").copied().unwrap_or(0);
+    assert_eq!(sent + cancelled, targeted, "the counts add up: {c:?}");
+    let per_user = f.accepted_per_user();
+    assert_eq!(per_user.len() as u64, sent);
+    let mut kept = 0u64;
+    for who in &users {
+        if !per_user.contains_key(who) {
+            let left = f
+                .deps
+                .bank
+                .usable_count(&f.env.app, &OpenId::new(who).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(left, 1, "{who}'s formId untouched");
+            kept += 1;
+        }
+    }
+    assert_eq!(kept, 3000 - sent);
+    f.stop_all();
+}

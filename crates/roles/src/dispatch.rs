@@ -11,6 +11,8 @@
 //!    subscribe campaign, of users holding a consent for its template — or the explicit
 //!    openIds list) and publish one job per user with publisher confirms; after each
 //!    confirmed page, count the jobs (`targeted`) and save the checkpoint in one fenced step;
+//!    before each page, read whether an operator cancelled it (`wxpush campaign cancel`): then
+//!    stop there, `targeted` being what was published;
 //! 4. mark it dispatched and acknowledge the campaign message.
 //!
 //! **Scheduled campaigns** (`sendAt`, contract 8.5). A `sendAt` more than 366 days ahead (this
@@ -503,6 +505,9 @@ impl Dispatcher {
                     if shutdown.is_triggered() {
                         return Ok(Progress::Interrupted);
                     }
+                    if self.cancelled(c, owner).await? {
+                        return Ok(Progress::Finished);
+                    }
                     let end = (at + page).min(list.len());
                     let jobs = list[at..end].iter().map(|u| c.job_for_user(u));
                     if !self
@@ -521,6 +526,9 @@ impl Dispatcher {
                 while at < list.len() {
                     if shutdown.is_triggered() {
                         return Ok(Progress::Interrupted);
+                    }
+                    if self.cancelled(c, owner).await? {
+                        return Ok(Progress::Finished);
                     }
                     let end = (at + page).min(list.len());
                     let jobs = list[at..end].iter().map(|r| c.job_for_recipient(r));
@@ -547,6 +555,9 @@ impl Dispatcher {
                 while let Some(pos) = at {
                     if shutdown.is_triggered() {
                         return Ok(Progress::Interrupted);
+                    }
+                    if self.cancelled(c, owner).await? {
+                        return Ok(Progress::Finished);
                     }
                     let p = match &c.kind {
                         CampaignKind::Template { .. } => {
@@ -577,6 +588,17 @@ impl Dispatcher {
             }
         }
         Ok(Progress::Finished)
+    }
+
+    /// Whether an operator cancelled the campaign (`wxpush campaign cancel`), read once before
+    /// each page: the fan-out then stops where it is and the campaign is marked dispatched
+    /// with the jobs published so far (`targeted`), which the senders record `cancelled`.
+    async fn cancelled(&self, c: &Campaign, owner: &Owner) -> Result<bool, RoleError> {
+        let cancelled = owner.record.flags().await?.cancelled;
+        if cancelled {
+            tracing::info!(campaign = %c.campaign_id, part = c.part.map(|p| p.index), "campaign cancelled while being fanned out: no more jobs published");
+        }
+        Ok(cancelled)
     }
 
     /// Publishes one job per user to the app's send queue ([`Topology::send_queue_for`]),
