@@ -27,6 +27,9 @@
 //!                                          shard; lives 15 minutes)
 //! {ns}:camp:{<app>.<n>}:<campaign>  hash  the campaign's record (its key and fields are
 //!                                          `record.rs`'s; `<n>`: the campaign id's shard)
+//! {ns}:ci:{<app>.<n>}               zset  campaign index: the ids of shard `<n>`'s records,
+//!                                          score = when the record opened (ms); written by
+//!                                          `record_open.lua`, read by the dashboard's list
 //! ```
 //!
 //! A user's keys and their index shards share the hash tag `{<app>.<shard>}`, so every script
@@ -111,6 +114,14 @@ impl Keys {
     /// A campaign's outcome counters for the users of one shard (same slot as their marks).
     pub fn campaign_counters(&self, app: &AppId, shard: u16, campaign: &str) -> String {
         self.key("cs", app, shard, Some(campaign))
+    }
+
+    /// `{ns}:ci:{<app>.<n>}`: the campaign index of shard `n` (the records whose id's
+    /// [`shard_of_text`] is `n`, so the same slot as theirs): campaign id → when its record
+    /// opened (ms). One `ZADD` per campaign, in `record_open.lua`; read by
+    /// [`crate::Bank::campaign_list`].
+    pub fn campaign_index(&self, app: &AppId, n: u16) -> String {
+        self.key("ci", app, n, None)
     }
 
     /// `{ns}:ob:{<app>.<shard>}`: the shard's receipt outbox (contract 8.3), a zset of receipts

@@ -55,7 +55,9 @@ use redis::{FromRedisValue, Value};
 use wxpush_domain::{check_template_id, AppId, Credential, CredentialKind, Namespace, OpenId};
 use wxpush_redis::Conn;
 
-pub use campaign::{CampaignClaim, ClaimMode, Marked, Receipt, Settle};
+pub use campaign::{
+    CampaignClaim, ClaimMode, Marked, Receipt, Settle, RATE_BUCKET_SECS, RATE_FIELD_PREFIX,
+};
 pub use consent::CONSENT_TTL_SECS;
 pub use durability::{Durability, Setting};
 pub use events::{EventApplied, EVENT_MARK_TTL_SECS, PUSH_NONCE_TTL_SECS};
@@ -547,6 +549,60 @@ impl Bank {
             .query_async(&mut conn)
             .await?;
         Ok(n)
+    }
+}
+
+/// What the bank holds of one user, read-only ([`Bank::user_view`]): for the dashboard's
+/// message lookup. Credentials are given as their kind and expiry only: their values are
+/// WeChat's, and never shown.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UserView {
+    /// (kind: `formId`, `prepayId`, or `unknown`; expiry, Unix s), soonest first; spent
+    /// ones (negative scores, kept until the zset expires) are left out.
+    pub credentials: Vec<(&'static str, i64)>,
+    /// Template → subscribe consents held ([`Bank::consents_of`]).
+    pub consents: BTreeMap<String, u64>,
+    /// The user's campaign marks: campaign (or `✉<messageId>`) → its state as written
+    /// (`=sent@<day>`, `L` while an attempt holds a credential, ...); the marks' own
+    /// bookkeeping fields (with a space) are left out.
+    pub marks: BTreeMap<String, String>,
+}
+
+impl Bank {
+    /// What `open_id` holds now and which campaigns reached them ([`UserView`]).
+    pub async fn user_view(&self, app: &AppId, open_id: &OpenId) -> Result<UserView, BankError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZRANGE")
+            .arg(self.keys.credentials(app, open_id))
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES");
+        pipe.cmd("HGETALL").arg(self.keys.marks(app, open_id));
+        type Read = (Vec<(Vec<u8>, f64)>, BTreeMap<String, String>);
+        let (creds, marks): Read = self
+            .scripts
+            .run_pipeline(&mut self.conn.clone(), &pipe)
+            .await?;
+        let credentials = creds
+            .into_iter()
+            .filter(|(_, score)| *score > 0.0)
+            .map(|(member, score)| {
+                let kind = match member::decode(&member, score as i64).map(|c| c.kind) {
+                    Some(wxpush_domain::CredentialKind::FormId) => "formId",
+                    Some(wxpush_domain::CredentialKind::PrepayId { .. }) => "prepayId",
+                    _ => "unknown",
+                };
+                (kind, score as i64)
+            })
+            .collect();
+        Ok(UserView {
+            credentials,
+            consents: self.consents_of(app, open_id).await?,
+            marks: marks
+                .into_iter()
+                .filter(|(k, _)| !k.contains(' ') && k != "~p")
+                .collect(),
+        })
     }
 }
 

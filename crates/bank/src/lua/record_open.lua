@@ -6,7 +6,9 @@
 -- (the same key for a campaign sent whole). ARGV[1] lease (ms), ARGV[2] the record's lifetime
 -- (s), ARGV[3] app, ARGV[4] kind, ARGV[5] template id, ARGV[6] audience, ARGV[7] rejected
 -- recipients, ARGV[8] the send-job template (JSON), ARGV[9] the part (0: sent whole),
--- ARGV[10] parts.
+-- ARGV[10] parts, ARGV[11] the campaign id. KEYS[3] the app's campaign index of the
+-- campaign's shard (`{ns}:ci:{<app>.<n>}`, the record's slot): the id is added when its record
+-- is created (entries older than a record lives are dropped then), for the dashboard's list.
 -- Returns {'dispatched'} | {'held', ms left} | {'new', token} | {'conflict'} |
 --   {'resume', token, cursor, page or nil, page_next or nil}
 local key, main = KEYS[1], KEYS[2]
@@ -14,6 +16,11 @@ local lease, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local part = tonumber(ARGV[9])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function index_campaign()
+  redis.call('ZADD', KEYS[3], 'NX', now, ARGV[11])
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - ttl * 1000)
+  redis.call('EXPIRE', KEYS[3], ttl)
+end
 -- A campaign is sent whole or in parts, never both under one id.
 local main_state, main_parts, main_kind, main_template =
   unpack(redis.call('HMGET', main, F.state, F.parts, F.kind, F.template_id))
@@ -33,6 +40,7 @@ if part > 0 then
       F.audience, ARGV[6], F.state, S.dispatching, F.parts, ARGV[10], F.job, ARGV[8])
     redis.call('HSETNX', main, F.targeted, 0)
     redis.call('EXPIRE', main, ttl)
+    index_campaign()
   end
   -- One personalised part makes the campaign's jobs not rebuildable from its template.
   if ARGV[6] == 'recipients' then
@@ -57,6 +65,9 @@ if not state then
     F.audience, ARGV[6], F.state, S.dispatching, F.targeted, 0,
     F.rejected_recipients, ARGV[7], F.cursor, '', F.job, ARGV[8], F.lease_until_ms, now + lease)
   redis.call('EXPIRE', key, ttl)
+  if part == 0 then
+    index_campaign()
+  end
   return {'new', token}
 end
 local until_ms = tonumber(redis.call('HGET', key, F.lease_until_ms) or '0') or 0
