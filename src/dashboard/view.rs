@@ -723,3 +723,70 @@ pub fn fleet(f: &Value) -> String {
     out.push_str("</tbody></table><p class=\"hint\">sending now: the campaigns' sends per second over the last complete 10 s (single messages not counted)</p>");
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn who(read_only: bool, csrf: Option<&str>) -> Who {
+        Who {
+            csrf: csrf.map(str::to_owned),
+            read_only,
+        }
+    }
+
+    fn hostile() -> Value {
+        json!({
+            "campaign_id": "c<1>", "app": "wx\"app", "state": "paused", "done": 3, "targeted": 10,
+            "outcomes": [{"outcome": "sent", "count": 2}, {"outcome": "<script>x</script>", "count": 1},
+                         {"outcome": "failed:43101", "count": 1}],
+            "sends_per_sec": [{"at": 1000, "per_sec": 2.0}, {"at": 1030, "per_sec": 4.0}],
+            "times": {"started_at_ms": 2000, "paused_at_ms": 1000},
+            "warnings": ["<b>odd</b>"],
+        })
+    }
+
+    #[test]
+    fn outside_text_is_escaped() {
+        assert_eq!(
+            esc("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+        let page = campaign(&hostile(), &who(false, Some("k")), Some("paused"));
+        assert!(
+            !page.contains("<script>") && page.contains("&lt;script&gt;"),
+            "{page}"
+        );
+        assert!(!page.contains("<b>odd"));
+        assert!(page.contains("c&lt;1&gt;"));
+        assert!(page.contains("failed 43101 (user refused)"), "{page}");
+        // The flash takes known words only.
+        let odd = campaign(&hostile(), &who(false, Some("k")), Some("<img src=x>"));
+        assert!(!odd.contains("id=\"flash\""));
+    }
+
+    #[test]
+    fn buttons_are_disabled_when_read_only_and_carry_the_sessions_csrf_token() {
+        let ro = campaign(&hostile(), &who(true, None), None);
+        assert_eq!(ro.matches(" disabled ").count(), 4, "{ro}");
+        let op = campaign(&hostile(), &who(false, Some("csrf123")), None);
+        assert_eq!(op.matches("value=\"csrf123\"").count(), 4);
+        assert!(!op.contains(" disabled "));
+        // Paused: no ETA guessed.
+        assert!(op.contains("ETA</span> paused"), "{op}");
+    }
+
+    #[test]
+    fn the_rate_chart_shows_gaps_as_zero_and_the_schedule_is_in_time_order() {
+        let page = campaign(&hostile(), &who(true, None), None);
+        // 1000, 1010 (gap), 1020 (gap), 1030: four bars, two of them empty.
+        assert_eq!(page.matches("class=\"bar\"").count(), 4, "{page}");
+        assert_eq!(page.matches("height=\"0.0\"").count(), 2, "{page}");
+        let (paused, started) = (
+            page.find(">paused<").unwrap(),
+            page.find(">started<").unwrap(),
+        );
+        assert!(paused < started);
+    }
+}

@@ -212,6 +212,11 @@ async fn the_api_follows_a_campaign_in_flight_and_acts_only_with_the_token() {
         .map(|p| p["sends"].as_u64().unwrap())
         .sum();
     assert_eq!(rate_total, 300, "every send in the chart once: {c}");
+    // Retry: nothing dead-lettered, nothing queued again.
+    let (status, body) = dash
+        .post(&format!("/api/campaigns/{app}/dash-1/retry"), Some(TOKEN))
+        .await;
+    assert_eq!((status, &body["requeued"]), (200, &json!(0)), "{body}");
     // Unknown campaigns and actions; a foreign Host (DNS rebinding) is refused.
     assert_eq!(dash.get(&format!("/api/campaigns/{app}/nope")).await.0, 404);
     assert_eq!(
@@ -648,4 +653,46 @@ async fn the_page_in_a_browser_follows_pauses_and_looks_up() {
     assert_eq!(status, json!(403));
     browser.close().await;
     f.stop_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_keeps_its_dashboard_up_with_keep() {
+    let env = wxpush_testkit::TestEnv::new("dash_demo");
+    let addr = wxpush_testkit::free_addr();
+    let mut child = env.spawn_with(
+        &["demo", "--users", "20", "--senders", "1", "--keep"],
+        &[("WXPUSH_DASHBOARD_ADDR", &addr.to_string())],
+    );
+    let stderr = wxpush_testkit::CapturedStderr::take(&mut child);
+    let up = eventually(Duration::from_secs(180), || async {
+        stderr.text().contains("the dashboard stays up")
+    })
+    .await;
+    assert!(up, "{}", stderr.text());
+    let (status, body) = wxpush_testkit::http_get(addr, "/api/campaigns")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let campaigns = v["campaigns"].as_array().unwrap();
+    assert!(campaigns.len() >= 2, "{v}");
+    assert!(campaigns.iter().all(|c| c["state"] == "complete"), "{v}");
+    let (status, _) = wxpush_testkit::http_get(addr, "/campaigns").await.unwrap();
+    assert_eq!(status, 200);
+    // Still up a moment later; Ctrl-C (SIGINT) ends it, with exit code 0.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(child.try_wait().unwrap().is_none(), "the demo kept running");
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let exited = eventually(Duration::from_secs(30), || {
+        let done = matches!(child.try_wait(), Ok(Some(_)));
+        async move { done }
+    })
+    .await;
+    assert!(exited, "the demo did not stop on SIGINT");
+    assert!(child.wait().unwrap().success(), "{}", stderr.text());
+    assert!(wxpush_testkit::http_get(addr, "/api/session")
+        .await
+        .is_none());
 }
