@@ -25,6 +25,9 @@ pub const MAX_LIST: usize = 100;
 pub const DEFAULT_LIST: usize = 20;
 /// How long a reach forecast is shown before it is counted again.
 pub const REACH_FRESH: Duration = Duration::from_secs(30);
+/// A complete campaign is read again at most this often (its counts no longer move, but for a
+/// retry): the list's in-flight campaigns are read on every poll, the finished ones seldom.
+pub const COMPLETE_FRESH: Duration = Duration::from_secs(30);
 /// A campaign's moving rate is forgotten when nobody looked at it for this long.
 const LIVE_IDLE: Duration = Duration::from_secs(600);
 /// Counters that are not outcomes (a recipient counted once each): shown apart.
@@ -34,6 +37,8 @@ pub struct Data {
     config: Config,
     bank: Bank,
     live: Mutex<HashMap<(String, String), (Instant, Live)>>,
+    /// Complete campaigns as last read (kept [`COMPLETE_FRESH`]).
+    complete: Mutex<HashMap<(String, String), (Instant, Value)>>,
     reach: Mutex<HashMap<String, (Instant, Value)>>,
 }
 
@@ -45,6 +50,7 @@ impl Data {
             config: config.clone(),
             bank,
             live: Mutex::new(HashMap::new()),
+            complete: Mutex::new(HashMap::new()),
             reach: Mutex::new(HashMap::new()),
         })
     }
@@ -77,7 +83,17 @@ impl Data {
         let state = q.state.as_deref().map(str::trim).filter(|s| !s.is_empty());
         let mut out = Vec::new();
         for (app, id, _) in ids {
-            let Some(c) = self.campaign(&app, &id).await? else {
+            let key = (app.to_string(), id.clone());
+            let cached = {
+                let mut done = self.complete.lock().unwrap_or_else(|p| p.into_inner());
+                done.retain(|_, (at, _)| at.elapsed() < COMPLETE_FRESH);
+                done.get(&key).map(|(_, v)| v.clone())
+            };
+            let read = match cached {
+                Some(v) => Some(v),
+                None => self.campaign(&app, &id).await?,
+            };
+            let Some(c) = read else {
                 continue; // its record expired since it was indexed
             };
             if state.is_some_and(|s| c["state"].as_str() != Some(s)) {
@@ -117,6 +133,13 @@ impl Data {
             snap.to_json(Some(&entry.1))
         };
         extend(&mut v, app, &snap);
+        if snap.complete() {
+            self.complete
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry((app.to_string(), id.to_owned()))
+                .or_insert_with(|| (Instant::now(), v.clone()));
+        }
         Ok(Some(v))
     }
 

@@ -631,8 +631,35 @@ fn bar_chart(bars: &[(String, u64)], what: &str) -> String {
 }
 
 pub fn fleet(f: &Value) -> String {
+    let mut apps = String::from("<h2>Apps</h2><table id=\"apps\"><thead><tr><th>app</th><th>token age</th><th>token expires</th><th>quota pause</th><th>sending now</th><th>WXPUSH_SEND_RATE</th></tr></thead><tbody>",
+    );
+    for a in f["apps"].as_array().cloned().unwrap_or_default() {
+        let pause = if a["quota_pause"]["paused"].as_bool() == Some(true) {
+            format!(
+                "paused, {} left",
+                duration(a["quota_pause"]["left_secs"].as_f64().unwrap_or(0.0))
+            )
+        } else {
+            "no".to_owned()
+        };
+        let _ = write!(
+            apps,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}/s</td></tr>",
+            esc(&text(&a["app"])),
+            a["token"]["age_secs"]
+                .as_f64()
+                .map_or_else(|| "no token yet".to_owned(), duration),
+            time_ms(&a["token"]["expires_at_ms"]),
+            pause,
+            a["sending_per_sec"]
+                .as_f64()
+                .map_or_else(|| "-".to_owned(), |r| format!("{r:.1}/s")),
+            text(&a["send_rate"])
+        );
+    }
+    apps.push_str("</tbody></table><p class=\"hint\">sending now: the campaigns' sends per second over the last complete 10 s (single messages not counted)</p>");
     let mut out = format!(
-        "<h1>Fleet</h1><p class=\"hint\">RabbitMQ management API: {}</p><h2>Queues</h2>\
+        "<h1>Fleet</h1>{apps}<p class=\"hint\">RabbitMQ management API: {}</p><h2>Queues</h2>\
          <table id=\"queues\"><thead><tr><th>queue</th><th>messages</th><th>consumers</th><th>in/s</th><th>out/s</th></tr></thead><tbody>",
         esc(&text(&f["management_api"]))
     );
@@ -695,32 +722,7 @@ pub fn fleet(f: &Value) -> String {
             text(&q["messages"])
         );
     }
-    out.push_str("</tbody></table><h2>Apps</h2><table id=\"apps\"><thead><tr><th>app</th><th>token age</th><th>token expires</th><th>quota pause</th><th>sending now</th><th>WXPUSH_SEND_RATE</th></tr></thead><tbody>");
-    for a in f["apps"].as_array().cloned().unwrap_or_default() {
-        let pause = if a["quota_pause"]["paused"].as_bool() == Some(true) {
-            format!(
-                "paused, {} left",
-                duration(a["quota_pause"]["left_secs"].as_f64().unwrap_or(0.0))
-            )
-        } else {
-            "no".to_owned()
-        };
-        let _ = write!(
-            out,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}/s</td></tr>",
-            esc(&text(&a["app"])),
-            a["token"]["age_secs"]
-                .as_f64()
-                .map_or_else(|| "no token yet".to_owned(), duration),
-            time_ms(&a["token"]["expires_at_ms"]),
-            pause,
-            a["sending_per_sec"]
-                .as_f64()
-                .map_or_else(|| "-".to_owned(), |r| format!("{r:.1}/s")),
-            text(&a["send_rate"])
-        );
-    }
-    out.push_str("</tbody></table><p class=\"hint\">sending now: the campaigns' sends per second over the last complete 10 s (single messages not counted)</p>");
+    out.push_str("</tbody></table>");
     out
 }
 

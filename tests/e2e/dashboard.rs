@@ -538,6 +538,23 @@ async fn the_page_in_a_browser_follows_pauses_and_looks_up() {
     f.start("dispatch");
     f.start("send");
     let dash = Dashboard::start(&f, Some(TOKEN)).await;
+    let browser = Browser::start().await;
+    // Reach, before anything is spent: the forecast per day, the consents per template.
+    browser.go(&format!("{}/reach", dash.base)).await;
+    assert!(browser.find("section.reach svg").await.is_some());
+    assert_eq!(
+        browser
+            .text_of("section.reach .reachable-now")
+            .await
+            .as_deref(),
+        Some("400")
+    );
+    let consents = browser
+        .text_of("section.reach .consents")
+        .await
+        .unwrap_or_default();
+    assert!(consents.contains("TPL_ORDER_SHIPPED"), "{consents}");
+    browser.screenshot("reach").await;
     f.publish_messages(&[
         json!({"messageId": "web-m1", "openId": users[399], "kind": "template",
         "templateId": TPL, "keywords": ["Your order shipped"]}),
@@ -545,7 +562,6 @@ async fn the_page_in_a_browser_follows_pauses_and_looks_up() {
     .await;
     f.publish_campaign(campaign("web-1", json!({"all": true})))
         .await;
-    let browser = Browser::start().await;
     // The list shows the running campaign, and its progress moves without a reload.
     browser.go(&format!("{}/campaigns", dash.base)).await;
     let row = "tr[data-campaign=\"web-1\"] progress";
@@ -570,19 +586,33 @@ async fn the_page_in_a_browser_follows_pauses_and_looks_up() {
         Some("web-1")
     );
     browser.click("#action-pause").await;
-    let refused = browser.text_of("#error").await.unwrap_or_default();
-    assert!(refused.contains("log in"), "{refused}");
+    let refused = until(Duration::from_secs(10), || async {
+        browser
+            .text_of("#error")
+            .await
+            .is_some_and(|t| t.contains("log in"))
+    })
+    .await;
+    assert!(refused, "{:?}", browser.text_of("main").await);
     assert_ne!(dash.campaign(&app, "web-1").await["state"], "paused");
     // Logged in, pause from the page: the fake WeChat gets no more calls.
     browser.go(&format!("{}/login", dash.base)).await;
     browser.type_into("#token", TOKEN).await;
     browser.click("#login").await;
-    assert_eq!(browser.text_of("#mode").await.as_deref(), Some("operator"));
+    let logged_in = until(Duration::from_secs(10), || async {
+        browser.text_of("#mode").await.as_deref() == Some("operator")
+    })
+    .await;
+    assert!(logged_in, "{:?}", browser.text_of("body").await);
     browser
         .go(&format!("{}/campaigns/{app}/web-1", dash.base))
         .await;
     browser.click("#action-pause").await;
-    assert_eq!(browser.text_of("#flash").await.as_deref(), Some("paused"));
+    let flashed = until(Duration::from_secs(10), || async {
+        browser.text_of("#flash").await.as_deref() == Some("paused")
+    })
+    .await;
+    assert!(flashed, "{:?}", browser.text_of("main").await);
     let at_pause = no_more_sends(&f).await;
     assert!(at_pause < 400, "paused before the end: {at_pause}");
     let shown = until(Duration::from_secs(10), || async {
@@ -592,7 +622,11 @@ async fn the_page_in_a_browser_follows_pauses_and_looks_up() {
     assert!(shown);
     browser.screenshot("campaign").await;
     browser.click("#action-resume").await;
-    assert_eq!(browser.text_of("#flash").await.as_deref(), Some("resumed"));
+    let flashed = until(Duration::from_secs(10), || async {
+        browser.text_of("#flash").await.as_deref() == Some("resumed")
+    })
+    .await;
+    assert!(flashed, "{:?}", browser.text_of("main").await);
     f.wait_complete("web-1", Duration::from_secs(120)).await;
     let complete = until(Duration::from_secs(10), || async {
         browser.text_of("#state").await.as_deref() == Some("complete")
@@ -621,14 +655,6 @@ async fn the_page_in_a_browser_follows_pauses_and_looks_up() {
     let user = browser.text_of(".marks").await.unwrap_or_default();
     assert!(user.contains("web-1") && user.contains("sent"), "{user}");
     browser.screenshot("user").await;
-    browser.go(&format!("{}/reach", dash.base)).await;
-    assert!(browser.find("section.reach svg").await.is_some());
-    let consents = browser
-        .text_of("section.reach .consents")
-        .await
-        .unwrap_or_default();
-    assert!(consents.contains("TPL_ORDER_SHIPPED"), "{consents}");
-    browser.screenshot("reach").await;
     browser.go(&format!("{}/fleet", dash.base)).await;
     let queues = browser.text_of("#queues").await.unwrap_or_default();
     assert!(queues.contains(&f.env.topology().send_queue()), "{queues}");
