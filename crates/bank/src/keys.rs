@@ -277,6 +277,22 @@ mod tests {
     }
 
     #[test]
+    fn the_campaign_index_is_in_its_records_slot() {
+        let ns = Namespace::new("wxpush").unwrap();
+        let keys = Keys::new(ns.clone());
+        let app = AppId::new("wx1234567890abcdef").unwrap();
+        for id in ["c1", "spring-sale", "x{y}z"] {
+            let record = crate::record::record_key(&ns, &app, id);
+            let index = keys.campaign_index(&app, shard_of_text(id));
+            let tag = |k: &str| {
+                let open = k.find('{').unwrap();
+                k[open..=open + k[open..].find('}').unwrap()].to_owned()
+            };
+            assert_eq!(tag(&record), tag(&index), "{record} {index}");
+        }
+    }
+
+    #[test]
     fn shards_spread_users() {
         let mut seen = std::collections::HashSet::new();
         for n in 0..5000 {
