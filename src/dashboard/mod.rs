@@ -285,7 +285,8 @@ fn page(headers: &HeaderMap, dash: &Dash, title: &str, nav: &str, main: String) 
 }
 
 fn error_page(headers: &HeaderMap, dash: &Dash, status: StatusCode, message: &str) -> Response {
-    let mut r = page(headers, dash, "Error", "", view::error(message));
+    let message = crate::ops::scrubber().scrub(message);
+    let mut r = page(headers, dash, "Error", "", view::error(&message));
     *r.status_mut() = status;
     r
 }
@@ -573,7 +574,14 @@ async fn style() -> Response {
 // ---------------------------------------------------------------------------------------------
 // The JSON API (docs/dashboard.md)
 
-fn api(status: StatusCode, body: serde_json::Value) -> Response {
+/// A JSON answer; an error's text is scrubbed of every secret the process knows, as a log
+/// line is.
+fn api(status: StatusCode, mut body: serde_json::Value) -> Response {
+    if let Some(e) = body.get_mut("error") {
+        if let Some(text) = e.as_str() {
+            *e = json!(crate::ops::scrubber().scrub(text));
+        }
+    }
     (status, axum::Json(body)).into_response()
 }
 

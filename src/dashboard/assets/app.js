@@ -8,9 +8,11 @@
     var a = document.activeElement;
     return a && main.contains(a) && (a.tagName === "INPUT" || a.tagName === "SELECT" || a.tagName === "TEXTAREA");
   }
-  function stamp() {
+  function stamp(trouble) {
     var s = document.getElementById("refreshed");
-    if (s) { s.textContent = "updated " + new Date().toLocaleTimeString(); }
+    if (!s) { return; }
+    s.textContent = trouble ? "not updated: " + trouble + " (trying again)" : "updated " + new Date().toLocaleTimeString();
+    s.className = trouble ? "error" : "";
   }
   function refresh() {
     var main = document.getElementById("live");
@@ -20,10 +22,11 @@
       credentials: "same-origin",
       cache: "no-store"
     }).then(function (r) {
-      return r.ok ? r.text() : null;
+      if (!r.ok) { stamp("HTTP " + r.status); return null; }
+      return r.text();
     }).then(function (html) {
       if (html !== null && !busy(main)) { main.innerHTML = html; stamp(); }
-    }).catch(function () { /* the next poll tries again */ });
+    }).catch(function () { stamp("the dashboard does not answer"); });
   }
   document.addEventListener("submit", function (e) {
     var f = e.target;
@@ -31,6 +34,6 @@
       e.preventDefault();
     }
   });
-  stamp();
+  stamp(null);
   window.setInterval(refresh, EVERY);
 })();
