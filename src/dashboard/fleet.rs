@@ -5,11 +5,12 @@
 //! `WXPUSH_SEND_RATE`.
 //!
 //! Without a management URL the queues are read by AMQP passive declares (messages ready and
-//! consumers; no rates). Dead letters are never consumed: reasons come only from the
-//! management API's peek (`ackmode=ack_requeue_true`, at most [`PEEK`] messages), and only of
-//! classic queues: a peek redelivers, and on a quorum queue that raises each message's delivery
-//! count, which the queue's delivery limit would end in dropping it. On quorum dead-letter
-//! queues the page shows the counts only and says why.
+//! consumers; no rates). Dead letters are never consumed: their reasons are the counts and
+//! sample the roles keep in Redis as they dead-letter ([`wxpush_bank::Bank::dead_letter_counts`],
+//! over the last 30 days, whatever has been drained since); with the management API, a
+//! classic dead-letter queue is also peeked (`ackmode=ack_requeue_true`, at most [`PEEK`]
+//! messages) for what it holds now by reason. A quorum one is not: a peek redelivers, which
+//! raises each message's delivery count, and a delivery limit could end in dropping it.
 //!
 //! This module reads the token's times only (`f`, `e` of the fleet's token hash), never the
 //! token; it must not write to Redis or RabbitMQ, and must not show the management URL's
@@ -82,22 +83,35 @@ impl Fleet {
                 "type": kind,
             });
             if is_dead {
-                let reasons = match (&self.management, kind.as_deref(), ready) {
-                    (_, _, Some(0)) => json!({"by_reason": {}, "sample": []}),
+                let source = name
+                    .strip_prefix(&topology.dead_queue(""))
+                    .unwrap_or(&name)
+                    .to_owned();
+                let counted = match deps.bank.dead_letter_counts(&source).await {
+                    Ok(c) => json!({
+                        "by_reason": c.by_reason,
+                        "since_ms": c.since_ms,
+                        "sample": c.sample.iter()
+                            .filter_map(|s| serde_json::from_str::<Value>(s).ok())
+                            .collect::<Vec<_>>(),
+                    }),
+                    Err(e) => json!({"unavailable": e.to_string()}),
+                };
+                let peeked = match (&self.management, kind.as_deref(), ready) {
+                    (_, _, Some(0)) => Value::Null,
                     (Some(m), Some("classic"), _) => match m.peek(&name).await {
                         Ok(v) => v,
                         Err(e) => json!({"unavailable": e}),
                     },
                     (Some(_), _, _) => {
-                        json!({"unavailable": "a quorum queue: peeking would raise each dead letter's delivery count (and its delivery limit could drop it), so only the count is shown"})
+                        json!({"unavailable": "not peeked: a quorum queue (a peek raises each dead letter's delivery count, which a delivery limit could end in dropping it)"})
                     }
-                    (None, _, _) => {
-                        json!({"unavailable": "reasons need RabbitMQ's management API (WXPUSH_RABBITMQ_MANAGEMENT_URL); dead letters are never consumed to count them"})
-                    }
+                    (None, _, _) => Value::Null,
                 };
                 let mut row = row;
                 if let Some(o) = row.as_object_mut() {
-                    o.insert("reasons".into(), reasons);
+                    o.insert("reasons".into(), counted);
+                    o.insert("peeked".into(), peeked);
                 }
                 dead.push(row);
             } else {

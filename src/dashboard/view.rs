@@ -682,13 +682,13 @@ pub fn fleet(f: &Value) -> String {
     out.push_str("</tbody></table><h2>Dead letters</h2><table id=\"dead-letters\"><thead><tr><th>queue</th><th>messages</th><th>by reason</th><th>sample</th></tr></thead><tbody>");
     for q in f["dead_letters"].as_array().cloned().unwrap_or_default() {
         let r = &q["reasons"];
-        let (by, sample) = match r["unavailable"].as_str() {
+        let (mut by, sample) = match r["unavailable"].as_str() {
             Some(why) => (
                 format!("<span class=\"hint\">{}</span>", esc(why)),
                 String::new(),
             ),
             None => {
-                let by = r["by_reason"]
+                let mut by = r["by_reason"]
                     .as_object()
                     .map(|m| {
                         m.iter()
@@ -697,15 +697,23 @@ pub fn fleet(f: &Value) -> String {
                             .join("<br>")
                     })
                     .unwrap_or_default();
+                if !r["since_ms"].is_null() {
+                    let _ = write!(
+                        by,
+                        "<br><span class=\"hint\">counted since {}</span>",
+                        time_ms(&r["since_ms"])
+                    );
+                }
                 let sample = r["sample"]
                     .as_array()
                     .map(|s| {
                         s.iter()
                             .map(|x| {
                                 format!(
-                                    "{} ({})",
-                                    esc(&text(&x["detail"])),
-                                    esc(&text(&x["source"]))
+                                    "{} {}: {}",
+                                    time_ms(&x["at"]),
+                                    esc(&text(&x["code"])),
+                                    esc(&text(&x["reason"]))
                                 )
                             })
                             .collect::<Vec<_>>()
@@ -715,6 +723,21 @@ pub fn fleet(f: &Value) -> String {
                 (by, sample)
             }
         };
+        match (
+            q["peeked"]["unavailable"].as_str(),
+            q["peeked"]["by_reason"].as_object(),
+        ) {
+            (Some(why), _) => {
+                let _ = write!(by, "<br><span class=\"hint\">{}</span>", esc(why));
+            }
+            (None, Some(now)) => {
+                by.push_str("<br><span class=\"hint\">in the queue now (peeked):</span>");
+                for (k, v) in now {
+                    let _ = write!(by, "<br>{}: {}", esc(k), text(v));
+                }
+            }
+            _ => {}
+        }
         let _ = write!(
             out,
             "<tr><td>{}</td><td class=\"num\">{}</td><td>{by}</td><td>{sample}</td></tr>",

@@ -262,6 +262,38 @@ async fn the_api_follows_a_campaign_in_flight_and_acts_only_with_the_token() {
         json!([]),
         "its formId spent: {u}"
     );
+    // A dead letter: counted by reason for the Fleet page, and left in its queue.
+    f.publish_messages(&[json!({"messageId": "dash-bad", "openId": later[0], "templateId": TPL})])
+        .await;
+    let dead_queue = f.env.topology().dead_queue("messages");
+    let counted = eventually(Duration::from_secs(30), || async {
+        let (_, fleet) = dash.get("/api/fleet").await;
+        fleet["dead_letters"].as_array().is_some_and(|d| {
+            d.iter().any(|q| {
+                q["queue"] == json!(dead_queue)
+                    && q["messages"] == json!(1)
+                    && q["reasons"]["by_reason"]
+                        .as_object()
+                        .is_some_and(|r| r.values().filter_map(Value::as_u64).sum::<u64>() == 1)
+            })
+        })
+    })
+    .await;
+    assert!(counted, "{}", dash.get("/api/fleet").await.1);
+    let (_, fleet) = dash.get("/api/fleet").await;
+    let row = fleet["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["queue"] == json!(dead_queue))
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        row["reasons"]["sample"].as_array().unwrap().len(),
+        1,
+        "{row}"
+    );
+    assert!(row["reasons"]["since_ms"].as_i64().is_some(), "{row}");
     // Reach and fleet answer; no secret anywhere on the pages.
     let (status, reach) = dash.get("/api/reach").await;
     assert_eq!(status, 200, "{reach}");

@@ -27,6 +27,9 @@
 //!                                          shard; lives 15 minutes)
 //! {ns}:camp:{<app>.<n>}:<campaign>  hash  the campaign's record (its key and fields are
 //!                                          `record.rs`'s; `<n>`: the campaign id's shard)
+//! {ns}:dl:{<source>}                hash  dead letters of a source queue counted by reason code
+//!                                          (and " since": the first, ms), for the dashboard
+//! {ns}:dls:{<source>}               list  the last few of them (code, reason, when; JSON)
 //! {ns}:ci:{<app>.<n>}               zset  campaign index: the ids of shard `<n>`'s records,
 //!                                          score = when the record opened (ms); written by
 //!                                          `record_open.lua`, read by the dashboard's list
@@ -122,6 +125,19 @@ impl Keys {
     /// [`crate::Bank::campaign_list`].
     pub fn campaign_index(&self, app: &AppId, n: u16) -> String {
         self.key("ci", app, n, None)
+    }
+
+    /// `{ns}:dl:{<source>}`: the dead letters of `source` (`ingest`, `dispatch`, `send`,
+    /// `messages`) counted by reason code by the roles that dead-letter them, and the time of
+    /// the first counted (field `" since"`, ms). Kept 30 days after the last.
+    pub fn dead_letter_counts(&self, source: &str) -> String {
+        wxpush_redis::tagged(&self.ns, "dl", source, None)
+    }
+
+    /// `{ns}:dls:{<source>}`: the last [`crate::DEAD_LETTER_SAMPLE`] dead letters of
+    /// `source` (JSON: code, reason, at), newest first; same slot as the counts.
+    pub fn dead_letter_sample(&self, source: &str) -> String {
+        wxpush_redis::tagged(&self.ns, "dls", source, None)
     }
 
     /// `{ns}:ob:{<app>.<shard>}`: the shard's receipt outbox (contract 8.3), a zset of receipts

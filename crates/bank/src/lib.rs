@@ -552,6 +552,89 @@ impl Bank {
     }
 }
 
+/// Dead letters kept as a sample per source ([`Bank::count_dead_letter`]).
+pub const DEAD_LETTER_SAMPLE: usize = 5;
+/// How long dead-letter counts are kept after the last one.
+pub const DEAD_LETTER_COUNTS_TTL_SECS: i64 = 30 * 86_400;
+
+/// Dead letters of one source as the roles counted them ([`Bank::dead_letter_counts`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeadLetterCounts {
+    /// Reason code → dead letters.
+    pub by_reason: BTreeMap<String, u64>,
+    /// When the first was counted (Unix ms), if any.
+    pub since_ms: Option<i64>,
+    /// The last few (JSON objects: `code`, `reason`, `at`), newest first.
+    pub sample: Vec<String>,
+}
+
+impl Bank {
+    /// Counts a dead letter of `source` under its reason `code`, and keeps it in the sample
+    /// with its (already shortened) `reason`: what the dashboard shows of the dead-letter
+    /// queues without consuming them. One round trip, after the dead letter is confirmed.
+    pub async fn count_dead_letter(
+        &self,
+        source: &str,
+        code: &str,
+        reason: &str,
+    ) -> Result<(), BankError> {
+        let counts = self.keys.dead_letter_counts(source);
+        let sample = self.keys.dead_letter_sample(source);
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let entry = serde_json::json!({"code": code, "reason": reason, "at": at}).to_string();
+        let mut pipe = redis::pipe();
+        pipe.cmd("HINCRBY").arg(&counts).arg(code).arg(1).ignore();
+        pipe.cmd("HSETNX")
+            .arg(&counts)
+            .arg(" since")
+            .arg(at)
+            .ignore();
+        pipe.cmd("EXPIRE")
+            .arg(&counts)
+            .arg(DEAD_LETTER_COUNTS_TTL_SECS)
+            .ignore();
+        pipe.cmd("LPUSH").arg(&sample).arg(entry).ignore();
+        pipe.cmd("LTRIM")
+            .arg(&sample)
+            .arg(0)
+            .arg(DEAD_LETTER_SAMPLE - 1)
+            .ignore();
+        pipe.cmd("EXPIRE")
+            .arg(&sample)
+            .arg(DEAD_LETTER_COUNTS_TTL_SECS)
+            .ignore();
+        self.scripts
+            .run_pipeline::<()>(&mut self.conn.clone(), &pipe)
+            .await
+    }
+
+    /// The dead letters of `source` as [`Bank::count_dead_letter`] counted them. Read-only.
+    pub async fn dead_letter_counts(&self, source: &str) -> Result<DeadLetterCounts, BankError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGETALL")
+            .arg(self.keys.dead_letter_counts(source));
+        pipe.cmd("LRANGE")
+            .arg(self.keys.dead_letter_sample(source))
+            .arg(0)
+            .arg(-1);
+        let (mut counts, sample): (BTreeMap<String, i64>, Vec<String>) = self
+            .scripts
+            .run_pipeline(&mut self.conn.clone(), &pipe)
+            .await?;
+        let since_ms = counts.remove(" since");
+        Ok(DeadLetterCounts {
+            by_reason: counts
+                .into_iter()
+                .map(|(k, n)| (k, non_negative(n)))
+                .collect(),
+            since_ms,
+            sample,
+        })
+    }
+}
+
 /// What the bank holds of one user, read-only ([`Bank::user_view`]): for the dashboard's
 /// message lookup. Credentials are given as their kind and expiry only: their values are
 /// WeChat's, and never shown.
