@@ -754,3 +754,55 @@ async fn the_demo_keeps_its_dashboard_up_with_keep() {
         .await
         .is_none());
 }
+
+/// The token never reaches the logs, even at `trace`, through a login, a wrong login and
+/// actions with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_is_never_logged() {
+    let env = wxpush_testkit::TestEnv::new("dash_secret");
+    let addr = wxpush_testkit::free_addr();
+    let mut child = env.spawn_with(
+        &["dashboard"],
+        &[
+            ("WXPUSH_DASHBOARD_ADDR", &addr.to_string()),
+            ("WXPUSH_DASHBOARD_TOKEN", TOKEN),
+            ("WXPUSH_LOG", "trace"),
+        ],
+    );
+    let stderr = wxpush_testkit::CapturedStderr::take(&mut child);
+    let up = eventually(Duration::from_secs(30), || async {
+        wxpush_testkit::http_get(addr, "/api/session")
+            .await
+            .is_some()
+    })
+    .await;
+    assert!(up, "{}", stderr.text());
+    let base = format!("http://{addr}");
+    let http = client();
+    for token in [TOKEN, "a-wrong-token-of-some-length"] {
+        let r = http
+            .post(format!("{base}/login"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={token}"))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap();
+        assert!(status == 303 || status == 401, "{status} {body}");
+        assert!(!body.contains(TOKEN));
+    }
+    let r = http
+        .post(format!("{base}/api/campaigns/{}/none/pause", env.app))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    wxpush_testkit::terminate(&child);
+    let _ = child.wait();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = stderr.text();
+    assert!(logs.contains("dashboard"), "{logs}");
+    assert!(!logs.contains(TOKEN), "the token is in the logs:\n{logs}");
+}
