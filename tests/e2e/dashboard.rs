@@ -566,11 +566,49 @@ impl Browser {
         path
     }
 
-    async fn close(mut self) {
+    /// Ends the session (the browser quits); dropping then stops the driver.
+    async fn close(self) {
         let _ = self.http.delete(self.session.clone()).send().await;
-        let _ = self.driver.kill();
+    }
+}
+
+/// A test that fails midway leaves no browser behind: the driver and every process under it
+/// (the browser's) are killed, by their pids.
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let mut tree = vec![self.driver.id()];
+        let mut i = 0;
+        while i < tree.len() {
+            tree.extend(children_of(tree[i]));
+            i += 1;
+        }
+        for pid in tree.iter().rev() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
         let _ = self.driver.wait();
     }
+}
+
+/// The processes whose parent is `pid` (from /proc).
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // `pid (comm) state ppid ...`: the comm may hold spaces and parentheses.
+                    let after = stat.rsplit_once(')')?.1;
+                    after.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
 }
 
 /// `target/dashboard/`, beside the wxpush binary's profile directory.
