@@ -8,6 +8,19 @@ cd "$(dirname "$0")/.."
 scripts/services.sh
 scripts/check-compose.sh
 
+# The dashboard's browser test (tests/e2e/dashboard.rs) drives headless Chromium through
+# chromedriver: Debian's packages, installed when missing (as root or with sudo).
+if ! command -v chromedriver >/dev/null 2>&1 || ! { command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; }; then
+  echo "test: installing chromium and chromium-driver for the dashboard's browser test" >&2
+  if [ "$(id -u)" = 0 ]; then
+    apt-get install -y chromium chromium-driver >/dev/null || { apt-get update >/dev/null && apt-get install -y chromium chromium-driver >/dev/null; }
+  elif sudo -n true 2>/dev/null; then
+    sudo apt-get install -y chromium chromium-driver >/dev/null || { sudo apt-get update >/dev/null && sudo apt-get install -y chromium chromium-driver >/dev/null; }
+  else
+    echo "test: chromium and chromium-driver are missing and cannot be installed here (no root or sudo): the dashboard's browser test will fail" >&2
+  fi
+fi
+
 # cargo-deny, installed on first use (a build of a few minutes). The version is pinned so
 # that deny.toml's format stays the one it understands.
 deny_series=0.20

@@ -42,24 +42,14 @@ pub async fn run(
             found[i].clone()
         }
     };
-    let (verb, done) = match action {
-        Control::Pause => ("pause", "paused"),
-        Control::Resume => ("resume", "resumed"),
-        Control::Cancel => ("cancel", "cancelled"),
-    };
-    let changed = bank
-        .record(&app, id)
-        .control(action)
-        .await
-        .with_context(|| format!("cannot {verb} campaign {id}"))?;
-    match changed {
+    let done = words(action).1;
+    match act(&bank, &app, id, action).await? {
         None => Err(anyhow!(
             "no campaign {id} of app {app} in namespace {} ({})",
             config.namespace,
             crate::configured_apps(config)
         )),
         Some(true) => {
-            tracing::info!(campaign = id, app = %app, action = verb, "campaign {done} by an operator");
             // A scheduled campaign (contract 8.5) has nothing out yet: say what happens at its time.
             let record = bank.record(&app, id).snapshot().await.ok().flatten();
             match record
@@ -90,4 +80,34 @@ pub async fn run(
             Ok(())
         }
     }
+}
+
+/// The verb and the past participle of an action.
+pub(crate) fn words(action: Control) -> (&'static str, &'static str) {
+    match action {
+        Control::Pause => ("pause", "paused"),
+        Control::Resume => ("resume", "resumed"),
+        Control::Cancel => ("cancel", "cancelled"),
+    }
+}
+
+/// Applies `action` to `app`'s campaign `id` (the command's and the dashboard's one way):
+/// `None` when there is no such campaign, `Some(false)` when there was nothing to do; a change
+/// is logged.
+pub(crate) async fn act(
+    bank: &wxpush_bank::Bank,
+    app: &AppId,
+    id: &str,
+    action: Control,
+) -> anyhow::Result<Option<bool>> {
+    let (verb, done) = words(action);
+    let changed = bank
+        .record(app, id)
+        .control(action)
+        .await
+        .with_context(|| format!("cannot {verb} campaign {id}"))?;
+    if changed == Some(true) {
+        tracing::info!(campaign = id, app = %app, action = verb, "campaign {done} by an operator");
+    }
+    Ok(changed)
 }

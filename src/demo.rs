@@ -91,7 +91,8 @@ pub struct DemoArgs {
     /// Sender processes to run
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=32))]
     senders: u32,
-    /// Keep the demo's keys, queues and exchanges at the end (to look at them)
+    /// Keep the demo's keys, queues and exchanges at the end (to look at them), and its
+    /// dashboard up until Ctrl-C
     #[arg(long)]
     keep: bool,
     /// Fleet-wide sends per second (default: --send-rate / WXPUSH_SEND_RATE if set, else
@@ -122,10 +123,19 @@ pub async fn run(common: &crate::Common, args: DemoArgs) -> anyhow::Result<()> {
         .await
         .context("Redis")?;
 
+    // The dashboard first, so that the campaigns can be watched from their start.
+    let (dashboard_stop, dashboard_shutdown) = wxpush_roles::ShutdownTrigger::new();
+    let dashboard = start_dashboard(&setup.config, &deps, dashboard_shutdown).await?;
+    println!("The dashboard is at http://{dashboard}/ (read-only; it stays up after the demo with --keep)");
     let result = tokio::select! {
         r = demo(&setup, &args, &deps, &topology) => r,
         () = stop_requested() => Err(anyhow!("interrupted")),
     };
+    if args.keep && result.is_ok() {
+        eprintln!("demo: the dashboard stays up at http://{dashboard}/ until Ctrl-C");
+        stop_requested().await;
+    }
+    dashboard_stop.trigger();
     // The roles are stopped by now (their guard is dropped): nothing re-declares queues.
     if args.keep {
         eprintln!("demo: kept namespace {ns} (delete it by running the demo again)");
@@ -135,6 +145,22 @@ pub async fn run(common: &crate::Common, args: DemoArgs) -> anyhow::Result<()> {
     }
     deps.broker.close().await;
     result
+}
+
+/// Starts the dashboard (read-only: the demo sets no token) on `WXPUSH_DASHBOARD_ADDR`, or by
+/// default on 127.0.0.1:8088, or on a free loopback port when that one is taken (another demo).
+async fn start_dashboard(
+    config: &Config,
+    deps: &Deps,
+    shutdown: wxpush_roles::Shutdown,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let mut settings = crate::dashboard::Settings::from_env()?;
+    settings.token = None;
+    let given = std::env::var("WXPUSH_DASHBOARD_ADDR").is_ok_and(|v| !v.is_empty());
+    if !given && std::net::TcpListener::bind(settings.addr).is_err() {
+        settings.addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    }
+    crate::dashboard::start(config, deps.clone(), settings, shutdown).await
 }
 
 /// The demo's configuration: the install's (flags, environment) with the demo's defaults.

@@ -7,6 +7,7 @@
 use std::process::ExitCode;
 
 mod control;
+mod dashboard;
 mod demo;
 mod message;
 mod ops;
@@ -84,6 +85,9 @@ enum Command {
     },
     /// Reach forecast: users reachable now and on each of the next 7 days, consents per template
     Reach(reach::ReachArgs),
+    /// The operators' dashboard (web page and JSON API) on WXPUSH_DASHBOARD_ADDR (default
+    /// 127.0.0.1:8088); read-only unless WXPUSH_DASHBOARD_TOKEN is set
+    Dashboard,
     /// The fake WeChat API server, for development and tests
     MockWechat(MockArgs),
     /// The one-command showcase against the fake WeChat
@@ -336,6 +340,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             command: CampaignCommand::Retry { id, app, json },
         } => retry::run(&config(&cli.common)?, &id, app.as_deref(), json).await,
         Command::Reach(args) => reach::run(&cli.common, args).await,
+        Command::Dashboard => {
+            let settings = dashboard::Settings::from_env()?;
+            ops::scrubber().add_all(
+                &settings
+                    .secrets()
+                    .into_iter()
+                    .map(wxpush_domain::Secret::new)
+                    .collect::<Vec<_>>(),
+            );
+            dashboard::run(&config(&cli.common)?, settings).await
+        }
         Command::MockWechat(args) => run_mock(&cli.common, args).await,
         Command::Demo(args) => demo::run(&cli.common, args).await,
         Command::Healthcheck(args) => probe::healthcheck(args).await,

@@ -69,18 +69,7 @@ pub async fn status(
         .map(Value::String)
         .or_else(|| send.or(delivery).map(|r| r["openId"].clone()));
     if json {
-        let out = json!({
-            "messageId": id,
-            "appId": app.as_str(),
-            "openId": user,
-            "templateId": send.or(delivery).map(|r| r["templateId"].clone()),
-            "outcome": send.map_or_else(|| json!("pending"), |r| r["outcome"].clone()),
-            "errcode": send.map(|r| r["errcode"].clone()),
-            "msgid": send.map(|r| r["msgid"].clone()),
-            "at": send.map(|r| r["at"].clone()),
-            "delivery": delivery.map(|r| json!({"outcome": r["outcome"], "at": r["at"]})),
-        });
-        println!("{out}");
+        println!("{}", to_json(id, &app, &status));
         return Ok(());
     }
     let text = |r: Option<&Value>, k: &str| -> String {
@@ -119,4 +108,29 @@ pub async fn status(
         println!("{k:<12}  {v}");
     }
     Ok(())
+}
+
+/// A message's status as `--json` prints it (and the dashboard shows it).
+pub(crate) fn to_json(id: &str, app: &AppId, status: &wxpush_bank::MessageStatus) -> Value {
+    let parse = |r: &Option<String>| -> Option<Value> {
+        r.as_deref().and_then(|r| serde_json::from_str(r).ok())
+    };
+    let (send, delivery) = (parse(&status.outcome), parse(&status.delivery));
+    let (send, delivery) = (send.as_ref(), delivery.as_ref());
+    let user = status
+        .open_id
+        .clone()
+        .map(Value::String)
+        .or_else(|| send.or(delivery).map(|r| r["openId"].clone()));
+    json!({
+        "messageId": id,
+        "appId": app.as_str(),
+        "openId": user,
+        "templateId": send.or(delivery).map(|r| r["templateId"].clone()),
+        "outcome": send.map_or_else(|| json!("pending"), |r| r["outcome"].clone()),
+        "errcode": send.map(|r| r["errcode"].clone()),
+        "msgid": send.map(|r| r["msgid"].clone()),
+        "at": send.map(|r| r["at"].clone()),
+        "delivery": delivery.map(|r| json!({"outcome": r["outcome"], "at": r["at"]})),
+    })
 }

@@ -155,6 +155,30 @@ pub async fn run(common: &crate::Common, args: ReachArgs) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// The forecast of `app` as `wxpush reach --json` prints it (the dashboard's Reach page).
+pub(crate) async fn report_json(
+    bank: &Bank,
+    config: &Config,
+    app: &AppId,
+) -> anyhow::Result<Value> {
+    let started = Instant::now();
+    let forecast = tokio::time::timeout(
+        READ_TIMEOUT,
+        forecast(bank, app, config.claim_margin_secs, None),
+    )
+    .await
+    .map_err(|_| anyhow!("no forecast from Redis within {READ_TIMEOUT:?}"))??;
+    Ok(Report {
+        app: app.to_string(),
+        namespace: config.namespace.to_string(),
+        margin_secs: config.claim_margin_secs,
+        template: None,
+        forecast,
+        elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    }
+    .to_json())
+}
+
 /// Whether the bank holds anything of the app: a user index shard or a consent totals shard
 /// (`EXISTS`, one per key, in the bank's batched reads).
 async fn anything_stored(bank: &Bank, app: &AppId) -> Result<bool, wxpush_bank::BankError> {

@@ -97,13 +97,20 @@ pub async fn retry(
                 .with_context(|| format!("cannot read campaign {id}'s dead-lettered recipients"))?;
             // A job may carry up to 256 KiB of data: a page of 1,000 is published a few MiB
             // at a time.
-            let jobs = page
+            // Collected before each await: a future holding these iterators' closures would
+            // not be `Send` for every lifetime, which the dashboard's handlers need.
+            let jobs: Vec<Vec<u8>> = page
                 .users
                 .iter()
-                .map(|u| template.for_recipient(u).to_json());
-            for batch in batches_by_bytes(jobs, CONFIRM_BATCH_BYTES) {
+                .map(|u| template.for_recipient(u).to_json())
+                .collect();
+            for batch in batches_by_bytes(jobs.into_iter(), CONFIRM_BATCH_BYTES) {
+                let items: Vec<(&str, &[u8])> = batch
+                    .iter()
+                    .map(|b| (queue.as_str(), b.as_slice()))
+                    .collect();
                 publisher
-                    .publish_all("", batch.iter().map(|b| (queue.as_str(), b.as_slice())))
+                    .publish_all("", items)
                     .await
                     .context("cannot publish the jobs")?;
             }

@@ -117,6 +117,13 @@ impl Reader {
         })
     }
 
+    /// A reader on a bank already connected (the dashboard's, shared by its requests).
+    pub(crate) fn with_bank(config: &Config, bank: Bank) -> anyhow::Result<Self> {
+        let mut reader = Self::new(config)?;
+        reader.bank = Some(bank);
+        Ok(reader)
+    }
+
     /// The bank, connected once (its connection reconnects by itself).
     pub(crate) async fn connection(&mut self) -> anyhow::Result<Bank> {
         if let Some(bank) = &self.bank {
@@ -140,6 +147,17 @@ impl Reader {
             })?;
         self.bank = Some(bank.clone());
         Ok(bank)
+    }
+
+    /// `app`'s campaign `id` as it is now; `None` when neither hash exists (the dashboard's
+    /// reading: the same as `campaign status`'s).
+    pub(crate) async fn read_of(
+        &mut self,
+        app: &AppId,
+        id: &str,
+    ) -> anyhow::Result<Option<Snapshot>> {
+        self.app = app.clone();
+        self.read(id).await
     }
 
     /// The campaign as it is now; `None` when neither hash exists.
@@ -257,7 +275,7 @@ fn now_ms() -> i64 {
 
 /// One campaign at one moment: the record (if any), the counters, and what follows from them.
 #[derive(Debug, Clone, Default, PartialEq)]
-struct Snapshot {
+pub(crate) struct Snapshot {
     campaign_id: String,
     /// When it was read (Unix ms, this machine's clock).
     at_ms: i64,
@@ -306,6 +324,16 @@ struct Snapshot {
     /// is counted where it lands; this is how many were re-queued, over every run).
     requeued: u64,
     last_at_ms: Option<i64>,
+    /// Every counter that is a count, by its name as written (summed over the shards), those
+    /// this version names above and any other (added by a newer sender): what the dashboard
+    /// shows, generic over the names. Not `last_at_ms`, not the sends by time.
+    pub(crate) counters: BTreeMap<String, u64>,
+    /// Sends by time: (start of the bucket, Unix s; sends in it), oldest first
+    /// ([`wxpush_bank::RATE_FIELD_PREFIX`]).
+    pub(crate) sends_by_time: Vec<(i64, u64)>,
+    /// Every time the record holds (its fields named `*_at_ms`: started, dispatched, paused,
+    /// a schedule...), by field name: the dashboard's schedule, generic over the names.
+    pub(crate) record_times: BTreeMap<String, i64>,
     /// Fields that could not be read, and other oddities worth a line.
     warnings: Vec<String>,
 }
@@ -324,6 +352,11 @@ impl Snapshot {
             ..Default::default()
         };
         let text = |k: &str| camp.get(k).filter(|v| !v.is_empty()).cloned();
+        s.record_times = camp
+            .iter()
+            .filter(|(k, _)| k.ends_with("_at_ms") && k.as_str() != field::LEASE_UNTIL_MS)
+            .filter_map(|(k, v)| Some((k.clone(), v.trim().parse::<i64>().ok()?)))
+            .collect();
         s.app = text(field::APP);
         s.template_id = text(field::TEMPLATE_ID);
         s.kind = text(field::KIND);
@@ -367,6 +400,18 @@ impl Snapshot {
                 .and_then(|v| parse_time(&mut s.warnings, "camp", field::SEND_AT_MS, v));
         }
         for (field, value) in cs {
+            if let Some(bucket) = field.strip_prefix(wxpush_bank::RATE_FIELD_PREFIX) {
+                if let (Ok(b), Ok(n)) = (bucket.parse::<i64>(), value.trim().parse::<u64>()) {
+                    s.sends_by_time
+                        .push((b.saturating_mul(wxpush_bank::RATE_BUCKET_SECS), n));
+                }
+                continue;
+            }
+            if field != "last_at_ms" {
+                if let Ok(n) = value.trim().parse::<u64>() {
+                    s.counters.insert(field.clone(), n);
+                }
+            }
             let slot = match field.as_str() {
                 "sent" => &mut s.sent,
                 "sent_unconfirmed" => &mut s.sent_unconfirmed,
@@ -406,6 +451,7 @@ impl Snapshot {
                 }
             }
         }
+        s.sends_by_time.sort_unstable();
         s
     }
 
@@ -415,7 +461,7 @@ impl Snapshot {
 
     /// Recipients that reached an outcome (each counted once; retries and duplicate jobs are
     /// not outcomes).
-    fn final_outcomes(&self) -> u64 {
+    pub(crate) fn final_outcomes(&self) -> u64 {
         [
             self.sent,
             self.sent_unconfirmed,
@@ -431,7 +477,7 @@ impl Snapshot {
         .fold(0u64, |a, n| a.saturating_add(*n))
     }
 
-    fn pending(&self) -> Option<u64> {
+    pub(crate) fn pending(&self) -> Option<u64> {
         self.targeted
             .map(|t| t.saturating_sub(self.final_outcomes()))
     }
@@ -443,7 +489,7 @@ impl Snapshot {
 
     /// Every recipient has an outcome, or the campaign was stopped (its remaining jobs are
     /// not sent), or cancelled while scheduled (none will be).
-    fn complete(&self) -> bool {
+    pub(crate) fn complete(&self) -> bool {
         self.has_record
             && (self.stopped_reason.is_some()
                 || self.cancelled_while_scheduled()
@@ -474,7 +520,7 @@ impl Snapshot {
 
     /// "scheduled", "dispatching", "dispatched", "complete", or what the record says;
     /// "unknown" without it.
-    fn state(&self) -> &str {
+    pub(crate) fn state(&self) -> &str {
         if !self.has_record {
             "unknown"
         } else if self.stopped_reason.is_some() {
@@ -522,13 +568,13 @@ impl Snapshot {
     }
 
     /// Failed counts ordered by numeric code (codes that are not numbers last).
-    fn failed_by_code(&self) -> Vec<(&str, u64)> {
+    pub(crate) fn failed_by_code(&self) -> Vec<(&str, u64)> {
         let mut v: Vec<(&str, u64)> = self.failed.iter().map(|(c, n)| (c.as_str(), *n)).collect();
         v.sort_by_key(|(c, _)| (c.parse::<i64>().map_or((1, 0), |n| (0, n)), c.to_string()));
         v
     }
 
-    fn to_json(&self, live: Option<&Live>) -> Value {
+    pub(crate) fn to_json(&self, live: Option<&Live>) -> Value {
         let by_code: serde_json::Map<String, Value> = self
             .failed
             .iter()
@@ -714,7 +760,7 @@ fn parse_time(warnings: &mut Vec<String>, hash: &str, field: &str, value: &str) 
 }
 
 /// What WeChat's error codes mean (those wxpush knows; see docs/sending.md).
-fn code_meaning(code: i64) -> Option<&'static str> {
+pub(crate) fn code_meaning(code: i64) -> Option<&'static str> {
     Some(match code {
         -1 => "WeChat busy",
         40001 => "bad access token",
@@ -752,7 +798,7 @@ fn round2(x: f64) -> f64 {
 
 /// What `--watch` knows beyond one snapshot: the moving rate.
 #[derive(Debug, Default)]
-struct Live {
+pub(crate) struct Live {
     /// (when, final outcomes) over the last [`RATE_WINDOW`].
     samples: VecDeque<(Instant, u64)>,
     /// Final outcomes per second over the window; `None` until two samples apart.
@@ -760,7 +806,7 @@ struct Live {
 }
 
 impl Live {
-    fn observe(&mut self, at: Instant, done: u64) {
+    pub(crate) fn observe(&mut self, at: Instant, done: u64) {
         // A count going down means the counters were reset: start the window afresh.
         if self.samples.back().is_some_and(|(_, d)| *d > done) {
             self.samples.clear();

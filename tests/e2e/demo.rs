@@ -72,6 +72,12 @@ async fn the_demo_passes_its_checks_and_cleans_up() {
         status.success(),
         "exit {status:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
+    // It opens with where its dashboard is (up while it runs; read-only).
+    let first = stdout.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("The dashboard is at http://127.0.0.1:") && first.contains("read-only"),
+        "{first}"
+    );
     // Both campaigns, side by side.
     for shown in [
         "formId     demo-",

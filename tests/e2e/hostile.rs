@@ -262,6 +262,10 @@ enum DocKey {
     Record(String),
     /// `{ns}:token|token-lock|token-err|rate|pause:{<app>}`
     Fleet(String),
+    /// `{ns}:ci:{<app>.<n>}` (docs/dashboard.md): the campaign index of shard `n`
+    CampaignIndex(u16),
+    /// `{ns}:dl:{<source>}` and `{ns}:dls:{<source>}` (docs/dashboard.md): `dl:<source>`...
+    DeadLetters(String),
 }
 
 /// Which documented pattern `key` follows, checking every part (the appId is the install's,
@@ -328,6 +332,16 @@ fn classify(ns: &Namespace, app: &AppId, key: &[u8]) -> Option<DocKey> {
             _ => None,
         },
         "receipts" => (rest == "sweep").then(|| DocKey::Fleet(kind.to_owned())),
+        "ci" => match tagged(rest)? {
+            (shard, None) => Some(DocKey::CampaignIndex(shard)),
+            _ => None,
+        },
+        "dl" | "dls" => {
+            let source = rest.strip_prefix('{')?.strip_suffix('}')?;
+            ["ingest", "dispatch", "send", "messages"]
+                .contains(&source)
+                .then(|| DocKey::DeadLetters(format!("{kind}:{source}")))
+        }
         "camp" => {
             let (shard, Some(id)) = tagged(rest)? else {
                 return None;
@@ -543,7 +557,10 @@ async fn hostile_uploads_are_dead_lettered_with_their_code_and_ingest_goes_on() 
         .keys()
         .map(|u| DocKey::Index(shard_of(&OpenId::new(u).unwrap())))
         .collect();
-    let expected: BTreeSet<DocKey> = users.union(&shards).cloned().collect();
+    let mut expected: BTreeSet<DocKey> = users.union(&shards).cloned().collect();
+    // The dead letters counted by reason (docs/dashboard.md).
+    expected.insert(DocKey::DeadLetters("dl:ingest".into()));
+    expected.insert(DocKey::DeadLetters("dls:ingest".into()));
     assert_eq!(keys, expected);
     let bank_keys = Keys::new(env.ns.clone());
     let holding: BTreeSet<String> = good
@@ -820,6 +837,13 @@ async fn hostile_campaigns_are_dead_lettered_with_their_code_and_dispatch_goes_o
         .collect();
     expected.insert(DocKey::Record(all_id.clone()));
     expected.insert(DocKey::Record(odd_id.clone()));
+    // The campaign index (its records' shards) and the dead letters counted by reason
+    // (docs/dashboard.md).
+    for id in [&all_id, &odd_id] {
+        expected.insert(DocKey::CampaignIndex(wxpush_bank::keys::shard_of_text(id)));
+    }
+    expected.insert(DocKey::DeadLetters("dl:dispatch".into()));
+    expected.insert(DocKey::DeadLetters("dls:dispatch".into()));
     assert_eq!(keys, expected);
     let bank_keys = Keys::new(env.ns.clone());
     let mut holding: BTreeSet<String> = everyone

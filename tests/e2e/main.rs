@@ -14,6 +14,7 @@ mod cluster_script;
 mod consent_buckets;
 mod consent_caps;
 mod control;
+mod dashboard;
 mod demo;
 mod deploy_manifests;
 mod docs;

@@ -373,7 +373,8 @@ impl Bank {
 
     /// A campaign's outcome counters, summed over the shards (`last_at_ms`: the latest), in
     /// one pipelined round trip (on a cluster, one per shard, concurrently). Empty if nothing
-    /// was recorded.
+    /// was recorded. The sends counted by time (`r:<unix s / 10>`, [`RATE_FIELD_PREFIX`]) are
+    /// left out: they are not outcomes (the dashboard reads them with the record).
     pub async fn campaign_counters(
         &self,
         app: &AppId,
@@ -384,6 +385,9 @@ impl Bank {
         let mut total = std::collections::BTreeMap::new();
         for shard in shards {
             for (field, n) in shard {
+                if field.starts_with(RATE_FIELD_PREFIX) {
+                    continue;
+                }
                 let slot = total.entry(field.clone()).or_insert(0i64);
                 if field == "last_at_ms" {
                     *slot = (*slot).max(n);
@@ -395,6 +399,14 @@ impl Bank {
         Ok(total)
     }
 }
+
+/// The counters' fields that count a campaign's sends (`sent`, `sent_unconfirmed`) by the 10
+/// seconds of Redis time they happened in: `r:<unix seconds / 10>` (`campaign_marks.lua`'s
+/// `count`), summed over the shards by whoever charts them. Not outcomes.
+pub const RATE_FIELD_PREFIX: &str = "r:";
+
+/// The width of a [`RATE_FIELD_PREFIX`] field's time bucket, in seconds.
+pub const RATE_BUCKET_SECS: i64 = 10;
 
 impl Bank {
     /// `HGETALL` of each shard's outcome counters of `campaign`, in shard order.

@@ -27,6 +27,12 @@
 //!                                          shard; lives 15 minutes)
 //! {ns}:camp:{<app>.<n>}:<campaign>  hash  the campaign's record (its key and fields are
 //!                                          `record.rs`'s; `<n>`: the campaign id's shard)
+//! {ns}:dl:{<source>}                hash  dead letters of a source queue counted by reason code
+//!                                          (and " since": the first, ms), for the dashboard
+//! {ns}:dls:{<source>}               list  the last few of them (code, reason, when; JSON)
+//! {ns}:ci:{<app>.<n>}               zset  campaign index: the ids of shard `<n>`'s records,
+//!                                          score = when the record opened (ms); written by
+//!                                          `record_open.lua`, read by the dashboard's list
 //! ```
 //!
 //! A user's keys and their index shards share the hash tag `{<app>.<shard>}`, so every script
@@ -111,6 +117,27 @@ impl Keys {
     /// A campaign's outcome counters for the users of one shard (same slot as their marks).
     pub fn campaign_counters(&self, app: &AppId, shard: u16, campaign: &str) -> String {
         self.key("cs", app, shard, Some(campaign))
+    }
+
+    /// `{ns}:ci:{<app>.<n>}`: the campaign index of shard `n` (the records whose id's
+    /// [`shard_of_text`] is `n`, so the same slot as theirs): campaign id → when its record
+    /// opened (ms). One `ZADD` per campaign, in `record_open.lua`; read by
+    /// [`crate::Bank::campaign_list`].
+    pub fn campaign_index(&self, app: &AppId, n: u16) -> String {
+        self.key("ci", app, n, None)
+    }
+
+    /// `{ns}:dl:{<source>}`: the dead letters of `source` (`ingest`, `dispatch`, `send`,
+    /// `messages`) counted by reason code by the roles that dead-letter them, and the time of
+    /// the first counted (field `" since"`, ms). Kept 30 days after the last.
+    pub fn dead_letter_counts(&self, source: &str) -> String {
+        wxpush_redis::tagged(&self.ns, "dl", source, None)
+    }
+
+    /// `{ns}:dls:{<source>}`: the last [`crate::DEAD_LETTER_SAMPLE`] dead letters of
+    /// `source` (JSON: code, reason, at), newest first; same slot as the counts.
+    pub fn dead_letter_sample(&self, source: &str) -> String {
+        wxpush_redis::tagged(&self.ns, "dls", source, None)
     }
 
     /// `{ns}:ob:{<app>.<shard>}`: the shard's receipt outbox (contract 8.3), a zset of receipts
@@ -263,6 +290,22 @@ mod tests {
             "wxpush:tc:{wx1234567890abcdef.7}"
         );
         assert!(keys.credentials(&app, &user).contains(&tag));
+    }
+
+    #[test]
+    fn the_campaign_index_is_in_its_records_slot() {
+        let ns = Namespace::new("wxpush").unwrap();
+        let keys = Keys::new(ns.clone());
+        let app = AppId::new("wx1234567890abcdef").unwrap();
+        for id in ["c1", "spring-sale", "x{y}z"] {
+            let record = crate::record::record_key(&ns, &app, id);
+            let index = keys.campaign_index(&app, shard_of_text(id));
+            let tag = |k: &str| {
+                let open = k.find('{').unwrap();
+                k[open..=open + k[open..].find('}').unwrap()].to_owned()
+            };
+            assert_eq!(tag(&record), tag(&index), "{record} {index}");
+        }
     }
 
     #[test]

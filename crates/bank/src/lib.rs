@@ -55,7 +55,10 @@ use redis::{FromRedisValue, Value};
 use wxpush_domain::{check_template_id, AppId, Credential, CredentialKind, Namespace, OpenId};
 use wxpush_redis::Conn;
 
-pub use campaign::{CampaignClaim, ClaimExtras, ClaimMode, Marked, Receipt, Settle};
+pub use campaign::{
+    CampaignClaim, ClaimExtras, ClaimMode, Marked, Receipt, Settle, RATE_BUCKET_SECS,
+    RATE_FIELD_PREFIX,
+};
 pub use consent::CONSENT_TTL_SECS;
 pub use durability::{Durability, Setting};
 pub use events::{EventApplied, EVENT_MARK_TTL_SECS, PUSH_NONCE_TTL_SECS};
@@ -547,6 +550,143 @@ impl Bank {
             .query_async(&mut conn)
             .await?;
         Ok(n)
+    }
+}
+
+/// Dead letters kept as a sample per source ([`Bank::count_dead_letter`]).
+pub const DEAD_LETTER_SAMPLE: usize = 5;
+/// How long dead-letter counts are kept after the last one.
+pub const DEAD_LETTER_COUNTS_TTL_SECS: i64 = 30 * 86_400;
+
+/// Dead letters of one source as the roles counted them ([`Bank::dead_letter_counts`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeadLetterCounts {
+    /// Reason code → dead letters.
+    pub by_reason: BTreeMap<String, u64>,
+    /// When the first was counted (Unix ms), if any.
+    pub since_ms: Option<i64>,
+    /// The last few (JSON objects: `code`, `reason`, `at`), newest first.
+    pub sample: Vec<String>,
+}
+
+impl Bank {
+    /// Counts a dead letter of `source` under its reason `code`, and keeps it in the sample
+    /// with its (already shortened) `reason`: what the dashboard shows of the dead-letter
+    /// queues without consuming them. One round trip, after the dead letter is confirmed.
+    pub async fn count_dead_letter(
+        &self,
+        source: &str,
+        code: &str,
+        reason: &str,
+    ) -> Result<(), BankError> {
+        let counts = self.keys.dead_letter_counts(source);
+        let sample = self.keys.dead_letter_sample(source);
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let entry = serde_json::json!({"code": code, "reason": reason, "at": at}).to_string();
+        let mut pipe = redis::pipe();
+        pipe.cmd("HINCRBY").arg(&counts).arg(code).arg(1).ignore();
+        pipe.cmd("HSETNX")
+            .arg(&counts)
+            .arg(" since")
+            .arg(at)
+            .ignore();
+        pipe.cmd("EXPIRE")
+            .arg(&counts)
+            .arg(DEAD_LETTER_COUNTS_TTL_SECS)
+            .ignore();
+        pipe.cmd("LPUSH").arg(&sample).arg(entry).ignore();
+        pipe.cmd("LTRIM")
+            .arg(&sample)
+            .arg(0)
+            .arg(DEAD_LETTER_SAMPLE - 1)
+            .ignore();
+        pipe.cmd("EXPIRE")
+            .arg(&sample)
+            .arg(DEAD_LETTER_COUNTS_TTL_SECS)
+            .ignore();
+        self.scripts
+            .run_pipeline::<()>(&mut self.conn.clone(), &pipe)
+            .await
+    }
+
+    /// The dead letters of `source` as [`Bank::count_dead_letter`] counted them. Read-only.
+    pub async fn dead_letter_counts(&self, source: &str) -> Result<DeadLetterCounts, BankError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGETALL")
+            .arg(self.keys.dead_letter_counts(source));
+        pipe.cmd("LRANGE")
+            .arg(self.keys.dead_letter_sample(source))
+            .arg(0)
+            .arg(-1);
+        let (mut counts, sample): (BTreeMap<String, i64>, Vec<String>) = self
+            .scripts
+            .run_pipeline(&mut self.conn.clone(), &pipe)
+            .await?;
+        let since_ms = counts.remove(" since");
+        Ok(DeadLetterCounts {
+            by_reason: counts
+                .into_iter()
+                .map(|(k, n)| (k, non_negative(n)))
+                .collect(),
+            since_ms,
+            sample,
+        })
+    }
+}
+
+/// What the bank holds of one user, read-only ([`Bank::user_view`]): for the dashboard's
+/// message lookup. Credentials are given as their kind and expiry only: their values are
+/// WeChat's, and never shown.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UserView {
+    /// (kind: `formId`, `prepayId`, or `unknown`; expiry, Unix s), soonest first; spent
+    /// ones (negative scores, kept until the zset expires) are left out.
+    pub credentials: Vec<(&'static str, i64)>,
+    /// Template → subscribe consents held ([`Bank::consents_of`]).
+    pub consents: BTreeMap<String, u64>,
+    /// The user's campaign marks: campaign (or `✉<messageId>`) → its state as written
+    /// (`=sent@<day>`, `L` while an attempt holds a credential, ...); the marks' own
+    /// bookkeeping fields (with a space) are left out.
+    pub marks: BTreeMap<String, String>,
+}
+
+impl Bank {
+    /// What `open_id` holds now and which campaigns reached them ([`UserView`]).
+    pub async fn user_view(&self, app: &AppId, open_id: &OpenId) -> Result<UserView, BankError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZRANGE")
+            .arg(self.keys.credentials(app, open_id))
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES");
+        pipe.cmd("HGETALL").arg(self.keys.marks(app, open_id));
+        type Read = (Vec<(Vec<u8>, f64)>, BTreeMap<String, String>);
+        let (creds, marks): Read = self
+            .scripts
+            .run_pipeline(&mut self.conn.clone(), &pipe)
+            .await?;
+        let credentials = creds
+            .into_iter()
+            .filter(|(_, score)| *score > 0.0)
+            .map(|(member, score)| {
+                let kind = match member::decode(&member, score as i64).map(|c| c.kind) {
+                    Some(wxpush_domain::CredentialKind::FormId) => "formId",
+                    Some(wxpush_domain::CredentialKind::PrepayId { .. }) => "prepayId",
+                    _ => "unknown",
+                };
+                (kind, score as i64)
+            })
+            .collect();
+        Ok(UserView {
+            credentials,
+            consents: self.consents_of(app, open_id).await?,
+            marks: marks
+                .into_iter()
+                .filter(|(k, _)| !k.contains(' ') && k != "~p")
+                .collect(),
+        })
     }
 }
 

@@ -448,6 +448,37 @@ impl Bank {
         Ok((record, counters))
     }
 
+    /// `app`'s campaigns whose records opened since the index began (newest first, at most
+    /// `limit`): (campaign id, when its record opened, Unix ms), from the campaign index
+    /// (`{ns}:ci:{<app>.<n>}`, [`crate::Keys::campaign_index`]), read shard by shard in one
+    /// batch (one pipeline on a single node). Read-only. Records opened by versions before
+    /// the index are not listed; an entry whose record expired may be (its record reads empty).
+    pub async fn campaign_list(
+        &self,
+        app: &AppId,
+        limit: usize,
+    ) -> Result<Vec<(String, i64)>, BankError> {
+        let reads: Vec<redis::Cmd> = (0..crate::SHARDS)
+            .map(|n| {
+                let mut cmd = redis::cmd("ZREVRANGE");
+                cmd.arg(self.keys.campaign_index(app, n))
+                    .arg(0)
+                    .arg(limit.saturating_sub(1))
+                    .arg("WITHSCORES");
+                cmd
+            })
+            .collect();
+        let shards: Vec<Vec<(String, f64)>> = self.read_batch(reads).await?;
+        let mut all: Vec<(String, i64)> = shards
+            .into_iter()
+            .flatten()
+            .map(|(id, at)| (id, at as i64))
+            .collect();
+        all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        all.truncate(limit);
+        Ok(all)
+    }
+
     /// The record of `app`'s campaign `campaign_id`.
     pub fn record(&self, app: &AppId, campaign_id: &str) -> CampaignRecord {
         CampaignRecord {
@@ -528,9 +559,11 @@ impl CampaignRecord {
         let mut job = c.job_template();
         job.app_id = Some(self.app.to_string());
         let mut cmd = self.bank.scripts.record_open.evalsha();
-        cmd.arg(2)
+        let index_shard = crate::keys::shard_of_text(&c.campaign_id);
+        cmd.arg(3)
             .arg(&self.key)
             .arg(self.main_key())
+            .arg(self.bank.keys.campaign_index(&self.app, index_shard))
             .arg(millis(lease))
             .arg(RECORD_TTL_SECS)
             .arg(self.app.as_str())
@@ -544,6 +577,7 @@ impl CampaignRecord {
             None => cmd.arg(0).arg(0),
         };
         cmd.arg(c.send_at_ms.unwrap_or(0).max(0));
+        cmd.arg(&c.campaign_id);
         let reply: Vec<Value> = self.query(&cmd).await?;
         let text = |v: &Value| -> Option<String> {
             match v {

@@ -697,6 +697,7 @@ impl Dispatcher {
             )
             .await
             .inspect_err(|e| m::count_refused_dead_letter(DEAD_LETTER_SOURCE, e))?;
+        crate::dead_letters::count(&self.bank, DEAD_LETTER_SOURCE, code, reason).await;
         stats.dead_lettered += 1;
         metrics::counter!(m::DEAD_LETTERED, "source" => DEAD_LETTER_SOURCE, "reason" => code.to_owned())
             .increment(1);

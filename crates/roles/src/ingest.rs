@@ -514,6 +514,7 @@ impl Ingest {
                 )
                 .await
                 .inspect_err(|e| m::count_refused_dead_letter(DEAD_LETTER_SOURCE, e))?;
+            crate::dead_letters::count(&self.bank, DEAD_LETTER_SOURCE, reason.code(), &short).await;
             *stats.dead_lettered.entry(reason.code()).or_default() += 1;
             metrics::counter!(m::DEAD_LETTERED, "source" => DEAD_LETTER_SOURCE, "reason" => reason.code())
                 .increment(1);

@@ -16,6 +16,7 @@
 //!
 //! This crate must not parse command lines or read the environment (the CLI's job).
 
+mod dead_letters;
 pub mod deps;
 pub mod dispatch;
 pub mod durability;

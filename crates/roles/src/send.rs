@@ -733,6 +733,7 @@ impl Sender {
             .await;
         match sent {
             Ok(()) => {
+                crate::dead_letters::count(&self.bank, dead, code, reason).await;
                 SendStats::add(&self.stats.dead_lettered);
                 metrics::counter!(m::DEAD_LETTERED, "source" => dead, "reason" => code.to_owned())
                     .increment(1);

@@ -35,9 +35,14 @@ local now = tonumber(t[1])
 local now_ms = now * 1000 + math.floor(tonumber(t[2]) / 1000)
 local today = math.floor(now / 86400)
 
--- Counts an outcome in the campaign's counters of the user's shard.
+-- Counts an outcome in the campaign's counters of the user's shard. A campaign's sends are
+-- also counted by the 10 s of Redis time they happened in ('r:<unix s / 10>'), for the
+-- dashboard's sends-per-second chart (single messages, whose mark is not ASCII, are not).
 local function count(counters, field)
   redis.call('HINCRBY', counters, field, 1)
+  if (field == 'sent' or field == 'sent_unconfirmed') and string.byte(counters, -1) < 128 then
+    redis.call('HINCRBY', counters, 'r:' .. math.floor(now / 10), 1)
+  end
   redis.call('HSET', counters, 'last_at_ms', now_ms)
   redis.call('EXPIRE', counters, COUNTERS_TTL)
 end

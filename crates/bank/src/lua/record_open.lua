@@ -6,7 +6,10 @@
 -- (the same key for a campaign sent whole). ARGV[1] lease (ms), ARGV[2] the record's lifetime
 -- (s), ARGV[3] app, ARGV[4] kind, ARGV[5] template id, ARGV[6] audience, ARGV[7] rejected
 -- recipients, ARGV[8] the send-job template (JSON), ARGV[9] the part (0: sent whole),
--- ARGV[10] parts, ARGV[11] sendAt (Unix ms; 0: none).
+-- ARGV[10] parts, ARGV[11] sendAt (Unix ms; 0: none), ARGV[12] the campaign id. KEYS[3] the
+-- app's campaign index of the campaign's shard (`{ns}:ci:{<app>.<n>}`, the record's slot): the
+-- id is added when its record is created, scheduled or not (entries older than a record lives
+-- are dropped then), for the dashboard's list.
 -- Returns {'dispatched'} | {'held', ms left} | {'new', token} | {'conflict'} |
 --   {'resume', token, cursor, page or nil, page_next or nil} |
 --   {'scheduled', ms left, 1 if the record was created by this call else 0} |
@@ -20,6 +23,11 @@ local lease, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local part = tonumber(ARGV[9])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function index_campaign()
+  redis.call('ZADD', KEYS[3], 'NX', now, ARGV[12])
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - ttl * 1000)
+  redis.call('EXPIRE', KEYS[3], ttl)
+end
 -- A campaign is sent whole or in parts, never both under one id.
 local main_state, main_parts, main_kind, main_template, main_send_at, main_cancelled,
   main_paused = unpack(redis.call('HMGET', main, F.state, F.parts, F.kind, F.template_id,
@@ -59,6 +67,7 @@ if part > 0 then
     end
     redis.call('HSETNX', main, F.targeted, 0)
     redis.call('EXPIRE', main, keep)
+    index_campaign()
   end
   -- One personalised part makes the campaign's jobs not rebuildable from its template.
   if ARGV[6] == 'recipients' then
@@ -87,6 +96,9 @@ if due_at > 0 and (not state or state == S.scheduled) then
         F.send_at_ms, due_text)
       redis.call('EXPIRE', key, keep)
       created = 1
+      if part == 0 then
+        index_campaign()
+      end
     end
     return {'scheduled', due_at - now, created}
   end
@@ -118,6 +130,9 @@ if not state then
     redis.call('HSET', key, F.send_at_ms, due_text)
   end
   redis.call('EXPIRE', key, ttl)
+  if part == 0 then
+    index_campaign()
+  end
   return {'new', token}
 end
 local until_ms = tonumber(redis.call('HGET', key, F.lease_until_ms) or '0') or 0
