@@ -288,6 +288,12 @@ struct Snapshot {
     invalid_data: u64,
     /// Recipients not sent because an operator cancelled the campaign (contract 8.5).
     cancelled: u64,
+    /// Recipients not sent because their app's quiet hours held them and the campaign said
+    /// `"quietHours": "skip"` (contract 8.5).
+    skipped_quiet_hours: u64,
+    /// Recipients held for quiet hours (counted when first held; a figure, not an outcome:
+    /// each gets its outcome when it goes out).
+    deferred: u64,
     /// An operator paused it (and has not resumed it) / cancelled it.
     paused: bool,
     cancelled_by_operator: bool,
@@ -368,6 +374,8 @@ impl Snapshot {
                 "unknown" => &mut s.unknown,
                 "invalid_data" => &mut s.invalid_data,
                 "cancelled" => &mut s.cancelled,
+                "skipped_quiet_hours" => &mut s.skipped_quiet_hours,
+                "deferred" => &mut s.deferred,
                 "duplicate" => &mut s.duplicate,
                 "retried" => &mut s.retried,
                 "requeued" => &mut s.requeued,
@@ -417,6 +425,7 @@ impl Snapshot {
             self.unknown,
             self.invalid_data,
             self.cancelled,
+            self.skipped_quiet_hours,
         ]
         .iter()
         .fold(0u64, |a, n| a.saturating_add(*n))
@@ -519,6 +528,8 @@ impl Snapshot {
             "unknown": self.unknown,
             "invalid_data": self.invalid_data,
             "cancelled": self.cancelled,
+            "skipped_quiet_hours": self.skipped_quiet_hours,
+            "deferred": self.deferred,
             "paused": self.paused,
             "cancelled_by_operator": self.cancelled_by_operator,
             "parts": self.parts.map(|(received, dispatched, total)| json!({
@@ -596,6 +607,15 @@ impl Snapshot {
         }
         if self.cancelled > 0 || self.cancelled_by_operator {
             row("cancelled (not sent)", self.cancelled.to_string());
+        }
+        if self.skipped_quiet_hours > 0 {
+            row(
+                "skipped (quiet hours)",
+                self.skipped_quiet_hours.to_string(),
+            );
+        }
+        if self.deferred > 0 {
+            row("deferred (quiet hours)", self.deferred.to_string());
         }
         if let Some(reason) = &self.stopped_reason {
             row("stopped", reason.clone());

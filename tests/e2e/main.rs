@@ -23,6 +23,7 @@ mod ingest;
 mod kinds;
 mod memory;
 mod personal;
+mod quiet;
 mod rate;
 mod reach;
 mod receipts;
