@@ -204,3 +204,38 @@ async fn skip_records_everyone_skipped_and_ignore_sends_at_once() {
     assert!(now_ms() < end_ms, "still in the window");
     f.stop_all();
 }
+
+/// A bad window, zone or spread stops a role with one readable line and a non-zero exit.
+#[test]
+fn a_bad_quiet_hours_setting_is_one_readable_line() {
+    for (var, value, expect) in [
+        (
+            "WXPUSH_QUIET_HOURS",
+            "22:00-22:00",
+            "WXPUSH_QUIET_HOURS is invalid: '22:00-22:00' starts and ends at the same time",
+        ),
+        (
+            "WXPUSH_QUIET_HOURS",
+            "10pm-8am",
+            "WXPUSH_QUIET_HOURS is invalid: '10pm-8am' is not a window HH:MM-HH:MM",
+        ),
+        (
+            "WXPUSH_TIMEZONE",
+            "Asia/Beijing",
+            "WXPUSH_TIMEZONE is invalid: 'Asia/Beijing' is not a time zone of the tz database",
+        ),
+        (
+            "WXPUSH_QUIET_SPREAD_SECS",
+            "600",
+            "WXPUSH_QUIET_SPREAD_SECS is invalid: '600' is not a whole number of seconds from 0 to 60",
+        ),
+    ] {
+        let mut env = wxpush_testkit::TestEnv::new("quiet_config");
+        env.set(var, value);
+        let out = env.command(&["send"]).output().expect("run wxpush");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        assert!(err.starts_with("wxpush: ") && err.contains(expect), "{err}");
+    }
+}

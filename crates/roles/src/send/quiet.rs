@@ -21,6 +21,7 @@
 use std::time::Duration;
 
 use wxpush_broker::topology::DELAY_TIERS;
+use wxpush_domain::config::MAX_QUIET_SPREAD;
 use wxpush_domain::quiet::release_offset;
 use wxpush_domain::{AppId, QuietHours, QuietMode, SendJob, ValidJob};
 
@@ -55,16 +56,27 @@ fn plan(now_ms: i64, quiet: Option<&QuietHours>, job: &SendJob, spread: Duration
             let until_ms = end.saturating_add(i64::try_from(offset.as_millis()).unwrap_or(0));
             Plan::Defer { until_ms, first }
         }
-        // After the window, within the user's release offset: still held.
+        // After the window, within the user's release offset: still held. A `deferUntil`
+        // further off than the longest spread is not from a window that just ended (the
+        // app's quiet hours changed or went since): the job goes on now.
         None => match job.defer_until {
-            Some(until_ms) if until_ms > now_ms && mode == QuietMode::Defer => Plan::Defer {
-                until_ms,
-                first: false,
-            },
+            Some(until_ms)
+                if until_ms > now_ms
+                    && until_ms - now_ms <= MAX_SPREAD_MS
+                    && mode == QuietMode::Defer =>
+            {
+                Plan::Defer {
+                    until_ms,
+                    first: false,
+                }
+            }
             _ => Plan::Send,
         },
     }
 }
+
+/// The longest release spread a job's `deferUntil` may be past a window's end.
+const MAX_SPREAD_MS: i64 = MAX_QUIET_SPREAD.as_millis() as i64;
 
 /// The next hop of a job due in `left`: the longest delay tier not longer than it (the
 /// shortest tier when less is left), so the job is never held past its time by more than that.
@@ -220,6 +232,15 @@ mod tests {
             "the window is over, the user's turn is not"
         );
         assert_eq!(plan(end + offset, Some(&q), &held, spread), Plan::Send);
+        // Held for a window the app no longer has: not held past the longest spread.
+        assert_eq!(plan(night, None, &held, spread), Plan::Send);
+        assert_eq!(
+            plan(end, None, &held, spread),
+            Plan::Defer {
+                until_ms: end + offset,
+                first: false
+            }
+        );
         // Released over the first minute: no offset reaches it.
         assert!(offset < 60_000);
     }
