@@ -1,6 +1,8 @@
 //! One sender process against the bare ceiling of the same work, measured in the same run.
 //!
-//! `cargo bench --bench send` (`-- --jobs N --concurrency C [--subscribe 1]`). With
+//! `cargo bench --bench send` (`-- --jobs N --concurrency C [--subscribe 1] [--cap N]`). The app
+//! has a frequency cap (contract 8.5; `--cap`, 1,000 a day unless given, 0 for none) that no
+//! user reaches: every claim checks and counts it, so its cost is in the figures. With
 //! `--subscribe 1` every user holds one subscribe consent instead of a formId and the jobs are
 //! subscribe jobs (`/cgi-bin/message/subscribe/send`); the ceiling is the same bare sender
 //! (one script, one POST of a template send: the fake answers both APIs at the same cost).
@@ -95,7 +97,15 @@ async fn main() {
     let n = bench_arg("--jobs", 60_000);
     let concurrency = bench_arg("--concurrency", 64);
     let subscribe = bench_arg("--subscribe", 0) == 1;
+    let cap = bench_arg("--cap", 1000);
     let mut env = TestEnv::new("bench_send");
+    if cap > 0 {
+        env.set(
+            "WXPUSH_MAX_CAMPAIGN_MESSAGES_PER_USER_PER_DAY",
+            &cap.to_string(),
+        );
+        env.set("WXPUSH_CAP_SINGLE_MESSAGES", "1");
+    }
     let mut fake_config =
         FakeConfig::with_apps(vec![FakeApp::new(TEST_APP, SECRET).with_templates([TPL])]);
     fake_config.max_recorded_requests = 4 * n;
@@ -323,6 +333,9 @@ async fn main() {
     );
     if let Some(window) = &quiet {
         println!("quiet hours configured, not covering the run: {window} (Asia/Shanghai)");
+    }
+    if cap > 0 {
+        println!("frequency cap {cap} a day (checked and counted at every claim, singles too; reached by no user)");
     }
     println!(
         "{:<44} {:>10}",

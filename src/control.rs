@@ -4,7 +4,9 @@
 //! a paused campaign's jobs are parked, spending nothing, and go on after `resume`; a cancelled
 //! campaign's recipients not yet sent are recorded `cancelled`, spending nothing. The action
 //! is logged and printed; the senders count what they park (`wxpush_jobs_parked_paused_total`)
-//! and cancel (`wxpush_send_outcomes_total{outcome="cancelled"}`).
+//! and cancel (`wxpush_send_outcomes_total{outcome="cancelled"}`). A campaign still scheduled
+//! (`sendAt` ahead) has nothing out yet: cancelled, nothing of it is ever fanned out; paused,
+//! the dispatcher holds it at its time until it is resumed.
 //!
 //! This module must not send or settle anything itself.
 
@@ -58,7 +60,29 @@ pub async fn run(
         )),
         Some(true) => {
             tracing::info!(campaign = id, app = %app, action = verb, "campaign {done} by an operator");
-            println!("campaign {id} (app {app}): {done}; every sender obeys within a second");
+            // A scheduled campaign (contract 8.5) has nothing out yet: say what happens at its time.
+            let record = bank.record(&app, id).snapshot().await.ok().flatten();
+            match record
+                .filter(|r| r.is_scheduled())
+                .and_then(|r| r.send_at_ms())
+            {
+                Some(at) => {
+                    let then = match action {
+                        Control::Cancel => "nothing will be sent",
+                        Control::Pause => "held at its time until resumed",
+                        Control::Resume => "dispatched at its time",
+                    };
+                    println!(
+                        "campaign {id} (app {app}): {done}; scheduled for {}: {then}",
+                        crate::status::iso_utc(at)
+                    );
+                }
+                None => {
+                    println!(
+                        "campaign {id} (app {app}): {done}; every sender obeys within a second"
+                    )
+                }
+            }
             Ok(())
         }
         Some(false) => {

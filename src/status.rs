@@ -294,11 +294,15 @@ struct Snapshot {
     /// Recipients held for quiet hours (counted when first held; a figure, not an outcome:
     /// each gets its outcome when it goes out).
     deferred: u64,
+    /// Recipients not sent because they were at the app's frequency cap (contract 8.5).
+    capped: u64,
     /// An operator paused it (and has not resumed it) / cancelled it.
     paused: bool,
     cancelled_by_operator: bool,
     /// A campaign sent in parts: (received, dispatched, parts).
     parts: Option<(u64, u64, u64)>,
+    /// Its `sendAt` (contract 8.5), Unix ms, when it was given one.
+    send_at_ms: Option<i64>,
     /// Why the campaign was stopped (its data refused by WeChat, `47003`), if it was: the
     /// jobs still queued then are not sent.
     stopped_reason: Option<String>,
@@ -364,6 +368,9 @@ impl Snapshot {
             s.dispatched_at_ms = camp
                 .get(field::DISPATCHED_AT_MS)
                 .and_then(|v| parse_time(&mut s.warnings, "camp", field::DISPATCHED_AT_MS, v));
+            s.send_at_ms = camp
+                .get(field::SEND_AT_MS)
+                .and_then(|v| parse_time(&mut s.warnings, "camp", field::SEND_AT_MS, v));
         }
         for (field, value) in cs {
             let slot = match field.as_str() {
@@ -376,6 +383,7 @@ impl Snapshot {
                 "cancelled" => &mut s.cancelled,
                 "skipped_quiet_hours" => &mut s.skipped_quiet_hours,
                 "deferred" => &mut s.deferred,
+                "capped" => &mut s.capped,
                 "duplicate" => &mut s.duplicate,
                 "retried" => &mut s.retried,
                 "requeued" => &mut s.requeued,
@@ -426,6 +434,7 @@ impl Snapshot {
             self.invalid_data,
             self.cancelled,
             self.skipped_quiet_hours,
+            self.capped,
         ]
         .iter()
         .fold(0u64, |a, n| a.saturating_add(*n))
@@ -442,20 +451,45 @@ impl Snapshot {
     }
 
     /// Every recipient has an outcome, or the campaign was stopped (its remaining jobs are
-    /// not sent).
+    /// not sent), or cancelled while scheduled (none will be).
     fn complete(&self) -> bool {
         self.has_record
             && (self.stopped_reason.is_some()
+                || self.cancelled_while_scheduled()
                 || (self.record_state.as_deref() == Some(record::DISPATCHED)
                     && self.pending() == Some(0)))
     }
 
-    /// "dispatching", "dispatched", "complete", or what the record says; "unknown" without it.
+    /// Still waiting for its `sendAt` (scheduled, or paused then): the time, and how far off.
+    fn waiting_for_its_time(&self) -> Option<String> {
+        let t = self.send_at_ms?;
+        if self.record_state.as_deref() != Some(record::SCHEDULED) || self.cancelled_by_operator {
+            return None;
+        }
+        Some(match t.saturating_sub(self.at_ms) {
+            left if left > 0 => format!(
+                "{} ({t}), in {}",
+                iso_utc(t),
+                format_duration(left as f64 / 1000.0)
+            ),
+            _ => format!("{} ({t}), due", iso_utc(t)),
+        })
+    }
+
+    /// An operator cancelled it before its `sendAt`: nothing was, or will be, fanned out.
+    fn cancelled_while_scheduled(&self) -> bool {
+        self.cancelled_by_operator && self.record_state.as_deref() == Some(record::SCHEDULED)
+    }
+
+    /// "scheduled", "dispatching", "dispatched", "complete", or what the record says;
+    /// "unknown" without it.
     fn state(&self) -> &str {
         if !self.has_record {
             "unknown"
         } else if self.stopped_reason.is_some() {
             "stopped"
+        } else if self.cancelled_while_scheduled() {
+            "cancelled"
         } else if self.complete() {
             "complete"
         } else if self.cancelled_by_operator {
@@ -509,7 +543,7 @@ impl Snapshot {
             .iter()
             .map(|(c, n)| (c.clone(), json!(n)))
             .collect();
-        json!({
+        let mut out = json!({
             "campaign_id": self.campaign_id,
             "app": self.app,
             "template_id": self.template_id,
@@ -528,14 +562,15 @@ impl Snapshot {
             "unknown": self.unknown,
             "invalid_data": self.invalid_data,
             "cancelled": self.cancelled,
-            "skipped_quiet_hours": self.skipped_quiet_hours,
-            "deferred": self.deferred,
+            "capped": self.capped,
             "paused": self.paused,
             "cancelled_by_operator": self.cancelled_by_operator,
             "parts": self.parts.map(|(received, dispatched, total)| json!({
                 "received": received, "dispatched": dispatched, "total": total
             })),
             "stopped_reason": self.stopped_reason,
+            "send_at_ms": self.send_at_ms,
+            "send_at": self.send_at_ms.map(iso_utc),
             "duplicate": self.duplicate,
             "retried": self.retried,
             "requeued": self.requeued,
@@ -551,7 +586,17 @@ impl Snapshot {
             "complete": self.complete(),
             "at_ms": self.at_ms,
             "warnings": self.warnings,
-        })
+        });
+        // Quiet hours (contract 8.5), added here: one macro of every key passes its
+        // recursion limit.
+        if let Some(o) = out.as_object_mut() {
+            o.insert(
+                "skipped_quiet_hours".into(),
+                json!(self.skipped_quiet_hours),
+            );
+            o.insert("deferred".into(), json!(self.deferred));
+        }
+        out
     }
 
     fn table(&self) -> String {
@@ -576,6 +621,12 @@ impl Snapshot {
                 "unknown (no dispatch record)".to_owned()
             },
         );
+        if let Some(t) = self.send_at_ms {
+            let when = self
+                .waiting_for_its_time()
+                .unwrap_or_else(|| format!("{} ({t})", iso_utc(t)));
+            row("send at", when);
+        }
         if let Some((received, dispatched, total)) = self.parts {
             row(
                 "parts",
@@ -616,6 +667,9 @@ impl Snapshot {
         }
         if self.deferred > 0 {
             row("deferred (quiet hours)", self.deferred.to_string());
+        }
+        if self.capped > 0 {
+            row("capped (frequency cap, not sent)", self.capped.to_string());
         }
         if let Some(reason) = &self.stopped_reason {
             row("stopped", reason.clone());
@@ -767,6 +821,9 @@ impl Live {
     }
 
     fn bar(&self, s: &Snapshot) -> String {
+        if let Some(when) = s.waiting_for_its_time() {
+            return format!("{}: sends at {when}", s.state());
+        }
         let done = s.final_outcomes();
         let mut line = match s.targeted {
             Some(t) => {
@@ -963,6 +1020,20 @@ pub(crate) fn format_utc(ms: i64) -> String {
     )
 }
 
+/// `ms` (Unix) as ISO-8601 in UTC, to the millisecond: `2026-12-06T08:00:05.250Z`.
+pub(crate) fn iso_utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let sod = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60,
+        ms.rem_euclid(1000)
+    )
+}
+
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
 fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days.saturating_add(719_468);
@@ -1069,6 +1140,56 @@ mod tests {
         assert_eq!(s.state(), "complete");
         assert_eq!(s.recipients(), Some(10));
         assert_eq!(s.elapsed_ms(), Some(5000));
+    }
+
+    #[test]
+    fn a_scheduled_campaign_shows_its_time_until_due_and_cancelled_is_final() {
+        let at = 1_764_950_400_000i64;
+        let camp = map(&[
+            (field::STATE, record::SCHEDULED),
+            (field::TARGETED, "0"),
+            (field::SEND_AT_MS, "1764950405250"),
+        ]);
+        let s = Snapshot::from_hashes("c", &camp, &BTreeMap::new(), at);
+        assert_eq!(s.state(), "scheduled");
+        assert!(!s.complete());
+        assert_eq!(s.pending(), Some(0));
+        let j = s.to_json(None);
+        assert_eq!(j["send_at_ms"], 1_764_950_405_250i64);
+        assert_eq!(j["send_at"], "2025-12-05T16:00:05.250Z");
+        assert_eq!(j["state"], "scheduled");
+        assert!(j["started_at_ms"].is_null());
+        assert_eq!(
+            Live::default().bar(&s),
+            "scheduled: sends at 2025-12-05T16:00:05.250Z (1764950405250), in 5.2s"
+        );
+        let table = s.table();
+        assert!(
+            table.contains("2025-12-05T16:00:05.250Z (1764950405250), in 5.2s\n"),
+            "{table}"
+        );
+        // Cancelled before its time: cancelled, and complete (nothing will be sent).
+        let mut cancelled = camp.clone();
+        cancelled.insert(field::CANCELLED_AT_MS.into(), at.to_string());
+        let s = Snapshot::from_hashes("c", &cancelled, &BTreeMap::new(), at + 10_000);
+        assert_eq!(s.state(), "cancelled");
+        assert!(s.complete());
+        assert!(!s.table().contains(", due"));
+        assert_eq!(s.waiting_for_its_time(), None);
+        // Paused before its time: paused (the time still shown).
+        let mut paused = camp.clone();
+        paused.insert(field::PAUSED_AT_MS.into(), at.to_string());
+        let s = Snapshot::from_hashes("c", &paused, &BTreeMap::new(), at + 10_000);
+        assert_eq!(s.state(), "paused");
+        assert!(s.table().contains(", due"), "{}", s.table());
+        // Once dispatched, as any campaign; the time it was scheduled for is kept.
+        let mut done = camp.clone();
+        done.insert(field::STATE.into(), record::DISPATCHING.into());
+        let s = Snapshot::from_hashes("c", &done, &BTreeMap::new(), at + 10_000);
+        assert_eq!(s.state(), "dispatching");
+        assert_eq!(s.to_json(None)["send_at_ms"], 1_764_950_405_250i64);
+        assert_eq!(iso_utc(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso_utc(-1), "1969-12-31T23:59:59.999Z");
     }
 
     #[test]

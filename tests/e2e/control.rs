@@ -32,7 +32,8 @@ async fn a_paused_campaign_calls_wechat_no_more_until_resumed() {
     let mut f = Fleet::new("control_pause", 60, 50).await;
     let users = f.users(0, 300, 1).await;
     f.start("dispatch");
-    f.start("send");
+    let metrics = wxpush_testkit::free_addr();
+    f.start_with("send", &[("WXPUSH_HTTP_ADDR", &metrics.to_string())]);
     f.start("send");
     f.publish_campaign(campaign("paused-1", json!({"all": true})))
         .await;
@@ -50,6 +51,12 @@ async fn a_paused_campaign_calls_wechat_no_more_until_resumed() {
     assert_eq!(v["state"], "paused", "{v}");
     control(&f, "resume", "paused-1");
     f.wait_complete("paused-1", Duration::from_secs(90)).await;
+    // The sender saw both controls, once each, and counted them.
+    let (_, page) = wxpush_testkit::http_get(metrics, "/metrics").await.unwrap();
+    for control in ["paused", "resumed"] {
+        let line = format!("wxpush_campaign_controls_seen_total{{control=\"{control}\"}} 1");
+        assert!(page.lines().any(|l| l == line), "{line} in\n{page}");
+    }
     f.check("paused-1", &users, 300).await;
     f.stop_all();
 }

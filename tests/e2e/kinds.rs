@@ -606,6 +606,7 @@ async fn index_and_totals_stay_exact_under_concurrent_claimers() {
                         }
                         CampaignClaim::Busy(_) => open += 1,
                         CampaignClaim::Done(_) | CampaignClaim::NoCredential => {}
+                        CampaignClaim::Capped => unreachable!("no cap is asked for"),
                         CampaignClaim::Superseded => unreachable!("a take is never superseded"),
                     }
                 }

@@ -144,7 +144,7 @@ async fn one_of_many_simultaneous_openers_owns_the_campaign() {
                 owners += 1;
             }
             Opened::Held { left } => assert!(left > Duration::from_secs(9), "{left:?}"),
-            Opened::Dispatched | Opened::Conflict => panic!("neither dispatched nor in parts"),
+            other => panic!("neither dispatched, in parts nor scheduled: {other:?}"),
         }
     }
     assert_eq!(owners, 1);

@@ -55,6 +55,9 @@ pub enum CampaignClaim {
     Superseded,
     /// The user has no usable credential (now recorded as the user's outcome).
     NoCredential,
+    /// The user is at the app's frequency cap (contract 8.5): recorded `capped`, nothing
+    /// claimed.
+    Capped,
     /// A newly claimed credential.
     Fresh(Credential),
     /// The credential an earlier call held. `in_doubt`: a call with it may have delivered the
@@ -114,6 +117,20 @@ pub struct Receipt<'a> {
     pub msgid: Option<i64>,
 }
 
+/// What a claim may carry beside the claim itself ([`Bank::campaign_claim_with`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClaimExtras<'a> {
+    /// The receipt a `no_credential` or `capped` outcome is recorded with.
+    pub receipt: Option<Receipt<'a>>,
+    /// A single message's messageId, bound to its user in the same round trip
+    /// ([`Bank::bind_message`]); only at the first claim.
+    pub bind: Option<&'a str>,
+    /// The frequency cap (messages per user per rolling 24 hours) this message is held to and
+    /// counted toward; `None` when it does not count (no cap, or a single message the app does
+    /// not count). Checked and counted only when a claim takes a new credential.
+    pub cap: Option<u32>,
+}
+
 impl Bank {
     /// A script's receipt keys (the outbox and today's msgid map of the user's shard), which
     /// every campaign script taking a receipt has last among its keys.
@@ -136,6 +153,11 @@ impl Bank {
         }
     }
 
+    /// A claim script's cap argument: `''` when the message does not count.
+    pub(crate) fn cap_arg(cap: Option<u32>) -> String {
+        cap.map(|n| n.to_string()).unwrap_or_default()
+    }
+
     /// Claims (or resumes, renews, replaces) the credential for `campaign`'s message to
     /// `open_id`, leased to `owner` (the attempt's fencing token) for `lease`.
     pub async fn campaign_claim(
@@ -147,15 +169,23 @@ impl Bank {
         lease: Duration,
         mode: ClaimMode,
     ) -> Result<CampaignClaim, BankError> {
-        self.campaign_claim_with(app, open_id, campaign, owner, lease, mode, None, None)
-            .await
-            .map(|(claim, _)| claim)
+        self.campaign_claim_with(
+            app,
+            open_id,
+            campaign,
+            owner,
+            lease,
+            mode,
+            ClaimExtras::default(),
+        )
+        .await
+        .map(|(claim, _)| claim)
     }
 
-    /// [`Bank::campaign_claim`], with the receipt a `no_credential` outcome is recorded with,
-    /// and, for a single message (`bind`: its messageId), [`Bank::bind_message`] in the same
-    /// round trip: the claim, and the openId the id is bound to (`None` without `bind`). A
-    /// claim made for an id bound to another user must be settled by the caller (nothing sent).
+    /// [`Bank::campaign_claim`], with its [`ClaimExtras`]: the receipt an outcome settled by
+    /// the claim is recorded with, the frequency cap, and for a single message its binding:
+    /// the claim, and the openId the id is bound to (`None` without `bind`). A claim made for
+    /// an id bound to another user must be settled by the caller (nothing sent).
     #[allow(clippy::too_many_arguments)]
     pub async fn campaign_claim_with(
         &self,
@@ -165,8 +195,7 @@ impl Bank {
         owner: &str,
         lease: Duration,
         mode: ClaimMode,
-        receipt: Option<Receipt<'_>>,
-        bind: Option<&str>,
+        extras: ClaimExtras<'_>,
     ) -> Result<(CampaignClaim, Option<String>), BankError> {
         let mut cmd = self.scripts.campaign_claim.evalsha();
         cmd.arg(6)
@@ -181,8 +210,9 @@ impl Bank {
             .arg(owner)
             .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX))
             .arg(mode.arg())
-            .arg(&Self::receipt_args(receipt)[..]);
-        let (applied, bound) = match bind {
+            .arg(&Self::receipt_args(extras.receipt)[..])
+            .arg(Self::cap_arg(extras.cap));
+        let (applied, bound) = match extras.bind {
             Some(id) => {
                 let (applied, bound) = self.run_with_binding(app, open_id, id, &cmd).await?;
                 (applied, Some(bound))
@@ -445,6 +475,7 @@ pub(crate) fn parse_campaign_claim(reply: &[Value]) -> Result<CampaignClaim, Ban
         }
         ("superseded", [_]) => Ok(CampaignClaim::Superseded),
         ("none", [_]) => Ok(CampaignClaim::NoCredential),
+        ("capped", [_]) => Ok(CampaignClaim::Capped),
         ("fresh", [_, m, e]) => Ok(CampaignClaim::Fresh(credential(m, e)?)),
         ("held", [_, m, e, d, x, t]) => Ok(CampaignClaim::Held {
             credential: credential(m, e)?,

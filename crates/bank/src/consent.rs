@@ -220,14 +220,21 @@ impl Bank {
         mode: crate::ClaimMode,
     ) -> Result<CampaignClaim, BankError> {
         self.campaign_claim_consent_with(
-            app, open_id, campaign, template, owner, lease, mode, None, None,
+            app,
+            open_id,
+            campaign,
+            template,
+            owner,
+            lease,
+            mode,
+            crate::ClaimExtras::default(),
         )
         .await
         .map(|(claim, _)| claim)
     }
 
-    /// [`Bank::campaign_claim_consent`], with the receipt a `no_credential` outcome is
-    /// recorded with and a single message's binding, as [`Bank::campaign_claim_with`].
+    /// [`Bank::campaign_claim_consent`], with its [`crate::ClaimExtras`], as
+    /// [`Bank::campaign_claim_with`].
     #[allow(clippy::too_many_arguments)]
     pub async fn campaign_claim_consent_with(
         &self,
@@ -238,8 +245,7 @@ impl Bank {
         owner: &str,
         lease: Duration,
         mode: crate::ClaimMode,
-        receipt: Option<crate::Receipt<'_>>,
-        bind: Option<&str>,
+        extras: crate::ClaimExtras<'_>,
     ) -> Result<(CampaignClaim, Option<String>), BankError> {
         let shard = shard_of(open_id);
         let mut cmd = self.scripts.campaign_claim_consent.evalsha();
@@ -258,8 +264,9 @@ impl Bank {
             .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX))
             .arg(template)
             .arg(mode.arg())
-            .arg(&Self::receipt_args(receipt)[..]);
-        let (applied, bound) = match bind {
+            .arg(&Self::receipt_args(extras.receipt)[..])
+            .arg(Self::cap_arg(extras.cap));
+        let (applied, bound) = match extras.bind {
             Some(id) => {
                 let (applied, bound) = self.run_with_binding(app, open_id, id, &cmd).await?;
                 // Bound already: a claim that asks to move the user's consents runs again

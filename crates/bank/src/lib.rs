@@ -55,7 +55,7 @@ use redis::{FromRedisValue, Value};
 use wxpush_domain::{check_template_id, AppId, Credential, CredentialKind, Namespace, OpenId};
 use wxpush_redis::Conn;
 
-pub use campaign::{CampaignClaim, ClaimMode, Marked, Receipt, Settle};
+pub use campaign::{CampaignClaim, ClaimExtras, ClaimMode, Marked, Receipt, Settle};
 pub use consent::CONSENT_TTL_SECS;
 pub use durability::{Durability, Setting};
 pub use events::{EventApplied, EVENT_MARK_TTL_SECS, PUSH_NONCE_TTL_SECS};

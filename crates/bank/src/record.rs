@@ -26,6 +26,12 @@
 //!   holds what status shows: `parts`, `parts_received`, `parts_dispatched`, the `targeted`
 //!   of all parts, and `dispatched` once every part is. A campaign sent whole and one in parts
 //!   under the same id do not mix ([`Opened::Conflict`]).
+//! - **scheduled** (`sendAt`, contract 8.5): a campaign whose time is still ahead (Redis's
+//!   clock) is opened in state [`SCHEDULED`] with its `send_at_ms`, no lease and no
+//!   `started_at_ms`, kept until its time plus [`RECORD_TTL_SECS`]; [`CampaignRecord::open`]
+//!   answers [`Opened::Scheduled`] until it is due, then opens it for dispatch as a new one.
+//!   Cancelled while scheduled: [`Opened::Cancelled`] for good (nothing is fanned out); due
+//!   while paused (since before it started): [`Opened::Paused`] until resumed.
 //! - **stop** ([`CampaignRecord::stop`], [`CampaignRecord::stopped`]): the flag a sender sets
 //!   when WeChat refuses a campaign's data (`47003`).
 //! - **snapshot** ([`CampaignRecord::snapshot`], [`RecordSnapshot`]) and the send-job template
@@ -87,9 +93,11 @@ pub mod field {
     pub const PAUSED_AT_MS: &str = "paused_at_ms";
     /// Set once an operator cancelled the campaign (Unix ms, Redis's clock).
     pub const CANCELLED_AT_MS: &str = "cancelled_at_ms";
+    /// A scheduled campaign's `sendAt` (Unix ms), kept from its first message (contract 8.5).
+    pub const SEND_AT_MS: &str = "send_at_ms";
 
     /// Every field, with its name in the scripts' `F` table.
-    pub(crate) const ALL: [(&str, &str); 22] = [
+    pub(crate) const ALL: [(&str, &str); 23] = [
         ("app", APP),
         ("kind", KIND),
         ("template_id", TEMPLATE_ID),
@@ -112,6 +120,7 @@ pub mod field {
         ("parts_dispatched", PARTS_DISPATCHED),
         ("paused_at_ms", PAUSED_AT_MS),
         ("cancelled_at_ms", CANCELLED_AT_MS),
+        ("send_at_ms", SEND_AT_MS),
     ];
 }
 
@@ -144,6 +153,9 @@ pub struct Flags {
     pub cancelled: bool,
 }
 
+/// The state of a campaign waiting for its `sendAt` (contract 8.5): its record is open, no
+/// lease is taken, nothing is fanned out.
+pub const SCHEDULED: &str = "scheduled";
 /// The state of a campaign being fanned out.
 pub const DISPATCHING: &str = "dispatching";
 /// The state of a campaign whose every job is published.
@@ -199,7 +211,8 @@ pub(crate) fn with_prelude(body: &str) -> String {
         .map(|(lua, name)| format!("{lua} = '{name}'"))
         .collect();
     format!(
-        "local F = {{{}}}\nlocal S = {{dispatching = '{DISPATCHING}', dispatched = '{DISPATCHED}'}}\n{body}",
+        "local F = {{{}}}\nlocal S = {{scheduled = '{SCHEDULED}', dispatching = '{DISPATCHING}', \
+         dispatched = '{DISPATCHED}'}}\n{body}",
         fields.join(", ")
     )
 }
@@ -271,6 +284,16 @@ pub enum Opened {
     Conflict,
     /// Another dispatcher holds the lease, for `left` more unless it renews it.
     Held { left: Duration },
+    /// The campaign's `sendAt` is `left` away (Redis's clock): the record shows it
+    /// [`SCHEDULED`], no lease is taken; the caller holds its message back until then.
+    /// `created`: this call opened the record.
+    Scheduled { left: Duration, created: bool },
+    /// An operator cancelled the campaign while it was scheduled: nothing is to be fanned out
+    /// (the record keeps its state; status shows it cancelled).
+    Cancelled,
+    /// Its time has come but an operator paused it while it was scheduled: it is held,
+    /// nothing fanned out, until resumed.
+    Paused,
 }
 
 /// The record as read at one moment (`None` fields are absent or empty).
@@ -322,6 +345,16 @@ impl RecordSnapshot {
 
     pub fn dispatched_at_ms(&self) -> Option<i64> {
         self.number(field::DISPATCHED_AT_MS)
+    }
+
+    /// The campaign's `sendAt` (Unix ms), if it was given one.
+    pub fn send_at_ms(&self) -> Option<i64> {
+        self.number(field::SEND_AT_MS)
+    }
+
+    /// Waiting for its `sendAt`: nothing fanned out yet.
+    pub fn is_scheduled(&self) -> bool {
+        self.state() == Some(SCHEDULED)
     }
 
     /// A campaign sent in parts: (parts received, parts dispatched, parts), each received
@@ -510,6 +543,7 @@ impl CampaignRecord {
             Some((p, _)) => cmd.arg(p.index).arg(p.count),
             None => cmd.arg(0).arg(0),
         };
+        cmd.arg(c.send_at_ms.unwrap_or(0).max(0));
         let reply: Vec<Value> = self.query(&cmd).await?;
         let text = |v: &Value| -> Option<String> {
             match v {
@@ -534,6 +568,15 @@ impl CampaignRecord {
         match reply.as_slice() {
             [tag] if text(tag).as_deref() == Some("dispatched") => Ok(Opened::Dispatched),
             [tag] if text(tag).as_deref() == Some("conflict") => Ok(Opened::Conflict),
+            [tag] if text(tag).as_deref() == Some("cancelled") => Ok(Opened::Cancelled),
+            [tag] if text(tag).as_deref() == Some("paused") => Ok(Opened::Paused),
+            [tag, left, created] if text(tag).as_deref() == Some("scheduled") => {
+                let left = text(left).and_then(|l| l.parse::<u64>().ok()).unwrap_or(0);
+                Ok(Opened::Scheduled {
+                    left: Duration::from_millis(left),
+                    created: text(created).as_deref() == Some("1"),
+                })
+            }
             [tag, left] if text(tag).as_deref() == Some("held") => {
                 let left = text(left).and_then(|l| l.parse::<u64>().ok()).unwrap_or(0);
                 Ok(Opened::Held {

@@ -6,7 +6,9 @@
 //! `<ns>.dead.<source>`. Send jobs wait for a retry in `<ns>.send.delay.<N>s` queues, one per
 //! delay tier ([`DELAY_TIERS`]): a queue-wide TTL, then dead-lettered back to `<ns>.send`.
 //! (Per-message TTLs in one queue would expire only at its head, holding short delays behind
-//! long ones; one queue per tier keeps every queue first-in, first-out.)
+//! long ones; one queue per tier keeps every queue first-in, first-out.) Scheduled campaigns
+//! (`sendAt`, contract 8.5) wait the same way in `<ns>.dispatch.delay.<N>s`, the same tiers,
+//! dead-lettered back to `<ns>.dispatch` ([`park_tier`] chooses the tier).
 //!
 //! An install serving several apps ([`Topology::with_apps`]) gives every app a send lane of its
 //! own, `<ns>.send.app.<appId>` with its own `<ns>.send.app.<appId>.delay.<N>s` tiers, so one
@@ -53,6 +55,18 @@ pub fn delay_tier(wanted: std::time::Duration) -> u32 {
         .copied()
         .find(|t| u64::from(*t) * 1000 >= wanted.as_millis() as u64)
         .unwrap_or(DELAY_TIERS[DELAY_TIERS.len() - 1])
+}
+
+/// The tier (seconds) a scheduled campaign due in `left` is parked in: the longest tier not
+/// longer than `left`, so that it never comes back late (it comes back early and is parked
+/// again in a shorter tier); `None` under the shortest tier (then the dispatcher waits the
+/// rest itself, under a second).
+pub fn park_tier(left: std::time::Duration) -> Option<u32> {
+    DELAY_TIERS
+        .iter()
+        .rev()
+        .copied()
+        .find(|t| u128::from(*t) * 1000 <= left.as_millis())
 }
 
 /// The delay queue of one tier for a send queue: `<queue>.delay.<N>s`.
@@ -207,6 +221,12 @@ impl Topology {
         format!("{}.dispatch", self.ns)
     }
 
+    /// Where a scheduled campaign's message waits one tier (seconds) before it comes back to
+    /// [`Topology::dispatch_queue`]: `<ns>.dispatch.delay.<N>s`.
+    pub fn dispatch_delay_queue(&self, tier_secs: u32) -> String {
+        delay_of(&self.dispatch_queue(), tier_secs)
+    }
+
     /// Queue the send role consumes; the dispatcher publishes jobs to it (default exchange).
     pub fn send_queue(&self) -> String {
         format!("{}.send", self.ns)
@@ -251,6 +271,7 @@ impl Topology {
             self.dead_queue("messages"),
         ];
         q.extend(DELAY_TIERS.iter().map(|t| self.delay_queue(*t)));
+        q.extend(DELAY_TIERS.iter().map(|t| self.dispatch_delay_queue(*t)));
         for lane in self.send_queues().into_iter().skip(1) {
             q.extend(DELAY_TIERS.iter().map(|t| delay_of(&lane, *t)));
             q.push(lane);
@@ -407,6 +428,12 @@ impl Topology {
     /// One send queue (`<ns>.send` or a lane) and its delay tiers, `<queue>.delay.<N>s`.
     async fn declare_send_lane(&self, ch: &Channel, queue: &str) -> Result<(), BrokerError> {
         self.declare_work_queue(ch, queue, "send").await?;
+        self.declare_delay_tiers(ch, queue).await
+    }
+
+    /// The delay tiers of a work queue, `<queue>.delay.<N>s`: durable, of the topology's type,
+    /// each a queue-wide TTL of its tier, then dead-lettered (at least once) back to `queue`.
+    async fn declare_delay_tiers(&self, ch: &Channel, queue: &str) -> Result<(), BrokerError> {
         for tier in DELAY_TIERS {
             let mut args = self.type_args();
             self.moves_at_least_once(&mut args);
@@ -465,6 +492,8 @@ impl Topology {
         )
         .await?;
         self.declare_dead_letters(ch, "dispatch").await?;
+        // Where scheduled campaigns wait for their time (contract 8.5).
+        self.declare_delay_tiers(ch, &self.dispatch_queue()).await?;
         self.declare_send(ch).await
     }
 
@@ -647,6 +676,39 @@ mod tests {
         // An app the install does not serve has no lane of its own.
         let c = AppId::new("wxc").unwrap();
         assert_eq!(two.send_queue_for(&c), "n.send");
+    }
+
+    #[test]
+    fn a_scheduled_campaign_parks_in_the_longest_tier_not_past_its_time() {
+        let ms = Duration::from_millis;
+        assert_eq!(park_tier(Duration::ZERO), None);
+        assert_eq!(park_tier(ms(999)), None, "under a second: waited out");
+        assert_eq!(park_tier(ms(1000)), Some(1));
+        assert_eq!(park_tier(ms(1999)), Some(1));
+        assert_eq!(park_tier(ms(4999)), Some(2));
+        assert_eq!(park_tier(ms(5000)), Some(5));
+        assert_eq!(park_tier(ms(59_999)), Some(15));
+        assert_eq!(park_tier(Duration::from_secs(86_400)), Some(3600));
+        // Never past the time: each hop is at most what is left, and the hops reach it.
+        for left in [1_000u64, 1_500, 4_321, 17_000, 61_000, 3_599_999, 7_200_001] {
+            let (mut at, mut hops) = (left, 0);
+            while let Some(t) = park_tier(ms(at)) {
+                assert!(
+                    u64::from(t) * 1000 <= at,
+                    "{left}: a {t} s hop with {at} ms left"
+                );
+                at -= u64::from(t) * 1000;
+                hops += 1;
+            }
+            assert!(at < 1000, "{left}: {at} ms left");
+            assert!(hops <= 20, "{left}: {hops} hops");
+        }
+        let ns = Namespace::new("n").unwrap();
+        let t = Topology::new(ns);
+        assert_eq!(t.dispatch_delay_queue(5), "n.dispatch.delay.5s");
+        assert!(t
+            .all_queues()
+            .contains(&"n.dispatch.delay.3600s".to_owned()));
     }
 
     #[test]

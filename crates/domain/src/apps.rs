@@ -16,9 +16,15 @@
 //! push_token = "..."               # the message push's Token (contract §8.4; `wxpush events`)
 //! encoding_aes_key = "..."         # its EncodingAESKey, 43 characters (secure mode)
 //! consent_source = "client"        # or "events": where the app's consents come from
+//! max_campaign_messages_per_user_per_day = 2   # frequency cap, a rolling 24 h (contract §8.5)
+//! cap_single_messages = false      # whether single messages count toward the cap too
 //! quiet_hours = "22:00-08:00"      # campaigns do not message its users then (contract §8.5)
 //! timezone = "Asia/Shanghai"       # the zone quiet_hours is read in (this is the default)
 //! ```
+//!
+//! `WXPUSH_MAX_CAMPAIGN_MESSAGES_PER_USER_PER_DAY` and `WXPUSH_CAP_SINGLE_MESSAGES` are the cap
+//! of every app that states none, as `WXPUSH_SEND_RATE` is the ceiling of every app that
+//! states none ([`Apps::with_cap_defaults`]).
 //!
 //! The single app's `WXPUSH_PUSH_TOKEN`, `WXPUSH_ENCODING_AES_KEY`, `WXPUSH_CONSENT_SOURCE`,
 //! `WXPUSH_QUIET_HOURS` and `WXPUSH_TIMEZONE` meet the file as `WXPUSH_TOKEN_SOURCE` does.
@@ -129,6 +135,35 @@ pub fn check_encoding_aes_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The variable giving the frequency cap of every app whose entry states none.
+pub const CAP_VAR: &str = "WXPUSH_MAX_CAMPAIGN_MESSAGES_PER_USER_PER_DAY";
+
+/// The variable saying whether single messages count toward the cap of every app whose entry
+/// does not say.
+pub const CAP_SINGLES_VAR: &str = "WXPUSH_CAP_SINGLE_MESSAGES";
+
+/// An app's frequency cap (contract §8.5): at most `per_day` campaign messages may reach one
+/// user in any 24 hours; a user at the cap is recorded `capped` for the campaign, nothing spent.
+/// Counted in the user's own hash slot by the script that claims the credential.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FrequencyCap {
+    /// Messages per user per rolling 24 hours; `None`: no cap.
+    pub per_day: Option<u32>,
+    /// Whether single messages (contract §8.2) count toward the cap, and are held to it.
+    pub singles: bool,
+}
+
+impl FrequencyCap {
+    /// The cap a message is held to: `Some(n)` when the app has a cap and the message counts
+    /// (every campaign message; a single message only with `singles`).
+    pub fn for_message(&self, single: bool) -> Option<u32> {
+        if single && !self.singles {
+            return None;
+        }
+        self.per_day
+    }
+}
+
 /// The variable naming the several-apps file.
 pub const CONFIG_FILE_VAR: &str = "WXPUSH_CONFIG";
 
@@ -157,6 +192,8 @@ pub struct AppConfig {
     pub quiet_hours: Option<QuietWindow>,
     /// The app's time zone (`timezone`, `Asia/Shanghai` unless configured).
     pub timezone: AppZone,
+    /// Its frequency cap (`max_campaign_messages_per_user_per_day`, `cap_single_messages`).
+    pub frequency_cap: FrequencyCap,
 }
 
 impl AppConfig {
@@ -173,6 +210,7 @@ impl AppConfig {
             consent_source: ConsentSource::Client,
             quiet_hours: None,
             timezone: AppZone::default(),
+            frequency_cap: FrequencyCap::default(),
         }
     }
 
@@ -216,6 +254,12 @@ pub struct VarApp {
     pub quiet_hours: Option<String>,
     /// `WXPUSH_TIMEZONE`, unparsed.
     pub timezone: Option<String>,
+    /// `WXPUSH_MAX_CAMPAIGN_MESSAGES_PER_USER_PER_DAY` (checked: at least 1): the cap of every
+    /// app that states none.
+    pub cap: Option<u32>,
+    /// `WXPUSH_CAP_SINGLE_MESSAGES`: whether single messages count, for every app that does
+    /// not say.
+    pub cap_singles: Option<bool>,
 }
 
 /// Keys of the apps file whose values are secrets ([`file_secrets`]).
@@ -244,6 +288,8 @@ struct FileApp {
     consent_source: Option<String>,
     quiet_hours: Option<String>,
     timezone: Option<String>,
+    max_campaign_messages_per_user_per_day: Option<u32>,
+    cap_single_messages: Option<bool>,
 }
 
 impl Apps {
@@ -337,6 +383,10 @@ impl Apps {
             };
             let mut single = Self::single(id, var_secret, send_rate);
             let app = &mut single.list[0];
+            app.frequency_cap = FrequencyCap {
+                per_day: vars.cap,
+                singles: vars.cap_singles.unwrap_or(false),
+            };
             app.token_source = var_source.unwrap_or_default();
             app.push_token = var_push_token;
             app.encoding_aes_key = var_aes_key;
@@ -399,6 +449,8 @@ impl Apps {
         // Whether the file gave each listed app quiet_hours, and timezone.
         let mut quiet_given: Vec<(bool, bool)> = Vec::with_capacity(parsed.apps.len());
         let mut flagged: Vec<AppId> = Vec::new();
+        // Whether the file gave each listed app a cap, and said whether singles count.
+        let mut capped: Vec<(bool, bool)> = Vec::with_capacity(parsed.apps.len());
         for (i, a) in parsed.apps.into_iter().enumerate() {
             let id = AppId::new(&a.appid).map_err(|e| invalid(format!("apps[{i}].appid: {e}")))?;
             if list.iter().any(|x| x.id == id) {
@@ -459,6 +511,12 @@ impl Apps {
                         .map_err(|e| invalid(format!("apps[{i}].timezone: {}", e.without_value())))
                 })
                 .transpose()?;
+            if a.max_campaign_messages_per_user_per_day == Some(0) {
+                return Err(invalid(format!(
+                    "apps[{i}].max_campaign_messages_per_user_per_day: must be at least 1 \
+                     (leave it out for no cap)"
+                )));
+            }
             list.push(AppConfig {
                 id,
                 secret: a.secret.filter(|s| !s.expose().is_empty()),
@@ -468,10 +526,18 @@ impl Apps {
                 push_token,
                 encoding_aes_key,
                 consent_source: consent_source.unwrap_or_default(),
+                frequency_cap: FrequencyCap {
+                    per_day: a.max_campaign_messages_per_user_per_day,
+                    singles: a.cap_single_messages.unwrap_or(false),
+                },
                 quiet_hours,
                 timezone: timezone.clone().unwrap_or_default(),
             });
             quiet_given.push((quiet_hours.is_some(), timezone.is_some()));
+            capped.push((
+                a.max_campaign_messages_per_user_per_day.is_some(),
+                a.cap_single_messages.is_some(),
+            ));
             sourced.push(a.token_source.is_some());
             consent_sourced.push(a.consent_source.is_some());
         }
@@ -563,6 +629,19 @@ impl Apps {
                     timezone: var_zone.unwrap_or_default(),
                     ..AppConfig::new(id.clone(), var_secret, send_rate)
                 }),
+            }
+        }
+        for (app, (per_day, singles)) in list.iter_mut().zip(
+            capped
+                .iter()
+                .copied()
+                .chain(std::iter::repeat((false, false))),
+        ) {
+            if !per_day {
+                app.frequency_cap.per_day = vars.cap;
+            }
+            if !singles {
+                app.frequency_cap.singles = vars.cap_singles.unwrap_or(false);
             }
         }
         for app in &list {

@@ -111,7 +111,20 @@ pub struct Campaign {
     /// `"quietHours"`: what its jobs do in the app's quiet hours (contract 8.5); `None`: the
     /// default (`defer`; `ignore` for a single message).
     pub quiet_hours: Option<QuietMode>,
+    /// `sendAt` (contract 8.5): nothing is sent before this time (Unix ms); `None`: at once.
+    /// Checked here for its form ([`parse_send_at`]); how far ahead it may be needs a clock
+    /// ([`Campaign::check_send_at`]).
+    pub send_at_ms: Option<i64>,
 }
+
+/// The earliest `sendAt` accepted (2001-09-09T01:46:40Z, 10^12 ms): an earlier one is almost
+/// certainly seconds given for milliseconds, which would send at once instead of at the time.
+pub const MIN_SEND_AT_MS: i64 = 1_000_000_000_000;
+/// The latest `sendAt` accepted by its form (9999-12-31T23:59:59.999Z), so that no time
+/// arithmetic on it overflows; [`MAX_SEND_AHEAD`] bounds it against the clock.
+pub const MAX_SEND_AT_MS: i64 = 253_402_300_799_999;
+/// How far ahead of now a campaign may be scheduled (366 days).
+pub const MAX_SEND_AHEAD: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
 
 /// Most parts a campaign may be sent in.
 pub const MAX_PARTS: u32 = 10_000;
@@ -285,6 +298,8 @@ pub enum CampaignError {
     InvalidQuietHours(String),
     #[error("part is invalid: {0}")]
     InvalidPart(String),
+    #[error("sendAt is invalid: {0}")]
+    InvalidSendAt(String),
 }
 
 impl From<BodyError> for CampaignError {
@@ -324,6 +339,7 @@ impl CampaignError {
             CampaignError::EmptyAudience { .. } => "empty_audience",
             CampaignError::InvalidPart(_) => "invalid_part",
             CampaignError::InvalidQuietHours(_) => "invalid_quiet_hours",
+            CampaignError::InvalidSendAt(_) => "invalid_send_at",
         }
     }
 }
@@ -590,6 +606,7 @@ pub fn parse_campaign(body: &[u8], limits: CampaignLimits) -> Result<Campaign, C
     };
 
     let part = parse_part(&obj)?;
+    let send_at_ms = parse_send_at(field(&obj, "sendAt"))?;
     let receipts = match field(&obj, "receipts") {
         None => false,
         Some(Value::Bool(b)) => *b,
@@ -637,7 +654,46 @@ pub fn parse_campaign(body: &[u8], limits: CampaignLimits) -> Result<Campaign, C
         part,
         receipts,
         quiet_hours,
+        send_at_ms,
     })
+}
+
+/// `sendAt` (contract 8.5): absent (or `null`), or a JSON integer of Unix milliseconds from
+/// [`MIN_SEND_AT_MS`] to [`MAX_SEND_AT_MS`]. Not a string, not a fraction, not negative.
+pub fn parse_send_at(v: Option<&Value>) -> Result<Option<i64>, CampaignError> {
+    let Some(v) = v else { return Ok(None) };
+    let bad = |why: &str| Err(CampaignError::InvalidSendAt(why.into()));
+    let Some(n) = v.as_i64() else {
+        return match v {
+            Value::Number(n) if n.is_u64() => bad("too far ahead"),
+            Value::Number(_) => bad("not a whole number of milliseconds"),
+            _ => bad("not a number (Unix time in milliseconds)"),
+        };
+    };
+    if n < 0 {
+        return bad("negative");
+    }
+    if n < MIN_SEND_AT_MS {
+        return bad("before 2001: Unix time in milliseconds is wanted (seconds given?)");
+    }
+    if n > MAX_SEND_AT_MS {
+        return bad("too far ahead");
+    }
+    Ok(Some(n))
+}
+
+impl Campaign {
+    /// Refuses a `sendAt` more than [`MAX_SEND_AHEAD`] after `now_ms` (the dispatcher's
+    /// clock: a bound this wide does not care about a few seconds of skew).
+    pub fn check_send_at(&self, now_ms: i64) -> Result<(), CampaignError> {
+        let ahead = i64::try_from(MAX_SEND_AHEAD.as_millis()).unwrap_or(i64::MAX);
+        match self.send_at_ms {
+            Some(t) if t > now_ms.saturating_add(ahead) => Err(CampaignError::InvalidSendAt(
+                format!("more than {} days ahead", MAX_SEND_AHEAD.as_secs() / 86_400),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// `part` and `parts` (contract 8.1): both or neither, `1 <= part <= parts <= MAX_PARTS`.
@@ -672,7 +728,7 @@ fn parse_part(obj: &Map<String, Value>) -> Result<Option<Part>, CampaignError> {
 /// template data, the one field of unbounded shape that every job copies, is measured before
 /// it is parsed: far over [`MAX_DATA_BYTES`] as JSON text, it is refused unread.
 fn known_fields(raw: &BTreeMap<String, &RawValue>) -> Result<Map<String, Value>, CampaignError> {
-    const KNOWN: [&str; 14] = [
+    const KNOWN: [&str; 15] = [
         "campaignId",
         "appId",
         "kind",
@@ -687,6 +743,7 @@ fn known_fields(raw: &BTreeMap<String, &RawValue>) -> Result<Map<String, Value>,
         "parts",
         "receipts",
         "quietHours",
+        "sendAt",
     ];
     let mut obj = Map::new();
     for key in KNOWN {
@@ -1913,6 +1970,44 @@ mod tests {
         ] {
             assert_eq!(with(bad).unwrap_err().code(), "invalid_part", "{bad}");
         }
+    }
+
+    #[test]
+    fn send_at_is_whole_unix_milliseconds_within_a_year() {
+        let with = |extra: &str| {
+            parse(&format!(
+                r#"{{"campaignId": "c", "templateId": "T", "audience": {{"all": true}}{extra}}}"#
+            ))
+        };
+        assert_eq!(with("").unwrap().send_at_ms, None);
+        assert_eq!(with(r#", "sendAt": null"#).unwrap().send_at_ms, None);
+        let c = with(r#", "sendAt": 1764950400000"#).unwrap();
+        assert_eq!(c.send_at_ms, Some(1_764_950_400_000));
+        for bad in [
+            r#", "sendAt": "1764950400000""#,
+            r#", "sendAt": 1764950400000.5"#,
+            r#", "sendAt": 1.7649504e12"#,
+            r#", "sendAt": -1"#,
+            r#", "sendAt": 1764950400"#,
+            r#", "sendAt": 0"#,
+            r#", "sendAt": true"#,
+            r#", "sendAt": {}"#,
+            r#", "sendAt": 253402300800000"#,
+            r#", "sendAt": 18446744073709551615"#,
+            r#", "sendAt": 1e300"#,
+        ] {
+            assert_eq!(with(bad).unwrap_err().code(), "invalid_send_at", "{bad}");
+        }
+        // Within a year of the clock, not further.
+        let now = 1_764_950_400_000;
+        let year = MAX_SEND_AHEAD.as_millis() as i64;
+        let at = |t: i64| with(&format!(r#", "sendAt": {t}"#)).unwrap();
+        assert!(at(now + year).check_send_at(now).is_ok());
+        assert!(at(now - 1000).check_send_at(now).is_ok(), "past: at once");
+        let far = at(now + year + 1).check_send_at(now).unwrap_err();
+        assert_eq!(far.code(), "invalid_send_at");
+        assert!(far.to_string().contains("366 days"), "{far}");
+        assert!(with("").unwrap().check_send_at(now).is_ok());
     }
 
     #[test]

@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use std::fmt;
 
 use crate::apps::{
-    Apps, VarApp, CONFIG_FILE_VAR, CONSENT_SOURCE_VAR, ENCODING_AES_KEY_VAR, PUSH_TOKEN_VAR,
-    QUIET_HOURS_VAR, TIMEZONE_VAR, TOKEN_SOURCE_VAR,
+    Apps, VarApp, CAP_SINGLES_VAR, CAP_VAR, CONFIG_FILE_VAR, CONSENT_SOURCE_VAR,
+    ENCODING_AES_KEY_VAR, PUSH_TOKEN_VAR, QUIET_HOURS_VAR, TIMEZONE_VAR, TOKEN_SOURCE_VAR,
 };
 use crate::names::Namespace;
 use crate::upload::UploadLimits;
@@ -230,6 +230,10 @@ pub struct RawConfig {
     pub timezone: Option<String>,
     /// Over how many seconds after a quiet window's end its deferred jobs are released.
     pub quiet_spread_secs: Option<String>,
+    /// The frequency cap of every app that states none, unparsed.
+    pub cap: Option<String>,
+    /// Whether single messages count toward it, unparsed.
+    pub cap_singles: Option<String>,
 }
 
 /// Every variable [`RawConfig::from_env`] reads, beside the field it fills.
@@ -267,6 +271,8 @@ pub const ENV_VARS: &[&str] = &[
     ENCODING_AES_KEY_VAR,
     CONSENT_SOURCE_VAR,
     EVENTS_ADDR_VAR,
+    CAP_VAR,
+    CAP_SINGLES_VAR,
     QUIET_HOURS_VAR,
     TIMEZONE_VAR,
     QUIET_SPREAD_VAR,
@@ -331,9 +337,11 @@ impl RawConfig {
             encoding_aes_key: get(ENV_VARS[30]).map(Secret::new),
             consent_source: get(ENV_VARS[31]),
             events_addr: get(ENV_VARS[32]),
-            quiet_hours: get(ENV_VARS[33]),
-            timezone: get(ENV_VARS[34]),
-            quiet_spread_secs: get(ENV_VARS[35]),
+            cap: get(ENV_VARS[33]),
+            cap_singles: get(ENV_VARS[34]),
+            quiet_hours: get(ENV_VARS[35]),
+            timezone: get(ENV_VARS[36]),
+            quiet_spread_secs: get(ENV_VARS[37]),
         }
     }
 
@@ -424,6 +432,14 @@ impl RawConfig {
                 consent_source: self.consent_source,
                 quiet_hours: self.quiet_hours,
                 timezone: self.timezone,
+                cap: self
+                    .cap
+                    .map(|c| number(CAP_VAR, Some(c), 1u32, 1u32))
+                    .transpose()?,
+                cap_singles: self
+                    .cap_singles
+                    .map(|c| flag(CAP_SINGLES_VAR, Some(&c)))
+                    .transpose()?,
             },
             file.as_ref().map(|(p, t)| (*p, t.as_str())),
             send_rate,
@@ -1154,6 +1170,56 @@ mod tests {
             .unwrap();
         assert!(!format!("{c:?}").contains("s3cr3t"));
         assert_eq!(c.apps.default_id().as_str(), "wx1");
+    }
+
+    #[test]
+    fn the_frequency_cap_comes_from_each_app_or_the_variables() {
+        let path = std::env::temp_dir().join(format!("wxpush-cap-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "[[apps]]\nappid = \"wxa\"\ndefault = true\n\
+             max_campaign_messages_per_user_per_day = 3\ncap_single_messages = true\n\
+             [[apps]]\nappid = \"wxb\"\n",
+        )
+        .unwrap();
+        let file = path.to_string_lossy().into_owned();
+        let caps = |vars: &[(&str, &str)]| {
+            let mut all = vec![("WXPUSH_CONFIG", file.as_str())];
+            all.extend_from_slice(vars);
+            raw(&all).validate().map(|c| {
+                c.apps
+                    .iter()
+                    .map(|a| (a.frequency_cap.per_day, a.frequency_cap.singles))
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(caps(&[]).unwrap(), [(Some(3), true), (None, false)]);
+        assert_eq!(
+            caps(&[(CAP_VAR, "2"), (CAP_SINGLES_VAR, "0")]).unwrap(),
+            [(Some(3), true), (Some(2), false)]
+        );
+        let zero = caps(&[(CAP_VAR, "0")]).unwrap_err().to_string();
+        assert!(zero.contains(CAP_VAR) && zero.contains("minimum"), "{zero}");
+        let nonsense = caps(&[(CAP_SINGLES_VAR, "often")]).unwrap_err().to_string();
+        assert!(nonsense.contains(CAP_SINGLES_VAR), "{nonsense}");
+        std::fs::write(
+            &path,
+            "[[apps]]\nappid = \"wxa\"\nmax_campaign_messages_per_user_per_day = 0\n",
+        )
+        .unwrap();
+        let e = caps(&[]).unwrap_err().to_string();
+        std::fs::remove_file(&path).unwrap();
+        assert!(e.contains("max_campaign_messages_per_user_per_day"), "{e}");
+        // The single app, from the variables alone.
+        let single = raw(&[("WXPUSH_APP_ID", "wxs"), (CAP_VAR, "5")])
+            .validate()
+            .unwrap();
+        assert_eq!(single.apps.default_app().frequency_cap.per_day, Some(5));
+        assert!(!single.apps.default_app().frequency_cap.singles);
+        assert_eq!(
+            single.apps.default_app().frequency_cap.for_message(true),
+            None
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub mod subscribe_data;
 pub mod token_source;
 pub mod upload;
 
-pub use apps::{AppConfig, Apps, ConsentSource};
+pub use apps::{AppConfig, Apps, ConsentSource, FrequencyCap};
 pub use campaign::{
     parse_campaign, Audience, Campaign, CampaignError, CampaignKind, CampaignLimits,
     RejectedRecipient, RejectedRecipients,

@@ -84,12 +84,13 @@ pub fn parse_message(body: &[u8]) -> Result<ValidJob, MessageError> {
         return Err(MessageError::MissingKind);
     }
     // The campaign of one: the message's own fields, its id as the campaign's, its user as
-    // the audience. (`campaignId` and `audience` of the message, if any, are not read.)
+    // the audience. (`campaignId`, `audience` and `sendAt` of the message, if any, are not
+    // read: a single message is sent when it arrives, never scheduled.)
     let mut campaign: Map<String, Value> = Map::new();
     for (key, value) in &raw {
         if matches!(
             key.as_str(),
-            "messageId" | "openId" | "campaignId" | "audience"
+            "messageId" | "openId" | "campaignId" | "audience" | "sendAt"
         ) {
             continue;
         }
@@ -158,6 +159,27 @@ mod tests {
         // The job travels like any other and comes back the same.
         let again = crate::parse_job(&j.to_json()).unwrap();
         assert_eq!(&again.job, j);
+    }
+
+    #[test]
+    fn a_single_message_is_never_scheduled_and_its_send_at_is_not_read() {
+        let with = |send_at: &str| {
+            parse_message(
+                format!(
+                    r#"{{"messageId": "m1", "openId": "oA", "kind": "template",
+                    "templateId": "T", "keywords": "a", "sendAt": {send_at}}}"#
+                )
+                .as_bytes(),
+            )
+        };
+        let plain = parse_message(
+            br#"{"messageId": "m1", "openId": "oA", "kind": "template", "templateId": "T",
+                "keywords": "a"}"#,
+        )
+        .unwrap();
+        for s in ["1764950400000", "\"tomorrow\"", "-1"] {
+            assert_eq!(with(s).unwrap().job, plain.job, "{s}");
+        }
     }
 
     #[test]

@@ -13,6 +13,21 @@
 //!    confirmed page, count the jobs (`targeted`) and save the checkpoint in one fenced step;
 //! 4. mark it dispatched and acknowledge the campaign message.
 //!
+//! **Scheduled campaigns** (`sendAt`, contract 8.5). A `sendAt` more than 366 days ahead (this
+//! process's clock) is dead-lettered `invalid_send_at`. The record decides, on Redis's clock
+//! (the one the fleet shares), whether the campaign is due ([`Opened::Scheduled`]): if not,
+//! the record shows it `scheduled` and the dispatcher **parks the campaign message itself** in
+//! `<ns>.dispatch.delay.<N>s` (the longest tier not longer than the time left,
+//! [`park_tier`]: it never comes back late; back early, it is parked again in a shorter
+//! tier), published with confirms before the original is acknowledged, and goes on with the
+//! next campaign. Under a second before its time it waits the rest itself (at most a second,
+//! the only time a scheduled campaign holds a dispatcher up). Killed between the publish and
+//! the acknowledgement, the campaign has two copies: harmless, the lease below makes one a
+//! no-op. Nothing is held in a process, so the schedule survives restarts of every role and
+//! of the broker (durable queues, persistent messages). Cancelled while scheduled: its copies
+//! are acknowledged and nothing is fanned out ([`Opened::Cancelled`]). Paused while scheduled
+//! and due: parked [`PAUSED_TIER`] seconds at a time, nothing fanned out, until resumed.
+//!
 //! **One dispatcher per campaign.** The record carries a lease (10 s, Redis time) whose owner
 //! token every write names ([`wxpush_bank::record`]); the owner renews it in the background
 //! while it fans out. Two copies of one campaign (published twice, or redelivered while the
@@ -55,11 +70,12 @@ use std::time::Duration;
 
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
+use lapin::types::FieldTable;
 use wxpush_bank::record::{CampaignRecord, Lease, Opened, PageInFlight, Resume, DISPATCH_LEASE};
 use wxpush_bank::{Bank, ReachableCursor};
 use wxpush_broker::consume::hand_back;
 use wxpush_broker::publish::{batches_by_bytes, CONFIRM_BATCH_BYTES};
-use wxpush_broker::topology::Needs;
+use wxpush_broker::topology::{park_tier, Needs};
 use wxpush_broker::{BatchConsumer, Publisher, Topology};
 use wxpush_domain::campaign::{Audience, Campaign, CampaignKind, CampaignLimits};
 use wxpush_domain::{parse_campaign, AppId, Apps, Config, SendJob};
@@ -104,7 +120,17 @@ pub struct DispatchStats {
     pub waited: u64,
     /// Campaigns this process stopped dispatching because another took its lease over.
     pub handed_over: u64,
+    /// Scheduled campaigns whose record this process opened (contract 8.5).
+    pub scheduled: u64,
+    /// Campaign messages parked in a dispatch delay queue (not yet due, or due but paused).
+    pub parked: u64,
+    /// Copies of campaigns cancelled while scheduled, acknowledged with nothing fanned out.
+    pub cancelled_before_due: u64,
 }
+
+/// The tier (seconds) a scheduled campaign whose time has come is parked in while an operator
+/// has it paused: `resume` lets it go within about this long.
+pub const PAUSED_TIER: u32 = 5;
 
 /// The dispatch role's working parts.
 pub struct Dispatcher {
@@ -142,6 +168,9 @@ pub async fn run(
                 t.dead_lettered += stats.dead_lettered;
                 t.waited += stats.waited;
                 t.handed_over += stats.handed_over;
+                t.scheduled += stats.scheduled;
+                t.parked += stats.parked;
+                t.cancelled_before_due += stats.cancelled_before_due;
             }
             r
         }
@@ -307,6 +336,9 @@ impl Dispatcher {
             Ok(c) => c,
             Err(e) => return self.reject(delivery, stats, e.code(), &e.to_string()).await,
         };
+        if let Err(e) = campaign.check_send_at(local_now_ms()) {
+            return self.reject(delivery, stats, e.code(), &e.to_string()).await;
+        }
         let Some(app) = self.settings.apps.resolve(campaign.app_id.as_ref()) else {
             let app = campaign.app_id.as_ref().map_or("", AppId::as_str);
             let reason = format!("appId {app} is not configured in this install");
@@ -398,6 +430,40 @@ impl Dispatcher {
                     tracing::info!(campaign = %campaign.campaign_id, part = campaign.part.map(|p| p.index), "campaign already dispatched: nothing to do");
                     stats.already_dispatched += 1;
                     delivery.acker.ack(BasicAckOptions::default()).await?;
+                    return Ok(None);
+                }
+                Opened::Scheduled { left, created } => {
+                    if created {
+                        stats.scheduled += 1;
+                        metrics::counter!(m::CAMPAIGNS_SCHEDULED).increment(1);
+                        tracing::info!(campaign = %campaign.campaign_id, part = campaign.part.map(|p| p.index), send_at_ms = campaign.send_at_ms, left_ms = left.as_millis() as u64, "campaign scheduled: held back until its time");
+                    }
+                    match park_tier(left) {
+                        Some(tier) => {
+                            self.park(delivery, tier, "scheduled", stats).await?;
+                            return Ok(None);
+                        }
+                        // Under a second to go: waited out here, then opened again.
+                        None => {
+                            tokio::select! {
+                                _ = shutdown.wait() => {
+                                    hand_back(delivery).await?;
+                                    return Ok(None);
+                                }
+                                _ = tokio::time::sleep(left + Duration::from_millis(1)) => {}
+                            }
+                        }
+                    }
+                }
+                Opened::Cancelled => {
+                    tracing::info!(campaign = %campaign.campaign_id, part = campaign.part.map(|p| p.index), "campaign cancelled while scheduled: nothing to fan out");
+                    stats.cancelled_before_due += 1;
+                    delivery.acker.ack(BasicAckOptions::default()).await?;
+                    return Ok(None);
+                }
+                Opened::Paused => {
+                    tracing::debug!(campaign = %campaign.campaign_id, "scheduled campaign due but paused: held until resumed");
+                    self.park(delivery, PAUSED_TIER, "paused", stats).await?;
                     return Ok(None);
                 }
                 Opened::Held { left } => {
@@ -555,6 +621,42 @@ impl Dispatcher {
         Ok(true)
     }
 
+    /// Parks the campaign message in the dispatch delay queue of `tier` seconds (it comes back
+    /// to the dispatch queue then), confirmed by the broker, then acknowledges this copy: a
+    /// crash between the two leaves two copies, never none.
+    async fn park(
+        &self,
+        delivery: &Delivery,
+        tier: u32,
+        why: &'static str,
+        stats: &mut DispatchStats,
+    ) -> Result<(), RoleError> {
+        let queue = self.topology.dispatch_delay_queue(tier);
+        // The message as it came, but for the broker's own bookkeeping of earlier hops (its
+        // dead-letter history and delivery count), which would only grow.
+        let mut headers = FieldTable::default();
+        if let Some(h) = delivery.properties.headers() {
+            for (k, v) in h.inner() {
+                let k_text = k.as_str();
+                if !(k_text == "x-death"
+                    || k_text == "x-delivery-count"
+                    || k_text.starts_with("x-first-death-")
+                    || k_text.starts_with("x-last-death-"))
+                {
+                    headers.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        let properties = delivery.properties.clone().with_headers(headers);
+        self.publisher
+            .publish("", &queue, &delivery.data, properties)
+            .await?;
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+        stats.parked += 1;
+        metrics::counter!(m::CAMPAIGNS_PARKED, "reason" => why).increment(1);
+        Ok(())
+    }
+
     async fn reject(
         &self,
         delivery: &Delivery,
@@ -579,6 +681,13 @@ impl Dispatcher {
         delivery.acker.ack(BasicAckOptions::default()).await?;
         Ok(())
     }
+}
+
+/// This machine's clock, Unix ms (only to bound how far ahead a `sendAt` may be).
+fn local_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// `""` (start), `"<shard>:<scan>"`, or `"end"`.

@@ -18,10 +18,13 @@ pub const JOBS_RETRIED: &str = "wxpush_jobs_retried_total";
 pub const JOBS_PARKED: &str = "wxpush_jobs_parked_total";
 pub const JOBS_PARKED_PAUSED: &str = "wxpush_jobs_parked_paused_total";
 pub const JOBS_DEFERRED_QUIET: &str = "wxpush_jobs_deferred_quiet_hours_total";
+pub const CAMPAIGN_CONTROLS_SEEN: &str = "wxpush_campaign_controls_seen_total";
 pub const SEND_OUTCOMES: &str = "wxpush_send_outcomes_total";
 pub const SEND_FENCED: &str = "wxpush_send_fenced_total";
 pub const JOBS_PUBLISHED: &str = "wxpush_campaign_jobs_published_total";
 pub const CAMPAIGNS_DISPATCHED: &str = "wxpush_campaigns_dispatched_total";
+pub const CAMPAIGNS_SCHEDULED: &str = "wxpush_campaigns_scheduled_total";
+pub const CAMPAIGNS_PARKED: &str = "wxpush_campaign_messages_parked_total";
 pub const CONSUMING: &str = "wxpush_consuming";
 pub const DEPENDENCY_UP: &str = "wxpush_dependency_up";
 pub const SESSIONS_RESTARTED: &str = "wxpush_sessions_restarted_total";
@@ -56,6 +59,10 @@ pub fn describe() {
     describe_counter!(
         JOBS_PARKED_PAUSED,
         "Send jobs parked because an operator paused their campaign"
+    );
+    describe_counter!(
+        CAMPAIGN_CONTROLS_SEEN,
+        "Operators' campaign controls (paused, resumed, cancelled) as this process first saw them"
     );
     describe_counter!(
         RECEIPTS_PUBLISHED,
@@ -118,6 +125,15 @@ pub fn describe() {
     describe_counter!(
         CAMPAIGNS_DISPATCHED,
         "Campaigns fully fanned out by this process"
+    );
+    describe_counter!(
+        CAMPAIGNS_SCHEDULED,
+        "Scheduled campaigns (sendAt ahead) whose record this process opened"
+    );
+    describe_counter!(
+        CAMPAIGNS_PARKED,
+        "Campaign messages parked in a dispatch delay queue, by reason (scheduled: not yet \
+         due; paused: due while an operator has it paused)"
     );
     describe_gauge!(CONSUMING, "1 while the role's consumer runs, by role");
     describe_gauge!(

@@ -47,6 +47,8 @@ pub enum Recorded {
     /// Not sent: the app's quiet hours held it and the campaign (or message) said
     /// `"quietHours": "skip"` (contract 8.5); nothing spent.
     SkippedQuietHours,
+    /// Not sent: the user is at the app's frequency cap (contract 8.5); nothing spent.
+    Capped,
     /// The job found the campaign already settled for this recipient, with this outcome.
     Duplicate(String),
 }
@@ -65,6 +67,7 @@ impl Recorded {
             Recorded::InvalidData => "invalid_data".into(),
             Recorded::Cancelled => "cancelled".into(),
             Recorded::SkippedQuietHours => "skipped_quiet_hours".into(),
+            Recorded::Capped => "capped".into(),
             Recorded::Duplicate(_) => "duplicate".into(),
         }
     }

@@ -152,6 +152,8 @@ pub struct SendStats {
     pub skipped_quiet_hours: AtomicU64,
     /// Jobs held for their app's quiet hours (once per job, when first held).
     pub deferred_quiet_hours: AtomicU64,
+    /// Recipients not sent because they were at the app's frequency cap (contract 8.5).
+    pub capped: AtomicU64,
     pub wechat_calls: AtomicU64,
     pub failed_by_code: Mutex<HashMap<i64, u64>>,
 }
@@ -217,6 +219,8 @@ pub struct AppFleet {
     pub pause: FleetPause,
     /// The app's quiet hours (contract 8.5), if it has any: read in memory per job.
     pub quiet: Option<wxpush_domain::QuietHours>,
+    /// Its frequency cap (configuration; counted by the claim scripts, in each user's slot).
+    pub cap: wxpush_domain::FrequencyCap,
 }
 
 /// What the send role needs beside Redis and RabbitMQ: WeChat, and each app's [`AppFleet`].
@@ -280,6 +284,7 @@ impl SendParts {
                     PauseSettings::default(),
                 ),
                 quiet: app.quiet(),
+                cap: app.frequency_cap,
             };
             apps.push((app.id.clone(), fleet));
         }
@@ -778,6 +783,7 @@ impl Sender {
             Recorded::InvalidData => SendStats::add(&s.invalid_data),
             Recorded::Cancelled => SendStats::add(&s.cancelled),
             Recorded::SkippedQuietHours => SendStats::add(&s.skipped_quiet_hours),
+            Recorded::Capped => SendStats::add(&s.capped),
             Recorded::Failed(code) => {
                 SendStats::add(&s.failed);
                 if let Ok(mut m) = s.failed_by_code.lock() {

@@ -6,9 +6,10 @@
 -- ARGV[1] safety margin (s), ARGV[2] openId, ARGV[3] campaignId, ARGV[4] owner (this attempt's
 -- fencing token), ARGV[5] lease (ms), ARGV[6] mode: 'take', 'renew' or 'next' (see lease()).
 -- KEYS[5], KEYS[6], ARGV[7], ARGV[8]: the receipt's (see receipt_args()).
+-- ARGV[9] the frequency cap this message is held to ('' or 0: none; see cap_take()).
 -- Counts: 'duplicate' when the campaign is already settled for the user, 'no_credential' when
--- the user has none. Returns {'done', final outcome} | {'busy', ms left} | {'superseded'} |
---   {'none'} | {'fresh', member, expiry} |
+-- the user has none, 'capped' when the user is at the cap. Returns {'done', final outcome} |
+--   {'busy', ms left} | {'superseded'} | {'none'} | {'capped'} | {'fresh', member, expiry} |
 --   {'held', member, expiry, prior doubt, expired, taken over} (see lease())
 local k, idx, marks, counters = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 receipt_args(5, 7)
@@ -16,6 +17,9 @@ local margin, who, c, owner = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 local reply = lease(marks, counters, c, owner, tonumber(ARGV[5]), ARGV[6], margin)
 if reply then
   return reply
+end
+if ARGV[6] == 'take' and cap_take(marks, counters, c, ARGV[9]) then
+  return {'capped'}
 end
 
 -- A new credential: the soonest-expiring usable one, as claim.lua takes it. (With 'next', the

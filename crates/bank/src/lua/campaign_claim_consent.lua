@@ -9,6 +9,7 @@
 -- ARGV[1] openId, ARGV[2] campaignId, ARGV[3] owner (fencing token), ARGV[4] lease (ms),
 -- ARGV[5] templateId, ARGV[6] mode ('take', 'renew' or 'next').
 -- KEYS[8], KEYS[9], ARGV[7], ARGV[8]: the receipt's (see receipt_args()).
+-- ARGV[9] the frequency cap this message is held to ('' or 0: none; see cap_take()).
 -- While a consent is held, 'C m' is 's' followed by the template id and 'C e' is 0. A consent
 -- given back by campaign_settle.lua (a release without doubt) leaves C in state L without
 -- 'C m': the next attempt takes a consent afresh.
@@ -24,6 +25,9 @@ receipt_args(8, 7)
 local reply = lease(marks, counters, c, owner, lease_ms, ARGV[6], 0)
 if reply then
   return reply
+end
+if ARGV[6] == 'take' and cap_take(marks, counters, c, ARGV[9]) then
+  return {'capped'}
 end
 
 -- A consent afresh: one fewer in the user's count; the totals and holders follow.

@@ -17,6 +17,9 @@
 --          handed out: the caller calls right after), '0' once it is known not to have
 --   '~ p'  the day of the oldest final outcome kept (with a space, so no campaign's state:
 --          earlier versions named it '~p', which a campaign id may be; prune drops that field)
+--   '~ f'  the frequency cap's count (contract 8.5; only for an app with a cap): the messages
+--          that may have reached the user in the last 24 hours, '<unix s> <C>' pairs joined
+--          by spaces (no campaign id or mark holds one), see cap_take()
 -- Final outcomes are kept KEEP_DAYS days: long enough for any copy of a job to come back
 -- (redeliveries, retries within WXPUSH_SEND_RETRY_FOR, parked jobs, a replayed dead letter of
 -- the last week), then pruned by the next claim of a new campaign, so an active user holds
@@ -129,6 +132,52 @@ local function write_receipt(outcome)
   end
 end
 
+-- The frequency cap (contract 8.5). A message counts from its claim: a claim of a new campaign
+-- for the user adds '<now> C' to '~ f' (so two campaigns claiming at once are counted both,
+-- in the order the user's slot runs them, never raced), and the final outcome takes it out
+-- again unless the message may have reached the user (REACHED), so a user capped today is
+-- one whom N messages may really have reached, or are being sent to now. Entries older than
+-- CAP_WINDOW fall out at the next claim (a rolling 24 hours).
+local CAP_WINDOW = 86400
+local REACHED = {sent = true, sent_unconfirmed = true, unknown = true}
+
+-- '~ f' as a list of its pairs still in the window (each '<s> <C>'), and whether C is in it.
+local function cap_entries(marks, c)
+  local kept, mine = {}, false
+  for ts, m in string.gmatch(redis.call('HGET', marks, '~ f') or '', '(%d+) (%S+)') do
+    if tonumber(ts) > now - CAP_WINDOW then
+      kept[#kept + 1] = ts .. ' ' .. m
+      if m == c then
+        mine = true
+      end
+    end
+  end
+  return kept, mine
+end
+
+local function cap_save(marks, kept)
+  if #kept == 0 then
+    redis.call('HDEL', marks, '~ f')
+  else
+    redis.call('HSET', marks, '~ f', table.concat(kept, ' '))
+  end
+end
+
+-- Takes C out of the count (its outcome cannot have reached the user).
+local function cap_forget(marks, c)
+  local v = redis.call('HGET', marks, '~ f')
+  if not v or not string.find(v, ' ' .. c, 1, true) then
+    return
+  end
+  local kept = {}
+  for ts, m in string.gmatch(v, '(%d+) (%S+)') do
+    if m ~= c then
+      kept[#kept + 1] = ts .. ' ' .. m
+    end
+  end
+  cap_save(marks, kept)
+end
+
 -- Records C's final outcome (the held credential forgotten) and counts it.
 local function finish(marks, counters, c, outcome)
   local final = '=' .. outcome .. '@' .. today
@@ -142,6 +191,9 @@ local function finish(marks, counters, c, outcome)
     end
   end
   redis.call('HDEL', marks, c .. ' o', c .. ' u', c .. ' e', c .. ' m', c .. ' d')
+  if not REACHED[outcome] then
+    cap_forget(marks, c)
+  end
   redis.call('EXPIRE', marks, MARKS_TTL)
   count(counters, outcome)
   if receipt then
@@ -204,4 +256,26 @@ local function hold(marks, c, owner, lease_ms, member, exp)
   redis.call('HSET', marks, c, 'L', c .. ' o', owner, c .. ' u', now_ms + lease_ms,
     c .. ' e', exp, c .. ' m', member, c .. ' d', '1')
   redis.call('EXPIRE', marks, MARKS_TTL)
+end
+
+-- The cap's check at a claim that takes a new credential (mode 'take', after lease()): `cap`
+-- is the app's messages per user per 24 hours for this message ('' or 0: it does not count).
+-- C counted already (an earlier attempt's claim) passes; else a user at the cap is settled
+-- 'capped' (nothing claimed, nothing spent) and true is returned; else C is counted.
+local function cap_take(marks, counters, c, cap)
+  cap = tonumber(cap or '') or 0
+  if cap < 1 then
+    return false
+  end
+  local kept, mine = cap_entries(marks, c)
+  if not mine then
+    if #kept >= cap then
+      cap_save(marks, kept)
+      finish(marks, counters, c, 'capped')
+      return true
+    end
+    kept[#kept + 1] = now .. ' ' .. c
+  end
+  cap_save(marks, kept)
+  return false
 end

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
-use wxpush_bank::{CampaignClaim, ClaimMode, Marked, Receipt, Settle};
+use wxpush_bank::{CampaignClaim, ClaimExtras, ClaimMode, Marked, Receipt, Settle};
 use wxpush_broker::topology::DELAY_TIERS;
 use wxpush_domain::{AppId, Credential, JobKind, ValidJob};
 use wxpush_fleet::Token;
@@ -123,6 +123,7 @@ impl Sender {
             receipt: crate::receipts::fields(job, app, &valid.open_id),
             msgid: None,
             reused: AtomicBool::new(false),
+            cap: fleet.cap.for_message(job.single),
             cancelling: resume_to_cancel,
             owner: super::attempt_owner(),
             state: State::new(self.settings.quick_retries),
@@ -200,6 +201,7 @@ impl Sender {
                 CampaignClaim::NoCredential => {
                     return Ok(Disposition::Done(Recorded::NoCredential))
                 }
+                CampaignClaim::Capped => return Ok(Disposition::Done(Recorded::Capped)),
                 CampaignClaim::Fresh(_) if a.cancelling => {
                     return self.finish(&a, Recorded::Cancelled, After::GiveBack).await;
                 }
@@ -412,6 +414,7 @@ impl Sender {
             receipt: crate::receipts::fields(&valid.job, app, &valid.open_id),
             msgid: None,
             reused: AtomicBool::new(false),
+            cap: None,
             cancelling: false,
             owner: super::attempt_owner(),
             state: State::new(0),
@@ -425,6 +428,7 @@ impl Sender {
                 ..
             } => (Spend::of(&credential), in_doubt),
             CampaignClaim::NoCredential => return Ok(Some(Recorded::NoCredential)),
+            CampaignClaim::Capped => return Ok(Some(Recorded::Capped)),
             CampaignClaim::Done(_) | CampaignClaim::Busy(_) | CampaignClaim::Superseded => {
                 return Ok(None)
             }
@@ -479,8 +483,11 @@ impl Sender {
                         &a.owner,
                         CAMPAIGN_LEASE,
                         mode,
-                        a.receipt(),
-                        bind,
+                        ClaimExtras {
+                            receipt: a.receipt(),
+                            bind,
+                            cap: a.cap,
+                        },
                     )
                     .await?
             }
@@ -494,8 +501,11 @@ impl Sender {
                         &a.owner,
                         CAMPAIGN_LEASE,
                         mode,
-                        a.receipt(),
-                        bind,
+                        ClaimExtras {
+                            receipt: a.receipt(),
+                            bind,
+                            cap: a.cap,
+                        },
                     )
                     .await?
             }
@@ -744,6 +754,8 @@ struct Attempt<'a> {
     msgid: Option<i64>,
     /// A single message whose id the claim found bound to another user (nothing sent).
     reused: AtomicBool,
+    /// The app's frequency cap this message is held to, if it counts (contract 8.5).
+    cap: Option<u32>,
     /// The campaign is cancelled and this attempt resumes a credential a dead attempt held,
     /// to give it back and record `cancelled` (or, in doubt, to go on).
     cancelling: bool,
@@ -788,6 +800,7 @@ fn claim_result(c: &CampaignClaim) -> &'static str {
         CampaignClaim::Held { .. } => "held",
         CampaignClaim::Busy(_) => "busy",
         CampaignClaim::NoCredential => "no_credential",
+        CampaignClaim::Capped => "capped",
         CampaignClaim::Done(_) => "done",
         CampaignClaim::Superseded => "superseded",
     }

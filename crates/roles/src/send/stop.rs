@@ -38,14 +38,28 @@ impl Sender {
         }
         let record = self.bank.record(app, &job.campaign_id);
         let key = record.key().to_owned();
+        let mut before = Flags::default();
         if let Ok(cache) = self.stopped.lock() {
             if let Some((at, flags)) = cache.get(&key) {
                 if flags.stopped || flags.cancelled || at.elapsed() < STOP_CHECK_EVERY {
                     return Ok(*flags);
                 }
+                before = *flags;
             }
         }
         let flags = record.flags().await?;
+        // An operator's action, as this process first sees it: logged and counted once per
+        // process (the command that made it logged it too).
+        let seen = [
+            (!before.paused && flags.paused, "paused"),
+            (before.paused && !flags.paused, "resumed"),
+            (!before.cancelled && flags.cancelled, "cancelled"),
+        ];
+        for (_, control) in seen.iter().filter(|(changed, _)| *changed) {
+            tracing::info!(campaign = %job.campaign_id, app = %app, control, "campaign control seen");
+            metrics::counter!(crate::metrics::CAMPAIGN_CONTROLS_SEEN, "control" => *control)
+                .increment(1);
+        }
         if let Ok(mut cache) = self.stopped.lock() {
             cache.insert(key, (Instant::now(), flags));
         }
