@@ -6,6 +6,8 @@
 //! `--subscribe 1` every user holds one subscribe consent instead of a formId and the jobs are
 //! subscribe jobs (`/cgi-bin/message/subscribe/send`); the ceiling is the same bare sender
 //! (one script, one POST of a template send: the fake answers both APIs at the same cost).
+//! With `--quiet 1` the app has quiet hours (contract 8.5) that do not cover the run: every
+//! job passes the sender's quiet-hours check, which must cost no Redis round trip.
 //! The fake WeChat runs in this
 //! process and answers at once; the rate limit is set far above what is reachable. Steps:
 //! 1. N users each get one formId from the fake, stored in the bank; N send jobs are queued.
@@ -111,6 +113,12 @@ async fn main() {
     env.set("WXPUSH_WECHAT_API_BASE", &fake.base_url());
     env.set("WXPUSH_APP_SECRET", SECRET);
     env.set("WXPUSH_SEND_RATE", "1000000");
+    // `--quiet 1`: the app has quiet hours (contract 8.5) that do not cover the run, so every
+    // job is checked against them on the way (in memory: the round trips must not move).
+    let quiet = (bench_arg("--quiet", 0) == 1).then(quiet_hours_elsewhere);
+    if let Some(window) = &quiet {
+        env.set("WXPUSH_QUIET_HOURS", window);
+    }
     let config = env.config();
     let deps = env.deps().await;
     let users: Vec<OpenId> = (0..n)
@@ -323,6 +331,9 @@ async fn main() {
         "send benchmark: {n} {kind} jobs, concurrency {concurrency}, {} queues, fake WeChat in process answering at once, release build",
         env.topology().queue_type().as_str()
     );
+    if let Some(window) = &quiet {
+        println!("quiet hours configured, not covering the run: {window} (Asia/Shanghai)");
+    }
     if cap > 0 {
         println!("frequency cap {cap} a day (checked and counted at every claim, singles too; reached by no user)");
     }
@@ -376,4 +387,14 @@ async fn main() {
     println!("Redis commands during the wxpush run: {per_command:?}");
     publisher.close().await;
     deps.broker.close().await;
+}
+
+/// An hour of quiet hours starting six hours from now in Asia/Shanghai (UTC+8 all year).
+fn quiet_hours_elsewhere() -> String {
+    let hm = |unix_secs: i64| {
+        let s = (unix_secs + 8 * 3600).rem_euclid(86_400);
+        format!("{:02}:{:02}", s / 3600, s / 60 % 60)
+    };
+    let now = now_ms() / 1000;
+    format!("{}-{}", hm(now + 6 * 3600), hm(now + 7 * 3600))
 }

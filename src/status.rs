@@ -306,6 +306,12 @@ pub(crate) struct Snapshot {
     invalid_data: u64,
     /// Recipients not sent because an operator cancelled the campaign (contract 8.5).
     cancelled: u64,
+    /// Recipients not sent because their app's quiet hours held them and the campaign said
+    /// `"quietHours": "skip"` (contract 8.5).
+    skipped_quiet_hours: u64,
+    /// Recipients held for quiet hours (counted when first held; a figure, not an outcome:
+    /// each gets its outcome when it goes out).
+    deferred: u64,
     /// Recipients not sent because they were at the app's frequency cap (contract 8.5).
     capped: u64,
     /// An operator paused it (and has not resumed it) / cancelled it.
@@ -420,6 +426,8 @@ impl Snapshot {
                 "unknown" => &mut s.unknown,
                 "invalid_data" => &mut s.invalid_data,
                 "cancelled" => &mut s.cancelled,
+                "skipped_quiet_hours" => &mut s.skipped_quiet_hours,
+                "deferred" => &mut s.deferred,
                 "capped" => &mut s.capped,
                 "duplicate" => &mut s.duplicate,
                 "retried" => &mut s.retried,
@@ -471,6 +479,7 @@ impl Snapshot {
             self.unknown,
             self.invalid_data,
             self.cancelled,
+            self.skipped_quiet_hours,
             self.capped,
         ]
         .iter()
@@ -580,7 +589,7 @@ impl Snapshot {
             .iter()
             .map(|(c, n)| (c.clone(), json!(n)))
             .collect();
-        json!({
+        let mut out = json!({
             "campaign_id": self.campaign_id,
             "app": self.app,
             "template_id": self.template_id,
@@ -623,7 +632,17 @@ impl Snapshot {
             "complete": self.complete(),
             "at_ms": self.at_ms,
             "warnings": self.warnings,
-        })
+        });
+        // Quiet hours (contract 8.5), added here: one macro of every key passes its
+        // recursion limit.
+        if let Some(o) = out.as_object_mut() {
+            o.insert(
+                "skipped_quiet_hours".into(),
+                json!(self.skipped_quiet_hours),
+            );
+            o.insert("deferred".into(), json!(self.deferred));
+        }
+        out
     }
 
     fn table(&self) -> String {
@@ -685,6 +704,15 @@ impl Snapshot {
         }
         if self.cancelled > 0 || self.cancelled_by_operator {
             row("cancelled (not sent)", self.cancelled.to_string());
+        }
+        if self.skipped_quiet_hours > 0 {
+            row(
+                "skipped (quiet hours)",
+                self.skipped_quiet_hours.to_string(),
+            );
+        }
+        if self.deferred > 0 {
+            row("deferred (quiet hours)", self.deferred.to_string());
         }
         if self.capped > 0 {
             row("capped (frequency cap, not sent)", self.capped.to_string());

@@ -915,6 +915,8 @@ async fn hostile_send_jobs_are_dead_lettered_with_their_code_and_send_goes_on() 
         invalid: None,
         single: false,
         receipts: false,
+        quiet_hours: None,
+        defer_until: None,
     };
     let plain_id = format!("{m}-send");
     let odd_id = format!("{m}:{{x}}*?[a]\\");

@@ -25,6 +25,7 @@ mod ingest;
 mod kinds;
 mod memory;
 mod personal;
+mod quiet;
 mod rate;
 mod reach;
 mod receipts;

@@ -144,6 +144,7 @@ fn settings() -> SendSettings {
         max_retry_delay: Duration::from_secs(900),
         quick_retries: 2,
         quota_cooldown: Duration::from_secs(2),
+        quiet_spread: Duration::from_secs(60),
     }
 }
 

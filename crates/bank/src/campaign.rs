@@ -357,6 +357,33 @@ impl Bank {
         }
     }
 
+    /// Adds one to `field` of the counters `campaign`'s recipient `open_id` is counted in
+    /// (kept 30 days, like the outcomes): a figure that is not an outcome, such as `deferred`
+    /// (a recipient held for quiet hours, contract 8.5). Counted at least once per event (a
+    /// crash before the caller's next step counts it again): a figure, not a ledger.
+    pub async fn campaign_tally(
+        &self,
+        app: &AppId,
+        open_id: &OpenId,
+        campaign: &str,
+        field: &str,
+    ) -> Result<(), BankError> {
+        let key = self.counters_of(app, open_id, campaign);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("HINCRBY")
+            .arg(&key)
+            .arg(field)
+            .arg(1)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(COUNTERS_TTL_SECS)
+            .ignore();
+        let () = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
     /// The outcome counters a recipient of `campaign` is counted in, in the user's slot. Single
     /// messages (their mark id starts with [`SINGLE_MARK`]) share one set per app and shard:
     /// counters of their own would be a key per message.
@@ -420,6 +447,10 @@ impl Bank {
             .collect()
     }
 }
+
+/// How long a campaign's counters are kept after their last update (`COUNTERS_TTL` of
+/// `lua/campaign_marks.lua`).
+const COUNTERS_TTL_SECS: u64 = 30 * 24 * 3600;
 
 fn text(v: &Value) -> Option<String> {
     match v {

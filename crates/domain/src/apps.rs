@@ -18,14 +18,16 @@
 //! consent_source = "client"        # or "events": where the app's consents come from
 //! max_campaign_messages_per_user_per_day = 2   # frequency cap, a rolling 24 h (contract §8.5)
 //! cap_single_messages = false      # whether single messages count toward the cap too
+//! quiet_hours = "22:00-08:00"      # campaigns do not message its users then (contract §8.5)
+//! timezone = "Asia/Shanghai"       # the zone quiet_hours is read in (this is the default)
 //! ```
 //!
 //! `WXPUSH_MAX_CAMPAIGN_MESSAGES_PER_USER_PER_DAY` and `WXPUSH_CAP_SINGLE_MESSAGES` are the cap
 //! of every app that states none, as `WXPUSH_SEND_RATE` is the ceiling of every app that
 //! states none ([`Apps::with_cap_defaults`]).
 //!
-//! The single app's `WXPUSH_PUSH_TOKEN`, `WXPUSH_ENCODING_AES_KEY` and `WXPUSH_CONSENT_SOURCE`
-//! meet the file as `WXPUSH_TOKEN_SOURCE` does.
+//! The single app's `WXPUSH_PUSH_TOKEN`, `WXPUSH_ENCODING_AES_KEY`, `WXPUSH_CONSENT_SOURCE`,
+//! `WXPUSH_QUIET_HOURS` and `WXPUSH_TIMEZONE` meet the file as `WXPUSH_TOKEN_SOURCE` does.
 //!
 //! How the two sources meet ([`Apps::build`]): the variables' app joins the file's list (its
 //! secret and `WXPUSH_TOKEN_SOURCE` fill in what the file leaves out; two different secrets or
@@ -46,6 +48,7 @@ use serde::Deserialize;
 use crate::config::{ConfigError, Secret};
 use crate::credential::check_template_id;
 use crate::names::AppId;
+use crate::quiet::{AppZone, QuietHours, QuietWindow};
 use crate::token_source::TokenSource;
 
 /// The variable giving the single app's token source.
@@ -59,6 +62,12 @@ pub const ENCODING_AES_KEY_VAR: &str = "WXPUSH_ENCODING_AES_KEY";
 
 /// The variable giving the single app's consent source (`client` or `events`).
 pub const CONSENT_SOURCE_VAR: &str = "WXPUSH_CONSENT_SOURCE";
+
+/// The variable giving the single app's quiet hours (`22:00-08:00`, contract §8.5).
+pub const QUIET_HOURS_VAR: &str = "WXPUSH_QUIET_HOURS";
+
+/// The variable giving the single app's time zone (`Asia/Shanghai` when unset).
+pub const TIMEZONE_VAR: &str = "WXPUSH_TIMEZONE";
 
 /// Where an app's subscribe consents come from (contract §8.4): one source only, so that one
 /// tap is never two consents.
@@ -178,6 +187,11 @@ pub struct AppConfig {
     pub encoding_aes_key: Option<Secret>,
     /// Where the app's consents come from (`consent_source`, `client` unless configured).
     pub consent_source: ConsentSource,
+    /// When campaigns do not message the app's users (`quiet_hours`, contract §8.5), read in
+    /// `timezone`; `None`: never quiet.
+    pub quiet_hours: Option<QuietWindow>,
+    /// The app's time zone (`timezone`, `Asia/Shanghai` unless configured).
+    pub timezone: AppZone,
     /// Its frequency cap (`max_campaign_messages_per_user_per_day`, `cap_single_messages`).
     pub frequency_cap: FrequencyCap,
 }
@@ -194,8 +208,18 @@ impl AppConfig {
             push_token: None,
             encoding_aes_key: None,
             consent_source: ConsentSource::Client,
+            quiet_hours: None,
+            timezone: AppZone::default(),
             frequency_cap: FrequencyCap::default(),
         }
+    }
+
+    /// The app's quiet hours in its zone, if it has any.
+    pub fn quiet(&self) -> Option<QuietHours> {
+        self.quiet_hours.map(|window| QuietHours {
+            window,
+            zone: self.timezone.clone(),
+        })
     }
 
     /// Whether a consent for `template` is kept for this app: it is one of the app's
@@ -226,6 +250,10 @@ pub struct VarApp {
     pub encoding_aes_key: Option<Secret>,
     /// `WXPUSH_CONSENT_SOURCE`, unparsed.
     pub consent_source: Option<String>,
+    /// `WXPUSH_QUIET_HOURS`, unparsed.
+    pub quiet_hours: Option<String>,
+    /// `WXPUSH_TIMEZONE`, unparsed.
+    pub timezone: Option<String>,
     /// `WXPUSH_MAX_CAMPAIGN_MESSAGES_PER_USER_PER_DAY` (checked: at least 1): the cap of every
     /// app that states none.
     pub cap: Option<u32>,
@@ -258,6 +286,8 @@ struct FileApp {
     push_token: Option<Secret>,
     encoding_aes_key: Option<Secret>,
     consent_source: Option<String>,
+    quiet_hours: Option<String>,
+    timezone: Option<String>,
     max_campaign_messages_per_user_per_day: Option<u32>,
     cap_single_messages: Option<bool>,
 }
@@ -309,6 +339,26 @@ impl Apps {
                 })
             })
             .transpose()?;
+        let var_quiet = vars
+            .quiet_hours
+            .as_deref()
+            .map(|s| {
+                QuietWindow::parse(s).map_err(|e| ConfigError::Invalid {
+                    var: QUIET_HOURS_VAR,
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()?;
+        let var_zone = vars
+            .timezone
+            .as_deref()
+            .map(|s| {
+                AppZone::parse(s).map_err(|e| ConfigError::Invalid {
+                    var: TIMEZONE_VAR,
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()?;
         let var_push_token = vars.push_token.filter(|s| !s.expose().is_empty());
         if let Some(t) = &var_push_token {
             check_push_token(t.expose()).map_err(|reason| ConfigError::Invalid {
@@ -341,6 +391,8 @@ impl Apps {
             app.push_token = var_push_token;
             app.encoding_aes_key = var_aes_key;
             app.consent_source = var_consent.unwrap_or_default();
+            app.quiet_hours = var_quiet;
+            app.timezone = var_zone.unwrap_or_default();
             if let Err((key, reason)) = check_push_keys(app) {
                 let var = match key {
                     "consent_source" => CONSENT_SOURCE_VAR,
@@ -370,6 +422,8 @@ impl Apps {
                 "encoding_aes_key",
             ),
             (var_consent.is_some(), CONSENT_SOURCE_VAR, "consent_source"),
+            (var_quiet.is_some(), QUIET_HOURS_VAR, "quiet_hours"),
+            (var_zone.is_some(), TIMEZONE_VAR, "timezone"),
         ] {
             if given && var_id.is_none() {
                 return Err(ConfigError::Invalid {
@@ -392,6 +446,8 @@ impl Apps {
         let mut sourced: Vec<bool> = Vec::with_capacity(parsed.apps.len());
         // Whether the file gave each listed app a consent_source.
         let mut consent_sourced: Vec<bool> = Vec::with_capacity(parsed.apps.len());
+        // Whether the file gave each listed app quiet_hours, and timezone.
+        let mut quiet_given: Vec<(bool, bool)> = Vec::with_capacity(parsed.apps.len());
         let mut flagged: Vec<AppId> = Vec::new();
         // Whether the file gave each listed app a cap, and said whether singles count.
         let mut capped: Vec<(bool, bool)> = Vec::with_capacity(parsed.apps.len());
@@ -438,6 +494,23 @@ impl Apps {
                         .map_err(|e| invalid(format!("apps[{i}].consent_source: {e}")))
                 })
                 .transpose()?;
+            let quiet_hours = a
+                .quiet_hours
+                .as_deref()
+                .map(|s| {
+                    QuietWindow::parse(s).map_err(|e| {
+                        invalid(format!("apps[{i}].quiet_hours: {}", e.without_value()))
+                    })
+                })
+                .transpose()?;
+            let timezone = a
+                .timezone
+                .as_deref()
+                .map(|s| {
+                    AppZone::parse(s)
+                        .map_err(|e| invalid(format!("apps[{i}].timezone: {}", e.without_value())))
+                })
+                .transpose()?;
             if a.max_campaign_messages_per_user_per_day == Some(0) {
                 return Err(invalid(format!(
                     "apps[{i}].max_campaign_messages_per_user_per_day: must be at least 1 \
@@ -457,7 +530,10 @@ impl Apps {
                     per_day: a.max_campaign_messages_per_user_per_day,
                     singles: a.cap_single_messages.unwrap_or(false),
                 },
+                quiet_hours,
+                timezone: timezone.clone().unwrap_or_default(),
             });
+            quiet_given.push((quiet_hours.is_some(), timezone.is_some()));
             capped.push((
                 a.max_campaign_messages_per_user_per_day.is_some(),
                 a.cap_single_messages.is_some(),
@@ -524,12 +600,33 @@ impl Apps {
                         (false, Some(v)) => listed.consent_source = v,
                         _ => {}
                     }
+                    let (file_quiet, file_zone) = quiet_given[at];
+                    match (file_quiet, var_quiet) {
+                        (true, Some(v)) if Some(v) != listed.quiet_hours => {
+                            return Err(invalid(format!(
+                                "{id} has other quiet_hours than {QUIET_HOURS_VAR}; keep one"
+                            )))
+                        }
+                        (false, Some(v)) => listed.quiet_hours = Some(v),
+                        _ => {}
+                    }
+                    match (file_zone, &var_zone) {
+                        (true, Some(v)) if *v != listed.timezone => {
+                            return Err(invalid(format!(
+                                "{id} has another timezone than {TIMEZONE_VAR}; keep one"
+                            )))
+                        }
+                        (false, Some(v)) => listed.timezone = v.clone(),
+                        _ => {}
+                    }
                 }
                 None => list.push(AppConfig {
                     token_source: var_source.unwrap_or_default(),
                     push_token: var_push_token,
                     encoding_aes_key: var_aes_key,
                     consent_source: var_consent.unwrap_or_default(),
+                    quiet_hours: var_quiet,
+                    timezone: var_zone.unwrap_or_default(),
                     ..AppConfig::new(id.clone(), var_secret, send_rate)
                 }),
             }
@@ -1418,5 +1515,133 @@ mod tests {
         .map(|s| s.expose().to_owned())
         .collect();
         assert!(found.contains(&"tok3n".to_owned()) && found.contains(&KEY43.to_owned()));
+    }
+
+    #[test]
+    fn quiet_hours_and_timezone_per_app_and_from_the_single_apps_variables() {
+        let apps = build(
+            None,
+            None,
+            &format!(
+                "default = \"{A}\"\n[[apps]]\nappid = \"{A}\"\nquiet_hours = \"22:00-08:00\"\n\
+                 [[apps]]\nappid = \"{B}\"\nquiet_hours = \"23:30-07:00:30\"\n\
+                 timezone = \"Europe/Berlin\"\n[[apps]]\nappid = \"wxc\"\n"
+            ),
+        )
+        .unwrap();
+        let a = apps.default_app().quiet().expect("quiet hours");
+        assert_eq!(
+            (a.window.to_string(), a.zone.name()),
+            ("22:00-08:00".to_owned(), "Asia/Shanghai"),
+            "the default zone"
+        );
+        let b = apps.get(&AppId::new(B).unwrap()).unwrap().quiet().unwrap();
+        assert_eq!(
+            (b.window.to_string(), b.zone.name()),
+            ("23:30-07:00:30".to_owned(), "Europe/Berlin")
+        );
+        assert_eq!(apps.get(&AppId::new("wxc").unwrap()).unwrap().quiet(), None);
+
+        let single = Apps::build(
+            VarApp {
+                quiet_hours: Some("21:00-09:00".into()),
+                timezone: Some("America/New_York".into()),
+                ..vars(Some(A), None)
+            },
+            None,
+            5,
+        )
+        .unwrap();
+        let q = single.default_app().quiet().unwrap();
+        assert_eq!(
+            (q.window.to_string(), q.zone.name()),
+            ("21:00-09:00".to_owned(), "America/New_York")
+        );
+        // The variables fill in the file's app, or disagree with it.
+        let file = format!("[[apps]]\nappid = \"{A}\"\nquiet_hours = \"22:00-08:00\"\n");
+        let with = |quiet: &str, zone: Option<&str>| {
+            Apps::build(
+                VarApp {
+                    quiet_hours: Some(quiet.into()),
+                    timezone: zone.map(str::to_owned),
+                    ..vars(Some(A), None)
+                },
+                Some(("/etc/wxpush.toml", &file)),
+                5,
+            )
+            .map_err(|e| e.to_string())
+        };
+        let filled = with("22:00-08:00", Some("Asia/Tokyo")).unwrap();
+        assert_eq!(filled.default_app().timezone.name(), "Asia/Tokyo");
+        assert_eq!(
+            with("23:00-08:00", None).unwrap_err(),
+            format!(
+                "WXPUSH_CONFIG is invalid: /etc/wxpush.toml: {A} has other quiet_hours than \
+                 WXPUSH_QUIET_HOURS; keep one"
+            )
+        );
+    }
+
+    #[test]
+    fn bad_quiet_hours_or_timezones_are_one_line_naming_the_key_or_variable() {
+        for (file, want) in [
+            (
+                format!("[[apps]]\nappid = \"{A}\"\nquiet_hours = \"22h-8h\"\n"),
+                "WXPUSH_CONFIG is invalid: /etc/wxpush.toml: apps[0].quiet_hours: is not a \
+                 window HH:MM-HH:MM (or HH:MM:SS-HH:MM:SS), e.g. \"22:00-08:00\"",
+            ),
+            (
+                format!("[[apps]]\nappid = \"{A}\"\nquiet_hours = \"08:00-08:00\"\n"),
+                "WXPUSH_CONFIG is invalid: /etc/wxpush.toml: apps[0].quiet_hours: starts and \
+                 ends at the same time: give a window of at least one second",
+            ),
+            (
+                format!("[[apps]]\nappid = \"{A}\"\ntimezone = \"Asia/Shangai\"\n"),
+                "WXPUSH_CONFIG is invalid: /etc/wxpush.toml: apps[0].timezone: is not a time \
+                 zone of the tz database (e.g. \"Asia/Shanghai\")",
+            ),
+        ] {
+            let e = build(None, None, &file).unwrap_err();
+            assert_eq!(e, want);
+            assert!(!e.contains("22h") && !e.contains("Shangai"), "{e}");
+        }
+        let var = |quiet: Option<&str>, zone: Option<&str>| {
+            Apps::build(
+                VarApp {
+                    quiet_hours: quiet.map(str::to_owned),
+                    timezone: zone.map(str::to_owned),
+                    ..vars(Some(A), None)
+                },
+                None,
+                5,
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        assert_eq!(
+            var(Some("22:00"), None),
+            "WXPUSH_QUIET_HOURS is invalid: '22:00' is not a window HH:MM-HH:MM (or \
+             HH:MM:SS-HH:MM:SS), e.g. \"22:00-08:00\""
+        );
+        assert_eq!(
+            var(None, Some("Mars/Olympus")),
+            "WXPUSH_TIMEZONE is invalid: 'Mars/Olympus' is not a time zone of the tz database \
+             (e.g. \"Asia/Shanghai\", \"Europe/Berlin\")"
+        );
+        // Whose they are must be clear when a file lists the apps.
+        let e = Apps::build(
+            VarApp {
+                quiet_hours: Some("22:00-08:00".into()),
+                ..VarApp::default()
+            },
+            Some(("/etc/wxpush.toml", &format!("[[apps]]\nappid = \"{A}\"\n"))),
+            5,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("WXPUSH_QUIET_HOURS is invalid: it is WXPUSH_APP_ID's app's"),
+            "{e}"
+        );
     }
 }

@@ -31,6 +31,9 @@
 //! `invalid_data` by the sender, nothing spent) and the others go on. A campaign may come in
 //! parts (`part`, `parts`): each part is its own message with the same `campaignId`.
 //!
+//! `quietHours` (contract 8.5) is `"defer"`, `"skip"` or `"ignore"` (anything else is
+//! `invalid_quiet_hours`); it travels in each job, and the sender acts on it.
+//!
 //! Leniency, chosen once here so every caller agrees:
 //! - a field whose value is JSON `null` counts as absent (top level and inside `audience`);
 //! - unknown extra fields are ignored;
@@ -45,6 +48,7 @@ use serde_json::{Map, Value};
 use crate::body::{raw_object, BodyError};
 use crate::job::{check_campaign_id, DataItem, JobKind, SendJob};
 use crate::names::{AppId, OpenId};
+use crate::quiet::QuietMode;
 use crate::subscribe_data::validate_subscribe_data;
 
 /// Longest accepted `templateId`.
@@ -104,6 +108,9 @@ pub struct Campaign {
     pub part: Option<Part>,
     /// `"receipts": true`: a receipt for each recipient's outcome (contract 8.3).
     pub receipts: bool,
+    /// `"quietHours"`: what its jobs do in the app's quiet hours (contract 8.5); `None`: the
+    /// default (`defer`; `ignore` for a single message).
+    pub quiet_hours: Option<QuietMode>,
     /// `sendAt` (contract 8.5): nothing is sent before this time (Unix ms); `None`: at once.
     /// Checked here for its form ([`parse_send_at`]); how far ahead it may be needs a clock
     /// ([`Campaign::check_send_at`]).
@@ -287,6 +294,8 @@ pub enum CampaignError {
     TooManyRecipients { len: usize, max: usize },
     #[error("audience has no valid openId: {rejected} entries rejected{detail}")]
     EmptyAudience { rejected: usize, detail: String },
+    #[error("quietHours is invalid: {0}")]
+    InvalidQuietHours(String),
     #[error("part is invalid: {0}")]
     InvalidPart(String),
     #[error("sendAt is invalid: {0}")]
@@ -329,6 +338,7 @@ impl CampaignError {
             CampaignError::TooManyRecipients { .. } => "too_many_recipients",
             CampaignError::EmptyAudience { .. } => "empty_audience",
             CampaignError::InvalidPart(_) => "invalid_part",
+            CampaignError::InvalidQuietHours(_) => "invalid_quiet_hours",
             CampaignError::InvalidSendAt(_) => "invalid_send_at",
         }
     }
@@ -381,6 +391,8 @@ impl Campaign {
             invalid: None,
             single: false,
             receipts: self.receipts,
+            quiet_hours: self.quiet_hours,
+            defer_until: None,
         }
     }
 
@@ -604,6 +616,15 @@ pub fn parse_campaign(body: &[u8], limits: CampaignLimits) -> Result<Campaign, C
             ))
         }
     };
+    let quiet_hours = match field(&obj, "quietHours") {
+        None => None,
+        Some(v) => Some(v.as_str().and_then(QuietMode::parse).ok_or_else(|| {
+            CampaignError::InvalidQuietHours(format!(
+                "not one of {}",
+                QuietMode::NAMES.map(|n| format!("\"{n}\"")).join(", ")
+            ))
+        })?),
+    };
     let (audience, rejected_recipients) = parse_audience(raw.get("audience").copied(), limits)?;
     if let CampaignKind::Subscribe { data, .. } = &kind {
         let personal = matches!(audience, Audience::Recipients(_));
@@ -632,6 +653,7 @@ pub fn parse_campaign(body: &[u8], limits: CampaignLimits) -> Result<Campaign, C
         rejected_recipients,
         part,
         receipts,
+        quiet_hours,
         send_at_ms,
     })
 }
@@ -706,7 +728,7 @@ fn parse_part(obj: &Map<String, Value>) -> Result<Option<Part>, CampaignError> {
 /// template data, the one field of unbounded shape that every job copies, is measured before
 /// it is parsed: far over [`MAX_DATA_BYTES`] as JSON text, it is refused unread.
 fn known_fields(raw: &BTreeMap<String, &RawValue>) -> Result<Map<String, Value>, CampaignError> {
-    const KNOWN: [&str; 14] = [
+    const KNOWN: [&str; 15] = [
         "campaignId",
         "appId",
         "kind",
@@ -720,6 +742,7 @@ fn known_fields(raw: &BTreeMap<String, &RawValue>) -> Result<Map<String, Value>,
         "part",
         "parts",
         "receipts",
+        "quietHours",
         "sendAt",
     ];
     let mut obj = Map::new();
@@ -1700,6 +1723,8 @@ mod tests {
                 invalid: None,
                 single: false,
                 receipts: false,
+                quiet_hours: None,
+                defer_until: None,
             }
         );
         // And the sender accepts it.
@@ -2570,6 +2595,34 @@ mod tests {
                 }
                 Err(e) => proptest::prop_assert!(!e.code().is_empty()),
             }
+        }
+    }
+
+    #[test]
+    fn quiet_hours_is_read_into_every_job_and_checked() {
+        let with = |q: &str| {
+            parse(&format!(
+                r#"{{"campaignId":"q1","templateId":"TPL","keywords":"x",{q}"audience":{{"openIds":["o1"]}}}}"#
+            ))
+        };
+        let user = OpenId::new("o1").unwrap();
+        assert_eq!(with("").unwrap().job_for(&user).unwrap().quiet_hours, None);
+        for (given, mode) in [
+            ("defer", QuietMode::Defer),
+            ("skip", QuietMode::Skip),
+            ("ignore", QuietMode::Ignore),
+        ] {
+            let c = with(&format!(r#""quietHours":"{given}","#)).unwrap();
+            assert_eq!(c.quiet_hours, Some(mode));
+            assert_eq!(c.job_for(&user).unwrap().quiet_mode(), mode);
+        }
+        for bad in [r#""later""#, "true", r#""Skip""#] {
+            let e = with(&format!(r#""quietHours":{bad},"#)).unwrap_err();
+            assert_eq!(e.code(), "invalid_quiet_hours");
+            assert_eq!(
+                e.to_string(),
+                r#"quietHours is invalid: not one of "defer", "skip", "ignore""#
+            );
         }
     }
 }

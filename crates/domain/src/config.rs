@@ -15,7 +15,7 @@ use std::fmt;
 
 use crate::apps::{
     Apps, VarApp, CAP_SINGLES_VAR, CAP_VAR, CONFIG_FILE_VAR, CONSENT_SOURCE_VAR,
-    ENCODING_AES_KEY_VAR, PUSH_TOKEN_VAR, TOKEN_SOURCE_VAR,
+    ENCODING_AES_KEY_VAR, PUSH_TOKEN_VAR, QUIET_HOURS_VAR, TIMEZONE_VAR, TOKEN_SOURCE_VAR,
 };
 use crate::names::Namespace;
 use crate::upload::UploadLimits;
@@ -224,6 +224,12 @@ pub struct RawConfig {
     pub consent_source: Option<String>,
     /// Where `wxpush events` listens, unparsed.
     pub events_addr: Option<String>,
+    /// The single app's quiet hours (`22:00-08:00`), unparsed (contract §8.5).
+    pub quiet_hours: Option<String>,
+    /// The single app's time zone (`Asia/Shanghai`), unparsed.
+    pub timezone: Option<String>,
+    /// Over how many seconds after a quiet window's end its deferred jobs are released.
+    pub quiet_spread_secs: Option<String>,
     /// The frequency cap of every app that states none, unparsed.
     pub cap: Option<String>,
     /// Whether single messages count toward it, unparsed.
@@ -267,10 +273,23 @@ pub const ENV_VARS: &[&str] = &[
     EVENTS_ADDR_VAR,
     CAP_VAR,
     CAP_SINGLES_VAR,
+    QUIET_HOURS_VAR,
+    TIMEZONE_VAR,
+    QUIET_SPREAD_VAR,
 ];
 
 /// Where `wxpush events` listens (contract §8.4).
 pub const EVENTS_ADDR_VAR: &str = "WXPUSH_EVENTS_ADDR";
+
+/// Over how many seconds after a quiet window's end its deferred jobs are released (§8.5).
+pub const QUIET_SPREAD_VAR: &str = "WXPUSH_QUIET_SPREAD_SECS";
+
+/// The release spread unless `WXPUSH_QUIET_SPREAD_SECS` says otherwise.
+pub const DEFAULT_QUIET_SPREAD: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The longest release spread: deferred messages start going out within a minute of the
+/// window's end (contract §8.5).
+pub const MAX_QUIET_SPREAD: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// `wxpush events`'s address unless `WXPUSH_EVENTS_ADDR` says otherwise.
 pub const DEFAULT_EVENTS_ADDR: &str = "0.0.0.0:8090";
@@ -320,6 +339,9 @@ impl RawConfig {
             events_addr: get(ENV_VARS[32]),
             cap: get(ENV_VARS[33]),
             cap_singles: get(ENV_VARS[34]),
+            quiet_hours: get(ENV_VARS[35]),
+            timezone: get(ENV_VARS[36]),
+            quiet_spread_secs: get(ENV_VARS[37]),
         }
     }
 
@@ -408,6 +430,8 @@ impl RawConfig {
                 push_token: self.push_token,
                 encoding_aes_key: self.encoding_aes_key,
                 consent_source: self.consent_source,
+                quiet_hours: self.quiet_hours,
+                timezone: self.timezone,
                 cap: self
                     .cap
                     .map(|c| number(CAP_VAR, Some(c), 1u32, 1u32))
@@ -421,6 +445,22 @@ impl RawConfig {
             send_rate,
         )?;
         let http_addr = http_addr(self.http_addr)?;
+        let quiet_spread = match self.quiet_spread_secs {
+            None => DEFAULT_QUIET_SPREAD,
+            Some(s) => match s.trim().parse::<u64>() {
+                Ok(n) if n <= MAX_QUIET_SPREAD.as_secs() => std::time::Duration::from_secs(n),
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        var: QUIET_SPREAD_VAR,
+                        reason: format!(
+                            "'{s}' is not a whole number of seconds from 0 to {} (deferred \
+                             messages start going out within a minute of the window's end)",
+                            MAX_QUIET_SPREAD.as_secs()
+                        ),
+                    })
+                }
+            },
+        };
         let events_addr = {
             let given = self.events_addr.as_deref().map(str::trim);
             given
@@ -462,6 +502,7 @@ impl RawConfig {
         };
         Ok(Config {
             events_addr,
+            quiet_spread,
             queue_type,
             redis_wait_replicas,
             redis_allow_eviction,
@@ -625,6 +666,9 @@ pub struct Config {
     pub queue_type: QueueType,
     /// Where `wxpush events` listens (`WXPUSH_EVENTS_ADDR`, contract §8.4).
     pub events_addr: std::net::SocketAddr,
+    /// Jobs deferred for quiet hours come back over this long after the window's end, each
+    /// user at its own offset (`WXPUSH_QUIET_SPREAD_SECS`, contract §8.5).
+    pub quiet_spread: std::time::Duration,
 }
 
 /// The RabbitMQ queue type of every queue an install declares.
@@ -1460,5 +1504,38 @@ mod tests {
             e.to_string().starts_with("WXPUSH_REDIS_URL is invalid"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn quiet_hours_from_the_variables_and_the_release_spread() {
+        let c = raw(&[
+            ("WXPUSH_APP_ID", "wx1"),
+            ("WXPUSH_QUIET_HOURS", "22:00-08:00"),
+            ("WXPUSH_TIMEZONE", "Europe/Berlin"),
+        ])
+        .validate()
+        .unwrap();
+        let q = c.apps.default_app().quiet().unwrap();
+        assert_eq!(q.window.to_string(), "22:00-08:00");
+        assert_eq!(q.zone.name(), "Europe/Berlin");
+        assert_eq!(c.quiet_spread, DEFAULT_QUIET_SPREAD);
+        let c = raw(&[("WXPUSH_APP_ID", "wx1"), ("WXPUSH_QUIET_SPREAD_SECS", "0")])
+            .validate()
+            .unwrap();
+        assert_eq!(c.quiet_spread, std::time::Duration::ZERO);
+        assert_eq!(c.apps.default_app().quiet(), None, "never quiet by default");
+        for bad in ["61", "-1", "1m"] {
+            let e = raw(&[("WXPUSH_APP_ID", "wx1"), ("WXPUSH_QUIET_SPREAD_SECS", bad)])
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!(
+                    "WXPUSH_QUIET_SPREAD_SECS is invalid: '{bad}' is not a whole number of \
+                     seconds from 0 to 60"
+                )),
+                "{e}"
+            );
+        }
     }
 }

@@ -20,6 +20,11 @@
 //! gets a job of `"kind": "invalid"` with the reason in `invalid` and no data: the sender
 //! records `invalid_data` for them through the same marks as every outcome.
 //!
+//! `quietHours` (`defer`, `skip`, `ignore`; contract 8.5) is the campaign's or message's own
+//! choice, absent when it made none (then the default applies: [`SendJob::quiet_mode`]), and
+//! `deferUntil` (Unix ms) is set by a sender that held the job for its app's quiet hours.
+//! Jobs without them (published before quiet hours existed) parse as before.
+//!
 //! `appId` is optional (the install's app when absent); `attempt` (retries so far) is set by
 //! the senders when they re-publish a job for a later retry. The credential an attempt holds
 //! is kept in the bank's campaign marks, not in the job. This module owns the format and its
@@ -36,6 +41,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::names::{AppId, NameError, OpenId};
+use crate::quiet::QuietMode;
 
 /// Longest accepted campaign id.
 pub const MAX_CAMPAIGN_ID_BYTES: usize = 128;
@@ -93,6 +99,15 @@ pub struct SendJob {
     /// message, for a campaign's recipients when the campaign asks (`"receipts": true`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub receipts: bool,
+    /// What the job does in its app's quiet hours (contract 8.5), as the campaign or message
+    /// said; absent: the default, `defer` for a campaign's job, `ignore` for a single
+    /// message's ([`SendJob::quiet_mode`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet_hours: Option<QuietMode>,
+    /// Set by the senders on a job deferred for quiet hours: not sent before this (Unix ms),
+    /// the window's end plus the user's share of the release spread.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defer_until: Option<i64>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -317,6 +332,16 @@ impl SendJob {
             attempt: 0,
             retrying_since: None,
             ..self.clone()
+        }
+    }
+
+    /// What the job does in its app's quiet hours: what it says, else `ignore` for a single
+    /// message and `defer` for a campaign's recipient (contract 8.5).
+    pub fn quiet_mode(&self) -> QuietMode {
+        match self.quiet_hours {
+            Some(m) => m,
+            None if self.single => QuietMode::Ignore,
+            None => QuietMode::Defer,
         }
     }
 
@@ -632,5 +657,38 @@ mod tests {
                 Err(e) => proptest::prop_assert!(!e.code().is_empty()),
             }
         }
+    }
+
+    #[test]
+    fn quiet_hours_fields_are_optional_and_default_by_the_jobs_kind() {
+        let old = br#"{"campaignId": "c1", "openId": "oLvT05Abc", "templateId": "T"}"#;
+        let v = parse_job(old).unwrap();
+        assert_eq!((v.job.quiet_hours, v.job.defer_until), (None, None));
+        assert_eq!(v.job.quiet_mode(), QuietMode::Defer, "a campaign's default");
+        let mut single = v.job.clone();
+        single.single = true;
+        assert_eq!(
+            single.quiet_mode(),
+            QuietMode::Ignore,
+            "a message's default"
+        );
+        // Absent fields stay absent on the wire (older senders read the job as before).
+        assert!(!String::from_utf8(v.job.to_json())
+            .unwrap()
+            .contains("quiet"));
+        let mut held = v.job;
+        held.quiet_hours = Some(QuietMode::Skip);
+        held.defer_until = Some(1_790_000_000_000);
+        let text = String::from_utf8(held.to_json()).unwrap();
+        assert!(
+            text.contains(r#""quietHours":"skip""#)
+                && text.contains(r#""deferUntil":1790000000000"#),
+            "{text}"
+        );
+        let back = parse_job(text.as_bytes()).unwrap().job;
+        assert_eq!(back, held);
+        assert_eq!(back.quiet_mode(), QuietMode::Skip);
+        let bad = br#"{"campaignId": "c1", "openId": "oLvT05Abc", "templateId": "T", "quietHours": "later"}"#;
+        assert!(parse_job(bad).is_err());
     }
 }

@@ -14,6 +14,7 @@ pub mod credential;
 pub mod job;
 pub mod message;
 pub mod names;
+pub mod quiet;
 pub mod reason;
 pub mod subscribe_data;
 pub mod token_source;
@@ -31,6 +32,7 @@ pub use credential::{
 pub use job::{parse_job, DataItem, JobError, JobKind, SendJob, ValidJob, SINGLE_MARK};
 pub use message::{parse_message, MessageError};
 pub use names::{AppId, NameError, Namespace, OpenId};
+pub use quiet::{AppZone, QuietError, QuietHours, QuietMode, QuietWindow};
 pub use reason::{short_reason, MAX_REASON_BYTES};
 pub use subscribe_data::{validate_subscribe_data, DataError};
 pub use token_source::{ServiceUrl, TokenSource};

@@ -261,4 +261,20 @@ mod tests {
             let _ = parse_message(body.to_string().as_bytes());
         }
     }
+
+    #[test]
+    fn a_message_ignores_quiet_hours_unless_it_says_defer() {
+        let body = |q: &str| {
+            format!(
+                r#"{{"messageId":"m1","openId":"oUser1","kind":"template","templateId":"TPL",
+                    "keywords":"x"{q}}}"#
+            )
+        };
+        let plain = parse_message(body("").as_bytes()).unwrap().job;
+        assert_eq!(plain.quiet_mode(), crate::QuietMode::Ignore);
+        let deferred = parse_message(body(r#","quietHours":"defer""#).as_bytes())
+            .unwrap()
+            .job;
+        assert_eq!(deferred.quiet_mode(), crate::QuietMode::Defer);
+    }
 }

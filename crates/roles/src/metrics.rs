@@ -17,6 +17,7 @@ pub use wxpush_fleet::metrics::{RATE_LIMIT_WAITS, RATE_LIMIT_WAIT_MS, TOKEN_REFR
 pub const JOBS_RETRIED: &str = "wxpush_jobs_retried_total";
 pub const JOBS_PARKED: &str = "wxpush_jobs_parked_total";
 pub const JOBS_PARKED_PAUSED: &str = "wxpush_jobs_parked_paused_total";
+pub const JOBS_DEFERRED_QUIET: &str = "wxpush_jobs_deferred_quiet_hours_total";
 pub const CAMPAIGN_CONTROLS_SEEN: &str = "wxpush_campaign_controls_seen_total";
 pub const SEND_OUTCOMES: &str = "wxpush_send_outcomes_total";
 pub const SEND_FENCED: &str = "wxpush_send_fenced_total";
@@ -51,6 +52,10 @@ pub fn count_refused_dead_letter(source: &'static str, e: &wxpush_broker::Broker
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(CONSUMED, "Messages taken from a queue, by queue");
+    describe_counter!(
+        JOBS_DEFERRED_QUIET,
+        "Send jobs held for their app's quiet hours (counted once per job when first held)"
+    );
     describe_counter!(
         JOBS_PARKED_PAUSED,
         "Send jobs parked because an operator paused their campaign"

@@ -6,7 +6,10 @@
 //! `no_credential`, `failed:<errcode>`, `dead_lettered`, `unknown` (a subscribe send WeChat
 //! may or may not have delivered, never resent), `stopped` (not tried: the campaign's data was
 //! refused, `47003`), `invalid_data` (not tried: the recipient's own data was refused at
-//! dispatch, contract 8.1) (recipient outcomes), `duplicate` (a
+//! dispatch, contract 8.1), `cancelled` (an operator cancelled the campaign),
+//! `skipped_quiet_hours` (not tried: the app's quiet hours held it and the campaign said
+//! `"quietHours": "skip"`, contract 8.5) (recipient outcomes), `deferred` (a figure, not an
+//! outcome: recipients held for quiet hours, counted when first held), `duplicate` (a
 //! job for a recipient already settled), `retried` (a failed attempt scheduled again), and
 //! `last_at_ms` (when the last outcome was counted). Kept 30 days after their last update.
 //! This module must not decide outcomes.
@@ -41,6 +44,9 @@ pub enum Recorded {
     InvalidData,
     /// Not sent: an operator cancelled the campaign (contract 8.5); nothing spent.
     Cancelled,
+    /// Not sent: the app's quiet hours held it and the campaign (or message) said
+    /// `"quietHours": "skip"` (contract 8.5); nothing spent.
+    SkippedQuietHours,
     /// Not sent: the user is at the app's frequency cap (contract 8.5); nothing spent.
     Capped,
     /// The job found the campaign already settled for this recipient, with this outcome.
@@ -60,6 +66,7 @@ impl Recorded {
             Recorded::Stopped => "stopped".into(),
             Recorded::InvalidData => "invalid_data".into(),
             Recorded::Cancelled => "cancelled".into(),
+            Recorded::SkippedQuietHours => "skipped_quiet_hours".into(),
             Recorded::Capped => "capped".into(),
             Recorded::Duplicate(_) => "duplicate".into(),
         }

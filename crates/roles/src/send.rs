@@ -4,7 +4,9 @@
 //! 1. parse it (a malformed job is dead-lettered with its reason; one that came back too
 //!    often, unread, [`crate::redelivery`]);
 //! 2. if the fleet is paused for the job's app (WeChat's daily quota, `45009`), park it in a
-//!    delay queue (a job for an app this install does not serve is dead-lettered);
+//!    delay queue (a job for an app this install does not serve is dead-lettered); in the
+//!    app's quiet hours (contract 8.5, [`quiet`]), before anything is claimed and without a
+//!    Redis call, defer it (parked until the window's end) or record it skipped;
 //! 3. claim, call and settle as [`attempt`] performs and [`decide`] decides: one decision table
 //!    for template (formId, prepayId) and subscribe (consent) jobs alike, one loop performing
 //!    it, every step after the claim fenced by the attempt's lease token;
@@ -52,6 +54,7 @@ use crate::{supervise, Deps, Health, RoleError, Session, Shutdown};
 
 mod attempt;
 pub mod decide;
+mod quiet;
 use crate::receipts;
 mod stop;
 
@@ -103,6 +106,9 @@ pub struct SendSettings {
     pub quick_retries: u32,
     /// How long the fleet stops sending after WeChat's daily quota answer (`45009`).
     pub quota_cooldown: Duration,
+    /// Jobs deferred for quiet hours come back over this long after the window's end, each
+    /// user at its own offset (`WXPUSH_QUIET_SPREAD_SECS`).
+    pub quiet_spread: Duration,
 }
 
 impl SendSettings {
@@ -114,6 +120,7 @@ impl SendSettings {
             max_retry_delay: c.send_retry_max_delay,
             quick_retries: 2,
             quota_cooldown: Duration::from_secs(c.quota_cooldown_secs),
+            quiet_spread: c.quiet_spread,
         }
     }
 }
@@ -141,6 +148,10 @@ pub struct SendStats {
     pub invalid_data: AtomicU64,
     /// Recipients not sent because an operator cancelled the campaign (contract 8.5).
     pub cancelled: AtomicU64,
+    /// Recipients not sent because their app was in quiet hours and the campaign said skip.
+    pub skipped_quiet_hours: AtomicU64,
+    /// Jobs held for their app's quiet hours (once per job, when first held).
+    pub deferred_quiet_hours: AtomicU64,
     /// Recipients not sent because they were at the app's frequency cap (contract 8.5).
     pub capped: AtomicU64,
     pub wechat_calls: AtomicU64,
@@ -206,6 +217,8 @@ pub struct AppFleet {
     pub tokens: TokenStore,
     pub limiter: RateLimiter,
     pub pause: FleetPause,
+    /// The app's quiet hours (contract 8.5), if it has any: read in memory per job.
+    pub quiet: Option<wxpush_domain::QuietHours>,
     /// Its frequency cap (configuration; counted by the claim scripts, in each user's slot).
     pub cap: wxpush_domain::FrequencyCap,
 }
@@ -270,6 +283,7 @@ impl SendParts {
                     app.id.clone(),
                     PauseSettings::default(),
                 ),
+                quiet: app.quiet(),
                 cap: app.frequency_cap,
             };
             apps.push((app.id.clone(), fleet));
@@ -769,6 +783,7 @@ impl Sender {
             Recorded::Stopped => {}
             Recorded::InvalidData => SendStats::add(&s.invalid_data),
             Recorded::Cancelled => SendStats::add(&s.cancelled),
+            Recorded::SkippedQuietHours => SendStats::add(&s.skipped_quiet_hours),
             Recorded::Capped => SendStats::add(&s.capped),
             Recorded::Failed(code) => {
                 SendStats::add(&s.failed);

@@ -282,9 +282,15 @@ impl Fleet {
         self.counts(id)
             .await
             .iter()
-            // Not outcomes: attempts scheduled again, duplicate jobs, and recipients queued
-            // again by `campaign retry` (whose new outcome is still to come).
-            .filter(|(k, _)| !matches!(k.as_str(), "retried" | "duplicate" | "requeued"))
+            // Not outcomes: attempts scheduled again, duplicate jobs, recipients queued
+            // again by `campaign retry` (whose new outcome is still to come), and recipients
+            // held for quiet hours (`deferred`: their outcome comes when they go out).
+            .filter(|(k, _)| {
+                !matches!(
+                    k.as_str(),
+                    "retried" | "duplicate" | "requeued" | "deferred"
+                )
+            })
             .map(|(_, v)| v)
             .sum()
     }

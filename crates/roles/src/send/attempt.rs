@@ -107,6 +107,10 @@ impl Sender {
         if job.kind == JobKind::Invalid {
             return self.unsent(app, valid, Recorded::InvalidData).await;
         }
+        // Quiet hours: decided in memory, before anything is claimed.
+        if let Some(d) = self.quiet_hours(app, fleet, valid).await? {
+            return Ok(d);
+        }
         if let Some(wait) = fleet.pause.paused_for().await {
             return Ok(Disposition::Park {
                 job: job.clone(),
@@ -341,7 +345,7 @@ impl Sender {
     /// A recipient recorded without a claim or a call: `invalid_data` (the dispatcher refused
     /// their own data) or `cancelled` (an operator cancelled the campaign), settled and counted
     /// once like every outcome, with its receipt.
-    async fn unsent(
+    pub(super) async fn unsent(
         &self,
         app: &AppId,
         valid: &ValidJob,
