@@ -220,3 +220,36 @@ async fn a_campaign_cancelled_mid_fan_out_publishes_no_more_jobs() {
     assert_eq!(kept, 3000 - sent);
     f.stop_all();
 }
+
+/// Cancelled at its very start, while the sender holds a full prefetch of jobs waiting for rate
+/// permits: the jobs in hand obey too (they read the flags again after their permit), so the
+/// sends stop within about a second of the cancel, not once the jobs in hand are spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_holds_the_jobs_already_waiting_for_a_permit() {
+    let mut f = Fleet::new("control_in_hand", 40, 50).await;
+    let users = f.users(0, 200, 1).await;
+    f.start("dispatch");
+    f.start("send");
+    f.publish_campaign(campaign("in-hand-1", json!({"all": true})))
+        .await;
+    let started = eventually(Duration::from_secs(60), || async { sends(&f) >= 1 }).await;
+    assert!(started);
+    control(&f, "cancel", "in-hand-1");
+    f.wait_complete("in-hand-1", Duration::from_secs(90)).await;
+    let c = f.counts("in-hand-1").await;
+    let sent = c.get("sent").copied().unwrap_or(0);
+    let cancelled = c.get("cancelled").copied().unwrap_or(0);
+    // (The dispatcher stops fanning out too: `targeted` is what it published.)
+    let targeted = f.snapshot("in-hand-1").await.targeted().unwrap_or(0);
+    assert_eq!(sent + cancelled, targeted, "{c:?}");
+    assert!(
+        targeted > 64,
+        "more jobs than a sender holds at once: {targeted}"
+    );
+    // 40 a second: about a second and a half of sends at most after the first one, where the
+    // sender held 64 jobs waiting for permits when the cancel came.
+    assert!(sent <= 60, "the jobs in hand obeyed the cancel: {c:?}");
+    assert_eq!(f.accepted_per_user().len() as u64, sent);
+    assert_eq!(users.len(), 200);
+    f.stop_all();
+}

@@ -151,19 +151,18 @@ impl Sender {
                     return self.park(&a, mode != ClaimMode::Take, after).await;
                 }
             };
-            // Stopped (47003) meanwhile: no call, and what it holds goes back. Looked up
-            // here, before the permit (a Redis read at most once a second per campaign), and
-            // after it only in this process's cache: between the permit and its call there
-            // is nothing but the claim.
+            // Stopped (47003), paused or cancelled meanwhile: no call, and what it holds goes
+            // back. Looked up before the permit and again after it (a Redis read at most once
+            // a second per campaign and process, the cache's age): a job that waited for its
+            // permit longer than that reads what an operator did meanwhile, so a pause or a
+            // cancel holds every job in hand within a second, not only jobs to come.
             let flags = self.campaign_flags(app, job).await?;
             if let Some(d) = self.obey(&a, mode, flags).await? {
                 return Ok(d);
             }
             let permit = fleet.limiter.acquire().await?;
-            if let Some(d) = self
-                .obey(&a, mode, self.campaign_flags_seen(app, job))
-                .await?
-            {
+            let flags = self.campaign_flags(app, job).await?;
+            if let Some(d) = self.obey(&a, mode, flags).await? {
                 return Ok(d);
             }
             // WeChat refused this token to another job while this one waited for its permit

@@ -8,8 +8,8 @@
 //! A single message (contract 8.2) has no campaign: it is never stopped nor stops anything, and
 //! costs no read of a flag.
 //!
-//! This module owns the sender's reads of the stop flag (cached a second per campaign; between
-//! a rate permit and its call only the cache is read) and its one write, both through the
+//! This module owns the sender's reads of the stop flag (cached a second per campaign, read
+//! before a job's rate permit and after it) and its one write, both through the
 //! campaign record ([`wxpush_bank::record`], which names the fields). It must not decide when
 //! a campaign is stopped (the decision table does).
 
@@ -60,24 +60,17 @@ impl Sender {
             metrics::counter!(crate::metrics::CAMPAIGN_CONTROLS_SEEN, "control" => *control)
                 .increment(1);
         }
+        // Stopped and cancelled stay once seen: a read that began before another one saw them
+        // (and ends after it) must not put them back to unset.
+        let mut flags = flags;
         if let Ok(mut cache) = self.stopped.lock() {
+            if let Some((_, seen)) = cache.get(&key) {
+                flags.stopped |= seen.stopped;
+                flags.cancelled |= seen.cancelled;
+            }
             cache.insert(key, (Instant::now(), flags));
         }
         Ok(flags)
-    }
-
-    /// What this process last saw of the campaign's flags, without asking Redis (for the
-    /// moment between a rate permit and its call, where nothing but the claim may stand).
-    pub(super) fn campaign_flags_seen(&self, app: &AppId, job: &SendJob) -> Flags {
-        if job.single {
-            return Flags::default();
-        }
-        let key = self.bank.record(app, &job.campaign_id).key().to_owned();
-        self.stopped
-            .lock()
-            .ok()
-            .and_then(|cache| cache.get(&key).map(|(_, flags)| *flags))
-            .unwrap_or_default()
     }
 
     /// Marks the campaign stopped (once) with the reason, for every sender and the status.
