@@ -239,3 +239,75 @@ fn a_bad_quiet_hours_setting_is_one_readable_line() {
         assert!(err.starts_with("wxpush: ") && err.contains(expect), "{err}");
     }
 }
+
+/// A recipient whose earlier attempt let its lease go holding a formId (a retry scheduled
+/// before the window began, or a sender that died), when its job comes back inside the window
+/// of a `skip` campaign: the job resumes that lease, gives the formId back and records
+/// `skipped_quiet_hours`; the recipient is not left without an outcome, nothing is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skip_gives_back_the_credential_an_earlier_attempt_held() {
+    use wxpush_bank::{CampaignClaim, ClaimMode, Settle};
+    let mut f = Fleet::new("quiet_skip_held", 100_000, 10).await;
+    let users = f.users(0, 1, 1).await;
+    let who = OpenId::new(&users[0]).unwrap();
+    let (quiet, _) = window(60, 600);
+    f.env.set("WXPUSH_QUIET_HOURS", &quiet);
+    let mut body = campaign("skip-held-1", json!({"openIds": [users[0]]}));
+    body["quietHours"] = json!("skip");
+    let c = wxpush_domain::parse_campaign(body.to_string().as_bytes(), Default::default()).unwrap();
+    let record = f.deps.bank.record(&f.env.app, "skip-held-1");
+    record.open(&c, Duration::from_secs(10)).await.unwrap();
+    let bank = f.deps.bank.clone();
+    let lease = Duration::from_secs(10);
+    let claim = bank
+        .campaign_claim(
+            &f.env.app,
+            &who,
+            "skip-held-1",
+            "gone",
+            lease,
+            ClaimMode::Take,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(claim, CampaignClaim::Fresh(_)), "{claim:?}");
+    let release = Settle::Release {
+        in_doubt: false,
+        retry: true,
+    };
+    assert!(bank
+        .campaign_settle(&f.env.app, &who, "skip-held-1", "", "gone", release)
+        .await
+        .unwrap());
+    assert_eq!(bank.usable_count(&f.env.app, &who).await.unwrap(), 0);
+    let mut job = c.job_for_user(&who);
+    job.app_id = Some(f.env.app.to_string());
+    let topology = f.env.topology();
+    let ch = f.deps.broker.channel().await.unwrap();
+    topology.declare_send(&ch).await.unwrap();
+    let p = wxpush_broker::Publisher::open(&f.deps.broker, topology.clone())
+        .await
+        .unwrap();
+    p.publish(
+        "",
+        &topology.send_queue(),
+        &job.to_json(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    p.close().await;
+    f.start("send");
+    let done = eventually(Duration::from_secs(30), || async {
+        f.counts("skip-held-1").await.get("skipped_quiet_hours") == Some(&1)
+    })
+    .await;
+    assert!(done, "{:?}", f.counts("skip-held-1").await);
+    assert_eq!(
+        bank.usable_count(&f.env.app, &who).await.unwrap(),
+        1,
+        "given back"
+    );
+    assert!(sends(&f).is_empty(), "nothing sent");
+    f.stop_all();
+}

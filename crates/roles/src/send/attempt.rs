@@ -25,7 +25,7 @@
 //! This module must not decide what an answer means (the table does) nor touch RabbitMQ (the
 //! caller settles the delivery from the [`Disposition`]).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
@@ -90,10 +90,10 @@ impl Sender {
         // Cancelled: recorded `cancelled` at once, unless an earlier attempt's lease ran out on
         // the recipient (it died holding a credential): then this one resumes that credential
         // below and cancels with it (or, in doubt, goes on).
-        let mut resume_to_cancel = false;
+        let mut resume_unsent = Unsent::No;
         if flags.cancelled {
             match self.unsent(app, valid, Recorded::Cancelled).await? {
-                Disposition::Superseded => resume_to_cancel = true,
+                Disposition::Superseded => resume_unsent = Unsent::Cancelled,
                 d => return Ok(d),
             }
         }
@@ -107,9 +107,16 @@ impl Sender {
         if job.kind == JobKind::Invalid {
             return self.unsent(app, valid, Recorded::InvalidData).await;
         }
-        // Quiet hours: decided in memory, before anything is claimed.
-        if let Some(d) = self.quiet_hours(app, fleet, valid).await? {
-            return Ok(d);
+        // Quiet hours: decided in memory, before anything is claimed (and again after the
+        // rate permit, below). A skip that finds an earlier attempt's lease on the recipient
+        // resumes it to give its credential back, as a cancel does.
+        match self.quiet_hours(app, fleet, valid).await? {
+            None => {}
+            Some(Disposition::Superseded) if resume_unsent == Unsent::No => {
+                resume_unsent = Unsent::SkippedQuietHours;
+            }
+            Some(Disposition::Superseded) => {}
+            Some(d) => return Ok(d),
         }
         if let Some(wait) = fleet.pause.paused_for().await {
             return Ok(Disposition::Park {
@@ -124,7 +131,7 @@ impl Sender {
             msgid: None,
             reused: AtomicBool::new(false),
             cap: fleet.cap.for_message(job.single),
-            cancelling: resume_to_cancel,
+            unsent: AtomicU8::new(resume_unsent as u8),
             owner: super::attempt_owner(),
             state: State::new(self.settings.quick_retries),
             quick: Box::new(self.quick_retries()),
@@ -165,6 +172,15 @@ impl Sender {
             if let Some(d) = self.obey(&a, mode, flags).await? {
                 return Ok(d);
             }
+            // A quiet window that began while the job waited for its permit (in memory; a
+            // new attempt only: one under way with its credential finishes its quick resends).
+            if mode == ClaimMode::Take && a.unsent() == Unsent::No {
+                match self.quiet_hours(app, fleet, valid).await? {
+                    None => {}
+                    Some(Disposition::Superseded) => a.resume_unsent(Unsent::SkippedQuietHours),
+                    Some(d) => return Ok(d),
+                }
+            }
             // WeChat refused this token to another job while this one waited for its permit
             // (a revoked token, say): the permit goes unused rather than on a call bound to
             // answer 40001, and the turn starts again with the next token (a few times at
@@ -201,15 +217,15 @@ impl Sender {
                     return Ok(Disposition::Done(Recorded::NoCredential))
                 }
                 CampaignClaim::Capped => return Ok(Disposition::Done(Recorded::Capped)),
-                CampaignClaim::Fresh(_) if a.cancelling => {
-                    return self.finish(&a, Recorded::Cancelled, After::GiveBack).await;
+                CampaignClaim::Fresh(_) if a.unsent() != Unsent::No => {
+                    return self.finish(&a, a.unsent().outcome(), After::GiveBack).await;
                 }
                 CampaignClaim::Fresh(c) => {
                     a.state.in_doubt = false;
                     c
                 }
-                CampaignClaim::Held { in_doubt, .. } if a.cancelling && !in_doubt => {
-                    return self.finish(&a, Recorded::Cancelled, After::GiveBack).await;
+                CampaignClaim::Held { in_doubt, .. } if a.unsent() != Unsent::No && !in_doubt => {
+                    return self.finish(&a, a.unsent().outcome(), After::GiveBack).await;
                 }
                 CampaignClaim::Held {
                     credential,
@@ -324,12 +340,17 @@ impl Sender {
                 after: CAMPAIGN_PAUSE_RECHECK,
             }));
         }
-        if flags.cancelled && !a.cancelling {
+        if flags.cancelled && a.unsent() != Unsent::Cancelled {
             if mode == ClaimMode::Take {
-                return self
-                    .unsent(a.app, a.valid, Recorded::Cancelled)
-                    .await
-                    .map(Some);
+                // An earlier attempt's lease on the recipient ran out: this one resumes it to
+                // give its credential back and record `cancelled` (or, in doubt, goes on).
+                return match self.unsent(a.app, a.valid, Recorded::Cancelled).await? {
+                    Disposition::Superseded => {
+                        a.resume_unsent(Unsent::Cancelled);
+                        Ok(None)
+                    }
+                    d => Ok(Some(d)),
+                };
             }
             if !a.state.in_doubt {
                 return self
@@ -414,7 +435,7 @@ impl Sender {
             msgid: None,
             reused: AtomicBool::new(false),
             cap: None,
-            cancelling: false,
+            unsent: AtomicU8::new(Unsent::No as u8),
             owner: super::attempt_owner(),
             state: State::new(0),
             quick: Box::new(std::iter::empty()),
@@ -755,9 +776,10 @@ struct Attempt<'a> {
     reused: AtomicBool,
     /// The app's frequency cap this message is held to, if it counts (contract 8.5).
     cap: Option<u32>,
-    /// The campaign is cancelled and this attempt resumes a credential a dead attempt held,
-    /// to give it back and record `cancelled` (or, in doubt, to go on).
-    cancelling: bool,
+    /// An [`Unsent`] as a number: the campaign is cancelled (or quiet hours skip the
+    /// recipient) and this attempt resumes a credential a dead attempt held, to give it back
+    /// and record that outcome (or, in doubt, to go on).
+    unsent: AtomicU8,
     /// The fencing token: unique to this attempt, the owner of its lease.
     owner: String,
     state: State,
@@ -765,7 +787,40 @@ struct Attempt<'a> {
     quick: Box<dyn Iterator<Item = Duration> + Send + Sync>,
 }
 
+/// What an attempt that resumes an earlier attempt's lease records instead of sending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Unsent {
+    No = 0,
+    Cancelled = 1,
+    SkippedQuietHours = 2,
+}
+
+impl Unsent {
+    fn outcome(self) -> Recorded {
+        match self {
+            Unsent::SkippedQuietHours => Recorded::SkippedQuietHours,
+            Unsent::No | Unsent::Cancelled => Recorded::Cancelled,
+        }
+    }
+}
+
 impl Attempt<'_> {
+    fn unsent(&self) -> Unsent {
+        match self.unsent.load(Ordering::Relaxed) {
+            1 => Unsent::Cancelled,
+            2 => Unsent::SkippedQuietHours,
+            _ => Unsent::No,
+        }
+    }
+
+    /// From now on the attempt resumes the recipient to record `u` (a cancel wins).
+    fn resume_unsent(&self, u: Unsent) {
+        if self.unsent() != Unsent::Cancelled {
+            self.unsent.store(u as u8, Ordering::Relaxed);
+        }
+    }
+
     /// The receipt its settle writes (with the msgid WeChat gave, once it gave one).
     fn receipt(&self) -> Option<Receipt<'_>> {
         self.receipt.as_deref().map(|fields| Receipt {
