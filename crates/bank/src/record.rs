@@ -449,7 +449,8 @@ impl Bank {
     }
 
     /// `app`'s campaigns whose records opened since the index began (newest first, at most
-    /// `limit`): (campaign id, when its record opened, Unix ms), from the campaign index
+    /// `limit`): (campaign id, when its record opened or, for one scheduled later, when it
+    /// is due, Unix ms), from the campaign index
     /// (`{ns}:ci:{<app>.<n>}`, [`crate::Keys::campaign_index`]), read shard by shard in one
     /// batch (one pipeline on a single node). Read-only. Records opened by versions before
     /// the index are not listed; an entry whose record expired may be (its record reads empty).

@@ -23,10 +23,14 @@ local lease, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local part = tonumber(ARGV[9])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function index_campaign()
-  redis.call('ZADD', KEYS[3], 'NX', now, ARGV[12])
+-- Indexed by when it was created, or by when it is due if that is later (a campaign
+-- scheduled weeks ahead stays listed until a record's lifetime after its time).
+local function index_campaign(due)
+  redis.call('ZADD', KEYS[3], 'NX', math.max(now, due), ARGV[12])
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - ttl * 1000)
-  redis.call('EXPIRE', KEYS[3], ttl)
+  if redis.call('TTL', KEYS[3]) < ttl + math.ceil(math.max(0, due - now) / 1000) then
+    redis.call('EXPIRE', KEYS[3], ttl + math.ceil(math.max(0, due - now) / 1000))
+  end
 end
 -- A campaign is sent whole or in parts, never both under one id.
 local main_state, main_parts, main_kind, main_template, main_send_at, main_cancelled,
@@ -67,7 +71,7 @@ if part > 0 then
     end
     redis.call('HSETNX', main, F.targeted, 0)
     redis.call('EXPIRE', main, keep)
-    index_campaign()
+    index_campaign(due_at)
   end
   -- One personalised part makes the campaign's jobs not rebuildable from its template.
   if ARGV[6] == 'recipients' then
@@ -97,12 +101,18 @@ if due_at > 0 and (not state or state == S.scheduled) then
       redis.call('EXPIRE', key, keep)
       created = 1
       if part == 0 then
-        index_campaign()
+        index_campaign(due_at)
       end
     end
     return {'scheduled', due_at - now, created}
   end
   if main_state == S.scheduled and main_paused then
+    -- Held while paused, however long: the records live on (they would otherwise expire a
+    -- record's lifetime after the time, and the campaign go out unpaused as a new one).
+    redis.call('EXPIRE', main, ttl)
+    if key ~= main then
+      redis.call('EXPIRE', key, ttl)
+    end
     return {'paused'}
   end
   -- Its time has come: the campaign's record shows it dispatching from now on.
@@ -131,7 +141,7 @@ if not state then
   end
   redis.call('EXPIRE', key, ttl)
   if part == 0 then
-    index_campaign()
+    index_campaign(due_at)
   end
   return {'new', token}
 end
