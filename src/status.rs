@@ -335,7 +335,8 @@ pub(crate) struct Snapshot {
     /// shows, generic over the names. Not `last_at_ms`, not the sends by time.
     pub(crate) counters: BTreeMap<String, u64>,
     /// Sends by time: (start of the bucket, Unix s; sends in it), oldest first
-    /// ([`wxpush_bank::RATE_FIELD_PREFIX`]).
+    /// ([`wxpush_bank::Bank::campaign_rates`]); read by the dashboard's campaign page only,
+    /// empty elsewhere.
     pub(crate) sends_by_time: Vec<(i64, u64)>,
     /// Every time the record holds (its fields named `*_at_ms`: started, dispatched, paused,
     /// a schedule...), by field name: the dashboard's schedule, generic over the names.
@@ -406,11 +407,8 @@ impl Snapshot {
                 .and_then(|v| parse_time(&mut s.warnings, "camp", field::SEND_AT_MS, v));
         }
         for (field, value) in cs {
-            if let Some(bucket) = field.strip_prefix(wxpush_bank::RATE_FIELD_PREFIX) {
-                if let (Ok(b), Ok(n)) = (bucket.parse::<i64>(), value.trim().parse::<u64>()) {
-                    s.sends_by_time
-                        .push((b.saturating_mul(wxpush_bank::RATE_BUCKET_SECS), n));
-                }
+            // Sends by time, written here by the version before they had a key of their own.
+            if field.starts_with(wxpush_bank::RATE_FIELD_PREFIX) {
                 continue;
             }
             if field != "last_at_ms" {

@@ -472,8 +472,9 @@ async fn reach_page(
     }
 }
 
-/// The fleet, with each app's campaigns' sends per second over the last complete 10 s (from
-/// the newest campaigns' charts).
+/// The fleet, with each app's campaigns' moving rate (recipients settled per second, each of
+/// which took a rate permit: what the app's `send_rate` is spent on), summed over the newest
+/// campaigns still under way.
 async fn fleet_json(dash: &Dash) -> serde_json::Value {
     let mut f = dash.fleet.read(&dash.deps, &dash.config).await;
     let recent = dash
@@ -481,18 +482,12 @@ async fn fleet_json(dash: &Dash) -> serde_json::Value {
         .campaigns(&dash.config, &ListQuery::default())
         .await
         .unwrap_or_default();
-    let now_s = dash.deps.bank.now_ms().await.unwrap_or(0) / 1000;
-    let width = wxpush_bank::RATE_BUCKET_SECS;
-    let last = (now_s / width - 1) * width;
     if let Some(apps) = f["apps"].as_array_mut() {
         for a in apps {
             let rate: f64 = recent
                 .iter()
-                .filter(|c| c["app"] == a["app"])
-                .filter_map(|c| c["sends_per_sec"].as_array())
-                .flatten()
-                .filter(|p| p["at"].as_i64() == Some(last))
-                .filter_map(|p| p["per_sec"].as_f64())
+                .filter(|c| c["app"] == a["app"] && c["complete"] != json!(true))
+                .filter_map(|c| c["moving_rate_per_sec"].as_f64())
                 .sum();
             a["sending_per_sec"] = json!(rate);
         }

@@ -256,7 +256,7 @@ enum DocKey {
     Index(u16),
     /// `{ns}:m:{<app>.<shard>}:<openId>`
     Marks(String),
-    /// `{ns}:cs:{<app>.<shard>}:<campaignId>` (and `cu`, documented)
+    /// `{ns}:cs:{<app>.<shard>}:<campaignId>` (and `cu`, documented; `cw`, its sends by time)
     Counters(String),
     /// `{ns}:camp:{<app>.<n>}:<campaignId>`
     Record(String),
@@ -312,7 +312,7 @@ fn classify(ns: &Namespace, app: &AppId, key: &[u8]) -> Option<DocKey> {
             (shard, None) => Some(DocKey::Index(shard)),
             _ => None,
         },
-        "cs" | "cu" => {
+        "cs" | "cu" | "cw" => {
             let (_, Some(id)) = tagged(rest)? else {
                 return None;
             };
@@ -1091,8 +1091,11 @@ async fn hostile_send_jobs_are_dead_lettered_with_their_code_and_send_goes_on() 
         holding.insert(bank_keys.credentials(&env.app, &id));
         holding.insert(bank_keys.marks(&env.app, &id));
     }
-    for k in scan(&format!("{}:cs:*", env.ns)).await {
-        holding.insert(String::from_utf8_lossy(&k).into_owned());
+    // The campaigns' counters and sends by time (docs/bank.md).
+    for kind in ["cs", "cw"] {
+        for k in scan(&format!("{}:{kind}:*", env.ns)).await {
+            holding.insert(String::from_utf8_lossy(&k).into_owned());
+        }
     }
     assert_marker_keys(&m, &holding).await;
 

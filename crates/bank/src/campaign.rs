@@ -270,7 +270,7 @@ impl Bank {
         };
         let shard = shard_of(open_id);
         let mut cmd = self.scripts.campaign_settle.evalsha();
-        cmd.arg(12)
+        cmd.arg(13)
             .arg(self.keys.marks(app, open_id))
             .arg(self.counters_of(app, open_id, campaign))
             .arg(self.keys.credentials(app, open_id))
@@ -282,6 +282,7 @@ impl Bank {
             .arg(self.keys.consent_holders(app, shard))
             .arg(self.keys.legacy_consents(app, open_id))
             .arg(&self.receipt_keys(app, open_id)[..])
+            .arg(self.keys.campaign_rates(app, shard, campaign))
             .arg(campaign)
             .arg(owner)
             .arg(&action)
@@ -398,10 +399,40 @@ impl Bank {
         self.keys.campaign_counters(app, shard, campaign)
     }
 
+    /// A campaign's sends by time ([`RATE_FIELD_PREFIX`]), summed over the shards: (start of
+    /// the bucket, Unix s; sends in it), oldest first. One pipelined round trip (on a cluster,
+    /// one per shard, concurrently). Read by the dashboard's campaign page only.
+    pub async fn campaign_rates(
+        &self,
+        app: &AppId,
+        campaign: &str,
+    ) -> Result<Vec<(i64, u64)>, BankError> {
+        let reads = (0..crate::SHARDS)
+            .map(|n| {
+                let mut cmd = redis::cmd("HGETALL");
+                cmd.arg(self.keys.campaign_rates(app, n, campaign));
+                cmd
+            })
+            .collect();
+        let shards: Vec<std::collections::HashMap<String, i64>> = self.read_batch(reads).await?;
+        let mut total = std::collections::BTreeMap::new();
+        for (field, n) in shards.into_iter().flatten() {
+            if let Some(b) = field
+                .strip_prefix(RATE_FIELD_PREFIX)
+                .and_then(|b| b.parse::<i64>().ok())
+            {
+                *total
+                    .entry(b.saturating_mul(RATE_BUCKET_SECS))
+                    .or_insert(0u64) += u64::try_from(n).unwrap_or(0);
+            }
+        }
+        Ok(total.into_iter().collect())
+    }
+
     /// A campaign's outcome counters, summed over the shards (`last_at_ms`: the latest), in
     /// one pipelined round trip (on a cluster, one per shard, concurrently). Empty if nothing
-    /// was recorded. The sends counted by time (`r:<unix s / 10>`, [`RATE_FIELD_PREFIX`]) are
-    /// left out: they are not outcomes (the dashboard reads them with the record).
+    /// was recorded. (Sends by time, `r:` fields, written into the counters by the version
+    /// before they had a key of their own, are left out: not outcomes.)
     pub async fn campaign_counters(
         &self,
         app: &AppId,
@@ -427,9 +458,10 @@ impl Bank {
     }
 }
 
-/// The counters' fields that count a campaign's sends (`sent`, `sent_unconfirmed`) by the 10
-/// seconds of Redis time they happened in: `r:<unix seconds / 10>` (`campaign_marks.lua`'s
-/// `count`), summed over the shards by whoever charts them. Not outcomes.
+/// The fields that count a campaign's sends (`sent`, `sent_unconfirmed`) by the 10 seconds of
+/// Redis time they happened in: `r:<unix seconds / 10>` (`campaign_marks.lua`'s `count`), in
+/// each shard's [`crate::Keys::campaign_rates`], summed over the shards by
+/// [`Bank::campaign_rates`].
 pub const RATE_FIELD_PREFIX: &str = "r:";
 
 /// The width of a [`RATE_FIELD_PREFIX`] field's time bucket, in seconds.

@@ -119,6 +119,13 @@ impl Keys {
         self.key("cs", app, shard, Some(campaign))
     }
 
+    /// A campaign's sends by time for the users of one shard (same slot as their counters):
+    /// `r:<unix s / 10>` → sends, for the dashboard's chart, apart from the counters so that
+    /// reading a campaign's outcomes never reads them.
+    pub fn campaign_rates(&self, app: &AppId, shard: u16, campaign: &str) -> String {
+        self.key("cw", app, shard, Some(campaign))
+    }
+
     /// `{ns}:ci:{<app>.<n>}`: the campaign index of shard `n` (the records whose id's
     /// [`shard_of_text`] is `n`, so the same slot as theirs): campaign id → when its record
     /// opened (ms). One `ZADD` per campaign, in `record_open.lua`; read by

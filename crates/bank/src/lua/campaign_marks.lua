@@ -35,13 +35,21 @@ local now = tonumber(t[1])
 local now_ms = now * 1000 + math.floor(tonumber(t[2]) / 1000)
 local today = math.floor(now / 86400)
 
+-- The campaign's sends by time of the user's shard ({ns}:cw:..., a hash in the counters'
+-- slot), set by the script that settles sends (campaign_settle.lua): nil elsewhere.
+local rates = nil
+local RATES_TTL = 604800 -- 7 days
+
 -- Counts an outcome in the campaign's counters of the user's shard. A campaign's sends are
--- also counted by the 10 s of Redis time they happened in ('r:<unix s / 10>'), for the
--- dashboard's sends-per-second chart (single messages, whose mark is not ASCII, are not).
+-- also counted by the 10 s of Redis time they happened in ('r:<unix s / 10>' in `rates`, apart
+-- from the counters, which status reads whole), for the dashboard's sends-per-second chart
+-- (single messages, whose mark is not ASCII, are not).
 local function count(counters, field)
   redis.call('HINCRBY', counters, field, 1)
-  if (field == 'sent' or field == 'sent_unconfirmed') and string.byte(counters, -1) < 128 then
-    redis.call('HINCRBY', counters, 'r:' .. math.floor(now / 10), 1)
+  if rates and (field == 'sent' or field == 'sent_unconfirmed')
+      and string.byte(counters, -1) < 128 then
+    redis.call('HINCRBY', rates, 'r:' .. math.floor(now / 10), 1)
+    redis.call('EXPIRE', rates, RATES_TTL)
   end
   redis.call('HSET', counters, 'last_at_ms', now_ms)
   redis.call('EXPIRE', counters, COUNTERS_TTL)

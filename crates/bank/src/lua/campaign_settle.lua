@@ -18,11 +18,13 @@
 --       without doubt it goes back to the user's count and the next attempt takes one afresh,
 --       because a consent has no identity WeChat checks.
 -- ARGV[7] openId, ARGV[8] safety margin (s), ARGV[9] the consent keys' TTL (s).
--- KEYS[11], KEYS[12], ARGV[10], ARGV[11]: the receipt's (see receipt_args()).
+-- KEYS[11], KEYS[12], ARGV[10], ARGV[11]: the receipt's (see receipt_args()). KEYS[13] the
+-- campaign's sends by time for this shard (see count()).
 -- Returns 1 if applied, 0 if not (the lease is another attempt's, or C is settled already),
 -- or 'migrate' (nothing changed) while the user's consents are in the layout before buckets.
 local marks, counters, c, owner, action = KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3]
 receipt_args(11, 10)
+rates = KEYS[13]
 if redis.call('EXISTS', KEYS[10]) == 1 then
   return 'migrate'
 end
