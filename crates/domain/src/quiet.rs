@@ -8,10 +8,12 @@
 //! [`QuietHours::quiet_until`] tells, for an instant, the end of the window that holds it.
 //!
 //! Days whose UTC offset changes (DST): each boundary is **the first instant at which the
-//! zone's wall clock reads that time or later**. So a boundary in a gap (02:30 on a
-//! spring-forward day that jumps from 02:00 to 03:00) is the transition itself (03:00), and a
-//! boundary in a fold (01:30 on a fall-back day that repeats 01:00–02:00) is its first
-//! occurrence. A window is then the span between two such instants, so a fall-back day's
+//! zone's wall clock reads that time or later**, but for a window's end in a fold. So a
+//! boundary in a gap (02:30 on a spring-forward day that jumps from 02:00 to 03:00) is the
+//! transition itself (03:00); in a fold (01:30 on a fall-back day that repeats 01:00–02:00) a
+//! start is its first occurrence and an end its second, so the window holds every instant the
+//! wall clock reads a time inside it (nobody is messaged at a 01:15 that happens twice).
+//! A window is then the span between two such instants, so a fall-back day's
 //! window is an hour longer in real time and a spring-forward day's an hour shorter, as a
 //! user reading the clock on the wall expects; a window both of whose ends fall in one gap is
 //! empty that day.
@@ -239,13 +241,13 @@ pub fn quiet_until(now: Timestamp, window: &QuietWindow, tz: &TimeZone) -> Optio
     let today = tz.to_datetime(now).date();
     // A window that holds `now` started today or, crossing midnight, yesterday.
     for day in [today.yesterday().ok()?, today] {
-        let start = boundary(tz, day, window.start)?;
+        let start = boundary(tz, day, window.start, false)?;
         let end_day = if window.crosses_midnight() {
             day.tomorrow().ok()?
         } else {
             day
         };
-        let end = boundary(tz, end_day, window.end)?;
+        let end = boundary(tz, end_day, window.end, true)?;
         if start <= now && now < end {
             return Some(end);
         }
@@ -254,12 +256,14 @@ pub fn quiet_until(now: Timestamp, window: &QuietWindow, tz: &TimeZone) -> Optio
 }
 
 /// The first instant at which `tz`'s wall clock reads `time` on `day`, or later: the time
-/// itself when it exists once; its first occurrence in a fold; the transition ending a gap
-/// that skips it.
-fn boundary(tz: &TimeZone, day: Date, time: Time) -> Option<Timestamp> {
+/// itself when it exists once; in a fold its first occurrence, or its second for a window's
+/// `end` (the window then holds the repeated times too); the transition ending a gap that
+/// skips it.
+fn boundary(tz: &TimeZone, day: Date, time: Time, end: bool) -> Option<Timestamp> {
     let dt: DateTime = day.to_datetime(time);
     match tz.to_ambiguous_timestamp(dt).offset() {
         AmbiguousOffset::Unambiguous { offset } => offset.to_timestamp(dt).ok(),
+        AmbiguousOffset::Fold { after, .. } if end => after.to_timestamp(dt).ok(),
         AmbiguousOffset::Fold { before, .. } => before.to_timestamp(dt).ok(),
         AmbiguousOffset::Gap { before, .. } => {
             // Read with the offset before the gap, the time lands after the transition (which
@@ -480,15 +484,22 @@ mod tests {
         );
         assert_eq!(until(&q, utc("2026-11-01T13:00:00Z")), None);
 
-        // A boundary in the fold is its first occurrence: a window ending at 01:30 ends at
-        // 01:30 EDT (05:30 UTC), and the second 01:00-01:30 (EST) is not quiet.
+        // A window's end in the fold is its second occurrence: a window ending at 01:30 ends
+        // at 01:30 EST (06:30 UTC), so the repeated 01:00-01:30 (EST) is quiet too.
         let ends_in_fold = hours("23:00-01:30", "America/New_York");
-        assert_eq!(
-            until(&ends_in_fold, utc("2026-11-01T05:29:59Z")).as_deref(),
-            Some("2026-11-01T05:30:00Z")
-        );
-        assert_eq!(until(&ends_in_fold, utc("2026-11-01T05:30:00Z")), None);
-        assert_eq!(until(&ends_in_fold, utc("2026-11-01T06:15:00Z")), None);
+        for t in [
+            "2026-11-01T05:29:59Z",
+            "2026-11-01T05:30:00Z",
+            "2026-11-01T06:15:00Z",
+            "2026-11-01T06:29:59Z",
+        ] {
+            assert_eq!(
+                until(&ends_in_fold, utc(t)).as_deref(),
+                Some("2026-11-01T06:30:00Z"),
+                "{t}"
+            );
+        }
+        assert_eq!(until(&ends_in_fold, utc("2026-11-01T06:30:00Z")), None);
         // A window starting at 01:30 starts at its first occurrence and stays quiet through
         // the repeated hour.
         let starts_in_fold = hours("01:30-03:00", "America/New_York");
