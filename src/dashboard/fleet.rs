@@ -40,7 +40,13 @@ struct Management {
     pass: String,
     vhost: String,
     client: reqwest::Client,
+    /// The last peek of each classic dead-letter queue, and when: a peek marks the messages
+    /// redelivered, so it is made at most every [`PEEK_FRESH`], however many pages poll.
+    peeked: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Value)>>,
 }
+
+/// How long a dead-letter queue's peek is shown before it is made again.
+const PEEK_FRESH: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Fleet {
     pub fn new(config: &Config, url: Option<String>) -> Self {
@@ -194,6 +200,7 @@ impl Management {
             pass,
             vhost,
             client,
+            peeked: Default::default(),
         })
     }
 
@@ -237,6 +244,23 @@ impl Management {
     /// reason (`x-wxpush-reason-code`, else `x-wxpush-reason`, else RabbitMQ's `x-death`
     /// reason) and a sample of reasons and sources (no bodies: they may hold credentials).
     async fn peek(&self, queue: &str) -> Result<Value, String> {
+        let fresh = self.peeked.lock().ok().and_then(|m| {
+            m.get(queue)
+                .filter(|(at, _)| at.elapsed() < PEEK_FRESH)
+                .map(|(_, v)| v.clone())
+        });
+        if let Some(v) = fresh {
+            return Ok(v);
+        }
+        let v = self.peek_now(queue).await?;
+        if let Ok(mut m) = self.peeked.lock() {
+            m.insert(queue.to_owned(), (std::time::Instant::now(), v.clone()));
+        }
+        Ok(v)
+    }
+
+    /// [`Management::peek`], made now.
+    async fn peek_now(&self, queue: &str) -> Result<Value, String> {
         let url = format!(
             "{}/api/queues/{}/{}/get",
             self.base,
