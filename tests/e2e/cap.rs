@@ -16,14 +16,6 @@ use wxpush_testkit::fleet::{campaign, Fleet, TPL};
 
 const CAP_VAR: &str = "WXPUSH_MAX_CAMPAIGN_MESSAGES_PER_USER_PER_DAY";
 
-async fn usable(f: &Fleet, who: &str) -> u64 {
-    f.deps
-        .bank
-        .usable_count(&f.env.app, &OpenId::new(who).unwrap())
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_third_campaign_of_the_day_is_capped_and_spends_nothing() {
     let mut f = Fleet::new("cap_three", 100_000, 50).await;
@@ -47,7 +39,7 @@ async fn the_third_campaign_of_the_day_is_capped_and_spends_nothing() {
     assert!(f.accepted_per_user().values().all(|&n| n == 2));
     assert_eq!(f.accepted_per_user().len(), 40);
     for who in &users {
-        assert_eq!(usable(&f, who).await, 1, "{who}'s last formId untouched");
+        assert_eq!(f.usable(who).await, 1, "{who}'s last formId untouched");
     }
     let status = wxpush_testkit::run(&f.env, &["campaign", "status", "cap-3", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
@@ -82,7 +74,7 @@ async fn two_campaigns_racing_reach_each_user_once_under_a_cap_of_one() {
     assert_eq!(per_user.len(), 200);
     assert!(per_user.values().all(|&n| n == 1), "one message each");
     for who in &users {
-        assert_eq!(usable(&f, who).await, 1);
+        assert_eq!(f.usable(who).await, 1);
     }
     f.stop_all();
 }
@@ -121,7 +113,7 @@ async fn single_messages_count_only_where_the_app_says_so() {
     .await;
     assert!(capped);
     assert_eq!(f.accepted_per_user().get(&users[0]), Some(&2));
-    assert_eq!(usable(&f, &users[0]).await, 1);
+    assert_eq!(f.usable(&users[0]).await, 1);
     f.stop_all();
 }
 

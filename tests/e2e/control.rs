@@ -79,23 +79,9 @@ async fn a_cancelled_campaign_records_the_rest_cancelled_and_spends_nothing() {
     assert!(cancelled > 0 && sent >= 150, "{c:?}");
     assert_eq!(sent + cancelled, 300, "the counts add up: {c:?}");
     assert_eq!(f.snapshot("cancel-1").await.targeted(), Some(300));
-    let per_user = f.accepted_per_user();
-    assert!(per_user.values().all(|&n| n == 1));
+    assert!(f.accepted_per_user().values().all(|&n| n == 1));
     // The cancelled users' formIds are still theirs.
-    let mut kept = 0;
-    for who in &users {
-        if !per_user.contains_key(who) {
-            let left = f
-                .deps
-                .bank
-                .usable_count(&f.env.app, &OpenId::new(who).unwrap())
-                .await
-                .unwrap();
-            assert_eq!(left, 1, "{who}'s formId untouched");
-            kept += 1;
-        }
-    }
-    assert_eq!(kept as u64, cancelled);
+    assert_eq!(f.unsent_keep(&users, 1).await, cancelled);
     // Cancelled is final: pause and resume change nothing.
     let out = wxpush_testkit::run(&f.env, &["campaign", "pause", "cancel-1"]);
     assert!(wxpush_testkit::stdout(&out).contains("nothing to do"));
@@ -149,21 +135,7 @@ async fn a_cancel_gives_back_the_credential_an_earlier_attempt_held() {
     // The job's copy comes back to a sender.
     let mut job = c.job_for_user(&who);
     job.app_id = Some(f.env.app.to_string());
-    let topology = f.env.topology();
-    let ch = f.deps.broker.channel().await.unwrap();
-    topology.declare_send(&ch).await.unwrap();
-    let p = wxpush_broker::Publisher::open(&f.deps.broker, topology.clone())
-        .await
-        .unwrap();
-    p.publish(
-        "",
-        &topology.send_queue(),
-        &job.to_json(),
-        Default::default(),
-    )
-    .await
-    .unwrap();
-    p.close().await;
+    f.publish_job(&job).await;
     f.start("send");
     let done = eventually(Duration::from_secs(30), || async {
         f.counts("held-1").await.get("cancelled") == Some(&1)
@@ -202,22 +174,8 @@ async fn a_campaign_cancelled_mid_fan_out_publishes_no_more_jobs() {
     let sent = c.get("sent").copied().unwrap_or(0);
     let cancelled = c.get("cancelled").copied().unwrap_or(0);
     assert_eq!(sent + cancelled, targeted, "the counts add up: {c:?}");
-    let per_user = f.accepted_per_user();
-    assert_eq!(per_user.len() as u64, sent);
-    let mut kept = 0u64;
-    for who in &users {
-        if !per_user.contains_key(who) {
-            let left = f
-                .deps
-                .bank
-                .usable_count(&f.env.app, &OpenId::new(who).unwrap())
-                .await
-                .unwrap();
-            assert_eq!(left, 1, "{who}'s formId untouched");
-            kept += 1;
-        }
-    }
-    assert_eq!(kept, 3000 - sent);
+    assert_eq!(f.accepted_per_user().len() as u64, sent);
+    assert_eq!(f.unsent_keep(&users, 1).await, 3000 - sent);
     f.stop_all();
 }
 
@@ -250,6 +208,6 @@ async fn a_cancel_holds_the_jobs_already_waiting_for_a_permit() {
     // sender held 64 jobs waiting for permits when the cancel came.
     assert!(sent <= 60, "the jobs in hand obeyed the cancel: {c:?}");
     assert_eq!(f.accepted_per_user().len() as u64, sent);
-    assert_eq!(users.len(), 200);
+    assert_eq!(f.unsent_keep(&users, 1).await, 200 - sent);
     f.stop_all();
 }

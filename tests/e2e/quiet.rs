@@ -282,21 +282,7 @@ async fn skip_gives_back_the_credential_an_earlier_attempt_held() {
     assert_eq!(bank.usable_count(&f.env.app, &who).await.unwrap(), 0);
     let mut job = c.job_for_user(&who);
     job.app_id = Some(f.env.app.to_string());
-    let topology = f.env.topology();
-    let ch = f.deps.broker.channel().await.unwrap();
-    topology.declare_send(&ch).await.unwrap();
-    let p = wxpush_broker::Publisher::open(&f.deps.broker, topology.clone())
-        .await
-        .unwrap();
-    p.publish(
-        "",
-        &topology.send_queue(),
-        &job.to_json(),
-        Default::default(),
-    )
-    .await
-    .unwrap();
-    p.close().await;
+    f.publish_job(&job).await;
     f.start("send");
     let done = eventually(Duration::from_secs(30), || async {
         f.counts("skip-held-1").await.get("skipped_quiet_hours") == Some(&1)

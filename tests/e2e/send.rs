@@ -934,7 +934,7 @@ async fn lost_replies_end_to_end(name: &str, mode: LostReplyMode) {
     // Each prepayId spent one use: the other two stay for other campaigns.
     for who in &prepays {
         assert_eq!(
-            rig_left(&f, who).await,
+            f.usable(who).await,
             2,
             "{who}: a prepayId use was spent twice or given back"
         );
@@ -946,14 +946,6 @@ async fn lost_replies_end_to_end(name: &str, mode: LostReplyMode) {
         3 * n
     );
     f.stop_all();
-}
-
-async fn rig_left(f: &Fleet, who: &str) -> u64 {
-    f.deps
-        .bank
-        .usable_count(&f.env.app, &OpenId::new(who).unwrap())
-        .await
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

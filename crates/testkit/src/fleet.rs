@@ -273,6 +273,52 @@ impl Fleet {
         self.snapshot(id).await.fields
     }
 
+    /// How many usable credentials `who` holds in the bank.
+    pub async fn usable(&self, who: &str) -> u64 {
+        self.deps
+            .bank
+            .usable_count(&self.env.app, &OpenId::new(who).unwrap())
+            .await
+            .unwrap()
+    }
+
+    /// Checks that every one of `users` the fake WeChat accepted no message for still holds
+    /// `left` usable credentials (nothing of theirs spent); returns how many such users.
+    pub async fn unsent_keep(&self, users: &[String], left: u64) -> u64 {
+        let accepted = self.accepted_per_user();
+        let mut kept = 0;
+        for who in users.iter().filter(|u| !accepted.contains_key(*u)) {
+            assert_eq!(
+                self.usable(who).await,
+                left,
+                "{who}'s credentials untouched"
+            );
+            kept += 1;
+        }
+        kept
+    }
+
+    /// Publishes a send job straight to the app's send queue (declared first), as a copy of
+    /// a job coming back (a retry, a redelivery).
+    pub async fn publish_job(&self, job: &wxpush_domain::SendJob) {
+        let topology = self.env.topology();
+        let ch = self.deps.broker.channel().await.unwrap();
+        topology.declare_send(&ch).await.unwrap();
+        let _ = ch.close(200, "ok".into()).await;
+        let p = Publisher::open(&self.deps.broker, topology.clone())
+            .await
+            .unwrap();
+        p.publish(
+            "",
+            &topology.send_queue(),
+            &job.to_json(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        p.close().await;
+    }
+
     pub async fn counts(&self, id: &str) -> BTreeMap<String, u64> {
         crate::campaign_counts(&self.deps.bank, &self.env.app, id).await
     }
