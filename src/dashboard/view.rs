@@ -657,7 +657,7 @@ pub fn fleet(f: &Value) -> String {
             text(&a["send_rate"])
         );
     }
-    apps.push_str("</tbody></table><p class=\"hint\">sending now: the campaigns' sends per second over the last complete 10 s (single messages not counted)</p>");
+    apps.push_str("</tbody></table><p class=\"hint\">sending now: the moving rate of the campaigns under way (recipients settled per second, each of which took a rate permit; single messages not counted)</p>");
     let mut out = format!(
         "<h1>Fleet</h1>{apps}<p class=\"hint\">RabbitMQ management API: {}</p><h2>Queues</h2>\
          <table id=\"queues\"><thead><tr><th>queue</th><th>messages</th><th>consumers</th><th>in/s</th><th>out/s</th></tr></thead><tbody>",
