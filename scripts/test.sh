@@ -54,7 +54,7 @@ if [ $# -eq 0 ]; then
     (
       eval "$(scripts/cluster.sh env)"
       echo "test: on the clusters: WXPUSH_REDIS_URL=$WXPUSH_REDIS_URL WXPUSH_AMQP_URL=(3 nodes)" >&2
-      cargo test --locked --test e2e -- campaign:: ingest:: faults:: personal:: single:: receipts:: consent_buckets:: subscribe::
+      cargo test --locked --test e2e -- campaign:: ingest:: faults:: personal:: single:: receipts:: consent_buckets:: subscribe:: cap:: schedule::
       cargo test --locked --test e2e -- --ignored --test-threads 1 --nocapture redis_cluster::
     )
     cargo test --locked --test e2e -- --ignored cluster_script::
