@@ -218,13 +218,16 @@ fn fail(e: &anyhow::Error) -> ExitCode {
 /// crates than wxpush's own never above INFO ([`ops::log_layer`]). By default the Redis
 /// Cluster client's own warnings are left out (`redis::cluster_handling=error`): it warns once
 /// per node it cannot reach, which says again, in several lines, what the role reports itself
-/// (a start-up failure stays one line; a Redis error at work is logged by the role).
+/// (a start-up failure stays one line; a Redis error at work is logged by the role). So are
+/// lapin's own lines for a channel the broker closed (`lapin::channel=off`): the call on it
+/// returns that error to the role, which handles or reports it; a passive declare of a queue
+/// that does not exist yet (the demo's and the dashboard's looks) is no error at all.
 fn init_logging() -> anyhow::Result<()> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("WXPUSH_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,redis::cluster_handling=error"));
+        .unwrap_or_else(|_| EnvFilter::new("info,redis::cluster_handling=error,lapin::channel=off"));
     let json = match std::env::var("WXPUSH_LOG_FORMAT")
         .unwrap_or_default()
         .as_str()
