@@ -226,8 +226,9 @@ fn init_logging() -> anyhow::Result<()> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("WXPUSH_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,redis::cluster_handling=error,lapin::channel=off"));
+    let filter = EnvFilter::try_from_env("WXPUSH_LOG").unwrap_or_else(|_| {
+        EnvFilter::new("info,redis::cluster_handling=error,lapin::channel=off")
+    });
     let json = match std::env::var("WXPUSH_LOG_FORMAT")
         .unwrap_or_default()
         .as_str()
