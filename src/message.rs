@@ -58,20 +58,12 @@ pub async fn status(
             ));
         }
     };
-    let parse = |r: &Option<String>| -> Option<Value> {
-        r.as_deref().and_then(|r| serde_json::from_str(r).ok())
-    };
-    let (send, delivery) = (parse(&status.outcome), parse(&status.delivery));
-    let (send, delivery) = (send.as_ref(), delivery.as_ref());
-    let user = status
-        .open_id
-        .clone()
-        .map(Value::String)
-        .or_else(|| send.or(delivery).map(|r| r["openId"].clone()));
     if json {
         println!("{}", to_json(id, &app, &status));
         return Ok(());
     }
+    let read = Receipts::of(&status);
+    let (send, delivery, user) = (read.send.as_ref(), read.delivery.as_ref(), &read.user);
     let text = |r: Option<&Value>, k: &str| -> String {
         match r.map(|r| &r[k]) {
             Some(Value::String(s)) => s.clone(),
@@ -110,18 +102,37 @@ pub async fn status(
     Ok(())
 }
 
+/// A message's receipts read from its status: the send's outcome, WeChat's delivery event, and
+/// the user (the binding's openId, else the receipts').
+struct Receipts {
+    send: Option<Value>,
+    delivery: Option<Value>,
+    user: Option<Value>,
+}
+
+impl Receipts {
+    fn of(status: &wxpush_bank::MessageStatus) -> Self {
+        let parse = |r: &Option<String>| -> Option<Value> {
+            r.as_deref().and_then(|r| serde_json::from_str(r).ok())
+        };
+        let (send, delivery) = (parse(&status.outcome), parse(&status.delivery));
+        let user = status.open_id.clone().map(Value::String).or_else(|| {
+            send.as_ref()
+                .or(delivery.as_ref())
+                .map(|r| r["openId"].clone())
+        });
+        Self {
+            send,
+            delivery,
+            user,
+        }
+    }
+}
+
 /// A message's status as `--json` prints it (and the dashboard shows it).
 pub(crate) fn to_json(id: &str, app: &AppId, status: &wxpush_bank::MessageStatus) -> Value {
-    let parse = |r: &Option<String>| -> Option<Value> {
-        r.as_deref().and_then(|r| serde_json::from_str(r).ok())
-    };
-    let (send, delivery) = (parse(&status.outcome), parse(&status.delivery));
-    let (send, delivery) = (send.as_ref(), delivery.as_ref());
-    let user = status
-        .open_id
-        .clone()
-        .map(Value::String)
-        .or_else(|| send.or(delivery).map(|r| r["openId"].clone()));
+    let read = Receipts::of(status);
+    let (send, delivery, user) = (read.send.as_ref(), read.delivery.as_ref(), &read.user);
     json!({
         "messageId": id,
         "appId": app.as_str(),
