@@ -7,17 +7,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use wxpush_domain::OpenId;
-use wxpush_fake_wechat::Endpoint;
 use wxpush_testkit::eventually;
 use wxpush_testkit::fleet::{campaign, Fleet};
-
-fn sends(f: &Fleet) -> usize {
-    f.fake
-        .requests()
-        .iter()
-        .filter(|r| r.endpoint == Endpoint::TemplateSend)
-        .count()
-}
 
 fn control(f: &Fleet, action: &str, id: &str) {
     let out = wxpush_testkit::run(&f.env, &["campaign", action, id]);
@@ -37,14 +28,17 @@ async fn a_paused_campaign_calls_wechat_no_more_until_resumed() {
     f.start("send");
     f.publish_campaign(campaign("paused-1", json!({"all": true})))
         .await;
-    let started = eventually(Duration::from_secs(60), || async { sends(&f) >= 90 }).await;
+    let started = eventually(Duration::from_secs(60), || async {
+        f.template_sends() >= 90
+    })
+    .await;
     assert!(started);
     control(&f, "pause", "paused-1");
     // Obeyed within a second; calls already under way finish.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let at_pause = sends(&f);
+    let at_pause = f.template_sends();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(sends(&f), at_pause, "no WeChat call while paused");
+    assert_eq!(f.template_sends(), at_pause, "no WeChat call while paused");
     assert!(at_pause < 300, "paused before the end: {at_pause}");
     let status = wxpush_testkit::run(&f.env, &["campaign", "status", "paused-1", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
@@ -69,7 +63,10 @@ async fn a_cancelled_campaign_records_the_rest_cancelled_and_spends_nothing() {
     f.start("send");
     f.publish_campaign(campaign("cancel-1", json!({"all": true})))
         .await;
-    let half = eventually(Duration::from_secs(60), || async { sends(&f) >= 150 }).await;
+    let half = eventually(Duration::from_secs(60), || async {
+        f.template_sends() >= 150
+    })
+    .await;
     assert!(half);
     control(&f, "cancel", "cancel-1");
     f.wait_complete("cancel-1", Duration::from_secs(90)).await;
@@ -97,7 +94,6 @@ async fn a_cancelled_campaign_records_the_rest_cancelled_and_spends_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_gives_back_the_credential_an_earlier_attempt_held() {
     use wxpush_bank::record::Control;
-    use wxpush_bank::{CampaignClaim, ClaimMode, Settle};
     let mut f = Fleet::new("control_held", 100_000, 10).await;
     let users = f.users(0, 1, 1).await;
     let who = OpenId::new(&users[0]).unwrap();
@@ -105,32 +101,7 @@ async fn a_cancel_gives_back_the_credential_an_earlier_attempt_held() {
     let c = wxpush_domain::parse_campaign(body.as_bytes(), Default::default()).unwrap();
     let record = f.deps.bank.record(&f.env.app, "held-1");
     record.open(&c, Duration::from_secs(10)).await.unwrap();
-    let bank = f.deps.bank.clone();
-    let claim = bank
-        .campaign_claim(
-            &f.env.app,
-            &who,
-            "held-1",
-            "gone",
-            Duration::from_secs(10),
-            ClaimMode::Take,
-        )
-        .await
-        .unwrap();
-    assert!(matches!(claim, CampaignClaim::Fresh(_)), "{claim:?}");
-    let release = Settle::Release {
-        in_doubt: false,
-        retry: false,
-    };
-    assert!(bank
-        .campaign_settle(&f.env.app, &who, "held-1", "", "gone", release)
-        .await
-        .unwrap());
-    assert_eq!(
-        bank.usable_count(&f.env.app, &who).await.unwrap(),
-        0,
-        "held"
-    );
+    f.leave_held("held-1", &who, false).await;
     assert_eq!(record.control(Control::Cancel).await.unwrap(), Some(true));
     // The job's copy comes back to a sender.
     let mut job = c.job_for_user(&who);
@@ -142,12 +113,8 @@ async fn a_cancel_gives_back_the_credential_an_earlier_attempt_held() {
     })
     .await;
     assert!(done, "{:?}", f.counts("held-1").await);
-    assert_eq!(
-        bank.usable_count(&f.env.app, &who).await.unwrap(),
-        1,
-        "given back"
-    );
-    assert_eq!(sends(&f), 0, "nothing sent");
+    assert_eq!(f.usable(who.as_str()).await, 1, "given back");
+    assert_eq!(f.template_sends(), 0, "nothing sent");
     f.stop_all();
 }
 
@@ -164,7 +131,10 @@ async fn a_campaign_cancelled_mid_fan_out_publishes_no_more_jobs() {
     f.start("send");
     f.publish_campaign(campaign("fanout-1", json!({"all": true})))
         .await;
-    let started = eventually(Duration::from_secs(60), || async { sends(&f) >= 10 }).await;
+    let started = eventually(Duration::from_secs(60), || async {
+        f.template_sends() >= 10
+    })
+    .await;
     assert!(started);
     control(&f, "cancel", "fanout-1");
     f.wait_complete("fanout-1", Duration::from_secs(120)).await;
@@ -190,7 +160,10 @@ async fn a_cancel_holds_the_jobs_already_waiting_for_a_permit() {
     f.start("send");
     f.publish_campaign(campaign("in-hand-1", json!({"all": true})))
         .await;
-    let started = eventually(Duration::from_secs(60), || async { sends(&f) >= 1 }).await;
+    let started = eventually(Duration::from_secs(60), || async {
+        f.template_sends() >= 1
+    })
+    .await;
     assert!(started);
     control(&f, "cancel", "in-hand-1");
     f.wait_complete("in-hand-1", Duration::from_secs(90)).await;

@@ -12,19 +12,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use wxpush_fake_wechat::Endpoint;
 use wxpush_testkit::eventually;
 use wxpush_testkit::fleet::{campaign, Fleet, TPL};
 
 const TOKEN: &str = "dashboard-test-token-0123456789";
-
-fn sends(f: &Fleet) -> usize {
-    f.fake
-        .requests()
-        .iter()
-        .filter(|r| r.endpoint == Endpoint::TemplateSend)
-        .count()
-}
 
 fn client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -113,9 +104,9 @@ impl Drop for Dashboard {
 /// Sends stop (calls already under way finish within a second and a half) and stay stopped.
 async fn no_more_sends(f: &Fleet) -> usize {
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let at = sends(f);
+    let at = f.template_sends();
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(sends(f), at, "no WeChat call while paused");
+    assert_eq!(f.template_sends(), at, "no WeChat call while paused");
     at
 }
 
@@ -149,7 +140,7 @@ async fn the_api_follows_a_campaign_in_flight_and_acts_only_with_the_token() {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    assert!(sends(&f) < 300, "still in flight");
+    assert!(f.template_sends() < 300, "still in flight");
     let dispatched = eventually(Duration::from_secs(30), || async {
         dash.campaign(&app, "dash-1").await["targeted"] == json!(300)
     })

@@ -246,7 +246,6 @@ fn a_bad_quiet_hours_setting_is_one_readable_line() {
 /// `skipped_quiet_hours`; the recipient is not left without an outcome, nothing is sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skip_gives_back_the_credential_an_earlier_attempt_held() {
-    use wxpush_bank::{CampaignClaim, ClaimMode, Settle};
     let mut f = Fleet::new("quiet_skip_held", 100_000, 10).await;
     let users = f.users(0, 1, 1).await;
     let who = OpenId::new(&users[0]).unwrap();
@@ -257,29 +256,7 @@ async fn skip_gives_back_the_credential_an_earlier_attempt_held() {
     let c = wxpush_domain::parse_campaign(body.to_string().as_bytes(), Default::default()).unwrap();
     let record = f.deps.bank.record(&f.env.app, "skip-held-1");
     record.open(&c, Duration::from_secs(10)).await.unwrap();
-    let bank = f.deps.bank.clone();
-    let lease = Duration::from_secs(10);
-    let claim = bank
-        .campaign_claim(
-            &f.env.app,
-            &who,
-            "skip-held-1",
-            "gone",
-            lease,
-            ClaimMode::Take,
-        )
-        .await
-        .unwrap();
-    assert!(matches!(claim, CampaignClaim::Fresh(_)), "{claim:?}");
-    let release = Settle::Release {
-        in_doubt: false,
-        retry: true,
-    };
-    assert!(bank
-        .campaign_settle(&f.env.app, &who, "skip-held-1", "", "gone", release)
-        .await
-        .unwrap());
-    assert_eq!(bank.usable_count(&f.env.app, &who).await.unwrap(), 0);
+    f.leave_held("skip-held-1", &who, true).await;
     let mut job = c.job_for_user(&who);
     job.app_id = Some(f.env.app.to_string());
     f.publish_job(&job).await;
@@ -289,11 +266,7 @@ async fn skip_gives_back_the_credential_an_earlier_attempt_held() {
     })
     .await;
     assert!(done, "{:?}", f.counts("skip-held-1").await);
-    assert_eq!(
-        bank.usable_count(&f.env.app, &who).await.unwrap(),
-        1,
-        "given back"
-    );
+    assert_eq!(f.usable(who.as_str()).await, 1, "given back");
     assert!(sends(&f).is_empty(), "nothing sent");
     f.stop_all();
 }

@@ -298,6 +298,38 @@ impl Fleet {
         kept
     }
 
+    /// Template send calls the fake WeChat received.
+    pub fn template_sends(&self) -> usize {
+        self.fake
+            .requests()
+            .iter()
+            .filter(|r| r.endpoint == Endpoint::TemplateSend)
+            .count()
+    }
+
+    /// Leaves `who` as an attempt at `campaign` does that let its lease go holding a formId (a
+    /// retry scheduled, when `retry`; a fence; a sender that died after): claimed fresh under
+    /// the owner `gone`, released without doubt, the formId held (none usable left).
+    pub async fn leave_held(&self, campaign: &str, who: &OpenId, retry: bool) {
+        use wxpush_bank::{CampaignClaim, ClaimMode, Settle};
+        let bank = &self.deps.bank;
+        let lease = Duration::from_secs(10);
+        let claim = bank
+            .campaign_claim(&self.env.app, who, campaign, "gone", lease, ClaimMode::Take)
+            .await
+            .unwrap();
+        assert!(matches!(claim, CampaignClaim::Fresh(_)), "{claim:?}");
+        let release = Settle::Release {
+            in_doubt: false,
+            retry,
+        };
+        assert!(bank
+            .campaign_settle(&self.env.app, who, campaign, "", "gone", release)
+            .await
+            .unwrap());
+        assert_eq!(self.usable(who.as_str()).await, 0, "held");
+    }
+
     /// Publishes a send job straight to the app's send queue (declared first), as a copy of
     /// a job coming back (a retry, a redelivery).
     pub async fn publish_job(&self, job: &wxpush_domain::SendJob) {
