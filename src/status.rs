@@ -457,7 +457,6 @@ impl Snapshot {
                 }
             }
         }
-        s.sends_by_time.sort_unstable();
         s
     }
 
