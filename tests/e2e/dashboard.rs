@@ -774,12 +774,25 @@ async fn the_page_in_a_browser_follows_pauses_and_looks_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_keeps_its_dashboard_up_with_keep() {
-    let env = wxpush_testkit::TestEnv::new("dash_demo");
+    let mut env = wxpush_testkit::TestEnv::new("dash_demo");
     let addr = wxpush_testkit::free_addr();
     let mut child = env.spawn_with(
         &["demo", "--users", "20", "--senders", "1", "--keep"],
         &[("WXPUSH_DASHBOARD_ADDR", &addr.to_string())],
     );
+    // With --keep the demo leaves its namespace, where each of its two apps has a send lane
+    // and delay queues: the test's clean-up deletes them too when it knows both apps (set
+    // after the spawn, which must run the demo's own configuration).
+    let apps = std::env::temp_dir().join(format!("{}.toml", env.ns));
+    std::fs::write(
+        &apps,
+        format!(
+            "[[apps]]\nappid = \"{}\"\n[[apps]]\nappid = \"wxdemoorders0000\"\n",
+            env.app
+        ),
+    )
+    .unwrap();
+    env.set("WXPUSH_CONFIG", &apps.to_string_lossy());
     let stderr = wxpush_testkit::CapturedStderr::take(&mut child);
     let up = eventually(Duration::from_secs(180), || async {
         stderr.text().contains("the dashboard stays up")
