@@ -76,7 +76,10 @@ start_redis() {
 start_rabbitmq() {
   apt_install rabbitmq-server rabbitmq-server || return 1
   echo "services: starting RabbitMQ (this takes a few seconds)" >&2
-  as_root rabbitmq-server -detached >/dev/null 2>&1 || true
+  # RabbitMQ 3.x counts three file handles per quorum queue and, past its open-file limit,
+  # stops answering new connections: Debian's default of 1,024 is reached at ~300 queues
+  # (docs/operations.md#quorum-queues). RabbitMQ recommends at least 50,000.
+  as_root bash -c 'ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec rabbitmq-server -detached' >/dev/null 2>&1 || true
   # the port opens before the broker accepts logins; await_startup waits for that
   wait_for RabbitMQ "$amqp_host" "$amqp_port" 90 || return 1
   as_root rabbitmqctl await_startup >/dev/null 2>&1 || true

@@ -15,6 +15,7 @@ pub mod fleet;
 pub mod private_redis;
 pub mod proxy;
 pub mod redis_nodes;
+pub mod sweep;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -164,10 +165,17 @@ impl TestEnv {
         }
     }
 
+    /// Connections to Redis and RabbitMQ. A failure panics with the services' state
+    /// ([`sweep::services_state`]: load, the broker's sockets, descriptors and alarms), so
+    /// that a run that lost its broker says why.
     pub async fn deps(&self) -> Deps {
-        Deps::connect(&self.config(), "wxpush-test")
-            .await
-            .expect("Redis and RabbitMQ are reachable (run scripts/services.sh)")
+        match Deps::connect(&self.config(), "wxpush-test").await {
+            Ok(deps) => deps,
+            Err(e) => panic!(
+                "Redis and RabbitMQ are reachable (run scripts/services.sh): {e}\n{}",
+                sweep::services_state()
+            ),
+        }
     }
 
     /// Publishes upload bodies to `<ns>.formids` with confirms.
