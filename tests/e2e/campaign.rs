@@ -276,7 +276,8 @@ async fn two_dispatchers_mid_campaign(name: &str, id: &str) -> (Fleet, Vec<Strin
 async fn send_it_all(f: &mut Fleet, id: &str, reachable: &[String]) {
     f.start("send");
     f.start("send");
-    f.wait_complete(id, Duration::from_secs(90)).await;
+    // (6,000 users: on the clusters of a loaded 2-core machine this has taken over 90 s)
+    f.wait_complete(id, Duration::from_secs(180)).await;
     f.check(id, reachable, TAKE_OVER_USERS).await;
 }
 
