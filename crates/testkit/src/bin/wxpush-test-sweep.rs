@@ -37,6 +37,15 @@ async fn main() {
         );
     } else if found > 0 {
         eprintln!("sweep: deleted {what} (earlier runs that were killed)");
+    } else if swept.skipped.is_empty() {
+        eprintln!(
+            "sweep: no test namespace {} on Redis and RabbitMQ",
+            if after {
+                "left by the suite"
+            } else {
+                "left by an earlier run"
+            }
+        );
     }
     for s in &swept.skipped {
         eprintln!("sweep: {s}");
