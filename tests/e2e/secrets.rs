@@ -234,20 +234,7 @@ impl Captured {
 
 /// Without ANSI colour escapes (`ESC [ ... m`).
 fn plain(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    wxpush_testkit::without_ansi(text)
 }
 
 /// Log lines of another crate than wxpush's at DEBUG or TRACE, in human or JSON format.

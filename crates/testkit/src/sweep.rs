@@ -261,7 +261,7 @@ pub fn services_state() -> String {
             let text = String::from_utf8_lossy(&out.stdout);
             let mut keep = false;
             for line in text.lines() {
-                let plain = strip_ansi(line);
+                let plain = crate::without_ansi(line);
                 if plain.is_empty() {
                     continue;
                 }
@@ -337,23 +337,6 @@ pub fn services_state() -> String {
         ));
     }
     lines.join("\n")
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::new();
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 #[cfg(test)]
