@@ -464,7 +464,7 @@ async fn upload(
         fmt_n(population.with_subscriptions as u64),
         fmt_secs(published_in)
     );
-    let mut redis = deps.bank.connection();
+    let redis = deps.bank.connection();
     let guard =
         Duration::from_secs(120) + Duration::from_millis(population.users.len() as u64 * 10);
     loop {
@@ -475,7 +475,7 @@ async fn upload(
         let queued = queue_depth(deps, &topology.ingest_queue()).await?;
         let late = upload_started.elapsed() > guard;
         if queued == 0 || late {
-            let stored = population.stored(deps, app, &mut redis).await?;
+            let stored = population.stored(deps, app, &redis).await?;
             let consents = population.consents_stored(deps, app).await?;
             let dead = queue_depth(deps, &topology.dead_queue("ingest")).await?;
             if stored >= population.expected_stored

@@ -5,7 +5,9 @@
 //! outside the demo's namespace.
 
 use anyhow::{anyhow, bail, Context as _};
+use futures_util::{StreamExt as _, TryStreamExt as _};
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use wxpush_broker::Topology;
 use wxpush_redis::Conn;
 use wxpush_roles::Deps;
@@ -127,13 +129,23 @@ pub(super) async fn wipe_namespace(
         .into_iter()
         .filter(|k| *k != marker)
         .collect();
-    for chunk in keys.chunks(1000) {
-        redis::cmd("UNLINK")
-            .arg(chunk)
-            .query_async::<()>(redis)
-            .await
-            .context("Redis")?;
-    }
+    // One UNLINK per key on a cluster (a multi-key one must keep to one slot), 64 at a time.
+    let chunk = if redis.is_cluster() { 1 } else { 1000 };
+    let unlinks: Vec<&[String]> = keys.chunks(chunk).collect();
+    futures_util::stream::iter(unlinks)
+        .map(|keys| {
+            let mut conn = redis.clone();
+            async move {
+                redis::cmd("UNLINK")
+                    .arg(keys)
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .context("Redis")
+            }
+        })
+        .buffer_unordered(64)
+        .try_collect::<Vec<()>>()
+        .await?;
     redis::cmd("UNLINK")
         .arg(&marker)
         .query_async::<()>(redis)
@@ -144,26 +156,71 @@ pub(super) async fn wipe_namespace(
 
 /// Keys of the namespace, up to `limit`. Product code otherwise never SCANs (it is O(all
 /// keys)); here it walks only the demo's own namespace, once at the start and once at the end.
+/// On a Redis Cluster each primary is walked (a SCAN sent through the cluster client goes to
+/// one node and sees only its keys: the demo left most of its keys there).
 async fn scan_keys(redis: &mut Conn, ns: &str, limit: usize) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::new();
-    let mut cursor = 0u64;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{ns}:*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(redis)
-            .await
-            .context("Redis")?;
-        out.extend(keys);
-        if next == 0 || out.len() >= limit {
-            out.truncate(limit);
-            return Ok(out);
+    let nodes: Vec<Option<(String, u16)>> = match redis {
+        Conn::Single(_) => vec![None],
+        Conn::Cluster(c) => primaries(c).await?.into_iter().map(Some).collect(),
+    };
+    for node in nodes {
+        let mut cursor = 0u64;
+        loop {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{ns}:*"))
+                .arg("COUNT")
+                .arg(1000);
+            let (next, keys): (u64, Vec<String>) = match (&node, &mut *redis) {
+                (Some((host, port)), Conn::Cluster(c)) => {
+                    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                        host: host.clone(),
+                        port: *port,
+                    });
+                    let reply = c.route(cmd, routing).await.context("Redis")?;
+                    redis::FromRedisValue::from_redis_value(reply).context("Redis SCAN")?
+                }
+                _ => cmd.query_async(redis).await.context("Redis")?,
+            };
+            out.extend(keys);
+            if out.len() >= limit {
+                out.truncate(limit);
+                return Ok(out);
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
-        cursor = next;
     }
+    Ok(out)
+}
+
+/// The cluster's primaries, as `CLUSTER NODES` lists them (those not failed).
+async fn primaries(c: &wxpush_redis::Cluster) -> anyhow::Result<Vec<(String, u16)>> {
+    let reply = c
+        .route(
+            redis::cmd("CLUSTER").arg("NODES").clone(),
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+        )
+        .await
+        .context("Redis CLUSTER NODES")?;
+    let text: String = redis::FromRedisValue::from_redis_value(reply).context("Redis")?;
+    Ok(text
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let flags = f.get(2)?;
+            if !flags.split(',').any(|x| x == "master") || flags.contains("fail") {
+                return None;
+            }
+            let addr = f.get(1)?.split('@').next()?;
+            let (host, port) = addr.rsplit_once(':')?;
+            Some((host.to_owned(), port.parse().ok()?))
+        })
+        .collect())
 }
 
 /// Messages ready in a queue the demo declared (0 when it does not exist).

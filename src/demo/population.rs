@@ -330,26 +330,29 @@ impl Population {
             .count()
     }
 
-    /// formIds the bank holds now for the demo's users (one ZCARD per user, pipelined).
+    /// formIds the bank holds now for the demo's users: one ZCARD per user, 64 at a time (not
+    /// one pipeline: each user's keys have a hash slot of their own, and a Redis Cluster
+    /// refuses a pipeline across slots, which stopped the demo there).
     pub(super) async fn stored(
         &self,
         deps: &Deps,
         app: &AppId,
-        redis: &mut Conn,
+        redis: &Conn,
     ) -> anyhow::Result<u64> {
-        let mut total = 0;
-        let with_ids: Vec<&DemoUser> = self.users.iter().filter(|u| u.reachable).collect();
-        for chunk in with_ids.chunks(5000) {
-            let mut pipe = redis::pipe();
-            for u in chunk {
+        let counts: Vec<u64> = stream::iter(self.users.iter().filter(|u| u.reachable))
+            .map(|u| async move {
                 let open_id = OpenId::new(&u.open_id)?;
-                pipe.cmd("ZCARD")
-                    .arg(deps.bank.keys().credentials(app, &open_id));
-            }
-            let counts: Vec<u64> = pipe.query_async(redis).await.context("Redis")?;
-            total += counts.iter().sum::<u64>();
-        }
-        Ok(total)
+                let mut conn = redis.clone();
+                redis::cmd("ZCARD")
+                    .arg(deps.bank.keys().credentials(app, &open_id))
+                    .query_async::<u64>(&mut conn)
+                    .await
+                    .context("Redis")
+            })
+            .buffered(64)
+            .try_collect()
+            .await?;
+        Ok(counts.iter().sum())
     }
 
     /// Consents for [`SUB_TEMPLATE`] the bank holds now (its per-shard totals).
