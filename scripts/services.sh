@@ -78,8 +78,15 @@ start_rabbitmq() {
   echo "services: starting RabbitMQ (this takes a few seconds)" >&2
   # RabbitMQ 3.x counts three file handles per quorum queue and, past its open-file limit,
   # stops answering new connections: Debian's default of 1,024 is reached at ~300 queues
-  # (docs/operations.md#quorum-queues). RabbitMQ recommends at least 50,000.
-  as_root bash -c 'ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec rabbitmq-server -detached' >/dev/null 2>&1 || true
+  # (docs/operations.md#quorum-queues). RabbitMQ recommends at least 50,000. Debian's
+  # wrapper starts the broker through `su`, whose login resets the limit to 1,024: where
+  # its layout is there, the broker is started as its own user with the limit raised.
+  local raise='ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"'
+  if [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] && id rabbitmq >/dev/null 2>&1; then
+    as_root su rabbitmq -s /bin/sh -c "cd /var/lib/rabbitmq && HOME=/var/lib/rabbitmq && export HOME && { $raise; } && exec /usr/lib/rabbitmq/bin/rabbitmq-server -detached" >/dev/null 2>&1 || true
+  else
+    as_root bash -c "$raise; exec rabbitmq-server -detached" >/dev/null 2>&1 || true
+  fi
   # the port opens before the broker accepts logins; await_startup waits for that
   wait_for RabbitMQ "$amqp_host" "$amqp_port" 90 || return 1
   as_root rabbitmqctl await_startup >/dev/null 2>&1 || true
