@@ -6,7 +6,6 @@
 
 use anyhow::{anyhow, bail, Context as _};
 use futures_util::{StreamExt as _, TryStreamExt as _};
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use wxpush_broker::Topology;
 use wxpush_redis::Conn;
@@ -100,29 +99,12 @@ pub(super) async fn wipe_namespace(
     redis: &mut Conn,
     ns: &str,
 ) -> anyhow::Result<()> {
-    let mut ch = deps.broker.channel().await?;
     // The roles' queues, and the demo's own on the receipts (act three).
     let mut queues = topology.all_queues();
     queues.push(super::orders::tap_queue(ns));
-    for q in queues {
-        if ch
-            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await
-            .is_err()
-        {
-            ch = deps.broker.channel().await?;
-        }
-    }
-    for e in topology.all_exchanges() {
-        if ch
-            .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
-            .await
-            .is_err()
-        {
-            ch = deps.broker.channel().await?;
-        }
-    }
-    let _ = ch.close(200, "ok".into()).await;
+    deps.broker
+        .delete_all(&queues, &topology.all_exchanges())
+        .await?;
     let marker = marker_key(ns);
     let keys: Vec<String> = scan_keys(redis, ns, usize::MAX)
         .await?
@@ -198,7 +180,7 @@ async fn scan_keys(redis: &mut Conn, ns: &str, limit: usize) -> anyhow::Result<V
     Ok(out)
 }
 
-/// The cluster's primaries, as `CLUSTER NODES` lists them (those not failed).
+/// The cluster's primaries, as `CLUSTER NODES` lists them ([`wxpush_redis::primary_addrs`]).
 async fn primaries(c: &wxpush_redis::Cluster) -> anyhow::Result<Vec<(String, u16)>> {
     let reply = c
         .route(
@@ -208,15 +190,9 @@ async fn primaries(c: &wxpush_redis::Cluster) -> anyhow::Result<Vec<(String, u16
         .await
         .context("Redis CLUSTER NODES")?;
     let text: String = redis::FromRedisValue::from_redis_value(reply).context("Redis")?;
-    Ok(text
-        .lines()
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let flags = f.get(2)?;
-            if !flags.split(',').any(|x| x == "master") || flags.contains("fail") {
-                return None;
-            }
-            let addr = f.get(1)?.split('@').next()?;
+    Ok(wxpush_redis::primary_addrs(&text)
+        .into_iter()
+        .filter_map(|addr| {
             let (host, port) = addr.rsplit_once(':')?;
             Some((host.to_owned(), port.parse().ok()?))
         })

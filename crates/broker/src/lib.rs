@@ -149,6 +149,42 @@ impl Broker {
         }
     }
 
+    /// Deletes `queues` and `exchanges` (messages and bindings with them): how many of each.
+    /// One the broker refuses closes the channel, and the next name gets a new one. For
+    /// clean-ups (the demo's, the test kit's), never for the roles.
+    pub async fn delete_all(
+        &self,
+        queues: &[String],
+        exchanges: &[String],
+    ) -> Result<(usize, usize), BrokerError> {
+        let (mut deleted_queues, mut deleted_exchanges) = (0, 0);
+        let mut ch = self.channel().await?;
+        for name in queues {
+            if ch
+                .queue_delete(name.as_str().into(), Default::default())
+                .await
+                .is_ok()
+            {
+                deleted_queues += 1;
+            } else {
+                ch = self.channel().await?;
+            }
+        }
+        for name in exchanges {
+            if ch
+                .exchange_delete(name.as_str().into(), Default::default())
+                .await
+                .is_ok()
+            {
+                deleted_exchanges += 1;
+            } else {
+                ch = self.channel().await?;
+            }
+        }
+        let _ = ch.close(200, "ok".into()).await;
+        Ok((deleted_queues, deleted_exchanges))
+    }
+
     /// Messages ready in `queue` (not counting unacknowledged ones), or `None` when the queue
     /// does not exist.
     pub async fn queue_ready(&self, queue: &str) -> Result<Option<u32>, BrokerError> {

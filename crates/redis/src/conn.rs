@@ -46,6 +46,23 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A cluster connection is rebuilt at most this often (see the module comment).
 pub const REBUILD_EVERY: Duration = Duration::from_secs(2);
 
+/// The `host:port` of each primary in a `CLUSTER NODES` reply, those flagged `fail` or
+/// `fail?` left out: where something must visit every primary (a `SCAN` of the demo's
+/// namespace, the test kit's clean-ups), since a command through the cluster client reaches
+/// one node.
+pub fn primary_addrs(cluster_nodes: &str) -> Vec<&str> {
+    cluster_nodes
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let (_id, addr, flags) = (f.next()?, f.next()?, f.next()?);
+            let is_primary = flags.split(',').any(|x| x == "master")
+                && !flags.split(',').any(|x| x == "fail" || x == "fail?");
+            is_primary.then(|| addr.split('@').next()).flatten()
+        })
+        .collect()
+}
+
 /// A multiplexed connection to Redis: a single node, or a Redis Cluster. Cheap to clone;
 /// clones share the connection(s). Commands and pipelines go through
 /// [`redis::aio::ConnectionLike`] either way; on a cluster each goes to the primary of its

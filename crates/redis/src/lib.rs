@@ -24,7 +24,9 @@ mod conn;
 mod key;
 mod script;
 
-pub use conn::{connect, Cluster, Conn, CONNECT_TIMEOUT, REBUILD_EVERY, RESPONSE_TIMEOUT};
+pub use conn::{
+    connect, primary_addrs, Cluster, Conn, CONNECT_TIMEOUT, REBUILD_EVERY, RESPONSE_TIMEOUT,
+};
 pub use key::tagged;
 pub use script::{
     check_one_slot, load, run, run_batch, run_pipeline, run_pipeline_single_node, slot_of, Batch,
@@ -63,6 +65,18 @@ pub async fn time_ms(conn: &mut Conn) -> redis::RedisResult<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn primaries_are_the_masters_not_failed_without_their_bus_port() {
+        let nodes = "\
+a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
+b2 127.0.0.1:7001@17001 master - 0 0 2 connected 5461-10922
+c3 127.0.0.1:7003@17003 slave a1 0 0 1 connected
+d4 127.0.0.1:7002@17002 master,fail - 0 0 3 disconnected
+e5 127.0.0.1:7004@17004 master,fail? - 0 0 4 connected 10923-16383
+";
+        assert_eq!(primary_addrs(nodes), ["127.0.0.1:7000", "127.0.0.1:7001"]);
+    }
 
     #[test]
     fn a_demoted_primary_and_a_moving_slot_are_transient_a_bad_script_is_not() {

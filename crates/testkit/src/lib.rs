@@ -331,14 +331,9 @@ impl TestEnv {
                 else {
                     return;
                 };
-                if let Ok(ch) = broker.channel().await {
-                    for q in topology.all_queues() {
-                        let _ = ch.queue_delete(q.into(), Default::default()).await;
-                    }
-                    for e in topology.all_exchanges() {
-                        let _ = ch.exchange_delete(e.into(), Default::default()).await;
-                    }
-                }
+                let _ = broker
+                    .delete_all(&topology.all_queues(), &topology.all_exchanges())
+                    .await;
                 broker.close().await;
                 let _ = ns;
             });

@@ -61,16 +61,9 @@ pub fn primaries() -> Vec<String> {
             .and_then(|c| c.get_connection().ok())
             .and_then(|mut c| redis::cmd("CLUSTER").arg("NODES").query(&mut c).ok());
         let Some(nodes) = nodes else { continue };
-        return nodes
-            .lines()
-            .filter_map(|line| {
-                let mut f = line.split_whitespace();
-                let (_id, addr, flags) = (f.next()?, f.next()?, f.next()?);
-                let is_primary = flags.split(',').any(|x| x == "master")
-                    && !flags.split(',').any(|x| x == "fail" || x == "fail?");
-                let addr = addr.split('@').next()?;
-                is_primary.then(|| with_addr(seed, addr))
-            })
+        return wxpush_redis::primary_addrs(&nodes)
+            .into_iter()
+            .map(|addr| with_addr(seed, addr))
             .collect();
     }
     Vec::new()

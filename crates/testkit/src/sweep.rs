@@ -52,24 +52,24 @@ pub struct Swept {
 
 /// Deletes every queue, exchange and key of a stale test namespace ([`stale_namespace`]) on
 /// the services at `redis_url` and `amqp_url`, when they are on this machine. Queues and
-/// exchanges are listed with `rabbitmqctl` (AMQP cannot list them) and deleted over AMQP.
+/// exchanges are listed with `rabbitmqctl` (AMQP cannot list them) and deleted over AMQP
+/// ([`Broker::delete_all`]).
 pub async fn sweep(redis_url: &str, amqp_url: &str) -> Swept {
     let mut out = Swept::default();
     if is_local(amqp_url) {
         match (list("list_queues"), list("list_exchanges")) {
             (Ok(queues), Ok(exchanges)) => {
-                let stale = |names: Vec<String>| -> Vec<String> {
+                let mut stale = |names: Vec<String>| -> Vec<String> {
                     names
                         .into_iter()
-                        .filter(|n| stale_namespace(n).is_some())
+                        .filter(|n| {
+                            stale_namespace(n)
+                                .map(|ns| out.namespaces.insert(ns.to_owned()))
+                                .is_some()
+                        })
                         .collect()
                 };
                 let (queues, exchanges) = (stale(queues), stale(exchanges));
-                for n in queues.iter().chain(&exchanges) {
-                    if let Some(ns) = stale_namespace(n) {
-                        out.namespaces.insert(ns.to_owned());
-                    }
-                }
                 match delete_amqp(amqp_url, &queues, &exchanges).await {
                     Ok((q, e)) => (out.queues, out.exchanges) = (q, e),
                     Err(e) => out.skipped.push(format!("RabbitMQ: {e}")),
@@ -131,55 +131,21 @@ async fn delete_amqp(
         return Ok((0, 0));
     }
     let first = wxpush_domain::config::split_urls(url)[0];
-    let broker = match Broker::connect(first, "wxpush-test-sweep", Duration::from_secs(10)).await {
-        Ok(b) => b,
+    let connect = || Broker::connect(first, "wxpush-test-sweep", Duration::from_secs(10));
+    let (deleted, broker) = match connect().await {
+        Ok(b) => (b.delete_all(queues, exchanges).await, b),
         Err(e) => {
             // A broker past its file handles (RabbitMQ 3.x counts three per quorum queue)
             // takes no new connection: its queues go through rabbitmqctl, and then AMQP works.
             let q = delete_queues_ctl(queues).map_err(|c| format!("{e}; then {c}"))?;
-            let broker = Broker::connect(first, "wxpush-test-sweep", Duration::from_secs(10))
+            let b = connect()
                 .await
                 .map_err(|e| format!("{q} queues deleted with rabbitmqctl, then {e}"))?;
-            let (_, e) = delete_on(&broker, &[], exchanges).await?;
-            return Ok((q, e));
+            (b.delete_all(&[], exchanges).await.map(|(_, e)| (q, e)), b)
         }
     };
-    delete_on(&broker, queues, exchanges).await
-}
-
-/// Deletes `queues` and `exchanges` over AMQP: how many of each.
-async fn delete_on(
-    broker: &Broker,
-    queues: &[String],
-    exchanges: &[String],
-) -> Result<(usize, usize), String> {
-    let (mut q, mut e) = (0, 0);
-    let mut ch = broker.channel().await.map_err(|e| e.to_string())?;
-    for name in queues {
-        if ch
-            .queue_delete(name.as_str().into(), Default::default())
-            .await
-            .is_ok()
-        {
-            q += 1;
-        } else {
-            // Gone meanwhile (or refused): the channel is closed, take another.
-            ch = broker.channel().await.map_err(|e| e.to_string())?;
-        }
-    }
-    for name in exchanges {
-        if ch
-            .exchange_delete(name.as_str().into(), Default::default())
-            .await
-            .is_ok()
-        {
-            e += 1;
-        } else {
-            ch = broker.channel().await.map_err(|e| e.to_string())?;
-        }
-    }
     broker.close().await;
-    Ok((q, e))
+    deleted.map_err(|e| e.to_string())
 }
 
 /// Deletes `queues` (vhost `/`) inside the broker with `rabbitmqctl eval`, which needs no AMQP
