@@ -374,8 +374,10 @@ async fn a_dispatcher_stopped_mid_campaign_hands_it_over_at_once() {
     let stopping = std::time::Instant::now();
     let (code, _) = f.terminate(d1);
     assert_eq!(code, Some(0));
+    // Each take raises the token: past 1, another dispatcher holds or held it (the handed-back
+    // copy, redelivered, can be taken again before a look: 4 was seen on a loaded run).
     let taken = eventually(Duration::from_secs(30), || async {
-        lease_owner(&f, "hand-over").await == 2
+        lease_owner(&f, "hand-over").await >= 2
     })
     .await;
     assert!(taken, "taken over: {:?}", f.snapshot("hand-over").await);
