@@ -269,6 +269,28 @@ fn leader_of(node: &str, queue: &str) -> String {
         .unwrap_or_else(|| panic!("no leader for {queue}: {queues}"))
 }
 
+/// The namespace's queues as a live node of the cluster sees them (messages ready and
+/// unacknowledged, consumers, leader, members online), for a failure's message.
+fn queue_state(a: &str, b: &str, ns: &str) -> String {
+    [a, b]
+        .iter()
+        .find_map(|node| {
+            let out = Command::new("rabbitmqctl")
+                .args(["-q", "-n", node, "list_queues", "name", "messages_ready"])
+                .args(["messages_unacknowledged", "consumers", "leader", "online"])
+                .output()
+                .ok()?;
+            out.status.success().then(|| {
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter(|l| l.contains(ns))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        })
+        .unwrap_or_else(|| "(no node answered rabbitmqctl)".into())
+}
+
 fn rabbit_app(node: &str, action: &str) {
     let ok = Command::new("rabbitmqctl")
         .args(["-q", "-n", node, action])
@@ -297,9 +319,23 @@ async fn a_campaign_rides_out_the_send_queue_leader_and_the_roles_node_stopping(
         "WXPUSH_LOG",
         "warn,wxpush_roles::deps=info,wxpush_roles::supervise=info",
     )];
-    f.start_with("dispatch", &vars);
-    f.start_with("send", &vars);
-    f.start_with("send", &vars);
+    // Every role's log is read as it is written (a chatty role never blocks on a full pipe)
+    // and shown when a step fails.
+    let logs: Vec<(&str, wxpush_testkit::CapturedStderr)> = ["dispatch", "send", "send"]
+        .into_iter()
+        .map(|role| {
+            let i = f.start_with(role, &vars);
+            (
+                role,
+                wxpush_testkit::CapturedStderr::take(&mut f.children[i]),
+            )
+        })
+        .collect();
+    let show = || {
+        logs.iter()
+            .map(|(role, log)| format!("--- {role}:\n{}", log.text()))
+            .collect::<String>()
+    };
     f.publish_campaign(campaign("leader", serde_json::json!({"all": true})))
         .await;
     let sent = |f: &Fleet| {
@@ -333,9 +369,14 @@ async fn a_campaign_rides_out_the_send_queue_leader_and_the_roles_node_stopping(
         rabbit_app(node, "start_app");
         assert!(
             moved_on,
-            "the campaign went on while {node} was stopped ({} of {})",
+            "the campaign went on while {node} was stopped ({} of {}): {} sent before, {} \
+             after 60 s\nqueues: {}\n{}",
             i + 1,
-            stopped.len()
+            stopped.len(),
+            during,
+            sent(&f).await,
+            queue_state(first_node, &stopped[0], f.env.ns.as_str()),
+            show()
         );
         let ask = if node == first_node {
             stopped[0].as_str()
