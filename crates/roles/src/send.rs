@@ -109,6 +109,9 @@ pub struct SendSettings {
     /// Jobs deferred for quiet hours come back over this long after the window's end, each
     /// user at its own offset (`WXPUSH_QUIET_SPREAD_SECS`).
     pub quiet_spread: Duration,
+    /// The least a job waits before a credential in doubt is sent again
+    /// ([`decide::DOUBT_WAIT`] from the configuration; shorter only in tests).
+    pub doubt_wait: Duration,
 }
 
 impl SendSettings {
@@ -121,6 +124,7 @@ impl SendSettings {
             quick_retries: 2,
             quota_cooldown: Duration::from_secs(c.quota_cooldown_secs),
             quiet_spread: c.quiet_spread,
+            doubt_wait: decide::DOUBT_WAIT,
         }
     }
 }

@@ -672,7 +672,7 @@ impl Sender {
             let mut next = job.clone();
             next.retrying_since = Some(since);
             let after = if in_doubt {
-                self.backoff(job.attempt).max(decide::DOUBT_WAIT)
+                self.backoff(job.attempt).max(self.settings.doubt_wait)
             } else {
                 self.backoff(job.attempt)
             };
