@@ -43,10 +43,13 @@ apt_install() { # package, command it provides
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null
 }
 answers() { timeout 1 bash -c "</dev/tcp/127.0.0.1/$1" 2>/dev/null; }
-# Runs a RabbitMQ command as the rabbitmq user, with node N's environment file.
+# Runs a RabbitMQ command as the rabbitmq user, with node N's environment file and the
+# open-file limit raised (su's login resets it to 1,024, at which RabbitMQ 3.x stops taking
+# new connections past ~300 quorum queues: docs/operations.md#quorum-queues; as services.sh).
 as_rabbit() { # node, command...
   local node=$1; shift
-  as_root su rabbitmq -s /bin/sh -c "cd /var/lib/rabbitmq && HOME=/var/lib/rabbitmq \
+  as_root su rabbitmq -s /bin/sh -c "cd /var/lib/rabbitmq && \
+    { ulimit -n 65536 2>/dev/null || ulimit -n \"\$(ulimit -Hn)\"; } && HOME=/var/lib/rabbitmq \
     RABBITMQ_CONF_ENV_FILE=$DIR/rabbit/$node/env.conf $*"
 }
 ctl() { as_root rabbitmqctl -q -n "$1@localhost" "${@:2}"; }
