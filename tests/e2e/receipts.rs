@@ -223,10 +223,20 @@ async fn killed_senders_lose_no_receipt() {
     let receipts = gather(&tap, Duration::from_secs(90), |r| by_subject(r).len() >= 80).await;
     let subjects = by_subject(&receipts);
     assert_eq!(subjects.len(), 80, "every message has a receipt");
+    // A sender killed after WeChat took its call (the fake delivers, then waits 200 ms before
+    // it answers) leaves the formId in doubt: the next sender resends it, WeChat answers 41029,
+    // and the message is `sent_unconfirmed` (docs/sending.md, the decision table). Seen when a
+    // loaded run had more calls in flight at a kill; either way the user has one message.
     for (id, outcomes) in &subjects {
-        assert!(outcomes.iter().all(|o| o == "sent"), "{id}: {outcomes:?}");
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| o == "sent" || o == "sent_unconfirmed"),
+            "{id}: {outcomes:?}"
+        );
     }
     let per_user = f.delivered_per_user();
+    assert_eq!(per_user.len(), 80, "every user has the message");
     assert!(per_user.values().all(|&n| n == 1), "one message each");
     f.stop_all();
 }
